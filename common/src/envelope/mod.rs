@@ -1,0 +1,397 @@
+//! The exchange envelope: `multipart/related` (RFC 2387) carrying many messages.
+//!
+//! # Wire form
+//!
+//! ```text
+//! POST /rs/v1/exchange
+//! Content-Type: multipart/related; type="application/xml"; start="<exchange>"; boundary=B
+//!
+//! --B                                    optional control part, first if present
+//! Content-Type: application/xml
+//! Content-ID: <exchange>
+//!
+//! <exchange wait-ms="25000"><ack>MSGID</ack></exchange>
+//! --B                                    then, per message, a header part …
+//! Content-Type: application/xml
+//! Content-ID: <MSGID.header>
+//!
+//! <header id="MSGID" class="alarm" content="alarm" …>…</header>
+//! --B                                    … immediately followed by its content part
+//! Content-Type: application/xml
+//! Content-ID: <MSGID.content>
+//!
+//! <alarm severity="major" state="raised"><text>…</text></alarm>
+//! --B--
+//! ```
+//!
+//! The `Content-ID` names the message and the part's role, so a hop routes on
+//! the header alone and passes the content on as opaque bytes. A reply uses
+//! the same form: one `response` message per forwarded message, plus any
+//! back-channel messages.
+//!
+//! # Errors
+//!
+//! Two levels, on purpose. An [`EnvelopeError`] spoils the whole body (not
+//! multipart, over a size limit, parts out of order): the hop answers with an
+//! HTTP error and stores nothing. An [`InvalidMessage`] spoils one message: it
+//! comes back as [`Decoded::rejected`] and is answered with a `rejected`
+//! response while the rest of the batch proceeds.
+//!
+//! Parsing is streaming (multer) and bounded: [`MAX_ENVELOPE_BYTES`],
+//! [`MAX_PART_BYTES`], [`MAX_HEADER_BYTES`] and [`MAX_PARTS`] are checked as
+//! bytes arrive, before anything is buffered past them.
+
+pub mod wire;
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::id::MessageId;
+use crate::limits::{MAX_ENVELOPE_BYTES, MAX_HEADER_BYTES, MAX_PARTS, MAX_PART_BYTES};
+use crate::model::{Content, Header, Message};
+pub use wire::InvalidMessage;
+
+/// Protocol version prefix of every node-to-node path.
+pub const PROTOCOL_PREFIX: &str = "/rs/v1";
+/// The path a child POSTs envelopes to.
+pub const EXCHANGE_PATH: &str = "/rs/v1/exchange";
+const CONTROL_ID: &str = "exchange";
+const RFC2046_MAX_BOUNDARY: usize = 70;
+
+/// A message as it travels: a parsed header and the content as raw XML.
+///
+/// Relays route on the header and never parse the content; the appserver
+/// and final receivers call [`Item::content`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The parsed header.
+    pub header: Header,
+    /// The content element, as XML bytes.
+    pub content: Bytes,
+}
+
+impl Item {
+    /// Wraps a whole message (encodes its content once).
+    pub fn new(m: &Message) -> Self {
+        Item { header: m.header.clone(), content: Bytes::from(wire::encode_content(&m.content)) }
+    }
+
+    /// Parses the content, checking it matches the header's kind.
+    ///
+    /// # Errors
+    /// [`InvalidMessage`] naming the failing field.
+    pub fn content(&self) -> Result<Content, InvalidMessage> {
+        wire::decode_content(&self.content, self.header.kind)
+    }
+
+    /// Parses into a whole message.
+    ///
+    /// # Errors
+    /// As [`Item::content`].
+    pub fn message(&self) -> Result<Message, InvalidMessage> {
+        Ok(Message { header: self.header.clone(), content: self.content()? })
+    }
+}
+
+/// The control part: acks for back-channel messages and a long-poll hint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename = "exchange")]
+pub struct Control {
+    /// How long the sender is willing to wait for a reply when it has nothing to send.
+    #[serde(rename = "@wait-ms", skip_serializing_if = "Option::is_none", default)]
+    pub wait_ms: Option<u64>,
+    /// Back-channel messages received in earlier replies.
+    #[serde(rename = "ack", default)]
+    pub acks: Vec<MessageId>,
+}
+
+impl Control {
+    /// The wait hint as a duration.
+    pub fn wait(&self) -> Option<Duration> {
+        self.wait_ms.map(Duration::from_millis)
+    }
+    fn is_empty(&self) -> bool {
+        self.wait_ms.is_none() && self.acks.is_empty()
+    }
+}
+
+/// A message that could not be parsed, with the ID its `Content-ID` named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The message ID from the part's `Content-ID`.
+    pub id: MessageId,
+    /// What is wrong.
+    pub error: InvalidMessage,
+}
+
+/// A decoded envelope: the control part, good items and rejected ones, in order.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// The control part (empty if absent).
+    pub control: Control,
+    /// Messages that parsed.
+    pub items: Vec<Item>,
+    /// Messages that did not.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Why a whole envelope was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Not `multipart/related` with a usable boundary (HTTP 415).
+    #[error("content type: {0}")]
+    ContentType(String),
+    /// The body or a part is over its limit (HTTP 413).
+    #[error("{what} larger than {limit} bytes")]
+    TooLarge {
+        /// `body`, `part` or `header part`.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
+    /// More parts than [`MAX_PARTS`] (HTTP 413).
+    #[error("more than {0} parts")]
+    TooManyParts(usize),
+    /// Broken framing, a missing or bad `Content-ID`, parts out of order (HTTP 400).
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+}
+
+impl EnvelopeError {
+    /// The HTTP status a hop answers with.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            EnvelopeError::ContentType(_) => http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            EnvelopeError::TooLarge { .. } | EnvelopeError::TooManyParts(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
+            EnvelopeError::Malformed(_) => http::StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Builds an envelope body part by part.
+pub struct EnvelopeWriter {
+    boundary: String,
+    buf: BytesMut,
+    messages: usize,
+}
+
+impl Default for EnvelopeWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EnvelopeWriter {
+    /// An empty envelope with a fresh random boundary.
+    pub fn new() -> Self {
+        EnvelopeWriter {
+            boundary: format!("rsnet-{}", uuid::Uuid::now_v7().simple()),
+            buf: BytesMut::with_capacity(4096),
+            messages: 0,
+        }
+    }
+
+    fn part(&mut self, content_id: std::fmt::Arguments<'_>, body: &[u8]) {
+        self.buf.put_slice(b"--");
+        self.buf.put_slice(self.boundary.as_bytes());
+        self.buf.put_slice(b"\r\nContent-Type: application/xml\r\nContent-ID: <");
+        let _ = std::fmt::Write::write_fmt(&mut BufWriter(&mut self.buf), content_id);
+        self.buf.put_slice(b">\r\n\r\n");
+        self.buf.put_slice(body);
+        self.buf.put_slice(b"\r\n");
+    }
+
+    /// Adds the control part; call first, and only if it has something to say.
+    pub fn control(&mut self, c: &Control) -> &mut Self {
+        if !c.is_empty() {
+            let xml = quick_xml::se::to_string(c).unwrap_or_default();
+            self.part(format_args!("{CONTROL_ID}"), xml.as_bytes());
+        }
+        self
+    }
+
+    /// Adds a message whose header and content are already XML.
+    pub fn raw(&mut self, id: &MessageId, header_xml: &[u8], content_xml: &[u8]) -> &mut Self {
+        self.part(format_args!("{id}.header"), header_xml);
+        self.part(format_args!("{id}.content"), content_xml);
+        self.messages += 1;
+        self
+    }
+
+    /// Adds an item (encodes its header).
+    pub fn item(&mut self, item: &Item) -> &mut Self {
+        let h = wire::encode_header(&item.header);
+        self.raw(&item.header.id, h.as_bytes(), &item.content)
+    }
+
+    /// Adds a whole message.
+    pub fn message(&mut self, m: &Message) -> &mut Self {
+        let h = wire::encode_header(&m.header);
+        let c = wire::encode_content(&m.content);
+        self.raw(&m.header.id, h.as_bytes(), c.as_bytes())
+    }
+
+    /// Messages added so far.
+    pub fn len(&self) -> usize {
+        self.messages
+    }
+
+    /// True if no message was added.
+    pub fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+
+    /// Bytes so far.
+    pub fn byte_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The `Content-Type` header value and the body.
+    pub fn finish(mut self) -> (String, Bytes) {
+        self.buf.put_slice(b"--");
+        self.buf.put_slice(self.boundary.as_bytes());
+        self.buf.put_slice(b"--\r\n");
+        let ct = format!(
+            "multipart/related; type=\"application/xml\"; start=\"<{CONTROL_ID}>\"; boundary={}",
+            self.boundary
+        );
+        (ct, self.buf.freeze())
+    }
+}
+
+struct BufWriter<'a>(&'a mut BytesMut);
+impl std::fmt::Write for BufWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.put_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Extracts the boundary from a `multipart/related` content type.
+///
+/// # Errors
+/// [`EnvelopeError::ContentType`] for anything else.
+pub fn boundary(content_type: &str) -> Result<String, EnvelopeError> {
+    let m: mime::Mime = content_type
+        .parse()
+        .map_err(|_| EnvelopeError::ContentType(format!("{content_type:?} is not a media type")))?;
+    if m.type_() != mime::MULTIPART || m.subtype() != "related" {
+        return Err(EnvelopeError::ContentType(format!("{} is not multipart/related", m.essence_str())));
+    }
+    let b = m
+        .get_param(mime::BOUNDARY)
+        .ok_or_else(|| EnvelopeError::ContentType("no boundary parameter".into()))?;
+    if b.as_str().is_empty() || b.as_str().len() > RFC2046_MAX_BOUNDARY {
+        return Err(EnvelopeError::ContentType("boundary must be 1-70 characters".into()));
+    }
+    Ok(b.as_str().to_string())
+}
+
+fn map_multer(e: multer::Error) -> EnvelopeError {
+    match e {
+        multer::Error::StreamSizeExceeded { limit } => EnvelopeError::TooLarge { what: "body", limit },
+        multer::Error::FieldSizeExceeded { limit, .. } => EnvelopeError::TooLarge { what: "part", limit },
+        other => EnvelopeError::Malformed(other.to_string()),
+    }
+}
+
+fn content_id(field: &multer::Field<'_>) -> Result<String, EnvelopeError> {
+    let v = field
+        .headers()
+        .get("content-id")
+        .ok_or_else(|| EnvelopeError::Malformed(format!("part {} has no Content-ID", field.index())))?;
+    let s = v.to_str().map_err(|_| EnvelopeError::Malformed("Content-ID is not ASCII".into()))?;
+    Ok(s.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+}
+
+fn split_cid(cid: &str) -> Result<(MessageId, &str), EnvelopeError> {
+    let (id, role) = cid
+        .rsplit_once('.')
+        .ok_or_else(|| EnvelopeError::Malformed(format!("Content-ID <{cid}> is not <MSGID.role>")))?;
+    let id = id.parse().map_err(|e| EnvelopeError::Malformed(format!("Content-ID <{cid}>: {e}")))?;
+    Ok((id, role))
+}
+
+/// Decodes an envelope from a body stream, enforcing every limit as bytes arrive.
+///
+/// # Errors
+/// [`EnvelopeError`] if the body as a whole is unusable; per-message problems
+/// land in [`Decoded::rejected`] instead.
+///
+/// # Cancel safety
+/// Dropping the future drops the partially read body; nothing is stored by decoding.
+pub async fn decode<S, O, E>(content_type: &str, body: S) -> Result<Decoded, EnvelopeError>
+where
+    S: Stream<Item = Result<O, E>> + Send + 'static,
+    O: Into<Bytes> + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let boundary = boundary(content_type)?;
+    let limits = multer::SizeLimit::new().whole_stream(MAX_ENVELOPE_BYTES).per_field(MAX_PART_BYTES);
+    let mut mp = multer::Multipart::with_constraints(body, boundary, multer::Constraints::new().size_limit(limits));
+    let mut out = Decoded::default();
+    let mut pending: Option<(MessageId, Result<Header, InvalidMessage>)> = None;
+    let mut parts = 0usize;
+    while let Some(field) = mp.next_field().await.map_err(map_multer)? {
+        parts += 1;
+        if parts > MAX_PARTS {
+            return Err(EnvelopeError::TooManyParts(MAX_PARTS));
+        }
+        let cid = content_id(&field)?;
+        let bytes = field.bytes().await.map_err(map_multer)?;
+        if cid == CONTROL_ID {
+            if parts != 1 {
+                return Err(EnvelopeError::Malformed("control part <exchange> must come first".into()));
+            }
+            let s = std::str::from_utf8(&bytes).map_err(|_| EnvelopeError::Malformed("control part is not UTF-8".into()))?;
+            out.control = quick_xml::de::from_str(s).map_err(|e| EnvelopeError::Malformed(format!("control part: {e}")))?;
+            continue;
+        }
+        let (id, role) = split_cid(&cid)?;
+        match role {
+            "header" => {
+                if let Some((prev, _)) = pending {
+                    return Err(EnvelopeError::Malformed(format!("header of {prev} has no content part")));
+                }
+                if bytes.len() > MAX_HEADER_BYTES {
+                    return Err(EnvelopeError::TooLarge { what: "header part", limit: MAX_HEADER_BYTES as u64 });
+                }
+                let header = wire::decode_header(&bytes).and_then(|h| {
+                    if h.id == id {
+                        Ok(h)
+                    } else {
+                        Err(InvalidMessage::Field { field: "header/@id".into(), reason: format!("{} differs from Content-ID {id}", h.id) })
+                    }
+                });
+                pending = Some((id, header));
+            }
+            "content" => match pending.take() {
+                Some((hid, header)) if hid == id => match header {
+                    Ok(header) => out.items.push(Item { header, content: bytes }),
+                    Err(error) => out.rejected.push(Rejected { id, error }),
+                },
+                _ => return Err(EnvelopeError::Malformed(format!("content part of {id} does not follow its header"))),
+            },
+            other => return Err(EnvelopeError::Malformed(format!("unknown part role {other:?} in <{cid}>"))),
+        }
+    }
+    if let Some((id, _)) = pending {
+        return Err(EnvelopeError::Malformed(format!("header of {id} has no content part")));
+    }
+    Ok(out)
+}
+
+/// Decodes an envelope already held in memory (tests, fuzzing, replies).
+///
+/// # Errors
+/// As [`decode`].
+pub async fn decode_bytes(content_type: &str, body: Bytes) -> Result<Decoded, EnvelopeError> {
+    let s = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    decode(content_type, s).await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+use super::*;
+use crate::model::*;
+
+fn alarm(text: &str) -> Message {
+    Message::forward(
+        "acme.p7".parse().unwrap(),
+        "alarm",
+        None,
+        Content::Alarm(Alarm { severity: Severity::Minor, state: AlarmState::Raised, support_instance: None, text: text.into(), data: None }),
+    )
+}
+
+fn rt<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+}
+
+#[test]
+fn round_trip_with_control() {
+    let msgs: Vec<Message> = (0..5).map(|i| alarm(&format!("m{i}"))).collect();
+    let mut w = EnvelopeWriter::new();
+    let control = Control { wait_ms: Some(2500), acks: vec![MessageId::new(), MessageId::new()] };
+    w.control(&control);
+    for m in &msgs {
+        w.message(m);
+    }
+    let (ct, body) = w.finish();
+    let d = rt(decode_bytes(&ct, body)).unwrap();
+    assert_eq!(d.control, control);
+    assert!(d.rejected.is_empty());
+    let back: Vec<Message> = d.items.iter().map(|i| i.message().unwrap()).collect();
+    assert_eq!(back, msgs);
+}
+
+#[test]
+fn bad_header_rejects_only_that_message() {
+    let good = alarm("ok");
+    let bad = alarm("bad");
+    let mut w = EnvelopeWriter::new();
+    w.message(&good);
+    let h = wire::encode_header(&bad.header).replace("class=\"alarm\"", "class=\"NOPE\"");
+    w.raw(&bad.header.id, h.as_bytes(), b"<alarm/>");
+    let (ct, body) = w.finish();
+    let d = rt(decode_bytes(&ct, body)).unwrap();
+    assert_eq!(d.items.len(), 1);
+    assert_eq!(d.rejected.len(), 1);
+    assert_eq!(d.rejected[0].id, bad.header.id);
+    assert!(d.rejected[0].error.to_string().contains("header/@class"));
+}
+
+#[test]
+fn envelope_level_errors() {
+    let e = rt(decode_bytes("application/json", Bytes::from_static(b"{}"))).unwrap_err();
+    assert_eq!(e.status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let e = rt(decode_bytes("multipart/related; boundary=x", Bytes::from_static(b"garbage"))).unwrap_err();
+    assert_eq!(e.status(), http::StatusCode::BAD_REQUEST, "{e}");
+    // A header without its content.
+    let m = alarm("x");
+    let body = format!(
+        "--x\r\nContent-ID: <{id}.header>\r\n\r\n{h}\r\n--x--\r\n",
+        id = m.header.id,
+        h = wire::encode_header(&m.header)
+    );
+    let e = rt(decode_bytes("multipart/related; boundary=x", body.into())).unwrap_err();
+    assert!(matches!(e, EnvelopeError::Malformed(_)), "{e}");
+    // A part over the limit.
+    let big = "a".repeat(MAX_PART_BYTES as usize + 10);
+    let body = format!("--x\r\nContent-ID: <{}.header>\r\n\r\n{big}\r\n--x--\r\n", m.header.id);
+    let e = rt(decode_bytes("multipart/related; boundary=x", body.into())).unwrap_err();
+    assert_eq!(e.status(), http::StatusCode::PAYLOAD_TOO_LARGE, "{e}");
+}
+
+#[test]
+fn random_input_never_panics() {
+    // A property-style sweep: random bytes, random truncations and random
+    // byte flips of a valid envelope must all end in Ok or Err, never a panic.
+    let mut w = EnvelopeWriter::new();
+    w.control(&Control { wait_ms: Some(1), acks: vec![MessageId::new()] });
+    for i in 0..3 {
+        w.message(&alarm(&format!("m{i}")));
+    }
+    let (ct, body) = w.finish();
+    let mut rng = fastrand::Rng::with_seed(7);
+    rt(async {
+        for _ in 0..2000 {
+            let mut b = body.to_vec();
+            match rng.u8(0..3) {
+                0 => b.truncate(rng.usize(0..b.len())),
+                1 => {
+                    for _ in 0..rng.usize(1..8) {
+                        let i = rng.usize(0..b.len());
+                        b[i] = rng.u8(..);
+                    }
+                }
+                _ => b = (0..rng.usize(0..512)).map(|_| rng.u8(..)).collect(),
+            }
+            if let Ok(d) = decode_bytes(&ct, b.into()).await {
+                for item in &d.items {
+                    let _ = item.content();
+                }
+            }
+        }
+    });
+    for _ in 0..2000 {
+        let len = rng.usize(0..256);
+        let b: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        let _ = wire::decode_header(&b);
+        let _ = wire::decode_content(&b, ContentKind::Alarm);
+    }
+}

@@ -1,0 +1,608 @@
+//! The XML form of headers and contents (quick-xml + serde).
+//!
+//! The serde structs here are private: they only describe the bytes. Every
+//! decode goes `bytes → scan (limits) → Wire* → TryFrom → model`, so a message
+//! that reaches node logic is valid, and every failure names its field.
+//! `docs/PROTOCOL.md` documents each element with an example.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use quick_xml::events::Event as XmlEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::id::{ComponentId, MessageId};
+use crate::limits::{
+    MAX_DESTINATIONS, MAX_PART_BYTES, MAX_ROUTING_HOPS, MAX_TEXT_BYTES, MAX_XML_ATTRIBUTES,
+    MAX_XML_DEPTH,
+};
+use crate::model::*;
+
+/// Why one message (header or content part) is invalid. Reported per message
+/// in a `response`, so one bad message never spoils its batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidMessage {
+    /// The part is not well-formed XML, or not the element expected.
+    #[error("{part}: malformed XML: {reason}")]
+    Xml {
+        /// `header` or `content`.
+        part: &'static str,
+        /// What the parser said.
+        reason: String,
+    },
+    /// An XML size or shape limit was exceeded.
+    #[error("{part}: {what}")]
+    Limit {
+        /// `header` or `content`.
+        part: &'static str,
+        /// Which limit.
+        what: String,
+    },
+    /// The content element is not one of the six kinds.
+    #[error("unknown content kind {0:?} (expected alarm, event, response, bulk-request, bulk-response or data)")]
+    UnknownKind(String),
+    /// A field is missing or has a bad value.
+    #[error("{field}: {reason}")]
+    Field {
+        /// Path of the field, e.g. `header/source/@origin`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn field(field: &str, reason: impl ToString) -> InvalidMessage {
+    InvalidMessage::Field { field: field.to_string(), reason: reason.to_string() }
+}
+
+/// Walks the XML once, enforcing depth, attribute and DOCTYPE limits before
+/// serde sees it, and returns the root element name.
+fn scan(xml: &[u8], part: &'static str) -> Result<String, InvalidMessage> {
+    let limit = |what: String| InvalidMessage::Limit { part, what };
+    let xml_err = |e: &dyn std::fmt::Display| InvalidMessage::Xml { part, reason: e.to_string() };
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut depth = 0usize;
+    let mut root: Option<String> = None;
+    loop {
+        let ev = reader.read_event().map_err(|e| xml_err(&e))?;
+        let elem = match &ev {
+            XmlEvent::Start(e) | XmlEvent::Empty(e) => Some(e),
+            _ => None,
+        };
+        if let Some(e) = elem {
+            if depth == 0 {
+                if root.is_some() {
+                    return Err(xml_err(&"more than one root element"));
+                }
+                root = Some(AsRef::<str>::as_ref(&e.name()).to_string());
+            }
+            let attrs = e.attributes().count();
+            if attrs > MAX_XML_ATTRIBUTES {
+                return Err(limit(format!("{attrs} attributes on one element (limit {MAX_XML_ATTRIBUTES})")));
+            }
+        }
+        match ev {
+            XmlEvent::Start(_) => {
+                depth += 1;
+                if depth > MAX_XML_DEPTH {
+                    return Err(limit(format!("nesting deeper than {MAX_XML_DEPTH}")));
+                }
+            }
+            XmlEvent::End(_) => depth = depth.saturating_sub(1),
+            XmlEvent::DocType(_) => return Err(limit("DOCTYPE is not allowed".into())),
+            XmlEvent::Eof => break,
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err(xml_err(&"unclosed element"));
+    }
+    root.ok_or_else(|| xml_err(&"no root element"))
+}
+
+fn from_xml<'a, T: Deserialize<'a>>(xml: &'a str, part: &'static str) -> Result<T, InvalidMessage> {
+    quick_xml::de::from_str(xml).map_err(|e| InvalidMessage::Xml { part, reason: e.to_string() })
+}
+
+fn to_xml<T: Serialize>(v: &T) -> String {
+    // Serializing our own plain structs into a String cannot fail: every field
+    // is a string, number or bool, and the root has a name.
+    quick_xml::se::to_string(v).unwrap_or_default()
+}
+
+fn utf8<'a>(xml: &'a [u8], part: &'static str) -> Result<&'a str, InvalidMessage> {
+    std::str::from_utf8(xml).map_err(|e| InvalidMessage::Xml { part, reason: e.to_string() })
+}
+
+fn parse_ts(path: &str, s: &str) -> Result<Timestamp, InvalidMessage> {
+    Timestamp::parse_rfc3339(s).ok_or_else(|| field(path, format!("{s:?} is not an RFC 3339 UTC time")))
+}
+
+fn parse_id(path: &str, s: &str) -> Result<ComponentId, InvalidMessage> {
+    s.parse().map_err(|e| field(path, e))
+}
+
+fn text(path: &str, s: String) -> Result<String, InvalidMessage> {
+    if s.len() > MAX_TEXT_BYTES {
+        return Err(field(path, format!("{} bytes, limit {MAX_TEXT_BYTES}", s.len())));
+    }
+    Ok(s)
+}
+
+// ---------------------------------------------------------------- header
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "header")]
+struct WireHeader {
+    #[serde(rename = "@id")]
+    id: String,
+    #[serde(rename = "@class")]
+    class: String,
+    #[serde(rename = "@subclass", skip_serializing_if = "Option::is_none", default)]
+    subclass: Option<String>,
+    #[serde(rename = "@content")]
+    content: String,
+    #[serde(rename = "@created")]
+    created: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    source: Option<WireSource>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    destination: Option<WireDestination>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    qos: Option<WireQos>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    routing: Option<WireRouting>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireSource {
+    #[serde(rename = "@origin")]
+    origin: String,
+    #[serde(rename = "@version", skip_serializing_if = "Option::is_none", default)]
+    version: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireDestination {
+    #[serde(rename = "@group", skip_serializing_if = "Option::is_none", default)]
+    group: Option<String>,
+    #[serde(rename = "to", default)]
+    to: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireQos {
+    #[serde(rename = "@precedence", skip_serializing_if = "Option::is_none", default)]
+    precedence: Option<u8>,
+    #[serde(rename = "@persistence", skip_serializing_if = "Option::is_none", default)]
+    persistence: Option<bool>,
+    #[serde(rename = "@expiry", skip_serializing_if = "Option::is_none", default)]
+    expiry: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireRouting {
+    #[serde(rename = "hop", default)]
+    hops: Vec<WireHop>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireHop {
+    #[serde(rename = "@id")]
+    id: String,
+    #[serde(rename = "@time")]
+    time: String,
+}
+
+/// Writes a header as XML.
+pub fn encode_header(h: &Header) -> String {
+    let (source, destination) = match &h.direction {
+        Direction::Source(s) => {
+            (Some(WireSource { origin: s.origin.to_string(), version: s.version.clone() }), None)
+        }
+        Direction::Destination(d) => (
+            None,
+            Some(WireDestination {
+                group: d.group.as_ref().map(|g| g.to_string()),
+                to: d.ids.iter().map(|i| i.to_string()).collect(),
+            }),
+        ),
+    };
+    let q = &h.qos;
+    let qos = (*q != Qos::default()).then(|| WireQos {
+        precedence: Some(q.precedence),
+        persistence: Some(q.persistence),
+        expiry: q.expiry.map(Timestamp::to_rfc3339),
+    });
+    to_xml(&WireHeader {
+        id: h.id.to_string(),
+        class: h.class.clone(),
+        subclass: h.subclass.clone(),
+        content: h.kind.as_str().to_string(),
+        created: h.created.to_rfc3339(),
+        source,
+        destination,
+        qos,
+        routing: (!h.routing.is_empty()).then(|| WireRouting {
+            hops: h
+                .routing
+                .iter()
+                .map(|hop| WireHop { id: hop.id.to_string(), time: hop.time.to_rfc3339() })
+                .collect(),
+        }),
+    })
+}
+
+/// Parses and validates a header part.
+///
+/// # Errors
+/// [`InvalidMessage`] naming the field, or the XML limit, that failed.
+pub fn decode_header(xml: &[u8]) -> Result<Header, InvalidMessage> {
+    let root = scan(xml, "header")?;
+    if root != "header" {
+        return Err(InvalidMessage::Xml { part: "header", reason: format!("root element is <{root}>, expected <header>") });
+    }
+    let w: WireHeader = from_xml(utf8(xml, "header")?, "header")?;
+    let id: MessageId = w.id.parse().map_err(|e| field("header/@id", e))?;
+    if !valid_class(&w.class) {
+        return Err(field("header/@class", format!("{:?} is not a class label ([a-z0-9_.-], 1-64)", w.class)));
+    }
+    if let Some(s) = &w.subclass {
+        if !valid_class(s) {
+            return Err(field("header/@subclass", format!("{s:?} is not a class label ([a-z0-9_.-], 1-64)")));
+        }
+    }
+    let kind = ContentKind::parse(&w.content).ok_or_else(|| InvalidMessage::UnknownKind(w.content.clone()))?;
+    let created = parse_ts("header/@created", &w.created)?;
+    let direction = match (w.source, w.destination) {
+        (Some(s), None) => {
+            if s.version.as_ref().is_some_and(|v| v.len() > 64) {
+                return Err(field("header/source/@version", "longer than 64 bytes"));
+            }
+            Direction::Source(Source { origin: parse_id("header/source/@origin", &s.origin)?, version: s.version })
+        }
+        (None, Some(d)) => {
+            if d.to.len() > MAX_DESTINATIONS {
+                return Err(field("header/destination", format!("more than {MAX_DESTINATIONS} destinations")));
+            }
+            let ids = d.to.iter().map(|t| parse_id("header/destination/to", t)).collect::<Result<Vec<_>, _>>()?;
+            let group = d
+                .group
+                .map(|g| g.parse().map_err(|e| field("header/destination/@group", e)))
+                .transpose()?;
+            if ids.is_empty() && group.is_none() {
+                return Err(field("header/destination", "names no destination"));
+            }
+            Direction::Destination(Destination { ids, group })
+        }
+        (Some(_), Some(_)) => return Err(field("header", "has both <source> and <destination>")),
+        (None, None) => return Err(field("header", "needs a <source> or a <destination>")),
+    };
+    let mut qos = Qos::default();
+    if let Some(q) = w.qos {
+        if let Some(p) = q.precedence {
+            if p > MAX_PRECEDENCE {
+                return Err(field("header/qos/@precedence", format!("{p} is above {MAX_PRECEDENCE}")));
+            }
+            qos.precedence = p;
+        }
+        if let Some(p) = q.persistence {
+            qos.persistence = p;
+        }
+        qos.expiry = q.expiry.map(|e| parse_ts("header/qos/@expiry", &e)).transpose()?;
+    }
+    let hops = w.routing.map(|r| r.hops).unwrap_or_default();
+    if hops.len() > MAX_ROUTING_HOPS {
+        return Err(field("header/routing", format!("more than {MAX_ROUTING_HOPS} hops")));
+    }
+    let routing = hops
+        .into_iter()
+        .map(|h| Ok(Hop { id: parse_id("header/routing/hop/@id", &h.id)?, time: parse_ts("header/routing/hop/@time", &h.time)? }))
+        .collect::<Result<Vec<_>, InvalidMessage>>()?;
+    Ok(Header { id, class: w.class, subclass: w.subclass, kind, created, direction, qos, routing })
+}
+
+// ---------------------------------------------------------------- contents
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "data")]
+struct WireData {
+    #[serde(rename = "@mime")]
+    mime: String,
+    #[serde(rename = "@encoding")]
+    encoding: Encoding,
+    #[serde(rename = "@size")]
+    size: u64,
+    #[serde(rename = "$text", default)]
+    payload: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "alarm")]
+struct WireAlarm {
+    #[serde(rename = "@severity")]
+    severity: Severity,
+    #[serde(rename = "@state")]
+    state: AlarmState,
+    #[serde(rename = "@si", skip_serializing_if = "Option::is_none", default)]
+    si: Option<String>,
+    #[serde(default)]
+    text: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    data: Option<WireData>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "event")]
+struct WireEvent {
+    #[serde(rename = "@si", skip_serializing_if = "Option::is_none", default)]
+    si: Option<String>,
+    #[serde(default)]
+    text: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    data: Option<WireData>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "response")]
+struct WireResponse {
+    #[serde(rename = "@request")]
+    request: String,
+    #[serde(rename = "@status")]
+    status: Status,
+    #[serde(rename = "@reason", skip_serializing_if = "Option::is_none", default)]
+    reason: Option<String>,
+    #[serde(rename = "@retry-after-ms", skip_serializing_if = "Option::is_none", default)]
+    retry_after_ms: Option<u64>,
+    #[serde(rename = "@correlation", skip_serializing_if = "Option::is_none", default)]
+    correlation: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "bulk-request")]
+struct WireBulkRequest {
+    #[serde(rename = "@size")]
+    size: u64,
+    #[serde(rename = "@sha256")]
+    sha256: String,
+    #[serde(rename = "@class")]
+    class: String,
+    #[serde(rename = "@filename")]
+    filename: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "bulk-response")]
+struct WireBulkResponse {
+    #[serde(rename = "@request")]
+    request: String,
+    #[serde(rename = "@granted")]
+    granted: bool,
+    #[serde(rename = "@reason", skip_serializing_if = "Option::is_none", default)]
+    reason: Option<String>,
+    #[serde(rename = "@url", skip_serializing_if = "Option::is_none", default)]
+    url: Option<String>,
+    #[serde(rename = "@token", skip_serializing_if = "Option::is_none", default)]
+    token: Option<String>,
+}
+
+fn data_to_wire(d: &Data) -> WireData {
+    let payload = match d.encoding {
+        Encoding::Text => String::from_utf8_lossy(&d.payload).into_owned(),
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(&d.payload),
+    };
+    WireData { mime: d.mime.clone(), encoding: d.encoding, size: d.payload.len() as u64, payload }
+}
+
+fn data_from_wire(path: &str, w: WireData) -> Result<Data, InvalidMessage> {
+    // Check the declared size before decoding anything (STYLE.md §6).
+    if w.size > MAX_PART_BYTES {
+        return Err(field(&format!("{path}/@size"), format!("{} bytes declared, limit {MAX_PART_BYTES}", w.size)));
+    }
+    if w.mime.parse::<mime::Mime>().is_err() {
+        return Err(field(&format!("{path}/@mime"), format!("{:?} is not a MIME type", w.mime)));
+    }
+    let payload: Bytes = match w.encoding {
+        Encoding::Text => Bytes::from(w.payload.into_bytes()),
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(w.payload.trim())
+            .map_err(|e| field(path, format!("bad base64: {e}")))?
+            .into(),
+    };
+    if payload.len() as u64 != w.size {
+        return Err(field(&format!("{path}/@size"), format!("declares {} bytes, payload has {}", w.size, payload.len())));
+    }
+    Ok(Data { mime: w.mime, encoding: w.encoding, payload })
+}
+
+fn opt_si(path: &str, si: Option<String>) -> Result<Option<ComponentId>, InvalidMessage> {
+    si.map(|s| parse_id(path, &s)).transpose()
+}
+
+/// Writes a content element as XML.
+pub fn encode_content(c: &Content) -> String {
+    match c {
+        Content::Alarm(a) => to_xml(&WireAlarm {
+            severity: a.severity,
+            state: a.state,
+            si: a.support_instance.as_ref().map(|s| s.to_string()),
+            text: a.text.clone(),
+            data: a.data.as_ref().map(data_to_wire),
+        }),
+        Content::Event(e) => to_xml(&WireEvent {
+            si: e.support_instance.as_ref().map(|s| s.to_string()),
+            text: e.text.clone(),
+            data: e.data.as_ref().map(data_to_wire),
+        }),
+        Content::Response(r) => to_xml(&WireResponse {
+            request: r.request.to_string(),
+            status: r.status,
+            reason: r.reason.clone(),
+            retry_after_ms: r.retry_after.map(|d| d.as_millis() as u64),
+            correlation: r.correlation.clone(),
+        }),
+        Content::BulkRequest(b) => to_xml(&WireBulkRequest {
+            size: b.size,
+            sha256: b.sha256.clone(),
+            class: b.class.clone(),
+            filename: b.filename.clone(),
+        }),
+        Content::BulkResponse(b) => to_xml(&WireBulkResponse {
+            request: b.request.to_string(),
+            granted: b.granted,
+            reason: b.reason.clone(),
+            url: b.url.clone(),
+            token: b.token.clone(),
+        }),
+        Content::Data(d) => to_xml(&data_to_wire(d)),
+    }
+}
+
+/// Parses and validates a content part, which must be of kind `expected`
+/// (the header's `content` attribute).
+///
+/// # Errors
+/// [`InvalidMessage`] naming the field or limit that failed, or
+/// [`InvalidMessage::UnknownKind`] for an element that is none of the six.
+pub fn decode_content(xml: &[u8], expected: ContentKind) -> Result<Content, InvalidMessage> {
+    let root = scan(xml, "content")?;
+    let kind = ContentKind::parse(&root).ok_or_else(|| InvalidMessage::UnknownKind(root.clone()))?;
+    if kind != expected {
+        return Err(field("content", format!("element <{root}> but the header says {}", expected.as_str())));
+    }
+    let s = utf8(xml, "content")?;
+    Ok(match kind {
+        ContentKind::Alarm => {
+            let w: WireAlarm = from_xml(s, "content")?;
+            Content::Alarm(Alarm {
+                severity: w.severity,
+                state: w.state,
+                support_instance: opt_si("alarm/@si", w.si)?,
+                text: text("alarm/text", w.text)?,
+                data: w.data.map(|d| data_from_wire("alarm/data", d)).transpose()?,
+            })
+        }
+        ContentKind::Event => {
+            let w: WireEvent = from_xml(s, "content")?;
+            Content::Event(Event {
+                support_instance: opt_si("event/@si", w.si)?,
+                text: text("event/text", w.text)?,
+                data: w.data.map(|d| data_from_wire("event/data", d)).transpose()?,
+            })
+        }
+        ContentKind::Response => {
+            let w: WireResponse = from_xml(s, "content")?;
+            Content::Response(Response {
+                request: w.request.parse().map_err(|e| field("response/@request", e))?,
+                status: w.status,
+                reason: w.reason.map(|r| text("response/@reason", r)).transpose()?,
+                retry_after: w.retry_after_ms.map(Duration::from_millis),
+                correlation: w.correlation.map(|c| text("response/@correlation", c)).transpose()?,
+            })
+        }
+        ContentKind::BulkRequest => {
+            let w: WireBulkRequest = from_xml(s, "content")?;
+            if w.sha256.len() != 64 || !w.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Err(field("bulk-request/@sha256", "must be 64 lowercase hex digits"));
+            }
+            if !valid_class(&w.class) {
+                return Err(field("bulk-request/@class", "not a class label"));
+            }
+            if w.filename.is_empty() || w.filename.len() > 255 {
+                return Err(field("bulk-request/@filename", "must be 1-255 bytes"));
+            }
+            Content::BulkRequest(BulkRequest { size: w.size, sha256: w.sha256, class: w.class, filename: w.filename })
+        }
+        ContentKind::BulkResponse => {
+            let w: WireBulkResponse = from_xml(s, "content")?;
+            Content::BulkResponse(BulkResponse {
+                request: w.request.parse().map_err(|e| field("bulk-response/@request", e))?,
+                granted: w.granted,
+                reason: w.reason,
+                url: w.url,
+                token: w.token,
+            })
+        }
+        ContentKind::Data => {
+            let w: WireData = from_xml(s, "content")?;
+            Content::Data(data_from_wire("data", w)?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_header() -> Header {
+        let mut m = Message::forward(
+            "acme.p7.si3".parse().unwrap(),
+            "alarm",
+            Some("disk"),
+            Content::Event(Event { support_instance: None, text: String::new(), data: None }),
+        );
+        m.header.qos = Qos { expiry: Some(Timestamp(1_900_000_000_000)), precedence: 7, persistence: false };
+        m.header.routing.push(Hop { id: "acme.p7".parse().unwrap(), time: Timestamp(1_800_000_000_123) });
+        m.header
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = sample_header();
+        let xml = encode_header(&h);
+        assert_eq!(decode_header(xml.as_bytes()).unwrap(), h);
+        let mut back = h.clone();
+        back.direction = Direction::Destination(Destination {
+            ids: vec!["acme.p1".parse().unwrap()],
+            group: Some("group:acme-solaris".parse().unwrap()),
+        });
+        assert_eq!(decode_header(encode_header(&back).as_bytes()).unwrap(), back);
+    }
+
+    #[test]
+    fn every_content_kind_round_trips() {
+        let id = MessageId::new();
+        let data = Data { mime: "application/octet-stream".into(), encoding: Encoding::Base64, payload: Bytes::from_static(b"\x00\x01<&>") };
+        let all = vec![
+            Content::Alarm(Alarm { severity: Severity::Major, state: AlarmState::Raised, support_instance: Some("acme.p7.si1".parse().unwrap()), text: "disk <full> & \"hot\"".into(), data: Some(data.clone()) }),
+            Content::Event(Event { support_instance: None, text: "rebooted".into(), data: None }),
+            Content::Response(Response::retry(id, "throttled", Duration::from_millis(1500))),
+            Content::Response(Response::accepted(id, Some("c-1".into()))),
+            Content::BulkRequest(BulkRequest { size: 10, sha256: "a".repeat(64), class: "core".into(), filename: "core.1".into() }),
+            Content::BulkResponse(BulkResponse { request: id, granted: true, reason: None, url: Some("/rs/v1/bulk/x".into()), token: Some("x".into()) }),
+            Content::Data(Data { mime: "text/plain".into(), encoding: Encoding::Text, payload: Bytes::from_static(b"hello <world>") }),
+            Content::Data(data),
+        ];
+        for c in all {
+            let xml = encode_content(&c);
+            assert_eq!(decode_content(xml.as_bytes(), c.kind()).unwrap(), c, "{xml}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let good = encode_header(&sample_header());
+        let bad = good.replace("origin=\"acme.p7.si3\"", "origin=\"ACME\"");
+        let e = decode_header(bad.as_bytes()).unwrap_err();
+        assert!(e.to_string().starts_with("header/source/@origin"), "{e}");
+        let e = decode_header(good.replace("content=\"event\"", "content=\"poem\"").as_bytes()).unwrap_err();
+        assert_eq!(e, InvalidMessage::UnknownKind("poem".into()));
+        let e = decode_content(b"<poem/>", ContentKind::Event).unwrap_err();
+        assert_eq!(e, InvalidMessage::UnknownKind("poem".into()));
+        let e = decode_content(b"<data mime=\"text/plain\" encoding=\"text\" size=\"99\">hi</data>", ContentKind::Data).unwrap_err();
+        assert!(e.to_string().contains("data/@size"), "{e}");
+        assert!(matches!(decode_header(b"<header id=\"x\""), Err(InvalidMessage::Xml { .. })));
+    }
+
+    #[test]
+    fn limits_hold() {
+        let deep = format!("{}{}", "<a>".repeat(50), "</a>".repeat(50));
+        assert!(matches!(decode_content(deep.as_bytes(), ContentKind::Event), Err(InvalidMessage::Limit { .. })));
+        let attrs: String = (0..40).map(|i| format!(" a{i}=\"1\"")).collect();
+        let many = format!("<event{attrs}/>");
+        assert!(matches!(decode_content(many.as_bytes(), ContentKind::Event), Err(InvalidMessage::Limit { .. })));
+        let dtd = b"<!DOCTYPE x [<!ENTITY a \"b\">]><event/>";
+        assert!(matches!(decode_content(dtd, ContentKind::Event), Err(InvalidMessage::Limit { .. })));
+    }
+}

@@ -1,0 +1,37 @@
+//! rsnet-common: everything the three tiers share.
+//!
+//! * [`id`], [`model`]: identifiers and the message model (DESIGN.md §2–3).
+//! * [`envelope`]: the `multipart/related` exchange format and its XML parts.
+//! * [`store`]: durable embedded storage (redb) behind narrow traits.
+//! * [`tls`]: certificates, identities from certificates, mTLS configs, CRLs.
+//! * [`server`]: the HTTPS/HTTP accept loop every node runs.
+//! * [`link`]: the uplink client (failover, backoff, HTTP CONNECT proxies).
+//! * [`forward`]: the spool-to-parent loop of every sender.
+//! * [`heartbeat`]: status trees and lifecycle notices.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+//pub mod config;
+pub mod envelope;
+//pub mod forward;
+//pub mod heartbeat;
+//pub mod http_util;
+pub mod id;
+pub mod limits;
+//pub mod link;
+//pub mod metrics;
+pub mod model;
+//pub mod ready;
+//pub mod server;
+//pub mod store;
+//pub mod tls;
+
+pub use id::{ComponentId, GroupName, MessageId};
+pub use model::{Content, Header, Message};
+
+/// Sets up `tracing` from `RUST_LOG` (default `info`), logging to stderr.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
