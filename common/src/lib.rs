@@ -23,7 +23,7 @@ pub mod limits;
 pub mod model;
 //pub mod ready;
 //pub mod server;
-//pub mod store;
+pub mod store;
 //pub mod tls;
 
 pub use id::{ComponentId, GroupName, MessageId};

@@ -1,0 +1,246 @@
+//! Durable storage behind narrow traits (DESIGN.md §10).
+//!
+//! Node logic sees three traits and nothing of the backend:
+//!
+//! * [`Spool`]: a sender's outbound queue, ordered by precedence then age,
+//!   bounded by bytes (proxy; any MLM that originates messages).
+//! * [`MessageStore`]: the appserver's append-only store, exactly once per
+//!   message ID, read back by sequence number (the SSE stream, the API).
+//! * [`KvStore`]: small durable state (support-instance IDs, topology).
+//!
+//! # Durability
+//!
+//! Every write method returns only after its data is on disk (redb commits
+//! with `fdatasync`). Throughput comes from group commit: [`GroupCommit`]
+//! funnels concurrent callers' writes into one transaction, so one fsync
+//! covers a whole burst. A caller that was answered `Ok` may tell its peer
+//! "accepted"; a kill -9 at any moment loses nothing so acknowledged.
+//!
+//! The embedded backend is [`redb`](self::redb); a PostgreSQL backend for
+//! farms implements the same traits.
+
+mod committer;
+pub mod redb;
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+
+use crate::id::{ComponentId, MessageId};
+use crate::model::{ContentKind, Timestamp};
+pub use committer::GroupCommit;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The spool cannot take the message even after evicting what the rules allow.
+    #[error("spool full: {needed} bytes needed, {free} free of {capacity}")]
+    Full {
+        /// Bytes the message needs.
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+        /// Capacity.
+        capacity: u64,
+    },
+    /// The backend failed (I/O, corruption). Nothing of the failed write was kept.
+    #[error("store: {0}")]
+    Backend(String),
+    /// The store's writer is gone (the node is shutting down).
+    #[error("store closed")]
+    Closed,
+}
+
+/// Shorthand.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Position of a spool entry: precedence rank (0 = highest precedence) then sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpoolKey {
+    /// `MAX_PRECEDENCE - precedence`, so higher precedence sorts first.
+    pub rank: u8,
+    /// Monotonic per spool, so older sorts first within a rank.
+    pub seq: u64,
+}
+
+/// A message to spool: its ID, QoS and its two XML parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolRecord {
+    /// Message ID.
+    pub id: MessageId,
+    /// 0..=9.
+    pub precedence: u8,
+    /// Survives eviction by non-persistent messages.
+    pub persistent: bool,
+    /// When to drop it.
+    pub expiry: Option<Timestamp>,
+    /// Header XML.
+    pub header: Bytes,
+    /// Content XML.
+    pub content: Bytes,
+}
+
+impl SpoolRecord {
+    /// Bytes this record counts against the spool capacity.
+    pub fn size(&self) -> u64 {
+        (self.header.len() + self.content.len() + SPOOL_RECORD_OVERHEAD) as u64
+    }
+}
+
+/// Per-record overhead counted against capacity (key, flags, expiry, id, lengths).
+pub const SPOOL_RECORD_OVERHEAD: usize = 45;
+
+/// What [`Spool::peek`] found.
+#[derive(Debug, Default)]
+pub struct Peeked {
+    /// Entries to send, in order.
+    pub entries: Vec<(SpoolKey, SpoolRecord)>,
+    /// Expired entries that were removed (for the logged notice).
+    pub expired: Vec<MessageId>,
+}
+
+/// Counters of a spool.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct SpoolStats {
+    /// Messages held.
+    pub messages: u64,
+    /// Bytes held (as counted against capacity).
+    pub bytes: u64,
+    /// Capacity in bytes.
+    pub capacity: u64,
+    /// Messages evicted to make room since start.
+    pub evicted: u64,
+    /// Messages dropped as expired since start.
+    pub expired: u64,
+}
+
+/// A sender's durable outbound queue.
+pub trait Spool: Send + Sync + 'static {
+    /// Stores records in one durable commit. Each record succeeds or fails on
+    /// its own: when the spool is full, non-persistent messages of lower
+    /// precedence (or equal, for a persistent newcomer) are evicted, oldest
+    /// first; if that does not make room the record fails with
+    /// [`StoreError::Full`].
+    ///
+    /// # Durability
+    /// Returns after fsync.
+    fn push(&self, records: Vec<SpoolRecord>) -> Result<Vec<Result<SpoolKey>>>;
+
+    /// Up to `limit` entries in send order, skipping `skip` (in flight).
+    /// Expired entries met on the way are removed and reported.
+    fn peek(&self, limit: usize, skip: &HashSet<SpoolKey>, now: Timestamp) -> Result<Peeked>;
+
+    /// Removes entries (delivered or permanently rejected). Unknown keys are ignored.
+    ///
+    /// # Durability
+    /// Returns after fsync.
+    fn remove(&self, keys: &[SpoolKey]) -> Result<()>;
+
+    /// Current counters.
+    fn stats(&self) -> SpoolStats;
+}
+
+/// A message as the appserver stores it: index fields plus the two XML parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Message ID (unique in the store).
+    pub id: MessageId,
+    /// The originating component.
+    pub source: ComponentId,
+    /// Class.
+    pub class: String,
+    /// Subclass.
+    pub subclass: Option<String>,
+    /// Content kind.
+    pub kind: ContentKind,
+    /// When it was made.
+    pub created: Timestamp,
+    /// When the appserver stored it.
+    pub received: Timestamp,
+    /// Header XML.
+    pub header: Bytes,
+    /// Content XML.
+    pub content: Bytes,
+}
+
+/// Outcome of appending one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Newly stored at this sequence number.
+    Stored(u64),
+    /// Stored before, at this sequence number.
+    Duplicate(u64),
+}
+
+impl Appended {
+    /// The sequence number either way.
+    pub fn seq(self) -> u64 {
+        match self {
+            Appended::Stored(s) | Appended::Duplicate(s) => s,
+        }
+    }
+}
+
+/// Which messages a query returns.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter {
+    /// Source is this ID or inside its subtree.
+    pub source: Option<ComponentId>,
+    /// Exact class.
+    pub class: Option<String>,
+    /// Exact subclass.
+    pub subclass: Option<String>,
+    /// Created at or after.
+    pub since: Option<Timestamp>,
+    /// Created before.
+    pub until: Option<Timestamp>,
+}
+
+impl MessageFilter {
+    /// True if `m` passes.
+    pub fn matches(&self, m: &StoredMessage) -> bool {
+        self.source.as_ref().is_none_or(|s| m.source.is_within(s))
+            && self.class.as_ref().is_none_or(|c| *c == m.class)
+            && self.subclass.as_ref().is_none_or(|c| Some(c) == m.subclass.as_ref())
+            && self.since.is_none_or(|t| m.created >= t)
+            && self.until.is_none_or(|t| m.created < t)
+    }
+}
+
+/// The appserver's message store: exactly once per message ID.
+pub trait MessageStore: Send + Sync + 'static {
+    /// Appends messages not stored before, plus `state` key/values, in one
+    /// durable commit. A message ID seen before (in this batch or earlier)
+    /// is not stored again.
+    ///
+    /// # Durability
+    /// Returns after fsync.
+    fn append(&self, messages: Vec<StoredMessage>, state: Vec<(String, Vec<u8>)>) -> Result<Vec<Appended>>;
+
+    /// Messages with sequence numbers above `after` that pass `filter`, in
+    /// order, at most `limit`, scanning at most `scan_limit` records. Returns
+    /// them and the last sequence number scanned (resume from there).
+    fn scan(&self, after: u64, limit: usize, scan_limit: usize, filter: &MessageFilter) -> Result<(Vec<(u64, StoredMessage)>, u64)>;
+
+    /// The highest sequence number stored (0 if empty).
+    fn last_seq(&self) -> u64;
+
+    /// The number of messages stored.
+    fn count(&self) -> Result<u64>;
+}
+
+/// Small durable key/value state.
+pub trait KvStore: Send + Sync + 'static {
+    /// The value at `key`.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Writes all pairs in one durable commit.
+    ///
+    /// # Durability
+    /// Returns after fsync.
+    fn put(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()>;
+    /// Every pair whose key starts with `prefix`.
+    fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+}
+
+#[cfg(test)]
+mod tests;

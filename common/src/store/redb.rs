@@ -1,0 +1,476 @@
+//! The embedded backend: one redb file per node (`DIR/store.redb`).
+//!
+//! # On-disk layout
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `spool` | `(rank u8, seq u64)` | `persistent u8, expiry u64 (0 = none), id [16], hlen u32, header, content` |
+//! | `spool_meta` | `"next_seq"` | `u64` |
+//! | `messages` | `seq u64` | see [`encode_stored`] |
+//! | `message_ids` | `id [16]` | `seq u64` |
+//! | `state` | `&str` | bytes |
+//!
+//! # Invariants and recovery
+//!
+//! Every write is one redb transaction committed with `Durability::Immediate`
+//! (fdatasync), so after kill -9 the file holds exactly the committed
+//! transactions. Derived counters (spool bytes and count, last sequence
+//! number) live in memory and are recomputed by a scan at open, so they can
+//! never disagree with the tables.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ::redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use bytes::Bytes;
+
+use super::*;
+use crate::model::MAX_PRECEDENCE;
+
+const SPOOL: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("spool");
+const SPOOL_META: TableDefinition<&str, u64> = TableDefinition::new("spool_meta");
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+const MESSAGE_IDS: TableDefinition<&[u8], u64> = TableDefinition::new("message_ids");
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+
+/// Fixed part of an encoded spool value (flags, expiry, id, header length).
+const SPOOL_VALUE_FIXED: usize = 1 + 8 + 16 + 4;
+/// Key bytes counted against the capacity along with the value.
+const SPOOL_KEY_BYTES: u64 = 16;
+
+fn be<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Backend(format!("corrupt record: {what}"))
+}
+
+/// An open store directory; hands out the spool, message store and KV views.
+#[derive(Clone)]
+pub struct RedbStore {
+    db: Arc<Database>,
+}
+
+impl RedbStore {
+    /// Opens (or creates) `dir/store.redb`.
+    ///
+    /// # Errors
+    /// If the directory cannot be created or the file is not a redb database.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+        let path = dir.join("store.redb");
+        let db = Database::create(&path).map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        let w = db.begin_write().map_err(be)?;
+        {
+            w.open_table(SPOOL).map_err(be)?;
+            w.open_table(SPOOL_META).map_err(be)?;
+            w.open_table(MESSAGES).map_err(be)?;
+            w.open_table(MESSAGE_IDS).map_err(be)?;
+            w.open_table(STATE).map_err(be)?;
+        }
+        w.commit().map_err(be)?;
+        Ok(RedbStore { db: Arc::new(db) })
+    }
+
+    /// The spool view, bounded to `capacity` bytes.
+    ///
+    /// # Errors
+    /// If the recovery scan fails.
+    pub fn spool(&self, capacity: u64) -> Result<RedbSpool> {
+        let r = self.db.begin_read().map_err(be)?;
+        let t = r.open_table(SPOOL).map_err(be)?;
+        let mut st = SpoolState { capacity, ..Default::default() };
+        for e in t.iter().map_err(be)? {
+            let (_, v) = e.map_err(be)?;
+            st.bytes += v.value().len() as u64 + SPOOL_KEY_BYTES;
+            st.count += 1;
+        }
+        let m = r.open_table(SPOOL_META).map_err(be)?;
+        st.next_seq = m.get("next_seq").map_err(be)?.map(|v| v.value()).unwrap_or(1);
+        Ok(RedbSpool { db: self.db.clone(), st: Mutex::new(st) })
+    }
+
+    /// The message-store view.
+    ///
+    /// # Errors
+    /// If the last sequence number cannot be read.
+    pub fn messages(&self) -> Result<RedbMessages> {
+        let r = self.db.begin_read().map_err(be)?;
+        let t = r.open_table(MESSAGES).map_err(be)?;
+        let last = t.last().map_err(be)?.map(|(k, _)| k.value()).unwrap_or(0);
+        Ok(RedbMessages { db: self.db.clone(), last: AtomicU64::new(last) })
+    }
+
+    /// The key/value view.
+    pub fn kv(&self) -> RedbKv {
+        RedbKv { db: self.db.clone() }
+    }
+}
+
+// ---------------------------------------------------------------- spool
+
+#[derive(Default)]
+struct SpoolState {
+    capacity: u64,
+    bytes: u64,
+    count: u64,
+    next_seq: u64,
+    evicted: u64,
+    expired: u64,
+}
+
+/// [`Spool`] on redb.
+pub struct RedbSpool {
+    db: Arc<Database>,
+    st: Mutex<SpoolState>,
+}
+
+fn encode_spool(r: &SpoolRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(SPOOL_VALUE_FIXED + r.header.len() + r.content.len());
+    v.push(r.persistent as u8);
+    v.extend_from_slice(&r.expiry.map(|t| t.0).unwrap_or(0).to_be_bytes());
+    v.extend_from_slice(r.id.as_bytes());
+    v.extend_from_slice(&(r.header.len() as u32).to_be_bytes());
+    v.extend_from_slice(&r.header);
+    v.extend_from_slice(&r.content);
+    v
+}
+
+fn spool_expiry(v: &[u8]) -> Option<Timestamp> {
+    let e = u64::from_be_bytes(v.get(1..9)?.try_into().ok()?);
+    (e != 0).then_some(Timestamp(e))
+}
+
+fn decode_spool(rank: u8, v: &[u8]) -> Result<SpoolRecord> {
+    if v.len() < SPOOL_VALUE_FIXED {
+        return Err(corrupt("spool value too short"));
+    }
+    let id: [u8; 16] = v[9..25].try_into().map_err(|_| corrupt("spool id"))?;
+    let hlen = u32::from_be_bytes(v[25..29].try_into().map_err(|_| corrupt("spool hlen"))?) as usize;
+    let rest = &v[SPOOL_VALUE_FIXED..];
+    if rest.len() < hlen {
+        return Err(corrupt("spool header length"));
+    }
+    Ok(SpoolRecord {
+        id: MessageId::from_bytes(id),
+        precedence: MAX_PRECEDENCE.saturating_sub(rank),
+        persistent: v[0] != 0,
+        expiry: spool_expiry(v),
+        header: Bytes::copy_from_slice(&rest[..hlen]),
+        content: Bytes::copy_from_slice(&rest[hlen..]),
+    })
+}
+
+impl Spool for RedbSpool {
+    fn push(&self, records: Vec<SpoolRecord>) -> Result<Vec<Result<SpoolKey>>> {
+        let mut st = self.st.lock().map_err(|_| StoreError::Closed)?;
+        let w = self.db.begin_write().map_err(be)?;
+        let mut out = Vec::with_capacity(records.len());
+        let (mut bytes, mut count, mut seq, mut evicted) = (st.bytes, st.count, st.next_seq, 0u64);
+        {
+            let mut t = w.open_table(SPOOL).map_err(be)?;
+            for r in records {
+                let size = r.size();
+                let rank = MAX_PRECEDENCE - r.precedence.min(MAX_PRECEDENCE);
+                if bytes + size > st.capacity {
+                    // Evict non-persistent messages of lower precedence (or
+                    // equal, for a persistent newcomer), lowest and oldest first.
+                    let mut victims = Vec::new();
+                    let mut freed = 0u64;
+                    let need = bytes + size - st.capacity;
+                    let lowest_first = (rank + 1..=MAX_PRECEDENCE).rev().chain(r.persistent.then_some(rank));
+                    'scan: for vrank in lowest_first {
+                        for e in t.range((vrank, 0)..=(vrank, u64::MAX)).map_err(be)? {
+                            let (k, v) = e.map_err(be)?;
+                            let v = v.value();
+                            if v.first() == Some(&0) {
+                                victims.push(k.value());
+                                freed += v.len() as u64 + SPOOL_KEY_BYTES;
+                                if freed >= need {
+                                    break 'scan;
+                                }
+                            }
+                        }
+                    }
+                    if freed < need {
+                        out.push(Err(StoreError::Full { needed: size, free: st.capacity.saturating_sub(bytes), capacity: st.capacity }));
+                        continue;
+                    }
+                    for k in victims {
+                        t.remove(k).map_err(be)?;
+                        count -= 1;
+                        evicted += 1;
+                    }
+                    bytes -= freed;
+                }
+                t.insert((rank, seq), encode_spool(&r).as_slice()).map_err(be)?;
+                out.push(Ok(SpoolKey { rank, seq }));
+                seq += 1;
+                bytes += size;
+                count += 1;
+            }
+            let mut m = w.open_table(SPOOL_META).map_err(be)?;
+            m.insert("next_seq", seq).map_err(be)?;
+        }
+        w.commit().map_err(be)?;
+        if evicted > 0 {
+            tracing::warn!(evicted, "spool full: evicted non-persistent messages of lower precedence");
+        }
+        st.bytes = bytes;
+        st.count = count;
+        st.next_seq = seq;
+        st.evicted += evicted;
+        Ok(out)
+    }
+
+    fn peek(&self, limit: usize, skip: &HashSet<SpoolKey>, now: Timestamp) -> Result<Peeked> {
+        let mut out = Peeked::default();
+        let mut expired_keys = Vec::new();
+        {
+            let r = self.db.begin_read().map_err(be)?;
+            let t = r.open_table(SPOOL).map_err(be)?;
+            for e in t.iter().map_err(be)? {
+                if out.entries.len() >= limit {
+                    break;
+                }
+                let (k, v) = e.map_err(be)?;
+                let (rank, seq) = k.value();
+                let key = SpoolKey { rank, seq };
+                if skip.contains(&key) {
+                    continue;
+                }
+                let v = v.value();
+                if spool_expiry(v).is_some_and(|e| e <= now) {
+                    expired_keys.push(key);
+                    continue;
+                }
+                out.entries.push((key, decode_spool(rank, v)?));
+            }
+        }
+        if !expired_keys.is_empty() {
+            let mut st = self.st.lock().map_err(|_| StoreError::Closed)?;
+            let w = self.db.begin_write().map_err(be)?;
+            {
+                let mut t = w.open_table(SPOOL).map_err(be)?;
+                for k in &expired_keys {
+                    if let Some(v) = t.remove((k.rank, k.seq)).map_err(be)? {
+                        let v = v.value();
+                        st.bytes -= v.len() as u64 + SPOOL_KEY_BYTES;
+                        st.count -= 1;
+                        st.expired += 1;
+                        if let Some(id) = v.get(9..25).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
+                            out.expired.push(MessageId::from_bytes(id));
+                        }
+                    }
+                }
+            }
+            w.commit().map_err(be)?;
+        }
+        Ok(out)
+    }
+
+    fn remove(&self, keys: &[SpoolKey]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut st = self.st.lock().map_err(|_| StoreError::Closed)?;
+        let w = self.db.begin_write().map_err(be)?;
+        let (mut bytes, mut count) = (st.bytes, st.count);
+        {
+            let mut t = w.open_table(SPOOL).map_err(be)?;
+            for k in keys {
+                if let Some(v) = t.remove((k.rank, k.seq)).map_err(be)? {
+                    bytes -= v.value().len() as u64 + SPOOL_KEY_BYTES;
+                    count -= 1;
+                }
+            }
+        }
+        w.commit().map_err(be)?;
+        st.bytes = bytes;
+        st.count = count;
+        Ok(())
+    }
+
+    fn stats(&self) -> SpoolStats {
+        match self.st.lock() {
+            Ok(st) => SpoolStats { messages: st.count, bytes: st.bytes, capacity: st.capacity, evicted: st.evicted, expired: st.expired },
+            Err(_) => SpoolStats::default(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- messages
+
+/// [`MessageStore`] on redb.
+pub struct RedbMessages {
+    db: Arc<Database>,
+    last: AtomicU64,
+}
+
+struct Cursor<'a>(&'a [u8]);
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(corrupt("message record truncated"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().map_err(|_| corrupt("u64"))?))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().map_err(|_| corrupt("u32"))?))
+    }
+    fn str8(&mut self) -> Result<&'a str> {
+        let n = self.take(1)?[0] as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| corrupt("utf8"))
+    }
+}
+
+/// Encodes a stored message: `created u64, received u64, kind u8, id [16],
+/// source (u8 len + bytes), class (u8 len + bytes), subclass (u8 len + bytes,
+/// 0 = none), hlen u32, header, content`. The index fields come first so a
+/// filtered scan never parses XML.
+fn encode_stored(m: &StoredMessage) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64 + m.header.len() + m.content.len());
+    v.extend_from_slice(&m.created.0.to_be_bytes());
+    v.extend_from_slice(&m.received.0.to_be_bytes());
+    v.push(m.kind as u8);
+    v.extend_from_slice(m.id.as_bytes());
+    for s in [m.source.as_str(), m.class.as_str(), m.subclass.as_deref().unwrap_or("")] {
+        let b = &s.as_bytes()[..s.len().min(255)];
+        v.push(b.len() as u8);
+        v.extend_from_slice(b);
+    }
+    v.extend_from_slice(&(m.header.len() as u32).to_be_bytes());
+    v.extend_from_slice(&m.header);
+    v.extend_from_slice(&m.content);
+    v
+}
+
+const KINDS: [ContentKind; 6] = [
+    ContentKind::Alarm,
+    ContentKind::Event,
+    ContentKind::Response,
+    ContentKind::BulkRequest,
+    ContentKind::BulkResponse,
+    ContentKind::Data,
+];
+
+fn decode_stored(v: &[u8]) -> Result<StoredMessage> {
+    let mut c = Cursor(v);
+    let created = Timestamp(c.u64()?);
+    let received = Timestamp(c.u64()?);
+    let kind = *KINDS.get(c.take(1)?[0] as usize).ok_or_else(|| corrupt("kind"))?;
+    let id = MessageId::from_bytes(c.take(16)?.try_into().map_err(|_| corrupt("id"))?);
+    let source = c.str8()?.parse().map_err(|_| corrupt("source"))?;
+    let class = c.str8()?.to_string();
+    let sub = c.str8()?;
+    let subclass = (!sub.is_empty()).then(|| sub.to_string());
+    let hlen = c.u32()? as usize;
+    let header = Bytes::copy_from_slice(c.take(hlen)?);
+    let content = Bytes::copy_from_slice(c.0);
+    Ok(StoredMessage { id, source, class, subclass, kind, created, received, header, content })
+}
+
+impl MessageStore for RedbMessages {
+    fn append(&self, messages: Vec<StoredMessage>, state: Vec<(String, Vec<u8>)>) -> Result<Vec<Appended>> {
+        let w = self.db.begin_write().map_err(be)?;
+        let mut out = Vec::with_capacity(messages.len());
+        let mut last = self.last.load(Ordering::Acquire);
+        {
+            let mut t = w.open_table(MESSAGES).map_err(be)?;
+            let mut ids = w.open_table(MESSAGE_IDS).map_err(be)?;
+            for m in &messages {
+                if let Some(seq) = ids.get(m.id.as_bytes().as_slice()).map_err(be)? {
+                    out.push(Appended::Duplicate(seq.value()));
+                    continue;
+                }
+                last += 1;
+                ids.insert(m.id.as_bytes().as_slice(), last).map_err(be)?;
+                t.insert(last, encode_stored(m).as_slice()).map_err(be)?;
+                out.push(Appended::Stored(last));
+            }
+            let mut s = w.open_table(STATE).map_err(be)?;
+            for (k, v) in &state {
+                s.insert(k.as_str(), v.as_slice()).map_err(be)?;
+            }
+        }
+        w.commit().map_err(be)?;
+        self.last.store(last, Ordering::Release);
+        Ok(out)
+    }
+
+    fn scan(&self, after: u64, limit: usize, scan_limit: usize, filter: &MessageFilter) -> Result<(Vec<(u64, StoredMessage)>, u64)> {
+        let r = self.db.begin_read().map_err(be)?;
+        let t = r.open_table(MESSAGES).map_err(be)?;
+        let mut out = Vec::new();
+        let mut cursor = after;
+        for (n, e) in t.range(after.saturating_add(1)..).map_err(be)?.enumerate() {
+            if out.len() >= limit || n >= scan_limit {
+                break;
+            }
+            let (k, v) = e.map_err(be)?;
+            cursor = k.value();
+            let m = decode_stored(v.value())?;
+            if filter.matches(&m) {
+                out.push((cursor, m));
+            }
+        }
+        Ok((out, cursor))
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.last.load(Ordering::Acquire)
+    }
+
+    fn count(&self) -> Result<u64> {
+        let r = self.db.begin_read().map_err(be)?;
+        r.open_table(MESSAGES).map_err(be)?.len().map_err(be)
+    }
+}
+
+// ---------------------------------------------------------------- kv
+
+/// [`KvStore`] on redb.
+pub struct RedbKv {
+    db: Arc<Database>,
+}
+
+impl KvStore for RedbKv {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let r = self.db.begin_read().map_err(be)?;
+        let t = r.open_table(STATE).map_err(be)?;
+        Ok(t.get(key).map_err(be)?.map(|v| v.value().to_vec()))
+    }
+
+    fn put(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()> {
+        let w = self.db.begin_write().map_err(be)?;
+        {
+            let mut t = w.open_table(STATE).map_err(be)?;
+            for (k, v) in &pairs {
+                t.insert(k.as_str(), v.as_slice()).map_err(be)?;
+            }
+        }
+        w.commit().map_err(be)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let r = self.db.begin_read().map_err(be)?;
+        let t = r.open_table(STATE).map_err(be)?;
+        let mut out = Vec::new();
+        for e in t.range(prefix..).map_err(be)? {
+            let (k, v) = e.map_err(be)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
