@@ -24,7 +24,7 @@ pub mod model;
 //pub mod ready;
 //pub mod server;
 pub mod store;
-//pub mod tls;
+pub mod tls;
 
 pub use id::{ComponentId, GroupName, MessageId};
 pub use model::{Content, Header, Message};

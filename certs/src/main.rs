@@ -1,0 +1,83 @@
+//! `rsnet-certs`: the provider CA, issuing and revoking certificates.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rsnet_certs::Pki;
+use rsnet_common::tls::Role;
+
+#[derive(Parser)]
+#[command(name = "rsnet-certs", version, about = "Provider CA for rsnet: init, issue, revoke")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the provider CA and an empty CRL in DIR.
+    Init {
+        /// PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Restrict proxy certificates to this customer.
+        #[arg(long)]
+        customer: Option<String>,
+    },
+    /// Issue a certificate and key for a component.
+    Issue {
+        /// PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Component ID (e.g. acme.p7).
+        #[arg(long)]
+        id: String,
+        /// proxy, mlm, appserver or operator.
+        #[arg(long)]
+        role: String,
+        /// DNS name or IP for server roles (repeatable; default localhost, 127.0.0.1, ::1).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Subtree an MLM may relay for (repeatable; default its customer).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    /// Revoke every certificate of ID and rewrite DIR/crl.pem.
+    Revoke {
+        /// PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Component ID.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Init { dir, customer } => Pki::init(&dir, customer.as_deref()).map(|p| {
+            println!("CA created: {}", p.ca().display());
+            println!("CRL:        {}", p.crl().display());
+        }),
+        Cmd::Issue { dir, id, role, hosts, scopes } => match Role::parse(&role) {
+            None => Err(rsnet_certs::PkiError::Usage(format!(
+                "--role {role:?}: expected proxy, mlm, appserver or operator"
+            ))),
+            Some(role) => Pki::open(&dir).and_then(|p| p.issue(&id, role, &hosts, &scopes)).map(|f| {
+                println!("certificate: {}", f.cert.display());
+                println!("key:         {} (0600)", f.key.display());
+            }),
+        },
+        Cmd::Revoke { dir, id } => Pki::open(&dir).and_then(|p| p.revoke(&id)).map(|n| {
+            println!("revoked {n} certificate(s) of {id}; CRL rewritten (nodes reload it within seconds)");
+        }),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rsnet-certs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! mTLS for every hop (DESIGN.md §9): configs, identities, CRL reloads.
+//!
+//! A certificate names its holder in URI subject-alternative names written by
+//! `rsnet-certs`:
+//!
+//! * `urn:rsnet:id:acme.p7`: the component ID (exactly one);
+//! * `urn:rsnet:role:proxy`: `proxy`, `mlm`, `appserver` or `operator`;
+//! * `urn:rsnet:scope:acme`: subtrees an MLM may relay for (default: its customer).
+//!
+//! [`Identity`] is read from the verified peer certificate and is the only
+//! source of "who is this child" a hop trusts; [`Identity::may_send_as`] is the
+//! anti-spoofing rule.
+//!
+//! The CRL is re-read when its file changes ([`ReloadingServerConfig`]): a
+//! revocation takes effect for new connections within one poll interval,
+//! without a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::id::ComponentId;
+
+/// How often the CRL file's modification time is checked.
+pub const CRL_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Why TLS material could not be loaded or a peer not identified.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file is missing or unreadable.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// rustls refused the material.
+    #[error("tls: {0}")]
+    Rustls(String),
+    /// The peer certificate does not carry a usable rsnet identity.
+    #[error("certificate identity: {0}")]
+    Identity(String),
+}
+
+/// What a certificate holder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A proxy on a customer host.
+    Proxy,
+    /// A mid-level manager.
+    Mlm,
+    /// The appserver.
+    Appserver,
+    /// A person or service module using the operator API.
+    Operator,
+}
+
+impl Role {
+    /// Lowercase name, as in certificates and configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Proxy => "proxy",
+            Role::Mlm => "mlm",
+            Role::Appserver => "appserver",
+            Role::Operator => "operator",
+        }
+    }
+    /// The inverse of [`Role::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "proxy" => Role::Proxy,
+            "mlm" => Role::Mlm,
+            "appserver" => Role::Appserver,
+            "operator" => Role::Operator,
+            _ => return None,
+        })
+    }
+}
+
+/// URI SAN prefixes.
+pub const SAN_ID: &str = "urn:rsnet:id:";
+/// See [`SAN_ID`].
+pub const SAN_ROLE: &str = "urn:rsnet:role:";
+/// See [`SAN_ID`].
+pub const SAN_SCOPE: &str = "urn:rsnet:scope:";
+
+/// Who an authenticated peer is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The component ID.
+    pub id: ComponentId,
+    /// Its role.
+    pub role: Role,
+    /// Subtrees it may relay for (MLMs).
+    pub scopes: Vec<ComponentId>,
+}
+
+impl Identity {
+    /// Reads the identity from a DER certificate.
+    ///
+    /// # Errors
+    /// [`TlsError::Identity`] if the certificate does not parse or lacks the SANs.
+    pub fn from_der(der: &[u8]) -> Result<Identity, TlsError> {
+        let bad = |s: String| TlsError::Identity(s);
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(e.to_string()))?;
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| bad("no subjectAltName".into()))?;
+        let (mut id, mut role, mut scopes) = (None, None, Vec::new());
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(u) = name {
+                if let Some(v) = u.strip_prefix(SAN_ID) {
+                    id = Some(v.parse::<ComponentId>().map_err(|e| bad(e.to_string()))?);
+                } else if let Some(v) = u.strip_prefix(SAN_ROLE) {
+                    role = Some(Role::parse(v).ok_or_else(|| bad(format!("unknown role {v:?}")))?);
+                } else if let Some(v) = u.strip_prefix(SAN_SCOPE) {
+                    scopes.push(v.parse::<ComponentId>().map_err(|e| bad(e.to_string()))?);
+                }
+            }
+        }
+        let id = id.ok_or_else(|| bad(format!("no {SAN_ID} URI")))?;
+        let role = role.ok_or_else(|| bad(format!("no {SAN_ROLE} URI")))?;
+        if role == Role::Mlm && scopes.is_empty() {
+            scopes.push(id.customer().parse().map_err(|e: crate::id::IdError| bad(e.to_string()))?);
+        }
+        Ok(Identity { id, role, scopes })
+    }
+
+    /// Anti-spoofing (DESIGN.md §9): may this peer send messages whose source is `origin`?
+    /// A proxy may send for itself and below; an MLM also for its scopes.
+    pub fn may_send_as(&self, origin: &ComponentId) -> bool {
+        match self.role {
+            Role::Proxy => origin.is_within(&self.id),
+            Role::Mlm => origin.is_within(&self.id) || self.scopes.iter().any(|s| origin.is_within(s)),
+            Role::Appserver | Role::Operator => false,
+        }
+    }
+}
+
+/// Paths of a node's TLS material (config section `[tls]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// The provider CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+    /// The CRL (PEM); absent means no revocation checks. Re-read on change.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
+    TlsError::File { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| file_err(ca, e))? {
+        roots.add(c.map_err(|e| file_err(ca, e))?).map_err(|e| file_err(ca, e))?;
+    }
+    if roots.is_empty() {
+        return Err(file_err(ca, "no certificate in file"));
+    }
+    Ok(Arc::new(roots))
+}
+
+fn chain(p: &TlsPaths) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let certs = CertificateDer::pem_file_iter(&p.cert)
+        .map_err(|e| file_err(&p.cert, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(&p.cert, e))?;
+    if certs.is_empty() {
+        return Err(file_err(&p.cert, "no certificate in file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&p.key).map_err(|e| file_err(&p.key, e))?;
+    Ok((certs, key))
+}
+
+/// This node's own identity, read from its certificate.
+///
+/// # Errors
+/// If the certificate cannot be read or carries no identity.
+pub fn own_identity(p: &TlsPaths) -> Result<Identity, TlsError> {
+    let (certs, _) = chain(p)?;
+    Identity::from_der(&certs[0])
+}
+
+/// A server config requiring client certificates from the CA and honouring the CRL.
+///
+/// # Errors
+/// If any file is missing or invalid.
+pub fn server_config(p: &TlsPaths, alpn_http1: bool) -> Result<ServerConfig, TlsError> {
+    let roots = roots(&p.ca)?;
+    let mut vb = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    if let Some(crl) = &p.crl {
+        if crl.exists() {
+            let der = CertificateRevocationListDer::from_pem_file(crl).map_err(|e| file_err(crl, e))?;
+            vb = vb.with_crls([der]).only_check_end_entity_revocation();
+        }
+    }
+    let verifier = vb.build().map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let (certs, key) = chain(p)?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    if alpn_http1 {
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    Ok(cfg)
+}
+
+/// A client config presenting this node's certificate and trusting only the CA.
+///
+/// # Errors
+/// If any file is missing or invalid.
+pub fn client_config(p: &TlsPaths) -> Result<ClientConfig, TlsError> {
+    let roots = roots(&p.ca)?;
+    let (certs, key) = chain(p)?;
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// A server config that rebuilds itself when the CRL (or cert) files change.
+#[derive(Clone)]
+pub struct ReloadingServerConfig {
+    current: Arc<RwLock<Arc<ServerConfig>>>,
+}
+
+fn mtimes(p: &TlsPaths) -> Vec<Option<SystemTime>> {
+    [Some(&p.cert), Some(&p.key), p.crl.as_ref()]
+        .into_iter()
+        .map(|f| f.and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok()))
+        .collect()
+}
+
+impl ReloadingServerConfig {
+    /// Loads the config and starts a task that reloads it when the files change.
+    /// A reload that fails keeps the previous config and logs the error.
+    ///
+    /// # Errors
+    /// If the initial load fails.
+    pub fn start(p: TlsPaths) -> Result<Self, TlsError> {
+        let current = Arc::new(RwLock::new(Arc::new(server_config(&p, true)?)));
+        let weak = Arc::downgrade(&current);
+        tokio::spawn(async move {
+            let mut seen = mtimes(&p);
+            loop {
+                tokio::time::sleep(CRL_POLL_INTERVAL).await;
+                let Some(current) = weak.upgrade() else { return };
+                let now = mtimes(&p);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match server_config(&p, true) {
+                    Ok(cfg) => {
+                        if let Ok(mut g) = current.write() {
+                            *g = Arc::new(cfg);
+                        }
+                        tracing::info!("TLS material reloaded (certificate or CRL changed)");
+                    }
+                    Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous config"),
+                }
+            }
+        });
+        Ok(ReloadingServerConfig { current })
+    }
+
+    /// The config to use for the next connection.
+    pub fn get(&self) -> Arc<ServerConfig> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
