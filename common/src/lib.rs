@@ -11,18 +11,18 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-//pub mod config;
+pub mod config;
 pub mod envelope;
-//pub mod forward;
-//pub mod heartbeat;
-//pub mod http_util;
+pub mod forward;
+pub mod heartbeat;
+pub mod http_util;
 pub mod id;
 pub mod limits;
-//pub mod link;
-//pub mod metrics;
+pub mod link;
+pub mod metrics;
 pub mod model;
-//pub mod ready;
-//pub mod server;
+pub mod ready;
+pub mod server;
 pub mod store;
 pub mod tls;
 

@@ -1,0 +1,128 @@
+//! Config pieces shared by the nodes, and the loader.
+//!
+//! Each node has one TOML file (`--config FILE`). Every section is
+//! `deny_unknown_fields`, so a typo is an error naming the key and line,
+//! never a silently ignored setting. Each field's doc gives its default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::link::ForwardProxy;
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// Every problem found, one per line.
+    pub reason: String,
+}
+
+/// Reads and parses a TOML config file.
+///
+/// # Errors
+/// Unreadable file, TOML syntax, unknown or missing keys (with line numbers).
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let err = |reason: String| ConfigError { path: path.to_path_buf(), reason };
+    let s = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    toml::from_str(&s).map_err(|e| err(e.to_string()))
+}
+
+/// `[uplink]`: how a child reaches its parent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Parent URLs, `https://host:port`, primary first then failovers. Required.
+    pub parents: Vec<String>,
+    /// HTTP forward proxy (`http://host:port`); default: `HTTPS_PROXY` from the environment.
+    #[serde(default)]
+    pub http_proxy: Option<String>,
+    /// Hosts that bypass the proxy (comma-separated); default: `NO_PROXY`.
+    #[serde(default)]
+    pub no_proxy: Option<String>,
+    /// Messages per exchange POST. Default 1024.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Exchange POSTs in flight at once. Default 4.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: usize,
+    /// Timeout of one exchange, in milliseconds. Default 30000.
+    #[serde(default = "default_exchange_timeout_ms")]
+    pub exchange_timeout_ms: u64,
+}
+
+fn default_max_batch() -> usize {
+    1024
+}
+fn default_max_inflight() -> usize {
+    4
+}
+fn default_exchange_timeout_ms() -> u64 {
+    30_000
+}
+
+impl UplinkConfig {
+    /// Checks ranges; returns every problem.
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        if self.parents.is_empty() {
+            errors.push("uplink.parents: at least one parent URL is required".into());
+        }
+        if self.max_batch == 0 || self.max_batch > crate::limits::MAX_BATCH_MESSAGES {
+            errors.push(format!("uplink.max_batch: must be 1..={}", crate::limits::MAX_BATCH_MESSAGES));
+        }
+        if self.max_inflight == 0 || self.max_inflight > 64 {
+            errors.push("uplink.max_inflight: must be 1..=64".into());
+        }
+        if self.exchange_timeout_ms < 100 {
+            errors.push("uplink.exchange_timeout_ms: must be at least 100".into());
+        }
+        if let Err(e) = self.proxy() {
+            errors.push(format!("uplink.http_proxy: {e}"));
+        }
+    }
+
+    /// The forward proxy to use, from config or environment.
+    ///
+    /// # Errors
+    /// A malformed proxy URL.
+    pub fn proxy(&self) -> Result<Option<ForwardProxy>, String> {
+        match &self.http_proxy {
+            Some(u) => ForwardProxy::parse(u, self.no_proxy.as_deref().unwrap_or("")).map(Some),
+            None => ForwardProxy::from_env().transpose(),
+        }
+    }
+
+    /// The exchange timeout.
+    pub fn exchange_timeout(&self) -> Duration {
+        Duration::from_millis(self.exchange_timeout_ms)
+    }
+}
+
+/// Parses a heartbeat interval in seconds (default 60).
+pub fn default_heartbeat_secs() -> u64 {
+    60
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let u: UplinkConfig = toml::from_str(r#"parents = ["https://mlm:8443"]"#).unwrap();
+        assert_eq!((u.max_batch, u.max_inflight, u.exchange_timeout_ms), (1024, 4, 30_000));
+        let mut errs = Vec::new();
+        u.validate(&mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
+        let e = toml::from_str::<UplinkConfig>("parents = []\nmax_bach = 3").unwrap_err();
+        assert!(e.to_string().contains("max_bach"), "{e}");
+        let u: UplinkConfig = toml::from_str("parents = []\nmax_batch = 0").unwrap();
+        let mut errs = Vec::new();
+        u.validate(&mut errs);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+}

@@ -1,0 +1,287 @@
+//! The sending side of every node that originates messages: [`Outbox`]
+//! (durable, group-committed spool front) and [`Forwarder`] (spool → parent).
+//!
+//! ```text
+//! integrator ─► Outbox::push ─► GroupCommit ─► Spool (fsync) ─► 202
+//!                                                 │
+//!                       Forwarder: peek ◄─────────┘ (skips what is in flight)
+//!                           │  up to max_inflight envelopes of max_batch
+//!                           ▼
+//!                      Link::exchange ─► per-message responses
+//!                           │ accepted / rejected for good → remove (fsync)
+//!                           │ rejected with retry-after    → keep, pause
+//!                           └ link error                   → keep, back off
+//! ```
+//!
+//! A message leaves the spool only once the parent has answered for it, so
+//! a crash at any point resends (never loses) it; the appserver drops the
+//! duplicate by message ID.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::envelope::{wire, EnvelopeWriter};
+use crate::id::MessageId;
+use crate::link::{Backoff, Link};
+use crate::metrics::{Counter, Registry};
+use crate::model::{Content, Message, Status, Timestamp};
+use crate::server::Shutdown;
+use crate::store::{GroupCommit, Spool, SpoolKey, SpoolRecord, StoreError};
+
+/// How long an idle forwarder waits before looking at the spool again even
+/// without a wake-up (covers expiry and retry-after pauses).
+const IDLE_TICK: Duration = Duration::from_millis(500);
+
+type PushResult = Result<Vec<Result<SpoolKey, StoreError>>, StoreError>;
+
+/// Encodes a message as a spool record.
+pub fn record(m: &Message) -> SpoolRecord {
+    SpoolRecord {
+        id: m.header.id,
+        precedence: m.header.qos.precedence,
+        persistent: m.header.qos.persistence,
+        expiry: m.header.qos.expiry,
+        header: Bytes::from(wire::encode_header(&m.header)),
+        content: Bytes::from(wire::encode_content(&m.content)),
+    }
+}
+
+/// The durable front of a spool: group-committed pushes and removals.
+pub struct Outbox {
+    spool: Arc<dyn Spool>,
+    pushes: GroupCommit<Vec<SpoolRecord>, PushResult>,
+    removes: GroupCommit<Vec<SpoolKey>, Result<(), StoreError>>,
+    wake: Notify,
+}
+
+impl Outbox {
+    /// Wraps a spool, starting its writer threads.
+    ///
+    /// # Errors
+    /// If a thread cannot be started.
+    pub fn new(spool: Arc<dyn Spool>) -> std::io::Result<Arc<Outbox>> {
+        let s = spool.clone();
+        let pushes = GroupCommit::spawn("spool-push", move |groups: Vec<Vec<SpoolRecord>>| {
+            let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+            match s.push(groups.into_iter().flatten().collect()) {
+                Ok(mut all) => sizes
+                    .into_iter()
+                    .map(|n| Ok(all.drain(..n).collect()))
+                    .collect(),
+                Err(e) => sizes.iter().map(|_| Err(e.clone())).collect(),
+            }
+        })?;
+        let s = spool.clone();
+        let removes = GroupCommit::spawn("spool-remove", move |groups: Vec<Vec<SpoolKey>>| {
+            let n = groups.len();
+            let r = s.remove(&groups.into_iter().flatten().collect::<Vec<_>>());
+            (0..n).map(|_| r.clone()).collect()
+        })?;
+        Ok(Arc::new(Outbox { spool, pushes, removes, wake: Notify::new() }))
+    }
+
+    /// Spools messages; each succeeds or fails on its own (full spool).
+    ///
+    /// # Durability
+    /// Returns after fsync: an `Ok` message survives kill -9.
+    ///
+    /// # Cancel safety
+    /// If dropped, the messages may or may not be spooled.
+    pub async fn push(&self, msgs: &[Message]) -> Result<Vec<Result<MessageId, StoreError>>, StoreError> {
+        let recs: Vec<SpoolRecord> = msgs.iter().map(record).collect();
+        let r = self.pushes.submit(recs).await??;
+        self.wake.notify_one();
+        Ok(r.into_iter().zip(msgs).map(|(r, m)| r.map(|_| m.header.id)).collect())
+    }
+
+    /// The spool underneath.
+    pub fn spool(&self) -> &Arc<dyn Spool> {
+        &self.spool
+    }
+}
+
+/// Forwarder settings.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// Messages per envelope.
+    pub max_batch: usize,
+    /// Envelopes in flight.
+    pub max_inflight: usize,
+    /// Timeout of one exchange.
+    pub exchange_timeout: Duration,
+}
+
+struct Counters {
+    sent: Counter,
+    accepted: Counter,
+    rejected: Counter,
+    deferred: Counter,
+    expired: Counter,
+    link_errors: Counter,
+}
+
+struct State {
+    inflight: HashSet<SpoolKey>,
+    pause_until: Option<Instant>,
+    backoff: Backoff,
+}
+
+/// Moves spooled messages to the parent.
+pub struct Forwarder {
+    outbox: Arc<Outbox>,
+    link: Arc<Link>,
+    cfg: ForwardConfig,
+    counters: Counters,
+    state: Mutex<State>,
+    slots: Arc<Semaphore>,
+}
+
+impl Forwarder {
+    /// A forwarder for `outbox` over `link`, registering its metrics.
+    pub fn new(outbox: Arc<Outbox>, link: Arc<Link>, cfg: ForwardConfig, metrics: &Registry) -> Arc<Self> {
+        let c = |n: &str, h: &str| metrics.counter(&format!("rsnet_forward_{n}_total"), h);
+        let counters = Counters {
+            sent: c("sent", "messages sent to the parent (including resends)"),
+            accepted: c("accepted", "messages the parent accepted"),
+            rejected: c("rejected", "messages the parent rejected for good (dropped)"),
+            deferred: c("deferred", "messages the parent asked to retry later"),
+            expired: c("expired", "messages dropped from the spool as expired"),
+            link_errors: c("link_errors", "exchanges that failed on the link"),
+        };
+        Arc::new(Forwarder {
+            slots: Arc::new(Semaphore::new(cfg.max_inflight)),
+            outbox,
+            link,
+            cfg,
+            counters,
+            state: Mutex::new(State {
+                inflight: HashSet::new(),
+                pause_until: None,
+                backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+            }),
+        })
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
+        loop {
+            if shutdown.is_triggered() {
+                return;
+            }
+            let pause = self.state.lock().ok().and_then(|s| s.pause_until).filter(|t| *t > Instant::now());
+            if let Some(until) = pause {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => {},
+                    _ = shutdown.wait() => return,
+                }
+                continue;
+            }
+            let Ok(permit) = self.slots.clone().acquire_owned().await else { return };
+            let skip = self.state.lock().map(|s| s.inflight.clone()).unwrap_or_default();
+            let peeked = match self.outbox.spool.peek(self.cfg.max_batch, &skip, Timestamp::now()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "spool read failed");
+                    drop(permit);
+                    tokio::time::sleep(IDLE_TICK).await;
+                    continue;
+                }
+            };
+            for id in &peeked.expired {
+                tracing::warn!(message = %id, "message expired in the spool; dropped");
+            }
+            self.counters.expired.add(peeked.expired.len() as u64);
+            if peeked.entries.is_empty() {
+                drop(permit);
+                tokio::select! {
+                    _ = self.outbox.wake.notified() => {},
+                    _ = tokio::time::sleep(IDLE_TICK) => {},
+                    _ = shutdown.wait() => return,
+                }
+                continue;
+            }
+            if let Ok(mut s) = self.state.lock() {
+                s.inflight.extend(peeked.entries.iter().map(|(k, _)| *k));
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.send(peeked.entries).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn send(&self, entries: Vec<(SpoolKey, SpoolRecord)>) {
+        let mut w = EnvelopeWriter::new();
+        for (_, r) in &entries {
+            w.raw(&r.id, &r.header, &r.content);
+        }
+        let (ct, body) = w.finish();
+        self.counters.sent.add(entries.len() as u64);
+        let reply = self.link.exchange(&ct, body, self.cfg.exchange_timeout).await;
+        let mut done = Vec::new();
+        match reply {
+            Err(e) => {
+                self.counters.link_errors.inc();
+                let delay = self.state.lock().map(|mut s| s.backoff.next_delay()).unwrap_or(IDLE_TICK);
+                tracing::warn!(error = %e, retry_in = ?delay, n = entries.len(), "exchange failed; messages stay spooled");
+                self.pause(delay);
+            }
+            Ok(decoded) => {
+                if let Ok(mut s) = self.state.lock() {
+                    s.backoff.reset();
+                }
+                let mut answers = HashMap::new();
+                for item in &decoded.items {
+                    if let Ok(Content::Response(r)) = item.content() {
+                        answers.insert(r.request, r);
+                    }
+                }
+                let mut retry_after: Option<Duration> = None;
+                for (k, r) in &entries {
+                    match answers.get(&r.id) {
+                        Some(a) if a.status == Status::Accepted => {
+                            self.counters.accepted.inc();
+                            done.push(*k);
+                        }
+                        Some(a) if a.retry_after.is_none() => {
+                            self.counters.rejected.inc();
+                            tracing::warn!(message = %r.id, reason = a.reason.as_deref().unwrap_or(""), "parent rejected the message for good; dropped");
+                            done.push(*k);
+                        }
+                        Some(a) => {
+                            self.counters.deferred.inc();
+                            retry_after = retry_after.max(a.retry_after);
+                        }
+                        None => self.counters.deferred.inc(),
+                    }
+                }
+                if let Some(d) = retry_after {
+                    self.pause(d);
+                }
+            }
+        }
+        if !done.is_empty() {
+            if let Err(e) = self.outbox.removes.submit(done).await.and_then(|r| r) {
+                tracing::error!(error = %e, "spool remove failed; messages will be resent");
+            }
+        }
+        if let Ok(mut s) = self.state.lock() {
+            for (k, _) in &entries {
+                s.inflight.remove(k);
+            }
+        }
+        self.outbox.wake.notify_one();
+    }
+
+    fn pause(&self, d: Duration) {
+        if let Ok(mut s) = self.state.lock() {
+            let until = Instant::now() + d;
+            s.pause_until = Some(s.pause_until.map_or(until, |p| p.max(until)));
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Small HTTP helpers shared by every node's handlers: bodies, JSON, errors,
+//! bounded body reads.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use serde::Serialize;
+
+/// The response body type of every handler (full or streaming).
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A complete body.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed()
+}
+
+/// A JSON response.
+pub fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<Body> {
+    let body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
+/// A JSON error: `{"error": reason}`.
+pub fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": reason.to_string() }))
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
+/// Reads a whole request body of at most `limit` bytes within `timeout`.
+///
+/// # Errors
+/// A ready-made 413 or 408/400 response.
+pub async fn read_body<B>(body: B, limit: usize, timeout: Duration) -> Result<Bytes, Response<Body>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display + Send + Sync + 'static + Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, format!("body not received within {timeout:?}"))),
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {limit} bytes")))
+            } else {
+                Err(error(StatusCode::BAD_REQUEST, format!("reading body: {e}")))
+            }
+        }
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// Parses a query string into pairs (percent-decoded).
+pub fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                match s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encodes a query value.
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query() {
+        let q = super::query_pairs(Some("a=1&source=acme.p7&x=%41%2&y=a+b&z"));
+        assert_eq!(q[0], ("a".into(), "1".into()));
+        assert_eq!(q[2], ("x".into(), "A%2".into()));
+        assert_eq!(q[3], ("y".into(), "a b".into()));
+        assert_eq!(q[4], ("z".into(), "".into()));
+        assert_eq!(super::percent_encode("group:a b"), "group:a%20b");
+    }
+}

@@ -1,0 +1,352 @@
+//! The uplink client: how a child reaches its parent.
+//!
+//! One [`Link`] per node holds the parent URLs (primary first, then
+//! failovers), the mTLS client config, an optional HTTP forward proxy
+//! (CONNECT; from config or `HTTPS_PROXY`/`NO_PROXY`), and a small pool of
+//! idle HTTP/1.1 connections. [`Link::exchange`] sends one envelope and
+//! returns the parent's decoded reply; it does not retry. Callers
+//! ([`crate::forward`], the MLM relay) own the retry policy and use
+//! [`Backoff`].
+//!
+//! After the handshake the parent's certificate must carry the `mlm` or
+//! `appserver` role: a proxy certificate cannot pose as a parent.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::envelope::{self, Decoded, EXCHANGE_PATH};
+use crate::limits::DEFAULT_LINK_CONNECT_TIMEOUT;
+use crate::tls::{Identity, Role};
+
+/// Idle connections kept per link.
+const MAX_IDLE: usize = 8;
+/// Largest CONNECT response head accepted from a forward proxy.
+const MAX_PROXY_RESPONSE: usize = 8 * 1024;
+
+/// What failed on the link. Every variant is worth retrying later except
+/// [`LinkErrorKind::Refused`] for a 4xx, which says the request itself is bad.
+#[derive(Debug, thiserror::Error)]
+#[error("link to {parent}: {kind}")]
+pub struct LinkError {
+    /// The parent URL tried.
+    pub parent: String,
+    /// What happened.
+    pub kind: LinkErrorKind,
+}
+
+/// See [`LinkError`].
+#[derive(Debug, thiserror::Error)]
+pub enum LinkErrorKind {
+    /// TCP connect or the forward proxy failed.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// Connecting took longer than the connect timeout.
+    #[error("connect timeout: {0:?}")]
+    ConnectTimeout(Duration),
+    /// TLS handshake failed or the parent's certificate is not a parent's.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The exchange did not complete in time.
+    #[error("exchange timeout: {0:?}")]
+    Timeout(Duration),
+    /// HTTP-level failure (connection closed mid-request, …).
+    #[error("http: {0}")]
+    Http(String),
+    /// The parent answered with an HTTP error status.
+    #[error("refused: HTTP {0}: {1}")]
+    Refused(StatusCode, String),
+    /// The reply was not a valid envelope.
+    #[error("bad reply: {0}")]
+    BadReply(String),
+}
+
+impl LinkError {
+    /// True if the parent refused this request as malformed (4xx other than
+    /// 408/429): resending the same bytes would fail again.
+    pub fn is_permanent(&self) -> bool {
+        matches!(&self.kind, LinkErrorKind::Refused(s, _) if s.is_client_error() && *s != StatusCode::REQUEST_TIMEOUT && *s != StatusCode::TOO_MANY_REQUESTS)
+    }
+}
+
+/// A forward proxy to tunnel through.
+#[derive(Debug, Clone)]
+pub struct ForwardProxy {
+    /// `host:port` of the proxy.
+    pub authority: String,
+    /// Hosts not to proxy (`NO_PROXY`): exact names, `.suffix`, or `*`.
+    pub no_proxy: Vec<String>,
+}
+
+impl ForwardProxy {
+    /// Parses `http://host:port` (as in `HTTPS_PROXY`).
+    pub fn parse(url: &str, no_proxy: &str) -> Result<Self, String> {
+        let uri: Uri = url.parse().map_err(|e| format!("proxy URL {url:?}: {e}"))?;
+        if uri.scheme_str().is_some_and(|s| s != "http") {
+            return Err(format!("proxy URL {url:?}: only http:// proxies are supported"));
+        }
+        let auth = uri.authority().ok_or_else(|| format!("proxy URL {url:?} has no host"))?;
+        let authority = format!("{}:{}", auth.host(), auth.port_u16().unwrap_or(3128));
+        let no_proxy = no_proxy.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()).collect();
+        Ok(ForwardProxy { authority, no_proxy })
+    }
+
+    /// From `HTTPS_PROXY`/`https_proxy` and `NO_PROXY`/`no_proxy`, if set.
+    pub fn from_env() -> Option<Result<Self, String>> {
+        let url = std::env::var("HTTPS_PROXY").or_else(|_| std::env::var("https_proxy")).ok()?;
+        let np = std::env::var("NO_PROXY").or_else(|_| std::env::var("no_proxy")).unwrap_or_default();
+        (!url.is_empty()).then(|| Self::parse(&url, &np))
+    }
+
+    fn bypass(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.no_proxy.iter().any(|n| n == "*" || *n == host || (n.starts_with('.') && host.ends_with(n.as_str())))
+    }
+}
+
+struct Parent {
+    url: String,
+    host: String,
+    port: u16,
+}
+
+/// The uplink: parents, TLS, proxy and a connection pool.
+pub struct Link {
+    parents: Vec<Parent>,
+    current: AtomicUsize,
+    tls: tokio_rustls::TlsConnector,
+    proxy: Option<ForwardProxy>,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    connect_timeout: Duration,
+}
+
+impl Link {
+    /// A link to `parents` (in failover order).
+    ///
+    /// # Errors
+    /// If a URL is not `https://host[:port]`.
+    pub fn new(parents: &[String], tls: rustls::ClientConfig, proxy: Option<ForwardProxy>) -> Result<Arc<Link>, String> {
+        if parents.is_empty() {
+            return Err("no parent URL configured".into());
+        }
+        let parents = parents
+            .iter()
+            .map(|u| {
+                let uri: Uri = u.parse().map_err(|e| format!("parent URL {u:?}: {e}"))?;
+                if uri.scheme_str() != Some("https") {
+                    return Err(format!("parent URL {u:?} must be https://"));
+                }
+                let host = uri.host().ok_or_else(|| format!("parent URL {u:?} has no host"))?;
+                let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+                Ok(Parent { url: u.clone(), host, port: uri.port_u16().unwrap_or(443) })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Arc::new(Link {
+            parents,
+            current: AtomicUsize::new(0),
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            proxy,
+            idle: Mutex::new(Vec::new()),
+            connect_timeout: DEFAULT_LINK_CONNECT_TIMEOUT,
+        }))
+    }
+
+    /// The parent URL in use.
+    pub fn current_parent(&self) -> &str {
+        &self.parents[self.current.load(Ordering::Relaxed) % self.parents.len()].url
+    }
+
+    fn fail_over(&self, from: usize) {
+        if self.parents.len() > 1 {
+            let _ = self.current.compare_exchange(from, (from + 1) % self.parents.len(), Ordering::Relaxed, Ordering::Relaxed);
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.clear();
+            }
+            tracing::warn!(next = %self.current_parent(), "failing over to the next parent");
+        }
+    }
+
+    async fn connect(&self, p: &Parent) -> Result<SendRequest<Full<Bytes>>, LinkErrorKind> {
+        let via = self.proxy.as_ref().filter(|x| !x.bypass(&p.host));
+        let target = if p.host.contains(':') { format!("[{}]:{}", p.host, p.port) } else { format!("{}:{}", p.host, p.port) };
+        let connect = async {
+            let addr = via.map(|x| x.authority.clone()).unwrap_or_else(|| target.clone());
+            let mut tcp = TcpStream::connect(&addr).await.map_err(|e| LinkErrorKind::Connect(format!("{addr}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            if via.is_some() {
+                tunnel(&mut tcp, &target).await?;
+            }
+            Ok::<_, LinkErrorKind>(tcp)
+        };
+        let tcp = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| LinkErrorKind::ConnectTimeout(self.connect_timeout))??;
+        let name = ServerName::try_from(p.host.clone()).map_err(|e| LinkErrorKind::Tls(e.to_string()))?;
+        let tls = tokio::time::timeout(self.connect_timeout, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| LinkErrorKind::ConnectTimeout(self.connect_timeout))?
+            .map_err(|e| LinkErrorKind::Tls(e.to_string()))?;
+        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or_else(|| LinkErrorKind::Tls("parent sent no certificate".into()))?;
+        let who = Identity::from_der(cert).map_err(|e| LinkErrorKind::Tls(e.to_string()))?;
+        if !matches!(who.role, Role::Mlm | Role::Appserver) {
+            return Err(LinkErrorKind::Tls(format!("parent {} has role {}, not mlm or appserver", who.id, who.role.as_str())));
+        }
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| LinkErrorKind::Http(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(send)
+    }
+
+    /// Sends one envelope and returns the parent's reply, within `timeout`
+    /// (which must cover any long-poll wait the envelope asks for).
+    ///
+    /// # Errors
+    /// [`LinkError`]; a transport error also moves to the next parent.
+    ///
+    /// # Cancel safety
+    /// If dropped, the request may or may not have reached the parent; the
+    /// sender must treat its messages as not acknowledged (and resend them).
+    pub async fn exchange(&self, content_type: &str, body: Bytes, timeout: Duration) -> Result<Decoded, LinkError> {
+        let idx = self.current.load(Ordering::Relaxed) % self.parents.len();
+        let p = &self.parents[idx];
+        let err = |kind| LinkError { parent: p.url.clone(), kind };
+        let r = tokio::time::timeout(timeout, self.exchange_on(p, content_type, body)).await;
+        match r {
+            Err(_) => Err(err(LinkErrorKind::Timeout(timeout))),
+            Ok(Err(kind)) => {
+                if !matches!(kind, LinkErrorKind::Refused(..) | LinkErrorKind::BadReply(_)) {
+                    self.fail_over(idx);
+                }
+                Err(err(kind))
+            }
+            Ok(Ok(d)) => Ok(d),
+        }
+    }
+
+    async fn exchange_on(&self, p: &Parent, content_type: &str, body: Bytes) -> Result<Decoded, LinkErrorKind> {
+        let pooled = self.idle.lock().ok().and_then(|mut v| {
+            while let Some(s) = v.pop() {
+                if !s.is_closed() {
+                    return Some(s);
+                }
+            }
+            None
+        });
+        let mut send = match pooled {
+            Some(s) => s,
+            None => self.connect(p).await?,
+        };
+        send.ready().await.map_err(|e| LinkErrorKind::Http(e.to_string()))?;
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(EXCHANGE_PATH)
+            .header(header::HOST, format!("{}:{}", p.host, p.port))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Full::new(body))
+            .map_err(|e| LinkErrorKind::Http(e.to_string()))?;
+        let resp = send.send_request(req).await.map_err(|e| LinkErrorKind::Http(e.to_string()))?;
+        let status = resp.status();
+        let ct = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        if !status.is_success() {
+            let b = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let reason = String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned();
+            return Err(LinkErrorKind::Refused(status, reason));
+        }
+        let decoded = envelope::decode(&ct, resp.into_body().into_data_stream())
+            .await
+            .map_err(|e| LinkErrorKind::BadReply(e.to_string()))?;
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE {
+                idle.push(send);
+            }
+        }
+        Ok(decoded)
+    }
+}
+
+/// Opens an HTTP CONNECT tunnel to `target` through an already connected proxy.
+async fn tunnel(tcp: &mut TcpStream, target: &str) -> Result<(), LinkErrorKind> {
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.map_err(|e| LinkErrorKind::Connect(format!("proxy: {e}")))?;
+    let mut buf = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    // Read byte by byte up to the blank line, so no tunnelled byte is consumed.
+    while !buf.ends_with(b"\r\n\r\n") {
+        if buf.len() >= MAX_PROXY_RESPONSE {
+            return Err(LinkErrorKind::Connect("proxy: response head too large".into()));
+        }
+        let n = tcp.read(&mut byte).await.map_err(|e| LinkErrorKind::Connect(format!("proxy: {e}")))?;
+        if n == 0 {
+            return Err(LinkErrorKind::Connect("proxy closed the connection during CONNECT".into()));
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let status_line = head.lines().next().unwrap_or("");
+    let code = status_line.split_whitespace().nth(1).unwrap_or("");
+    if code != "200" {
+        return Err(LinkErrorKind::Connect(format!("proxy refused CONNECT {target}: {status_line}")));
+    }
+    Ok(())
+}
+
+/// Exponential backoff with full jitter, for retry loops.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Starts at `base`, doubles per failure, never exceeds `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff { base, max, attempt: 0 }
+    }
+    /// The next delay: uniformly random in [d/2, d] where d = min(max, base·2^attempt).
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = d / 2;
+        half + Duration::from_micros(fastrand::u64(0..=half.as_micros() as u64))
+    }
+    /// Back to the first delay after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let d: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
+        assert!(d[7] >= Duration::from_secs(1) && d[7] <= Duration::from_secs(2));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn proxy_env_parsing() {
+        let p = ForwardProxy::parse("http://squid.acme:3128", "localhost,.internal").unwrap();
+        assert_eq!(p.authority, "squid.acme:3128");
+        assert!(p.bypass("localhost"));
+        assert!(p.bypass("mlm.internal"));
+        assert!(!p.bypass("mlm.provider.example"));
+        assert!(ForwardProxy::parse("https://x", "").is_err());
+    }
+}

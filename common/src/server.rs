@@ -1,0 +1,160 @@
+//! The accept loop every node runs: TCP, optional mTLS, HTTP/1.1 (hyper).
+//!
+//! Each accepted connection gets a [`Peer`] (address and, under mTLS, the
+//! verified [`Identity`]) that is handed to every request on it; handlers
+//! never look at certificates themselves. Slow peers are bounded here:
+//! the TLS handshake by [`HANDSHAKE_TIMEOUT`], request heads by
+//! [`HEADER_READ_TIMEOUT`], and the number of open connections by a semaphore.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::http_util::Body;
+use crate::limits::{HANDSHAKE_TIMEOUT, HEADER_READ_TIMEOUT};
+use crate::tls::{Identity, ReloadingServerConfig};
+
+/// Default cap on open connections per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// The verified identity (mTLS listeners only).
+    pub identity: Option<Identity>,
+}
+
+/// A signal that tells servers and loops to stop.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// The sending side of [`Shutdown`].
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl Shutdown {
+    /// A new pair.
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Shutdown(rx))
+    }
+    /// True once triggered.
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+    /// Resolves when triggered.
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|v| *v).await;
+    }
+}
+
+impl ShutdownTrigger {
+    /// Triggers shutdown.
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// Binds a listener; `addr` may use port 0.
+///
+/// # Errors
+/// If the address cannot be bound.
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))
+}
+
+/// Serves HTTP/1.1 on `listener` until shutdown; with `tls`, requires a
+/// client certificate and resolves each peer's identity.
+pub fn serve<F, Fut>(listener: TcpListener, tls: Option<ReloadingServerConfig>, max_connections: usize, handler: F, mut shutdown: Shutdown) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Request<Incoming>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max_connections));
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = shutdown.wait() => return,
+            };
+            let (tcp, addr) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%addr, max_connections, "connection limit reached; dropping connection");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let handler = handler.clone();
+            let tls = tls.as_ref().map(|t| t.get());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tls {
+                    None => serve_conn(TokioIo::new(tcp), Arc::new(Peer { addr, identity: None }), handler).await,
+                    Some(cfg) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::info!(%addr, error = %e, "TLS handshake refused");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::info!(%addr, "TLS handshake timed out after {HANDSHAKE_TIMEOUT:?}");
+                                return;
+                            }
+                        };
+                        let identity = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| Identity::from_der(c));
+                        let identity = match identity {
+                            Some(Ok(i)) => i,
+                            Some(Err(e)) => {
+                                tracing::info!(%addr, error = %e, "peer certificate has no rsnet identity");
+                                return;
+                            }
+                            None => return,
+                        };
+                        serve_conn(TokioIo::new(stream), Arc::new(Peer { addr, identity: Some(identity) }), handler).await
+                    }
+                }
+            });
+        }
+    })
+}
+
+async fn serve_conn<I, F, Fut>(io: I, peer: Arc<Peer>, handler: F)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let fut = handler(req, peer.clone());
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    });
+    let r = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, svc)
+        .await;
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
