@@ -1,1 +1,89 @@
-//! stub
+//! rsnet-appserver: the top of the tree (DESIGN.md §1, §4).
+//!
+//! Stores every forward message durably and exactly once ([`ingest`]),
+//! tracks the topology ([`topology`]), and serves the operator API and the
+//! subscriber stream ([`api`]). One mTLS listener serves both children
+//! (`/rs/v1/exchange`, proxy and mlm certificates) and operators
+//! (`/api/v1/*`, operator certificates).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod ingest;
+pub mod topology;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rsnet_common::config::{self, ConfigError};
+use rsnet_common::metrics::Registry;
+use rsnet_common::server::{self, Shutdown};
+use rsnet_common::store::redb::RedbStore;
+use rsnet_common::tls::{self, ReloadingServerConfig, TlsPaths};
+use serde::Deserialize;
+
+/// The appserver's config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Store directory (created if missing). Required.
+    pub data_dir: PathBuf,
+    /// Listen address for children and operators. Default `0.0.0.0:8443`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Cap on open connections. Default 20000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// TLS material.
+    pub tls: TlsPaths,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8443".into()
+}
+fn default_max_connections() -> usize {
+    server::DEFAULT_MAX_CONNECTIONS
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    ///
+    /// # Errors
+    /// Every problem, with the file name.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let c: Config = config::load(path)?;
+        if c.max_connections == 0 {
+            return Err(ConfigError { path: path.into(), reason: "max_connections: must be at least 1".into() });
+        }
+        Ok(c)
+    }
+}
+
+/// Runs the appserver until `shutdown`.
+///
+/// # Errors
+/// Start-up failures (store, TLS, bind); the node never starts half-way.
+pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    rsnet_common::ready::clear(&cfg.data_dir);
+    let me = tls::own_identity(&cfg.tls)?;
+    let store = RedbStore::open(&cfg.data_dir)?;
+    let metrics = Registry::default();
+    let app = ingest::App::open(me.id.clone(), &store, &metrics)?;
+    let tls = ReloadingServerConfig::start(cfg.tls.clone())?;
+    let listener = server::bind(&cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let api = Arc::new(api::Api::new(app.clone(), metrics.clone()));
+    let handler = move |req, peer| {
+        let api = api.clone();
+        async move { api.handle(req, peer).await }
+    };
+    let task = server::serve(listener, Some(tls), cfg.max_connections, handler, shutdown.clone());
+    rsnet_common::ready::write(&cfg.data_dir, BTreeMap::from([("exchange".to_string(), addr)]))?;
+    tracing::info!(id = %me.id, %addr, "appserver listening");
+    let mut sd = shutdown;
+    sd.wait().await;
+    task.abort();
+    tracing::info!("appserver stopped");
+    Ok(())
+}

@@ -13,10 +13,12 @@
 
 pub mod config;
 pub mod envelope;
+pub mod exchange;
 pub mod forward;
 pub mod heartbeat;
 pub mod http_util;
 pub mod id;
+pub mod json;
 pub mod limits;
 pub mod link;
 pub mod metrics;

@@ -158,3 +158,26 @@ where
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
+
+/// A [`Shutdown`] triggered by SIGTERM or SIGINT (Ctrl-C).
+pub fn shutdown_on_signals() -> Shutdown {
+    let (trigger, shutdown) = Shutdown::new();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested");
+        trigger.trigger();
+        // Keep the trigger alive so receivers don't see a closed channel.
+        std::future::pending::<()>().await;
+    });
+    shutdown
+}

@@ -1,0 +1,215 @@
+//! Request routing for the appserver's one listener, and the operator API.
+//!
+//! | path | who | what |
+//! |---|---|---|
+//! | `POST /rs/v1/exchange` | proxy, mlm | forward messages (see `ingest`) |
+//! | `GET /api/v1/messages` | operator | stored messages; filters `source`, `class`, `subclass`, `since`, `until`; pages with `after` + `limit` |
+//! | `GET /api/v1/components` | operator | every component seen, its parent path, last heartbeat |
+//! | `GET /api/v1/stream` | operator | server-sent events of stored messages; `class`, `subclass`; resumes from `Last-Event-ID` |
+//! | `GET /metrics` | any certificate | Prometheus text |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use rsnet_common::envelope::wire;
+use rsnet_common::exchange;
+use rsnet_common::http_util::{error, json, query_pairs, text, Body};
+use rsnet_common::metrics::Registry;
+use rsnet_common::model::Timestamp;
+use rsnet_common::server::Peer;
+use rsnet_common::store::{MessageFilter, MessageStore, StoredMessage};
+use rsnet_common::tls::Role;
+use serde_json::{json, Value};
+
+use crate::ingest::App;
+
+/// Most messages one API page returns.
+pub const MAX_PAGE: usize = 1000;
+/// Default page size.
+pub const DEFAULT_PAGE: usize = 100;
+/// Records one query may scan before returning a partial page (bounds the
+/// cost of a filter that matches little); the caller resumes from `next`.
+pub const MAX_SCAN: usize = 100_000;
+/// Comment line sent on an idle stream so proxies keep it open.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// The appserver's request router.
+pub struct Api {
+    app: Arc<App>,
+    metrics: Registry,
+}
+
+/// A stored message rendered as JSON (with its sequence number).
+pub fn message_json(seq: u64, m: &StoredMessage) -> Value {
+    let header = wire::decode_header(&m.header);
+    let content = header.as_ref().ok().map(|h| wire::decode_content(&m.content, h.kind));
+    let mut obj = match (&header, &content) {
+        (Ok(h), Some(Ok(c))) => {
+            let mut o = rsnet_common::json::header(h);
+            o.insert("content".into(), rsnet_common::json::content(c));
+            o
+        }
+        _ => {
+            let mut o = serde_json::Map::new();
+            o.insert("id".into(), json!(m.id.to_string()));
+            o.insert("error".into(), json!("stored record does not parse"));
+            o
+        }
+    };
+    obj.insert("seq".into(), json!(seq));
+    obj.insert("received".into(), json!(m.received.to_rfc3339()));
+    Value::Object(obj)
+}
+
+fn parse_filter(q: &[(String, String)]) -> Result<(MessageFilter, u64, usize), String> {
+    let mut f = MessageFilter::default();
+    let (mut after, mut limit) = (0u64, DEFAULT_PAGE);
+    for (k, v) in q {
+        match k.as_str() {
+            "source" => f.source = Some(v.parse().map_err(|e| format!("source: {e}"))?),
+            "class" => f.class = Some(v.clone()),
+            "subclass" => f.subclass = Some(v.clone()),
+            "since" => f.since = Some(Timestamp::parse_rfc3339(v).ok_or_else(|| format!("since: {v:?} is not RFC 3339"))?),
+            "until" => f.until = Some(Timestamp::parse_rfc3339(v).ok_or_else(|| format!("until: {v:?} is not RFC 3339"))?),
+            "after" => after = v.parse().map_err(|_| format!("after: {v:?} is not a sequence number"))?,
+            "limit" => {
+                limit = v.parse().map_err(|_| format!("limit: {v:?} is not a number"))?;
+                if limit == 0 || limit > MAX_PAGE {
+                    return Err(format!("limit: must be 1..={MAX_PAGE}"));
+                }
+            }
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    Ok((f, after, limit))
+}
+
+impl Api {
+    /// A router over `app`.
+    pub fn new(app: Arc<App>, metrics: Registry) -> Self {
+        Api { app, metrics }
+    }
+
+    /// Routes one request.
+    pub async fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
+        if exchange::is_exchange(&req) {
+            return match exchange::receive(req, &peer).await {
+                Ok(inbound) => {
+                    let answers = self.app.ingest(inbound).await;
+                    exchange::reply(&self.app.me, answers, &[])
+                }
+                Err(resp) => resp,
+            };
+        }
+        let path = req.uri().path().to_string();
+        if path == "/metrics" {
+            return text(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render());
+        }
+        if !path.starts_with("/api/v1/") {
+            return error(StatusCode::NOT_FOUND, format!("no such path {path}"));
+        }
+        if peer.identity.as_ref().map(|i| i.role) != Some(Role::Operator) {
+            return error(StatusCode::FORBIDDEN, "the operator API needs an operator certificate");
+        }
+        if req.method() != Method::GET {
+            return error(StatusCode::METHOD_NOT_ALLOWED, format!("{} {path}", req.method()));
+        }
+        let q = query_pairs(req.uri().query());
+        match path.as_str() {
+            "/api/v1/messages" => self.messages(&q).await,
+            "/api/v1/components" => {
+                let list = self.app.topology.lock().map(|t| t.list()).unwrap_or_default();
+                json(StatusCode::OK, &json!({ "components": list }))
+            }
+            "/api/v1/stream" => {
+                let last = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+                self.stream(&q, last)
+            }
+            _ => error(StatusCode::NOT_FOUND, format!("no such path {path}")),
+        }
+    }
+
+    async fn messages(&self, q: &[(String, String)]) -> Response<Body> {
+        let (filter, after, limit) = match parse_filter(q) {
+            Ok(x) => x,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        let store = self.app.messages.clone();
+        let r = tokio::task::spawn_blocking(move || store.scan(after, limit, MAX_SCAN, &filter)).await;
+        match r {
+            Ok(Ok((msgs, next))) => {
+                let items: Vec<Value> = msgs.iter().map(|(s, m)| message_json(*s, m)).collect();
+                json(StatusCode::OK, &json!({ "messages": items, "next": next }))
+            }
+            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        }
+    }
+
+    fn stream(&self, q: &[(String, String)], last_event_id: Option<String>) -> Response<Body> {
+        let mut filter = MessageFilter::default();
+        let mut after = None;
+        for (k, v) in q {
+            match k.as_str() {
+                "class" => filter.class = Some(v.clone()),
+                "subclass" => filter.subclass = Some(v.clone()),
+                "source" => match v.parse() {
+                    Ok(s) => filter.source = Some(s),
+                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("source: {e}")),
+                },
+                "after" => after = Some(v.clone()),
+                other => return error(StatusCode::BAD_REQUEST, format!("unknown parameter {other:?}")),
+            }
+        }
+        // Resume point: Last-Event-ID (reconnect) wins over ?after=; default: from the start.
+        let from = match last_event_id.or(after).map(|s| s.parse::<u64>()) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "Last-Event-ID/after must be a sequence number"),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let store = self.app.messages.clone();
+        let mut committed = self.app.committed.clone();
+        tokio::spawn(async move {
+            let mut cursor = from;
+            let _ = tx.send(Bytes::from_static(b": rsnet stream\n\n")).await;
+            loop {
+                let (s, f) = (store.clone(), filter.clone());
+                let page = tokio::task::spawn_blocking(move || s.scan(cursor, 256, MAX_SCAN, &f)).await;
+                let Ok(Ok((msgs, next))) = page else { return };
+                for (seq, m) in &msgs {
+                    let ev = format!("id: {seq}\nevent: message\ndata: {}\n\n", message_json(*seq, m));
+                    if tx.send(Bytes::from(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                let advanced = next > cursor;
+                cursor = next;
+                if advanced {
+                    continue;
+                }
+                // Caught up: wait for a new commit, or send a keep-alive.
+                tokio::select! {
+                    ok = async { committed.wait_for(|s| *s > cursor).await.is_ok() } => if !ok { return },
+                    _ = tokio::time::sleep(KEEPALIVE) => {
+                        if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() { return }
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(StreamBody::new(stream).boxed())
+            .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "stream"))
+    }
+}

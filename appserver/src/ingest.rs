@@ -1,0 +1,145 @@
+//! Storing what children send: validate, store once, answer.
+//!
+//! Each exchange POST becomes one request to a [`GroupCommit`] writer, so
+//! concurrent children's batches share one transaction and one fsync. A
+//! message is answered `accepted` only after that commit; a repeated
+//! message ID is answered `accepted` again and not stored twice.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rsnet_common::envelope::Item;
+use rsnet_common::exchange::Inbound;
+use rsnet_common::id::ComponentId;
+use rsnet_common::metrics::{Counter, Registry};
+use rsnet_common::model::{Hop, Response, Timestamp};
+use rsnet_common::store::redb::{RedbMessages, RedbStore};
+use rsnet_common::store::{Appended, GroupCommit, KvStore, MessageStore, StoreError, StoredMessage};
+use tokio::sync::watch;
+
+use crate::topology::{self, Topology};
+
+type Batch = (Vec<StoredMessage>, Vec<(String, Vec<u8>)>);
+
+/// Shared appserver state.
+pub struct App {
+    /// This appserver's ID.
+    pub me: ComponentId,
+    /// The message store.
+    pub messages: Arc<RedbMessages>,
+    /// Components.
+    pub topology: Mutex<Topology>,
+    writer: GroupCommit<Batch, Result<Vec<Appended>, StoreError>>,
+    /// The last committed sequence number, for subscribers.
+    pub committed: watch::Receiver<u64>,
+    stored: Counter,
+    duplicates: Counter,
+    rejected: Counter,
+}
+
+impl App {
+    /// Opens the store views and starts the writer.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub fn open(me: ComponentId, store: &RedbStore, metrics: &Registry) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
+        let messages = Arc::new(store.messages()?);
+        let topology = Topology::load(store.kv().list(topology::PREFIX)?);
+        let (tx, rx) = watch::channel(messages.last_seq());
+        let m = messages.clone();
+        let writer = GroupCommit::spawn("store-writer", move |batches: Vec<Batch>| {
+            let sizes: Vec<usize> = batches.iter().map(|b| b.0.len()).collect();
+            let (mut msgs, mut state) = (Vec::new(), Vec::new());
+            for (m, s) in batches {
+                msgs.extend(m);
+                state.extend(s);
+            }
+            match m.append(msgs, state) {
+                Ok(mut all) => {
+                    let _ = tx.send(m.last_seq());
+                    sizes.into_iter().map(|n| Ok(all.drain(..n).collect())).collect()
+                }
+                Err(e) => sizes.iter().map(|_| Err(e.clone())).collect(),
+            }
+        })?;
+        let m2 = messages.clone();
+        metrics.gauge("rsnet_store_last_seq", "highest stored sequence number", move || m2.last_seq() as f64);
+        Ok(Arc::new(App {
+            me,
+            messages,
+            topology: Mutex::new(topology),
+            writer,
+            committed: rx,
+            stored: metrics.counter("rsnet_store_stored_total", "messages stored"),
+            duplicates: metrics.counter("rsnet_store_duplicates_total", "repeated message IDs answered without storing"),
+            rejected: metrics.counter("rsnet_exchange_rejected_total", "messages rejected (invalid, spoofed)"),
+        }))
+    }
+
+    /// Validates and stores an inbound batch; returns one answer per message.
+    ///
+    /// # Durability
+    /// Every `accepted` answer is for a message committed with fsync.
+    pub async fn ingest(&self, inbound: Inbound) -> Vec<Response> {
+        let mut answers = inbound.rejected;
+        let now = Timestamp::now();
+        let mut batch = Vec::with_capacity(inbound.items.len());
+        let mut state = Vec::new();
+        let mut ids = Vec::with_capacity(inbound.items.len());
+        {
+            let mut topo = self.topology.lock().unwrap_or_else(|p| p.into_inner());
+            for item in inbound.items {
+                match stored(&item, &self.me, now) {
+                    Ok(s) => {
+                        topo.learn(&item.header, now, &mut state);
+                        ids.push(item.header.id);
+                        batch.push(s);
+                    }
+                    Err(reason) => answers.push(Response::rejected(item.header.id, reason)),
+                }
+            }
+        }
+        self.rejected.add(answers.len() as u64);
+        if batch.is_empty() && state.is_empty() {
+            return answers;
+        }
+        match self.writer.submit((batch, state)).await.and_then(|r| r) {
+            Ok(results) => {
+                for (id, r) in ids.into_iter().zip(results) {
+                    match r {
+                        Appended::Stored(_) => self.stored.inc(),
+                        Appended::Duplicate(_) => self.duplicates.inc(),
+                    }
+                    answers.push(Response::accepted(id, Some(r.seq().to_string())));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store write failed; asking children to retry");
+                for id in ids {
+                    answers.push(Response::retry(id, format!("appserver store: {e}"), Duration::from_secs(1)));
+                }
+            }
+        }
+        answers
+    }
+}
+
+fn stored(item: &Item, me: &ComponentId, now: Timestamp) -> Result<StoredMessage, String> {
+    // The appserver is a final receiver: it checks the content, not just the header.
+    item.content().map_err(|e| e.to_string())?;
+    let source = item.header.source().ok_or("no source")?.origin.clone();
+    // The appserver is the last hop; the stored header shows the whole path.
+    let mut header = item.header.clone();
+    header.routing.push(Hop { id: me.clone(), time: now });
+    Ok(StoredMessage {
+        id: item.header.id,
+        source,
+        class: item.header.class.clone(),
+        subclass: item.header.subclass.clone(),
+        kind: item.header.kind,
+        created: item.header.created,
+        received: now,
+        header: rsnet_common::envelope::wire::encode_header(&header).into(),
+        content: item.content.clone(),
+    })
+}
