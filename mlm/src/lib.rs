@@ -1,1 +1,177 @@
-//! stub
+//! rsnet-mlm: a mid-level manager (DESIGN.md §1, §4).
+//!
+//! Children POST envelopes; the MLM checks them ([`rsnet_common::exchange`]),
+//! appends its routing hop, and relays them upward synchronously
+//! ([`relay`]): a child hears "accepted" only after the parent accepted, and
+//! "rejected, retry after" when the parent is down. Concurrent children's
+//! batches are coalesced into fewer upstream POSTs. The MLM holds no forward
+//! state of its own; what it originates (heartbeats, lifecycle notices) goes
+//! through its own spool ([`rsnet_common::forward`]).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod relay;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use rsnet_common::config::{self, ConfigError, UplinkConfig};
+use rsnet_common::forward::{ForwardConfig, Forwarder, Outbox};
+use rsnet_common::heartbeat::{self, StatusTree};
+use rsnet_common::http_util::{error, text};
+use rsnet_common::link::Link;
+use rsnet_common::metrics::Registry;
+use rsnet_common::model::{Hop, Timestamp};
+use rsnet_common::server::{self, Shutdown};
+use rsnet_common::store::redb::RedbStore;
+use rsnet_common::store::Spool;
+use rsnet_common::tls::{self, ReloadingServerConfig, TlsPaths};
+use rsnet_common::{exchange, ready};
+use serde::Deserialize;
+
+/// The MLM's config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Store directory (its own spool). Required.
+    pub data_dir: PathBuf,
+    /// Listen address for children. Default `0.0.0.0:8443`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Cap on open connections. Default 20000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Heartbeat interval in seconds. Default 60.
+    #[serde(default = "config::default_heartbeat_secs")]
+    pub heartbeat_interval_s: u64,
+    /// Bytes for the MLM's own spool (heartbeats, notices). Default 64 MiB.
+    #[serde(default = "default_spool")]
+    pub spool_capacity_bytes: u64,
+    /// TLS material.
+    pub tls: TlsPaths,
+    /// The parent.
+    pub uplink: UplinkConfig,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8443".into()
+}
+fn default_max_connections() -> usize {
+    server::DEFAULT_MAX_CONNECTIONS
+}
+fn default_spool() -> u64 {
+    64 << 20
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    ///
+    /// # Errors
+    /// Every problem, with the file name.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let c: Config = config::load(path)?;
+        let mut errors = Vec::new();
+        c.uplink.validate(&mut errors);
+        if c.heartbeat_interval_s == 0 {
+            errors.push("heartbeat_interval_s: must be at least 1".into());
+        }
+        if c.max_connections == 0 {
+            errors.push("max_connections: must be at least 1".into());
+        }
+        if errors.is_empty() {
+            Ok(c)
+        } else {
+            Err(ConfigError { path: path.into(), reason: errors.join("; ") })
+        }
+    }
+}
+
+/// Runs the MLM until `shutdown`.
+///
+/// # Errors
+/// Start-up failures.
+pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ready::clear(&cfg.data_dir);
+    let started = Instant::now();
+    let me = tls::own_identity(&cfg.tls)?;
+    let metrics = Registry::default();
+    let link = Link::new(&cfg.uplink.parents, tls::client_config(&cfg.tls)?, cfg.uplink.proxy()?)?;
+    let store = RedbStore::open(&cfg.data_dir)?;
+    let spool: Arc<dyn Spool> = Arc::new(store.spool(cfg.spool_capacity_bytes)?);
+    let outbox = Outbox::new(spool.clone())?;
+    let fwd_cfg = ForwardConfig {
+        max_batch: cfg.uplink.max_batch,
+        max_inflight: cfg.uplink.max_inflight,
+        exchange_timeout: cfg.uplink.exchange_timeout(),
+    };
+    let forwarder = Forwarder::new(outbox.clone(), link.clone(), fwd_cfg.clone(), &metrics);
+    let relay = relay::Relay::start(link.clone(), fwd_cfg, &metrics);
+
+    let server_tls = ReloadingServerConfig::start(cfg.tls.clone())?;
+    let listener = server::bind(&cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let (id, m2) = (me.id.clone(), metrics.clone());
+    let handler = move |req: http::Request<hyper::body::Incoming>, peer: Arc<server::Peer>| {
+        let (relay, id, metrics) = (relay.clone(), id.clone(), m2.clone());
+        async move {
+            if exchange::is_exchange(&req) {
+                let mut inbound = match exchange::receive(req, &peer).await {
+                    Ok(i) => i,
+                    Err(resp) => return resp,
+                };
+                let now = Timestamp::now();
+                for item in &mut inbound.items {
+                    item.header.routing.push(Hop { id: id.clone(), time: now });
+                }
+                let mut answers = std::mem::take(&mut inbound.rejected);
+                answers.extend(relay.forward(inbound.items).await);
+                return exchange::reply(&id, answers, &[]);
+            }
+            match req.uri().path() {
+                "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+                p => error(StatusCode::NOT_FOUND, format!("no such path {p}")),
+            }
+        }
+    };
+    let task = server::serve(listener, Some(server_tls), cfg.max_connections, handler, shutdown.clone());
+    ready::write(&cfg.data_dir, BTreeMap::from([("exchange".to_string(), addr)]))?;
+    tracing::info!(id = %me.id, %addr, parent = link.current_parent(), "mlm listening");
+
+    outbox.push(&[heartbeat::notice(&me.id, heartbeat::COLD_START, "mlm started")]).await?;
+    let fwd = tokio::spawn(forwarder.run(shutdown.clone()));
+    let tree = {
+        let (id, spool) = (me.id.clone(), spool.clone());
+        move || StatusTree { id: id.clone(), role: "mlm", uptime_s: started.elapsed().as_secs(), spool: Some(spool.stats()), modules: vec![] }
+    };
+    let mut sd = shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.heartbeat_interval_s));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = outbox.push(&[tree().heartbeat()]).await {
+                    tracing::warn!(error = %e, "heartbeat not spooled");
+                }
+            }
+            _ = sd.wait() => break,
+        }
+    }
+    task.abort();
+    // A shutdown notice, delivered directly if the parent answers within a moment.
+    let notice = heartbeat::notice(&me.id, heartbeat::SHUTDOWN, "mlm stopping");
+    let _ = outbox.push(&[notice]).await;
+    let (_t, drain) = Shutdown::new();
+    let f2 = Forwarder::new(outbox.clone(), link, ForwardConfig { max_batch: 64, max_inflight: 1, exchange_timeout: Duration::from_secs(2) }, &Registry::default());
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        tokio::spawn(f2.run(drain));
+        while spool.stats().messages > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    fwd.abort();
+    tracing::info!("mlm stopped");
+    Ok(())
+}
