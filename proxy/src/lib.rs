@@ -1,1 +1,198 @@
-//! stub
+//! rsnet-proxy: the edge (DESIGN.md §1, §4).
+//!
+//! Integrators call the [`local_api`]; each message gets its support
+//! instance ID ([`instances`]) and the proxy's routing hop, is spooled
+//! durably and answered 202. The forwarder ([`rsnet_common::forward`])
+//! moves the spool upward in batches; nothing leaves the spool before the
+//! parent accepted it.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod instances;
+pub mod local_api;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rsnet_common::config::{self, ConfigError, UplinkConfig};
+use rsnet_common::forward::{ForwardConfig, Forwarder, Outbox};
+use rsnet_common::heartbeat::{self, StatusTree};
+use rsnet_common::link::Link;
+use rsnet_common::metrics::Registry;
+use rsnet_common::ready;
+use rsnet_common::server::{self, Shutdown};
+use rsnet_common::store::redb::RedbStore;
+use rsnet_common::store::{KvStore, Spool};
+use rsnet_common::tls::{self, TlsPaths};
+use serde::Deserialize;
+
+/// `[local_api]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalApiConfig {
+    /// Listen address; must be loopback. Default `127.0.0.1:7070`.
+    #[serde(default = "default_local")]
+    pub listen: String,
+}
+
+impl Default for LocalApiConfig {
+    fn default() -> Self {
+        LocalApiConfig { listen: default_local() }
+    }
+}
+
+fn default_local() -> String {
+    "127.0.0.1:7070".into()
+}
+
+/// The proxy's config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Store directory (spool, support instances). Required.
+    pub data_dir: PathBuf,
+    /// Spool capacity in bytes. Default 1 GiB.
+    #[serde(default = "default_spool")]
+    pub spool_capacity_bytes: u64,
+    /// Heartbeat interval in seconds. Default 60.
+    #[serde(default = "config::default_heartbeat_secs")]
+    pub heartbeat_interval_s: u64,
+    /// The local API.
+    #[serde(default)]
+    pub local_api: LocalApiConfig,
+    /// TLS material.
+    pub tls: TlsPaths,
+    /// The parent.
+    pub uplink: UplinkConfig,
+}
+
+fn default_spool() -> u64 {
+    1 << 30
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    ///
+    /// # Errors
+    /// Every problem, with the file name.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let c: Config = config::load(path)?;
+        let mut errors = Vec::new();
+        c.uplink.validate(&mut errors);
+        match c.local_api.listen.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => {}
+            Ok(_) => errors.push("local_api.listen: must be a loopback address (the local API has no authentication)".into()),
+            Err(_) => errors.push(format!("local_api.listen: {:?} is not an IP:port", c.local_api.listen)),
+        }
+        if c.heartbeat_interval_s == 0 {
+            errors.push("heartbeat_interval_s: must be at least 1".into());
+        }
+        if c.spool_capacity_bytes < 1 << 20 {
+            errors.push("spool_capacity_bytes: must be at least 1 MiB".into());
+        }
+        if errors.is_empty() {
+            Ok(c)
+        } else {
+            Err(ConfigError { path: path.into(), reason: errors.join("; ") })
+        }
+    }
+
+    /// The local API address of a running proxy (reads `ready.json` when the port is 0).
+    pub fn local_api_addr(&self) -> Option<SocketAddr> {
+        let a: SocketAddr = self.local_api.listen.parse().ok()?;
+        if a.port() != 0 {
+            return Some(a);
+        }
+        ready::read(&self.data_dir)?.listen.get("local_api").copied()
+    }
+}
+
+/// Runs the proxy until `shutdown`.
+///
+/// # Errors
+/// Start-up failures.
+pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ready::clear(&cfg.data_dir);
+    let started = Instant::now();
+    let me = tls::own_identity(&cfg.tls)?;
+    let metrics = Registry::default();
+    let link = Link::new(&cfg.uplink.parents, tls::client_config(&cfg.tls)?, cfg.uplink.proxy()?)?;
+    let store = RedbStore::open(&cfg.data_dir)?;
+    let spool: Arc<dyn Spool> = Arc::new(store.spool(cfg.spool_capacity_bytes)?);
+    let kv: Arc<dyn KvStore> = Arc::new(store.kv());
+    let instances = Arc::new(instances::Instances::load(me.id.clone(), kv)?);
+    let outbox = Outbox::new(spool.clone())?;
+    {
+        let s = spool.clone();
+        metrics.gauge("rsnet_spool_messages", "messages in the spool", move || s.stats().messages as f64);
+        let s = spool.clone();
+        metrics.gauge("rsnet_spool_bytes", "bytes in the spool", move || s.stats().bytes as f64);
+    }
+    let fwd_cfg = ForwardConfig {
+        max_batch: cfg.uplink.max_batch,
+        max_inflight: cfg.uplink.max_inflight,
+        exchange_timeout: cfg.uplink.exchange_timeout(),
+    };
+    let forwarder = Forwarder::new(outbox.clone(), link.clone(), fwd_cfg, &metrics);
+    let l2 = link.clone();
+    let api = Arc::new(local_api::LocalApi {
+        me: me.id.clone(),
+        outbox: outbox.clone(),
+        instances: instances.clone(),
+        metrics: metrics.clone(),
+        parent: Arc::new(move || l2.current_parent().to_string()),
+    });
+    let listener = server::bind(&cfg.local_api.listen).await?;
+    let addr = listener.local_addr()?;
+    let handler = move |req, _peer| {
+        let api = api.clone();
+        async move { api.handle(req).await }
+    };
+    let task = server::serve(listener, None, 1024, handler, shutdown.clone());
+    outbox.push(&[heartbeat::notice(&me.id, heartbeat::COLD_START, "proxy started")]).await?;
+    let fwd = tokio::spawn(forwarder.run(shutdown.clone()));
+    ready::write(&cfg.data_dir, BTreeMap::from([("local_api".to_string(), addr)]))?;
+    tracing::info!(id = %me.id, local_api = %addr, parent = link.current_parent(), "proxy running");
+
+    let tree = {
+        let (id, spool, instances) = (me.id.clone(), spool.clone(), instances.clone());
+        move || StatusTree {
+            id: id.clone(),
+            role: "proxy",
+            uptime_s: started.elapsed().as_secs(),
+            spool: Some(spool.stats()),
+            modules: vec![("local-api".into(), instances.list())],
+        }
+    };
+    let mut sd = shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.heartbeat_interval_s));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = outbox.push(&[tree().heartbeat()]).await {
+                    tracing::warn!(error = %e, "heartbeat not spooled");
+                }
+            }
+            _ = sd.wait() => break,
+        }
+    }
+    task.abort();
+    // The shutdown notice is spooled (so it goes up on the next start at the
+    // latest) and given a few seconds to go up now.
+    let _ = outbox.push(&[heartbeat::notice(&me.id, heartbeat::SHUTDOWN, "proxy stopping")]).await;
+    let (_t, drain) = Shutdown::new();
+    let f2 = Forwarder::new(outbox.clone(), link, ForwardConfig { max_batch: 1024, max_inflight: 1, exchange_timeout: Duration::from_secs(2) }, &Registry::default());
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        tokio::spawn(f2.run(drain));
+        while spool.stats().messages > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    fwd.abort();
+    tracing::info!("proxy stopped");
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! `rsnet-proxy run|send|status --config FILE`
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http::{Method, StatusCode};
+use rsnet_common::client::{call, Target};
+use rsnet_proxy::{run, Config};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "rsnet-proxy", version, about = "rsnet proxy: spools and forwards alarms, events and data")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy daemon.
+    Run {
+        /// The TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Send one message through a running proxy's local API; prints its ID.
+    Send {
+        /// The TOML config file (to find the local API).
+        #[arg(long)]
+        config: PathBuf,
+        /// alarm, event or data.
+        kind: String,
+        /// Text of an alarm or event.
+        #[arg(long)]
+        text: Option<String>,
+        /// Class (default: the kind).
+        #[arg(long)]
+        class: Option<String>,
+        /// Subclass.
+        #[arg(long)]
+        subclass: Option<String>,
+        /// The support instance's key (hostname, IP, …).
+        #[arg(long = "si")]
+        support_instance: Option<String>,
+        /// clear, info, warning, minor, major, critical.
+        #[arg(long)]
+        severity: Option<String>,
+        /// raised, updated, cleared.
+        #[arg(long)]
+        state: Option<String>,
+        /// MIME type of the payload.
+        #[arg(long)]
+        mime: Option<String>,
+        /// Payload text.
+        #[arg(long)]
+        payload: Option<String>,
+        /// 0..=9 (default 4).
+        #[arg(long)]
+        precedence: Option<u8>,
+        /// Expire after this many seconds.
+        #[arg(long)]
+        expiry_s: Option<u64>,
+        /// May be evicted by more important messages when the spool is full.
+        #[arg(long)]
+        non_persistent: bool,
+    },
+    /// Print a running proxy's status as JSON.
+    Status {
+        /// The TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("rsnet-proxy: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn local(cfg: &Config, method: Method, path: &str, body: Option<Value>) -> Result<(StatusCode, Value), String> {
+    let addr = cfg.local_api_addr().ok_or("the proxy is not running (no local API address in its data_dir)")?;
+    let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
+    let (status, b) = call(&Target::Plain(addr), method, path, body).await?;
+    let v = serde_json::from_slice(&b).unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&b) }));
+    Ok((status, v))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run { config } => {
+            rsnet_common::init_logging();
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match run(cfg, rsnet_common::server::shutdown_on_signals()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("rsnet-proxy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Send { config, kind, text, class, subclass, support_instance, severity, state, mime, payload, precedence, expiry_s, non_persistent } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let mut m = json!({ "kind": kind });
+            let fields = [("text", text), ("class", class), ("subclass", subclass), ("support_instance", support_instance), ("severity", severity), ("state", state), ("mime", mime), ("payload", payload)];
+            for (k, v) in fields {
+                if let Some(v) = v {
+                    m[k] = json!(v);
+                }
+            }
+            if let Some(p) = precedence {
+                m["precedence"] = json!(p);
+            }
+            if let Some(e) = expiry_s {
+                m["expiry_s"] = json!(e);
+            }
+            if non_persistent {
+                m["persistent"] = json!(false);
+            }
+            match local(&cfg, Method::POST, "/v1/messages", Some(m)).await {
+                Ok((StatusCode::ACCEPTED, v)) => {
+                    for id in v["ids"].as_array().into_iter().flatten() {
+                        println!("{}", id.as_str().unwrap_or_default());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Ok((s, v)) => {
+                    eprintln!("rsnet-proxy: {s}: {}", v["error"].as_str().unwrap_or(&v.to_string()));
+                    ExitCode::from(if s == StatusCode::INSUFFICIENT_STORAGE { 3 } else { 1 })
+                }
+                Err(e) => {
+                    eprintln!("rsnet-proxy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Status { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match local(&cfg, Method::GET, "/v1/status", None).await {
+                Ok((_, v)) => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rsnet-proxy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
