@@ -1,1 +1,402 @@
-//! stub
+//! Builds and drives a whole local rsnet tree of real processes.
+//!
+//! Used by `rsnet-demo` and by the end-to-end tests, so both exercise the
+//! same binaries, certificates and configs a user would. A [`Tree`] owns a
+//! directory:
+//!
+//! ```text
+//! DIR/pki/            CA, CRL, issued certificates (operator.pem/.key for rsnet-ctl)
+//! DIR/ID/config.toml  one config per node; DIR/ID/data/ its store; DIR/logs/ID.log
+//! DIR/tree.json       every node: id, role, parent, config, addresses, pid
+//! ```
+//!
+//! Every listener binds port 0; addresses are read from each node's ready
+//! file. A restarted node gets the port it had, so its children find it.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rsnet_certs::Pki;
+use rsnet_common::client::Target;
+use rsnet_common::tls::{Role, TlsPaths};
+use serde_json::json;
+
+/// How long a node may take to write its ready file.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Customer ID (first label of every ID).
+    pub customer: String,
+    /// MLMs: (label, index of the parent MLM or None for the appserver).
+    pub mlms: Vec<(String, Option<usize>)>,
+    /// Proxies: (label, index of the parent MLM, or None for the appserver).
+    pub proxies: Vec<(String, Option<usize>)>,
+    /// Heartbeat interval of proxies and MLMs.
+    pub heartbeat_s: u64,
+    /// Extra `[uplink]` lines for proxies (e.g. exchange timeouts).
+    pub proxy_uplink_extra: String,
+}
+
+impl Spec {
+    /// The demo's tree: 1 appserver, 2 MLMs, 4 proxies (two per MLM).
+    pub fn demo() -> Spec {
+        Spec {
+            customer: "acme".into(),
+            mlms: vec![("mlm1".into(), None), ("mlm2".into(), None)],
+            proxies: vec![("p1".into(), Some(0)), ("p2".into(), Some(0)), ("p3".into(), Some(1)), ("p4".into(), Some(1))],
+            heartbeat_s: 10,
+            proxy_uplink_extra: String::new(),
+        }
+    }
+}
+
+/// One node process.
+pub struct Node {
+    /// Component ID.
+    pub id: String,
+    /// Role.
+    pub role: Role,
+    /// Parent node's ID (None for the appserver).
+    pub parent: Option<String>,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    /// Bound address: exchange (appserver, MLM) or local API (proxy).
+    pub addr: Option<SocketAddr>,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// The running process's ID.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// A running tree.
+pub struct Tree {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The PKI.
+    pub pki: Pki,
+    /// All nodes: appserver first, then MLMs, then proxies.
+    pub nodes: Vec<Node>,
+    /// Operator credential for rsnet-ctl / the operator API.
+    pub operator: TlsPaths,
+    bin_dir: PathBuf,
+}
+
+/// Finds the directory holding the rsnet binaries: `RSNET_BIN_DIR`, or next
+/// to (or one above) the running executable (target/debug, target/debug/deps).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("RSNET_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut d = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    for _ in 0..2 {
+        if d.join("rsnet-appserver").exists() {
+            return d;
+        }
+        d = d.parent().map(Path::to_path_buf).unwrap_or_default();
+    }
+    exe.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn tls_toml(t: &TlsPaths) -> String {
+    format!(
+        "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\ncrl = {:?}\n",
+        t.ca,
+        t.cert,
+        t.key,
+        t.crl.clone().unwrap_or_default()
+    )
+}
+
+impl Tree {
+    /// Creates certificates and configs in `dir` and starts every node,
+    /// parents first, waiting until each is listening.
+    ///
+    /// # Errors
+    /// Certificate, file or start-up failures (the log path is named).
+    pub fn start(dir: &Path, spec: &Spec) -> Result<Tree, Error> {
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let pki = Pki::init(&dir.join("pki"), Some(&spec.customer))?;
+        let tls_for = |id: &str, role: Role| -> Result<TlsPaths, Error> {
+            let f = pki.issue(id, role, &[], &[])?;
+            Ok(TlsPaths { ca: pki.ca(), cert: f.cert, key: f.key, crl: Some(pki.crl()) })
+        };
+        let operator = tls_for("provider.operator", Role::Operator)?;
+        let mut tree = Tree { dir: dir.to_path_buf(), operator, nodes: Vec::new(), bin_dir: bin_dir(), pki: Pki::open(&dir.join("pki"))? };
+
+        let app_id = "provider.app".to_string();
+        let t = tls_for(&app_id, Role::Appserver)?;
+        tree.add(app_id.clone(), Role::Appserver, None, |data| format!("data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\n{}", tls_toml(&t)))?;
+        tree.launch(0)?;
+
+        let mlm_ids: Vec<String> = spec.mlms.iter().map(|(l, _)| format!("{}.{l}", spec.customer)).collect();
+        for (i, (_, parent)) in spec.mlms.iter().enumerate() {
+            let parent_id = parent.map(|p| mlm_ids[p].clone()).unwrap_or_else(|| app_id.clone());
+            let url = tree.url_of(&parent_id)?;
+            let t = tls_for(&mlm_ids[i], Role::Mlm)?;
+            let hb = spec.heartbeat_s;
+            tree.add(mlm_ids[i].clone(), Role::Mlm, Some(parent_id), |data| {
+                format!("data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\nheartbeat_interval_s = {hb}\n{}\n[uplink]\nparents = [\"{url}\"]\n", tls_toml(&t))
+            })?;
+            let n = tree.nodes.len() - 1;
+            tree.launch(n)?;
+        }
+        for (label, parent) in &spec.proxies {
+            let id = format!("{}.{label}", spec.customer);
+            let parent_id = parent.map(|p| mlm_ids[p].clone()).unwrap_or_else(|| app_id.clone());
+            let url = tree.url_of(&parent_id)?;
+            let t = tls_for(&id, Role::Proxy)?;
+            let (hb, extra) = (spec.heartbeat_s, spec.proxy_uplink_extra.clone());
+            tree.add(id, Role::Proxy, Some(parent_id), |data| {
+                format!(
+                    "data_dir = {data:?}\nheartbeat_interval_s = {hb}\n[local_api]\nlisten = \"127.0.0.1:0\"\n{}\n[uplink]\nparents = [\"{url}\"]\n{extra}\n",
+                    tls_toml(&t)
+                )
+            })?;
+        }
+        // Proxies do not depend on each other: start them all, then wait.
+        let first = 1 + spec.mlms.len();
+        for i in first..tree.nodes.len() {
+            tree.spawn(i)?;
+        }
+        for i in first..tree.nodes.len() {
+            tree.wait_ready(i)?;
+        }
+        tree.write_tree_json()?;
+        Ok(tree)
+    }
+
+    fn add(&mut self, id: String, role: Role, parent: Option<String>, config: impl FnOnce(&Path) -> String) -> Result<(), Error> {
+        let home = self.dir.join(&id);
+        let data_dir = home.join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        let cfg = home.join("config.toml");
+        std::fs::write(&cfg, config(&data_dir))?;
+        let log = self.dir.join("logs").join(format!("{id}.log"));
+        self.nodes.push(Node { id, role, parent, config: cfg, data_dir, log, addr: None, child: None });
+        Ok(())
+    }
+
+    /// Index of the node with `id`.
+    pub fn index(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    fn url_of(&self, id: &str) -> Result<String, Error> {
+        let n = &self.nodes[self.index(id).ok_or("unknown parent")?];
+        let a = n.addr.ok_or("parent has no address")?;
+        Ok(format!("https://127.0.0.1:{}", a.port()))
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), Error> {
+        let n = &mut self.nodes[i];
+        let bin = match n.role {
+            Role::Appserver => "rsnet-appserver",
+            Role::Mlm => "rsnet-mlm",
+            _ => "rsnet-proxy",
+        };
+        let path = self.bin_dir.join(bin);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log)?;
+        let mut cmd = Command::new(&path);
+        if n.role == Role::Proxy {
+            cmd.arg("run");
+        }
+        cmd.arg("--config").arg(&n.config).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        // Never route test traffic through a proxy inherited from the environment.
+        for v in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"] {
+            cmd.env_remove(v);
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let child = cmd.spawn().map_err(|e| format!("{}: {e}", path.display()))?;
+        n.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, i: usize) -> Result<(), Error> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let n = &mut self.nodes[i];
+            let pid = n.pid().ok_or("not started")?;
+            if let Some(r) = rsnet_common::ready::read(&n.data_dir) {
+                if r.pid == pid {
+                    n.addr = r.listen.values().next().copied();
+                    return Ok(());
+                }
+            }
+            if let Some(st) = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(format!("{} exited during start-up ({st}); see {}", n.id, n.log.display()).into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{} not ready within {START_TIMEOUT:?}; see {}", n.id, n.log.display()).into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts node `i` and waits until it listens.
+    ///
+    /// # Errors
+    /// Start-up failure.
+    pub fn launch(&mut self, i: usize) -> Result<(), Error> {
+        self.spawn(i)?;
+        self.wait_ready(i)
+    }
+
+    /// Kills node `i` with SIGKILL (no clean-up at all) and reaps it.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops node `i` with SIGTERM and waits up to `timeout` for it to exit.
+    pub fn stop(&mut self, i: usize, timeout: Duration) -> bool {
+        let Some(mut c) = self.nodes[i].child.take() else { return true };
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    /// Restarts node `i` on the port it had (so children reconnect).
+    ///
+    /// # Errors
+    /// Start-up failure.
+    pub fn restart(&mut self, i: usize) -> Result<(), Error> {
+        if let Some(a) = self.nodes[i].addr {
+            let cfg = std::fs::read_to_string(&self.nodes[i].config)?;
+            let fixed = cfg.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{}\"", a.port()));
+            std::fs::write(&self.nodes[i].config, fixed)?;
+        }
+        self.launch(i)
+    }
+
+    /// Indices of the proxies.
+    pub fn proxies(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].role == Role::Proxy).collect()
+    }
+
+    /// The operator API target (appserver, operator certificate).
+    ///
+    /// # Errors
+    /// TLS material problems.
+    pub fn operator_target(&self) -> Result<Target, Error> {
+        let a = self.nodes[0].addr.ok_or("appserver not running")?;
+        Ok(Target::Tls {
+            base: format!("https://127.0.0.1:{}", a.port()),
+            config: Arc::new(rsnet_common::tls::client_config(&self.operator)?),
+        })
+    }
+
+    /// Writes `DIR/tree.json` (see the crate docs).
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn write_tree_json(&self) -> Result<(), Error> {
+        let nodes: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "id": n.id, "role": n.role.as_str(), "parent": n.parent,
+                    "config": n.config, "data_dir": n.data_dir, "log": n.log,
+                    "listen": n.addr.map(|a| a.to_string()), "pid": n.pid(),
+                    "url": match n.role { Role::Proxy => n.addr.map(|a| format!("http://{a}")), _ => n.addr.map(|a| format!("https://127.0.0.1:{}", a.port())) },
+                })
+            })
+            .collect();
+        let app = self.nodes[0].addr.map(|a| format!("https://127.0.0.1:{}", a.port()));
+        let v = json!({
+            "dir": self.dir,
+            "nodes": nodes,
+            "operator": { "url": app, "ca": self.operator.ca, "cert": self.operator.cert, "key": self.operator.key },
+        });
+        std::fs::write(self.dir.join("tree.json"), serde_json::to_vec_pretty(&v)?)?;
+        Ok(())
+    }
+
+    /// Stops every node (SIGTERM, then SIGKILL after a grace period), children first.
+    pub fn shutdown(&mut self) {
+        for i in (0..self.nodes.len()).rev() {
+            self.stop(i, Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        for i in (0..self.nodes.len()).rev() {
+            self.kill9(i);
+        }
+    }
+}
+
+/// Sends messages to proxy `addr`'s local API; returns their IDs.
+///
+/// # Errors
+/// Transport errors or a non-202 answer (with its body).
+pub async fn send(addr: SocketAddr, messages: &[serde_json::Value]) -> Result<Vec<String>, String> {
+    let body = json!({ "messages": messages }).to_string();
+    let (status, b) = rsnet_common::client::call(&Target::Plain(addr), http::Method::POST, "/v1/messages", Some(("application/json", body.into()))).await?;
+    if status != http::StatusCode::ACCEPTED {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&b)));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
+    Ok(v["ids"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(str::to_string)).collect())
+}
+
+/// Every stored message matching `query` (e.g. `class=alarm`), paging through the operator API.
+///
+/// # Errors
+/// Transport or HTTP errors.
+pub async fn stored(op: &Target, query: &str) -> Result<Vec<serde_json::Value>, String> {
+    let mut out = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let path = format!("/api/v1/messages?limit=1000&after={after}{}{query}", if query.is_empty() { "" } else { "&" });
+        let (status, b) = rsnet_common::client::call(op, http::Method::GET, &path, None).await?;
+        if !status.is_success() {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&b)));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
+        let page = v["messages"].as_array().cloned().unwrap_or_default();
+        let next = v["next"].as_u64().unwrap_or(after);
+        out.extend(page);
+        if next == after {
+            return Ok(out);
+        }
+        after = next;
+    }
+}
+
+/// A test alarm payload for the local API.
+pub fn alarm(text: &str, si: &str) -> serde_json::Value {
+    json!({ "kind": "alarm", "class": "alarm", "subclass": "demo", "severity": "major", "text": text, "support_instance": si })
+}

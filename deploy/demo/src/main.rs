@@ -1,0 +1,133 @@
+//! `rsnet-demo [--dir DIR] [--once]`: a whole local tree (1 appserver,
+//! 2 MLMs, 4 proxies) on embedded stores, with traffic.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rsnet_demo::{alarm, send, stored, Spec, Tree};
+
+#[derive(Parser)]
+#[command(name = "rsnet-demo", version, about = "Run a whole local rsnet tree: 1 appserver, 2 MLMs, 4 proxies")]
+struct Cli {
+    /// Directory for certificates, configs, stores and logs (default: a new temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Run the scenario, print a summary and exit (0 only if every message arrived exactly once).
+    #[arg(long)]
+    once: bool,
+    /// Messages each proxy sends in the scenario.
+    #[arg(long, default_value_t = 250)]
+    messages: usize,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let dir = cli.dir.unwrap_or_else(|| std::env::temp_dir().join(format!("rsnet-demo-{}", std::process::id())));
+    if dir.join("pki").exists() {
+        eprintln!("rsnet-demo: {} already holds a tree; give a new --dir", dir.display());
+        return ExitCode::from(2);
+    }
+    println!("rsnet-demo: building a tree in {}", dir.display());
+    let started = Instant::now();
+    let mut tree = match tokio::task::block_in_place(|| Tree::start(&dir, &Spec::demo())) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rsnet-demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for n in &tree.nodes {
+        println!("  {:<10} {:<14} parent {:<14} {}", n.role.as_str(), n.id, n.parent.as_deref().unwrap_or("-"), n.addr.map(|a| a.to_string()).unwrap_or_default());
+    }
+    println!("  started in {:.1}s", started.elapsed().as_secs_f64());
+    let ok = scenario(&tree, cli.messages).await;
+    print_help(&tree);
+    if cli.once {
+        tokio::task::block_in_place(|| tree.shutdown());
+        return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
+    println!("\nrunning; a trickle of alarms every 2 s. Ctrl-C to stop.");
+    let mut n = 0usize;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                for &p in &tree.proxies() {
+                    if let Some(a) = tree.nodes[p].addr {
+                        let _ = send(a, &[alarm(&format!("trickle {n}"), "web1.acme.example")]).await;
+                    }
+                }
+                n += 1;
+            }
+        }
+    }
+    println!("stopping the tree…");
+    tokio::task::block_in_place(|| tree.shutdown());
+    ExitCode::SUCCESS
+}
+
+async fn scenario(tree: &Tree, per_proxy: usize) -> bool {
+    let t0 = Instant::now();
+    let mut sent: HashMap<String, String> = HashMap::new();
+    for &p in &tree.proxies() {
+        let Some(addr) = tree.nodes[p].addr else { return false };
+        let msgs: Vec<_> = (0..per_proxy).map(|i| alarm(&format!("{} alarm {i}", tree.nodes[p].id), &format!("host{}.acme.example", i % 5))).collect();
+        for chunk in msgs.chunks(100) {
+            match send(addr, chunk).await {
+                Ok(ids) => {
+                    for id in ids {
+                        sent.insert(id, tree.nodes[p].id.clone());
+                    }
+                }
+                Err(e) => {
+                    eprintln!("send to {}: {e}", tree.nodes[p].id);
+                    return false;
+                }
+            }
+        }
+    }
+    println!("\nsent {} alarms through {} proxies; waiting for the appserver…", sent.len(), tree.proxies().len());
+    let Ok(op) = tree.operator_target() else { return false };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = stored(&op, "class=alarm&subclass=demo").await.unwrap_or_default();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for m in &all {
+            if let Some(id) = m["id"].as_str() {
+                *seen.entry(id.to_string()).or_default() += 1;
+            }
+        }
+        let arrived = sent.keys().filter(|id| seen.contains_key(*id)).count();
+        let dupes = seen.values().filter(|&&c| c > 1).count();
+        if arrived == sent.len() || Instant::now() > deadline {
+            let ok = arrived == sent.len() && dupes == 0 && all.len() == sent.len();
+            println!(
+                "summary: sent {}, stored {}, arrived {}, duplicates {}, in {:.2}s: {}",
+                sent.len(),
+                all.len(),
+                arrived,
+                dupes,
+                t0.elapsed().as_secs_f64(),
+                if ok { "every message arrived exactly once" } else { "FAILED" }
+            );
+            return ok;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_help(tree: &Tree) {
+    let d = tree.dir.display();
+    println!("\nwhere to look:");
+    println!("  {d}/tree.json          every node, its config, addresses, pid; the operator credential");
+    println!("  {d}/logs/              one log per node");
+    if let Some(p) = tree.proxies().first() {
+        println!("  rsnet-proxy send --config {} alarm --text hello --si db1", tree.nodes[*p].config.display());
+    }
+    println!("  rsnet-ctl --tree {d}/tree.json components");
+    println!("  rsnet-ctl --tree {d}/tree.json messages --class alarm --limit 5");
+    println!("  rsnet-ctl --tree {d}/tree.json tail");
+}
