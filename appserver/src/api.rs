@@ -139,11 +139,12 @@ impl Api {
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
         let store = self.app.messages.clone();
+        let last = store.last_seq();
         let r = tokio::task::spawn_blocking(move || store.scan(after, limit, MAX_SCAN, &filter)).await;
         match r {
             Ok(Ok((msgs, next))) => {
                 let items: Vec<Value> = msgs.iter().map(|(s, m)| message_json(*s, m)).collect();
-                json(StatusCode::OK, &json!({ "messages": items, "next": next }))
+                json(StatusCode::OK, &json!({ "messages": items, "next": next, "last": last }))
             }
             Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

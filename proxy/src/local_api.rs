@@ -72,11 +72,14 @@ pub struct MessageInput {
     pub expiry_s: Option<u64>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Body_ {
-    Batch { messages: Vec<MessageInput> },
-    One(Box<MessageInput>),
+/// `{"messages": [...]}` or a single message object; serde errors name the field.
+fn parse_inputs(body: &[u8]) -> Result<Vec<MessageInput>, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    if let Some(list) = v.get("messages") {
+        serde_json::from_value(list.clone()).map_err(|e| format!("messages: {e}"))
+    } else {
+        serde_json::from_value(v).map(|m| vec![m]).map_err(|e| format!("message: {e}"))
+    }
 }
 
 /// Shared state of the local API.
@@ -173,10 +176,9 @@ impl LocalApi {
             Ok(b) => b,
             Err(resp) => return resp,
         };
-        let inputs = match serde_json::from_slice::<Body_>(&body) {
-            Ok(Body_::Batch { messages }) => messages,
-            Ok(Body_::One(m)) => vec![*m],
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON message: {e}")),
+        let inputs = match parse_inputs(&body) {
+            Ok(v) => v,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
         if inputs.is_empty() || inputs.len() > MAX_BATCH_MESSAGES {
             return error(StatusCode::BAD_REQUEST, format!("messages: give 1..={MAX_BATCH_MESSAGES}"));

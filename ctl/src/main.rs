@@ -1,0 +1,206 @@
+//! `rsnet-ctl`: the operator CLI over the appserver's operator API.
+//!
+//! Credentials come from `--tree DIR/tree.json` (as written by rsnet-demo),
+//! or `--url`, `--ca`, `--cert`, `--key` (also `RSNET_URL`, `RSNET_CA`,
+//! `RSNET_CERT`, `RSNET_KEY`).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use http::Method;
+use http_body_util::BodyExt;
+use rsnet_common::client::{call, send, Target};
+use rsnet_common::http_util::percent_encode;
+use rsnet_common::tls::TlsPaths;
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(name = "rsnet-ctl", version, about = "Operator CLI for rsnet")]
+struct Cli {
+    /// tree.json of a running demo tree (supplies URL and credential).
+    #[arg(long, global = true)]
+    tree: Option<PathBuf>,
+    /// Appserver URL (https://host:port).
+    #[arg(long, env = "RSNET_URL", global = true)]
+    url: Option<String>,
+    /// CA certificate.
+    #[arg(long, env = "RSNET_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// Operator certificate.
+    #[arg(long, env = "RSNET_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// Operator key.
+    #[arg(long, env = "RSNET_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// Print raw JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every component seen: parent path, last seen, last heartbeat.
+    Components,
+    /// Stored messages, oldest first.
+    Messages {
+        /// Source ID (includes its subtree).
+        #[arg(long)]
+        source: Option<String>,
+        /// Class.
+        #[arg(long)]
+        class: Option<String>,
+        /// Subclass.
+        #[arg(long)]
+        subclass: Option<String>,
+        /// Created at or after (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Created before (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Start after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many (1..=1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Follow the stream of stored messages (server-sent events).
+    Tail {
+        /// Class.
+        #[arg(long)]
+        class: Option<String>,
+        /// Subclass.
+        #[arg(long)]
+        subclass: Option<String>,
+        /// Resume after this sequence number (default: only new messages).
+        #[arg(long)]
+        after: Option<u64>,
+    },
+}
+
+fn target(cli: &Cli) -> Result<Target, String> {
+    let (url, tls) = if let Some(t) = &cli.tree {
+        let v: Value = serde_json::from_slice(&std::fs::read(t).map_err(|e| format!("{}: {e}", t.display()))?).map_err(|e| format!("{}: {e}", t.display()))?;
+        let op = &v["operator"];
+        let p = |k: &str| op[k].as_str().map(PathBuf::from).ok_or(format!("{}: operator.{k} missing", t.display()));
+        let url = op["url"].as_str().ok_or("tree.json: operator.url missing")?.to_string();
+        (url, TlsPaths { ca: p("ca")?, cert: p("cert")?, key: p("key")?, crl: None })
+    } else {
+        let need = |o: &Option<PathBuf>, n: &str| o.clone().ok_or(format!("--{n} (or --tree) is required"));
+        let url = cli.url.clone().ok_or("--url (or --tree) is required")?;
+        (url, TlsPaths { ca: need(&cli.ca, "ca")?, cert: need(&cli.cert, "cert")?, key: need(&cli.key, "key")?, crl: None })
+    };
+    let config = rsnet_common::tls::client_config(&tls).map_err(|e| e.to_string())?;
+    Ok(Target::Tls { base: url, config: Arc::new(config) })
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", percent_encode(v)))).collect::<Vec<_>>().join("&")
+}
+
+async fn get(t: &Target, path: &str) -> Result<Value, String> {
+    let (status, b) = call(t, Method::GET, path, None).await?;
+    let v: Value = serde_json::from_slice(&b).map_err(|e| format!("bad JSON from server: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("{status}: {}", v["error"].as_str().unwrap_or(&v.to_string())));
+    }
+    Ok(v)
+}
+
+fn summary(m: &Value) -> String {
+    let c = &m["content"];
+    let detail = c["text"].as_str().map(str::to_string).or_else(|| c["mime"].as_str().map(|x| format!("[{x}, {} bytes]", c["size"]))).unwrap_or_default();
+    format!(
+        "{:>6}  {}  {:<18} {:<28} {:<8} {}",
+        m["seq"],
+        m["created"].as_str().unwrap_or(""),
+        m["source"].as_str().unwrap_or(""),
+        format!("{}/{}", m["class"].as_str().unwrap_or(""), m["subclass"].as_str().unwrap_or("-")),
+        c["severity"].as_str().unwrap_or(""),
+        detail
+    )
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let t = target(&cli)?;
+    match &cli.cmd {
+        Cmd::Components => {
+            let v = get(&t, "/api/v1/components").await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            println!("{:<22} {:<30} {:<26} LAST HEARTBEAT", "ID", "PARENT PATH", "LAST SEEN");
+            for c in v["components"].as_array().into_iter().flatten() {
+                let path: Vec<&str> = c["parent_path"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                println!("{:<22} {:<30} {:<26} {}", c["id"].as_str().unwrap_or(""), path.join(" > "), c["last_seen"].as_str().unwrap_or(""), c["last_heartbeat"].as_str().unwrap_or("-"));
+            }
+        }
+        Cmd::Messages { source, class, subclass, since, until, after, limit } => {
+            let q = query(&[
+                ("source", source.clone()),
+                ("class", class.clone()),
+                ("subclass", subclass.clone()),
+                ("since", since.clone()),
+                ("until", until.clone()),
+                ("after", Some(after.to_string())),
+                ("limit", Some(limit.to_string())),
+            ]);
+            let v = get(&t, &format!("/api/v1/messages?{q}")).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            for m in v["messages"].as_array().into_iter().flatten() {
+                println!("{}", summary(m));
+            }
+            eprintln!("(next page: --after {})", v["next"]);
+        }
+        Cmd::Tail { class, subclass, after } => {
+            let after = match after {
+                Some(a) => *a,
+                None => get(&t, "/api/v1/messages?limit=1").await?["last"].as_u64().unwrap_or(0),
+            };
+            let q = query(&[("class", class.clone()), ("subclass", subclass.clone()), ("after", Some(after.to_string()))]);
+            let resp = send(&t, Method::GET, &format!("/api/v1/stream?{q}"), None, &[]).await?;
+            if !resp.status().is_success() {
+                return Err(format!("stream: {}", resp.status()));
+            }
+            let mut body = resp.into_body();
+            let mut buf = String::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| e.to_string())?;
+                let Ok(data) = frame.into_data() else { continue };
+                buf.push_str(&String::from_utf8_lossy(&data));
+                while let Some(end) = buf.find("\n\n") {
+                    let event: String = buf.drain(..end + 2).collect();
+                    if let Some(d) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                        match serde_json::from_str::<Value>(d) {
+                            Ok(m) if !cli.json => println!("{}", summary(&m)),
+                            _ => println!("{d}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rsnet-ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
