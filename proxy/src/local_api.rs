@@ -43,12 +43,12 @@ pub struct MessageInput {
     /// The integrator's key for the support instance (hostname, IP, …).
     #[serde(default)]
     pub support_instance: Option<String>,
-    /// Alarm severity; default `warning`.
+    /// Alarm severity (clear, info, warning, minor, major, critical); default `warning`.
     #[serde(default)]
-    pub severity: Option<Severity>,
-    /// Alarm state; default `raised`.
+    pub severity: Option<String>,
+    /// Alarm state (raised, updated, cleared); default `raised`.
     #[serde(default)]
-    pub state: Option<AlarmState>,
+    pub state: Option<String>,
     /// Text (alarm, event).
     #[serde(default)]
     pub text: Option<String>,
@@ -96,6 +96,13 @@ pub struct LocalApi {
     pub parent: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
+/// Parses a lowercase enum value, naming the field when it is not one.
+fn named<T: serde::de::DeserializeOwned>(v: &Option<String>, field: &str, i: usize) -> Result<Option<T>, String> {
+    v.as_ref()
+        .map(|s| serde_json::from_value(serde_json::Value::String(s.clone())).map_err(|e| format!("messages[{i}].{field}: {e}")))
+        .transpose()
+}
+
 fn data(input: &MessageInput, i: usize) -> Result<Option<Data>, String> {
     let mime = input.mime.clone().unwrap_or_else(|| "text/plain".into());
     if mime.parse::<mime::Mime>().is_err() {
@@ -125,8 +132,8 @@ impl LocalApi {
         }
         let content = match input.kind.as_str() {
             "alarm" => Content::Alarm(Alarm {
-                severity: input.severity.unwrap_or(Severity::Warning),
-                state: input.state.unwrap_or(AlarmState::Raised),
+                severity: named(&input.severity, "severity", i)?.unwrap_or(Severity::Warning),
+                state: named(&input.state, "state", i)?.unwrap_or(AlarmState::Raised),
                 support_instance: si.clone(),
                 text,
                 data: data(input, i)?,
