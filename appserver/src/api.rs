@@ -46,7 +46,10 @@ pub struct Api {
 /// A stored message rendered as JSON (with its sequence number).
 pub fn message_json(seq: u64, m: &StoredMessage) -> Value {
     let header = wire::decode_header(&m.header);
-    let content = header.as_ref().ok().map(|h| wire::decode_content(&m.content, h.kind));
+    let content = header
+        .as_ref()
+        .ok()
+        .map(|h| wire::decode_content(&m.content, h.kind));
     let mut obj = match (&header, &content) {
         (Ok(h), Some(Ok(c))) => {
             let mut o = rsnet_common::json::header(h);
@@ -73,11 +76,27 @@ fn parse_filter(q: &[(String, String)]) -> Result<(MessageFilter, u64, usize), S
             "source" => f.source = Some(v.parse().map_err(|e| format!("source: {e}"))?),
             "class" => f.class = Some(v.clone()),
             "subclass" => f.subclass = Some(v.clone()),
-            "since" => f.since = Some(Timestamp::parse_rfc3339(v).ok_or_else(|| format!("since: {v:?} is not RFC 3339"))?),
-            "until" => f.until = Some(Timestamp::parse_rfc3339(v).ok_or_else(|| format!("until: {v:?} is not RFC 3339"))?),
-            "after" => after = v.parse().map_err(|_| format!("after: {v:?} is not a sequence number"))?,
+            "since" => {
+                f.since = Some(
+                    Timestamp::parse_rfc3339(v)
+                        .ok_or_else(|| format!("since: {v:?} is not RFC 3339"))?,
+                )
+            }
+            "until" => {
+                f.until = Some(
+                    Timestamp::parse_rfc3339(v)
+                        .ok_or_else(|| format!("until: {v:?} is not RFC 3339"))?,
+                )
+            }
+            "after" => {
+                after = v
+                    .parse()
+                    .map_err(|_| format!("after: {v:?} is not a sequence number"))?
+            }
             "limit" => {
-                limit = v.parse().map_err(|_| format!("limit: {v:?} is not a number"))?;
+                limit = v
+                    .parse()
+                    .map_err(|_| format!("limit: {v:?} is not a number"))?;
                 if limit == 0 || limit > MAX_PAGE {
                     return Err(format!("limit: must be 1..={MAX_PAGE}"));
                 }
@@ -107,26 +126,45 @@ impl Api {
         }
         let path = req.uri().path().to_string();
         if path == "/metrics" {
-            return text(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render());
+            return text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.render(),
+            );
         }
         if !path.starts_with("/api/v1/") {
             return error(StatusCode::NOT_FOUND, format!("no such path {path}"));
         }
         if peer.identity.as_ref().map(|i| i.role) != Some(Role::Operator) {
-            return error(StatusCode::FORBIDDEN, "the operator API needs an operator certificate");
+            return error(
+                StatusCode::FORBIDDEN,
+                "the operator API needs an operator certificate",
+            );
         }
         if req.method() != Method::GET {
-            return error(StatusCode::METHOD_NOT_ALLOWED, format!("{} {path}", req.method()));
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} {path}", req.method()),
+            );
         }
         let q = query_pairs(req.uri().query());
         match path.as_str() {
             "/api/v1/messages" => self.messages(&q).await,
             "/api/v1/components" => {
-                let list = self.app.topology.lock().map(|t| t.list()).unwrap_or_default();
+                let list = self
+                    .app
+                    .topology
+                    .lock()
+                    .map(|t| t.list())
+                    .unwrap_or_default();
                 json(StatusCode::OK, &json!({ "components": list }))
             }
             "/api/v1/stream" => {
-                let last = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+                let last = req
+                    .headers()
+                    .get("last-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
                 self.stream(&q, last)
             }
             _ => error(StatusCode::NOT_FOUND, format!("no such path {path}")),
@@ -140,11 +178,15 @@ impl Api {
         };
         let store = self.app.messages.clone();
         let last = store.last_seq();
-        let r = tokio::task::spawn_blocking(move || store.scan(after, limit, MAX_SCAN, &filter)).await;
+        let r =
+            tokio::task::spawn_blocking(move || store.scan(after, limit, MAX_SCAN, &filter)).await;
         match r {
             Ok(Ok((msgs, next))) => {
                 let items: Vec<Value> = msgs.iter().map(|(s, m)| message_json(*s, m)).collect();
-                json(StatusCode::OK, &json!({ "messages": items, "next": next, "last": last }))
+                json(
+                    StatusCode::OK,
+                    &json!({ "messages": items, "next": next, "last": last }),
+                )
             }
             Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -163,14 +205,24 @@ impl Api {
                     Err(e) => return error(StatusCode::BAD_REQUEST, format!("source: {e}")),
                 },
                 "after" => after = Some(v.clone()),
-                other => return error(StatusCode::BAD_REQUEST, format!("unknown parameter {other:?}")),
+                other => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown parameter {other:?}"),
+                    )
+                }
             }
         }
         // Resume point: Last-Event-ID (reconnect) wins over ?after=; default: from the start.
         let from = match last_event_id.or(after).map(|s| s.parse::<u64>()) {
             None => 0,
             Some(Ok(n)) => n,
-            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "Last-Event-ID/after must be a sequence number"),
+            Some(Err(_)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Last-Event-ID/after must be a sequence number",
+                )
+            }
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
         let store = self.app.messages.clone();
@@ -180,10 +232,14 @@ impl Api {
             let _ = tx.send(Bytes::from_static(b": rsnet stream\n\n")).await;
             loop {
                 let (s, f) = (store.clone(), filter.clone());
-                let page = tokio::task::spawn_blocking(move || s.scan(cursor, 256, MAX_SCAN, &f)).await;
+                let page =
+                    tokio::task::spawn_blocking(move || s.scan(cursor, 256, MAX_SCAN, &f)).await;
                 let Ok(Ok((msgs, next))) = page else { return };
                 for (seq, m) in &msgs {
-                    let ev = format!("id: {seq}\nevent: message\ndata: {}\n\n", message_json(*seq, m));
+                    let ev = format!(
+                        "id: {seq}\nevent: message\ndata: {}\n\n",
+                        message_json(*seq, m)
+                    );
                     if tx.send(Bytes::from(ev)).await.is_err() {
                         return;
                     }
@@ -204,7 +260,9 @@ impl Api {
             }
         });
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
         });
         Response::builder()
             .status(StatusCode::OK)

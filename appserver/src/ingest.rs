@@ -14,7 +14,9 @@ use rsnet_common::id::ComponentId;
 use rsnet_common::metrics::{Counter, Registry};
 use rsnet_common::model::{Hop, Response, Timestamp};
 use rsnet_common::store::redb::{RedbMessages, RedbStore};
-use rsnet_common::store::{Appended, GroupCommit, KvStore, MessageStore, StoreError, StoredMessage};
+use rsnet_common::store::{
+    Appended, GroupCommit, KvStore, MessageStore, StoreError, StoredMessage,
+};
 use tokio::sync::watch;
 
 use crate::topology::{self, Topology};
@@ -42,7 +44,11 @@ impl App {
     ///
     /// # Errors
     /// Store failures.
-    pub fn open(me: ComponentId, store: &RedbStore, metrics: &Registry) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
+    pub fn open(
+        me: ComponentId,
+        store: &RedbStore,
+        metrics: &Registry,
+    ) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
         let messages = Arc::new(store.messages()?);
         let topology = Topology::load(store.kv().list(topology::PREFIX)?);
         let (tx, rx) = watch::channel(messages.last_seq());
@@ -57,13 +63,20 @@ impl App {
             match m.append(msgs, state) {
                 Ok(mut all) => {
                     let _ = tx.send(m.last_seq());
-                    sizes.into_iter().map(|n| Ok(all.drain(..n).collect())).collect()
+                    sizes
+                        .into_iter()
+                        .map(|n| Ok(all.drain(..n).collect()))
+                        .collect()
                 }
                 Err(e) => sizes.iter().map(|_| Err(e.clone())).collect(),
             }
         })?;
         let m2 = messages.clone();
-        metrics.gauge("rsnet_store_last_seq", "highest stored sequence number", move || m2.last_seq() as f64);
+        metrics.gauge(
+            "rsnet_store_last_seq",
+            "highest stored sequence number",
+            move || m2.last_seq() as f64,
+        );
         Ok(Arc::new(App {
             me,
             messages,
@@ -71,8 +84,14 @@ impl App {
             writer,
             committed: rx,
             stored: metrics.counter("rsnet_store_stored_total", "messages stored"),
-            duplicates: metrics.counter("rsnet_store_duplicates_total", "repeated message IDs answered without storing"),
-            rejected: metrics.counter("rsnet_exchange_rejected_total", "messages rejected (invalid, spoofed)"),
+            duplicates: metrics.counter(
+                "rsnet_store_duplicates_total",
+                "repeated message IDs answered without storing",
+            ),
+            rejected: metrics.counter(
+                "rsnet_exchange_rejected_total",
+                "messages rejected (invalid, spoofed)",
+            ),
         }))
     }
 
@@ -116,7 +135,11 @@ impl App {
             Err(e) => {
                 tracing::error!(error = %e, "store write failed; asking children to retry");
                 for id in ids {
-                    answers.push(Response::retry(id, format!("appserver store: {e}"), Duration::from_secs(1)));
+                    answers.push(Response::retry(
+                        id,
+                        format!("appserver store: {e}"),
+                        Duration::from_secs(1),
+                    ));
                 }
             }
         }
@@ -130,7 +153,10 @@ fn stored(item: &Item, me: &ComponentId, now: Timestamp) -> Result<StoredMessage
     let source = item.header.source().ok_or("no source")?.origin.clone();
     // The appserver is the last hop; the stored header shows the whole path.
     let mut header = item.header.clone();
-    header.routing.push(Hop { id: me.clone(), time: now });
+    header.routing.push(Hop {
+        id: me.clone(),
+        time: now,
+    });
     Ok(StoredMessage {
         id: item.header.id,
         source,

@@ -54,7 +54,10 @@ impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         let c: Config = config::load(path)?;
         if c.max_connections == 0 {
-            return Err(ConfigError { path: path.into(), reason: "max_connections: must be at least 1".into() });
+            return Err(ConfigError {
+                path: path.into(),
+                reason: "max_connections: must be at least 1".into(),
+            });
         }
         Ok(c)
     }
@@ -64,7 +67,10 @@ impl Config {
 ///
 /// # Errors
 /// Start-up failures (store, TLS, bind); the node never starts half-way.
-pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub async fn run(
+    cfg: Config,
+    shutdown: Shutdown,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     rsnet_common::ready::clear(&cfg.data_dir);
     let me = tls::own_identity(&cfg.tls)?;
     let store = RedbStore::open(&cfg.data_dir)?;
@@ -78,8 +84,17 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<(), Box<dyn std::err
         let api = api.clone();
         async move { api.handle(req, peer).await }
     };
-    let task = server::serve(listener, Some(tls), cfg.max_connections, handler, shutdown.clone());
-    rsnet_common::ready::write(&cfg.data_dir, BTreeMap::from([("exchange".to_string(), addr)]))?;
+    let task = server::serve(
+        listener,
+        Some(tls),
+        cfg.max_connections,
+        handler,
+        shutdown.clone(),
+    );
+    rsnet_common::ready::write(
+        &cfg.data_dir,
+        BTreeMap::from([("exchange".to_string(), addr)]),
+    )?;
     tracing::info!(id = %me.id, %addr, "appserver listening");
     let mut sd = shutdown;
     sd.wait().await;

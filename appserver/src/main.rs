@@ -6,7 +6,11 @@ use clap::Parser;
 use rsnet_appserver::{run, Config};
 
 #[derive(Parser)]
-#[command(name = "rsnet-appserver", version, about = "rsnet appserver: stores every message exactly once")]
+#[command(
+    name = "rsnet-appserver",
+    version,
+    about = "rsnet appserver: stores every message exactly once"
+)]
 struct Cli {
     /// The TOML config file.
     #[arg(long)]

@@ -43,7 +43,12 @@ impl Topology {
     pub fn load(pairs: Vec<(String, Vec<u8>)>) -> Self {
         let mut map = HashMap::new();
         for (k, v) in pairs {
-            let Some(id) = k.strip_prefix(PREFIX).and_then(|s| s.parse::<ComponentId>().ok()) else { continue };
+            let Some(id) = k
+                .strip_prefix(PREFIX)
+                .and_then(|s| s.parse::<ComponentId>().ok())
+            else {
+                continue;
+            };
             if let Ok(c) = serde_json::from_slice::<Component>(&v) {
                 map.insert(id, c);
             }
@@ -51,7 +56,14 @@ impl Topology {
         Topology { map }
     }
 
-    fn touch(&mut self, id: &ComponentId, path: Vec<String>, now: Timestamp, heartbeat: bool, out: &mut Vec<(String, Vec<u8>)>) {
+    fn touch(
+        &mut self,
+        id: &ComponentId,
+        path: Vec<String>,
+        now: Timestamp,
+        heartbeat: bool,
+        out: &mut Vec<(String, Vec<u8>)>,
+    ) {
         let ts = now.to_rfc3339();
         let c = self.map.entry(id.clone()).or_insert_with(|| Component {
             id: id.to_string(),
@@ -60,7 +72,10 @@ impl Topology {
             last_heartbeat: None,
             persisted_ms: 0,
         });
-        let changed = c.parent_path != path || heartbeat || c.persisted_ms == 0 || now.0 >= c.persisted_ms + PERSIST_EVERY_MS;
+        let changed = c.parent_path != path
+            || heartbeat
+            || c.persisted_ms == 0
+            || now.0 >= c.persisted_ms + PERSIST_EVERY_MS;
         c.parent_path = path;
         c.last_seen = ts.clone();
         if heartbeat {
@@ -83,8 +98,12 @@ impl Topology {
                 self.touch(&hop.id, hops[i + 1..].to_vec(), now, false, out);
             }
         }
-        let path: Vec<String> = hops.into_iter().filter(|h| *h != src.origin.as_str()).collect();
-        let hb = header.class == heartbeat::CLASS && header.subclass.as_deref() == Some(heartbeat::HEARTBEAT);
+        let path: Vec<String> = hops
+            .into_iter()
+            .filter(|h| *h != src.origin.as_str())
+            .collect();
+        let hb = header.class == heartbeat::CLASS
+            && header.subclass.as_deref() == Some(heartbeat::HEARTBEAT);
         self.touch(&src.origin, path, now, hb, out);
     }
 

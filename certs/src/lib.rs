@@ -21,8 +21,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use rsnet_common::id::ComponentId;
 use rsnet_common::tls::{Role, SAN_ID, SAN_ROLE, SAN_SCOPE};
@@ -58,7 +59,10 @@ pub enum PkiError {
 type Result<T> = std::result::Result<T, PkiError>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io { path: path.to_path_buf(), source }
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes a file; private ones are created 0600 before any byte is written.
@@ -115,32 +119,51 @@ impl Pki {
     /// Opens an existing PKI directory.
     pub fn open(dir: &Path) -> Result<Pki> {
         if !dir.join("ca.pem").exists() {
-            return Err(PkiError::Usage(format!("{}: no CA here (run `rsnet-certs init` first)", dir.display())));
+            return Err(PkiError::Usage(format!(
+                "{}: no CA here (run `rsnet-certs init` first)",
+                dir.display()
+            )));
         }
-        Ok(Pki { dir: dir.to_path_buf() })
+        Ok(Pki {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Creates a CA and an empty CRL in `dir`.
     pub fn init(dir: &Path, customer: Option<&str>) -> Result<Pki> {
         if dir.join("ca.pem").exists() {
-            return Err(PkiError::Usage(format!("{}: a CA exists already; refusing to overwrite it", dir.display())));
+            return Err(PkiError::Usage(format!(
+                "{}: a CA exists already; refusing to overwrite it",
+                dir.display()
+            )));
         }
         if let Some(c) = customer {
-            c.parse::<ComponentId>().map_err(|e| PkiError::Usage(format!("--customer: {e}")))?;
+            c.parse::<ComponentId>()
+                .map_err(|e| PkiError::Usage(format!("--customer: {e}")))?;
         }
         fs::create_dir_all(dir.join("issued")).map_err(io(dir))?;
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, "rsnet provider CA");
+        p.distinguished_name
+            .push(DnType::CommonName, "rsnet provider CA");
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         p.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
         p.not_after = OffsetDateTime::now_utc() + CA_VALIDITY;
         let cert = p.self_signed(&key)?;
         write(&dir.join("ca.key"), &key.serialize_pem(), true)?;
         write(&dir.join("ca.pem"), &cert.pem(), false)?;
-        let pki = Pki { dir: dir.to_path_buf() };
-        pki.save_index(&Index { customer: customer.map(str::to_string), ..Default::default() })?;
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+        };
+        pki.save_index(&Index {
+            customer: customer.map(str::to_string),
+            ..Default::default()
+        })?;
         pki.write_crl()?;
         Ok(pki)
     }
@@ -170,18 +193,31 @@ impl Pki {
         let kp = self.dir.join("ca.key");
         let key = KeyPair::from_pem(&fs::read_to_string(&kp).map_err(io(&kp))?)?;
         let cp = self.ca();
-        Ok(Issuer::from_ca_cert_pem(&fs::read_to_string(&cp).map_err(io(&cp))?, key)?)
+        Ok(Issuer::from_ca_cert_pem(
+            &fs::read_to_string(&cp).map_err(io(&cp))?,
+            key,
+        )?)
     }
 
     /// Issues a certificate for `id` with `role`. Server roles (mlm,
     /// appserver) get `hosts` as DNS/IP names, defaulting to localhost,
     /// 127.0.0.1 and ::1. MLMs get `scopes` (default: their customer).
-    pub fn issue(&self, id: &str, role: Role, hosts: &[String], scopes: &[String]) -> Result<IssuedFiles> {
-        let cid: ComponentId = id.parse().map_err(|e| PkiError::Usage(format!("--id: {e}")))?;
+    pub fn issue(
+        &self,
+        id: &str,
+        role: Role,
+        hosts: &[String],
+        scopes: &[String],
+    ) -> Result<IssuedFiles> {
+        let cid: ComponentId = id
+            .parse()
+            .map_err(|e| PkiError::Usage(format!("--id: {e}")))?;
         let mut index = self.index()?;
         if let Some(c) = &index.customer {
             if role == Role::Proxy && cid.customer() != c {
-                return Err(PkiError::Usage(format!("--id {id} is not under customer {c}")));
+                return Err(PkiError::Usage(format!(
+                    "--id {id} is not under customer {c}"
+                )));
             }
         }
         let key = KeyPair::generate()?;
@@ -193,22 +229,43 @@ impl Pki {
         p.not_after = OffsetDateTime::now_utc() + CERT_VALIDITY;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let uri = |s: String| SanType::URI(s.try_into().unwrap_or_else(|_| "urn:invalid".try_into().expect("ascii")));
-        p.subject_alt_names = vec![uri(format!("{SAN_ID}{id}")), uri(format!("{SAN_ROLE}{}", role.as_str()))];
+        let uri = |s: String| {
+            SanType::URI(
+                s.try_into()
+                    .unwrap_or_else(|_| "urn:invalid".try_into().expect("ascii")),
+            )
+        };
+        p.subject_alt_names = vec![
+            uri(format!("{SAN_ID}{id}")),
+            uri(format!("{SAN_ROLE}{}", role.as_str())),
+        ];
         for s in scopes {
-            let scope: ComponentId = s.parse().map_err(|e| PkiError::Usage(format!("--scope: {e}")))?;
+            let scope: ComponentId = s
+                .parse()
+                .map_err(|e| PkiError::Usage(format!("--scope: {e}")))?;
             p.subject_alt_names.push(uri(format!("{SAN_SCOPE}{scope}")));
         }
         if matches!(role, Role::Mlm | Role::Appserver) {
-            p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
-            let defaults = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-            let hosts = if hosts.is_empty() { &defaults[..] } else { hosts };
+            p.extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
+            let defaults = [
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+                "::1".to_string(),
+            ];
+            let hosts = if hosts.is_empty() {
+                &defaults[..]
+            } else {
+                hosts
+            };
             for h in hosts {
                 p.subject_alt_names.push(match h.parse::<IpAddr>() {
                     Ok(ip) => SanType::IpAddress(ip),
-                    Err(_) => SanType::DnsName(
-                        h.clone().try_into().map_err(|_| PkiError::Usage(format!("--host {h:?} is not a DNS name")))?,
-                    ),
+                    Err(_) => {
+                        SanType::DnsName(h.clone().try_into().map_err(|_| {
+                            PkiError::Usage(format!("--host {h:?} is not a DNS name"))
+                        })?)
+                    }
                 });
             }
         }
@@ -220,7 +277,12 @@ impl Pki {
         };
         write(&files.key, &key.serialize_pem(), true)?;
         write(&files.cert, &cert.pem(), false)?;
-        index.issued.push(Issued { id: id.to_string(), role, serial: hex(&serial), revoked: false });
+        index.issued.push(Issued {
+            id: id.to_string(),
+            role,
+            serial: hex(&serial),
+            revoked: false,
+        });
         self.save_index(&index)?;
         Ok(files)
     }
@@ -234,7 +296,9 @@ impl Pki {
             n += 1;
         }
         if n == 0 {
-            return Err(PkiError::Usage(format!("no unrevoked certificate for {id}")));
+            return Err(PkiError::Usage(format!(
+                "no unrevoked certificate for {id}"
+            )));
         }
         self.save_index(&index)?;
         self.write_crl()?;
@@ -275,7 +339,9 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -285,9 +351,13 @@ mod tests {
 
     #[test]
     fn issued_certificates_carry_identity_and_private_keys_are_0600() {
-        let dir = std::env::temp_dir().join(format!("rsnet-pki-{}", rsnet_common::MessageId::new()));
+        let dir =
+            std::env::temp_dir().join(format!("rsnet-pki-{}", rsnet_common::MessageId::new()));
         let pki = Pki::init(&dir, Some("acme")).unwrap();
-        assert!(Pki::init(&dir, None).is_err(), "init must refuse to overwrite a CA");
+        assert!(
+            Pki::init(&dir, None).is_err(),
+            "init must refuse to overwrite a CA"
+        );
         let f = pki.issue("acme.mlm1", Role::Mlm, &[], &[]).unwrap();
         let pem = fs::read_to_string(&f.cert).unwrap();
         let der = rustls_pki_der(&pem);
@@ -298,8 +368,18 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(fs::metadata(&f.key).unwrap().permissions().mode() & 0o777, 0o600);
-            assert_eq!(fs::metadata(dir.join("ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                fs::metadata(&f.key).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            assert_eq!(
+                fs::metadata(dir.join("ca.key"))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777,
+                0o600
+            );
         }
         assert_eq!(pki.revoke("acme.mlm1").unwrap(), 1);
         assert!(pki.revoke("acme.mlm1").is_err());

@@ -7,7 +7,11 @@ use rsnet_certs::Pki;
 use rsnet_common::tls::Role;
 
 #[derive(Parser)]
-#[command(name = "rsnet-certs", version, about = "Provider CA for rsnet: init, issue, revoke")]
+#[command(
+    name = "rsnet-certs",
+    version,
+    about = "Provider CA for rsnet: init, issue, revoke"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -30,27 +30,49 @@ pub enum Target {
 ///
 /// # Errors
 /// Connection, TLS or HTTP failures, as text for the user.
-pub async fn send(target: &Target, method: Method, path: &str, body: Option<(&str, Bytes)>, extra: &[(&str, String)]) -> Result<Response<Incoming>, String> {
+pub async fn send(
+    target: &Target,
+    method: Method,
+    path: &str,
+    body: Option<(&str, Bytes)>,
+    extra: &[(&str, String)],
+) -> Result<Response<Incoming>, String> {
     let (host, port, stream): (String, u16, Box<dyn IoStream>) = match target {
         Target::Plain(addr) => {
-            let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect {addr}: {e}"))?;
             (addr.ip().to_string(), addr.port(), Box::new(tcp))
         }
         Target::Tls { base, config } => {
             let uri: Uri = base.parse().map_err(|e| format!("{base}: {e}"))?;
-            let host = uri.host().ok_or_else(|| format!("{base}: no host"))?.trim_matches(['[', ']']).to_string();
+            let host = uri
+                .host()
+                .ok_or_else(|| format!("{base}: no host"))?
+                .trim_matches(['[', ']'])
+                .to_string();
             let port = uri.port_u16().unwrap_or(443);
-            let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connect {host}:{port}: {e}"))?;
+            let tcp = TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| format!("connect {host}:{port}: {e}"))?;
             let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-            let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| format!("TLS to {host}:{port}: {e}"))?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS to {host}:{port}: {e}"))?;
             (host, port, Box::new(tls))
         }
     };
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let mut b = Request::builder().method(method).uri(path).header(header::HOST, format!("{host}:{port}"));
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, format!("{host}:{port}"));
     for (k, v) in extra {
         b = b.header(*k, v);
     }
@@ -66,10 +88,20 @@ pub async fn send(target: &Target, method: Method, path: &str, body: Option<(&st
 ///
 /// # Errors
 /// As [`send`], plus body read failures.
-pub async fn call(target: &Target, method: Method, path: &str, body: Option<(&str, Bytes)>) -> Result<(http::StatusCode, Bytes), String> {
+pub async fn call(
+    target: &Target,
+    method: Method,
+    path: &str,
+    body: Option<(&str, Bytes)>,
+) -> Result<(http::StatusCode, Bytes), String> {
     let resp = send(target, method, path, body, &[]).await?;
     let status = resp.status();
-    let b = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let b = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     Ok((status, b))
 }
 

@@ -27,7 +27,10 @@ pub struct ConfigError {
 /// # Errors
 /// Unreadable file, TOML syntax, unknown or missing keys (with line numbers).
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let err = |reason: String| ConfigError { path: path.to_path_buf(), reason };
+    let err = |reason: String| ConfigError {
+        path: path.to_path_buf(),
+        reason,
+    };
     let s = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     toml::from_str(&s).map_err(|e| err(e.to_string()))
 }
@@ -72,7 +75,10 @@ impl UplinkConfig {
             errors.push("uplink.parents: at least one parent URL is required".into());
         }
         if self.max_batch == 0 || self.max_batch > crate::limits::MAX_BATCH_MESSAGES {
-            errors.push(format!("uplink.max_batch: must be 1..={}", crate::limits::MAX_BATCH_MESSAGES));
+            errors.push(format!(
+                "uplink.max_batch: must be 1..={}",
+                crate::limits::MAX_BATCH_MESSAGES
+            ));
         }
         if self.max_inflight == 0 || self.max_inflight > 64 {
             errors.push("uplink.max_inflight: must be 1..=64".into());
@@ -114,7 +120,10 @@ mod tests {
     #[test]
     fn defaults_and_unknown_keys() {
         let u: UplinkConfig = toml::from_str(r#"parents = ["https://mlm:8443"]"#).unwrap();
-        assert_eq!((u.max_batch, u.max_inflight, u.exchange_timeout_ms), (1024, 4, 30_000));
+        assert_eq!(
+            (u.max_batch, u.max_inflight, u.exchange_timeout_ms),
+            (1024, 4, 30_000)
+        );
         let mut errs = Vec::new();
         u.validate(&mut errs);
         assert!(errs.is_empty(), "{errs:?}");

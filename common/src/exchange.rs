@@ -46,41 +46,78 @@ pub async fn receive(req: http::Request<Incoming>, peer: &Peer) -> Result<Inboun
     if req.method() != Method::POST {
         return Err(error(StatusCode::METHOD_NOT_ALLOWED, "exchange takes POST"));
     }
-    let Some(identity) = peer.identity.clone().filter(|i| matches!(i.role, Role::Proxy | Role::Mlm)) else {
-        return Err(error(StatusCode::FORBIDDEN, "exchange is for proxy and mlm certificates"));
+    let Some(identity) = peer
+        .identity
+        .clone()
+        .filter(|i| matches!(i.role, Role::Proxy | Role::Mlm))
+    else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "exchange is for proxy and mlm certificates",
+        ));
     };
-    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let body = http_body_util::BodyExt::into_data_stream(req.into_body());
     let decoded = match tokio::time::timeout(BODY_READ_TIMEOUT, envelope::decode(&ct, body)).await {
-        Err(_) => return Err(error(StatusCode::REQUEST_TIMEOUT, format!("body not received within {BODY_READ_TIMEOUT:?}"))),
+        Err(_) => {
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body not received within {BODY_READ_TIMEOUT:?}"),
+            ))
+        }
         Ok(Err(e)) => {
             tracing::info!(peer = %identity.id, error = %e, "envelope refused");
             return Err(error(e.status(), e));
         }
         Ok(Ok(d)) => d,
     };
-    let mut rejected: Vec<Answer> = decoded.rejected.into_iter().map(|r| Answer::rejected(r.id, r.error.to_string())).collect();
+    let mut rejected: Vec<Answer> = decoded
+        .rejected
+        .into_iter()
+        .map(|r| Answer::rejected(r.id, r.error.to_string()))
+        .collect();
     let mut items = Vec::with_capacity(decoded.items.len());
     for item in decoded.items {
         let id = item.header.id;
         match &item.header.direction {
-            Direction::Destination(_) => rejected.push(Answer::rejected(id, "back-channel message sent upward")),
-            Direction::Source(s) if !identity.may_send_as(&s.origin) => rejected.push(Answer::rejected(
-                id,
-                format!("source {} is outside the subtree of authenticated peer {}", s.origin, identity.id),
-            )),
+            Direction::Destination(_) => {
+                rejected.push(Answer::rejected(id, "back-channel message sent upward"))
+            }
+            Direction::Source(s) if !identity.may_send_as(&s.origin) => {
+                rejected.push(Answer::rejected(
+                    id,
+                    format!(
+                        "source {} is outside the subtree of authenticated peer {}",
+                        s.origin, identity.id
+                    ),
+                ))
+            }
             Direction::Source(_) => items.push(item),
         }
     }
     if !rejected.is_empty() {
         tracing::info!(peer = %identity.id, rejected = rejected.len(), first = rejected[0].reason.as_deref().unwrap_or(""), "messages rejected");
     }
-    Ok(Inbound { peer: identity, control: decoded.control, items, rejected })
+    Ok(Inbound {
+        peer: identity,
+        control: decoded.control,
+        items,
+        rejected,
+    })
 }
 
 /// Builds a reply envelope: one `response` message per answer, from `me`,
 /// then `downward` items (back-channel).
-pub fn reply(me: &ComponentId, answers: impl IntoIterator<Item = Answer>, downward: &[Item]) -> Response<Body> {
+pub fn reply(
+    me: &ComponentId,
+    answers: impl IntoIterator<Item = Answer>,
+    downward: &[Item],
+) -> Response<Body> {
     let mut w = EnvelopeWriter::new();
     for a in answers {
         w.message(&Message::response(me, a));

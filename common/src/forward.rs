@@ -81,7 +81,12 @@ impl Outbox {
             let r = s.remove(&groups.into_iter().flatten().collect::<Vec<_>>());
             (0..n).map(|_| r.clone()).collect()
         })?;
-        Ok(Arc::new(Outbox { spool, pushes, removes, wake: Notify::new() }))
+        Ok(Arc::new(Outbox {
+            spool,
+            pushes,
+            removes,
+            wake: Notify::new(),
+        }))
     }
 
     /// Spools messages; each succeeds or fails on its own (full spool).
@@ -91,11 +96,17 @@ impl Outbox {
     ///
     /// # Cancel safety
     /// If dropped, the messages may or may not be spooled.
-    pub async fn push(&self, msgs: &[Message]) -> Result<Vec<Result<MessageId, StoreError>>, StoreError> {
+    pub async fn push(
+        &self,
+        msgs: &[Message],
+    ) -> Result<Vec<Result<MessageId, StoreError>>, StoreError> {
         let recs: Vec<SpoolRecord> = msgs.iter().map(record).collect();
         let r = self.pushes.submit(recs).await??;
         self.wake.notify_one();
-        Ok(r.into_iter().zip(msgs).map(|(r, m)| r.map(|_| m.header.id)).collect())
+        Ok(r.into_iter()
+            .zip(msgs)
+            .map(|(r, m)| r.map(|_| m.header.id))
+            .collect())
     }
 
     /// The spool underneath.
@@ -142,12 +153,20 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// A forwarder for `outbox` over `link`, registering its metrics.
-    pub fn new(outbox: Arc<Outbox>, link: Arc<Link>, cfg: ForwardConfig, metrics: &Registry) -> Arc<Self> {
+    pub fn new(
+        outbox: Arc<Outbox>,
+        link: Arc<Link>,
+        cfg: ForwardConfig,
+        metrics: &Registry,
+    ) -> Arc<Self> {
         let c = |n: &str, h: &str| metrics.counter(&format!("rsnet_forward_{n}_total"), h);
         let counters = Counters {
             sent: c("sent", "messages sent to the parent (including resends)"),
             accepted: c("accepted", "messages the parent accepted"),
-            rejected: c("rejected", "messages the parent rejected for good (dropped)"),
+            rejected: c(
+                "rejected",
+                "messages the parent rejected for good (dropped)",
+            ),
             deferred: c("deferred", "messages the parent asked to retry later"),
             expired: c("expired", "messages dropped from the spool as expired"),
             link_errors: c("link_errors", "exchanges that failed on the link"),
@@ -172,7 +191,12 @@ impl Forwarder {
             if shutdown.is_triggered() {
                 return;
             }
-            let pause = self.state.lock().ok().and_then(|s| s.pause_until).filter(|t| *t > Instant::now());
+            let pause = self
+                .state
+                .lock()
+                .ok()
+                .and_then(|s| s.pause_until)
+                .filter(|t| *t > Instant::now());
             if let Some(until) = pause {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until.into()) => {},
@@ -180,9 +204,19 @@ impl Forwarder {
                 }
                 continue;
             }
-            let Ok(permit) = self.slots.clone().acquire_owned().await else { return };
-            let skip = self.state.lock().map(|s| s.inflight.clone()).unwrap_or_default();
-            let peeked = match self.outbox.spool.peek(self.cfg.max_batch, &skip, Timestamp::now()) {
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let skip = self
+                .state
+                .lock()
+                .map(|s| s.inflight.clone())
+                .unwrap_or_default();
+            let peeked = match self
+                .outbox
+                .spool
+                .peek(self.cfg.max_batch, &skip, Timestamp::now())
+            {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "spool read failed");
@@ -222,12 +256,19 @@ impl Forwarder {
         }
         let (ct, body) = w.finish();
         self.counters.sent.add(entries.len() as u64);
-        let reply = self.link.exchange(&ct, body, self.cfg.exchange_timeout).await;
+        let reply = self
+            .link
+            .exchange(&ct, body, self.cfg.exchange_timeout)
+            .await;
         let mut done = Vec::new();
         match reply {
             Err(e) => {
                 self.counters.link_errors.inc();
-                let delay = self.state.lock().map(|mut s| s.backoff.next_delay()).unwrap_or(IDLE_TICK);
+                let delay = self
+                    .state
+                    .lock()
+                    .map(|mut s| s.backoff.next_delay())
+                    .unwrap_or(IDLE_TICK);
                 tracing::warn!(error = %e, retry_in = ?delay, n = entries.len(), "exchange failed; messages stay spooled");
                 self.pause(delay);
             }

@@ -70,12 +70,22 @@ impl StatusTree {
             self.uptime_s
         );
         if let Some(sp) = &self.spool {
-            let _ = write!(s, r#"<spool messages="{}" bytes="{}" capacity="{}"/>"#, sp.messages, sp.bytes, sp.capacity);
+            let _ = write!(
+                s,
+                r#"<spool messages="{}" bytes="{}" capacity="{}"/>"#,
+                sp.messages, sp.bytes, sp.capacity
+            );
         }
         for (m, instances) in &self.modules {
             let _ = write!(s, r#"<module id="{}">"#, escape(m.as_str()));
             for i in instances {
-                let _ = write!(s, r#"<instance id="{}" key="{}" state="{}"/>"#, i.id, escape(i.key.as_str()), escape(i.state.as_str()));
+                let _ = write!(
+                    s,
+                    r#"<instance id="{}" key="{}" state="{}"/>"#,
+                    i.id,
+                    escape(i.key.as_str()),
+                    escape(i.state.as_str())
+                );
             }
             s.push_str("</module>");
         }
@@ -89,10 +99,18 @@ impl StatusTree {
             self.id.clone(),
             CLASS,
             Some(HEARTBEAT),
-            Content::Data(Data { mime: "text/xml".into(), encoding: Encoding::Text, payload: Bytes::from(self.to_xml()) }),
+            Content::Data(Data {
+                mime: "text/xml".into(),
+                encoding: Encoding::Text,
+                payload: Bytes::from(self.to_xml()),
+            }),
         );
         // A heartbeat is worthless once the next one is due; never crowd out real traffic.
-        m.header.qos = Qos { persistence: false, precedence: 2, expiry: None };
+        m.header.qos = Qos {
+            persistence: false,
+            precedence: 2,
+            expiry: None,
+        };
         m
     }
 }
@@ -103,6 +121,10 @@ pub fn notice(id: &ComponentId, subclass: &str, text: &str) -> Message {
         id.clone(),
         CLASS,
         Some(subclass),
-        Content::Event(Event { support_instance: None, text: text.to_string(), data: None }),
+        Content::Event(Event {
+            support_instance: None,
+            text: text.to_string(),
+            data: None,
+        }),
     )
 }

@@ -14,7 +14,9 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// A complete body.
 pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed()
+    Full::new(b.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
 }
 
 /// A JSON response.
@@ -48,13 +50,22 @@ pub fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> R
 pub async fn read_body<B>(body: B, limit: usize, timeout: Duration) -> Result<Bytes, Response<Body>>
 where
     B: hyper::body::Body<Data = Bytes>,
-    B::Error: std::fmt::Display + Send + Sync + 'static + Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error:
+        std::fmt::Display + Send + Sync + 'static + Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, format!("body not received within {timeout:?}"))),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("body not received within {timeout:?}"),
+        )),
         Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {limit} bytes")))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body larger than {limit} bytes"),
+                ))
             } else {
                 Err(error(StatusCode::BAD_REQUEST, format!("reading body: {e}")))
             }
@@ -83,7 +94,10 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                match s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(v) => {
                         out.push(v);
                         i += 2;
@@ -102,7 +116,9 @@ fn percent_decode(s: &str) -> String {
 pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

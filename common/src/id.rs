@@ -151,7 +151,9 @@ impl FromStr for MessageId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
         if s.len() != 36 {
-            return Err(IdError::Malformed(format!("message id {s:?} is not a UUID")));
+            return Err(IdError::Malformed(format!(
+                "message id {s:?} is not a UUID"
+            )));
         }
         uuid::Uuid::parse_str(s)
             .map(MessageId)
@@ -212,7 +214,9 @@ mod tests {
         assert!("acme".parse::<ComponentId>().is_ok());
         assert!("acme.p7.si12".parse::<ComponentId>().is_ok());
         assert!("acme-2.p-7".parse::<ComponentId>().is_ok());
-        for bad in ["", "Acme", "acme..p7", "acme.", ".acme", "acme p7", "acme/p7", "ac_me"] {
+        for bad in [
+            "", "Acme", "acme..p7", "acme.", ".acme", "acme p7", "acme/p7", "ac_me",
+        ] {
             assert!(bad.parse::<ComponentId>().is_err(), "{bad:?} accepted");
         }
         assert!("a.b.c.d.e.f.g.h.i".parse::<ComponentId>().is_err());
@@ -230,7 +234,10 @@ mod tests {
 
     #[test]
     fn groups_and_message_ids() {
-        assert_eq!("group:acme-solaris".parse::<GroupName>().unwrap().name(), "acme-solaris");
+        assert_eq!(
+            "group:acme-solaris".parse::<GroupName>().unwrap().name(),
+            "acme-solaris"
+        );
         assert!("acme-solaris".parse::<GroupName>().is_err());
         let id = MessageId::new();
         assert_eq!(id.to_string().parse::<MessageId>().unwrap(), id);

@@ -12,7 +12,9 @@ use crate::model::{Content, Data, Direction, Encoding, Header};
 fn data_json(d: &Data) -> Value {
     let payload = match d.encoding {
         Encoding::Text => Value::String(String::from_utf8_lossy(&d.payload).into_owned()),
-        Encoding::Base64 => Value::String(base64::engine::general_purpose::STANDARD.encode(&d.payload)),
+        Encoding::Base64 => {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(&d.payload))
+        }
     };
     json!({ "mime": d.mime, "encoding": d.encoding, "size": d.payload.len(), "payload": payload })
 }
@@ -33,7 +35,9 @@ pub fn content(c: &Content) -> Value {
             "request": r.request.to_string(), "status": r.status, "reason": r.reason,
             "retry_after_ms": r.retry_after.map(|d| d.as_millis() as u64), "correlation": r.correlation,
         }),
-        Content::BulkRequest(b) => json!({ "size": b.size, "sha256": b.sha256, "class": b.class, "filename": b.filename }),
+        Content::BulkRequest(b) => {
+            json!({ "size": b.size, "sha256": b.sha256, "class": b.class, "filename": b.filename })
+        }
         Content::BulkResponse(b) => json!({
             "request": b.request.to_string(), "granted": b.granted, "reason": b.reason, "url": b.url, "token": b.token,
         }),
@@ -57,8 +61,14 @@ pub fn header(h: &Header) -> Map<String, Value> {
             }
         }
         Direction::Destination(d) => {
-            m.insert("destinations".into(), json!(d.ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()));
-            m.insert("group".into(), json!(d.group.as_ref().map(|g| g.to_string())));
+            m.insert(
+                "destinations".into(),
+                json!(d.ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()),
+            );
+            m.insert(
+                "group".into(),
+                json!(d.group.as_ref().map(|g| g.to_string())),
+            );
         }
     }
     m.insert(
@@ -67,7 +77,11 @@ pub fn header(h: &Header) -> Map<String, Value> {
     );
     m.insert(
         "routing".into(),
-        json!(h.routing.iter().map(|r| json!({"id": r.id.to_string(), "time": r.time.to_rfc3339()})).collect::<Vec<_>>()),
+        json!(h
+            .routing
+            .iter()
+            .map(|r| json!({"id": r.id.to_string(), "time": r.time.to_rfc3339()}))
+            .collect::<Vec<_>>()),
     );
     m
 }

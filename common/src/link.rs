@@ -92,24 +92,41 @@ impl ForwardProxy {
     pub fn parse(url: &str, no_proxy: &str) -> Result<Self, String> {
         let uri: Uri = url.parse().map_err(|e| format!("proxy URL {url:?}: {e}"))?;
         if uri.scheme_str().is_some_and(|s| s != "http") {
-            return Err(format!("proxy URL {url:?}: only http:// proxies are supported"));
+            return Err(format!(
+                "proxy URL {url:?}: only http:// proxies are supported"
+            ));
         }
-        let auth = uri.authority().ok_or_else(|| format!("proxy URL {url:?} has no host"))?;
+        let auth = uri
+            .authority()
+            .ok_or_else(|| format!("proxy URL {url:?} has no host"))?;
         let authority = format!("{}:{}", auth.host(), auth.port_u16().unwrap_or(3128));
-        let no_proxy = no_proxy.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()).collect();
-        Ok(ForwardProxy { authority, no_proxy })
+        let no_proxy = no_proxy
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        Ok(ForwardProxy {
+            authority,
+            no_proxy,
+        })
     }
 
     /// From `HTTPS_PROXY`/`https_proxy` and `NO_PROXY`/`no_proxy`, if set.
     pub fn from_env() -> Option<Result<Self, String>> {
-        let url = std::env::var("HTTPS_PROXY").or_else(|_| std::env::var("https_proxy")).ok()?;
-        let np = std::env::var("NO_PROXY").or_else(|_| std::env::var("no_proxy")).unwrap_or_default();
+        let url = std::env::var("HTTPS_PROXY")
+            .or_else(|_| std::env::var("https_proxy"))
+            .ok()?;
+        let np = std::env::var("NO_PROXY")
+            .or_else(|_| std::env::var("no_proxy"))
+            .unwrap_or_default();
         (!url.is_empty()).then(|| Self::parse(&url, &np))
     }
 
     fn bypass(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
-        self.no_proxy.iter().any(|n| n == "*" || *n == host || (n.starts_with('.') && host.ends_with(n.as_str())))
+        self.no_proxy
+            .iter()
+            .any(|n| n == "*" || *n == host || (n.starts_with('.') && host.ends_with(n.as_str())))
     }
 }
 
@@ -134,7 +151,11 @@ impl Link {
     ///
     /// # Errors
     /// If a URL is not `https://host[:port]`.
-    pub fn new(parents: &[String], tls: rustls::ClientConfig, proxy: Option<ForwardProxy>) -> Result<Arc<Link>, String> {
+    pub fn new(
+        parents: &[String],
+        tls: rustls::ClientConfig,
+        proxy: Option<ForwardProxy>,
+    ) -> Result<Arc<Link>, String> {
         if parents.is_empty() {
             return Err("no parent URL configured".into());
         }
@@ -145,9 +166,18 @@ impl Link {
                 if uri.scheme_str() != Some("https") {
                     return Err(format!("parent URL {u:?} must be https://"));
                 }
-                let host = uri.host().ok_or_else(|| format!("parent URL {u:?} has no host"))?;
-                let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-                Ok(Parent { url: u.clone(), host, port: uri.port_u16().unwrap_or(443) })
+                let host = uri
+                    .host()
+                    .ok_or_else(|| format!("parent URL {u:?} has no host"))?;
+                let host = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string();
+                Ok(Parent {
+                    url: u.clone(),
+                    host,
+                    port: uri.port_u16().unwrap_or(443),
+                })
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Arc::new(Link {
@@ -167,7 +197,12 @@ impl Link {
 
     fn fail_over(&self, from: usize) {
         if self.parents.len() > 1 {
-            let _ = self.current.compare_exchange(from, (from + 1) % self.parents.len(), Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self.current.compare_exchange(
+                from,
+                (from + 1) % self.parents.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             if let Ok(mut idle) = self.idle.lock() {
                 idle.clear();
             }
@@ -177,10 +212,18 @@ impl Link {
 
     async fn connect(&self, p: &Parent) -> Result<SendRequest<Full<Bytes>>, LinkErrorKind> {
         let via = self.proxy.as_ref().filter(|x| !x.bypass(&p.host));
-        let target = if p.host.contains(':') { format!("[{}]:{}", p.host, p.port) } else { format!("{}:{}", p.host, p.port) };
+        let target = if p.host.contains(':') {
+            format!("[{}]:{}", p.host, p.port)
+        } else {
+            format!("{}:{}", p.host, p.port)
+        };
         let connect = async {
-            let addr = via.map(|x| x.authority.clone()).unwrap_or_else(|| target.clone());
-            let mut tcp = TcpStream::connect(&addr).await.map_err(|e| LinkErrorKind::Connect(format!("{addr}: {e}")))?;
+            let addr = via
+                .map(|x| x.authority.clone())
+                .unwrap_or_else(|| target.clone());
+            let mut tcp = TcpStream::connect(&addr)
+                .await
+                .map_err(|e| LinkErrorKind::Connect(format!("{addr}: {e}")))?;
             let _ = tcp.set_nodelay(true);
             if via.is_some() {
                 tunnel(&mut tcp, &target).await?;
@@ -190,17 +233,29 @@ impl Link {
         let tcp = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| LinkErrorKind::ConnectTimeout(self.connect_timeout))??;
-        let name = ServerName::try_from(p.host.clone()).map_err(|e| LinkErrorKind::Tls(e.to_string()))?;
+        let name =
+            ServerName::try_from(p.host.clone()).map_err(|e| LinkErrorKind::Tls(e.to_string()))?;
         let tls = tokio::time::timeout(self.connect_timeout, self.tls.connect(name, tcp))
             .await
             .map_err(|_| LinkErrorKind::ConnectTimeout(self.connect_timeout))?
             .map_err(|e| LinkErrorKind::Tls(e.to_string()))?;
-        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or_else(|| LinkErrorKind::Tls("parent sent no certificate".into()))?;
+        let cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| LinkErrorKind::Tls("parent sent no certificate".into()))?;
         let who = Identity::from_der(cert).map_err(|e| LinkErrorKind::Tls(e.to_string()))?;
         if !matches!(who.role, Role::Mlm | Role::Appserver) {
-            return Err(LinkErrorKind::Tls(format!("parent {} has role {}, not mlm or appserver", who.id, who.role.as_str())));
+            return Err(LinkErrorKind::Tls(format!(
+                "parent {} has role {}, not mlm or appserver",
+                who.id,
+                who.role.as_str()
+            )));
         }
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| LinkErrorKind::Http(e.to_string()))?;
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| LinkErrorKind::Http(e.to_string()))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -216,15 +271,26 @@ impl Link {
     /// # Cancel safety
     /// If dropped, the request may or may not have reached the parent; the
     /// sender must treat its messages as not acknowledged (and resend them).
-    pub async fn exchange(&self, content_type: &str, body: Bytes, timeout: Duration) -> Result<Decoded, LinkError> {
+    pub async fn exchange(
+        &self,
+        content_type: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Decoded, LinkError> {
         let idx = self.current.load(Ordering::Relaxed) % self.parents.len();
         let p = &self.parents[idx];
-        let err = |kind| LinkError { parent: p.url.clone(), kind };
+        let err = |kind| LinkError {
+            parent: p.url.clone(),
+            kind,
+        };
         let r = tokio::time::timeout(timeout, self.exchange_on(p, content_type, body)).await;
         match r {
             Err(_) => Err(err(LinkErrorKind::Timeout(timeout))),
             Ok(Err(kind)) => {
-                if !matches!(kind, LinkErrorKind::Refused(..) | LinkErrorKind::BadReply(_)) {
+                if !matches!(
+                    kind,
+                    LinkErrorKind::Refused(..) | LinkErrorKind::BadReply(_)
+                ) {
                     self.fail_over(idx);
                 }
                 Err(err(kind))
@@ -233,7 +299,12 @@ impl Link {
         }
     }
 
-    async fn exchange_on(&self, p: &Parent, content_type: &str, body: Bytes) -> Result<Decoded, LinkErrorKind> {
+    async fn exchange_on(
+        &self,
+        p: &Parent,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Decoded, LinkErrorKind> {
         let pooled = self.idle.lock().ok().and_then(|mut v| {
             while let Some(s) = v.pop() {
                 if !s.is_closed() {
@@ -246,7 +317,9 @@ impl Link {
             Some(s) => s,
             None => self.connect(p).await?,
         };
-        send.ready().await.map_err(|e| LinkErrorKind::Http(e.to_string()))?;
+        send.ready()
+            .await
+            .map_err(|e| LinkErrorKind::Http(e.to_string()))?;
         let req = Request::builder()
             .method(Method::POST)
             .uri(EXCHANGE_PATH)
@@ -254,11 +327,24 @@ impl Link {
             .header(header::CONTENT_TYPE, content_type)
             .body(Full::new(body))
             .map_err(|e| LinkErrorKind::Http(e.to_string()))?;
-        let resp = send.send_request(req).await.map_err(|e| LinkErrorKind::Http(e.to_string()))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| LinkErrorKind::Http(e.to_string()))?;
         let status = resp.status();
-        let ct = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         if !status.is_success() {
-            let b = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let b = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
             let reason = String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned();
             return Err(LinkErrorKind::Refused(status, reason));
         }
@@ -277,17 +363,26 @@ impl Link {
 /// Opens an HTTP CONNECT tunnel to `target` through an already connected proxy.
 async fn tunnel(tcp: &mut TcpStream, target: &str) -> Result<(), LinkErrorKind> {
     let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.map_err(|e| LinkErrorKind::Connect(format!("proxy: {e}")))?;
+    tcp.write_all(req.as_bytes())
+        .await
+        .map_err(|e| LinkErrorKind::Connect(format!("proxy: {e}")))?;
     let mut buf = Vec::with_capacity(256);
     let mut byte = [0u8; 1];
     // Read byte by byte up to the blank line, so no tunnelled byte is consumed.
     while !buf.ends_with(b"\r\n\r\n") {
         if buf.len() >= MAX_PROXY_RESPONSE {
-            return Err(LinkErrorKind::Connect("proxy: response head too large".into()));
+            return Err(LinkErrorKind::Connect(
+                "proxy: response head too large".into(),
+            ));
         }
-        let n = tcp.read(&mut byte).await.map_err(|e| LinkErrorKind::Connect(format!("proxy: {e}")))?;
+        let n = tcp
+            .read(&mut byte)
+            .await
+            .map_err(|e| LinkErrorKind::Connect(format!("proxy: {e}")))?;
         if n == 0 {
-            return Err(LinkErrorKind::Connect("proxy closed the connection during CONNECT".into()));
+            return Err(LinkErrorKind::Connect(
+                "proxy closed the connection during CONNECT".into(),
+            ));
         }
         buf.push(byte[0]);
     }
@@ -295,7 +390,9 @@ async fn tunnel(tcp: &mut TcpStream, target: &str) -> Result<(), LinkErrorKind> 
     let status_line = head.lines().next().unwrap_or("");
     let code = status_line.split_whitespace().nth(1).unwrap_or("");
     if code != "200" {
-        return Err(LinkErrorKind::Connect(format!("proxy refused CONNECT {target}: {status_line}")));
+        return Err(LinkErrorKind::Connect(format!(
+            "proxy refused CONNECT {target}: {status_line}"
+        )));
     }
     Ok(())
 }
@@ -311,11 +408,18 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `base`, doubles per failure, never exceeds `max`.
     pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff { base, max, attempt: 0 }
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+        }
     }
     /// The next delay: uniformly random in [d/2, d] where d = min(max, base·2^attempt).
     pub fn next_delay(&mut self) -> Duration {
-        let d = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
+        let d = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = d / 2;
         half + Duration::from_micros(fastrand::u64(0..=half.as_micros() as u64))

@@ -38,7 +38,9 @@ pub struct Registry {
 impl Registry {
     /// Registers (or returns the existing) counter `name`.
     pub fn counter(&self, name: &str, help: &str) -> Counter {
-        let Ok(mut v) = self.counters.lock() else { return Counter::default() };
+        let Ok(mut v) = self.counters.lock() else {
+            return Counter::default();
+        };
         if let Some((_, _, c)) = v.iter().find(|(n, _, _)| n == name) {
             return c.clone();
         }

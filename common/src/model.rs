@@ -35,7 +35,9 @@ impl Timestamp {
     /// Parses RFC 3339 (UTC, `Z` suffix).
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
         let t = humantime::parse_rfc3339(s).ok()?;
-        Some(Timestamp(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64))
+        Some(Timestamp(
+            t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64
+        ))
     }
 }
 
@@ -55,7 +57,11 @@ pub const MAX_PRECEDENCE: u8 = 9;
 
 impl Default for Qos {
     fn default() -> Self {
-        Qos { expiry: None, precedence: 4, persistence: true }
+        Qos {
+            expiry: None,
+            precedence: 4,
+            persistence: true,
+        }
     }
 }
 
@@ -261,7 +267,13 @@ pub struct Response {
 impl Response {
     /// Accepted, with an optional correlation ID.
     pub fn accepted(request: MessageId, correlation: Option<String>) -> Self {
-        Response { request, status: Status::Accepted, reason: None, retry_after: None, correlation }
+        Response {
+            request,
+            status: Status::Accepted,
+            reason: None,
+            retry_after: None,
+            correlation,
+        }
     }
     /// Rejected for good: the sender must not retry (invalid, not allowed).
     pub fn rejected(request: MessageId, reason: impl Into<String>) -> Self {
@@ -376,7 +388,12 @@ pub struct Message {
 
 impl Message {
     /// A new forward message from `origin`, stamped now, with default QoS.
-    pub fn forward(origin: ComponentId, class: &str, subclass: Option<&str>, content: Content) -> Self {
+    pub fn forward(
+        origin: ComponentId,
+        class: &str,
+        subclass: Option<&str>,
+        content: Content,
+    ) -> Self {
         Message {
             header: Header {
                 id: MessageId::new(),
@@ -384,7 +401,10 @@ impl Message {
                 subclass: subclass.map(str::to_string),
                 kind: content.kind(),
                 created: Timestamp::now(),
-                direction: Direction::Source(Source { origin, version: None }),
+                direction: Direction::Source(Source {
+                    origin,
+                    version: None,
+                }),
                 qos: Qos::default(),
                 routing: Vec::new(),
             },
@@ -402,5 +422,6 @@ impl Message {
 pub fn valid_class(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }

@@ -35,7 +35,10 @@ pub fn clear(data_dir: &Path) {
 /// # Errors
 /// I/O errors.
 pub fn write(data_dir: &Path, listen: BTreeMap<String, SocketAddr>) -> std::io::Result<()> {
-    let r = Ready { pid: std::process::id(), listen };
+    let r = Ready {
+        pid: std::process::id(),
+        listen,
+    };
     let tmp = data_dir.join("ready.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&r)?)?;
     std::fs::rename(tmp, path(data_dir))

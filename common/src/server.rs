@@ -68,12 +68,20 @@ impl ShutdownTrigger {
 /// # Errors
 /// If the address cannot be bound.
 pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))
 }
 
 /// Serves HTTP/1.1 on `listener` until shutdown; with `tls`, requires a
 /// client certificate and resolves each peer's identity.
-pub fn serve<F, Fut>(listener: TcpListener, tls: Option<ReloadingServerConfig>, max_connections: usize, handler: F, mut shutdown: Shutdown) -> tokio::task::JoinHandle<()>
+pub fn serve<F, Fut>(
+    listener: TcpListener,
+    tls: Option<ReloadingServerConfig>,
+    max_connections: usize,
+    handler: F,
+    mut shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()>
 where
     F: Fn(Request<Incoming>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -103,10 +111,25 @@ where
             tokio::spawn(async move {
                 let _permit = permit;
                 match tls {
-                    None => serve_conn(TokioIo::new(tcp), Arc::new(Peer { addr, identity: None }), handler).await,
+                    None => {
+                        serve_conn(
+                            TokioIo::new(tcp),
+                            Arc::new(Peer {
+                                addr,
+                                identity: None,
+                            }),
+                            handler,
+                        )
+                        .await
+                    }
                     Some(cfg) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-                        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        let stream = match tokio::time::timeout(
+                            HANDSHAKE_TIMEOUT,
+                            acceptor.accept(tcp),
+                        )
+                        .await
+                        {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 tracing::info!(%addr, error = %e, "TLS handshake refused");
@@ -131,7 +154,15 @@ where
                             }
                             None => return,
                         };
-                        serve_conn(TokioIo::new(stream), Arc::new(Peer { addr, identity: Some(identity) }), handler).await
+                        serve_conn(
+                            TokioIo::new(stream),
+                            Arc::new(Peer {
+                                addr,
+                                identity: Some(identity),
+                            }),
+                            handler,
+                        )
+                        .await
                     }
                 }
             });
@@ -166,7 +197,9 @@ pub fn shutdown_on_signals() -> Shutdown {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                return;
+            };
             tokio::select! {
                 _ = term.recv() => {},
                 _ = tokio::signal::ctrl_c() => {},

@@ -130,7 +130,11 @@ impl Identity {
         let id = id.ok_or_else(|| bad(format!("no {SAN_ID} URI")))?;
         let role = role.ok_or_else(|| bad(format!("no {SAN_ROLE} URI")))?;
         if role == Role::Mlm && scopes.is_empty() {
-            scopes.push(id.customer().parse().map_err(|e: crate::id::IdError| bad(e.to_string()))?);
+            scopes.push(
+                id.customer()
+                    .parse()
+                    .map_err(|e: crate::id::IdError| bad(e.to_string()))?,
+            );
         }
         Ok(Identity { id, role, scopes })
     }
@@ -140,7 +144,9 @@ impl Identity {
     pub fn may_send_as(&self, origin: &ComponentId) -> bool {
         match self.role {
             Role::Proxy => origin.is_within(&self.id),
-            Role::Mlm => origin.is_within(&self.id) || self.scopes.iter().any(|s| origin.is_within(s)),
+            Role::Mlm => {
+                origin.is_within(&self.id) || self.scopes.iter().any(|s| origin.is_within(s))
+            }
             Role::Appserver | Role::Operator => false,
         }
     }
@@ -162,7 +168,10 @@ pub struct TlsPaths {
 }
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
-    TlsError::File { path: path.to_path_buf(), reason: e.to_string() }
+    TlsError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -172,7 +181,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).map_err(|e| file_err(ca, e))? {
-        roots.add(c.map_err(|e| file_err(ca, e))?).map_err(|e| file_err(ca, e))?;
+        roots
+            .add(c.map_err(|e| file_err(ca, e))?)
+            .map_err(|e| file_err(ca, e))?;
     }
     if roots.is_empty() {
         return Err(file_err(ca, "no certificate in file"));
@@ -210,7 +221,8 @@ pub fn server_config(p: &TlsPaths, alpn_http1: bool) -> Result<ServerConfig, Tls
     let mut vb = WebPkiClientVerifier::builder_with_provider(roots, provider());
     if let Some(crl) = &p.crl {
         if crl.exists() {
-            let der = CertificateRevocationListDer::from_pem_file(crl).map_err(|e| file_err(crl, e))?;
+            let der =
+                CertificateRevocationListDer::from_pem_file(crl).map_err(|e| file_err(crl, e))?;
             vb = vb.with_crls([der]).only_check_end_entity_revocation();
         }
     }
@@ -271,7 +283,9 @@ impl ReloadingServerConfig {
             let mut seen = mtimes(&p);
             loop {
                 tokio::time::sleep(CRL_POLL_INTERVAL).await;
-                let Some(current) = weak.upgrade() else { return };
+                let Some(current) = weak.upgrade() else {
+                    return;
+                };
                 let now = mtimes(&p);
                 if now == seen {
                     continue;
@@ -284,7 +298,9 @@ impl ReloadingServerConfig {
                         }
                         tracing::info!("TLS material reloaded (certificate or CRL changed)");
                     }
-                    Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous config"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS reload failed; keeping the previous config")
+                    }
                 }
             }
         });

@@ -86,42 +86,92 @@ enum Cmd {
 
 fn target(cli: &Cli) -> Result<Target, String> {
     let (url, tls) = if let Some(t) = &cli.tree {
-        let v: Value = serde_json::from_slice(&std::fs::read(t).map_err(|e| format!("{}: {e}", t.display()))?).map_err(|e| format!("{}: {e}", t.display()))?;
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(t).map_err(|e| format!("{}: {e}", t.display()))?)
+                .map_err(|e| format!("{}: {e}", t.display()))?;
         let op = &v["operator"];
-        let p = |k: &str| op[k].as_str().map(PathBuf::from).ok_or(format!("{}: operator.{k} missing", t.display()));
-        let url = op["url"].as_str().ok_or("tree.json: operator.url missing")?.to_string();
-        (url, TlsPaths { ca: p("ca")?, cert: p("cert")?, key: p("key")?, crl: None })
+        let p = |k: &str| {
+            op[k]
+                .as_str()
+                .map(PathBuf::from)
+                .ok_or(format!("{}: operator.{k} missing", t.display()))
+        };
+        let url = op["url"]
+            .as_str()
+            .ok_or("tree.json: operator.url missing")?
+            .to_string();
+        (
+            url,
+            TlsPaths {
+                ca: p("ca")?,
+                cert: p("cert")?,
+                key: p("key")?,
+                crl: None,
+            },
+        )
     } else {
-        let need = |o: &Option<PathBuf>, n: &str| o.clone().ok_or(format!("--{n} (or --tree) is required"));
+        let need = |o: &Option<PathBuf>, n: &str| {
+            o.clone().ok_or(format!("--{n} (or --tree) is required"))
+        };
         let url = cli.url.clone().ok_or("--url (or --tree) is required")?;
-        (url, TlsPaths { ca: need(&cli.ca, "ca")?, cert: need(&cli.cert, "cert")?, key: need(&cli.key, "key")?, crl: None })
+        (
+            url,
+            TlsPaths {
+                ca: need(&cli.ca, "ca")?,
+                cert: need(&cli.cert, "cert")?,
+                key: need(&cli.key, "key")?,
+                crl: None,
+            },
+        )
     };
     let config = rsnet_common::tls::client_config(&tls).map_err(|e| e.to_string())?;
-    Ok(Target::Tls { base: url, config: Arc::new(config) })
+    Ok(Target::Tls {
+        base: url,
+        config: Arc::new(config),
+    })
 }
 
 fn query(pairs: &[(&str, Option<String>)]) -> String {
-    pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", percent_encode(v)))).collect::<Vec<_>>().join("&")
+    pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", percent_encode(v))))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 async fn get(t: &Target, path: &str) -> Result<Value, String> {
     let (status, b) = call(t, Method::GET, path, None).await?;
     let v: Value = serde_json::from_slice(&b).map_err(|e| format!("bad JSON from server: {e}"))?;
     if !status.is_success() {
-        return Err(format!("{status}: {}", v["error"].as_str().unwrap_or(&v.to_string())));
+        return Err(format!(
+            "{status}: {}",
+            v["error"].as_str().unwrap_or(&v.to_string())
+        ));
     }
     Ok(v)
 }
 
 fn summary(m: &Value) -> String {
     let c = &m["content"];
-    let detail = c["text"].as_str().map(str::to_string).or_else(|| c["mime"].as_str().map(|x| format!("[{x}, {} bytes]", c["size"]))).unwrap_or_default();
+    let detail = c["text"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| {
+            c["mime"]
+                .as_str()
+                .map(|x| format!("[{x}, {} bytes]", c["size"]))
+        })
+        .unwrap_or_default();
     format!(
         "{:>6}  {}  {:<18} {:<28} {:<8} {}",
         m["seq"],
         m["created"].as_str().unwrap_or(""),
         m["source"].as_str().unwrap_or(""),
-        format!("{}/{}", m["class"].as_str().unwrap_or(""), m["subclass"].as_str().unwrap_or("-")),
+        format!(
+            "{}/{}",
+            m["class"].as_str().unwrap_or(""),
+            m["subclass"].as_str().unwrap_or("-")
+        ),
         c["severity"].as_str().unwrap_or(""),
         detail
     )
@@ -136,13 +186,35 @@ async fn run(cli: Cli) -> Result<(), String> {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 return Ok(());
             }
-            println!("{:<22} {:<30} {:<26} LAST HEARTBEAT", "ID", "PARENT PATH", "LAST SEEN");
+            println!(
+                "{:<22} {:<30} {:<26} LAST HEARTBEAT",
+                "ID", "PARENT PATH", "LAST SEEN"
+            );
             for c in v["components"].as_array().into_iter().flatten() {
-                let path: Vec<&str> = c["parent_path"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                println!("{:<22} {:<30} {:<26} {}", c["id"].as_str().unwrap_or(""), path.join(" > "), c["last_seen"].as_str().unwrap_or(""), c["last_heartbeat"].as_str().unwrap_or("-"));
+                let path: Vec<&str> = c["parent_path"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "{:<22} {:<30} {:<26} {}",
+                    c["id"].as_str().unwrap_or(""),
+                    path.join(" > "),
+                    c["last_seen"].as_str().unwrap_or(""),
+                    c["last_heartbeat"].as_str().unwrap_or("-")
+                );
             }
         }
-        Cmd::Messages { source, class, subclass, since, until, after, limit } => {
+        Cmd::Messages {
+            source,
+            class,
+            subclass,
+            since,
+            until,
+            after,
+            limit,
+        } => {
             let q = query(&[
                 ("source", source.clone()),
                 ("class", class.clone()),
@@ -162,12 +234,22 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             eprintln!("(next page: --after {})", v["next"]);
         }
-        Cmd::Tail { class, subclass, after } => {
+        Cmd::Tail {
+            class,
+            subclass,
+            after,
+        } => {
             let after = match after {
                 Some(a) => *a,
-                None => get(&t, "/api/v1/messages?limit=1").await?["last"].as_u64().unwrap_or(0),
+                None => get(&t, "/api/v1/messages?limit=1").await?["last"]
+                    .as_u64()
+                    .unwrap_or(0),
             };
-            let q = query(&[("class", class.clone()), ("subclass", subclass.clone()), ("after", Some(after.to_string()))]);
+            let q = query(&[
+                ("class", class.clone()),
+                ("subclass", subclass.clone()),
+                ("after", Some(after.to_string())),
+            ]);
             let resp = send(&t, Method::GET, &format!("/api/v1/stream?{q}"), None, &[]).await?;
             if !resp.status().is_success() {
                 return Err(format!("stream: {}", resp.status()));
@@ -176,7 +258,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             let mut buf = String::new();
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| e.to_string())?;
-                let Ok(data) = frame.into_data() else { continue };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
                 buf.push_str(&String::from_utf8_lossy(&data));
                 while let Some(end) = buf.find("\n\n") {
                     let event: String = buf.drain(..end + 2).collect();

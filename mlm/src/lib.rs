@@ -84,7 +84,10 @@ impl Config {
         if errors.is_empty() {
             Ok(c)
         } else {
-            Err(ConfigError { path: path.into(), reason: errors.join("; ") })
+            Err(ConfigError {
+                path: path.into(),
+                reason: errors.join("; "),
+            })
         }
     }
 }
@@ -93,12 +96,19 @@ impl Config {
 ///
 /// # Errors
 /// Start-up failures.
-pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub async fn run(
+    cfg: Config,
+    shutdown: Shutdown,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     ready::clear(&cfg.data_dir);
     let started = Instant::now();
     let me = tls::own_identity(&cfg.tls)?;
     let metrics = Registry::default();
-    let link = Link::new(&cfg.uplink.parents, tls::client_config(&cfg.tls)?, cfg.uplink.proxy()?)?;
+    let link = Link::new(
+        &cfg.uplink.parents,
+        tls::client_config(&cfg.tls)?,
+        cfg.uplink.proxy()?,
+    )?;
     let store = RedbStore::open(&cfg.data_dir)?;
     let spool: Arc<dyn Spool> = Arc::new(store.spool(cfg.spool_capacity_bytes)?);
     let outbox = Outbox::new(spool.clone())?;
@@ -124,27 +134,55 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<(), Box<dyn std::err
                 };
                 let now = Timestamp::now();
                 for item in &mut inbound.items {
-                    item.header.routing.push(Hop { id: id.clone(), time: now });
+                    item.header.routing.push(Hop {
+                        id: id.clone(),
+                        time: now,
+                    });
                 }
                 let mut answers = std::mem::take(&mut inbound.rejected);
                 answers.extend(relay.forward(inbound.items).await);
                 return exchange::reply(&id, answers, &[]);
             }
             match req.uri().path() {
-                "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+                "/metrics" => text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    metrics.render(),
+                ),
                 p => error(StatusCode::NOT_FOUND, format!("no such path {p}")),
             }
         }
     };
-    let task = server::serve(listener, Some(server_tls), cfg.max_connections, handler, shutdown.clone());
-    ready::write(&cfg.data_dir, BTreeMap::from([("exchange".to_string(), addr)]))?;
+    let task = server::serve(
+        listener,
+        Some(server_tls),
+        cfg.max_connections,
+        handler,
+        shutdown.clone(),
+    );
+    ready::write(
+        &cfg.data_dir,
+        BTreeMap::from([("exchange".to_string(), addr)]),
+    )?;
     tracing::info!(id = %me.id, %addr, parent = link.current_parent(), "mlm listening");
 
-    outbox.push(&[heartbeat::notice(&me.id, heartbeat::COLD_START, "mlm started")]).await?;
+    outbox
+        .push(&[heartbeat::notice(
+            &me.id,
+            heartbeat::COLD_START,
+            "mlm started",
+        )])
+        .await?;
     let fwd = tokio::spawn(forwarder.run(shutdown.clone()));
     let tree = {
         let (id, spool) = (me.id.clone(), spool.clone());
-        move || StatusTree { id: id.clone(), role: "mlm", uptime_s: started.elapsed().as_secs(), spool: Some(spool.stats()), modules: vec![] }
+        move || StatusTree {
+            id: id.clone(),
+            role: "mlm",
+            uptime_s: started.elapsed().as_secs(),
+            spool: Some(spool.stats()),
+            modules: vec![],
+        }
     };
     let mut sd = shutdown.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.heartbeat_interval_s));
@@ -163,7 +201,16 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<(), Box<dyn std::err
     let notice = heartbeat::notice(&me.id, heartbeat::SHUTDOWN, "mlm stopping");
     let _ = outbox.push(&[notice]).await;
     let (_t, drain) = Shutdown::new();
-    let f2 = Forwarder::new(outbox.clone(), link, ForwardConfig { max_batch: 64, max_inflight: 1, exchange_timeout: Duration::from_secs(2) }, &Registry::default());
+    let f2 = Forwarder::new(
+        outbox.clone(),
+        link,
+        ForwardConfig {
+            max_batch: 64,
+            max_inflight: 1,
+            exchange_timeout: Duration::from_secs(2),
+        },
+        &Registry::default(),
+    );
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         tokio::spawn(f2.run(drain));
         while spool.stats().messages > 0 {

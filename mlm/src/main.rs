@@ -6,7 +6,11 @@ use clap::Parser;
 use rsnet_mlm::{run, Config};
 
 #[derive(Parser)]
-#[command(name = "rsnet-mlm", version, about = "rsnet mid-level manager: relays, filters and fans out")]
+#[command(
+    name = "rsnet-mlm",
+    version,
+    about = "rsnet mid-level manager: relays, filters and fans out"
+)]
 struct Cli {
     /// The TOML config file.
     #[arg(long)]

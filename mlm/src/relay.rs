@@ -46,9 +46,18 @@ impl Relay {
     pub fn start(link: Arc<Link>, cfg: ForwardConfig, metrics: &Registry) -> Relay {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let counters = Arc::new(Counters {
-            upstream_posts: metrics.counter("rsnet_relay_upstream_posts_total", "envelopes sent upstream by the relay"),
-            relayed: metrics.counter("rsnet_relay_accepted_total", "child messages the parent accepted"),
-            deferred: metrics.counter("rsnet_relay_deferred_total", "child messages answered retry-after"),
+            upstream_posts: metrics.counter(
+                "rsnet_relay_upstream_posts_total",
+                "envelopes sent upstream by the relay",
+            ),
+            relayed: metrics.counter(
+                "rsnet_relay_accepted_total",
+                "child messages the parent accepted",
+            ),
+            deferred: metrics.counter(
+                "rsnet_relay_deferred_total",
+                "child messages answered retry-after",
+            ),
         });
         tokio::spawn(run(rx, link, cfg, counters));
         Relay { tx }
@@ -70,7 +79,9 @@ impl Relay {
                 return r;
             }
         }
-        ids.into_iter().map(|id| Response::retry(id, "mlm relay unavailable", PARENT_DOWN_RETRY)).collect()
+        ids.into_iter()
+            .map(|id| Response::retry(id, "mlm relay unavailable", PARENT_DOWN_RETRY))
+            .collect()
     }
 }
 
@@ -88,7 +99,9 @@ async fn run(mut rx: mpsc::Receiver<Job>, link: Arc<Link>, cfg: ForwardConfig, c
                 Err(_) => break,
             }
         }
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (link, c, timeout) = (link.clone(), c.clone(), cfg.exchange_timeout);
         tokio::spawn(async move {
             send(jobs, &link, timeout, &c).await;

@@ -32,12 +32,22 @@ impl Instances {
     pub fn load(me: ComponentId, kv: Arc<dyn KvStore>) -> Result<Self, StoreError> {
         let mut map = HashMap::new();
         for (k, v) in kv.list(PREFIX)? {
-            if let (Some(key), Ok(id)) = (k.strip_prefix(PREFIX), String::from_utf8_lossy(&v).parse::<ComponentId>()) {
+            if let (Some(key), Ok(id)) = (
+                k.strip_prefix(PREFIX),
+                String::from_utf8_lossy(&v).parse::<ComponentId>(),
+            ) {
                 map.insert(key.to_string(), id);
             }
         }
-        let next = kv.get(NEXT)?.and_then(|v| String::from_utf8(v).ok()?.parse().ok()).unwrap_or(1);
-        Ok(Instances { me, kv, map: Mutex::new((map, next)) })
+        let next = kv
+            .get(NEXT)?
+            .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(1);
+        Ok(Instances {
+            me,
+            kv,
+            map: Mutex::new((map, next)),
+        })
     }
 
     /// The ID for `key`, allocating (and persisting, with fsync) a new one if needed.
@@ -46,16 +56,27 @@ impl Instances {
     /// A bad key (empty, too long, control characters) or a store failure.
     pub fn id_for(&self, key: &str) -> Result<ComponentId, String> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
-            return Err(format!("support_instance: key must be 1-{MAX_KEY_BYTES} bytes without control characters"));
+            return Err(format!(
+                "support_instance: key must be 1-{MAX_KEY_BYTES} bytes without control characters"
+            ));
         }
-        let mut g = self.map.lock().map_err(|_| "allocator poisoned".to_string())?;
+        let mut g = self
+            .map
+            .lock()
+            .map_err(|_| "allocator poisoned".to_string())?;
         if let Some(id) = g.0.get(key) {
             return Ok(id.clone());
         }
         let n = g.1;
-        let id = self.me.child(&format!("si{n}")).map_err(|e| e.to_string())?;
+        let id = self
+            .me
+            .child(&format!("si{n}"))
+            .map_err(|e| e.to_string())?;
         self.kv
-            .put(vec![(format!("{PREFIX}{key}"), id.to_string().into_bytes()), (NEXT.into(), (n + 1).to_string().into_bytes())])
+            .put(vec![
+                (format!("{PREFIX}{key}"), id.to_string().into_bytes()),
+                (NEXT.into(), (n + 1).to_string().into_bytes()),
+            ])
             .map_err(|e| e.to_string())?;
         g.0.insert(key.to_string(), id.clone());
         g.1 = n + 1;
@@ -64,9 +85,17 @@ impl Instances {
 
     /// Every instance, for the status tree.
     pub fn list(&self) -> Vec<InstanceStatus> {
-        let Ok(g) = self.map.lock() else { return vec![] };
+        let Ok(g) = self.map.lock() else {
+            return vec![];
+        };
         let mut v: Vec<InstanceStatus> =
-            g.0.iter().map(|(k, id)| InstanceStatus { id: id.clone(), key: k.clone(), state: "enabled".into() }).collect();
+            g.0.iter()
+                .map(|(k, id)| InstanceStatus {
+                    id: id.clone(),
+                    key: k.clone(),
+                    state: "enabled".into(),
+                })
+                .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }

@@ -40,7 +40,9 @@ pub struct LocalApiConfig {
 
 impl Default for LocalApiConfig {
     fn default() -> Self {
-        LocalApiConfig { listen: default_local() }
+        LocalApiConfig {
+            listen: default_local(),
+        }
     }
 }
 
@@ -96,7 +98,10 @@ impl Config {
         if errors.is_empty() {
             Ok(c)
         } else {
-            Err(ConfigError { path: path.into(), reason: errors.join("; ") })
+            Err(ConfigError {
+                path: path.into(),
+                reason: errors.join("; "),
+            })
         }
     }
 
@@ -106,7 +111,10 @@ impl Config {
         if a.port() != 0 {
             return Some(a);
         }
-        ready::read(&self.data_dir)?.listen.get("local_api").copied()
+        ready::read(&self.data_dir)?
+            .listen
+            .get("local_api")
+            .copied()
     }
 }
 
@@ -114,12 +122,19 @@ impl Config {
 ///
 /// # Errors
 /// Start-up failures.
-pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub async fn run(
+    cfg: Config,
+    shutdown: Shutdown,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     ready::clear(&cfg.data_dir);
     let started = Instant::now();
     let me = tls::own_identity(&cfg.tls)?;
     let metrics = Registry::default();
-    let link = Link::new(&cfg.uplink.parents, tls::client_config(&cfg.tls)?, cfg.uplink.proxy()?)?;
+    let link = Link::new(
+        &cfg.uplink.parents,
+        tls::client_config(&cfg.tls)?,
+        cfg.uplink.proxy()?,
+    )?;
     let store = RedbStore::open(&cfg.data_dir)?;
     let spool: Arc<dyn Spool> = Arc::new(store.spool(cfg.spool_capacity_bytes)?);
     let kv: Arc<dyn KvStore> = Arc::new(store.kv());
@@ -127,9 +142,13 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<(), Box<dyn std::err
     let outbox = Outbox::new(spool.clone())?;
     {
         let s = spool.clone();
-        metrics.gauge("rsnet_spool_messages", "messages in the spool", move || s.stats().messages as f64);
+        metrics.gauge("rsnet_spool_messages", "messages in the spool", move || {
+            s.stats().messages as f64
+        });
         let s = spool.clone();
-        metrics.gauge("rsnet_spool_bytes", "bytes in the spool", move || s.stats().bytes as f64);
+        metrics.gauge("rsnet_spool_bytes", "bytes in the spool", move || {
+            s.stats().bytes as f64
+        });
     }
     let fwd_cfg = ForwardConfig {
         max_batch: cfg.uplink.max_batch,
@@ -152,9 +171,18 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<(), Box<dyn std::err
         async move { api.handle(req).await }
     };
     let task = server::serve(listener, None, 1024, handler, shutdown.clone());
-    outbox.push(&[heartbeat::notice(&me.id, heartbeat::COLD_START, "proxy started")]).await?;
+    outbox
+        .push(&[heartbeat::notice(
+            &me.id,
+            heartbeat::COLD_START,
+            "proxy started",
+        )])
+        .await?;
     let fwd = tokio::spawn(forwarder.run(shutdown.clone()));
-    ready::write(&cfg.data_dir, BTreeMap::from([("local_api".to_string(), addr)]))?;
+    ready::write(
+        &cfg.data_dir,
+        BTreeMap::from([("local_api".to_string(), addr)]),
+    )?;
     tracing::info!(id = %me.id, local_api = %addr, parent = link.current_parent(), "proxy running");
 
     let tree = {
@@ -182,9 +210,24 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> Result<(), Box<dyn std::err
     task.abort();
     // The shutdown notice is spooled (so it goes up on the next start at the
     // latest) and given a few seconds to go up now.
-    let _ = outbox.push(&[heartbeat::notice(&me.id, heartbeat::SHUTDOWN, "proxy stopping")]).await;
+    let _ = outbox
+        .push(&[heartbeat::notice(
+            &me.id,
+            heartbeat::SHUTDOWN,
+            "proxy stopping",
+        )])
+        .await;
     let (_t, drain) = Shutdown::new();
-    let f2 = Forwarder::new(outbox.clone(), link, ForwardConfig { max_batch: 1024, max_inflight: 1, exchange_timeout: Duration::from_secs(2) }, &Registry::default());
+    let f2 = Forwarder::new(
+        outbox.clone(),
+        link,
+        ForwardConfig {
+            max_batch: 1024,
+            max_inflight: 1,
+            exchange_timeout: Duration::from_secs(2),
+        },
+        &Registry::default(),
+    );
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         tokio::spawn(f2.run(drain));
         while spool.stats().messages > 0 {

@@ -10,12 +10,18 @@ use rsnet_proxy::{run, Config};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(name = "rsnet-proxy", version, about = "rsnet proxy: spools and forwards alarms, events and data")]
+#[command(
+    name = "rsnet-proxy",
+    version,
+    about = "rsnet proxy: spools and forwards alarms, events and data"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+// Parsed once at start; the size of the `send` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the proxy daemon.
@@ -73,18 +79,26 @@ enum Cmd {
     },
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("rsnet-proxy: {e}");
         ExitCode::from(2)
     })
 }
 
-async fn local(cfg: &Config, method: Method, path: &str, body: Option<Value>) -> Result<(StatusCode, Value), String> {
-    let addr = cfg.local_api_addr().ok_or("the proxy is not running (no local API address in its data_dir)")?;
+async fn local(
+    cfg: &Config,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(StatusCode, Value), String> {
+    let addr = cfg
+        .local_api_addr()
+        .ok_or("the proxy is not running (no local API address in its data_dir)")?;
     let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
     let (status, b) = call(&Target::Plain(addr), method, path, body).await?;
-    let v = serde_json::from_slice(&b).unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&b) }));
+    let v = serde_json::from_slice(&b)
+        .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&b) }));
     Ok((status, v))
 }
 
@@ -106,13 +120,36 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Send { config, kind, text, class, subclass, support_instance, severity, state, mime, payload, precedence, expiry_s, non_persistent } => {
+        Cmd::Send {
+            config,
+            kind,
+            text,
+            class,
+            subclass,
+            support_instance,
+            severity,
+            state,
+            mime,
+            payload,
+            precedence,
+            expiry_s,
+            non_persistent,
+        } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             let mut m = json!({ "kind": kind });
-            let fields = [("text", text), ("class", class), ("subclass", subclass), ("support_instance", support_instance), ("severity", severity), ("state", state), ("mime", mime), ("payload", payload)];
+            let fields = [
+                ("text", text),
+                ("class", class),
+                ("subclass", subclass),
+                ("support_instance", support_instance),
+                ("severity", severity),
+                ("state", state),
+                ("mime", mime),
+                ("payload", payload),
+            ];
             for (k, v) in fields {
                 if let Some(v) = v {
                     m[k] = json!(v);
@@ -135,8 +172,15 @@ async fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Ok((s, v)) => {
-                    eprintln!("rsnet-proxy: {s}: {}", v["error"].as_str().unwrap_or(&v.to_string()));
-                    ExitCode::from(if s == StatusCode::INSUFFICIENT_STORAGE { 3 } else { 1 })
+                    eprintln!(
+                        "rsnet-proxy: {s}: {}",
+                        v["error"].as_str().unwrap_or(&v.to_string())
+                    );
+                    ExitCode::from(if s == StatusCode::INSUFFICIENT_STORAGE {
+                        3
+                    } else {
+                        1
+                    })
                 }
                 Err(e) => {
                     eprintln!("rsnet-proxy: {e}");

@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 /// A fresh directory under the system temp dir.
 pub fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rsnet-e2e-{tag}-{}-{}", std::process::id(), fastrand::u64(..)));
+    let d = std::env::temp_dir().join(format!(
+        "rsnet-e2e-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
     std::fs::create_dir_all(&d).expect("create temp dir");
     d
 }
@@ -26,7 +30,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -12,8 +12,8 @@ use http::{Method, StatusCode};
 use rsnet_common::client::{call, Target};
 use rsnet_common::envelope::{wire, EnvelopeWriter};
 use rsnet_common::model::*;
-use rsnet_common::MessageId;
 use rsnet_common::tls::{Role, TlsPaths};
+use rsnet_common::MessageId;
 use rsnet_demo::{alarm, send, stored, Spec, Tree};
 use rsnet_tests::{tempdir, wait_for};
 use serde_json::Value;
@@ -25,28 +25,51 @@ fn start(tag: &str, spec: &Spec) -> Tree {
 /// Counts stored alarms of subclass `sub` by message ID.
 async fn census(op: &Target, sub: &str) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
-    for m in stored(op, &format!("subclass={sub}")).await.unwrap_or_default() {
-        *seen.entry(m["id"].as_str().unwrap_or("").to_string()).or_insert(0) += 1;
+    for m in stored(op, &format!("subclass={sub}"))
+        .await
+        .unwrap_or_default()
+    {
+        *seen
+            .entry(m["id"].as_str().unwrap_or("").to_string())
+            .or_insert(0) += 1;
     }
     seen
 }
 
-async fn wait_all_stored(op: &Target, sub: &str, ids: &HashSet<String>, timeout: Duration) -> HashMap<String, usize> {
-    wait_for(&format!("{} messages of {sub} to be stored", ids.len()), timeout, || async {
-        let seen = census(op, sub).await;
-        ids.iter().all(|i| seen.contains_key(i)).then_some(seen)
-    })
+async fn wait_all_stored(
+    op: &Target,
+    sub: &str,
+    ids: &HashSet<String>,
+    timeout: Duration,
+) -> HashMap<String, usize> {
+    wait_for(
+        &format!("{} messages of {sub} to be stored", ids.len()),
+        timeout,
+        || async {
+            let seen = census(op, sub).await;
+            ids.iter().all(|i| seen.contains_key(i)).then_some(seen)
+        },
+    )
     .await
 }
 
 fn assert_exactly_once(seen: &HashMap<String, usize>, acked: &HashSet<String>) {
     let missing: Vec<_> = acked.iter().filter(|i| !seen.contains_key(*i)).collect();
-    assert!(missing.is_empty(), "{} acknowledged messages lost, e.g. {:?}", missing.len(), missing.first());
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged messages lost, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
     let dupes: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).collect();
     assert!(dupes.is_empty(), "messages stored twice: {dupes:?}");
     let unknown: Vec<_> = seen.keys().filter(|i| !acked.contains(*i)).collect();
     // Messages sent but not acknowledged (a proxy killed mid-request) may or may not arrive; anything else is a bug.
-    assert!(unknown.len() <= 2000, "unexpected extra messages: {}", unknown.len());
+    assert!(
+        unknown.len() <= 2000,
+        "unexpected extra messages: {}",
+        unknown.len()
+    );
 }
 
 fn alarms(tag: &str, proxy: &str, n: usize, sub: &str) -> Vec<Value> {
@@ -85,21 +108,40 @@ async fn four_proxies_through_two_mlms_arrive_exactly_once() {
     assert_eq!(seen.len(), acked.len());
 
     // The stored messages carry the whole path, and the topology knows it.
-    let one = stored(&op, "subclass=bulkonce&source=acme.p3").await.unwrap();
-    let hops: Vec<&str> = one[0]["routing"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
+    let one = stored(&op, "subclass=bulkonce&source=acme.p3")
+        .await
+        .unwrap();
+    let hops: Vec<&str> = one[0]["routing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
     assert_eq!(hops, ["acme.p3", "acme.mlm2", "provider.app"]);
-    let (_, b) = call(&op, Method::GET, "/api/v1/components", None).await.unwrap();
+    let (_, b) = call(&op, Method::GET, "/api/v1/components", None)
+        .await
+        .unwrap();
     let comps: Value = serde_json::from_slice(&b).unwrap();
-    let p3 = comps["components"].as_array().unwrap().iter().find(|c| c["id"] == "acme.p3").expect("acme.p3 known");
+    let p3 = comps["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "acme.p3")
+        .expect("acme.p3 known");
     assert_eq!(p3["parent_path"], serde_json::json!(["acme.mlm2"]));
-    assert!(p3["last_heartbeat"].is_string(), "proxy heartbeat recorded: {p3}");
+    assert!(
+        p3["last_heartbeat"].is_string(),
+        "proxy heartbeat recorded: {p3}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_each_tier_loses_nothing_acknowledged_and_stores_nothing_twice() {
     let mut spec = Spec::demo();
     spec.proxy_uplink_extra = "exchange_timeout_ms = 3000".into();
-    let tree = Arc::new(Mutex::new(tokio::task::block_in_place(|| start("crash", &spec))));
+    let tree = Arc::new(Mutex::new(tokio::task::block_in_place(|| {
+        start("crash", &spec)
+    })));
     let (op, proxies) = {
         let t = tree.lock().unwrap();
         (t.operator_target().unwrap(), t.proxies())
@@ -143,10 +185,14 @@ async fn kill9_of_each_tier_loses_nothing_acknowledged_and_stores_nothing_twice(
         });
     }
     let target = acked.lock().unwrap().len() + 500;
-    wait_for("traffic after the last restart", Duration::from_secs(30), || {
-        let a = acked.clone();
-        async move { (a.lock().unwrap().len() > target).then_some(()) }
-    })
+    wait_for(
+        "traffic after the last restart",
+        Duration::from_secs(30),
+        || {
+            let a = acked.clone();
+            async move { (a.lock().unwrap().len() > target).then_some(()) }
+        },
+    )
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for s in senders {
@@ -170,14 +216,23 @@ async fn appserver_down_for_20s_proxies_spool_then_drain() {
     let mut acked = HashSet::new();
     for p in tree.proxies() {
         let a = tree.nodes[p].addr.unwrap();
-        acked.extend(send(a, &alarms("down", &tree.nodes[p].id, 300, "down")).await.expect("spooled while the top is down"));
+        acked.extend(
+            send(a, &alarms("down", &tree.nodes[p].id, 300, "down"))
+                .await
+                .expect("spooled while the top is down"),
+        );
     }
     // Every proxy holds its messages.
     for p in tree.proxies() {
         let a = tree.nodes[p].addr.unwrap();
-        let (_, b) = call(&Target::Plain(a), Method::GET, "/v1/status", None).await.unwrap();
+        let (_, b) = call(&Target::Plain(a), Method::GET, "/v1/status", None)
+            .await
+            .unwrap();
         let s: Value = serde_json::from_slice(&b).unwrap();
-        assert!(s["spool"]["messages"].as_u64().unwrap() >= 300, "spool: {s}");
+        assert!(
+            s["spool"]["messages"].as_u64().unwrap() >= 300,
+            "spool: {s}"
+        );
     }
     // The outage lasts 20 s (a scenario length, not a synchronisation).
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(started.elapsed())).await;
@@ -187,7 +242,9 @@ async fn appserver_down_for_20s_proxies_spool_then_drain() {
     for p in tree.proxies() {
         let a = tree.nodes[p].addr.unwrap();
         wait_for("spool drained", Duration::from_secs(30), || async move {
-            let (_, b) = call(&Target::Plain(a), Method::GET, "/v1/status", None).await.ok()?;
+            let (_, b) = call(&Target::Plain(a), Method::GET, "/v1/status", None)
+                .await
+                .ok()?;
             let s: Value = serde_json::from_slice(&b).ok()?;
             (s["spool"]["messages"].as_u64()? == 0).then_some(())
         })
@@ -197,20 +254,41 @@ async fn appserver_down_for_20s_proxies_spool_then_drain() {
 
 fn proxy_tls(tree: &Tree, id: &str) -> TlsPaths {
     let f = tree.pki.issue(id, Role::Proxy, &[], &[]).unwrap();
-    TlsPaths { ca: tree.pki.ca(), cert: f.cert, key: f.key, crl: None }
+    TlsPaths {
+        ca: tree.pki.ca(),
+        cert: f.cert,
+        key: f.key,
+        crl: None,
+    }
 }
 
 fn tls_target(tree: &Tree, t: &TlsPaths) -> Target {
     let a = tree.nodes[0].addr.unwrap();
-    Target::Tls { base: format!("https://127.0.0.1:{}", a.port()), config: Arc::new(rsnet_common::tls::client_config(t).unwrap()) }
+    Target::Tls {
+        base: format!("https://127.0.0.1:{}", a.port()),
+        config: Arc::new(rsnet_common::tls::client_config(t).unwrap()),
+    }
 }
 
-async fn exchange(t: &Target, ct: &str, body: impl Into<Bytes>) -> Result<(StatusCode, Bytes), String> {
+async fn exchange(
+    t: &Target,
+    ct: &str,
+    body: impl Into<Bytes>,
+) -> Result<(StatusCode, Bytes), String> {
     call(t, Method::POST, "/rs/v1/exchange", Some((ct, body.into()))).await
 }
 
 fn event_from(origin: &str) -> Message {
-    Message::forward(origin.parse().unwrap(), "event", Some("badinput"), Content::Event(Event { support_instance: None, text: "x".into(), data: None }))
+    Message::forward(
+        origin.parse().unwrap(),
+        "event",
+        Some("badinput"),
+        Content::Event(Event {
+            support_instance: None,
+            text: "x".into(),
+            data: None,
+        }),
+    )
 }
 
 /// Answers in a reply envelope, by request ID.
@@ -218,8 +296,18 @@ async fn answers(ct_body: (StatusCode, Bytes), ct: &str) -> HashMap<String, Resp
     let _ = ct;
     let (status, body) = ct_body;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    let boundary = String::from_utf8_lossy(&body).lines().next().unwrap_or("").trim_start_matches("--").to_string();
-    let d = rsnet_common::envelope::decode_bytes(&format!("multipart/related; boundary={boundary}"), body).await.unwrap();
+    let boundary = String::from_utf8_lossy(&body)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("--")
+        .to_string();
+    let d = rsnet_common::envelope::decode_bytes(
+        &format!("multipart/related; boundary={boundary}"),
+        body,
+    )
+    .await
+    .unwrap();
     d.items
         .iter()
         .filter_map(|i| match i.content() {
@@ -231,69 +319,148 @@ async fn answers(ct_body: (StatusCode, Bytes), ct: &str) -> HashMap<String, Resp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_gets_clear_errors_and_nothing_stored_is_lost() {
-    let tree = tokio::task::block_in_place(|| start("bad", &Spec { proxies: vec![("p1".into(), Some(0))], ..Spec::demo() }));
+    let tree = tokio::task::block_in_place(|| {
+        start(
+            "bad",
+            &Spec {
+                proxies: vec![("p1".into(), Some(0))],
+                ..Spec::demo()
+            },
+        )
+    });
     let op = tree.operator_target().unwrap();
     let p1 = tree.nodes[tree.proxies()[0]].addr.unwrap();
-    let before: HashSet<String> = send(p1, &alarms("bad", "acme.p1", 20, "badinput")).await.unwrap().into_iter().collect();
+    let before: HashSet<String> = send(p1, &alarms("bad", "acme.p1", 20, "badinput"))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
     wait_all_stored(&op, "badinput", &before, Duration::from_secs(30)).await;
 
     let me = proxy_tls(&tree, "acme.p9");
     let t = tls_target(&tree, &me);
     // Whole-envelope errors.
-    assert_eq!(exchange(&t, "application/json", "{}").await.unwrap().0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(exchange(&t, "multipart/related; boundary=x", "garbage").await.unwrap().0, StatusCode::BAD_REQUEST);
-    let big = format!("--x\r\nContent-ID: <{}.header>\r\n\r\n{}\r\n--x--\r\n", MessageId::new(), "a".repeat(2 << 20));
-    assert_eq!(exchange(&t, "multipart/related; boundary=x", big).await.unwrap().0, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        exchange(&t, "application/json", "{}").await.unwrap().0,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    assert_eq!(
+        exchange(&t, "multipart/related; boundary=x", "garbage")
+            .await
+            .unwrap()
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    let big = format!(
+        "--x\r\nContent-ID: <{}.header>\r\n\r\n{}\r\n--x--\r\n",
+        MessageId::new(),
+        "a".repeat(2 << 20)
+    );
+    assert_eq!(
+        exchange(&t, "multipart/related; boundary=x", big)
+            .await
+            .unwrap()
+            .0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
     let mut many = String::new();
     for _ in 0..5000 {
         let m = event_from("acme.p9");
         many.push_str(&format!("--x\r\nContent-ID: <{id}.header>\r\n\r\n{h}\r\n--x\r\nContent-ID: <{id}.content>\r\n\r\n<event/>\r\n", id = m.header.id, h = wire::encode_header(&m.header)));
     }
     many.push_str("--x--\r\n");
-    assert_eq!(exchange(&t, "multipart/related; boundary=x", many).await.unwrap().0, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        exchange(&t, "multipart/related; boundary=x", many)
+            .await
+            .unwrap()
+            .0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
 
     // Per-message errors: malformed XML, unknown content kind, spoofed source; the good one is stored.
-    let (good, spoof, badxml, unknown) = (event_from("acme.p9"), event_from("acme.p1"), event_from("acme.p9"), event_from("acme.p9"));
+    let (good, spoof, badxml, unknown) = (
+        event_from("acme.p9"),
+        event_from("acme.p1"),
+        event_from("acme.p9"),
+        event_from("acme.p9"),
+    );
     let mut w = EnvelopeWriter::new();
     w.message(&good).message(&spoof);
-    w.raw(&badxml.header.id, wire::encode_header(&badxml.header).as_bytes(), b"<event><text>unclosed</event>");
+    w.raw(
+        &badxml.header.id,
+        wire::encode_header(&badxml.header).as_bytes(),
+        b"<event><text>unclosed</event>",
+    );
     let h = wire::encode_header(&unknown.header).replace("content=\"event\"", "content=\"poem\"");
     w.raw(&unknown.header.id, h.as_bytes(), b"<poem/>");
     let (ct, body) = w.finish();
     let a = answers(exchange(&t, &ct, body).await.unwrap(), &ct).await;
     assert_eq!(a[&good.header.id.to_string()].status, Status::Accepted);
-    for (m, needle) in [(&spoof, "outside the subtree"), (&badxml, "malformed XML"), (&unknown, "unknown content kind")] {
+    for (m, needle) in [
+        (&spoof, "outside the subtree"),
+        (&badxml, "malformed XML"),
+        (&unknown, "unknown content kind"),
+    ] {
         let r = &a[&m.header.id.to_string()];
         assert_eq!(r.status, Status::Rejected);
-        assert!(r.reason.as_deref().unwrap_or("").contains(needle), "{:?}", r.reason);
-        assert!(r.retry_after.is_none(), "a permanent rejection has no retry-after");
+        assert!(
+            r.reason.as_deref().unwrap_or("").contains(needle),
+            "{:?}",
+            r.reason
+        );
+        assert!(
+            r.retry_after.is_none(),
+            "a permanent rejection has no retry-after"
+        );
     }
 
     // No client certificate: the handshake is refused.
-    let anon = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates({
-            let mut r = rustls::RootCertStore::empty();
-            use rustls::pki_types::pem::PemObject;
-            r.add(rustls::pki_types::CertificateDer::from_pem_file(tree.pki.ca()).unwrap()).unwrap();
-            r
-        })
-        .with_no_client_auth();
-    let anon_t = Target::Tls { base: format!("https://127.0.0.1:{}", tree.nodes[0].addr.unwrap().port()), config: Arc::new(anon) };
-    assert!(exchange(&anon_t, &ct, "").await.is_err(), "no client certificate must be refused");
+    let anon = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates({
+        let mut r = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        r.add(rustls::pki_types::CertificateDer::from_pem_file(tree.pki.ca()).unwrap())
+            .unwrap();
+        r
+    })
+    .with_no_client_auth();
+    let anon_t = Target::Tls {
+        base: format!("https://127.0.0.1:{}", tree.nodes[0].addr.unwrap().port()),
+        config: Arc::new(anon),
+    };
+    assert!(
+        exchange(&anon_t, &ct, "").await.is_err(),
+        "no client certificate must be refused"
+    );
 
     // A revoked certificate is refused once the CRL is rewritten, without a restart.
     assert!(exchange(&t, "application/json", "{}").await.is_ok());
     tree.pki.revoke("acme.p9").unwrap();
-    wait_for("the revocation to take effect", Duration::from_secs(15), || {
-        let t = t.clone();
-        async move { exchange(&t, "application/json", "{}").await.is_err().then_some(()) }
-    })
+    wait_for(
+        "the revocation to take effect",
+        Duration::from_secs(15),
+        || {
+            let t = t.clone();
+            async move {
+                exchange(&t, "application/json", "{}")
+                    .await
+                    .is_err()
+                    .then_some(())
+            }
+        },
+    )
     .await;
 
     // Others are still served, and what was stored before is all there.
-    let after: HashSet<String> = send(p1, &alarms("bad2", "acme.p1", 5, "badinput")).await.unwrap().into_iter().collect();
+    let after: HashSet<String> = send(p1, &alarms("bad2", "acme.p1", 5, "badinput"))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
     let seen = wait_all_stored(&op, "badinput", &after, Duration::from_secs(30)).await;
     assert!(before.iter().all(|i| seen.contains_key(i)));
     assert!(seen.contains_key(&good.header.id.to_string()));
@@ -302,25 +469,53 @@ async fn hostile_input_gets_clear_errors_and_nothing_stored_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_resumes_from_last_event_id_without_gaps_or_repeats() {
-    let tree = tokio::task::block_in_place(|| start("sse", &Spec { proxies: vec![("p1".into(), Some(0))], ..Spec::demo() }));
+    let tree = tokio::task::block_in_place(|| {
+        start(
+            "sse",
+            &Spec {
+                proxies: vec![("p1".into(), Some(0))],
+                ..Spec::demo()
+            },
+        )
+    });
     let op = tree.operator_target().unwrap();
     let p1 = tree.nodes[tree.proxies()[0]].addr.unwrap();
-    let first: Vec<String> = send(p1, &alarms("sse", "acme.p1", 30, "sse")).await.unwrap();
+    let first: Vec<String> = send(p1, &alarms("sse", "acme.p1", 30, "sse"))
+        .await
+        .unwrap();
 
     // Read events until we have `n` of subclass sse; return (ids, last event id).
     async fn read(op: &Target, last: Option<u64>, n: usize) -> (Vec<String>, u64) {
         use http_body_util::BodyExt;
-        let extra: Vec<(&str, String)> = last.map(|l| ("last-event-id", l.to_string())).into_iter().collect();
-        let resp = rsnet_common::client::send(op, Method::GET, "/api/v1/stream?subclass=sse", None, &extra).await.unwrap();
+        let extra: Vec<(&str, String)> = last
+            .map(|l| ("last-event-id", l.to_string()))
+            .into_iter()
+            .collect();
+        let resp = rsnet_common::client::send(
+            op,
+            Method::GET,
+            "/api/v1/stream?subclass=sse",
+            None,
+            &extra,
+        )
+        .await
+        .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         let mut body = resp.into_body();
         let (mut ids, mut last_id, mut buf) = (Vec::new(), 0, String::new());
         while ids.len() < n {
-            let f = tokio::time::timeout(Duration::from_secs(30), body.frame()).await.expect("event in time").unwrap().unwrap();
+            let f = tokio::time::timeout(Duration::from_secs(30), body.frame())
+                .await
+                .expect("event in time")
+                .unwrap()
+                .unwrap();
             buf.push_str(&String::from_utf8_lossy(&f.into_data().unwrap_or_default()));
             while let Some(end) = buf.find("\n\n") {
                 let ev: String = buf.drain(..end + 2).collect();
-                if let (Some(id), Some(data)) = (ev.lines().find_map(|l| l.strip_prefix("id: ")), ev.lines().find_map(|l| l.strip_prefix("data: "))) {
+                if let (Some(id), Some(data)) = (
+                    ev.lines().find_map(|l| l.strip_prefix("id: ")),
+                    ev.lines().find_map(|l| l.strip_prefix("data: ")),
+                ) {
                     last_id = id.parse().unwrap();
                     let v: Value = serde_json::from_str(data).unwrap();
                     ids.push(v["id"].as_str().unwrap().to_string());
@@ -330,23 +525,44 @@ async fn stream_resumes_from_last_event_id_without_gaps_or_repeats() {
         (ids, last_id)
     }
     let (got1, last) = read(&op, None, 10).await;
-    let rest: Vec<String> = send(p1, &alarms("sse2", "acme.p1", 20, "sse")).await.unwrap();
+    let rest: Vec<String> = send(p1, &alarms("sse2", "acme.p1", 20, "sse"))
+        .await
+        .unwrap();
     let (got2, _) = read(&op, Some(last), 40).await;
     let all: Vec<String> = got1.into_iter().chain(got2).collect();
     let expected: Vec<String> = first.into_iter().chain(rest).collect();
     assert_eq!(all.len(), 50);
-    assert_eq!(all.iter().collect::<HashSet<_>>().len(), 50, "an event was repeated");
-    assert_eq!(all.iter().collect::<HashSet<_>>(), expected.iter().collect::<HashSet<_>>(), "an event was skipped");
+    assert_eq!(
+        all.iter().collect::<HashSet<_>>().len(),
+        50,
+        "an event was repeated"
+    );
+    assert_eq!(
+        all.iter().collect::<HashSet<_>>(),
+        expected.iter().collect::<HashSet<_>>(),
+        "an event was skipped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn support_instance_ids_are_stable_across_restarts_and_full_spool_says_507() {
-    let mut spec = Spec { mlms: vec![], proxies: vec![("p1".into(), None)], ..Spec::demo() };
+    let mut spec = Spec {
+        mlms: vec![],
+        proxies: vec![("p1".into(), None)],
+        ..Spec::demo()
+    };
     spec.heartbeat_s = 3600;
     let mut tree = tokio::task::block_in_place(|| start("si", &spec));
     let p = tree.proxies()[0];
     let op = tree.operator_target().unwrap();
-    let ids: HashSet<String> = send(tree.nodes[p].addr.unwrap(), &[alarm("a", "db1.acme"), alarm("b", "web1.acme")]).await.unwrap().into_iter().collect();
+    let ids: HashSet<String> = send(
+        tree.nodes[p].addr.unwrap(),
+        &[alarm("a", "db1.acme"), alarm("b", "web1.acme")],
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
     let seen = stored(&op, "source=acme.p1&class=alarm").await.unwrap();
     let _ = seen;
     wait_all_stored(&op, "demo", &ids, Duration::from_secs(30)).await;
@@ -354,21 +570,46 @@ async fn support_instance_ids_are_stable_across_restarts_and_full_spool_says_507
         tree.stop(p, Duration::from_secs(10));
         tree.restart(p).unwrap();
     });
-    let id2: HashSet<String> = send(tree.nodes[p].addr.unwrap(), &[alarm("c", "web1.acme")]).await.unwrap().into_iter().collect();
+    let id2: HashSet<String> = send(tree.nodes[p].addr.unwrap(), &[alarm("c", "web1.acme")])
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
     wait_all_stored(&op, "demo", &id2, Duration::from_secs(30)).await;
     let all = stored(&op, "source=acme.p1&class=alarm").await.unwrap();
-    let si = |text: &str| all.iter().find(|m| m["content"]["text"] == text).map(|m| m["source"].as_str().unwrap().to_string()).unwrap();
+    let si = |text: &str| {
+        all.iter()
+            .find(|m| m["content"]["text"] == text)
+            .map(|m| m["source"].as_str().unwrap().to_string())
+            .unwrap()
+    };
     assert_eq!(si("a"), "acme.p1.si1");
     assert_eq!(si("b"), "acme.p1.si2");
     assert_eq!(si("c"), "acme.p1.si2", "same key, same ID after restart");
     // A clean stop sends a shutdown notice, a start a cold-start notice.
-    let notices = stored(&op, "source=acme.p1&class=infrastructure").await.unwrap();
-    let subs: Vec<&str> = notices.iter().filter_map(|m| m["subclass"].as_str()).collect();
-    assert!(subs.contains(&"shutdown") && subs.iter().filter(|s| **s == "cold-start").count() == 2, "{subs:?}");
+    let notices = stored(&op, "source=acme.p1&class=infrastructure")
+        .await
+        .unwrap();
+    let subs: Vec<&str> = notices
+        .iter()
+        .filter_map(|m| m["subclass"].as_str())
+        .collect();
+    assert!(
+        subs.contains(&"shutdown") && subs.iter().filter(|s| **s == "cold-start").count() == 2,
+        "{subs:?}"
+    );
 
     // Parent down and a tiny spool: the integrator gets 507, and bad input 400.
     let cfg = std::fs::read_to_string(&tree.nodes[p].config).unwrap();
-    std::fs::write(&tree.nodes[p].config, cfg.replacen("heartbeat_interval_s", "spool_capacity_bytes = 1048576\nheartbeat_interval_s", 1)).unwrap();
+    std::fs::write(
+        &tree.nodes[p].config,
+        cfg.replacen(
+            "heartbeat_interval_s",
+            "spool_capacity_bytes = 1048576\nheartbeat_interval_s",
+            1,
+        ),
+    )
+    .unwrap();
     tokio::task::block_in_place(|| {
         tree.kill9(0);
         tree.kill9(p);
@@ -378,14 +619,35 @@ async fn support_instance_ids_are_stable_across_restarts_and_full_spool_says_507
     let big = serde_json::json!({"kind": "data", "payload": "x".repeat(200_000)});
     let mut status = StatusCode::ACCEPTED;
     for _ in 0..20 {
-        let (s, _) = call(&Target::Plain(a), Method::POST, "/v1/messages", Some(("application/json", big.to_string().into()))).await.unwrap();
+        let (s, _) = call(
+            &Target::Plain(a),
+            Method::POST,
+            "/v1/messages",
+            Some(("application/json", big.to_string().into())),
+        )
+        .await
+        .unwrap();
         status = s;
         if s != StatusCode::ACCEPTED {
             break;
         }
     }
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
-    let (s, b) = call(&Target::Plain(a), Method::POST, "/v1/messages", Some(("application/json", r#"{"kind":"alarm","severity":"bad"}"#.into()))).await.unwrap();
+    let (s, b) = call(
+        &Target::Plain(a),
+        Method::POST,
+        "/v1/messages",
+        Some((
+            "application/json",
+            r#"{"kind":"alarm","severity":"bad"}"#.into(),
+        )),
+    )
+    .await
+    .unwrap();
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(String::from_utf8_lossy(&b).contains("severity"), "{}", String::from_utf8_lossy(&b));
+    assert!(
+        String::from_utf8_lossy(&b).contains("severity"),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
 }

@@ -76,7 +76,10 @@ pub struct Item {
 impl Item {
     /// Wraps a whole message (encodes its content once).
     pub fn new(m: &Message) -> Self {
-        Item { header: m.header.clone(), content: Bytes::from(wire::encode_content(&m.content)) }
+        Item {
+            header: m.header.clone(),
+            content: Bytes::from(wire::encode_content(&m.content)),
+        }
     }
 
     /// Parses the content, checking it matches the header's kind.
@@ -92,7 +95,10 @@ impl Item {
     /// # Errors
     /// As [`Item::content`].
     pub fn message(&self) -> Result<Message, InvalidMessage> {
-        Ok(Message { header: self.header.clone(), content: self.content()? })
+        Ok(Message {
+            header: self.header.clone(),
+            content: self.content()?,
+        })
     }
 }
 
@@ -165,7 +171,9 @@ impl EnvelopeError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             EnvelopeError::ContentType(_) => http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            EnvelopeError::TooLarge { .. } | EnvelopeError::TooManyParts(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
+            EnvelopeError::TooLarge { .. } | EnvelopeError::TooManyParts(_) => {
+                http::StatusCode::PAYLOAD_TOO_LARGE
+            }
             EnvelopeError::Malformed(_) => http::StatusCode::BAD_REQUEST,
         }
     }
@@ -197,7 +205,8 @@ impl EnvelopeWriter {
     fn part(&mut self, content_id: std::fmt::Arguments<'_>, body: &[u8]) {
         self.buf.put_slice(b"--");
         self.buf.put_slice(self.boundary.as_bytes());
-        self.buf.put_slice(b"\r\nContent-Type: application/xml\r\nContent-ID: <");
+        self.buf
+            .put_slice(b"\r\nContent-Type: application/xml\r\nContent-ID: <");
         let _ = std::fmt::Write::write_fmt(&mut BufWriter(&mut self.buf), content_id);
         self.buf.put_slice(b">\r\n\r\n");
         self.buf.put_slice(body);
@@ -279,39 +288,56 @@ pub fn boundary(content_type: &str) -> Result<String, EnvelopeError> {
         .parse()
         .map_err(|_| EnvelopeError::ContentType(format!("{content_type:?} is not a media type")))?;
     if m.type_() != mime::MULTIPART || m.subtype() != "related" {
-        return Err(EnvelopeError::ContentType(format!("{} is not multipart/related", m.essence_str())));
+        return Err(EnvelopeError::ContentType(format!(
+            "{} is not multipart/related",
+            m.essence_str()
+        )));
     }
     let b = m
         .get_param(mime::BOUNDARY)
         .ok_or_else(|| EnvelopeError::ContentType("no boundary parameter".into()))?;
     if b.as_str().is_empty() || b.as_str().len() > RFC2046_MAX_BOUNDARY {
-        return Err(EnvelopeError::ContentType("boundary must be 1-70 characters".into()));
+        return Err(EnvelopeError::ContentType(
+            "boundary must be 1-70 characters".into(),
+        ));
     }
     Ok(b.as_str().to_string())
 }
 
 fn map_multer(e: multer::Error) -> EnvelopeError {
     match e {
-        multer::Error::StreamSizeExceeded { limit } => EnvelopeError::TooLarge { what: "body", limit },
-        multer::Error::FieldSizeExceeded { limit, .. } => EnvelopeError::TooLarge { what: "part", limit },
+        multer::Error::StreamSizeExceeded { limit } => EnvelopeError::TooLarge {
+            what: "body",
+            limit,
+        },
+        multer::Error::FieldSizeExceeded { limit, .. } => EnvelopeError::TooLarge {
+            what: "part",
+            limit,
+        },
         other => EnvelopeError::Malformed(other.to_string()),
     }
 }
 
 fn content_id(field: &multer::Field<'_>) -> Result<String, EnvelopeError> {
-    let v = field
-        .headers()
-        .get("content-id")
-        .ok_or_else(|| EnvelopeError::Malformed(format!("part {} has no Content-ID", field.index())))?;
-    let s = v.to_str().map_err(|_| EnvelopeError::Malformed("Content-ID is not ASCII".into()))?;
-    Ok(s.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+    let v = field.headers().get("content-id").ok_or_else(|| {
+        EnvelopeError::Malformed(format!("part {} has no Content-ID", field.index()))
+    })?;
+    let s = v
+        .to_str()
+        .map_err(|_| EnvelopeError::Malformed("Content-ID is not ASCII".into()))?;
+    Ok(s.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string())
 }
 
 fn split_cid(cid: &str) -> Result<(MessageId, &str), EnvelopeError> {
-    let (id, role) = cid
-        .rsplit_once('.')
-        .ok_or_else(|| EnvelopeError::Malformed(format!("Content-ID <{cid}> is not <MSGID.role>")))?;
-    let id = id.parse().map_err(|e| EnvelopeError::Malformed(format!("Content-ID <{cid}>: {e}")))?;
+    let (id, role) = cid.rsplit_once('.').ok_or_else(|| {
+        EnvelopeError::Malformed(format!("Content-ID <{cid}> is not <MSGID.role>"))
+    })?;
+    let id = id
+        .parse()
+        .map_err(|e| EnvelopeError::Malformed(format!("Content-ID <{cid}>: {e}")))?;
     Ok((id, role))
 }
 
@@ -330,8 +356,14 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
     let boundary = boundary(content_type)?;
-    let limits = multer::SizeLimit::new().whole_stream(MAX_ENVELOPE_BYTES).per_field(MAX_PART_BYTES);
-    let mut mp = multer::Multipart::with_constraints(body, boundary, multer::Constraints::new().size_limit(limits));
+    let limits = multer::SizeLimit::new()
+        .whole_stream(MAX_ENVELOPE_BYTES)
+        .per_field(MAX_PART_BYTES);
+    let mut mp = multer::Multipart::with_constraints(
+        body,
+        boundary,
+        multer::Constraints::new().size_limit(limits),
+    );
     let mut out = Decoded::default();
     let mut pending: Option<(MessageId, Result<Header, InvalidMessage>)> = None;
     let mut parts = 0usize;
@@ -344,42 +376,67 @@ where
         let bytes = field.bytes().await.map_err(map_multer)?;
         if cid == CONTROL_ID {
             if parts != 1 {
-                return Err(EnvelopeError::Malformed("control part <exchange> must come first".into()));
+                return Err(EnvelopeError::Malformed(
+                    "control part <exchange> must come first".into(),
+                ));
             }
-            let s = std::str::from_utf8(&bytes).map_err(|_| EnvelopeError::Malformed("control part is not UTF-8".into()))?;
-            out.control = quick_xml::de::from_str(s).map_err(|e| EnvelopeError::Malformed(format!("control part: {e}")))?;
+            let s = std::str::from_utf8(&bytes)
+                .map_err(|_| EnvelopeError::Malformed("control part is not UTF-8".into()))?;
+            out.control = quick_xml::de::from_str(s)
+                .map_err(|e| EnvelopeError::Malformed(format!("control part: {e}")))?;
             continue;
         }
         let (id, role) = split_cid(&cid)?;
         match role {
             "header" => {
                 if let Some((prev, _)) = pending {
-                    return Err(EnvelopeError::Malformed(format!("header of {prev} has no content part")));
+                    return Err(EnvelopeError::Malformed(format!(
+                        "header of {prev} has no content part"
+                    )));
                 }
                 if bytes.len() > MAX_HEADER_BYTES {
-                    return Err(EnvelopeError::TooLarge { what: "header part", limit: MAX_HEADER_BYTES as u64 });
+                    return Err(EnvelopeError::TooLarge {
+                        what: "header part",
+                        limit: MAX_HEADER_BYTES as u64,
+                    });
                 }
                 let header = wire::decode_header(&bytes).and_then(|h| {
                     if h.id == id {
                         Ok(h)
                     } else {
-                        Err(InvalidMessage::Field { field: "header/@id".into(), reason: format!("{} differs from Content-ID {id}", h.id) })
+                        Err(InvalidMessage::Field {
+                            field: "header/@id".into(),
+                            reason: format!("{} differs from Content-ID {id}", h.id),
+                        })
                     }
                 });
                 pending = Some((id, header));
             }
             "content" => match pending.take() {
                 Some((hid, header)) if hid == id => match header {
-                    Ok(header) => out.items.push(Item { header, content: bytes }),
+                    Ok(header) => out.items.push(Item {
+                        header,
+                        content: bytes,
+                    }),
                     Err(error) => out.rejected.push(Rejected { id, error }),
                 },
-                _ => return Err(EnvelopeError::Malformed(format!("content part of {id} does not follow its header"))),
+                _ => {
+                    return Err(EnvelopeError::Malformed(format!(
+                        "content part of {id} does not follow its header"
+                    )))
+                }
             },
-            other => return Err(EnvelopeError::Malformed(format!("unknown part role {other:?} in <{cid}>"))),
+            other => {
+                return Err(EnvelopeError::Malformed(format!(
+                    "unknown part role {other:?} in <{cid}>"
+                )))
+            }
         }
     }
     if let Some((id, _)) = pending {
-        return Err(EnvelopeError::Malformed(format!("header of {id} has no content part")));
+        return Err(EnvelopeError::Malformed(format!(
+            "header of {id} has no content part"
+        )));
     }
     Ok(out)
 }

@@ -6,19 +6,31 @@ fn alarm(text: &str) -> Message {
         "acme.p7".parse().unwrap(),
         "alarm",
         None,
-        Content::Alarm(Alarm { severity: Severity::Minor, state: AlarmState::Raised, support_instance: None, text: text.into(), data: None }),
+        Content::Alarm(Alarm {
+            severity: Severity::Minor,
+            state: AlarmState::Raised,
+            support_instance: None,
+            text: text.into(),
+            data: None,
+        }),
     )
 }
 
 fn rt<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 #[test]
 fn round_trip_with_control() {
     let msgs: Vec<Message> = (0..5).map(|i| alarm(&format!("m{i}"))).collect();
     let mut w = EnvelopeWriter::new();
-    let control = Control { wait_ms: Some(2500), acks: vec![MessageId::new(), MessageId::new()] };
+    let control = Control {
+        wait_ms: Some(2500),
+        acks: vec![MessageId::new(), MessageId::new()],
+    };
     w.control(&control);
     for m in &msgs {
         w.message(m);
@@ -51,7 +63,11 @@ fn bad_header_rejects_only_that_message() {
 fn envelope_level_errors() {
     let e = rt(decode_bytes("application/json", Bytes::from_static(b"{}"))).unwrap_err();
     assert_eq!(e.status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let e = rt(decode_bytes("multipart/related; boundary=x", Bytes::from_static(b"garbage"))).unwrap_err();
+    let e = rt(decode_bytes(
+        "multipart/related; boundary=x",
+        Bytes::from_static(b"garbage"),
+    ))
+    .unwrap_err();
     assert_eq!(e.status(), http::StatusCode::BAD_REQUEST, "{e}");
     // A header without its content.
     let m = alarm("x");
@@ -64,7 +80,10 @@ fn envelope_level_errors() {
     assert!(matches!(e, EnvelopeError::Malformed(_)), "{e}");
     // A part over the limit.
     let big = "a".repeat(MAX_PART_BYTES as usize + 10);
-    let body = format!("--x\r\nContent-ID: <{}.header>\r\n\r\n{big}\r\n--x--\r\n", m.header.id);
+    let body = format!(
+        "--x\r\nContent-ID: <{}.header>\r\n\r\n{big}\r\n--x--\r\n",
+        m.header.id
+    );
     let e = rt(decode_bytes("multipart/related; boundary=x", body.into())).unwrap_err();
     assert_eq!(e.status(), http::StatusCode::PAYLOAD_TOO_LARGE, "{e}");
 }
@@ -74,7 +93,10 @@ fn random_input_never_panics() {
     // A property-style sweep: random bytes, random truncations and random
     // byte flips of a valid envelope must all end in Ok or Err, never a panic.
     let mut w = EnvelopeWriter::new();
-    w.control(&Control { wait_ms: Some(1), acks: vec![MessageId::new()] });
+    w.control(&Control {
+        wait_ms: Some(1),
+        acks: vec![MessageId::new()],
+    });
     for i in 0..3 {
         w.message(&alarm(&format!("m{i}")));
     }

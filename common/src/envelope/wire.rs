@@ -53,14 +53,20 @@ pub enum InvalidMessage {
 }
 
 fn field(field: &str, reason: impl ToString) -> InvalidMessage {
-    InvalidMessage::Field { field: field.to_string(), reason: reason.to_string() }
+    InvalidMessage::Field {
+        field: field.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Walks the XML once, enforcing depth, attribute and DOCTYPE limits before
 /// serde sees it, and returns the root element name.
 fn scan(xml: &[u8], part: &'static str) -> Result<String, InvalidMessage> {
     let limit = |what: String| InvalidMessage::Limit { part, what };
-    let xml_err = |e: &dyn std::fmt::Display| InvalidMessage::Xml { part, reason: e.to_string() };
+    let xml_err = |e: &dyn std::fmt::Display| InvalidMessage::Xml {
+        part,
+        reason: e.to_string(),
+    };
     let mut reader = quick_xml::Reader::from_reader(xml);
     let mut depth = 0usize;
     let mut root: Option<String> = None;
@@ -79,7 +85,9 @@ fn scan(xml: &[u8], part: &'static str) -> Result<String, InvalidMessage> {
             }
             let attrs = e.attributes().count();
             if attrs > MAX_XML_ATTRIBUTES {
-                return Err(limit(format!("{attrs} attributes on one element (limit {MAX_XML_ATTRIBUTES})")));
+                return Err(limit(format!(
+                    "{attrs} attributes on one element (limit {MAX_XML_ATTRIBUTES})"
+                )));
             }
         }
         match ev {
@@ -102,7 +110,10 @@ fn scan(xml: &[u8], part: &'static str) -> Result<String, InvalidMessage> {
 }
 
 fn from_xml<'a, T: Deserialize<'a>>(xml: &'a str, part: &'static str) -> Result<T, InvalidMessage> {
-    quick_xml::de::from_str(xml).map_err(|e| InvalidMessage::Xml { part, reason: e.to_string() })
+    quick_xml::de::from_str(xml).map_err(|e| InvalidMessage::Xml {
+        part,
+        reason: e.to_string(),
+    })
 }
 
 fn to_xml<T: Serialize>(v: &T) -> String {
@@ -112,11 +123,15 @@ fn to_xml<T: Serialize>(v: &T) -> String {
 }
 
 fn utf8<'a>(xml: &'a [u8], part: &'static str) -> Result<&'a str, InvalidMessage> {
-    std::str::from_utf8(xml).map_err(|e| InvalidMessage::Xml { part, reason: e.to_string() })
+    std::str::from_utf8(xml).map_err(|e| InvalidMessage::Xml {
+        part,
+        reason: e.to_string(),
+    })
 }
 
 fn parse_ts(path: &str, s: &str) -> Result<Timestamp, InvalidMessage> {
-    Timestamp::parse_rfc3339(s).ok_or_else(|| field(path, format!("{s:?} is not an RFC 3339 UTC time")))
+    Timestamp::parse_rfc3339(s)
+        .ok_or_else(|| field(path, format!("{s:?} is not an RFC 3339 UTC time")))
 }
 
 fn parse_id(path: &str, s: &str) -> Result<ComponentId, InvalidMessage> {
@@ -125,7 +140,10 @@ fn parse_id(path: &str, s: &str) -> Result<ComponentId, InvalidMessage> {
 
 fn text(path: &str, s: String) -> Result<String, InvalidMessage> {
     if s.len() > MAX_TEXT_BYTES {
-        return Err(field(path, format!("{} bytes, limit {MAX_TEXT_BYTES}", s.len())));
+        return Err(field(
+            path,
+            format!("{} bytes, limit {MAX_TEXT_BYTES}", s.len()),
+        ));
     }
     Ok(s)
 }
@@ -173,9 +191,17 @@ struct WireDestination {
 
 #[derive(Serialize, Deserialize)]
 struct WireQos {
-    #[serde(rename = "@precedence", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "@precedence",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     precedence: Option<u8>,
-    #[serde(rename = "@persistence", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "@persistence",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     persistence: Option<bool>,
     #[serde(rename = "@expiry", skip_serializing_if = "Option::is_none", default)]
     expiry: Option<String>,
@@ -198,9 +224,13 @@ struct WireHop {
 /// Writes a header as XML.
 pub fn encode_header(h: &Header) -> String {
     let (source, destination) = match &h.direction {
-        Direction::Source(s) => {
-            (Some(WireSource { origin: s.origin.to_string(), version: s.version.clone() }), None)
-        }
+        Direction::Source(s) => (
+            Some(WireSource {
+                origin: s.origin.to_string(),
+                version: s.version.clone(),
+            }),
+            None,
+        ),
         Direction::Destination(d) => (
             None,
             Some(WireDestination {
@@ -228,7 +258,10 @@ pub fn encode_header(h: &Header) -> String {
             hops: h
                 .routing
                 .iter()
-                .map(|hop| WireHop { id: hop.id.to_string(), time: hop.time.to_rfc3339() })
+                .map(|hop| WireHop {
+                    id: hop.id.to_string(),
+                    time: hop.time.to_rfc3339(),
+                })
                 .collect(),
         }),
     })
@@ -241,32 +274,51 @@ pub fn encode_header(h: &Header) -> String {
 pub fn decode_header(xml: &[u8]) -> Result<Header, InvalidMessage> {
     let root = scan(xml, "header")?;
     if root != "header" {
-        return Err(InvalidMessage::Xml { part: "header", reason: format!("root element is <{root}>, expected <header>") });
+        return Err(InvalidMessage::Xml {
+            part: "header",
+            reason: format!("root element is <{root}>, expected <header>"),
+        });
     }
     let w: WireHeader = from_xml(utf8(xml, "header")?, "header")?;
     let id: MessageId = w.id.parse().map_err(|e| field("header/@id", e))?;
     if !valid_class(&w.class) {
-        return Err(field("header/@class", format!("{:?} is not a class label ([a-z0-9_.-], 1-64)", w.class)));
+        return Err(field(
+            "header/@class",
+            format!("{:?} is not a class label ([a-z0-9_.-], 1-64)", w.class),
+        ));
     }
     if let Some(s) = &w.subclass {
         if !valid_class(s) {
-            return Err(field("header/@subclass", format!("{s:?} is not a class label ([a-z0-9_.-], 1-64)")));
+            return Err(field(
+                "header/@subclass",
+                format!("{s:?} is not a class label ([a-z0-9_.-], 1-64)"),
+            ));
         }
     }
-    let kind = ContentKind::parse(&w.content).ok_or_else(|| InvalidMessage::UnknownKind(w.content.clone()))?;
+    let kind = ContentKind::parse(&w.content)
+        .ok_or_else(|| InvalidMessage::UnknownKind(w.content.clone()))?;
     let created = parse_ts("header/@created", &w.created)?;
     let direction = match (w.source, w.destination) {
         (Some(s), None) => {
             if s.version.as_ref().is_some_and(|v| v.len() > 64) {
                 return Err(field("header/source/@version", "longer than 64 bytes"));
             }
-            Direction::Source(Source { origin: parse_id("header/source/@origin", &s.origin)?, version: s.version })
+            Direction::Source(Source {
+                origin: parse_id("header/source/@origin", &s.origin)?,
+                version: s.version,
+            })
         }
         (None, Some(d)) => {
             if d.to.len() > MAX_DESTINATIONS {
-                return Err(field("header/destination", format!("more than {MAX_DESTINATIONS} destinations")));
+                return Err(field(
+                    "header/destination",
+                    format!("more than {MAX_DESTINATIONS} destinations"),
+                ));
             }
-            let ids = d.to.iter().map(|t| parse_id("header/destination/to", t)).collect::<Result<Vec<_>, _>>()?;
+            let ids =
+                d.to.iter()
+                    .map(|t| parse_id("header/destination/to", t))
+                    .collect::<Result<Vec<_>, _>>()?;
             let group = d
                 .group
                 .map(|g| g.parse().map_err(|e| field("header/destination/@group", e)))
@@ -283,24 +335,47 @@ pub fn decode_header(xml: &[u8]) -> Result<Header, InvalidMessage> {
     if let Some(q) = w.qos {
         if let Some(p) = q.precedence {
             if p > MAX_PRECEDENCE {
-                return Err(field("header/qos/@precedence", format!("{p} is above {MAX_PRECEDENCE}")));
+                return Err(field(
+                    "header/qos/@precedence",
+                    format!("{p} is above {MAX_PRECEDENCE}"),
+                ));
             }
             qos.precedence = p;
         }
         if let Some(p) = q.persistence {
             qos.persistence = p;
         }
-        qos.expiry = q.expiry.map(|e| parse_ts("header/qos/@expiry", &e)).transpose()?;
+        qos.expiry = q
+            .expiry
+            .map(|e| parse_ts("header/qos/@expiry", &e))
+            .transpose()?;
     }
     let hops = w.routing.map(|r| r.hops).unwrap_or_default();
     if hops.len() > MAX_ROUTING_HOPS {
-        return Err(field("header/routing", format!("more than {MAX_ROUTING_HOPS} hops")));
+        return Err(field(
+            "header/routing",
+            format!("more than {MAX_ROUTING_HOPS} hops"),
+        ));
     }
     let routing = hops
         .into_iter()
-        .map(|h| Ok(Hop { id: parse_id("header/routing/hop/@id", &h.id)?, time: parse_ts("header/routing/hop/@time", &h.time)? }))
+        .map(|h| {
+            Ok(Hop {
+                id: parse_id("header/routing/hop/@id", &h.id)?,
+                time: parse_ts("header/routing/hop/@time", &h.time)?,
+            })
+        })
         .collect::<Result<Vec<_>, InvalidMessage>>()?;
-    Ok(Header { id, class: w.class, subclass: w.subclass, kind, created, direction, qos, routing })
+    Ok(Header {
+        id,
+        class: w.class,
+        subclass: w.subclass,
+        kind,
+        created,
+        direction,
+        qos,
+        routing,
+    })
 }
 
 // ---------------------------------------------------------------- contents
@@ -353,9 +428,17 @@ struct WireResponse {
     status: Status,
     #[serde(rename = "@reason", skip_serializing_if = "Option::is_none", default)]
     reason: Option<String>,
-    #[serde(rename = "@retry-after-ms", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "@retry-after-ms",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     retry_after_ms: Option<u64>,
-    #[serde(rename = "@correlation", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "@correlation",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     correlation: Option<String>,
 }
 
@@ -392,16 +475,27 @@ fn data_to_wire(d: &Data) -> WireData {
         Encoding::Text => String::from_utf8_lossy(&d.payload).into_owned(),
         Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(&d.payload),
     };
-    WireData { mime: d.mime.clone(), encoding: d.encoding, size: d.payload.len() as u64, payload }
+    WireData {
+        mime: d.mime.clone(),
+        encoding: d.encoding,
+        size: d.payload.len() as u64,
+        payload,
+    }
 }
 
 fn data_from_wire(path: &str, w: WireData) -> Result<Data, InvalidMessage> {
     // Check the declared size before decoding anything (STYLE.md §6).
     if w.size > MAX_PART_BYTES {
-        return Err(field(&format!("{path}/@size"), format!("{} bytes declared, limit {MAX_PART_BYTES}", w.size)));
+        return Err(field(
+            &format!("{path}/@size"),
+            format!("{} bytes declared, limit {MAX_PART_BYTES}", w.size),
+        ));
     }
     if w.mime.parse::<mime::Mime>().is_err() {
-        return Err(field(&format!("{path}/@mime"), format!("{:?} is not a MIME type", w.mime)));
+        return Err(field(
+            &format!("{path}/@mime"),
+            format!("{:?} is not a MIME type", w.mime),
+        ));
     }
     let payload: Bytes = match w.encoding {
         Encoding::Text => Bytes::from(w.payload.into_bytes()),
@@ -411,9 +505,16 @@ fn data_from_wire(path: &str, w: WireData) -> Result<Data, InvalidMessage> {
             .into(),
     };
     if payload.len() as u64 != w.size {
-        return Err(field(&format!("{path}/@size"), format!("declares {} bytes, payload has {}", w.size, payload.len())));
+        return Err(field(
+            &format!("{path}/@size"),
+            format!("declares {} bytes, payload has {}", w.size, payload.len()),
+        ));
     }
-    Ok(Data { mime: w.mime, encoding: w.encoding, payload })
+    Ok(Data {
+        mime: w.mime,
+        encoding: w.encoding,
+        payload,
+    })
 }
 
 fn opt_si(path: &str, si: Option<String>) -> Result<Option<ComponentId>, InvalidMessage> {
@@ -467,9 +568,13 @@ pub fn encode_content(c: &Content) -> String {
 /// [`InvalidMessage::UnknownKind`] for an element that is none of the six.
 pub fn decode_content(xml: &[u8], expected: ContentKind) -> Result<Content, InvalidMessage> {
     let root = scan(xml, "content")?;
-    let kind = ContentKind::parse(&root).ok_or_else(|| InvalidMessage::UnknownKind(root.clone()))?;
+    let kind =
+        ContentKind::parse(&root).ok_or_else(|| InvalidMessage::UnknownKind(root.clone()))?;
     if kind != expected {
-        return Err(field("content", format!("element <{root}> but the header says {}", expected.as_str())));
+        return Err(field(
+            "content",
+            format!("element <{root}> but the header says {}", expected.as_str()),
+        ));
     }
     let s = utf8(xml, "content")?;
     Ok(match kind {
@@ -480,7 +585,10 @@ pub fn decode_content(xml: &[u8], expected: ContentKind) -> Result<Content, Inva
                 state: w.state,
                 support_instance: opt_si("alarm/@si", w.si)?,
                 text: text("alarm/text", w.text)?,
-                data: w.data.map(|d| data_from_wire("alarm/data", d)).transpose()?,
+                data: w
+                    .data
+                    .map(|d| data_from_wire("alarm/data", d))
+                    .transpose()?,
             })
         }
         ContentKind::Event => {
@@ -488,23 +596,40 @@ pub fn decode_content(xml: &[u8], expected: ContentKind) -> Result<Content, Inva
             Content::Event(Event {
                 support_instance: opt_si("event/@si", w.si)?,
                 text: text("event/text", w.text)?,
-                data: w.data.map(|d| data_from_wire("event/data", d)).transpose()?,
+                data: w
+                    .data
+                    .map(|d| data_from_wire("event/data", d))
+                    .transpose()?,
             })
         }
         ContentKind::Response => {
             let w: WireResponse = from_xml(s, "content")?;
             Content::Response(Response {
-                request: w.request.parse().map_err(|e| field("response/@request", e))?,
+                request: w
+                    .request
+                    .parse()
+                    .map_err(|e| field("response/@request", e))?,
                 status: w.status,
                 reason: w.reason.map(|r| text("response/@reason", r)).transpose()?,
                 retry_after: w.retry_after_ms.map(Duration::from_millis),
-                correlation: w.correlation.map(|c| text("response/@correlation", c)).transpose()?,
+                correlation: w
+                    .correlation
+                    .map(|c| text("response/@correlation", c))
+                    .transpose()?,
             })
         }
         ContentKind::BulkRequest => {
             let w: WireBulkRequest = from_xml(s, "content")?;
-            if w.sha256.len() != 64 || !w.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-                return Err(field("bulk-request/@sha256", "must be 64 lowercase hex digits"));
+            if w.sha256.len() != 64
+                || !w
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(field(
+                    "bulk-request/@sha256",
+                    "must be 64 lowercase hex digits",
+                ));
             }
             if !valid_class(&w.class) {
                 return Err(field("bulk-request/@class", "not a class label"));
@@ -512,12 +637,20 @@ pub fn decode_content(xml: &[u8], expected: ContentKind) -> Result<Content, Inva
             if w.filename.is_empty() || w.filename.len() > 255 {
                 return Err(field("bulk-request/@filename", "must be 1-255 bytes"));
             }
-            Content::BulkRequest(BulkRequest { size: w.size, sha256: w.sha256, class: w.class, filename: w.filename })
+            Content::BulkRequest(BulkRequest {
+                size: w.size,
+                sha256: w.sha256,
+                class: w.class,
+                filename: w.filename,
+            })
         }
         ContentKind::BulkResponse => {
             let w: WireBulkResponse = from_xml(s, "content")?;
             Content::BulkResponse(BulkResponse {
-                request: w.request.parse().map_err(|e| field("bulk-response/@request", e))?,
+                request: w
+                    .request
+                    .parse()
+                    .map_err(|e| field("bulk-response/@request", e))?,
                 granted: w.granted,
                 reason: w.reason,
                 url: w.url,
@@ -540,10 +673,21 @@ mod tests {
             "acme.p7.si3".parse().unwrap(),
             "alarm",
             Some("disk"),
-            Content::Event(Event { support_instance: None, text: String::new(), data: None }),
+            Content::Event(Event {
+                support_instance: None,
+                text: String::new(),
+                data: None,
+            }),
         );
-        m.header.qos = Qos { expiry: Some(Timestamp(1_900_000_000_000)), precedence: 7, persistence: false };
-        m.header.routing.push(Hop { id: "acme.p7".parse().unwrap(), time: Timestamp(1_800_000_000_123) });
+        m.header.qos = Qos {
+            expiry: Some(Timestamp(1_900_000_000_000)),
+            precedence: 7,
+            persistence: false,
+        };
+        m.header.routing.push(Hop {
+            id: "acme.p7".parse().unwrap(),
+            time: Timestamp(1_800_000_000_123),
+        });
         m.header
     }
 
@@ -557,26 +701,66 @@ mod tests {
             ids: vec!["acme.p1".parse().unwrap()],
             group: Some("group:acme-solaris".parse().unwrap()),
         });
-        assert_eq!(decode_header(encode_header(&back).as_bytes()).unwrap(), back);
+        assert_eq!(
+            decode_header(encode_header(&back).as_bytes()).unwrap(),
+            back
+        );
     }
 
     #[test]
     fn every_content_kind_round_trips() {
         let id = MessageId::new();
-        let data = Data { mime: "application/octet-stream".into(), encoding: Encoding::Base64, payload: Bytes::from_static(b"\x00\x01<&>") };
+        let data = Data {
+            mime: "application/octet-stream".into(),
+            encoding: Encoding::Base64,
+            payload: Bytes::from_static(b"\x00\x01<&>"),
+        };
         let all = vec![
-            Content::Alarm(Alarm { severity: Severity::Major, state: AlarmState::Raised, support_instance: Some("acme.p7.si1".parse().unwrap()), text: "disk <full> & \"hot\"".into(), data: Some(data.clone()) }),
-            Content::Event(Event { support_instance: None, text: "rebooted".into(), data: None }),
-            Content::Response(Response::retry(id, "throttled", Duration::from_millis(1500))),
+            Content::Alarm(Alarm {
+                severity: Severity::Major,
+                state: AlarmState::Raised,
+                support_instance: Some("acme.p7.si1".parse().unwrap()),
+                text: "disk <full> & \"hot\"".into(),
+                data: Some(data.clone()),
+            }),
+            Content::Event(Event {
+                support_instance: None,
+                text: "rebooted".into(),
+                data: None,
+            }),
+            Content::Response(Response::retry(
+                id,
+                "throttled",
+                Duration::from_millis(1500),
+            )),
             Content::Response(Response::accepted(id, Some("c-1".into()))),
-            Content::BulkRequest(BulkRequest { size: 10, sha256: "a".repeat(64), class: "core".into(), filename: "core.1".into() }),
-            Content::BulkResponse(BulkResponse { request: id, granted: true, reason: None, url: Some("/rs/v1/bulk/x".into()), token: Some("x".into()) }),
-            Content::Data(Data { mime: "text/plain".into(), encoding: Encoding::Text, payload: Bytes::from_static(b"hello <world>") }),
+            Content::BulkRequest(BulkRequest {
+                size: 10,
+                sha256: "a".repeat(64),
+                class: "core".into(),
+                filename: "core.1".into(),
+            }),
+            Content::BulkResponse(BulkResponse {
+                request: id,
+                granted: true,
+                reason: None,
+                url: Some("/rs/v1/bulk/x".into()),
+                token: Some("x".into()),
+            }),
+            Content::Data(Data {
+                mime: "text/plain".into(),
+                encoding: Encoding::Text,
+                payload: Bytes::from_static(b"hello <world>"),
+            }),
             Content::Data(data),
         ];
         for c in all {
             let xml = encode_content(&c);
-            assert_eq!(decode_content(xml.as_bytes(), c.kind()).unwrap(), c, "{xml}");
+            assert_eq!(
+                decode_content(xml.as_bytes(), c.kind()).unwrap(),
+                c,
+                "{xml}"
+            );
         }
     }
 
@@ -586,23 +770,43 @@ mod tests {
         let bad = good.replace("origin=\"acme.p7.si3\"", "origin=\"ACME\"");
         let e = decode_header(bad.as_bytes()).unwrap_err();
         assert!(e.to_string().starts_with("header/source/@origin"), "{e}");
-        let e = decode_header(good.replace("content=\"event\"", "content=\"poem\"").as_bytes()).unwrap_err();
+        let e = decode_header(
+            good.replace("content=\"event\"", "content=\"poem\"")
+                .as_bytes(),
+        )
+        .unwrap_err();
         assert_eq!(e, InvalidMessage::UnknownKind("poem".into()));
         let e = decode_content(b"<poem/>", ContentKind::Event).unwrap_err();
         assert_eq!(e, InvalidMessage::UnknownKind("poem".into()));
-        let e = decode_content(b"<data mime=\"text/plain\" encoding=\"text\" size=\"99\">hi</data>", ContentKind::Data).unwrap_err();
+        let e = decode_content(
+            b"<data mime=\"text/plain\" encoding=\"text\" size=\"99\">hi</data>",
+            ContentKind::Data,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("data/@size"), "{e}");
-        assert!(matches!(decode_header(b"<header id=\"x\""), Err(InvalidMessage::Xml { .. })));
+        assert!(matches!(
+            decode_header(b"<header id=\"x\""),
+            Err(InvalidMessage::Xml { .. })
+        ));
     }
 
     #[test]
     fn limits_hold() {
         let deep = format!("{}{}", "<a>".repeat(50), "</a>".repeat(50));
-        assert!(matches!(decode_content(deep.as_bytes(), ContentKind::Event), Err(InvalidMessage::Limit { .. })));
+        assert!(matches!(
+            decode_content(deep.as_bytes(), ContentKind::Event),
+            Err(InvalidMessage::Limit { .. })
+        ));
         let attrs: String = (0..40).map(|i| format!(" a{i}=\"1\"")).collect();
         let many = format!("<event{attrs}/>");
-        assert!(matches!(decode_content(many.as_bytes(), ContentKind::Event), Err(InvalidMessage::Limit { .. })));
+        assert!(matches!(
+            decode_content(many.as_bytes(), ContentKind::Event),
+            Err(InvalidMessage::Limit { .. })
+        ));
         let dtd = b"<!DOCTYPE x [<!ENTITY a \"b\">]><event/>";
-        assert!(matches!(decode_content(dtd, ContentKind::Event), Err(InvalidMessage::Limit { .. })));
+        assert!(matches!(
+            decode_content(dtd, ContentKind::Event),
+            Err(InvalidMessage::Limit { .. })
+        ));
     }
 }

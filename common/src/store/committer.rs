@@ -25,7 +25,9 @@ pub struct GroupCommit<Req, Resp> {
 
 impl<Req, Resp> Clone for GroupCommit<Req, Resp> {
     fn clone(&self) -> Self {
-        GroupCommit { tx: self.tx.clone() }
+        GroupCommit {
+            tx: self.tx.clone(),
+        }
     }
 }
 
@@ -37,28 +39,30 @@ impl<Req: Send + 'static, Resp: Send + 'static> GroupCommit<Req, Resp> {
         F: FnMut(Vec<Req>) -> Vec<Resp> + Send + 'static,
     {
         let (tx, mut rx) = mpsc::channel::<Job<Req, Resp>>(QUEUE_DEPTH);
-        std::thread::Builder::new().name(name.to_string()).spawn(move || {
-            let mut reqs = Vec::with_capacity(MAX_GROUP);
-            let mut replies = Vec::with_capacity(MAX_GROUP);
-            while let Some((req, reply)) = rx.blocking_recv() {
-                reqs.push(req);
-                replies.push(reply);
-                while reqs.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok((req, reply)) => {
-                            reqs.push(req);
-                            replies.push(reply);
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let mut reqs = Vec::with_capacity(MAX_GROUP);
+                let mut replies = Vec::with_capacity(MAX_GROUP);
+                while let Some((req, reply)) = rx.blocking_recv() {
+                    reqs.push(req);
+                    replies.push(reply);
+                    while reqs.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok((req, reply)) => {
+                                reqs.push(req);
+                                replies.push(reply);
+                            }
+                            Err(_) => break,
                         }
-                        Err(_) => break,
+                    }
+                    let resps = batch(std::mem::take(&mut reqs));
+                    debug_assert_eq!(resps.len(), replies.len());
+                    for (reply, resp) in replies.drain(..).zip(resps) {
+                        let _ = reply.send(resp);
                     }
                 }
-                let resps = batch(std::mem::take(&mut reqs));
-                debug_assert_eq!(resps.len(), replies.len());
-                for (reply, resp) in replies.drain(..).zip(resps) {
-                    let _ = reply.send(resp);
-                }
-            }
-        })?;
+            })?;
         Ok(GroupCommit { tx })
     }
 
@@ -70,7 +74,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> GroupCommit<Req, Resp> {
     /// acknowledge a peer) must await to completion.
     pub async fn submit(&self, req: Req) -> Result<Resp, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((req, tx)).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send((req, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)
     }
 }

@@ -201,7 +201,10 @@ impl MessageFilter {
     pub fn matches(&self, m: &StoredMessage) -> bool {
         self.source.as_ref().is_none_or(|s| m.source.is_within(s))
             && self.class.as_ref().is_none_or(|c| *c == m.class)
-            && self.subclass.as_ref().is_none_or(|c| Some(c) == m.subclass.as_ref())
+            && self
+                .subclass
+                .as_ref()
+                .is_none_or(|c| Some(c) == m.subclass.as_ref())
             && self.since.is_none_or(|t| m.created >= t)
             && self.until.is_none_or(|t| m.created < t)
     }
@@ -215,12 +218,22 @@ pub trait MessageStore: Send + Sync + 'static {
     ///
     /// # Durability
     /// Returns after fsync.
-    fn append(&self, messages: Vec<StoredMessage>, state: Vec<(String, Vec<u8>)>) -> Result<Vec<Appended>>;
+    fn append(
+        &self,
+        messages: Vec<StoredMessage>,
+        state: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<Appended>>;
 
     /// Messages with sequence numbers above `after` that pass `filter`, in
     /// order, at most `limit`, scanning at most `scan_limit` records. Returns
     /// them and the last sequence number scanned (resume from there).
-    fn scan(&self, after: u64, limit: usize, scan_limit: usize, filter: &MessageFilter) -> Result<(Vec<(u64, StoredMessage)>, u64)>;
+    fn scan(
+        &self,
+        after: u64,
+        limit: usize,
+        scan_limit: usize,
+        filter: &MessageFilter,
+    ) -> Result<(Vec<(u64, StoredMessage)>, u64)>;
 
     /// The highest sequence number stored (0 if empty).
     fn last_seq(&self) -> u64;

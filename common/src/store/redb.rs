@@ -60,9 +60,11 @@ impl RedbStore {
     /// # Errors
     /// If the directory cannot be created or the file is not a redb database.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
         let path = dir.join("store.redb");
-        let db = Database::create(&path).map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        let db = Database::create(&path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         let w = db.begin_write().map_err(be)?;
         {
             w.open_table(SPOOL).map_err(be)?;
@@ -82,15 +84,25 @@ impl RedbStore {
     pub fn spool(&self, capacity: u64) -> Result<RedbSpool> {
         let r = self.db.begin_read().map_err(be)?;
         let t = r.open_table(SPOOL).map_err(be)?;
-        let mut st = SpoolState { capacity, ..Default::default() };
+        let mut st = SpoolState {
+            capacity,
+            ..Default::default()
+        };
         for e in t.iter().map_err(be)? {
             let (_, v) = e.map_err(be)?;
             st.bytes += v.value().len() as u64 + SPOOL_KEY_BYTES;
             st.count += 1;
         }
         let m = r.open_table(SPOOL_META).map_err(be)?;
-        st.next_seq = m.get("next_seq").map_err(be)?.map(|v| v.value()).unwrap_or(1);
-        Ok(RedbSpool { db: self.db.clone(), st: Mutex::new(st) })
+        st.next_seq = m
+            .get("next_seq")
+            .map_err(be)?
+            .map(|v| v.value())
+            .unwrap_or(1);
+        Ok(RedbSpool {
+            db: self.db.clone(),
+            st: Mutex::new(st),
+        })
     }
 
     /// The message-store view.
@@ -101,12 +113,17 @@ impl RedbStore {
         let r = self.db.begin_read().map_err(be)?;
         let t = r.open_table(MESSAGES).map_err(be)?;
         let last = t.last().map_err(be)?.map(|(k, _)| k.value()).unwrap_or(0);
-        Ok(RedbMessages { db: self.db.clone(), last: AtomicU64::new(last) })
+        Ok(RedbMessages {
+            db: self.db.clone(),
+            last: AtomicU64::new(last),
+        })
     }
 
     /// The key/value view.
     pub fn kv(&self) -> RedbKv {
-        RedbKv { db: self.db.clone() }
+        RedbKv {
+            db: self.db.clone(),
+        }
     }
 }
 
@@ -149,7 +166,8 @@ fn decode_spool(rank: u8, v: &[u8]) -> Result<SpoolRecord> {
         return Err(corrupt("spool value too short"));
     }
     let id: [u8; 16] = v[9..25].try_into().map_err(|_| corrupt("spool id"))?;
-    let hlen = u32::from_be_bytes(v[25..29].try_into().map_err(|_| corrupt("spool hlen"))?) as usize;
+    let hlen =
+        u32::from_be_bytes(v[25..29].try_into().map_err(|_| corrupt("spool hlen"))?) as usize;
     let rest = &v[SPOOL_VALUE_FIXED..];
     if rest.len() < hlen {
         return Err(corrupt("spool header length"));
@@ -181,7 +199,9 @@ impl Spool for RedbSpool {
                     let mut victims = Vec::new();
                     let mut freed = 0u64;
                     let need = bytes + size - st.capacity;
-                    let lowest_first = (rank + 1..=MAX_PRECEDENCE).rev().chain(r.persistent.then_some(rank));
+                    let lowest_first = (rank + 1..=MAX_PRECEDENCE)
+                        .rev()
+                        .chain(r.persistent.then_some(rank));
                     'scan: for vrank in lowest_first {
                         for e in t.range((vrank, 0)..=(vrank, u64::MAX)).map_err(be)? {
                             let (k, v) = e.map_err(be)?;
@@ -196,7 +216,11 @@ impl Spool for RedbSpool {
                         }
                     }
                     if freed < need {
-                        out.push(Err(StoreError::Full { needed: size, free: st.capacity.saturating_sub(bytes), capacity: st.capacity }));
+                        out.push(Err(StoreError::Full {
+                            needed: size,
+                            free: st.capacity.saturating_sub(bytes),
+                            capacity: st.capacity,
+                        }));
                         continue;
                     }
                     for k in victims {
@@ -206,7 +230,8 @@ impl Spool for RedbSpool {
                     }
                     bytes -= freed;
                 }
-                t.insert((rank, seq), encode_spool(&r).as_slice()).map_err(be)?;
+                t.insert((rank, seq), encode_spool(&r).as_slice())
+                    .map_err(be)?;
                 out.push(Ok(SpoolKey { rank, seq }));
                 seq += 1;
                 bytes += size;
@@ -217,7 +242,10 @@ impl Spool for RedbSpool {
         }
         w.commit().map_err(be)?;
         if evicted > 0 {
-            tracing::warn!(evicted, "spool full: evicted non-persistent messages of lower precedence");
+            tracing::warn!(
+                evicted,
+                "spool full: evicted non-persistent messages of lower precedence"
+            );
         }
         st.bytes = bytes;
         st.count = count;
@@ -296,7 +324,13 @@ impl Spool for RedbSpool {
 
     fn stats(&self) -> SpoolStats {
         match self.st.lock() {
-            Ok(st) => SpoolStats { messages: st.count, bytes: st.bytes, capacity: st.capacity, evicted: st.evicted, expired: st.expired },
+            Ok(st) => SpoolStats {
+                messages: st.count,
+                bytes: st.bytes,
+                capacity: st.capacity,
+                evicted: st.evicted,
+                expired: st.expired,
+            },
             Err(_) => SpoolStats::default(),
         }
     }
@@ -321,10 +355,14 @@ impl<'a> Cursor<'a> {
         Ok(a)
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().map_err(|_| corrupt("u64"))?))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().map_err(|_| corrupt("u64"))?,
+        ))
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().map_err(|_| corrupt("u32"))?))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().map_err(|_| corrupt("u32"))?,
+        ))
     }
     fn str8(&mut self) -> Result<&'a str> {
         let n = self.take(1)?[0] as usize;
@@ -342,7 +380,11 @@ fn encode_stored(m: &StoredMessage) -> Vec<u8> {
     v.extend_from_slice(&m.received.0.to_be_bytes());
     v.push(m.kind as u8);
     v.extend_from_slice(m.id.as_bytes());
-    for s in [m.source.as_str(), m.class.as_str(), m.subclass.as_deref().unwrap_or("")] {
+    for s in [
+        m.source.as_str(),
+        m.class.as_str(),
+        m.subclass.as_deref().unwrap_or(""),
+    ] {
         let b = &s.as_bytes()[..s.len().min(255)];
         v.push(b.len() as u8);
         v.extend_from_slice(b);
@@ -366,7 +408,9 @@ fn decode_stored(v: &[u8]) -> Result<StoredMessage> {
     let mut c = Cursor(v);
     let created = Timestamp(c.u64()?);
     let received = Timestamp(c.u64()?);
-    let kind = *KINDS.get(c.take(1)?[0] as usize).ok_or_else(|| corrupt("kind"))?;
+    let kind = *KINDS
+        .get(c.take(1)?[0] as usize)
+        .ok_or_else(|| corrupt("kind"))?;
     let id = MessageId::from_bytes(c.take(16)?.try_into().map_err(|_| corrupt("id"))?);
     let source = c.str8()?.parse().map_err(|_| corrupt("source"))?;
     let class = c.str8()?.to_string();
@@ -375,11 +419,25 @@ fn decode_stored(v: &[u8]) -> Result<StoredMessage> {
     let hlen = c.u32()? as usize;
     let header = Bytes::copy_from_slice(c.take(hlen)?);
     let content = Bytes::copy_from_slice(c.0);
-    Ok(StoredMessage { id, source, class, subclass, kind, created, received, header, content })
+    Ok(StoredMessage {
+        id,
+        source,
+        class,
+        subclass,
+        kind,
+        created,
+        received,
+        header,
+        content,
+    })
 }
 
 impl MessageStore for RedbMessages {
-    fn append(&self, messages: Vec<StoredMessage>, state: Vec<(String, Vec<u8>)>) -> Result<Vec<Appended>> {
+    fn append(
+        &self,
+        messages: Vec<StoredMessage>,
+        state: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<Appended>> {
         let w = self.db.begin_write().map_err(be)?;
         let mut out = Vec::with_capacity(messages.len());
         let mut last = self.last.load(Ordering::Acquire);
@@ -406,7 +464,13 @@ impl MessageStore for RedbMessages {
         Ok(out)
     }
 
-    fn scan(&self, after: u64, limit: usize, scan_limit: usize, filter: &MessageFilter) -> Result<(Vec<(u64, StoredMessage)>, u64)> {
+    fn scan(
+        &self,
+        after: u64,
+        limit: usize,
+        scan_limit: usize,
+        filter: &MessageFilter,
+    ) -> Result<(Vec<(u64, StoredMessage)>, u64)> {
         let r = self.db.begin_read().map_err(be)?;
         let t = r.open_table(MESSAGES).map_err(be)?;
         let mut out = Vec::new();

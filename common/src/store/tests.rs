@@ -23,7 +23,10 @@ fn tmp() -> std::path::PathBuf {
 }
 
 fn bodies(p: &Peeked) -> Vec<String> {
-    p.entries.iter().map(|(_, r)| String::from_utf8(r.content.to_vec()).unwrap()).collect()
+    p.entries
+        .iter()
+        .map(|(_, r)| String::from_utf8(r.content.to_vec()).unwrap())
+        .collect()
 }
 
 #[test]
@@ -31,7 +34,14 @@ fn spool_orders_by_precedence_then_age_and_survives_reopen() {
     let dir = tmp();
     {
         let s = RedbStore::open(&dir).unwrap().spool(1 << 20).unwrap();
-        let r = s.push(vec![rec(4, true, "a"), rec(9, true, "b"), rec(4, true, "c"), rec(0, true, "d")]).unwrap();
+        let r = s
+            .push(vec![
+                rec(4, true, "a"),
+                rec(9, true, "b"),
+                rec(4, true, "c"),
+                rec(0, true, "d"),
+            ])
+            .unwrap();
         assert!(r.iter().all(|r| r.is_ok()));
         let p = s.peek(10, &HashSet::new(), Timestamp::now()).unwrap();
         assert_eq!(bodies(&p), ["b", "a", "c", "d"]);
@@ -44,7 +54,10 @@ fn spool_orders_by_precedence_then_age_and_survives_reopen() {
     // New pushes after reopen keep sorting after the old ones.
     s.push(vec![rec(4, true, "e")]).unwrap();
     let skip: HashSet<_> = [p.entries[0].0].into();
-    assert_eq!(bodies(&s.peek(10, &skip, Timestamp::now()).unwrap()), ["c", "e", "d"]);
+    assert_eq!(
+        bodies(&s.peek(10, &skip, Timestamp::now()).unwrap()),
+        ["c", "e", "d"]
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -53,7 +66,12 @@ fn full_spool_evicts_non_persistent_lower_precedence_first() {
     let dir = tmp();
     let one = rec(4, true, "xxxxxxxxxx").size();
     let s = RedbStore::open(&dir).unwrap().spool(one * 3).unwrap();
-    s.push(vec![rec(2, false, "low-np-old"), rec(2, true, "low-persis"), rec(5, false, "hi-np-xxxx")]).unwrap();
+    s.push(vec![
+        rec(2, false, "low-np-old"),
+        rec(2, true, "low-persis"),
+        rec(5, false, "hi-np-xxxx"),
+    ])
+    .unwrap();
     // Persistent at precedence 4: evicts the non-persistent precedence-2 one.
     let r = s.push(vec![rec(4, true, "new-4-xxxx")]).unwrap();
     assert!(r[0].is_ok());
@@ -102,20 +120,44 @@ fn message_store_is_exactly_once() {
     let b = stored("acme.p2.si1", "event");
     {
         let m = RedbStore::open(&dir).unwrap().messages().unwrap();
-        let r = m.append(vec![a.clone(), b.clone(), a.clone()], vec![("k".into(), b"v".to_vec())]).unwrap();
-        assert_eq!(r, vec![Appended::Stored(1), Appended::Stored(2), Appended::Duplicate(1)]);
+        let r = m
+            .append(
+                vec![a.clone(), b.clone(), a.clone()],
+                vec![("k".into(), b"v".to_vec())],
+            )
+            .unwrap();
+        assert_eq!(
+            r,
+            vec![
+                Appended::Stored(1),
+                Appended::Stored(2),
+                Appended::Duplicate(1)
+            ]
+        );
     }
     let store = RedbStore::open(&dir).unwrap();
     let m = store.messages().unwrap();
-    assert_eq!(m.append(vec![b.clone()], vec![]).unwrap(), vec![Appended::Duplicate(2)]);
+    assert_eq!(
+        m.append(vec![b.clone()], vec![]).unwrap(),
+        vec![Appended::Duplicate(2)]
+    );
     assert_eq!(m.last_seq(), 2);
     assert_eq!(m.count().unwrap(), 2);
     let (all, cursor) = m.scan(0, 10, 100, &MessageFilter::default()).unwrap();
-    assert_eq!(all.iter().map(|(s, x)| (*s, x.clone())).collect::<Vec<_>>(), vec![(1, a.clone()), (2, b.clone())]);
+    assert_eq!(
+        all.iter().map(|(s, x)| (*s, x.clone())).collect::<Vec<_>>(),
+        vec![(1, a.clone()), (2, b.clone())]
+    );
     assert_eq!(cursor, 2);
-    let f = MessageFilter { source: Some("acme.p2".parse().unwrap()), ..Default::default() };
+    let f = MessageFilter {
+        source: Some("acme.p2".parse().unwrap()),
+        ..Default::default()
+    };
     assert_eq!(m.scan(0, 10, 100, &f).unwrap().0.len(), 1);
-    let f = MessageFilter { class: Some("alarm".into()), ..Default::default() };
+    let f = MessageFilter {
+        class: Some("alarm".into()),
+        ..Default::default()
+    };
     assert_eq!(m.scan(0, 10, 100, &f).unwrap().0[0].1, a);
     assert_eq!(store.kv().get("k").unwrap(), Some(b"v".to_vec()));
     std::fs::remove_dir_all(dir).unwrap();
@@ -125,7 +167,12 @@ fn message_store_is_exactly_once() {
 fn kv_lists_by_prefix() {
     let dir = tmp();
     let kv = RedbStore::open(&dir).unwrap().kv();
-    kv.put(vec![("si/a".into(), b"1".to_vec()), ("si/b".into(), b"2".to_vec()), ("sj".into(), b"3".to_vec())]).unwrap();
+    kv.put(vec![
+        ("si/a".into(), b"1".to_vec()),
+        ("si/b".into(), b"2".to_vec()),
+        ("sj".into(), b"3".to_vec()),
+    ])
+    .unwrap();
     let l = kv.list("si/").unwrap();
     assert_eq!(l.len(), 2);
     assert_eq!(kv.get("nope").unwrap(), None);
@@ -134,9 +181,15 @@ fn kv_lists_by_prefix() {
 
 #[test]
 fn group_commit_answers_each_caller() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let g = GroupCommit::spawn("test", |reqs: Vec<u32>| reqs.into_iter().map(|r| r * 2).collect()).unwrap();
+        let g = GroupCommit::spawn("test", |reqs: Vec<u32>| {
+            reqs.into_iter().map(|r| r * 2).collect()
+        })
+        .unwrap();
         let mut tasks = Vec::new();
         for i in 0..500u32 {
             let g = g.clone();

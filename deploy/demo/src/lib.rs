@@ -50,7 +50,12 @@ impl Spec {
         Spec {
             customer: "acme".into(),
             mlms: vec![("mlm1".into(), None), ("mlm2".into(), None)],
-            proxies: vec![("p1".into(), Some(0)), ("p2".into(), Some(0)), ("p3".into(), Some(1)), ("p4".into(), Some(1))],
+            proxies: vec![
+                ("p1".into(), Some(0)),
+                ("p2".into(), Some(0)),
+                ("p3".into(), Some(1)),
+                ("p4".into(), Some(1)),
+            ],
             heartbeat_s: 10,
             proxy_uplink_extra: String::new(),
         }
@@ -136,19 +141,41 @@ impl Tree {
         let pki = Pki::init(&dir.join("pki"), Some(&spec.customer))?;
         let tls_for = |id: &str, role: Role| -> Result<TlsPaths, Error> {
             let f = pki.issue(id, role, &[], &[])?;
-            Ok(TlsPaths { ca: pki.ca(), cert: f.cert, key: f.key, crl: Some(pki.crl()) })
+            Ok(TlsPaths {
+                ca: pki.ca(),
+                cert: f.cert,
+                key: f.key,
+                crl: Some(pki.crl()),
+            })
         };
         let operator = tls_for("provider.operator", Role::Operator)?;
-        let mut tree = Tree { dir: dir.to_path_buf(), operator, nodes: Vec::new(), bin_dir: bin_dir(), pki: Pki::open(&dir.join("pki"))? };
+        let mut tree = Tree {
+            dir: dir.to_path_buf(),
+            operator,
+            nodes: Vec::new(),
+            bin_dir: bin_dir(),
+            pki: Pki::open(&dir.join("pki"))?,
+        };
 
         let app_id = "provider.app".to_string();
         let t = tls_for(&app_id, Role::Appserver)?;
-        tree.add(app_id.clone(), Role::Appserver, None, |data| format!("data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\n{}", tls_toml(&t)))?;
+        tree.add(app_id.clone(), Role::Appserver, None, |data| {
+            format!(
+                "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\n{}",
+                tls_toml(&t)
+            )
+        })?;
         tree.launch(0)?;
 
-        let mlm_ids: Vec<String> = spec.mlms.iter().map(|(l, _)| format!("{}.{l}", spec.customer)).collect();
+        let mlm_ids: Vec<String> = spec
+            .mlms
+            .iter()
+            .map(|(l, _)| format!("{}.{l}", spec.customer))
+            .collect();
         for (i, (_, parent)) in spec.mlms.iter().enumerate() {
-            let parent_id = parent.map(|p| mlm_ids[p].clone()).unwrap_or_else(|| app_id.clone());
+            let parent_id = parent
+                .map(|p| mlm_ids[p].clone())
+                .unwrap_or_else(|| app_id.clone());
             let url = tree.url_of(&parent_id)?;
             let t = tls_for(&mlm_ids[i], Role::Mlm)?;
             let hb = spec.heartbeat_s;
@@ -160,7 +187,9 @@ impl Tree {
         }
         for (label, parent) in &spec.proxies {
             let id = format!("{}.{label}", spec.customer);
-            let parent_id = parent.map(|p| mlm_ids[p].clone()).unwrap_or_else(|| app_id.clone());
+            let parent_id = parent
+                .map(|p| mlm_ids[p].clone())
+                .unwrap_or_else(|| app_id.clone());
             let url = tree.url_of(&parent_id)?;
             let t = tls_for(&id, Role::Proxy)?;
             let (hb, extra) = (spec.heartbeat_s, spec.proxy_uplink_extra.clone());
@@ -183,14 +212,29 @@ impl Tree {
         Ok(tree)
     }
 
-    fn add(&mut self, id: String, role: Role, parent: Option<String>, config: impl FnOnce(&Path) -> String) -> Result<(), Error> {
+    fn add(
+        &mut self,
+        id: String,
+        role: Role,
+        parent: Option<String>,
+        config: impl FnOnce(&Path) -> String,
+    ) -> Result<(), Error> {
         let home = self.dir.join(&id);
         let data_dir = home.join("data");
         std::fs::create_dir_all(&data_dir)?;
         let cfg = home.join("config.toml");
         std::fs::write(&cfg, config(&data_dir))?;
         let log = self.dir.join("logs").join(format!("{id}.log"));
-        self.nodes.push(Node { id, role, parent, config: cfg, data_dir, log, addr: None, child: None });
+        self.nodes.push(Node {
+            id,
+            role,
+            parent,
+            config: cfg,
+            data_dir,
+            log,
+            addr: None,
+            child: None,
+        });
         Ok(())
     }
 
@@ -213,20 +257,35 @@ impl Tree {
             _ => "rsnet-proxy",
         };
         let path = self.bin_dir.join(bin);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)?;
         let mut cmd = Command::new(&path);
         if n.role == Role::Proxy {
             cmd.arg("run");
         }
-        cmd.arg("--config").arg(&n.config).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.arg("--config")
+            .arg(&n.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         // Never route test traffic through a proxy inherited from the environment.
-        for v in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"] {
+        for v in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+        ] {
             cmd.env_remove(v);
         }
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
-        let child = cmd.spawn().map_err(|e| format!("{}: {e}", path.display()))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         n.child = Some(child);
         Ok(())
     }
@@ -243,10 +302,20 @@ impl Tree {
                 }
             }
             if let Some(st) = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                return Err(format!("{} exited during start-up ({st}); see {}", n.id, n.log.display()).into());
+                return Err(format!(
+                    "{} exited during start-up ({st}); see {}",
+                    n.id,
+                    n.log.display()
+                )
+                .into());
             }
             if Instant::now() > deadline {
-                return Err(format!("{} not ready within {START_TIMEOUT:?}; see {}", n.id, n.log.display()).into());
+                return Err(format!(
+                    "{} not ready within {START_TIMEOUT:?}; see {}",
+                    n.id,
+                    n.log.display()
+                )
+                .into());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -271,8 +340,13 @@ impl Tree {
 
     /// Stops node `i` with SIGTERM and waits up to `timeout` for it to exit.
     pub fn stop(&mut self, i: usize, timeout: Duration) -> bool {
-        let Some(mut c) = self.nodes[i].child.take() else { return true };
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let Some(mut c) = self.nodes[i].child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = c.try_wait() {
@@ -292,7 +366,10 @@ impl Tree {
     pub fn restart(&mut self, i: usize) -> Result<(), Error> {
         if let Some(a) = self.nodes[i].addr {
             let cfg = std::fs::read_to_string(&self.nodes[i].config)?;
-            let fixed = cfg.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{}\"", a.port()));
+            let fixed = cfg.replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{}\"", a.port()),
+            );
             std::fs::write(&self.nodes[i].config, fixed)?;
         }
         self.launch(i)
@@ -300,7 +377,9 @@ impl Tree {
 
     /// Indices of the proxies.
     pub fn proxies(&self) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|&i| self.nodes[i].role == Role::Proxy).collect()
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].role == Role::Proxy)
+            .collect()
     }
 
     /// The operator API target (appserver, operator certificate).
@@ -332,7 +411,9 @@ impl Tree {
                 })
             })
             .collect();
-        let app = self.nodes[0].addr.map(|a| format!("https://127.0.0.1:{}", a.port()));
+        let app = self.nodes[0]
+            .addr
+            .map(|a| format!("https://127.0.0.1:{}", a.port()));
         let v = json!({
             "dir": self.dir,
             "nodes": nodes,
@@ -364,12 +445,23 @@ impl Drop for Tree {
 /// Transport errors or a non-202 answer (with its body).
 pub async fn send(addr: SocketAddr, messages: &[serde_json::Value]) -> Result<Vec<String>, String> {
     let body = json!({ "messages": messages }).to_string();
-    let (status, b) = rsnet_common::client::call(&Target::Plain(addr), http::Method::POST, "/v1/messages", Some(("application/json", body.into()))).await?;
+    let (status, b) = rsnet_common::client::call(
+        &Target::Plain(addr),
+        http::Method::POST,
+        "/v1/messages",
+        Some(("application/json", body.into())),
+    )
+    .await?;
     if status != http::StatusCode::ACCEPTED {
         return Err(format!("{status}: {}", String::from_utf8_lossy(&b)));
     }
     let v: serde_json::Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
-    Ok(v["ids"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(str::to_string)).collect())
+    Ok(v["ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.as_str().map(str::to_string))
+        .collect())
 }
 
 /// Every stored message matching `query` (e.g. `class=alarm`), paging through the operator API.
@@ -380,7 +472,10 @@ pub async fn stored(op: &Target, query: &str) -> Result<Vec<serde_json::Value>, 
     let mut out = Vec::new();
     let mut after = 0u64;
     loop {
-        let path = format!("/api/v1/messages?limit=1000&after={after}{}{query}", if query.is_empty() { "" } else { "&" });
+        let path = format!(
+            "/api/v1/messages?limit=1000&after={after}{}{query}",
+            if query.is_empty() { "" } else { "&" }
+        );
         let (status, b) = rsnet_common::client::call(op, http::Method::GET, &path, None).await?;
         if !status.is_success() {
             return Err(format!("{status}: {}", String::from_utf8_lossy(&b)));

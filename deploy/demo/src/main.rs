@@ -9,7 +9,11 @@ use clap::Parser;
 use rsnet_demo::{alarm, send, stored, Spec, Tree};
 
 #[derive(Parser)]
-#[command(name = "rsnet-demo", version, about = "Run a whole local rsnet tree: 1 appserver, 2 MLMs, 4 proxies")]
+#[command(
+    name = "rsnet-demo",
+    version,
+    about = "Run a whole local rsnet tree: 1 appserver, 2 MLMs, 4 proxies"
+)]
 struct Cli {
     /// Directory for certificates, configs, stores and logs (default: a new temporary directory).
     #[arg(long)]
@@ -25,9 +29,14 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let dir = cli.dir.unwrap_or_else(|| std::env::temp_dir().join(format!("rsnet-demo-{}", std::process::id())));
+    let dir = cli
+        .dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("rsnet-demo-{}", std::process::id())));
     if dir.join("pki").exists() {
-        eprintln!("rsnet-demo: {} already holds a tree; give a new --dir", dir.display());
+        eprintln!(
+            "rsnet-demo: {} already holds a tree; give a new --dir",
+            dir.display()
+        );
         return ExitCode::from(2);
     }
     println!("rsnet-demo: building a tree in {}", dir.display());
@@ -40,14 +49,24 @@ async fn main() -> ExitCode {
         }
     };
     for n in &tree.nodes {
-        println!("  {:<10} {:<14} parent {:<14} {}", n.role.as_str(), n.id, n.parent.as_deref().unwrap_or("-"), n.addr.map(|a| a.to_string()).unwrap_or_default());
+        println!(
+            "  {:<10} {:<14} parent {:<14} {}",
+            n.role.as_str(),
+            n.id,
+            n.parent.as_deref().unwrap_or("-"),
+            n.addr.map(|a| a.to_string()).unwrap_or_default()
+        );
     }
     println!("  started in {:.1}s", started.elapsed().as_secs_f64());
     let ok = scenario(&tree, cli.messages).await;
     print_help(&tree);
     if cli.once {
         tokio::task::block_in_place(|| tree.shutdown());
-        return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     println!("\nrunning; a trickle of alarms every 2 s. Ctrl-C to stop.");
     let mut n = 0usize;
@@ -73,8 +92,17 @@ async fn scenario(tree: &Tree, per_proxy: usize) -> bool {
     let t0 = Instant::now();
     let mut sent: HashMap<String, String> = HashMap::new();
     for &p in &tree.proxies() {
-        let Some(addr) = tree.nodes[p].addr else { return false };
-        let msgs: Vec<_> = (0..per_proxy).map(|i| alarm(&format!("{} alarm {i}", tree.nodes[p].id), &format!("host{}.acme.example", i % 5))).collect();
+        let Some(addr) = tree.nodes[p].addr else {
+            return false;
+        };
+        let msgs: Vec<_> = (0..per_proxy)
+            .map(|i| {
+                alarm(
+                    &format!("{} alarm {i}", tree.nodes[p].id),
+                    &format!("host{}.acme.example", i % 5),
+                )
+            })
+            .collect();
         for chunk in msgs.chunks(100) {
             match send(addr, chunk).await {
                 Ok(ids) => {
@@ -89,11 +117,19 @@ async fn scenario(tree: &Tree, per_proxy: usize) -> bool {
             }
         }
     }
-    println!("\nsent {} alarms through {} proxies; waiting for the appserver…", sent.len(), tree.proxies().len());
-    let Ok(op) = tree.operator_target() else { return false };
+    println!(
+        "\nsent {} alarms through {} proxies; waiting for the appserver…",
+        sent.len(),
+        tree.proxies().len()
+    );
+    let Ok(op) = tree.operator_target() else {
+        return false;
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let all = stored(&op, "class=alarm&subclass=demo").await.unwrap_or_default();
+        let all = stored(&op, "class=alarm&subclass=demo")
+            .await
+            .unwrap_or_default();
         let mut seen: HashMap<String, usize> = HashMap::new();
         for m in &all {
             if let Some(id) = m["id"].as_str() {
@@ -111,7 +147,11 @@ async fn scenario(tree: &Tree, per_proxy: usize) -> bool {
                 arrived,
                 dupes,
                 t0.elapsed().as_secs_f64(),
-                if ok { "every message arrived exactly once" } else { "FAILED" }
+                if ok {
+                    "every message arrived exactly once"
+                } else {
+                    "FAILED"
+                }
             );
             return ok;
         }
@@ -122,10 +162,15 @@ async fn scenario(tree: &Tree, per_proxy: usize) -> bool {
 fn print_help(tree: &Tree) {
     let d = tree.dir.display();
     println!("\nwhere to look:");
-    println!("  {d}/tree.json          every node, its config, addresses, pid; the operator credential");
+    println!(
+        "  {d}/tree.json          every node, its config, addresses, pid; the operator credential"
+    );
     println!("  {d}/logs/              one log per node");
     if let Some(p) = tree.proxies().first() {
-        println!("  rsnet-proxy send --config {} alarm --text hello --si db1", tree.nodes[*p].config.display());
+        println!(
+            "  rsnet-proxy send --config {} alarm --text hello --si db1",
+            tree.nodes[*p].config.display()
+        );
     }
     println!("  rsnet-ctl --tree {d}/tree.json components");
     println!("  rsnet-ctl --tree {d}/tree.json messages --class alarm --limit 5");
