@@ -184,6 +184,7 @@ pub struct EnvelopeWriter {
     boundary: String,
     buf: BytesMut,
     messages: usize,
+    has_control: bool,
 }
 
 impl Default for EnvelopeWriter {
@@ -199,6 +200,7 @@ impl EnvelopeWriter {
             boundary: format!("rsnet-{}", uuid::Uuid::now_v7().simple()),
             buf: BytesMut::with_capacity(4096),
             messages: 0,
+            has_control: false,
         }
     }
 
@@ -218,6 +220,7 @@ impl EnvelopeWriter {
         if !c.is_empty() {
             let xml = quick_xml::se::to_string(c).unwrap_or_default();
             self.part(format_args!("{CONTROL_ID}"), xml.as_bytes());
+            self.has_control = true;
         }
         self
     }
@@ -263,10 +266,9 @@ impl EnvelopeWriter {
         self.buf.put_slice(b"--");
         self.buf.put_slice(self.boundary.as_bytes());
         self.buf.put_slice(b"--\r\n");
-        let ct = format!(
-            "multipart/related; type=\"application/xml\"; start=\"<{CONTROL_ID}>\"; boundary={}",
-            self.boundary
-        );
+        // RFC 2387: `start` names the root part; without it the first part is the root.
+        let start = if self.has_control { format!("; start=\"<{CONTROL_ID}>\"") } else { String::new() };
+        let ct = format!("multipart/related; type=\"application/xml\"{start}; boundary={}", self.boundary);
         (ct, self.buf.freeze())
     }
 }
