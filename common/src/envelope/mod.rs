@@ -267,8 +267,15 @@ impl EnvelopeWriter {
         self.buf.put_slice(self.boundary.as_bytes());
         self.buf.put_slice(b"--\r\n");
         // RFC 2387: `start` names the root part; without it the first part is the root.
-        let start = if self.has_control { format!("; start=\"<{CONTROL_ID}>\"") } else { String::new() };
-        let ct = format!("multipart/related; type=\"application/xml\"{start}; boundary={}", self.boundary);
+        let start = if self.has_control {
+            format!("; start=\"<{CONTROL_ID}>\"")
+        } else {
+            String::new()
+        };
+        let ct = format!(
+            "multipart/related; type=\"application/xml\"{start}; boundary={}",
+            self.boundary
+        );
         (ct, self.buf.freeze())
     }
 }

@@ -136,13 +136,19 @@ fn print_example_for_docs() {
     // worked example in docs/PROTOCOL.md.
     let mut m = alarm("disk /var 95% full");
     m.header.subclass = Some("disk".into());
-    m.header.routing.push(Hop { id: "acme.p7".parse().unwrap(), time: m.header.created });
+    m.header.routing.push(Hop {
+        id: "acme.p7".parse().unwrap(),
+        time: m.header.created,
+    });
     let mut w = EnvelopeWriter::new();
     w.message(&m);
     let (ct, body) = w.finish();
     println!("Content-Type: {ct}\n\n{}", String::from_utf8_lossy(&body));
     let mut r = EnvelopeWriter::new();
-    r.message(&Message::response(&"acme.mlm1".parse().unwrap(), Response::accepted(m.header.id, Some("1042".into()))));
+    r.message(&Message::response(
+        &"acme.mlm1".parse().unwrap(),
+        Response::accepted(m.header.id, Some("1042".into())),
+    ));
     let (ct, body) = r.finish();
     println!("Content-Type: {ct}\n\n{}", String::from_utf8_lossy(&body));
 }
