@@ -1,0 +1,178 @@
+//! `cargo run --release -p rsnet-tests --bin bench` (after
+//! `cargo build --release --bins`): durable end-to-end throughput and latency
+//! of 512-byte alarms, integrator call → stored at the appserver, through
+//! proxy → MLM → appserver on this machine. Prints a Markdown table for
+//! docs/BENCHMARKS.md.
+//!
+//! * Throughput: `CLIENTS` concurrent integrators post batches of `BATCH`
+//!   alarms to the proxy's local API as fast as it answers; the figure is
+//!   messages stored per second (the appserver's sequence number over time).
+//! * Latency: a fixed offered load of `RATE` msg/s (batches of 25 every 5 ms);
+//!   each message's latency is from the start of its POST to its arrival on
+//!   the appserver's SSE stream (same machine, same clock).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::Method;
+use http_body_util::BodyExt;
+use rsnet_common::client::{call, send as http_send, Target};
+use rsnet_demo::{send, Spec, Tree};
+use serde_json::{json, Value};
+
+const CLIENTS: usize = 8;
+const BATCH: usize = 200;
+const THROUGHPUT_SECS: u64 = 10;
+const RATE: usize = 5_000;
+const LATENCY_SECS: u64 = 10;
+
+fn alarm_512(i: usize) -> Value {
+    // 512 bytes of alarm text.
+    let text = format!("{i:08} {}", "x".repeat(503));
+    json!({ "kind": "alarm", "class": "alarm", "subclass": "bench", "severity": "major", "text": text })
+}
+
+async fn last_seq(op: &Target) -> u64 {
+    let (_, b) = call(op, Method::GET, "/api/v1/messages?limit=1", None)
+        .await
+        .expect("api");
+    serde_json::from_slice::<Value>(&b)
+        .ok()
+        .and_then(|v| v["last"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = std::env::temp_dir().join(format!("rsnet-bench-{}", std::process::id()));
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let tree = tokio::task::block_in_place(|| Tree::start(&dir, &spec)).expect("tree");
+    let op = tree.operator_target().expect("operator");
+    let proxy = tree.nodes[tree.proxies()[0]].addr.expect("proxy addr");
+
+    // ---- throughput
+    let start_seq = last_seq(&op).await;
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(THROUGHPUT_SECS);
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                let batch: Vec<Value> = (0..BATCH)
+                    .map(|i| alarm_512(c * 1_000_000 + n + i))
+                    .collect();
+                send(proxy, &batch).await.expect("send");
+                n += BATCH;
+            }
+            n
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += t.await.expect("client");
+    }
+    let accept_secs = t0.elapsed().as_secs_f64();
+    // Wait for the appserver to store all of it.
+    let target = start_seq + accepted as u64;
+    while last_seq(&op).await < target {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored_secs = t0.elapsed().as_secs_f64();
+    let throughput = accepted as f64 / stored_secs;
+
+    // ---- latency at a fixed offered load
+    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let from = last_seq(&op).await;
+    let resp = http_send(
+        &op,
+        Method::GET,
+        &format!("/api/v1/stream?subclass=bench&after={from}"),
+        None,
+        &[],
+    )
+    .await
+    .expect("stream");
+    let (s2, l2) = (sent_at.clone(), lat.clone());
+    let reader = tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let mut buf = String::new();
+        while let Some(Ok(f)) = body.frame().await {
+            let Ok(d) = f.into_data() else { continue };
+            let now = Instant::now();
+            buf.push_str(&String::from_utf8_lossy(&d));
+            while let Some(end) = buf.find("\n\n") {
+                let ev: String = buf.drain(..end + 2).collect();
+                if let Some(data) = ev.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    let id = serde_json::from_str::<Value>(data)
+                        .ok()
+                        .and_then(|v| v["id"].as_str().map(str::to_string));
+                    let t = id.and_then(|id| s2.lock().ok()?.get(&id).copied());
+                    if let Some(t) = t {
+                        l2.lock().expect("lat").push(now - t);
+                    }
+                }
+            }
+        }
+    });
+    let per_tick = RATE / 200; // every 5 ms
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let lat_deadline = Instant::now() + Duration::from_secs(LATENCY_SECS);
+    let mut i = 0;
+    let mut inflight = Vec::new();
+    let mut offered = 0usize;
+    while Instant::now() < lat_deadline {
+        tick.tick().await;
+        let batch: Vec<Value> = (0..per_tick)
+            .map(|k| alarm_512(900_000_000 + i + k))
+            .collect();
+        i += per_tick;
+        offered += per_tick;
+        let s = sent_at.clone();
+        inflight.push(tokio::spawn(async move {
+            let t = Instant::now();
+            // IDs are known only from the answer; record the POST's start time for each.
+            let ids = send(proxy, &batch).await.expect("send");
+            let mut g = s.lock().expect("sent");
+            for id in ids {
+                g.insert(id, t);
+            }
+        }));
+    }
+    for t in inflight {
+        let _ = t.await;
+    }
+    let wait_until = Instant::now() + Duration::from_secs(10);
+    while lat.lock().expect("lat").len() < offered && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reader.abort();
+    let mut l = lat.lock().expect("lat").clone();
+    l.sort();
+    let pct = |p: f64| {
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!("| metric | value |\n|---|---|");
+    println!("| throughput, 512-byte alarms, integrator → stored (fsync at proxy and appserver) | {throughput:.0} msg/s ({accepted} msgs; accepted by the proxy in {accept_secs:.1} s, all stored after {stored_secs:.1} s) |");
+    println!(
+        "| latency at {RATE} msg/s offered, p50 | {:.2} ms |",
+        pct(0.50).as_secs_f64() * 1e3
+    );
+    println!(
+        "| latency at {RATE} msg/s offered, p99 | {:.2} ms |",
+        pct(0.99).as_secs_f64() * 1e3
+    );
+    println!("| latency samples | {} of {offered} |", l.len());
+    drop(tree);
+    let _ = std::fs::remove_dir_all(dir);
+}
