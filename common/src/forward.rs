@@ -326,3 +326,56 @@ impl Forwarder {
         }
     }
 }
+
+/// How long a stopping node keeps trying to deliver its shutdown notice.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
+
+/// The life of a sending node after start-up, shared by proxy and MLM:
+/// spools a heartbeat (`tree()`) every `interval` until `shutdown`, then
+/// stops `forwarder_task`, spools a shutdown notice and gives a short-lived
+/// forwarder [`SHUTDOWN_DRAIN`] to deliver it (and anything else spooled). What
+/// is not delivered by then stays spooled for the next start.
+pub async fn heartbeat_until_shutdown(
+    outbox: Arc<Outbox>,
+    link: Arc<Link>,
+    tree: impl Fn() -> crate::heartbeat::StatusTree,
+    interval: Duration,
+    forwarder_task: tokio::task::JoinHandle<()>,
+    mut shutdown: Shutdown,
+) {
+    let mut tick = tokio::time::interval(interval);
+    let me = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = outbox.push(&[tree().heartbeat()]).await {
+                    tracing::warn!(error = %e, "heartbeat not spooled");
+                }
+            }
+            _ = shutdown.wait() => break tree(),
+        }
+    };
+    forwarder_task.abort();
+    let notice = crate::heartbeat::notice(
+        &me.id,
+        crate::heartbeat::SHUTDOWN,
+        &format!("{} stopping", me.role),
+    );
+    if let Err(e) = outbox.push(&[notice]).await {
+        tracing::warn!(error = %e, "shutdown notice not spooled");
+    }
+    let (_keep, drain) = Shutdown::new();
+    let cfg = ForwardConfig {
+        max_batch: 1024,
+        max_inflight: 1,
+        exchange_timeout: SHUTDOWN_DRAIN,
+    };
+    let task =
+        tokio::spawn(Forwarder::new(outbox.clone(), link, cfg, &Registry::default()).run(drain));
+    let _ = tokio::time::timeout(SHUTDOWN_DRAIN, async {
+        while outbox.spool().stats().messages > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    task.abort();
+}

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use rsnet_common::config::{self, ConfigError, UplinkConfig};
-use rsnet_common::forward::{ForwardConfig, Forwarder, Outbox};
+use rsnet_common::forward::{self, ForwardConfig, Forwarder, Outbox};
 use rsnet_common::heartbeat::{self, StatusTree};
 use rsnet_common::http_util::{error, text};
 use rsnet_common::link::Link;
@@ -184,41 +184,9 @@ pub async fn run(
             modules: vec![],
         }
     };
-    let mut sd = shutdown.clone();
-    let mut tick = tokio::time::interval(Duration::from_secs(cfg.heartbeat_interval_s));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if let Err(e) = outbox.push(&[tree().heartbeat()]).await {
-                    tracing::warn!(error = %e, "heartbeat not spooled");
-                }
-            }
-            _ = sd.wait() => break,
-        }
-    }
+    let interval = Duration::from_secs(cfg.heartbeat_interval_s);
+    forward::heartbeat_until_shutdown(outbox, link, tree, interval, fwd, shutdown).await;
     task.abort();
-    // A shutdown notice, delivered directly if the parent answers within a moment.
-    let notice = heartbeat::notice(&me.id, heartbeat::SHUTDOWN, "mlm stopping");
-    let _ = outbox.push(&[notice]).await;
-    let (_t, drain) = Shutdown::new();
-    let f2 = Forwarder::new(
-        outbox.clone(),
-        link,
-        ForwardConfig {
-            max_batch: 64,
-            max_inflight: 1,
-            exchange_timeout: Duration::from_secs(2),
-        },
-        &Registry::default(),
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(3), async {
-        tokio::spawn(f2.run(drain));
-        while spool.stats().messages > 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    fwd.abort();
     tracing::info!("mlm stopped");
     Ok(())
 }
