@@ -30,20 +30,13 @@ pub struct Config {
     /// Store directory (created if missing). Required.
     pub data_dir: PathBuf,
     /// Listen address for children and operators. Default `0.0.0.0:8443`.
-    #[serde(default = "default_listen")]
+    #[serde(default = "config::default_listen")]
     pub listen: String,
     /// Cap on open connections. Default 20000.
-    #[serde(default = "default_max_connections")]
+    #[serde(default = "config::default_max_connections")]
     pub max_connections: usize,
     /// TLS material.
     pub tls: TlsPaths,
-}
-
-fn default_listen() -> String {
-    "0.0.0.0:8443".into()
-}
-fn default_max_connections() -> usize {
-    server::DEFAULT_MAX_CONNECTIONS
 }
 
 impl Config {

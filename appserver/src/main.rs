@@ -19,21 +19,6 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    rsnet_common::init_logging();
     let cli = Cli::parse();
-    let cfg = match Config::load(&cli.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("rsnet-appserver: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let shutdown = rsnet_common::server::shutdown_on_signals();
-    match run(cfg, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rsnet-appserver: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    rsnet_common::server::daemon_main("rsnet-appserver", &cli.config, Config::load, run).await
 }

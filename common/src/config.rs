@@ -22,6 +22,23 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl ConfigError {
+    /// `Ok` if validation found no problem, else one error listing them all.
+    ///
+    /// # Errors
+    /// When `errors` is not empty.
+    pub fn check(path: &Path, errors: Vec<String>) -> Result<(), ConfigError> {
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                path: path.to_path_buf(),
+                reason: errors.join("; "),
+            })
+        }
+    }
+}
+
 /// Reads and parses a TOML config file.
 ///
 /// # Errors
@@ -106,11 +123,30 @@ impl UplinkConfig {
     pub fn exchange_timeout(&self) -> Duration {
         Duration::from_millis(self.exchange_timeout_ms)
     }
+
+    /// The forwarding settings this section describes.
+    pub fn forward_config(&self) -> crate::forward::ForwardConfig {
+        crate::forward::ForwardConfig {
+            max_batch: self.max_batch,
+            max_inflight: self.max_inflight,
+            exchange_timeout: self.exchange_timeout(),
+        }
+    }
 }
 
-/// Parses a heartbeat interval in seconds (default 60).
+/// Default heartbeat interval in seconds.
 pub fn default_heartbeat_secs() -> u64 {
     60
+}
+
+/// Default listen address of the TLS nodes (appserver, MLM).
+pub fn default_listen() -> String {
+    "0.0.0.0:8443".into()
+}
+
+/// Default cap on open connections of the TLS nodes.
+pub fn default_max_connections() -> usize {
+    crate::server::DEFAULT_MAX_CONNECTIONS
 }
 
 #[cfg(test)]

@@ -379,3 +379,54 @@ pub async fn heartbeat_until_shutdown(
     .await;
     task.abort();
 }
+
+/// Everything a sending node (proxy, MLM) needs to move its own messages
+/// upward: the link to its parent, its spool behind an [`Outbox`], and a
+/// [`Forwarder`] ready to run. Built once from the `[uplink]` section.
+pub struct Sender {
+    /// The link to the parent.
+    pub link: Arc<Link>,
+    /// The durable spool front.
+    pub outbox: Arc<Outbox>,
+    /// The forwarder (not yet running).
+    pub forwarder: Arc<Forwarder>,
+    /// The forwarding settings, for other users of the link (the MLM relay).
+    pub config: ForwardConfig,
+}
+
+impl Sender {
+    /// Builds the link, outbox and forwarder over `spool`, registering the
+    /// spool gauges and forwarder counters in `metrics`.
+    ///
+    /// # Errors
+    /// Bad TLS material, parent URLs or proxy settings; a writer thread that cannot start.
+    pub fn new(
+        uplink: &crate::config::UplinkConfig,
+        tls: &crate::tls::TlsPaths,
+        spool: Arc<dyn Spool>,
+        metrics: &Registry,
+    ) -> Result<Sender, Box<dyn std::error::Error + Send + Sync>> {
+        let link = Link::new(
+            &uplink.parents,
+            crate::tls::client_config(tls)?,
+            uplink.proxy()?,
+        )?;
+        let s = spool.clone();
+        metrics.gauge("rsnet_spool_messages", "messages in the spool", move || {
+            s.stats().messages as f64
+        });
+        let s = spool.clone();
+        metrics.gauge("rsnet_spool_bytes", "bytes in the spool", move || {
+            s.stats().bytes as f64
+        });
+        let outbox = Outbox::new(spool)?;
+        let config = uplink.forward_config();
+        let forwarder = Forwarder::new(outbox.clone(), link.clone(), config.clone(), metrics);
+        Ok(Sender {
+            link,
+            outbox,
+            forwarder,
+            config,
+        })
+    }
+}

@@ -214,3 +214,32 @@ pub fn shutdown_on_signals() -> Shutdown {
     });
     shutdown
 }
+
+/// The body of every daemon's `main`: logging, config, signals, run.
+/// Exits 2 for a config error, 1 for a start-up or run failure, 0 after a
+/// clean shutdown; errors are printed as `NAME: error`.
+pub async fn daemon_main<C, Fut>(
+    name: &str,
+    config: &std::path::Path,
+    load: impl FnOnce(&std::path::Path) -> Result<C, crate::config::ConfigError>,
+    run: impl FnOnce(C, Shutdown) -> Fut,
+) -> std::process::ExitCode
+where
+    Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+{
+    crate::init_logging();
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(cfg, shutdown_on_signals()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -19,10 +19,9 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use rsnet_common::config::{self, ConfigError, UplinkConfig};
-use rsnet_common::forward::{self, ForwardConfig, Forwarder, Outbox};
+use rsnet_common::forward;
 use rsnet_common::heartbeat::{self, StatusTree};
 use rsnet_common::http_util::{error, text};
-use rsnet_common::link::Link;
 use rsnet_common::metrics::Registry;
 use rsnet_common::model::{Hop, Timestamp};
 use rsnet_common::server::{self, Shutdown};
@@ -39,10 +38,10 @@ pub struct Config {
     /// Store directory (its own spool). Required.
     pub data_dir: PathBuf,
     /// Listen address for children. Default `0.0.0.0:8443`.
-    #[serde(default = "default_listen")]
+    #[serde(default = "config::default_listen")]
     pub listen: String,
     /// Cap on open connections. Default 20000.
-    #[serde(default = "default_max_connections")]
+    #[serde(default = "config::default_max_connections")]
     pub max_connections: usize,
     /// Heartbeat interval in seconds. Default 60.
     #[serde(default = "config::default_heartbeat_secs")]
@@ -56,12 +55,6 @@ pub struct Config {
     pub uplink: UplinkConfig,
 }
 
-fn default_listen() -> String {
-    "0.0.0.0:8443".into()
-}
-fn default_max_connections() -> usize {
-    server::DEFAULT_MAX_CONNECTIONS
-}
 fn default_spool() -> u64 {
     64 << 20
 }
@@ -81,14 +74,8 @@ impl Config {
         if c.max_connections == 0 {
             errors.push("max_connections: must be at least 1".into());
         }
-        if errors.is_empty() {
-            Ok(c)
-        } else {
-            Err(ConfigError {
-                path: path.into(),
-                reason: errors.join("; "),
-            })
-        }
+        ConfigError::check(path, errors)?;
+        Ok(c)
     }
 }
 
@@ -104,20 +91,14 @@ pub async fn run(
     let started = Instant::now();
     let me = tls::own_identity(&cfg.tls)?;
     let metrics = Registry::default();
-    let link = Link::new(
-        &cfg.uplink.parents,
-        tls::client_config(&cfg.tls)?,
-        cfg.uplink.proxy()?,
-    )?;
     let store = RedbStore::open(&cfg.data_dir)?;
     let spool: Arc<dyn Spool> = Arc::new(store.spool(cfg.spool_capacity_bytes)?);
-    let outbox = Outbox::new(spool.clone())?;
-    let fwd_cfg = ForwardConfig {
-        max_batch: cfg.uplink.max_batch,
-        max_inflight: cfg.uplink.max_inflight,
-        exchange_timeout: cfg.uplink.exchange_timeout(),
-    };
-    let forwarder = Forwarder::new(outbox.clone(), link.clone(), fwd_cfg.clone(), &metrics);
+    let forward::Sender {
+        link,
+        outbox,
+        forwarder,
+        config: fwd_cfg,
+    } = forward::Sender::new(&cfg.uplink, &cfg.tls, spool.clone(), &metrics)?;
     let relay = relay::Relay::start(link.clone(), fwd_cfg, &metrics);
 
     let server_tls = ReloadingServerConfig::start(cfg.tls.clone())?;

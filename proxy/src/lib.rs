@@ -18,9 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rsnet_common::config::{self, ConfigError, UplinkConfig};
-use rsnet_common::forward::{self, ForwardConfig, Forwarder, Outbox};
+use rsnet_common::forward;
 use rsnet_common::heartbeat::{self, StatusTree};
-use rsnet_common::link::Link;
 use rsnet_common::metrics::Registry;
 use rsnet_common::ready;
 use rsnet_common::server::{self, Shutdown};
@@ -95,14 +94,8 @@ impl Config {
         if c.spool_capacity_bytes < 1 << 20 {
             errors.push("spool_capacity_bytes: must be at least 1 MiB".into());
         }
-        if errors.is_empty() {
-            Ok(c)
-        } else {
-            Err(ConfigError {
-                path: path.into(),
-                reason: errors.join("; "),
-            })
-        }
+        ConfigError::check(path, errors)?;
+        Ok(c)
     }
 
     /// The local API address of a running proxy (reads `ready.json` when the port is 0).
@@ -130,32 +123,16 @@ pub async fn run(
     let started = Instant::now();
     let me = tls::own_identity(&cfg.tls)?;
     let metrics = Registry::default();
-    let link = Link::new(
-        &cfg.uplink.parents,
-        tls::client_config(&cfg.tls)?,
-        cfg.uplink.proxy()?,
-    )?;
     let store = RedbStore::open(&cfg.data_dir)?;
     let spool: Arc<dyn Spool> = Arc::new(store.spool(cfg.spool_capacity_bytes)?);
     let kv: Arc<dyn KvStore> = Arc::new(store.kv());
     let instances = Arc::new(instances::Instances::load(me.id.clone(), kv)?);
-    let outbox = Outbox::new(spool.clone())?;
-    {
-        let s = spool.clone();
-        metrics.gauge("rsnet_spool_messages", "messages in the spool", move || {
-            s.stats().messages as f64
-        });
-        let s = spool.clone();
-        metrics.gauge("rsnet_spool_bytes", "bytes in the spool", move || {
-            s.stats().bytes as f64
-        });
-    }
-    let fwd_cfg = ForwardConfig {
-        max_batch: cfg.uplink.max_batch,
-        max_inflight: cfg.uplink.max_inflight,
-        exchange_timeout: cfg.uplink.exchange_timeout(),
-    };
-    let forwarder = Forwarder::new(outbox.clone(), link.clone(), fwd_cfg, &metrics);
+    let forward::Sender {
+        link,
+        outbox,
+        forwarder,
+        ..
+    } = forward::Sender::new(&cfg.uplink, &cfg.tls, spool.clone(), &metrics)?;
     let l2 = link.clone();
     let api = Arc::new(local_api::LocalApi {
         me: me.id.clone(),

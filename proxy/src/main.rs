@@ -107,18 +107,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run { config } => {
-            rsnet_common::init_logging();
-            let cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            match run(cfg, rsnet_common::server::shutdown_on_signals()).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("rsnet-proxy: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            rsnet_common::server::daemon_main("rsnet-proxy", &config, Config::load, run).await
         }
         Cmd::Send {
             config,
