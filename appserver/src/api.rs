@@ -119,7 +119,7 @@ impl Api {
             return match exchange::receive(req, &peer).await {
                 Ok(inbound) => {
                     let answers = self.app.ingest(inbound).await;
-                    exchange::reply(&self.app.me, answers, &[])
+                    exchange::reply(answers, &[])
                 }
                 Err(resp) => resp,
             };

@@ -129,7 +129,7 @@ impl App {
                         Appended::Stored(_) => self.stored.inc(),
                         Appended::Duplicate(_) => self.duplicates.inc(),
                     }
-                    answers.push(Response::accepted(id, Some(r.seq().to_string())));
+                    answers.push(Response::accepted(id, None));
                 }
             }
             Err(e) => {

@@ -15,9 +15,8 @@ use hyper::body::Incoming;
 
 use crate::envelope::{self, Control, EnvelopeWriter, Item, EXCHANGE_PATH};
 use crate::http_util::{error, full, Body};
-use crate::id::ComponentId;
 use crate::limits::BODY_READ_TIMEOUT;
-use crate::model::{Direction, Message, Response as Answer};
+use crate::model::{Direction, Response as Answer};
 use crate::server::Peer;
 use crate::tls::{Identity, Role};
 
@@ -111,17 +110,15 @@ pub async fn receive(req: http::Request<Incoming>, peer: &Peer) -> Result<Inboun
     })
 }
 
-/// Builds a reply envelope: one `response` message per answer, from `me`,
-/// then `downward` items (back-channel).
-pub fn reply(
-    me: &ComponentId,
-    answers: impl IntoIterator<Item = Answer>,
-    downward: &[Item],
-) -> Response<Body> {
-    let mut w = EnvelopeWriter::new();
+/// Builds a reply envelope: the answers in the control part, then
+/// `downward` items (back-channel).
+pub fn reply(answers: impl IntoIterator<Item = Answer>, downward: &[Item]) -> Response<Body> {
+    let mut control = Control::default();
     for a in answers {
-        w.message(&Message::response(me, a));
+        control.answer(a);
     }
+    let mut w = EnvelopeWriter::new();
+    w.control(&control);
     for i in downward {
         w.item(i);
     }

@@ -17,7 +17,7 @@
 //! a crash at any point resends (never loses) it; the appserver drops the
 //! duplicate by message ID.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use crate::envelope::{wire, EnvelopeWriter};
 use crate::id::MessageId;
 use crate::link::{Backoff, Link};
 use crate::metrics::{Counter, Registry};
-use crate::model::{Content, Message, Status, Timestamp};
+use crate::model::{Message, Status, Timestamp};
 use crate::server::Shutdown;
 use crate::store::{GroupCommit, Spool, SpoolKey, SpoolRecord, StoreError};
 
@@ -276,12 +276,7 @@ impl Forwarder {
                 if let Ok(mut s) = self.state.lock() {
                     s.backoff.reset();
                 }
-                let mut answers = HashMap::new();
-                for item in &decoded.items {
-                    if let Ok(Content::Response(r)) = item.content() {
-                        answers.insert(r.request, r);
-                    }
-                }
+                let answers = decoded.control.answers();
                 let mut retry_after: Option<Duration> = None;
                 for (k, r) in &entries {
                     match answers.get(&r.id) {

@@ -122,7 +122,7 @@ pub async fn run(
                 }
                 let mut answers = std::mem::take(&mut inbound.rejected);
                 answers.extend(relay.forward(inbound.items).await);
-                return exchange::reply(&id, answers, &[]);
+                return exchange::reply(answers, &[]);
             }
             match req.uri().path() {
                 "/metrics" => text(

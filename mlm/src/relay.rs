@@ -16,7 +16,7 @@ use rsnet_common::envelope::{EnvelopeWriter, Item};
 use rsnet_common::forward::ForwardConfig;
 use rsnet_common::link::Link;
 use rsnet_common::metrics::{Counter, Registry};
-use rsnet_common::model::{Content, Response};
+use rsnet_common::model::Response;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// What a child is told to wait when the parent cannot be reached.
@@ -122,13 +122,7 @@ async fn send(jobs: Vec<Job>, link: &Link, timeout: Duration, c: &Counters) {
     let mut answers: HashMap<_, Response> = HashMap::new();
     let mut why = String::from("parent did not answer for this message");
     match link.exchange(&ct, body, timeout).await {
-        Ok(d) => {
-            for item in d.items {
-                if let Ok(Content::Response(r)) = item.content() {
-                    answers.insert(r.request, r);
-                }
-            }
-        }
+        Ok(d) => answers = d.control.answers(),
         Err(e) => {
             tracing::warn!(error = %e, "relay: parent unreachable; children will retry");
             why = format!("parent unreachable: {}", e.kind);

@@ -303,12 +303,10 @@ async fn answers(ct_body: (StatusCode, Bytes)) -> HashMap<String, Response> {
     )
     .await
     .unwrap();
-    d.items
-        .iter()
-        .filter_map(|i| match i.content() {
-            Ok(Content::Response(r)) => Some((r.request.to_string(), r)),
-            _ => None,
-        })
+    d.control
+        .answers()
+        .into_iter()
+        .map(|(id, r)| (id.to_string(), r))
         .collect()
 }
 

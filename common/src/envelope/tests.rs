@@ -30,6 +30,7 @@ fn round_trip_with_control() {
     let control = Control {
         wait_ms: Some(2500),
         acks: vec![MessageId::new(), MessageId::new()],
+        ..Default::default()
     };
     w.control(&control);
     for m in &msgs {
@@ -41,6 +42,52 @@ fn round_trip_with_control() {
     assert!(d.rejected.is_empty());
     let back: Vec<Message> = d.items.iter().map(|i| i.message().unwrap()).collect();
     assert_eq!(back, msgs);
+}
+
+#[test]
+fn reply_answers_round_trip_compactly() {
+    let ok: Vec<MessageId> = (0..1000).map(|_| MessageId::new()).collect();
+    let later = Response::retry(MessageId::new(), "throttled", Duration::from_millis(1500));
+    let never = Response::rejected(MessageId::new(), "source outside subtree");
+    let mut c = Control::default();
+    for id in &ok {
+        c.answer(Response::accepted(*id, None));
+    }
+    c.answer(later.clone());
+    c.answer(never.clone());
+    let mut w = EnvelopeWriter::new();
+    w.control(&c);
+    let (ct, body) = w.finish();
+    // One ID and a space per acceptance, plus framing and the two exceptions.
+    assert!(body.len() < 1000 * 37 + 600, "{} bytes", body.len());
+    let d = rt(decode_bytes(&ct, body)).unwrap();
+    let answers = d.control.answers();
+    assert_eq!(answers.len(), 1002);
+    assert!(ok.iter().all(|id| answers[id].status == Status::Accepted));
+    assert_eq!(answers[&later.request], later);
+    assert_eq!(answers[&never.request], never);
+}
+
+#[test]
+fn control_part_limits_and_bad_ids_are_malformed() {
+    let ids = vec![MessageId::new().to_string(); crate::limits::MAX_BATCH_MESSAGES + 1].join(" ");
+    for xml in [
+        format!("<exchange><accepted>{ids}</accepted></exchange>"),
+        "<exchange><accepted>not-an-id</accepted></exchange>".to_string(),
+        "<exchange><ack>x</ack></exchange>".to_string(),
+        "<other/>".to_string(),
+    ] {
+        let b = "B";
+        let body = format!(
+            "--{b}\r\nContent-Type: application/xml\r\nContent-ID: <exchange>\r\n\r\n{xml}\r\n--{b}--\r\n"
+        );
+        let e = rt(decode_bytes(
+            &format!("multipart/related; boundary={b}"),
+            Bytes::from(body),
+        ))
+        .unwrap_err();
+        assert!(matches!(e, EnvelopeError::Malformed(_)), "{xml}: {e}");
+    }
 }
 
 #[test]
@@ -96,6 +143,12 @@ fn random_input_never_panics() {
     w.control(&Control {
         wait_ms: Some(1),
         acks: vec![MessageId::new()],
+        accepted: vec![MessageId::new(), MessageId::new()],
+        responses: vec![Response::retry(
+            MessageId::new(),
+            "busy",
+            Duration::from_secs(1),
+        )],
     });
     for i in 0..3 {
         w.message(&alarm(&format!("m{i}")));
@@ -145,10 +198,9 @@ fn print_example_for_docs() {
     let (ct, body) = w.finish();
     println!("Content-Type: {ct}\n\n{}", String::from_utf8_lossy(&body));
     let mut r = EnvelopeWriter::new();
-    r.message(&Message::response(
-        &"acme.mlm1".parse().unwrap(),
-        Response::accepted(m.header.id, Some("1042".into())),
-    ));
+    let mut answers = Control::default();
+    answers.answer(Response::accepted(m.header.id, None));
+    r.control(&answers);
     let (ct, body) = r.finish();
     println!("Content-Type: {ct}\n\n{}", String::from_utf8_lossy(&body));
 }

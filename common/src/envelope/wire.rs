@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{ComponentId, MessageId};
 use crate::limits::{
-    MAX_DESTINATIONS, MAX_PART_BYTES, MAX_ROUTING_HOPS, MAX_TEXT_BYTES, MAX_XML_ATTRIBUTES,
-    MAX_XML_DEPTH,
+    MAX_BATCH_MESSAGES, MAX_DESTINATIONS, MAX_PART_BYTES, MAX_ROUTING_HOPS, MAX_TEXT_BYTES,
+    MAX_XML_ATTRIBUTES, MAX_XML_DEPTH,
 };
 use crate::model::*;
 
@@ -146,6 +146,92 @@ fn text(path: &str, s: String) -> Result<String, InvalidMessage> {
         ));
     }
     Ok(s)
+}
+
+// ---------------------------------------------------------------- control
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename = "exchange")]
+struct WireControl {
+    #[serde(rename = "@wait-ms", skip_serializing_if = "Option::is_none", default)]
+    wait_ms: Option<u64>,
+    #[serde(rename = "ack", skip_serializing_if = "Vec::is_empty", default)]
+    acks: Vec<String>,
+    #[serde(rename = "accepted", skip_serializing_if = "Option::is_none", default)]
+    accepted: Option<String>,
+    #[serde(rename = "response", skip_serializing_if = "Vec::is_empty", default)]
+    responses: Vec<WireResponse>,
+}
+
+/// Writes the control part `<exchange>`.
+pub fn encode_control(c: &crate::envelope::Control) -> String {
+    let accepted = (!c.accepted.is_empty()).then(|| {
+        let mut s = String::with_capacity(c.accepted.len() * 37);
+        for (i, id) in c.accepted.iter().enumerate() {
+            if i > 0 {
+                s.push(' ');
+            }
+            s.push_str(&id.to_string());
+        }
+        s
+    });
+    to_xml(&WireControl {
+        wait_ms: c.wait_ms,
+        acks: c.acks.iter().map(MessageId::to_string).collect(),
+        accepted,
+        responses: c.responses.iter().map(response_to_wire).collect(),
+    })
+}
+
+/// Parses and validates the control part.
+///
+/// # Errors
+/// [`InvalidMessage`] naming the field or limit that failed.
+pub fn decode_control(xml: &[u8]) -> Result<crate::envelope::Control, InvalidMessage> {
+    let part = "exchange";
+    let root = scan(xml, part)?;
+    if root != "exchange" {
+        return Err(InvalidMessage::Xml {
+            part,
+            reason: format!("root element is <{root}>, expected <exchange>"),
+        });
+    }
+    let w: WireControl = from_xml(utf8(xml, part)?, part)?;
+    let too_many = |f: &str, n: usize| {
+        (n > MAX_BATCH_MESSAGES)
+            .then(|| field(f, format!("{n} entries, limit {MAX_BATCH_MESSAGES}")))
+    };
+    let accepted: Vec<&str> = w
+        .accepted
+        .as_deref()
+        .map(|s| s.split_ascii_whitespace().collect())
+        .unwrap_or_default();
+    for (f, n) in [
+        ("exchange/ack", w.acks.len()),
+        ("exchange/accepted", accepted.len()),
+        ("exchange/response", w.responses.len()),
+    ] {
+        if let Some(e) = too_many(f, n) {
+            return Err(e);
+        }
+    }
+    Ok(crate::envelope::Control {
+        wait_ms: w.wait_ms,
+        acks: w
+            .acks
+            .iter()
+            .map(|a| a.trim().parse().map_err(|e| field("exchange/ack", e)))
+            .collect::<Result<_, _>>()?,
+        accepted: accepted
+            .into_iter()
+            .map(|a| a.parse().map_err(|e| field("exchange/accepted", e)))
+            .collect::<Result<_, _>>()?,
+        responses: w
+            .responses
+            .into_iter()
+            .map(|r| response_from_wire(r, "exchange/response"))
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 // ---------------------------------------------------------------- header
@@ -442,6 +528,36 @@ struct WireResponse {
     correlation: Option<String>,
 }
 
+fn response_to_wire(r: &Response) -> WireResponse {
+    WireResponse {
+        request: r.request.to_string(),
+        status: r.status,
+        reason: r.reason.clone(),
+        retry_after_ms: r.retry_after.map(|d| d.as_millis() as u64),
+        correlation: r.correlation.clone(),
+    }
+}
+
+/// `path` names the element in errors (`response`, `exchange/response`).
+fn response_from_wire(w: WireResponse, path: &str) -> Result<Response, InvalidMessage> {
+    Ok(Response {
+        request: w
+            .request
+            .parse()
+            .map_err(|e| field(&format!("{path}/@request"), e))?,
+        status: w.status,
+        reason: w
+            .reason
+            .map(|r| text(&format!("{path}/@reason"), r))
+            .transpose()?,
+        retry_after: w.retry_after_ms.map(Duration::from_millis),
+        correlation: w
+            .correlation
+            .map(|c| text(&format!("{path}/@correlation"), c))
+            .transpose()?,
+    })
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename = "bulk-request")]
 struct WireBulkRequest {
@@ -536,13 +652,7 @@ pub fn encode_content(c: &Content) -> String {
             text: e.text.clone(),
             data: e.data.as_ref().map(data_to_wire),
         }),
-        Content::Response(r) => to_xml(&WireResponse {
-            request: r.request.to_string(),
-            status: r.status,
-            reason: r.reason.clone(),
-            retry_after_ms: r.retry_after.map(|d| d.as_millis() as u64),
-            correlation: r.correlation.clone(),
-        }),
+        Content::Response(r) => to_xml(&response_to_wire(r)),
         Content::BulkRequest(b) => to_xml(&WireBulkRequest {
             size: b.size,
             sha256: b.sha256.clone(),
@@ -604,19 +714,7 @@ pub fn decode_content(xml: &[u8], expected: ContentKind) -> Result<Content, Inva
         }
         ContentKind::Response => {
             let w: WireResponse = from_xml(s, "content")?;
-            Content::Response(Response {
-                request: w
-                    .request
-                    .parse()
-                    .map_err(|e| field("response/@request", e))?,
-                status: w.status,
-                reason: w.reason.map(|r| text("response/@reason", r)).transpose()?,
-                retry_after: w.retry_after_ms.map(Duration::from_millis),
-                correlation: w
-                    .correlation
-                    .map(|c| text("response/@correlation", c))
-                    .transpose()?,
-            })
+            Content::Response(response_from_wire(w, "response")?)
         }
         ContentKind::BulkRequest => {
             let w: WireBulkRequest = from_xml(s, "content")?;
