@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{ComponentId, MessageId};
 use crate::limits::{
-    MAX_BATCH_MESSAGES, MAX_DESTINATIONS, MAX_PART_BYTES, MAX_ROUTING_HOPS, MAX_TEXT_BYTES,
-    MAX_XML_ATTRIBUTES, MAX_XML_DEPTH,
+    MAX_BATCH_MESSAGES, MAX_PART_BYTES, MAX_TEXT_BYTES, MAX_XML_ATTRIBUTES, MAX_XML_DEPTH,
 };
 use crate::model::*;
 
@@ -236,233 +235,8 @@ pub fn decode_control(xml: &[u8]) -> Result<crate::envelope::Control, InvalidMes
 
 // ---------------------------------------------------------------- header
 
-#[derive(Serialize, Deserialize)]
-#[serde(rename = "header")]
-struct WireHeader {
-    #[serde(rename = "@id")]
-    id: String,
-    #[serde(rename = "@class")]
-    class: String,
-    #[serde(rename = "@subclass", skip_serializing_if = "Option::is_none", default)]
-    subclass: Option<String>,
-    #[serde(rename = "@content")]
-    content: String,
-    #[serde(rename = "@created")]
-    created: String,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    source: Option<WireSource>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    destination: Option<WireDestination>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    qos: Option<WireQos>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    routing: Option<WireRouting>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WireSource {
-    #[serde(rename = "@origin")]
-    origin: String,
-    #[serde(rename = "@version", skip_serializing_if = "Option::is_none", default)]
-    version: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WireDestination {
-    #[serde(rename = "@group", skip_serializing_if = "Option::is_none", default)]
-    group: Option<String>,
-    #[serde(rename = "to", default)]
-    to: Vec<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WireQos {
-    #[serde(
-        rename = "@precedence",
-        skip_serializing_if = "Option::is_none",
-        default
-    )]
-    precedence: Option<u8>,
-    #[serde(
-        rename = "@persistence",
-        skip_serializing_if = "Option::is_none",
-        default
-    )]
-    persistence: Option<bool>,
-    #[serde(rename = "@expiry", skip_serializing_if = "Option::is_none", default)]
-    expiry: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WireRouting {
-    #[serde(rename = "hop", default)]
-    hops: Vec<WireHop>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WireHop {
-    #[serde(rename = "@id")]
-    id: String,
-    #[serde(rename = "@time")]
-    time: String,
-}
-
-/// Writes a header as XML.
-pub fn encode_header(h: &Header) -> String {
-    let (source, destination) = match &h.direction {
-        Direction::Source(s) => (
-            Some(WireSource {
-                origin: s.origin.to_string(),
-                version: s.version.clone(),
-            }),
-            None,
-        ),
-        Direction::Destination(d) => (
-            None,
-            Some(WireDestination {
-                group: d.group.as_ref().map(|g| g.to_string()),
-                to: d.ids.iter().map(|i| i.to_string()).collect(),
-            }),
-        ),
-    };
-    let q = &h.qos;
-    let qos = (*q != Qos::default()).then(|| WireQos {
-        precedence: Some(q.precedence),
-        persistence: Some(q.persistence),
-        expiry: q.expiry.map(Timestamp::to_rfc3339),
-    });
-    to_xml(&WireHeader {
-        id: h.id.to_string(),
-        class: h.class.clone(),
-        subclass: h.subclass.clone(),
-        content: h.kind.as_str().to_string(),
-        created: h.created.to_rfc3339(),
-        source,
-        destination,
-        qos,
-        routing: (!h.routing.is_empty()).then(|| WireRouting {
-            hops: h
-                .routing
-                .iter()
-                .map(|hop| WireHop {
-                    id: hop.id.to_string(),
-                    time: hop.time.to_rfc3339(),
-                })
-                .collect(),
-        }),
-    })
-}
-
-/// Parses and validates a header part.
-///
-/// # Errors
-/// [`InvalidMessage`] naming the field, or the XML limit, that failed.
-pub fn decode_header(xml: &[u8]) -> Result<Header, InvalidMessage> {
-    let root = scan(xml, "header")?;
-    if root != "header" {
-        return Err(InvalidMessage::Xml {
-            part: "header",
-            reason: format!("root element is <{root}>, expected <header>"),
-        });
-    }
-    let w: WireHeader = from_xml(utf8(xml, "header")?, "header")?;
-    let id: MessageId = w.id.parse().map_err(|e| field("header/@id", e))?;
-    if !valid_class(&w.class) {
-        return Err(field(
-            "header/@class",
-            format!("{:?} is not a class label ([a-z0-9_.-], 1-64)", w.class),
-        ));
-    }
-    if let Some(s) = &w.subclass {
-        if !valid_class(s) {
-            return Err(field(
-                "header/@subclass",
-                format!("{s:?} is not a class label ([a-z0-9_.-], 1-64)"),
-            ));
-        }
-    }
-    let kind = ContentKind::parse(&w.content)
-        .ok_or_else(|| InvalidMessage::UnknownKind(w.content.clone()))?;
-    let created = parse_ts("header/@created", &w.created)?;
-    let direction = match (w.source, w.destination) {
-        (Some(s), None) => {
-            if s.version.as_ref().is_some_and(|v| v.len() > 64) {
-                return Err(field("header/source/@version", "longer than 64 bytes"));
-            }
-            Direction::Source(Source {
-                origin: parse_id("header/source/@origin", &s.origin)?,
-                version: s.version,
-            })
-        }
-        (None, Some(d)) => {
-            if d.to.len() > MAX_DESTINATIONS {
-                return Err(field(
-                    "header/destination",
-                    format!("more than {MAX_DESTINATIONS} destinations"),
-                ));
-            }
-            let ids =
-                d.to.iter()
-                    .map(|t| parse_id("header/destination/to", t))
-                    .collect::<Result<Vec<_>, _>>()?;
-            let group = d
-                .group
-                .map(|g| g.parse().map_err(|e| field("header/destination/@group", e)))
-                .transpose()?;
-            if ids.is_empty() && group.is_none() {
-                return Err(field("header/destination", "names no destination"));
-            }
-            Direction::Destination(Destination { ids, group })
-        }
-        (Some(_), Some(_)) => return Err(field("header", "has both <source> and <destination>")),
-        (None, None) => return Err(field("header", "needs a <source> or a <destination>")),
-    };
-    let mut qos = Qos::default();
-    if let Some(q) = w.qos {
-        if let Some(p) = q.precedence {
-            if p > MAX_PRECEDENCE {
-                return Err(field(
-                    "header/qos/@precedence",
-                    format!("{p} is above {MAX_PRECEDENCE}"),
-                ));
-            }
-            qos.precedence = p;
-        }
-        if let Some(p) = q.persistence {
-            qos.persistence = p;
-        }
-        qos.expiry = q
-            .expiry
-            .map(|e| parse_ts("header/qos/@expiry", &e))
-            .transpose()?;
-    }
-    let hops = w.routing.map(|r| r.hops).unwrap_or_default();
-    if hops.len() > MAX_ROUTING_HOPS {
-        return Err(field(
-            "header/routing",
-            format!("more than {MAX_ROUTING_HOPS} hops"),
-        ));
-    }
-    let routing = hops
-        .into_iter()
-        .map(|h| {
-            Ok(Hop {
-                id: parse_id("header/routing/hop/@id", &h.id)?,
-                time: parse_ts("header/routing/hop/@time", &h.time)?,
-            })
-        })
-        .collect::<Result<Vec<_>, InvalidMessage>>()?;
-    Ok(Header {
-        id,
-        class: w.class,
-        subclass: w.subclass,
-        kind,
-        created,
-        direction,
-        qos,
-        routing,
-    })
-}
+mod header;
+pub use header::{decode_header, encode_header};
 
 // ---------------------------------------------------------------- contents
 
@@ -787,6 +561,59 @@ mod tests {
             time: Timestamp(1_800_000_000_123),
         });
         m.header
+    }
+
+    #[test]
+    fn header_reader_edge_cases() {
+        let mut h = sample_header();
+        if let Direction::Source(s) = &mut h.direction {
+            s.version = Some("1.0 \"<&>'".into());
+        }
+        let xml = encode_header(&h);
+        assert_eq!(decode_header(xml.as_bytes()).unwrap(), h);
+        // Unknown attributes and elements are ignored (forward compatible).
+        let extra = xml
+            .replace("<header ", "<header future=\"1\" ")
+            .replace("<routing>", "<later><x/></later><routing>");
+        assert_eq!(decode_header(extra.as_bytes()).unwrap(), h);
+        let dup = xml.replace("<qos", "<source origin=\"acme.p7\"/><qos");
+        assert!(decode_header(dup.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .starts_with("header/source"));
+        let no_id = xml.replacen(&format!(" id=\"{}\"", h.id), "", 1);
+        assert_eq!(
+            decode_header(no_id.as_bytes()).unwrap_err().to_string(),
+            "header/@id: missing"
+        );
+        let bad_prec = xml.replace("precedence=\"7\"", "precedence=\"x\"");
+        assert!(decode_header(bad_prec.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .starts_with("header/qos/@precedence"));
+        let deep = xml.replace(
+            "<routing>",
+            &format!("{}{}<routing>", "<a>".repeat(20), "</a>".repeat(20)),
+        );
+        assert!(matches!(
+            decode_header(deep.as_bytes()),
+            Err(InvalidMessage::Limit { .. })
+        ));
+        let attrs: String = (0..40).map(|i| format!(" a{i}=\"1\"")).collect();
+        let wide = xml.replace("<routing>", &format!("<x{attrs}/><routing>"));
+        assert!(matches!(
+            decode_header(wide.as_bytes()),
+            Err(InvalidMessage::Limit { .. })
+        ));
+        for bad in [
+            "".to_string(),
+            "<alarm/>".to_string(),
+            format!("{xml}{xml}"),
+            xml[..xml.len() - 3].to_string(),
+            format!("<!DOCTYPE h>{xml}"),
+        ] {
+            assert!(decode_header(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]
