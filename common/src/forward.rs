@@ -50,24 +50,44 @@ pub fn record(m: &Message) -> SpoolRecord {
     }
 }
 
-/// The durable front of a spool: group-committed pushes and removals.
+/// One request to the spool writer.
+enum SpoolOp {
+    Push(Vec<SpoolRecord>),
+    Remove(Vec<SpoolKey>),
+}
+
+/// The durable front of a spool: pushes and removals, group-committed
+/// together (one transaction and one fsync for everything waiting).
 pub struct Outbox {
     spool: Arc<dyn Spool>,
-    pushes: GroupCommit<Vec<SpoolRecord>, PushResult>,
-    removes: GroupCommit<Vec<SpoolKey>, Result<(), StoreError>>,
+    writes: GroupCommit<SpoolOp, PushResult>,
     wake: Notify,
 }
 
 impl Outbox {
-    /// Wraps a spool, starting its writer threads.
+    /// Wraps a spool, starting its writer thread.
     ///
     /// # Errors
     /// If a thread cannot be started.
     pub fn new(spool: Arc<dyn Spool>) -> std::io::Result<Arc<Outbox>> {
         let s = spool.clone();
-        let pushes = GroupCommit::spawn("spool-push", move |groups: Vec<Vec<SpoolRecord>>| {
-            let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
-            match s.push(groups.into_iter().flatten().collect()) {
+        let writes = GroupCommit::spawn("spool-writer", move |ops: Vec<SpoolOp>| {
+            let mut records = Vec::new();
+            let mut remove = Vec::new();
+            let mut sizes = Vec::with_capacity(ops.len());
+            for op in ops {
+                match op {
+                    SpoolOp::Push(r) => {
+                        sizes.push(r.len());
+                        records.extend(r);
+                    }
+                    SpoolOp::Remove(k) => {
+                        sizes.push(0);
+                        remove.extend(k);
+                    }
+                }
+            }
+            match s.write(records, &remove) {
                 Ok(mut all) => sizes
                     .into_iter()
                     .map(|n| Ok(all.drain(..n).collect()))
@@ -75,16 +95,9 @@ impl Outbox {
                 Err(e) => sizes.iter().map(|_| Err(e.clone())).collect(),
             }
         })?;
-        let s = spool.clone();
-        let removes = GroupCommit::spawn("spool-remove", move |groups: Vec<Vec<SpoolKey>>| {
-            let n = groups.len();
-            let r = s.remove(&groups.into_iter().flatten().collect::<Vec<_>>());
-            (0..n).map(|_| r.clone()).collect()
-        })?;
         Ok(Arc::new(Outbox {
             spool,
-            pushes,
-            removes,
+            writes,
             wake: Notify::new(),
         }))
     }
@@ -101,7 +114,7 @@ impl Outbox {
         msgs: &[Message],
     ) -> Result<Vec<Result<MessageId, StoreError>>, StoreError> {
         let recs: Vec<SpoolRecord> = msgs.iter().map(record).collect();
-        let r = self.pushes.submit(recs).await??;
+        let r = self.writes.submit(SpoolOp::Push(recs)).await??;
         self.wake.notify_one();
         Ok(r.into_iter()
             .zip(msgs)
@@ -302,7 +315,8 @@ impl Forwarder {
             }
         }
         if !done.is_empty() {
-            if let Err(e) = self.outbox.removes.submit(done).await.and_then(|r| r) {
+            let removed = self.outbox.writes.submit(SpoolOp::Remove(done)).await;
+            if let Err(e) = removed.and_then(|r| r) {
                 tracing::error!(error = %e, "spool remove failed; messages will be resent");
             }
         }

@@ -124,7 +124,21 @@ pub trait Spool: Send + Sync + 'static {
     ///
     /// # Durability
     /// Returns after fsync.
-    fn push(&self, records: Vec<SpoolRecord>) -> Result<Vec<Result<SpoolKey>>>;
+    fn push(&self, records: Vec<SpoolRecord>) -> Result<Vec<Result<SpoolKey>>> {
+        self.write(records, &[])
+    }
+
+    /// Removes `remove`, then pushes `records` as [`Spool::push`] does, all
+    /// in one durable commit: a sender that both accepts new messages and
+    /// retires delivered ones pays one fsync for both.
+    ///
+    /// # Durability
+    /// Returns after fsync.
+    fn write(
+        &self,
+        records: Vec<SpoolRecord>,
+        remove: &[SpoolKey],
+    ) -> Result<Vec<Result<SpoolKey>>>;
 
     /// Up to `limit` entries in send order, skipping `skip` (in flight).
     /// Expired entries met on the way are removed and reported.
@@ -134,7 +148,9 @@ pub trait Spool: Send + Sync + 'static {
     ///
     /// # Durability
     /// Returns after fsync.
-    fn remove(&self, keys: &[SpoolKey]) -> Result<()>;
+    fn remove(&self, keys: &[SpoolKey]) -> Result<()> {
+        self.write(Vec::new(), keys).map(|_| ())
+    }
 
     /// Current counters.
     fn stats(&self) -> SpoolStats;

@@ -183,13 +183,26 @@ fn decode_spool(rank: u8, v: &[u8]) -> Result<SpoolRecord> {
 }
 
 impl Spool for RedbSpool {
-    fn push(&self, records: Vec<SpoolRecord>) -> Result<Vec<Result<SpoolKey>>> {
+    fn write(
+        &self,
+        records: Vec<SpoolRecord>,
+        remove: &[SpoolKey],
+    ) -> Result<Vec<Result<SpoolKey>>> {
+        if records.is_empty() && remove.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut st = self.st.lock().map_err(|_| StoreError::Closed)?;
         let w = self.db.begin_write().map_err(be)?;
         let mut out = Vec::with_capacity(records.len());
         let (mut bytes, mut count, mut seq, mut evicted) = (st.bytes, st.count, st.next_seq, 0u64);
         {
             let mut t = w.open_table(SPOOL).map_err(be)?;
+            for k in remove {
+                if let Some(v) = t.remove((k.rank, k.seq)).map_err(be)? {
+                    bytes -= v.value().len() as u64 + SPOOL_KEY_BYTES;
+                    count -= 1;
+                }
+            }
             for r in records {
                 let size = r.size();
                 let rank = MAX_PRECEDENCE - r.precedence.min(MAX_PRECEDENCE);
@@ -237,8 +250,10 @@ impl Spool for RedbSpool {
                 bytes += size;
                 count += 1;
             }
-            let mut m = w.open_table(SPOOL_META).map_err(be)?;
-            m.insert("next_seq", seq).map_err(be)?;
+            if seq != st.next_seq {
+                let mut m = w.open_table(SPOOL_META).map_err(be)?;
+                m.insert("next_seq", seq).map_err(be)?;
+            }
         }
         w.commit().map_err(be)?;
         if evicted > 0 {
@@ -298,28 +313,6 @@ impl Spool for RedbSpool {
             w.commit().map_err(be)?;
         }
         Ok(out)
-    }
-
-    fn remove(&self, keys: &[SpoolKey]) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let mut st = self.st.lock().map_err(|_| StoreError::Closed)?;
-        let w = self.db.begin_write().map_err(be)?;
-        let (mut bytes, mut count) = (st.bytes, st.count);
-        {
-            let mut t = w.open_table(SPOOL).map_err(be)?;
-            for k in keys {
-                if let Some(v) = t.remove((k.rank, k.seq)).map_err(be)? {
-                    bytes -= v.value().len() as u64 + SPOOL_KEY_BYTES;
-                    count -= 1;
-                }
-            }
-        }
-        w.commit().map_err(be)?;
-        st.bytes = bytes;
-        st.count = count;
-        Ok(())
     }
 
     fn stats(&self) -> SpoolStats {
