@@ -1,15 +1,24 @@
-//! `cargo run --release -p rsnet-tests --bin bench` (after
-//! `cargo build --release --bins`): durable end-to-end throughput and latency
-//! of 512-byte alarms, integrator call → stored at the appserver, through
-//! proxy → MLM → appserver on this machine. Prints a Markdown table for
-//! docs/BENCHMARKS.md.
+//! `tests/bench.sh` (installs the peers, builds release, runs this):
+//! durable end-to-end throughput and latency of 512-byte alarms through
+//! rsnet (integrator → proxy → MLM → stored at the appserver) and, in the
+//! same run, through two peers users would otherwise pick: a Mosquitto
+//! bridge chain and a NATS leaf node with JetStream. Prints Markdown for
+//! docs/BENCHMARKS.md, with ratios.
 //!
 //! * Throughput: `CLIENTS` concurrent integrators post batches of `BATCH`
 //!   alarms to the proxy's local API as fast as it answers; the figure is
 //!   messages stored per second (the appserver's sequence number over time).
-//! * Latency: a fixed offered load of `RATE` msg/s (batches of 25 every 5 ms);
-//!   each message's latency is from the start of its POST to its arrival on
-//!   the appserver's SSE stream (same machine, same clock).
+//!   The peers get the same number of publishers, each with 200 messages
+//!   unacknowledged at most.
+//! * Latency: a fixed offered load of `RATE` msg/s (25 every 5 ms); for
+//!   rsnet from the start of the POST to the message's arrival on the
+//!   appserver's SSE stream (same machine, same clock).
+//!
+//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats` runs one system.
+
+mod mqtt;
+mod nats;
+mod peer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,14 +54,51 @@ async fn last_seq(op: &Target) -> u64 {
 
 #[tokio::main]
 async fn main() {
-    let dir = std::env::temp_dir().join(format!("rsnet-bench-{}", std::process::id()));
+    let root = std::env::temp_dir().join(format!("rsnet-bench-{}", std::process::id()));
+    let only = std::env::var("RSNET_BENCH_ONLY").ok();
+    let want = |s: &str| only.as_deref().is_none_or(|o| o == s);
+    let mut figs = Vec::new();
+    if want("rsnet") {
+        figs.push(rsnet(&root.join("rsnet")).await);
+    }
+    if want("mosquitto") {
+        let d = root.join("mosquitto");
+        std::fs::create_dir_all(&d).expect("dir");
+        figs.push(mqtt::run(&d, CLIENTS, THROUGHPUT_SECS, RATE, LATENCY_SECS).await);
+    }
+    if want("nats") {
+        let d = root.join("nats");
+        std::fs::create_dir_all(&d).expect("dir");
+        figs.push(nats::run(&d, CLIENTS, THROUGHPUT_SECS, RATE, LATENCY_SECS).await);
+    }
+    let base = figs.first().map(|f| (f.throughput, f.p99));
+    println!("| system | throughput (msg/s) | p50 at {RATE}/s | p99 at {RATE}/s | latency samples | rsnet ÷ system, throughput | system p99 ÷ rsnet p99 |");
+    println!("|---|---|---|---|---|---|---|");
+    for f in &figs {
+        let (rt, rp) = base.unwrap_or((f.throughput, f.p99));
+        println!(
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {} of {} | {:.2} | {:.2} |",
+            f.name,
+            f.throughput,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3,
+            f.samples,
+            f.offered,
+            rt / f.throughput.max(1.0),
+            f.p99.as_secs_f64() / rp.as_secs_f64().max(1e-9),
+        );
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
+async fn rsnet(dir: &std::path::Path) -> peer::Figures {
     let spec = Spec {
         mlms: vec![("mlm1".into(), None)],
         proxies: vec![("p1".into(), Some(0))],
         heartbeat_s: 3600,
         ..Spec::demo()
     };
-    let tree = tokio::task::block_in_place(|| Tree::start(&dir, &spec)).expect("tree");
+    let tree = tokio::task::block_in_place(|| Tree::start(dir, &spec)).expect("tree");
     let op = tree.operator_target().expect("operator");
     let proxy = tree.nodes[tree.proxies()[0]].addr.expect("proxy addr");
 
@@ -157,22 +203,14 @@ async fn main() {
     reader.abort();
     let mut l = lat.lock().expect("lat").clone();
     l.sort();
-    let pct = |p: f64| {
-        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    println!("| metric | value |\n|---|---|");
-    println!("| throughput, 512-byte alarms, integrator → stored (fsync at proxy and appserver) | {throughput:.0} msg/s ({accepted} msgs; accepted by the proxy in {accept_secs:.1} s, all stored after {stored_secs:.1} s) |");
-    println!(
-        "| latency at {RATE} msg/s offered, p50 | {:.2} ms |",
-        pct(0.50).as_secs_f64() * 1e3
-    );
-    println!(
-        "| latency at {RATE} msg/s offered, p99 | {:.2} ms |",
-        pct(0.99).as_secs_f64() * 1e3
-    );
-    println!("| latency samples | {} of {offered} |", l.len());
     drop(tree);
-    let _ = std::fs::remove_dir_all(dir);
+    eprintln!("rsnet: {accepted} msgs accepted by the proxy in {accept_secs:.1} s, all stored after {stored_secs:.1} s");
+    peer::Figures {
+        name: "rsnet (proxy → MLM → appserver, mTLS, fsync at proxy and appserver)",
+        throughput,
+        p50: peer::quantile(&l, 0.5),
+        p99: peer::quantile(&l, 0.99),
+        samples: l.len(),
+        offered,
+    }
 }

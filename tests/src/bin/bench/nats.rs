@@ -1,0 +1,313 @@
+//! The NATS peer: a leaf node (edge) connected over mutual TLS to a hub
+//! that holds a JetStream stream with file storage (Debian's nats-server).
+//!
+//! Publishers post to the leaf with a reply inbox; the hub's JetStream
+//! stores the message and answers with a publish ack, which crosses the
+//! leaf back to the publisher. Throughput is acks per second; latency is
+//! publish → ack (stored at the hub). The client here speaks only the few
+//! protocol lines the run needs (INFO, CONNECT, PING/PONG, SUB, PUB, MSG).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::peer::*;
+
+struct Conn {
+    r: BufReader<OwnedReadHalf>,
+    w: BufWriter<OwnedWriteHalf>,
+}
+
+/// One `MSG`: its subject and payload.
+struct Msg {
+    subject: String,
+    payload: Vec<u8>,
+}
+
+async fn connect(port: u16) -> std::io::Result<Conn> {
+    let s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.set_nodelay(true)?;
+    let (r, w) = s.into_split();
+    let mut c = Conn {
+        r: BufReader::new(r),
+        w: BufWriter::new(w),
+    };
+    let mut info = String::new();
+    c.r.read_line(&mut info).await?;
+    c.w.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"bench\"}\r\nPING\r\n")
+        .await?;
+    c.w.flush().await?;
+    loop {
+        let mut l = String::new();
+        if c.r.read_line(&mut l).await? == 0 {
+            return Err(std::io::Error::other("closed during CONNECT"));
+        }
+        if l.starts_with("PONG") {
+            return Ok(c);
+        }
+        if l.starts_with("-ERR") {
+            return Err(std::io::Error::other(l));
+        }
+    }
+}
+
+/// Reads `MSG`s until the connection closes, answering PINGs.
+fn reader(
+    mut r: BufReader<OwnedReadHalf>,
+    pongs: mpsc::UnboundedSender<()>,
+    out: mpsc::UnboundedSender<Msg>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match r.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let parts: Vec<&str> = line.split_ascii_whitespace().collect();
+            match parts.first().copied() {
+                Some("MSG") => {
+                    let Some(n) = parts.last().and_then(|n| n.parse::<usize>().ok()) else {
+                        return;
+                    };
+                    let mut payload = vec![0; n + 2];
+                    if r.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    payload.truncate(n);
+                    let subject = parts.get(1).unwrap_or(&"").to_string();
+                    if out.send(Msg { subject, payload }).is_err() {
+                        return;
+                    }
+                }
+                Some("PING") => {
+                    let _ = pongs.send(());
+                }
+                Some("-ERR") => eprintln!("nats: {line}"),
+                _ => {}
+            }
+        }
+    })
+}
+
+/// A connection split into a writer and a stream of messages on `inbox.>`.
+async fn open(port: u16, inbox: &str) -> (BufWriter<OwnedWriteHalf>, mpsc::UnboundedReceiver<Msg>) {
+    let mut c = connect(port).await.expect("nats connect");
+    c.w.write_all(format!("SUB {inbox}.> 1\r\n").as_bytes())
+        .await
+        .expect("sub");
+    c.w.flush().await.expect("flush");
+    let (ptx, mut prx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
+    reader(c.r, ptx, tx);
+    // PINGs are rare (every 2 minutes); a PONG through a second socket is
+    // not possible, so a publisher answers them between batches.
+    tokio::spawn(async move { while prx.recv().await.is_some() {} });
+    (c.w, rx)
+}
+
+async fn pub_msg(
+    w: &mut BufWriter<OwnedWriteHalf>,
+    subject: &str,
+    reply: &str,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    w.write_all(format!("PUB {subject} {reply} {}\r\n", payload.len()).as_bytes())
+        .await?;
+    w.write_all(payload).await?;
+    w.write_all(b"\r\n").await
+}
+
+/// Sends a request and waits for its reply.
+async fn request(port: u16, subject: &str, body: &str) -> String {
+    let (mut w, mut rx) = open(port, "_INBOX.setup").await;
+    pub_msg(&mut w, subject, "_INBOX.setup.1", body.as_bytes())
+        .await
+        .expect("pub");
+    w.flush().await.expect("flush");
+    match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+        Ok(Some(m)) => String::from_utf8_lossy(&m.payload).into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// A publisher with up to `window` unacknowledged messages; returns
+/// (acked, failed).
+async fn publisher(
+    port: u16,
+    c: usize,
+    window: usize,
+    epoch: Instant,
+    until: Instant,
+) -> (usize, usize) {
+    let inbox = format!("_INBOX.c{c}");
+    let (mut w, mut rx) = open(port, &inbox).await;
+    let slots = Arc::new(Semaphore::new(window));
+    let s2 = slots.clone();
+    let acks = tokio::spawn(async move {
+        let (mut ok, mut bad) = (0, 0);
+        while let Some(m) = rx.recv().await {
+            if m.payload.windows(5).any(|x| x == b"\"seq\"") {
+                ok += 1;
+            } else {
+                bad += 1;
+            }
+            s2.add_permits(1);
+        }
+        (ok, bad)
+    });
+    let mut seq = 0u64;
+    while Instant::now() < until {
+        let Ok(p) = slots.acquire().await else { break };
+        p.forget();
+        seq += 1;
+        pub_msg(
+            &mut w,
+            "bench.alarms",
+            &format!("{inbox}.{seq}"),
+            &payload(epoch),
+        )
+        .await
+        .expect("publish");
+        if slots.available_permits() == 0 {
+            w.flush().await.expect("flush");
+        }
+    }
+    w.flush().await.ok();
+    let _ = tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(window as u32)).await;
+    drop(w);
+    acks.abort();
+    let _ = acks.await;
+    let total = seq as usize;
+    let missing = (window - slots.available_permits().min(window)).min(total);
+    (total - missing, missing)
+}
+
+/// Runs the leaf + hub pair and measures it.
+pub async fn run(dir: &Path, clients: usize, secs: u64, rate: usize, lat_secs: u64) -> Figures {
+    let tls = peer_tls(dir);
+    let (hub_port, leaf_listen, edge_port) = (free_port(), free_port(), free_port());
+    let hub = format!(
+        "listen: \"127.0.0.1:{hub_port}\"\njetstream {{ store_dir: \"{}\" }}\nleafnodes {{\n  listen: \"127.0.0.1:{leaf_listen}\"\n  tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true }}\n}}\n",
+        dir.join("hub-js").display(),
+        tls.server.0.display(),
+        tls.server.1.display(),
+        tls.ca.display()
+    );
+    let edge = format!(
+        "listen: \"127.0.0.1:{edge_port}\"\nleafnodes {{\n  remotes: [ {{ url: \"tls://127.0.0.1:{leaf_listen}\", tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\" }} }} ]\n}}\n",
+        tls.client.0.display(),
+        tls.client.1.display(),
+        tls.ca.display()
+    );
+    std::fs::write(dir.join("hub.conf"), hub).expect("conf");
+    std::fs::write(dir.join("edge.conf"), edge).expect("conf");
+    let bin = "/usr/sbin/nats-server";
+    let hc = dir.join("hub.conf").display().to_string();
+    let ec = dir.join("edge.conf").display().to_string();
+    let _hub = Proc::start(bin, &["-c", &hc], &dir.join("hub.log"));
+    wait_port(hub_port, "nats hub");
+    let _edge = Proc::start(bin, &["-c", &ec], &dir.join("edge.log"));
+    wait_port(edge_port, "nats leaf");
+    let created = request(
+        hub_port,
+        "$JS.API.STREAM.CREATE.BENCH",
+        r#"{"name":"BENCH","subjects":["bench.>"],"storage":"file","retention":"limits","discard":"old"}"#,
+    )
+    .await;
+    assert!(created.contains("\"config\""), "stream create: {created}");
+    // The leaf connects asynchronously: wait until a publish is acked through it.
+    let epoch = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, _) = publisher(
+            edge_port,
+            999,
+            1,
+            epoch,
+            Instant::now() + Duration::from_millis(1),
+        )
+        .await;
+        if ok > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nats leaf did not connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Throughput.
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs(secs);
+    let pubs: Vec<_> = (0..clients)
+        .map(|c| tokio::spawn(publisher(edge_port, c, 200, epoch, until)))
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for p in pubs {
+        let (o, f) = p.await.expect("publisher");
+        ok += o;
+        failed += f;
+    }
+    let throughput = ok as f64 / t0.elapsed().as_secs_f64();
+    if failed > 0 {
+        eprintln!("nats: {failed} publishes not acked");
+    }
+
+    // Latency at a fixed offered load.
+    let (mut w, mut rx) = open(edge_port, "_INBOX.lat").await;
+    let collect = tokio::spawn(async move {
+        let mut l = Vec::new();
+        // Ends two seconds after the last ack (the load runs until then).
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+            // The reply subject carries the index; the send time is in `sent`.
+            l.push((m.subject, Instant::now()));
+        }
+        l
+    });
+    let per_tick = rate / 200;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let end = Instant::now() + Duration::from_secs(lat_secs);
+    let mut sent_at = Vec::new();
+    while Instant::now() < end {
+        tick.tick().await;
+        let now = Instant::now();
+        for _ in 0..per_tick {
+            let i = sent_at.len();
+            sent_at.push(now);
+            pub_msg(
+                &mut w,
+                "bench.alarms",
+                &format!("_INBOX.lat.{i}"),
+                &payload(epoch),
+            )
+            .await
+            .expect("publish");
+        }
+        w.flush().await.expect("flush");
+    }
+    let offered = sent_at.len();
+    let got = collect.await.unwrap_or_default();
+    drop(w);
+    let mut l: Vec<Duration> = got
+        .into_iter()
+        .filter_map(|(s, at)| {
+            let i: usize = s.rsplit('.').next()?.parse().ok()?;
+            Some(at - *sent_at.get(i)?)
+        })
+        .collect();
+    l.sort();
+    Figures {
+        name: "NATS 2.9 leaf → hub (TLS, JetStream file storage, publish acks)",
+        throughput,
+        p50: quantile(&l, 0.5),
+        p99: quantile(&l, 0.99),
+        samples: l.len(),
+        offered,
+    }
+}

@@ -1,0 +1,107 @@
+//! What the peer runs share: ports, processes, certificates and figures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// 512-byte payload whose first 8 bytes are the send time in nanoseconds
+/// since `epoch` (sender and receiver share the process, so one clock).
+pub fn payload(epoch: Instant) -> Vec<u8> {
+    let mut p = vec![b'x'; 512];
+    p[..8].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_le_bytes());
+    p
+}
+
+/// The latency of a payload made by [`payload`].
+pub fn latency_of(epoch: Instant, p: &[u8]) -> Option<Duration> {
+    let sent = u64::from_le_bytes(p.get(..8)?.try_into().ok()?);
+    Some(Duration::from_nanos(
+        (epoch.elapsed().as_nanos() as u64).saturating_sub(sent),
+    ))
+}
+
+/// A free loopback port (the peers take a port in their config, not 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A peer server process, killed when dropped.
+pub struct Proc(Child);
+
+impl Proc {
+    /// Starts `bin args…`, logging to `log`.
+    pub fn start(bin: &str, args: &[&str], log: &Path) -> Proc {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e} (run tests/bench.sh, which installs it)"));
+        Proc(child)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something listens on `port`.
+pub fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// CA, server certificate (localhost, 127.0.0.1) and client certificate
+/// for a peer's TLS link, issued by rsnet-certs.
+pub struct PeerTls {
+    pub ca: PathBuf,
+    pub server: (PathBuf, PathBuf),
+    pub client: (PathBuf, PathBuf),
+}
+
+pub fn peer_tls(dir: &Path) -> PeerTls {
+    use rsnet_certs::Pki;
+    use rsnet_common::tls::Role;
+    let pki = Pki::init(&dir.join("pki"), None).expect("pki");
+    let s = pki
+        .issue("peer.core", Role::Appserver, &[], &[])
+        .expect("server cert");
+    let c = pki
+        .issue("peer.edge", Role::Mlm, &[], &[])
+        .expect("client cert");
+    PeerTls {
+        ca: pki.ca(),
+        server: (s.cert, s.key),
+        client: (c.cert, c.key),
+    }
+}
+
+/// One system's figures.
+pub struct Figures {
+    pub name: &'static str,
+    pub throughput: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub samples: usize,
+    pub offered: usize,
+}
+
+/// p-th quantile of sorted samples.
+pub fn quantile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
