@@ -1,0 +1,238 @@
+//! End-to-end: the uplink in the shapes customers run it. Stacked MLMs, a
+//! secondary parent taking over when the primary dies, and a customer's
+//! HTTP forward proxy (CONNECT) between a proxy and its MLM.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use rsnet_common::client::{call, Target};
+use rsnet_demo::{alarm, send, stored, Spec, Tree};
+use rsnet_tests::{tempdir, wait_for};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn start(tag: &str, spec: &Spec) -> Tree {
+    Tree::start(&tempdir(tag), spec).unwrap_or_else(|e| panic!("tree did not start: {e}"))
+}
+
+fn alarms(n: usize, sub: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let mut a = alarm(&format!("{sub} {i}"), "host1");
+            a["subclass"] = Value::from(sub);
+            a
+        })
+        .collect()
+}
+
+/// Sends `n` alarms through proxy `p` and waits until each is stored once;
+/// returns the stored messages.
+async fn send_and_wait(tree: &Tree, p: usize, n: usize, sub: &str) -> Vec<Value> {
+    let op = tree.operator_target().expect("operator");
+    let addr = tree.nodes[p].addr.expect("proxy addr");
+    let acked: HashSet<String> = send(addr, &alarms(n, sub))
+        .await
+        .expect("local API accepts")
+        .into_iter()
+        .collect();
+    assert_eq!(acked.len(), n);
+    let got = wait_for(
+        &format!("{n} alarms of {sub} stored"),
+        Duration::from_secs(60),
+        || async {
+            let s = stored(&op, &format!("subclass={sub}"))
+                .await
+                .unwrap_or_default();
+            (s.len() >= n).then_some(s)
+        },
+    )
+    .await;
+    let ids: Vec<String> = got
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or("").to_string())
+        .collect();
+    let unique: HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(unique.len(), ids.len(), "a message was stored twice");
+    assert_eq!(unique, acked, "stored exactly the acknowledged messages");
+    got
+}
+
+fn hops(m: &Value) -> Vec<String> {
+    m["routing"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|h| h["id"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn components(op: &Target) -> Vec<Value> {
+    let (_, b) = call(op, Method::GET, "/api/v1/components", None)
+        .await
+        .expect("components");
+    serde_json::from_slice::<Value>(&b).expect("json")["components"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacked_mlms_relay_with_the_whole_path() {
+    // A customer MLM under an aggregation MLM under the appserver.
+    let spec = Spec {
+        mlms: vec![("agg".into(), None), ("site".into(), Some(0))],
+        proxies: vec![("p1".into(), Some(1))],
+        ..Spec::demo()
+    };
+    let tree = tokio::task::block_in_place(|| start("stacked", &spec));
+    let p1 = tree.proxies()[0];
+    let got = send_and_wait(&tree, p1, 300, "stacked").await;
+    for m in &got {
+        assert_eq!(
+            hops(m),
+            ["acme.p1", "acme.site", "acme.agg", "provider.app"],
+            "{m}"
+        );
+    }
+    let op = tree.operator_target().expect("operator");
+    let comps = wait_for(
+        "the topology to know acme.p1 behind both MLMs",
+        Duration::from_secs(20),
+        || async {
+            let c = components(&op).await;
+            c.iter()
+                .find(|c| c["id"] == "acme.p1")
+                .filter(|c| c["parent_path"].as_array().is_some_and(|p| p.len() == 2))
+                .cloned()
+        },
+    )
+    .await;
+    let path: HashSet<&str> = comps["parent_path"]
+        .as_array()
+        .expect("path")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(path, HashSet::from(["acme.agg", "acme.site"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_fails_over_to_its_secondary_parent() {
+    let spec = Spec {
+        proxies: vec![("p1".into(), Some(0))],
+        ..Spec::demo()
+    };
+    let mut tree = tokio::task::block_in_place(|| start("failover", &spec));
+    let (mlm1, mlm2) = (
+        tree.index("acme.mlm1").expect("mlm1"),
+        tree.index("acme.mlm2").expect("mlm2"),
+    );
+    let p1 = tree.proxies()[0];
+    let url = |i: usize| {
+        format!(
+            "https://127.0.0.1:{}",
+            tree.nodes[i].addr.expect("addr").port()
+        )
+    };
+    let (primary, secondary) = (url(mlm1), url(mlm2));
+    // Give p1 both parents, primary first, and restart it.
+    let cfg = std::fs::read_to_string(&tree.nodes[p1].config).expect("config");
+    let two = cfg.replace(
+        &format!("parents = [\"{primary}\"]"),
+        &format!("parents = [\"{primary}\", \"{secondary}\"]"),
+    );
+    assert_ne!(cfg, two, "config has the parents line");
+    std::fs::write(&tree.nodes[p1].config, two).expect("write config");
+    assert!(tree.stop(p1, Duration::from_secs(10)), "p1 stops");
+    tokio::task::block_in_place(|| tree.restart(p1)).expect("p1 restarts");
+
+    // While the primary is up, traffic goes through it.
+    let before = send_and_wait(&tree, p1, 50, "fo-before").await;
+    assert!(before
+        .iter()
+        .all(|m| hops(m).contains(&"acme.mlm1".to_string())));
+
+    // The primary dies: the proxy moves to the secondary, loses nothing.
+    tree.kill9(mlm1);
+    let after = send_and_wait(&tree, p1, 200, "fo-after").await;
+    assert!(
+        after
+            .iter()
+            .all(|m| hops(m) == ["acme.p1", "acme.mlm2", "provider.app"]),
+        "all via the secondary: {:?}",
+        after.iter().map(hops).collect::<HashSet<_>>()
+    );
+}
+
+/// A minimal HTTP forward proxy: answers CONNECT host:port and splices
+/// bytes both ways. Counts the tunnels it opened.
+async fn connect_proxy() -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let tunnels = Arc::new(AtomicUsize::new(0));
+    let t = tunnels.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            let t = t.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    if c.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let target = head
+                    .strip_prefix("CONNECT ")
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_string);
+                let Some(target) = target else {
+                    let _ = c
+                        .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                        .await;
+                    return;
+                };
+                let Ok(mut up) = TcpStream::connect(&target).await else {
+                    let _ = c.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                t.fetch_add(1, Ordering::SeqCst);
+                if c.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                    .await
+                    .is_ok()
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut up).await;
+                }
+            });
+        }
+    });
+    (port, tunnels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_reaches_its_mlm_through_a_connect_forward_proxy() {
+    let (port, tunnels) = connect_proxy().await;
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        proxy_uplink_extra: format!("http_proxy = \"http://127.0.0.1:{port}\""),
+        ..Spec::demo()
+    };
+    let tree = tokio::task::block_in_place(|| start("connect", &spec));
+    let got = send_and_wait(&tree, tree.proxies()[0], 200, "via-connect").await;
+    assert!(got
+        .iter()
+        .all(|m| hops(m) == ["acme.p1", "acme.mlm1", "provider.app"]));
+    assert!(
+        tunnels.load(Ordering::SeqCst) >= 1,
+        "the uplink went through the forward proxy"
+    );
+}
