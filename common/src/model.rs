@@ -127,6 +127,16 @@ pub enum ContentKind {
 }
 
 impl ContentKind {
+    /// Every kind, in discriminant order (`ALL[k as usize] == k`).
+    pub const ALL: [ContentKind; 6] = [
+        ContentKind::Alarm,
+        ContentKind::Event,
+        ContentKind::Response,
+        ContentKind::BulkRequest,
+        ContentKind::BulkResponse,
+        ContentKind::Data,
+    ];
+
     /// The XML element name and the header's `content` attribute.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -140,15 +150,7 @@ impl ContentKind {
     }
     /// The inverse of [`ContentKind::as_str`].
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "alarm" => ContentKind::Alarm,
-            "event" => ContentKind::Event,
-            "response" => ContentKind::Response,
-            "bulk-request" => ContentKind::BulkRequest,
-            "bulk-response" => ContentKind::BulkResponse,
-            "data" => ContentKind::Data,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 

@@ -20,10 +20,15 @@ fuzz_target!(|data: &[u8]| {
         w.item(i);
     }
     let (ct, body) = w.finish();
-    let again = rt.block_on(decode_bytes(&ct, body)).expect("re-encoded envelope decodes");
+    let again = rt
+        .block_on(decode_bytes(&ct, body))
+        .expect("re-encoded envelope decodes");
     assert_eq!(again.control, d.control);
     assert_eq!(again.items, d.items);
     for (a, b) in again.items.iter().zip(&d.items) {
-        assert_eq!(wire::encode_header(&a.header), wire::encode_header(&b.header));
+        assert_eq!(
+            wire::encode_header(&a.header),
+            wire::encode_header(&b.header)
+        );
     }
 });

@@ -388,20 +388,11 @@ fn encode_stored(m: &StoredMessage) -> Vec<u8> {
     v
 }
 
-const KINDS: [ContentKind; 6] = [
-    ContentKind::Alarm,
-    ContentKind::Event,
-    ContentKind::Response,
-    ContentKind::BulkRequest,
-    ContentKind::BulkResponse,
-    ContentKind::Data,
-];
-
 fn decode_stored(v: &[u8]) -> Result<StoredMessage> {
     let mut c = Cursor(v);
     let created = Timestamp(c.u64()?);
     let received = Timestamp(c.u64()?);
-    let kind = *KINDS
+    let kind = *ContentKind::ALL
         .get(c.take(1)?[0] as usize)
         .ok_or_else(|| corrupt("kind"))?;
     let id = MessageId::from_bytes(c.take(16)?.try_into().map_err(|_| corrupt("id"))?);

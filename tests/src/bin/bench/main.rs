@@ -168,9 +168,7 @@ async fn rsnet(dir: &std::path::Path) -> peer::Figures {
             }
         }
     });
-    let per_tick = RATE / 200; // every 5 ms
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let (mut tick, per_tick) = peer::ticker(RATE);
     let lat_deadline = Instant::now() + Duration::from_secs(LATENCY_SECS);
     let mut i = 0;
     let mut inflight = Vec::new();

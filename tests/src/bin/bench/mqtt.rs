@@ -137,14 +137,11 @@ async fn publisher(port: u16, id: String, window: usize, epoch: Instant, until: 
     let slots = Arc::new(Semaphore::new(window));
     let s2 = slots.clone();
     let acks = tokio::spawn(async move {
-        let mut n = 0usize;
         while let Ok((t, _)) = read_packet(&mut r).await {
             if t >> 4 == 4 {
-                n += 1;
                 s2.add_permits(1);
             }
         }
-        n
     });
     let mut sent = 0usize;
     let mut pid: u16 = 0;
@@ -191,15 +188,9 @@ pub async fn run(dir: &Path, clients: usize, secs: u64, rate: usize, lat_secs: u
         tls.client.0.display(),
         tls.client.1.display()
     );
-    std::fs::write(dir.join("core.conf"), core).expect("conf");
-    std::fs::write(dir.join("edge.conf"), edge).expect("conf");
     let bin = "/usr/sbin/mosquitto";
-    let cc = dir.join("core.conf").display().to_string();
-    let ec = dir.join("edge.conf").display().to_string();
-    let _core = Proc::start(bin, &["-c", &cc], &dir.join("core.log"));
-    wait_port(core_port, "mosquitto core");
-    let _edge = Proc::start(bin, &["-c", &ec], &dir.join("edge.log"));
-    wait_port(edge_port, "mosquitto edge");
+    let _core = serve(bin, dir, "core", &core, core_port);
+    let _edge = serve(bin, dir, "edge", &edge, edge_port);
 
     let epoch = Instant::now();
     let arrived = Arc::new(AtomicU64::new(0));
@@ -254,9 +245,7 @@ pub async fn run(dir: &Path, clients: usize, secs: u64, rate: usize, lat_secs: u
     let before = arrived.load(Ordering::Relaxed);
     let (mut r, mut w) = connect(edge_port, "bench-lat").await.expect("connect");
     let acks = tokio::spawn(async move { while read_packet(&mut r).await.is_ok() {} });
-    let per_tick = rate / 200;
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let (mut tick, per_tick) = ticker(rate);
     let end = Instant::now() + Duration::from_secs(lat_secs);
     let (mut offered, mut pid) = (0usize, 0u16);
     while Instant::now() < end {

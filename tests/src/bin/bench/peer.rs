@@ -54,8 +54,30 @@ impl Drop for Proc {
     }
 }
 
+/// Writes `dir/NAME.conf`, starts `bin -c` on it (log: `dir/NAME.log`)
+/// and waits until it listens on `port`.
+pub fn serve(bin: &str, dir: &Path, name: &str, conf: &str, port: u16) -> Proc {
+    let path = dir.join(format!("{name}.conf"));
+    std::fs::write(&path, conf).expect("peer config");
+    let p = Proc::start(
+        bin,
+        &["-c", &path.display().to_string()],
+        &dir.join(format!("{name}.log")),
+    );
+    wait_port(port, &format!("{bin} ({name})"));
+    p
+}
+
+/// The fixed offered load of the latency runs: a tick every 5 ms (ticks
+/// missed under load are caught up in a burst) and the messages per tick.
+pub fn ticker(rate: usize) -> (tokio::time::Interval, usize) {
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    (tick, rate / 200)
+}
+
 /// Waits until something listens on `port`.
-pub fn wait_port(port: u16, what: &str) {
+fn wait_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{what} did not listen on {port}");
