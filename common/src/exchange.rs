@@ -18,6 +18,7 @@ use crate::http_util::{error, full, Body};
 use crate::limits::BODY_READ_TIMEOUT;
 use crate::model::{Direction, Response as Answer};
 use crate::server::Peer;
+use crate::store::SpoolRecord;
 use crate::tls::{Identity, Role};
 
 /// A child's POST after the common checks.
@@ -111,16 +112,19 @@ pub async fn receive(req: http::Request<Incoming>, peer: &Peer) -> Result<Inboun
 }
 
 /// Builds a reply envelope: the answers in the control part, then
-/// `downward` items (back-channel).
-pub fn reply(answers: impl IntoIterator<Item = Answer>, downward: &[Item]) -> Response<Body> {
+/// `downward` back-channel messages (as queued: header and content XML).
+pub fn reply(
+    answers: impl IntoIterator<Item = Answer>,
+    downward: &[SpoolRecord],
+) -> Response<Body> {
     let mut control = Control::default();
     for a in answers {
         control.answer(a);
     }
     let mut w = EnvelopeWriter::new();
     w.control(&control);
-    for i in downward {
-        w.item(i);
+    for r in downward {
+        w.raw(&r.id, &r.header, &r.content);
     }
     let (ct, body) = w.finish();
     Response::builder()

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::envelope::{wire, EnvelopeWriter};
+use crate::envelope::wire;
 use crate::id::MessageId;
 use crate::link::{Backoff, Link};
 use crate::metrics::{Counter, Registry};
@@ -263,16 +263,12 @@ impl Forwarder {
     }
 
     async fn send(&self, entries: Vec<(SpoolKey, SpoolRecord)>) {
-        let mut w = EnvelopeWriter::new();
+        let mut out = self.link.outgoing(None);
         for (_, r) in &entries {
-            w.raw(&r.id, &r.header, &r.content);
+            out.writer.raw(&r.id, &r.header, &r.content);
         }
-        let (ct, body) = w.finish();
         self.counters.sent.add(entries.len() as u64);
-        let reply = self
-            .link
-            .exchange(&ct, body, self.cfg.exchange_timeout)
-            .await;
+        let reply = self.link.exchange(out, self.cfg.exchange_timeout).await;
         let mut done = Vec::new();
         match reply {
             Err(e) => {

@@ -59,6 +59,13 @@ impl ComponentId {
                 && self.0.as_bytes()[scope.0.len()] == b'.')
     }
 
+    /// The ID one level up (`acme.p7` for `acme.p7.si3`); `None` for a
+    /// two-label component ID, whose parent is the customer, not a component.
+    pub fn parent(&self) -> Option<ComponentId> {
+        let (up, _) = self.0.rsplit_once('.')?;
+        up.contains('.').then(|| ComponentId(up.to_string()))
+    }
+
     /// The ID one level below this one: `acme.p7` + `si3` = `acme.p7.si3`.
     ///
     /// # Errors

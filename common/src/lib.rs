@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod backchannel;
 pub mod client;
 pub mod config;
 pub mod envelope;

@@ -12,8 +12,10 @@ pub const MAX_ENVELOPE_BYTES: u64 = 16 * 1024 * 1024;
 /// Largest single MIME part (one header or one content). A `data` message
 /// carrying more than this must go as a bulk transfer.
 pub const MAX_PART_BYTES: u64 = 1024 * 1024;
-/// Largest header part: headers are small; a big one is a routing loop or an attack.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Largest header part. Forward headers are small; a back-channel header
+/// may list up to [`MAX_DESTINATIONS`] IDs (`<to>…</to>`, about 30 bytes
+/// each), which is what sets this bound.
+pub const MAX_HEADER_BYTES: usize = 384 * 1024;
 /// Parts per envelope: two per message plus one control part.
 pub const MAX_PARTS: usize = 2 * MAX_BATCH_MESSAGES + 1;
 /// Messages per exchange POST. Large enough for group commit to pay off,

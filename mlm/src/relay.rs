@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rsnet_common::envelope::{EnvelopeWriter, Item};
+use rsnet_common::envelope::Item;
 use rsnet_common::forward::ForwardConfig;
 use rsnet_common::link::Link;
 use rsnet_common::metrics::{Counter, Registry};
@@ -111,17 +111,16 @@ async fn run(mut rx: mpsc::Receiver<Job>, link: Arc<Link>, cfg: ForwardConfig, c
 }
 
 async fn send(jobs: Vec<Job>, link: &Link, timeout: Duration, c: &Counters) {
-    let mut w = EnvelopeWriter::new();
+    let mut out = link.outgoing(None);
     for j in &jobs {
         for i in &j.items {
-            w.item(i);
+            out.writer.item(i);
         }
     }
-    let (ct, body) = w.finish();
     c.upstream_posts.inc();
     let mut answers: HashMap<_, Response> = HashMap::new();
     let mut why = String::from("parent did not answer for this message");
-    match link.exchange(&ct, body, timeout).await {
+    match link.exchange(out, timeout).await {
         Ok(d) => answers = d.control.answers(),
         Err(e) => {
             tracing::warn!(error = %e, "relay: parent unreachable; children will retry");

@@ -7,6 +7,8 @@
 //! * [`MessageStore`]: the appserver's append-only store, exactly once per
 //!   message ID, read back by sequence number (the SSE stream, the API).
 //! * [`KvStore`]: small durable state (support-instance IDs, topology).
+//! * [`QueueStore`]: named durable queues with a "seen" mark per delivered
+//!   message (back-channel queues per child, the proxy inbox).
 //!
 //! # Durability
 //!
@@ -258,6 +260,57 @@ pub trait MessageStore: Send + Sync + 'static {
     fn count(&self) -> Result<u64>;
 }
 
+/// A record in a named queue, where it sits (see [`QueueStore::load`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// The queue's name (a child's ID, a destination's ID).
+    pub queue: String,
+    /// Its position: precedence rank, then sequence.
+    pub key: SpoolKey,
+    /// The message.
+    pub record: SpoolRecord,
+}
+
+/// One durable change to [`QueueStore`]: records to append, records to
+/// remove (acknowledged or expired), and "seen" marks to set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueWrite {
+    /// Records to append, each to its named queue.
+    pub push: Vec<(String, SpoolRecord)>,
+    /// Records to remove; unknown keys are ignored.
+    pub remove: Vec<(String, SpoolKey)>,
+    /// `(queue, message, until)`: remember that `message` was seen under
+    /// `queue` until then, so a resend is recognised and dropped.
+    pub mark: Vec<(String, MessageId, Timestamp)>,
+}
+
+impl QueueWrite {
+    /// True if there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.push.is_empty() && self.remove.is_empty() && self.mark.is_empty()
+    }
+}
+
+/// Named durable queues, ordered by precedence then age within each.
+///
+/// The queue logic (leases, waiting, routing) lives in memory above this
+/// trait (`crate::backchannel::Queues`); the store only has to make each
+/// change durable and give everything back at start.
+pub trait QueueStore: Send + Sync + 'static {
+    /// Applies `w` in one durable commit. Returns the keys of the pushed
+    /// records, in order.
+    ///
+    /// # Durability
+    /// Returns after fsync.
+    fn write(&self, w: QueueWrite) -> Result<Vec<SpoolKey>>;
+
+    /// Every queued record and every seen mark still valid at `now`.
+    fn load(&self, now: Timestamp) -> Result<(Vec<Queued>, Vec<(String, MessageId, Timestamp)>)>;
+
+    /// Forgets seen marks that ended before `now`; returns how many.
+    fn prune_seen(&self, now: Timestamp) -> Result<usize>;
+}
+
 /// Small durable key/value state.
 pub trait KvStore: Send + Sync + 'static {
     /// The value at `key`.
@@ -269,6 +322,11 @@ pub trait KvStore: Send + Sync + 'static {
     fn put(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()>;
     /// Every pair whose key starts with `prefix`.
     fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Removes keys in one durable commit; unknown keys are ignored.
+    ///
+    /// # Durability
+    /// Returns after fsync.
+    fn delete(&self, keys: &[String]) -> Result<()>;
 }
 
 #[cfg(test)]

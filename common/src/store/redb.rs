@@ -9,6 +9,9 @@
 //! | `messages` | `seq u64` | see [`encode_stored`] |
 //! | `message_ids` | `id [16]` | `seq u64` |
 //! | `state` | `&str` | bytes |
+//! | `queue` | `(queue &str, rank u8, seq u64)` | as `spool` |
+//! | `queue_seen` | `(queue &str, id [16])` | seen until, ms |
+//! | `spool_meta` | `"queue_next_seq"` | `u64` |
 //!
 //! # Invariants and recovery
 //!
@@ -34,6 +37,9 @@ const SPOOL_META: TableDefinition<&str, u64> = TableDefinition::new("spool_meta"
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const MESSAGE_IDS: TableDefinition<&[u8], u64> = TableDefinition::new("message_ids");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+const QUEUE: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("queue");
+const QUEUE_SEEN: TableDefinition<(&str, &[u8]), u64> = TableDefinition::new("queue_seen");
+const QUEUE_NEXT_SEQ: &str = "queue_next_seq";
 
 /// Fixed part of an encoded spool value (flags, expiry, id, header length).
 const SPOOL_VALUE_FIXED: usize = 1 + 8 + 16 + 4;
@@ -72,6 +78,8 @@ impl RedbStore {
             w.open_table(MESSAGES).map_err(be)?;
             w.open_table(MESSAGE_IDS).map_err(be)?;
             w.open_table(STATE).map_err(be)?;
+            w.open_table(QUEUE).map_err(be)?;
+            w.open_table(QUEUE_SEEN).map_err(be)?;
         }
         w.commit().map_err(be)?;
         Ok(RedbStore { db: Arc::new(db) })
@@ -124,6 +132,24 @@ impl RedbStore {
         RedbKv {
             db: self.db.clone(),
         }
+    }
+
+    /// The named-queues view.
+    ///
+    /// # Errors
+    /// If the sequence counter cannot be read.
+    pub fn queues(&self) -> Result<RedbQueues> {
+        let r = self.db.begin_read().map_err(be)?;
+        let m = r.open_table(SPOOL_META).map_err(be)?;
+        let next = m
+            .get(QUEUE_NEXT_SEQ)
+            .map_err(be)?
+            .map(|v| v.value())
+            .unwrap_or(1);
+        Ok(RedbQueues {
+            db: self.db.clone(),
+            next_seq: Mutex::new(next),
+        })
     }
 }
 
@@ -508,6 +534,17 @@ impl KvStore for RedbKv {
         w.commit().map_err(be)
     }
 
+    fn delete(&self, keys: &[String]) -> Result<()> {
+        let w = self.db.begin_write().map_err(be)?;
+        {
+            let mut t = w.open_table(STATE).map_err(be)?;
+            for k in keys {
+                t.remove(k.as_str()).map_err(be)?;
+            }
+        }
+        w.commit().map_err(be)
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let r = self.db.begin_read().map_err(be)?;
         let t = r.open_table(STATE).map_err(be)?;
@@ -520,5 +557,90 @@ impl KvStore for RedbKv {
             out.push((k.value().to_string(), v.value().to_vec()));
         }
         Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------- queues
+
+/// [`QueueStore`] on redb.
+pub struct RedbQueues {
+    db: Arc<Database>,
+    next_seq: Mutex<u64>,
+}
+
+impl QueueStore for RedbQueues {
+    fn write(&self, qw: QueueWrite) -> Result<Vec<SpoolKey>> {
+        if qw.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut next = self.next_seq.lock().map_err(|_| StoreError::Closed)?;
+        let mut seq = *next;
+        let mut keys = Vec::with_capacity(qw.push.len());
+        let w = self.db.begin_write().map_err(be)?;
+        {
+            let mut t = w.open_table(QUEUE).map_err(be)?;
+            let mut seen = w.open_table(QUEUE_SEEN).map_err(be)?;
+            for (q, k) in &qw.remove {
+                t.remove((q.as_str(), k.rank, k.seq)).map_err(be)?;
+            }
+            for (q, id, until) in &qw.mark {
+                seen.insert((q.as_str(), id.as_bytes().as_slice()), until.0)
+                    .map_err(be)?;
+            }
+            for (q, r) in &qw.push {
+                let rank = MAX_PRECEDENCE - r.precedence.min(MAX_PRECEDENCE);
+                t.insert((q.as_str(), rank, seq), encode_spool(r).as_slice())
+                    .map_err(be)?;
+                keys.push(SpoolKey { rank, seq });
+                seq += 1;
+            }
+            if seq != *next {
+                let mut m = w.open_table(SPOOL_META).map_err(be)?;
+                m.insert(QUEUE_NEXT_SEQ, seq).map_err(be)?;
+            }
+        }
+        w.commit().map_err(be)?;
+        *next = seq;
+        Ok(keys)
+    }
+
+    fn load(&self, now: Timestamp) -> Result<(Vec<Queued>, Vec<(String, MessageId, Timestamp)>)> {
+        let r = self.db.begin_read().map_err(be)?;
+        let t = r.open_table(QUEUE).map_err(be)?;
+        let mut queued = Vec::new();
+        for e in t.iter().map_err(be)? {
+            let (k, v) = e.map_err(be)?;
+            let (q, rank, seq) = k.value();
+            queued.push(Queued {
+                queue: q.to_string(),
+                key: SpoolKey { rank, seq },
+                record: decode_spool(rank, v.value())?,
+            });
+        }
+        let s = r.open_table(QUEUE_SEEN).map_err(be)?;
+        let mut seen = Vec::new();
+        for e in s.iter().map_err(be)? {
+            let (k, v) = e.map_err(be)?;
+            let (q, id) = k.value();
+            let until = Timestamp(v.value());
+            if until <= now {
+                continue;
+            }
+            let id: [u8; 16] = id.try_into().map_err(|_| corrupt("seen id"))?;
+            seen.push((q.to_string(), MessageId::from_bytes(id), until));
+        }
+        Ok((queued, seen))
+    }
+
+    fn prune_seen(&self, now: Timestamp) -> Result<usize> {
+        let w = self.db.begin_write().map_err(be)?;
+        let n = {
+            let mut s = w.open_table(QUEUE_SEEN).map_err(be)?;
+            let before = s.len().map_err(be)?;
+            s.retain(|_, until| until > now.0).map_err(be)?;
+            before - s.len().map_err(be)?
+        };
+        w.commit().map_err(be)?;
+        Ok(n as usize)
     }
 }

@@ -1,0 +1,308 @@
+//! The back-channel (DESIGN.md §5–6): everything that flows down the tree.
+//!
+//! ```text
+//!  parent (appserver, MLM)                          child (MLM, proxy)
+//!  dispatch(msg, destinations)
+//!    └ Routes: destination → child
+//!    └ one copy per child, carrying the
+//!      destinations behind it ─► Queues[child]
+//!  child POSTs (forward batch, or an empty
+//!  long-poll with a wait hint) ──────────────────►  (parent holds a poll until
+//!  reply_for(child): take + lease ◄───────────────   something is queued)
+//!  reply carries the copies ─────────────────────►  Link hands them to its
+//!                                                    Downlink (durable), then
+//!  inbound(child, acks): remove ◄────────────────── acks them in its next POST
+//! ```
+//!
+//! [`BackChannel`] is the parent side, shared by the appserver and every
+//! MLM: the appserver dispatches what operators send; an MLM dispatches
+//! what its parent delivered, splitting it again per child, so a group
+//! message crosses each link once per copy needed below it (multicast).
+//! The child side is [`crate::link::Downlink`] plus [`poll_until_shutdown`].
+
+pub mod queues;
+pub mod routes;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::envelope::{wire, Item};
+use crate::id::{ComponentId, MessageId};
+use crate::limits::{MAX_BATCH_MESSAGES, MAX_LONG_POLL};
+use crate::link::{Backoff, Link};
+use crate::metrics::{Counter, Registry};
+use crate::model::{Destination, Direction, Header, Hop, Timestamp};
+use crate::server::Shutdown;
+use crate::store::{KvStore, QueueStore, SpoolRecord, StoreError};
+pub use queues::{Offered, QueueStats, Queues, QueuesConfig, Taken};
+pub use routes::Routes;
+
+/// How a parent runs its back-channel.
+#[derive(Debug, Clone)]
+pub struct BackChannelConfig {
+    /// Longest a parent holds a long-poll, whatever the child asks.
+    pub max_wait: Duration,
+    /// Bytes of back-channel messages one reply carries (at least one message).
+    pub reply_bytes: usize,
+    /// Queue capacity, lease and dedupe memory.
+    pub queues: QueuesConfig,
+}
+
+impl Default for BackChannelConfig {
+    fn default() -> Self {
+        BackChannelConfig {
+            max_wait: Duration::from_secs(30),
+            reply_bytes: 4 << 20,
+            queues: QueuesConfig::default(),
+        }
+    }
+}
+
+/// Told what happens to queued copies (the appserver's delivery view).
+pub trait Observer: Send + Sync + 'static {
+    /// `child` acknowledged these messages: they are now held at `child`.
+    fn acked(&self, child: &ComponentId, ids: &[MessageId]);
+    /// These expired in `child`'s queue before delivery.
+    fn expired(&self, child: &ComponentId, ids: &[MessageId]);
+}
+
+/// Where a message's destinations go: one copy per child with its subset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// Child → the destinations behind it.
+    pub copies: BTreeMap<ComponentId, Vec<ComponentId>>,
+    /// Destinations no known route leads to.
+    pub unroutable: Vec<ComponentId>,
+}
+
+struct Counters {
+    queued: Counter,
+    sent: Counter,
+    acked: Counter,
+    expired: Counter,
+    unroutable: Counter,
+}
+
+/// The parent side of the back-channel; see the module docs.
+pub struct BackChannel {
+    me: ComponentId,
+    queues: Arc<Queues>,
+    routes: Routes,
+    cfg: BackChannelConfig,
+    counters: Counters,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+impl BackChannel {
+    /// Opens the queues and routes of node `me`.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub fn open(
+        me: ComponentId,
+        store: Arc<dyn QueueStore>,
+        kv: Arc<dyn KvStore>,
+        cfg: BackChannelConfig,
+        metrics: &Registry,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Result<Arc<BackChannel>, Box<dyn std::error::Error + Send + Sync>> {
+        let queues = Queues::open(store, cfg.queues.clone())?;
+        let routes = Routes::open(me.clone(), kv)?;
+        let c = |n: &str, h: &str| metrics.counter(&format!("rsnet_backchannel_{n}_total"), h);
+        let counters = Counters {
+            queued: c("queued", "copies queued for children"),
+            sent: c(
+                "sent",
+                "copies put in replies to children (resends included)",
+            ),
+            acked: c("acked", "copies children acknowledged"),
+            expired: c("expired", "copies that expired in a queue"),
+            unroutable: c("unroutable", "destinations with no known route"),
+        };
+        let q = queues.clone();
+        metrics.gauge(
+            "rsnet_backchannel_queued_messages",
+            "copies waiting in back-channel queues",
+            move || q.stats().messages as f64,
+        );
+        Ok(Arc::new(BackChannel {
+            me,
+            queues,
+            routes,
+            cfg,
+            counters,
+            observer,
+        }))
+    }
+
+    /// The queues underneath.
+    pub fn queues(&self) -> &Arc<Queues> {
+        &self.queues
+    }
+
+    /// The route table.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Takes in a child's POST: learns routes from its items and removes
+    /// what it acknowledged.
+    pub async fn inbound(&self, child: &ComponentId, acks: &[MessageId], items: &[Item]) {
+        self.routes.learn(child, items);
+        if acks.is_empty() {
+            return;
+        }
+        let done = self.queues.ack(child.as_str(), acks).await;
+        self.counters.acked.add(done.len() as u64);
+        if let (Some(o), false) = (&self.observer, done.is_empty()) {
+            o.acked(child, &done);
+        }
+    }
+
+    /// The back-channel messages for `child`'s reply. With a `wait` hint and
+    /// nothing else to answer (`busy` false), holds until something is
+    /// queued for it or the wait (capped by config) ends.
+    pub async fn reply_for(
+        &self,
+        child: &ComponentId,
+        wait: Option<Duration>,
+        busy: bool,
+    ) -> Vec<SpoolRecord> {
+        if let (Some(w), false) = (wait, busy) {
+            let w = w.min(self.cfg.max_wait).min(MAX_LONG_POLL);
+            self.queues.wait(child.as_str(), Instant::now() + w).await;
+        }
+        let Taken { records, expired } = self
+            .queues
+            .take(child.as_str(), self.cfg.reply_bytes, MAX_BATCH_MESSAGES)
+            .await;
+        if !expired.is_empty() {
+            for id in &expired {
+                tracing::warn!(message = %id, %child, "back-channel message expired in the queue; dropped");
+            }
+            self.counters.expired.add(expired.len() as u64);
+            if let Some(o) = &self.observer {
+                o.expired(child, &expired);
+            }
+        }
+        self.counters.sent.add(records.len() as u64);
+        records
+    }
+
+    /// Splits `dests` by the child each is reachable through.
+    pub fn route(&self, dests: &[ComponentId]) -> Routed {
+        let mut r = Routed::default();
+        for d in dests {
+            match self.routes.resolve(d) {
+                Some(via) => r.copies.entry(via).or_default().push(d.clone()),
+                None => r.unroutable.push(d.clone()),
+            }
+        }
+        r
+    }
+
+    /// Queues one copy of a back-channel message per child, each carrying
+    /// the destinations behind that child and this node's routing hop; the
+    /// content bytes are shared, not copied. With `received`, the message
+    /// came from this node's parent: a repeat is recognised
+    /// ([`Offered::Duplicate`]) and nothing is queued twice.
+    ///
+    /// # Errors
+    /// Queue full or store failure: nothing was queued.
+    pub async fn dispatch(
+        &self,
+        header: &Header,
+        content: Bytes,
+        routed: &Routed,
+        received: Option<MessageId>,
+    ) -> Result<Offered, StoreError> {
+        if !routed.unroutable.is_empty() {
+            self.counters.unroutable.add(routed.unroutable.len() as u64);
+            tracing::warn!(message = %header.id, unroutable = ?routed.unroutable, "no route to some destinations");
+        }
+        let group = match &header.direction {
+            Direction::Destination(d) => d.group.clone(),
+            Direction::Source(_) => None,
+        };
+        let now = Timestamp::now();
+        let mut push = Vec::with_capacity(routed.copies.len());
+        for (child, ids) in &routed.copies {
+            let mut h = header.clone();
+            h.direction = Direction::Destination(Destination {
+                ids: ids.clone(),
+                group: group.clone(),
+            });
+            h.routing.push(Hop {
+                id: self.me.clone(),
+                time: now,
+            });
+            push.push((
+                child.to_string(),
+                SpoolRecord {
+                    id: h.id,
+                    precedence: h.qos.precedence,
+                    persistent: h.qos.persistence,
+                    expiry: h.qos.expiry,
+                    header: Bytes::from(wire::encode_header(&h)),
+                    content: content.clone(),
+                },
+            ));
+        }
+        let r = self.queues.offer(push, received).await?;
+        if let Offered::Queued(n) = r {
+            self.counters.queued.add(n as u64);
+        }
+        Ok(r)
+    }
+}
+
+/// The child side's long-poll: keeps one empty POST with a `wait` hint
+/// outstanding at the parent, so a back-channel message queued there comes
+/// down at once, and sends acknowledgements as soon as the [`Link`] has
+/// some (they would otherwise wait for the held poll to return). Runs until
+/// shutdown.
+pub async fn poll_until_shutdown(
+    link: Arc<Link>,
+    wait: Duration,
+    exchange_timeout: Duration,
+    mut shutdown: Shutdown,
+) {
+    let acks = {
+        let (link, mut shutdown) = (link.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = link.acks_ready() => {}
+                    _ = shutdown.wait() => return,
+                }
+                if link.has_acks() {
+                    if let Err(e) = link.exchange(link.outgoing(None), exchange_timeout).await {
+                        tracing::debug!(error = %e, "ack post failed; acks kept for the next post");
+                    }
+                }
+            }
+        })
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    loop {
+        let out = link.outgoing(Some(wait));
+        let r = tokio::select! {
+            r = link.exchange(out, wait + exchange_timeout) => r,
+            _ = shutdown.wait() => break,
+        };
+        if let Err(e) = r {
+            let d = backoff.next_delay();
+            tracing::debug!(error = %e, retry_in = ?d, "long-poll failed");
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = shutdown.wait() => break,
+            }
+        } else {
+            backoff.reset();
+        }
+    }
+    acks.abort();
+}
