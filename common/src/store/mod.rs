@@ -271,6 +271,9 @@ pub struct Queued {
     pub record: SpoolRecord,
 }
 
+/// `(queue, message, until)`: a seen mark (see [`QueueWrite::mark`]).
+pub type SeenMark = (String, MessageId, Timestamp);
+
 /// One durable change to [`QueueStore`]: records to append, records to
 /// remove (acknowledged or expired), and "seen" marks to set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -281,7 +284,7 @@ pub struct QueueWrite {
     pub remove: Vec<(String, SpoolKey)>,
     /// `(queue, message, until)`: remember that `message` was seen under
     /// `queue` until then, so a resend is recognised and dropped.
-    pub mark: Vec<(String, MessageId, Timestamp)>,
+    pub mark: Vec<SeenMark>,
 }
 
 impl QueueWrite {
@@ -305,7 +308,7 @@ pub trait QueueStore: Send + Sync + 'static {
     fn write(&self, w: QueueWrite) -> Result<Vec<SpoolKey>>;
 
     /// Every queued record and every seen mark still valid at `now`.
-    fn load(&self, now: Timestamp) -> Result<(Vec<Queued>, Vec<(String, MessageId, Timestamp)>)>;
+    fn load(&self, now: Timestamp) -> Result<(Vec<Queued>, Vec<SeenMark>)>;
 
     /// Forgets seen marks that ended before `now`; returns how many.
     fn prune_seen(&self, now: Timestamp) -> Result<usize>;

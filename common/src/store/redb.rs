@@ -604,7 +604,7 @@ impl QueueStore for RedbQueues {
         Ok(keys)
     }
 
-    fn load(&self, now: Timestamp) -> Result<(Vec<Queued>, Vec<(String, MessageId, Timestamp)>)> {
+    fn load(&self, now: Timestamp) -> Result<(Vec<Queued>, Vec<SeenMark>)> {
         let r = self.db.begin_read().map_err(be)?;
         let t = r.open_table(QUEUE).map_err(be)?;
         let mut queued = Vec::new();
