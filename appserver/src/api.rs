@@ -6,6 +6,10 @@
 //! | `GET /api/v1/messages` | operator | stored messages; filters `source`, `class`, `subclass`, `since`, `until`; pages with `after` + `limit` |
 //! | `GET /api/v1/components` | operator | every component seen, its parent path, last heartbeat |
 //! | `GET /api/v1/stream` | operator | server-sent events of stored messages; `class`, `subclass`; resumes from `Last-Event-ID` |
+//! | `POST /api/v1/messages` | operator | send a back-channel message to IDs and/or `group:NAME`s |
+//! | `GET /api/v1/messages/ID/deliveries` | operator | each final destination's state |
+//! | `GET /api/v1/groups` | operator | every group |
+//! | `PUT, GET, DELETE /api/v1/groups/NAME` | operator | one group (`{"members": [...]}`) |
 //! | `GET /metrics` | any certificate | Prometheus text |
 
 use std::sync::Arc;
@@ -25,7 +29,14 @@ use rsnet_common::store::{MessageFilter, MessageStore, StoredMessage};
 use rsnet_common::tls::Role;
 use serde_json::{json, Value};
 
+use rsnet_common::http_util::read_body;
+use rsnet_common::id::{GroupName, MessageId};
+use rsnet_common::json::MessageInput;
+use rsnet_common::limits::{BODY_READ_TIMEOUT, MAX_API_BODY_BYTES};
+
+use crate::groups::GroupError;
 use crate::ingest::App;
+use crate::outbound::SendError;
 
 /// Most messages one API page returns.
 pub const MAX_PAGE: usize = 1000;
@@ -66,6 +77,30 @@ pub fn message_json(seq: u64, m: &StoredMessage) -> Value {
     obj.insert("seq".into(), json!(seq));
     obj.insert("received".into(), json!(m.received.to_rfc3339()));
     Value::Object(obj)
+}
+
+/// `POST /api/v1/messages`: `to` (an ID, `group:NAME`, or a list of them)
+/// plus the fields of a [`MessageInput`].
+fn parse_send(body: &[u8]) -> Result<(Vec<String>, MessageInput), String> {
+    let mut v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let to = v
+        .as_object_mut()
+        .ok_or("body must be a JSON object")?
+        .remove("to")
+        .ok_or("to: missing (an ID, \"group:NAME\", or a list of them)")?;
+    let to: Vec<String> = match to {
+        Value::String(s) => vec![s],
+        Value::Array(a) => a
+            .into_iter()
+            .map(|x| match x {
+                Value::String(s) => Ok(s),
+                _ => Err("to: list items must be strings".to_string()),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err("to: must be a string or a list of strings".into()),
+    };
+    let input: MessageInput = serde_json::from_value(v).map_err(|e| format!("message: {e}"))?;
+    Ok((to, input))
 }
 
 fn parse_filter(q: &[(String, String)]) -> Result<(MessageFilter, u64, usize), String> {
@@ -117,9 +152,16 @@ impl Api {
     pub async fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
         if exchange::is_exchange(&req) {
             return match exchange::receive(req, &peer).await {
-                Ok(inbound) => {
+                Ok(mut inbound) => {
+                    let bc = &self.app.backchannel;
+                    let child = inbound.peer.id.clone();
+                    let acks = std::mem::take(&mut inbound.control.acks);
+                    bc.inbound(&child, &acks, &inbound.items).await;
+                    let wait = inbound.control.wait();
+                    let busy = !inbound.items.is_empty() || !inbound.rejected.is_empty();
                     let answers = self.app.ingest(inbound).await;
-                    exchange::reply(answers, &[])
+                    let down = bc.reply_for(&child, wait, busy).await;
+                    exchange::reply(answers, &down)
                 }
                 Err(resp) => resp,
             };
@@ -141,15 +183,36 @@ impl Api {
                 "the operator API needs an operator certificate",
             );
         }
-        if req.method() != Method::GET {
-            return error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{} {path}", req.method()),
-            );
-        }
         let q = query_pairs(req.uri().query());
+        let method = req.method().clone();
+        if let Some(rest) = path.strip_prefix("/api/v1/groups/") {
+            let name = format!("group:{rest}");
+            return match method {
+                Method::GET | Method::PUT | Method::DELETE => self.group(method, &name, req).await,
+                m => error(StatusCode::METHOD_NOT_ALLOWED, format!("{m} {path}")),
+            };
+        }
+        if let Some(id) = path
+            .strip_prefix("/api/v1/messages/")
+            .and_then(|r| r.strip_suffix("/deliveries"))
+        {
+            if method != Method::GET {
+                return error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {path}"));
+            }
+            return self.deliveries(id);
+        }
+        if method == Method::POST && path == "/api/v1/messages" {
+            return self.send(req).await;
+        }
+        if method != Method::GET {
+            return error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {path}"));
+        }
         match path.as_str() {
             "/api/v1/messages" => self.messages(&q).await,
+            "/api/v1/groups" => match self.app.outbound.groups.list() {
+                Ok(g) => json(StatusCode::OK, &json!({ "groups": g })),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            },
             "/api/v1/components" => {
                 let list = self
                     .app
@@ -168,6 +231,80 @@ impl Api {
                 self.stream(&q, last)
             }
             _ => error(StatusCode::NOT_FOUND, format!("no such path {path}")),
+        }
+    }
+
+    async fn send(&self, req: Request<Incoming>) -> Response<Body> {
+        let body = match read_body(req.into_body(), MAX_API_BODY_BYTES, BODY_READ_TIMEOUT).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        let (to, input) = match parse_send(&body) {
+            Ok(x) => x,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        match self.app.outbound.send(to, &input).await {
+            Ok(d) => json(
+                StatusCode::ACCEPTED,
+                &json!({ "id": d.id, "destinations": d.destinations.len(), "summary": d.summary() }),
+            ),
+            Err(e @ SendError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
+            Err(e @ SendError::NoGroup(_)) => error(StatusCode::NOT_FOUND, e),
+            Err(e @ SendError::Store(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        }
+    }
+
+    fn deliveries(&self, id: &str) -> Response<Body> {
+        let Ok(id) = id.parse::<MessageId>() else {
+            return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a message ID"));
+        };
+        match self.app.deliveries.get(&id) {
+            Some(d) => json(StatusCode::OK, &json!({ "summary": d.summary(), "delivery": d })),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no back-channel message {id}"),
+            ),
+        }
+    }
+
+    async fn group(&self, method: Method, name: &str, req: Request<Incoming>) -> Response<Body> {
+        let name: GroupName = match name.parse() {
+            Ok(n) => n,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("group name: {e}")),
+        };
+        let groups = &self.app.outbound.groups;
+        match method {
+            Method::PUT => {
+                let body =
+                    match read_body(req.into_body(), MAX_API_BODY_BYTES, BODY_READ_TIMEOUT).await {
+                        Ok(b) => b,
+                        Err(resp) => return resp,
+                    };
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Put {
+                    members: Vec<String>,
+                }
+                let put: Put = match serde_json::from_slice(&body) {
+                    Ok(p) => p,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+                };
+                match groups.put(&name, &put.members) {
+                    Ok(g) => json(StatusCode::OK, &g),
+                    Err(e @ GroupError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                }
+            }
+            Method::DELETE => match groups.delete(&name) {
+                Ok(true) => json(StatusCode::OK, &json!({ "deleted": name.to_string() })),
+                Ok(false) => error(StatusCode::NOT_FOUND, format!("no such group {name}")),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            },
+            _ => match groups.get(&name) {
+                Ok(Some(g)) => json(StatusCode::OK, &g),
+                Ok(None) => error(StatusCode::NOT_FOUND, format!("no such group {name}")),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            },
         }
     }
 

@@ -19,6 +19,12 @@ use rsnet_common::store::{
 };
 use tokio::sync::watch;
 
+use rsnet_common::backchannel::{BackChannel, BackChannelConfig};
+use rsnet_common::model::Content;
+
+use crate::deliveries::Deliveries;
+use crate::groups::Groups;
+use crate::outbound::Outbound;
 use crate::topology::{self, Topology};
 
 type Batch = (Vec<StoredMessage>, Vec<(String, Vec<u8>)>);
@@ -34,6 +40,12 @@ pub struct App {
     writer: GroupCommit<Batch, Result<Vec<Appended>, StoreError>>,
     /// The last committed sequence number, for subscribers.
     pub committed: watch::Receiver<u64>,
+    /// Queues and routes toward the children.
+    pub backchannel: Arc<BackChannel>,
+    /// Where each back-channel message is.
+    pub deliveries: Arc<Deliveries>,
+    /// Operator sends and groups.
+    pub outbound: Outbound,
     stored: Counter,
     duplicates: Counter,
     rejected: Counter,
@@ -47,8 +59,24 @@ impl App {
     pub fn open(
         me: ComponentId,
         store: &RedbStore,
+        backchannel: BackChannelConfig,
         metrics: &Registry,
     ) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
+        let kv: Arc<dyn KvStore> = Arc::new(store.kv());
+        let deliveries = Deliveries::open(kv.clone())?;
+        let backchannel = BackChannel::open(
+            me.clone(),
+            Arc::new(store.queues()?),
+            kv.clone(),
+            backchannel,
+            metrics,
+            Some(deliveries.clone()),
+        )?;
+        let outbound = Outbound {
+            backchannel: backchannel.clone(),
+            groups: Arc::new(Groups::new(kv)),
+            deliveries: deliveries.clone(),
+        };
         let messages = Arc::new(store.messages()?);
         let topology = Topology::load(store.kv().list(topology::PREFIX)?);
         let (tx, rx) = watch::channel(messages.last_seq());
@@ -83,6 +111,9 @@ impl App {
             topology: Mutex::new(topology),
             writer,
             committed: rx,
+            backchannel,
+            deliveries,
+            outbound,
             stored: metrics.counter("rsnet_store_stored_total", "messages stored"),
             duplicates: metrics.counter(
                 "rsnet_store_duplicates_total",
@@ -105,11 +136,17 @@ impl App {
         let mut batch = Vec::with_capacity(inbound.items.len());
         let mut state = Vec::new();
         let mut ids = Vec::with_capacity(inbound.items.len());
+        let mut tracked = Vec::new();
         {
             let mut topo = self.topology.lock().unwrap_or_else(|p| p.into_inner());
             for item in inbound.items {
                 match stored(&item, &self.me, now) {
-                    Ok(s) => {
+                    Ok((s, content)) => {
+                        if let (Content::Response(r), Some(src)) = (&content, item.header.source()) {
+                            if self.deliveries.respond(&src.origin, item.header.subclass.as_deref(), r) {
+                                tracked.push(r.request);
+                            }
+                        }
                         topo.learn(&item.header, now, &mut state);
                         ids.push(item.header.id);
                         batch.push(s);
@@ -122,7 +159,12 @@ impl App {
         if batch.is_empty() && state.is_empty() {
             return answers;
         }
-        match self.writer.submit((batch, state)).await.and_then(|r| r) {
+        let delivery = self.deliveries.persist(tracked);
+        let (stored, delivery) = tokio::join!(self.writer.submit((batch, state)), delivery);
+        if let Err(e) = delivery {
+            tracing::warn!(error = %e, "delivery state not persisted");
+        }
+        match stored.and_then(|r| r) {
             Ok(results) => {
                 for (id, r) in ids.into_iter().zip(results) {
                     match r {
@@ -147,9 +189,13 @@ impl App {
     }
 }
 
-fn stored(item: &Item, me: &ComponentId, now: Timestamp) -> Result<StoredMessage, String> {
+fn stored(
+    item: &Item,
+    me: &ComponentId,
+    now: Timestamp,
+) -> Result<(StoredMessage, Content), String> {
     // The appserver is a final receiver: it checks the content, not just the header.
-    item.content().map_err(|e| e.to_string())?;
+    let content = item.content().map_err(|e| e.to_string())?;
     let source = item.header.source().ok_or("no source")?.origin.clone();
     // The appserver is the last hop; the stored header shows the whole path.
     let mut header = item.header.clone();
@@ -157,7 +203,7 @@ fn stored(item: &Item, me: &ComponentId, now: Timestamp) -> Result<StoredMessage
         id: me.clone(),
         time: now,
     });
-    Ok(StoredMessage {
+    Ok((StoredMessage {
         id: item.header.id,
         source,
         class: item.header.class.clone(),
@@ -167,5 +213,5 @@ fn stored(item: &Item, me: &ComponentId, now: Timestamp) -> Result<StoredMessage
         received: now,
         header: rsnet_common::envelope::wire::encode_header(&header).into(),
         content: item.content.clone(),
-    })
+    }, content))
 }

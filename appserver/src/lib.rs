@@ -9,14 +9,17 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod deliveries;
+pub mod groups;
 pub mod ingest;
+pub mod outbound;
 pub mod topology;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rsnet_common::config::{self, ConfigError};
+use rsnet_common::config::{self, BackChannelSection, ConfigError};
 use rsnet_common::metrics::Registry;
 use rsnet_common::server::{self, Shutdown};
 use rsnet_common::store::redb::RedbStore;
@@ -37,6 +40,9 @@ pub struct Config {
     pub max_connections: usize,
     /// TLS material.
     pub tls: TlsPaths,
+    /// Back-channel queues toward the children.
+    #[serde(default)]
+    pub backchannel: BackChannelSection,
 }
 
 impl Config {
@@ -46,12 +52,12 @@ impl Config {
     /// Every problem, with the file name.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         let c: Config = config::load(path)?;
+        let mut errors = Vec::new();
         if c.max_connections == 0 {
-            return Err(ConfigError {
-                path: path.into(),
-                reason: "max_connections: must be at least 1".into(),
-            });
+            errors.push("max_connections: must be at least 1".into());
         }
+        c.backchannel.validate(&mut errors);
+        ConfigError::check(path, errors)?;
         Ok(c)
     }
 }
@@ -68,7 +74,7 @@ pub async fn run(
     let me = tls::own_identity(&cfg.tls)?;
     let store = RedbStore::open(&cfg.data_dir)?;
     let metrics = Registry::default();
-    let app = ingest::App::open(me.id.clone(), &store, &metrics)?;
+    let app = ingest::App::open(me.id.clone(), &store, cfg.backchannel.config(), &metrics)?;
     let tls = ReloadingServerConfig::start(cfg.tls.clone())?;
     let listener = server::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;

@@ -73,6 +73,14 @@ pub struct UplinkConfig {
     /// Timeout of one exchange, in milliseconds. Default 30000.
     #[serde(default = "default_exchange_timeout_ms")]
     pub exchange_timeout_ms: u64,
+    /// Long-poll wait hint, in milliseconds: how long the parent may hold
+    /// an empty POST until a back-channel message is queued. Default 25000.
+    #[serde(default = "default_poll_wait_ms")]
+    pub poll_wait_ms: u64,
+}
+
+fn default_poll_wait_ms() -> u64 {
+    25_000
 }
 
 fn default_max_batch() -> usize {
@@ -106,6 +114,17 @@ impl UplinkConfig {
         if let Err(e) = self.proxy() {
             errors.push(format!("uplink.http_proxy: {e}"));
         }
+        if self.poll_wait_ms < 100 || self.poll_wait_ms > crate::limits::MAX_LONG_POLL.as_millis() as u64 {
+            errors.push(format!(
+                "uplink.poll_wait_ms: must be 100..={}",
+                crate::limits::MAX_LONG_POLL.as_millis()
+            ));
+        }
+    }
+
+    /// The long-poll wait hint.
+    pub fn poll_wait(&self) -> Duration {
+        Duration::from_millis(self.poll_wait_ms)
     }
 
     /// The forward proxy to use, from config or environment.
@@ -130,6 +149,72 @@ impl UplinkConfig {
             max_batch: self.max_batch,
             max_inflight: self.max_inflight,
             exchange_timeout: self.exchange_timeout(),
+        }
+    }
+}
+
+/// `[backchannel]`: how a parent (appserver, MLM) queues for its children.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackChannelSection {
+    /// Longest a long-poll is held, in milliseconds. Default 30000.
+    pub max_wait_ms: u64,
+    /// How long a delivered message waits for its ack before it is sent
+    /// again, in milliseconds. Default 30000.
+    pub lease_ms: u64,
+    /// Bytes all back-channel queues may hold. Default 256 MiB.
+    pub capacity_bytes: u64,
+    /// Bytes of back-channel messages per reply. Default 4 MiB.
+    pub reply_bytes: usize,
+    /// How long received message IDs are remembered to drop resends, in
+    /// seconds. Default 86400.
+    pub remember_s: u64,
+}
+
+impl Default for BackChannelSection {
+    fn default() -> Self {
+        BackChannelSection {
+            max_wait_ms: 30_000,
+            lease_ms: 30_000,
+            capacity_bytes: 256 << 20,
+            reply_bytes: 4 << 20,
+            remember_s: 86_400,
+        }
+    }
+}
+
+impl BackChannelSection {
+    /// Checks ranges; returns every problem.
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        let max = crate::limits::MAX_LONG_POLL.as_millis() as u64;
+        if self.max_wait_ms > max {
+            errors.push(format!("backchannel.max_wait_ms: must be at most {max}"));
+        }
+        if self.lease_ms < 100 {
+            errors.push("backchannel.lease_ms: must be at least 100".into());
+        }
+        if self.capacity_bytes < 1 << 20 {
+            errors.push("backchannel.capacity_bytes: must be at least 1 MiB".into());
+        }
+        let env = crate::limits::MAX_ENVELOPE_BYTES as usize / 2;
+        if self.reply_bytes < 4096 || self.reply_bytes > env {
+            errors.push(format!("backchannel.reply_bytes: must be 4096..={env}"));
+        }
+        if self.remember_s < 60 {
+            errors.push("backchannel.remember_s: must be at least 60".into());
+        }
+    }
+
+    /// The settings this section describes.
+    pub fn config(&self) -> crate::backchannel::BackChannelConfig {
+        crate::backchannel::BackChannelConfig {
+            max_wait: Duration::from_millis(self.max_wait_ms),
+            reply_bytes: self.reply_bytes,
+            queues: crate::backchannel::QueuesConfig {
+                capacity_bytes: self.capacity_bytes,
+                lease: Duration::from_millis(self.lease_ms),
+                remember: Duration::from_secs(self.remember_s),
+            },
         }
     }
 }

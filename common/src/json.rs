@@ -7,7 +7,17 @@
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
-use crate::model::{Content, Data, Direction, Encoding, Header};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::id::ComponentId;
+use crate::limits::MAX_TEXT_BYTES;
+use crate::model::{
+    valid_class, Alarm, AlarmState, Content, Data, Direction, Encoding, Event, Header, Qos,
+    Severity, MAX_PRECEDENCE,
+};
 
 fn data_json(d: &Data) -> Value {
     let payload = match d.encoding {
@@ -84,4 +94,184 @@ pub fn header(h: &Header) -> Map<String, Value> {
             .collect::<Vec<_>>()),
     );
     m
+}
+
+// ---------------------------------------------------------------- input
+
+/// One message as an integrator (proxy local API) or an operator
+/// (`POST /api/v1/messages`) writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageInput {
+    /// `alarm`, `event` or `data`.
+    pub kind: String,
+    /// Class; default: the kind.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// Subclass.
+    #[serde(default)]
+    pub subclass: Option<String>,
+    /// The integrator's key for the support instance (hostname, IP, …).
+    #[serde(default)]
+    pub support_instance: Option<String>,
+    /// Alarm severity (clear, info, warning, minor, major, critical); default `warning`.
+    #[serde(default)]
+    pub severity: Option<String>,
+    /// Alarm state (raised, updated, cleared); default `raised`.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Text (alarm, event).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// MIME type of `payload` / `payload_base64`; default `text/plain`.
+    #[serde(default)]
+    pub mime: Option<String>,
+    /// Payload as text.
+    #[serde(default)]
+    pub payload: Option<String>,
+    /// Payload as base64.
+    #[serde(default)]
+    pub payload_base64: Option<String>,
+    /// 0..=9, default 4.
+    #[serde(default)]
+    pub precedence: Option<u8>,
+    /// Default true.
+    #[serde(default)]
+    pub persistent: Option<bool>,
+    /// Drop if not delivered within this many seconds.
+    #[serde(default)]
+    pub expiry_s: Option<u64>,
+}
+
+
+/// What a [`MessageInput`] builds: everything of a message but its header's
+/// ID, time, direction and routing, which the caller decides.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The content.
+    pub content: Content,
+    /// Class (default: the kind).
+    pub class: String,
+    /// Subclass.
+    pub subclass: Option<String>,
+    /// Precedence and persistence (expiry is `expiry_s` from the caller's clock).
+    pub qos: Qos,
+}
+
+/// Parses a lowercase enum value, naming the field when it is not one.
+fn named<T: serde::de::DeserializeOwned>(
+    v: &Option<String>,
+    field: &str,
+    i: usize,
+) -> Result<Option<T>, String> {
+    v.as_ref()
+        .map(|s| {
+            serde_json::from_value(serde_json::Value::String(s.clone()))
+                .map_err(|e| format!("messages[{i}].{field}: {e}"))
+        })
+        .transpose()
+}
+
+fn data(input: &MessageInput, i: usize) -> Result<Option<Data>, String> {
+    let mime = input.mime.clone().unwrap_or_else(|| "text/plain".into());
+    if mime.parse::<mime::Mime>().is_err() {
+        return Err(format!("messages[{i}].mime: {mime:?} is not a MIME type"));
+    }
+    match (&input.payload, &input.payload_base64) {
+        (Some(_), Some(_)) => Err(format!(
+            "messages[{i}]: give payload or payload_base64, not both"
+        )),
+        (Some(p), None) => Ok(Some(Data {
+            mime,
+            encoding: Encoding::Text,
+            payload: Bytes::from(p.clone()),
+        })),
+        (None, Some(b)) => {
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| format!("messages[{i}].payload_base64: {e}"))?;
+            Ok(Some(Data {
+                mime,
+                encoding: Encoding::Base64,
+                payload: payload.into(),
+            }))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+
+impl MessageInput {
+    /// Checks the input and builds content, class and QoS; `si` is the
+    /// support instance the content names. `i` is the index in the
+    /// request, for error messages.
+    ///
+    /// # Errors
+    /// A message naming the field.
+    pub fn build(&self, i: usize, si: Option<ComponentId>) -> Result<Built, String> {
+        let input = self;
+        let text = input.text.clone().unwrap_or_default();
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(format!(
+                "messages[{i}].text: longer than {MAX_TEXT_BYTES} bytes"
+            ));
+        }
+        let content =
+            match input.kind.as_str() {
+                "alarm" => Content::Alarm(Alarm {
+                    severity: named(&input.severity, "severity", i)?.unwrap_or(Severity::Warning),
+                    state: named(&input.state, "state", i)?.unwrap_or(AlarmState::Raised),
+                    support_instance: si.clone(),
+                    text,
+                    data: data(input, i)?,
+                }),
+                "event" => Content::Event(Event {
+                    support_instance: si,
+                    text,
+                    data: data(input, i)?,
+                }),
+                "data" => Content::Data(data(input, i)?.ok_or_else(|| {
+                    format!("messages[{i}]: data needs payload or payload_base64")
+                })?),
+                k => {
+                    return Err(format!(
+                        "messages[{i}].kind: {k:?} (expected alarm, event or data)"
+                    ))
+                }
+            };
+        let class = input.class.clone().unwrap_or_else(|| input.kind.clone());
+        if !valid_class(&class) {
+            return Err(format!(
+                "messages[{i}].class: {class:?} is not a class label ([a-z0-9_.-], 1-64)"
+            ));
+        }
+        if let Some(s) = &input.subclass {
+            if !valid_class(s) {
+                return Err(format!(
+                    "messages[{i}].subclass: {s:?} is not a class label ([a-z0-9_.-], 1-64)"
+                ));
+            }
+        }
+        let mut qos = Qos::default();
+        if let Some(p) = input.precedence {
+            if p > MAX_PRECEDENCE {
+                return Err(format!(
+                    "messages[{i}].precedence: {p} is above {MAX_PRECEDENCE}"
+                ));
+            }
+            qos.precedence = p;
+        }
+        qos.persistence = input.persistent.unwrap_or(true);
+        Ok(Built {
+            content,
+            class,
+            subclass: input.subclass.clone(),
+            qos,
+        })
+    }
+
+    /// `expiry_s` as a duration.
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.expiry_s.map(Duration::from_secs)
+    }
 }

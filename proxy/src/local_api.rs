@@ -12,67 +12,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use rsnet_common::forward::Outbox;
 use rsnet_common::http_util::{error, json, read_body, text, Body};
 use rsnet_common::id::ComponentId;
+use rsnet_common::json::{Built, MessageInput};
 use rsnet_common::limits::{
-    BODY_READ_TIMEOUT, MAX_BATCH_MESSAGES, MAX_LOCAL_BODY_BYTES, MAX_TEXT_BYTES,
+    BODY_READ_TIMEOUT, MAX_BATCH_MESSAGES, MAX_LOCAL_BODY_BYTES,
 };
 use rsnet_common::metrics::Registry;
 use rsnet_common::model::*;
 use rsnet_common::store::StoreError;
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::instances::Instances;
-
-/// One message as an integrator writes it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MessageInput {
-    /// `alarm`, `event` or `data`.
-    pub kind: String,
-    /// Class; default: the kind.
-    #[serde(default)]
-    pub class: Option<String>,
-    /// Subclass.
-    #[serde(default)]
-    pub subclass: Option<String>,
-    /// The integrator's key for the support instance (hostname, IP, …).
-    #[serde(default)]
-    pub support_instance: Option<String>,
-    /// Alarm severity (clear, info, warning, minor, major, critical); default `warning`.
-    #[serde(default)]
-    pub severity: Option<String>,
-    /// Alarm state (raised, updated, cleared); default `raised`.
-    #[serde(default)]
-    pub state: Option<String>,
-    /// Text (alarm, event).
-    #[serde(default)]
-    pub text: Option<String>,
-    /// MIME type of `payload` / `payload_base64`; default `text/plain`.
-    #[serde(default)]
-    pub mime: Option<String>,
-    /// Payload as text.
-    #[serde(default)]
-    pub payload: Option<String>,
-    /// Payload as base64.
-    #[serde(default)]
-    pub payload_base64: Option<String>,
-    /// 0..=9, default 4.
-    #[serde(default)]
-    pub precedence: Option<u8>,
-    /// Default true.
-    #[serde(default)]
-    pub persistent: Option<bool>,
-    /// Drop if not delivered within this many seconds.
-    #[serde(default)]
-    pub expiry_s: Option<u64>,
-}
 
 /// `{"messages": [...]}` or a single message object; serde errors name the field.
 fn parse_inputs(body: &[u8]) -> Result<Vec<MessageInput>, String> {
@@ -101,48 +55,6 @@ pub struct LocalApi {
     pub parent: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
-/// Parses a lowercase enum value, naming the field when it is not one.
-fn named<T: serde::de::DeserializeOwned>(
-    v: &Option<String>,
-    field: &str,
-    i: usize,
-) -> Result<Option<T>, String> {
-    v.as_ref()
-        .map(|s| {
-            serde_json::from_value(serde_json::Value::String(s.clone()))
-                .map_err(|e| format!("messages[{i}].{field}: {e}"))
-        })
-        .transpose()
-}
-
-fn data(input: &MessageInput, i: usize) -> Result<Option<Data>, String> {
-    let mime = input.mime.clone().unwrap_or_else(|| "text/plain".into());
-    if mime.parse::<mime::Mime>().is_err() {
-        return Err(format!("messages[{i}].mime: {mime:?} is not a MIME type"));
-    }
-    match (&input.payload, &input.payload_base64) {
-        (Some(_), Some(_)) => Err(format!(
-            "messages[{i}]: give payload or payload_base64, not both"
-        )),
-        (Some(p), None) => Ok(Some(Data {
-            mime,
-            encoding: Encoding::Text,
-            payload: Bytes::from(p.clone()),
-        })),
-        (None, Some(b)) => {
-            let payload = base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map_err(|e| format!("messages[{i}].payload_base64: {e}"))?;
-            Ok(Some(Data {
-                mime,
-                encoding: Encoding::Base64,
-                payload: payload.into(),
-            }))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
 impl LocalApi {
     /// Turns an integrator's input into a message (allocating its support instance).
     ///
@@ -154,59 +66,15 @@ impl LocalApi {
             .as_deref()
             .map(|k| self.instances.id_for(k))
             .transpose()?;
-        let text = input.text.clone().unwrap_or_default();
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(format!(
-                "messages[{i}].text: longer than {MAX_TEXT_BYTES} bytes"
-            ));
-        }
-        let content =
-            match input.kind.as_str() {
-                "alarm" => Content::Alarm(Alarm {
-                    severity: named(&input.severity, "severity", i)?.unwrap_or(Severity::Warning),
-                    state: named(&input.state, "state", i)?.unwrap_or(AlarmState::Raised),
-                    support_instance: si.clone(),
-                    text,
-                    data: data(input, i)?,
-                }),
-                "event" => Content::Event(Event {
-                    support_instance: si.clone(),
-                    text,
-                    data: data(input, i)?,
-                }),
-                "data" => Content::Data(data(input, i)?.ok_or_else(|| {
-                    format!("messages[{i}]: data needs payload or payload_base64")
-                })?),
-                k => {
-                    return Err(format!(
-                        "messages[{i}].kind: {k:?} (expected alarm, event or data)"
-                    ))
-                }
-            };
-        let class = input.class.clone().unwrap_or_else(|| input.kind.clone());
-        if !valid_class(&class) {
-            return Err(format!(
-                "messages[{i}].class: {class:?} is not a class label ([a-z0-9_.-], 1-64)"
-            ));
-        }
-        if let Some(s) = &input.subclass {
-            if !valid_class(s) {
-                return Err(format!(
-                    "messages[{i}].subclass: {s:?} is not a class label ([a-z0-9_.-], 1-64)"
-                ));
-            }
-        }
+        let Built {
+            content,
+            class,
+            subclass,
+            qos,
+        } = input.build(i, si.clone())?;
         let origin = si.unwrap_or_else(|| self.me.clone());
-        let mut m = Message::forward(origin, &class, input.subclass.as_deref(), content);
-        if let Some(p) = input.precedence {
-            if p > MAX_PRECEDENCE {
-                return Err(format!(
-                    "messages[{i}].precedence: {p} is above {MAX_PRECEDENCE}"
-                ));
-            }
-            m.header.qos.precedence = p;
-        }
-        m.header.qos.persistence = input.persistent.unwrap_or(true);
+        let mut m = Message::forward(origin, &class, subclass.as_deref(), content);
+        m.header.qos = qos;
         m.header.qos.expiry = input
             .expiry_s
             .map(|s| m.header.created.after(Duration::from_secs(s)));

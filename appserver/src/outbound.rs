@@ -1,0 +1,128 @@
+//! Back-channel messages operators send (`POST /api/v1/messages`).
+//!
+//! The appserver is where every back-channel message starts: it expands
+//! groups, routes each final destination to the child it is reachable
+//! through, starts the delivery record, then queues one copy per child
+//! ([`BackChannel::dispatch`]); the children take it from there.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rsnet_common::backchannel::BackChannel;
+use rsnet_common::envelope::wire;
+use rsnet_common::id::{ComponentId, GroupName, MessageId};
+use rsnet_common::json::MessageInput;
+use rsnet_common::limits::MAX_DESTINATIONS;
+use rsnet_common::model::{Destination, Direction, Header, Timestamp};
+use rsnet_common::store::StoreError;
+
+use crate::deliveries::{Deliveries, Delivery};
+use crate::groups::Groups;
+
+/// Why a send was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Bad input (HTTP 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// A named group does not exist (HTTP 404).
+    #[error("no such group {0}")]
+    NoGroup(String),
+    /// Queues full or storage failed (HTTP 503).
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Sends operator messages down the tree.
+pub struct Outbound {
+    /// The appserver's back-channel.
+    pub backchannel: Arc<BackChannel>,
+    /// Group table.
+    pub groups: Arc<Groups>,
+    /// Delivery records.
+    pub deliveries: Arc<Deliveries>,
+}
+
+impl Outbound {
+    /// Expands `to` (IDs and `group:NAME`s) into final destinations, sorted,
+    /// without repeats; also returns the group if exactly one was named.
+    ///
+    /// # Errors
+    /// A bad ID, an unknown group, too many destinations.
+    pub fn expand(&self, to: &[String]) -> Result<(Vec<ComponentId>, Option<GroupName>), SendError> {
+        if to.is_empty() {
+            return Err(SendError::Invalid("to: names no destination".into()));
+        }
+        let mut dests = Vec::new();
+        let mut groups = Vec::new();
+        for (i, t) in to.iter().enumerate() {
+            if t.starts_with("group:") {
+                let g: GroupName = t
+                    .parse()
+                    .map_err(|e| SendError::Invalid(format!("to[{i}]: {e}")))?;
+                let found = self
+                    .groups
+                    .get(&g)?
+                    .ok_or_else(|| SendError::NoGroup(t.clone()))?;
+                for m in found.members {
+                    if let Ok(id) = m.parse() {
+                        dests.push(id);
+                    }
+                }
+                groups.push(g);
+            } else {
+                dests.push(
+                    t.parse()
+                        .map_err(|e| SendError::Invalid(format!("to[{i}]: {t:?}: {e}")))?,
+                );
+            }
+        }
+        dests.sort();
+        dests.dedup();
+        if dests.len() > MAX_DESTINATIONS {
+            return Err(SendError::Invalid(format!(
+                "to: {} destinations, more than {MAX_DESTINATIONS}",
+                dests.len()
+            )));
+        }
+        let group = (groups.len() == 1).then(|| groups.remove(0));
+        Ok((dests, group))
+    }
+
+    /// Sends one message to `to`; returns its delivery record.
+    ///
+    /// # Errors
+    /// [`SendError`]; on a store error nothing was queued.
+    pub async fn send(&self, to: Vec<String>, input: &MessageInput) -> Result<Delivery, SendError> {
+        let (dests, group) = self.expand(&to)?;
+        let built = input.build(0, None).map_err(SendError::Invalid)?;
+        let created = Timestamp::now();
+        let mut qos = built.qos;
+        qos.expiry = input.expires_in().map(|d| created.after(d));
+        let header = Header {
+            id: MessageId::new(),
+            class: built.class,
+            subclass: built.subclass,
+            kind: built.content.kind(),
+            created,
+            direction: Direction::Destination(Destination {
+                ids: dests.clone(),
+                group,
+            }),
+            qos,
+            routing: Vec::new(),
+        };
+        let content = Bytes::from(wire::encode_content(&built.content));
+        let routed = self.backchannel.route(&dests);
+        let record = Delivery::new(&header, to, &routed.copies, &routed.unroutable);
+        // The record is durable before any copy can be acknowledged.
+        self.deliveries.track(header.id, record.clone()).await?;
+        if let Err(e) = self.backchannel.dispatch(&header, content, &routed, None).await {
+            self.deliveries
+                .fail(&header.id, &format!("not queued: {e}"))
+                .await;
+            return Err(e.into());
+        }
+        Ok(record)
+    }
+}
