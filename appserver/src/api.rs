@@ -256,10 +256,16 @@ impl Api {
 
     fn deliveries(&self, id: &str) -> Response<Body> {
         let Ok(id) = id.parse::<MessageId>() else {
-            return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a message ID"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{id:?} is not a message ID"),
+            );
         };
         match self.app.deliveries.get(&id) {
-            Some(d) => json(StatusCode::OK, &json!({ "summary": d.summary(), "delivery": d })),
+            Some(d) => json(
+                StatusCode::OK,
+                &json!({ "summary": d.summary(), "delivery": d }),
+            ),
             None => error(
                 StatusCode::NOT_FOUND,
                 format!("no back-channel message {id}"),

@@ -202,10 +202,14 @@ impl Deliveries {
     ///
     /// # Errors
     /// Store failures; a writer thread that cannot start.
-    pub fn open(kv: Arc<dyn KvStore>) -> Result<Arc<Deliveries>, Box<dyn std::error::Error + Send + Sync>> {
+    pub fn open(
+        kv: Arc<dyn KvStore>,
+    ) -> Result<Arc<Deliveries>, Box<dyn std::error::Error + Send + Sync>> {
         let mut m = HashMap::new();
         for (k, v) in kv.list(PREFIX)? {
-            let id = k.strip_prefix(PREFIX).and_then(|s| s.parse::<MessageId>().ok());
+            let id = k
+                .strip_prefix(PREFIX)
+                .and_then(|s| s.parse::<MessageId>().ok());
             if let (Some(id), Ok(d)) = (id, serde_json::from_slice::<Delivery>(&v)) {
                 m.insert(id, d);
             }
@@ -314,7 +318,9 @@ impl Deliveries {
             for id in ids {
                 let Some(d) = map.get_mut(id) else { continue };
                 for t in d.destinations.values_mut() {
-                    if t.via.as_deref() == Some(child.as_str()) && t.state.rank() < State::Delivered.rank() {
+                    if t.via.as_deref() == Some(child.as_str())
+                        && t.state.rank() < State::Delivered.rank()
+                    {
                         t.state = to;
                         t.hop = (to == State::InFlight).then(|| child.to_string());
                         t.at = now.clone();

@@ -54,7 +54,9 @@ impl Groups {
     /// [`GroupError::Invalid`] naming the bad member; store failures.
     pub fn put(&self, name: &GroupName, members: &[String]) -> Result<Group, GroupError> {
         if members.is_empty() {
-            return Err(GroupError::Invalid("members: a group needs at least one member".into()));
+            return Err(GroupError::Invalid(
+                "members: a group needs at least one member".into(),
+            ));
         }
         if members.len() > MAX_DESTINATIONS {
             return Err(GroupError::Invalid(format!(

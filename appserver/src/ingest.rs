@@ -142,8 +142,13 @@ impl App {
             for item in inbound.items {
                 match stored(&item, &self.me, now) {
                     Ok((s, content)) => {
-                        if let (Content::Response(r), Some(src)) = (&content, item.header.source()) {
-                            if self.deliveries.respond(&src.origin, item.header.subclass.as_deref(), r) {
+                        if let (Content::Response(r), Some(src)) = (&content, item.header.source())
+                        {
+                            if self.deliveries.respond(
+                                &src.origin,
+                                item.header.subclass.as_deref(),
+                                r,
+                            ) {
                                 tracked.push(r.request);
                             }
                         }
@@ -203,15 +208,18 @@ fn stored(
         id: me.clone(),
         time: now,
     });
-    Ok((StoredMessage {
-        id: item.header.id,
-        source,
-        class: item.header.class.clone(),
-        subclass: item.header.subclass.clone(),
-        kind: item.header.kind,
-        created: item.header.created,
-        received: now,
-        header: rsnet_common::envelope::wire::encode_header(&header).into(),
-        content: item.content.clone(),
-    }, content))
+    Ok((
+        StoredMessage {
+            id: item.header.id,
+            source,
+            class: item.header.class.clone(),
+            subclass: item.header.subclass.clone(),
+            kind: item.header.kind,
+            created: item.header.created,
+            received: now,
+            header: rsnet_common::envelope::wire::encode_header(&header).into(),
+            content: item.content.clone(),
+        },
+        content,
+    ))
 }

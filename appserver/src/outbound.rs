@@ -49,7 +49,10 @@ impl Outbound {
     ///
     /// # Errors
     /// A bad ID, an unknown group, too many destinations.
-    pub fn expand(&self, to: &[String]) -> Result<(Vec<ComponentId>, Option<GroupName>), SendError> {
+    pub fn expand(
+        &self,
+        to: &[String],
+    ) -> Result<(Vec<ComponentId>, Option<GroupName>), SendError> {
         if to.is_empty() {
             return Err(SendError::Invalid("to: names no destination".into()));
         }
@@ -117,7 +120,11 @@ impl Outbound {
         let record = Delivery::new(&header, to, &routed.copies, &routed.unroutable);
         // The record is durable before any copy can be acknowledged.
         self.deliveries.track(header.id, record.clone()).await?;
-        if let Err(e) = self.backchannel.dispatch(&header, content, &routed, None).await {
+        if let Err(e) = self
+            .backchannel
+            .dispatch(&header, content, &routed, None)
+            .await
+        {
             self.deliveries
                 .fail(&header.id, &format!("not queued: {e}"))
                 .await;

@@ -114,7 +114,9 @@ impl UplinkConfig {
         if let Err(e) = self.proxy() {
             errors.push(format!("uplink.http_proxy: {e}"));
         }
-        if self.poll_wait_ms < 100 || self.poll_wait_ms > crate::limits::MAX_LONG_POLL.as_millis() as u64 {
+        if self.poll_wait_ms < 100
+            || self.poll_wait_ms > crate::limits::MAX_LONG_POLL.as_millis() as u64
+        {
             errors.push(format!(
                 "uplink.poll_wait_ms: must be 100..={}",
                 crate::limits::MAX_LONG_POLL.as_millis()

@@ -18,6 +18,7 @@
 //! duplicate by message ID.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -162,6 +163,7 @@ pub struct Forwarder {
     counters: Counters,
     state: Mutex<State>,
     slots: Arc<Semaphore>,
+    enabled: AtomicBool,
 }
 
 impl Forwarder {
@@ -195,7 +197,20 @@ impl Forwarder {
                 pause_until: None,
                 backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
             }),
+            enabled: AtomicBool::new(true),
         })
+    }
+
+    /// Stops (false) or resumes (true) sending; the spool keeps taking
+    /// messages either way. An operator's control action.
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+        self.outbox.wake.notify_one();
+    }
+
+    /// True unless sending was stopped.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
     }
 
     /// Runs until shutdown.
@@ -203,6 +218,14 @@ impl Forwarder {
         loop {
             if shutdown.is_triggered() {
                 return;
+            }
+            if !self.is_enabled() {
+                tokio::select! {
+                    _ = self.outbox.wake.notified() => {},
+                    _ = tokio::time::sleep(IDLE_TICK) => {},
+                    _ = shutdown.wait() => return,
+                }
+                continue;
             }
             let pause = self
                 .state

@@ -143,7 +143,6 @@ pub struct MessageInput {
     pub expiry_s: Option<u64>,
 }
 
-
 /// What a [`MessageInput`] builds: everything of a message but its header's
 /// ID, time, direction and routing, which the caller decides.
 #[derive(Debug, Clone)]
@@ -199,7 +198,6 @@ fn data(input: &MessageInput, i: usize) -> Result<Option<Data>, String> {
         (None, None) => Ok(None),
     }
 }
-
 
 impl MessageInput {
     /// Checks the input and builds content, class and QoS; `si` is the

@@ -14,6 +14,7 @@
 pub mod backchannel;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod envelope;
 pub mod exchange;
 pub mod forward;

@@ -414,6 +414,16 @@ impl Message {
         }
     }
 
+    /// Appends `id` to the routing list, stamped with the creation time
+    /// (what a node does to the messages it originates).
+    pub fn with_hop(mut self, id: &ComponentId) -> Self {
+        self.header.routing.push(Hop {
+            id: id.clone(),
+            time: self.header.created,
+        });
+        self
+    }
+
     /// A `response` message answering `r.request`, sent by `from`.
     pub fn response(from: &ComponentId, r: Response) -> Self {
         Message::forward(from.clone(), "response", None, Content::Response(r))

@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use rsnet_common::client::{call, send, Target};
 use rsnet_common::http_util::percent_encode;
 use rsnet_common::tls::TlsPaths;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[derive(Parser)]
 #[command(name = "rsnet-ctl", version, about = "Operator CLI for rsnet")]
@@ -69,6 +69,52 @@ enum Cmd {
         /// At most this many (1..=1000).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+    },
+    /// Send a back-channel message to IDs and/or groups; prints its ID.
+    Send {
+        /// Destinations: component or support-instance IDs, `group:NAME`.
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
+        /// alarm, event or data.
+        #[arg(long, default_value = "data")]
+        kind: String,
+        /// Class (default: the kind; `control` for control actions).
+        #[arg(long)]
+        class: Option<String>,
+        /// Subclass (the action, for class `control`).
+        #[arg(long)]
+        subclass: Option<String>,
+        /// Text of an alarm or event.
+        #[arg(long)]
+        text: Option<String>,
+        /// MIME type of the payload.
+        #[arg(long)]
+        mime: Option<String>,
+        /// Payload text.
+        #[arg(long)]
+        payload: Option<String>,
+        /// 0..=9 (default 4).
+        #[arg(long)]
+        precedence: Option<u8>,
+        /// Expire after this many seconds.
+        #[arg(long)]
+        expiry_s: Option<u64>,
+    },
+    /// Groups: list all, or show, set (--members) or delete one.
+    Groups {
+        /// `group:NAME` or `NAME`; omit to list all.
+        name: Option<String>,
+        /// Replace the group's members with these IDs.
+        #[arg(long, num_args = 1.., value_delimiter = ',')]
+        members: Vec<String>,
+        /// Delete the group.
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Where a back-channel message is, per final destination.
+    Deliveries {
+        /// The message ID `send` printed.
+        id: String,
     },
     /// Follow the stream of stored messages (server-sent events).
     Tail {
@@ -177,6 +223,28 @@ fn summary(m: &Value) -> String {
     )
 }
 
+async fn call_json(
+    t: &Target,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, String> {
+    let body = body.map(|b| ("application/json", bytes::Bytes::from(b.to_string())));
+    let (status, b) = call(t, method, path, body).await?;
+    let v: Value = serde_json::from_slice(&b).map_err(|e| format!("bad JSON from server: {e}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "{status}: {}",
+            v["error"].as_str().unwrap_or(&v.to_string())
+        ));
+    }
+    Ok(v)
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     let t = target(&cli)?;
     match &cli.cmd {
@@ -233,6 +301,97 @@ async fn run(cli: Cli) -> Result<(), String> {
                 println!("{}", summary(m));
             }
             eprintln!("(next page: --after {})", v["next"]);
+        }
+        Cmd::Send {
+            to,
+            kind,
+            class,
+            subclass,
+            text,
+            mime,
+            payload,
+            precedence,
+            expiry_s,
+        } => {
+            let mut body = json!({ "to": to, "kind": kind });
+            let fields = [
+                ("class", class.clone().map(Value::from)),
+                ("subclass", subclass.clone().map(Value::from)),
+                ("text", text.clone().map(Value::from)),
+                ("mime", mime.clone().map(Value::from)),
+                ("payload", payload.clone().map(Value::from)),
+                ("precedence", precedence.map(Value::from)),
+                ("expiry_s", expiry_s.map(Value::from)),
+            ];
+            for (k, v) in fields {
+                if let Some(v) = v {
+                    body[k] = v;
+                }
+            }
+            if kind == "data" && payload.is_none() {
+                body["payload"] = Value::from("");
+            }
+            let v = call_json(&t, Method::POST, "/api/v1/messages", Some(body)).await?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                println!("{}", v["id"].as_str().unwrap_or(""));
+                eprintln!("{} destinations: {}", v["destinations"], v["summary"]);
+            }
+        }
+        Cmd::Groups {
+            name,
+            members,
+            delete,
+        } => {
+            let Some(name) = name else {
+                let v = call_json(&t, Method::GET, "/api/v1/groups", None).await?;
+                if cli.json {
+                    print_json(&v);
+                    return Ok(());
+                }
+                for g in v["groups"].as_array().into_iter().flatten() {
+                    let n = g["members"].as_array().map_or(0, Vec::len);
+                    println!("{:<32} {:>6} members", g["name"].as_str().unwrap_or(""), n);
+                }
+                return Ok(());
+            };
+            let path = format!(
+                "/api/v1/groups/{}",
+                percent_encode(name.strip_prefix("group:").unwrap_or(name))
+            );
+            let v = if *delete {
+                call_json(&t, Method::DELETE, &path, None).await?
+            } else if !members.is_empty() {
+                call_json(&t, Method::PUT, &path, Some(json!({ "members": members }))).await?
+            } else {
+                call_json(&t, Method::GET, &path, None).await?
+            };
+            print_json(&v);
+        }
+        Cmd::Deliveries { id } => {
+            let v = call_json(
+                &t,
+                Method::GET,
+                &format!("/api/v1/messages/{}/deliveries", percent_encode(id)),
+                None,
+            )
+            .await?;
+            if cli.json {
+                print_json(&v);
+                return Ok(());
+            }
+            let d = &v["delivery"];
+            println!("{:<28} {:<10} {:<20} DETAIL", "DESTINATION", "STATE", "HOP");
+            for (dest, st) in d["destinations"].as_object().into_iter().flatten() {
+                println!(
+                    "{:<28} {:<10} {:<20} {}",
+                    dest,
+                    st["state"].as_str().unwrap_or(""),
+                    st["hop"].as_str().unwrap_or("-"),
+                    st["reason"].as_str().unwrap_or("")
+                );
+            }
         }
         Cmd::Tail {
             class,

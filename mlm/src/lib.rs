@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod downlink;
 pub mod relay;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use rsnet_common::config::{self, ConfigError, UplinkConfig};
+use rsnet_common::backchannel::{self, BackChannel};
+use rsnet_common::config::{self, BackChannelSection, ConfigError, UplinkConfig};
 use rsnet_common::forward;
 use rsnet_common::heartbeat::{self, StatusTree};
 use rsnet_common::http_util::{error, text};
@@ -53,6 +55,9 @@ pub struct Config {
     pub tls: TlsPaths,
     /// The parent.
     pub uplink: UplinkConfig,
+    /// Back-channel queues toward the children.
+    #[serde(default)]
+    pub backchannel: BackChannelSection,
 }
 
 fn default_spool() -> u64 {
@@ -68,6 +73,7 @@ impl Config {
         let c: Config = config::load(path)?;
         let mut errors = Vec::new();
         c.uplink.validate(&mut errors);
+        c.backchannel.validate(&mut errors);
         if c.heartbeat_interval_s == 0 {
             errors.push("heartbeat_interval_s: must be at least 1".into());
         }
@@ -99,20 +105,39 @@ pub async fn run(
         forwarder,
         config: fwd_cfg,
     } = forward::Sender::new(&cfg.uplink, &cfg.tls, spool.clone(), &metrics)?;
-    let relay = relay::Relay::start(link.clone(), fwd_cfg, &metrics);
+    let relay = relay::Relay::start(link.clone(), fwd_cfg.clone(), &metrics);
+    let bc = BackChannel::open(
+        me.id.clone(),
+        Arc::new(store.queues()?),
+        Arc::new(store.kv()),
+        cfg.backchannel.config(),
+        &metrics,
+        None,
+    )?;
+    link.set_downlink(Arc::new(downlink::Relay {
+        backchannel: bc.clone(),
+        received: metrics.counter(
+            "rsnet_backchannel_received_total",
+            "back-channel messages received from the parent (repeats not counted)",
+        ),
+    }));
 
     let server_tls = ReloadingServerConfig::start(cfg.tls.clone())?;
     let listener = server::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
     let (id, m2) = (me.id.clone(), metrics.clone());
     let handler = move |req: http::Request<hyper::body::Incoming>, peer: Arc<server::Peer>| {
-        let (relay, id, metrics) = (relay.clone(), id.clone(), m2.clone());
+        let (relay, id, metrics, bc) = (relay.clone(), id.clone(), m2.clone(), bc.clone());
         async move {
             if exchange::is_exchange(&req) {
                 let mut inbound = match exchange::receive(req, &peer).await {
                     Ok(i) => i,
                     Err(resp) => return resp,
                 };
+                let child = inbound.peer.id.clone();
+                let acks = std::mem::take(&mut inbound.control.acks);
+                bc.inbound(&child, &acks, &inbound.items).await;
+                let busy = !inbound.items.is_empty() || !inbound.rejected.is_empty();
                 let now = Timestamp::now();
                 for item in &mut inbound.items {
                     item.header.routing.push(Hop {
@@ -122,7 +147,8 @@ pub async fn run(
                 }
                 let mut answers = std::mem::take(&mut inbound.rejected);
                 answers.extend(relay.forward(inbound.items).await);
-                return exchange::reply(answers, &[]);
+                let down = bc.reply_for(&child, inbound.control.wait(), busy).await;
+                return exchange::reply(answers, &down);
             }
             match req.uri().path() {
                 "/metrics" => text(
@@ -155,6 +181,12 @@ pub async fn run(
         )])
         .await?;
     let fwd = tokio::spawn(forwarder.run(shutdown.clone()));
+    tokio::spawn(backchannel::poll_until_shutdown(
+        link.clone(),
+        cfg.uplink.poll_wait(),
+        fwd_cfg.exchange_timeout,
+        shutdown.clone(),
+    ));
     let tree = {
         let (id, spool) = (me.id.clone(), spool.clone());
         move || StatusTree {

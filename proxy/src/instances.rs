@@ -5,7 +5,7 @@
 //! `ID.siN` once, stores the mapping durably, and returns the same ID for
 //! the same key forever after, across restarts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use rsnet_common::heartbeat::InstanceStatus;
@@ -14,6 +14,7 @@ use rsnet_common::store::{KvStore, StoreError};
 
 const PREFIX: &str = "si/";
 const NEXT: &str = "si-next";
+const DISABLED: &str = "si-disabled/";
 /// Longest integrator key accepted.
 pub const MAX_KEY_BYTES: usize = 255;
 
@@ -22,6 +23,7 @@ pub struct Instances {
     me: ComponentId,
     kv: Arc<dyn KvStore>,
     map: Mutex<(HashMap<String, ComponentId>, u64)>,
+    disabled: Mutex<HashSet<ComponentId>>,
 }
 
 impl Instances {
@@ -43,10 +45,16 @@ impl Instances {
             .get(NEXT)?
             .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
             .unwrap_or(1);
+        let disabled = kv
+            .list(DISABLED)?
+            .into_iter()
+            .filter_map(|(k, _)| k.strip_prefix(DISABLED)?.parse().ok())
+            .collect();
         Ok(Instances {
             me,
             kv,
             map: Mutex::new((map, next)),
+            disabled: Mutex::new(disabled),
         })
     }
 
@@ -83,6 +91,44 @@ impl Instances {
         Ok(id)
     }
 
+    /// Enables or disables a known instance (a control action); durable.
+    ///
+    /// # Errors
+    /// An unknown instance or a store failure.
+    pub fn set_enabled(&self, id: &ComponentId, on: bool) -> Result<(), String> {
+        let known = self
+            .map
+            .lock()
+            .map(|g| g.0.values().any(|x| x == id))
+            .unwrap_or(false);
+        if !known {
+            return Err(format!("no support instance {id} on this proxy"));
+        }
+        let key = format!("{DISABLED}{id}");
+        let r = if on {
+            self.kv.delete(&[key])
+        } else {
+            self.kv.put(vec![(key, Vec::new())])
+        };
+        r.map_err(|e| e.to_string())?;
+        let mut d = self.disabled.lock().unwrap_or_else(|p| p.into_inner());
+        if on {
+            d.remove(id);
+        } else {
+            d.insert(id.clone());
+        }
+        Ok(())
+    }
+
+    /// True unless an operator disabled the instance.
+    pub fn is_enabled(&self, id: &ComponentId) -> bool {
+        !self
+            .disabled
+            .lock()
+            .map(|d| d.contains(id))
+            .unwrap_or(false)
+    }
+
     /// Every instance, for the status tree.
     pub fn list(&self) -> Vec<InstanceStatus> {
         let Ok(g) = self.map.lock() else {
@@ -93,7 +139,12 @@ impl Instances {
                 .map(|(k, id)| InstanceStatus {
                     id: id.clone(),
                     key: k.clone(),
-                    state: "enabled".into(),
+                    state: if self.is_enabled(id) {
+                        "enabled"
+                    } else {
+                        "disabled"
+                    }
+                    .into(),
                 })
                 .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));

@@ -8,8 +8,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod inbox;
 pub mod instances;
 pub mod local_api;
+mod node;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rsnet_common::backchannel::{self, Queues, QueuesConfig};
 use rsnet_common::config::{self, ConfigError, UplinkConfig};
 use rsnet_common::forward;
 use rsnet_common::heartbeat::{self, StatusTree};
@@ -68,6 +71,33 @@ pub struct Config {
     pub tls: TlsPaths,
     /// The parent.
     pub uplink: UplinkConfig,
+    /// The inbox (back-channel messages for local integrators).
+    #[serde(default)]
+    pub inbox: InboxConfig,
+    /// The file this was loaded from (for the `get-config` control action).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `[inbox]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    /// Bytes the inbox may hold; beyond, the parent keeps (and resends)
+    /// what does not fit. Default 64 MiB.
+    pub capacity_bytes: u64,
+    /// How long a message taken with `GET /v1/inbox` waits for its ack
+    /// before it is offered again, in seconds. Default 60.
+    pub lease_s: u64,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig {
+            capacity_bytes: 64 << 20,
+            lease_s: 60,
+        }
+    }
 }
 
 fn default_spool() -> u64 {
@@ -80,7 +110,8 @@ impl Config {
     /// # Errors
     /// Every problem, with the file name.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let c: Config = config::load(path)?;
+        let mut c: Config = config::load(path)?;
+        c.source = Some(path.to_path_buf());
         let mut errors = Vec::new();
         c.uplink.validate(&mut errors);
         match c.local_api.listen.parse::<SocketAddr>() {
@@ -90,6 +121,12 @@ impl Config {
         }
         if c.heartbeat_interval_s == 0 {
             errors.push("heartbeat_interval_s: must be at least 1".into());
+        }
+        if c.inbox.capacity_bytes < 1 << 20 {
+            errors.push("inbox.capacity_bytes: must be at least 1 MiB".into());
+        }
+        if c.inbox.lease_s == 0 {
+            errors.push("inbox.lease_s: must be at least 1".into());
         }
         if c.spool_capacity_bytes < 1 << 20 {
             errors.push("spool_capacity_bytes: must be at least 1 MiB".into());
@@ -126,18 +163,57 @@ pub async fn run(
     let store = RedbStore::open(&cfg.data_dir)?;
     let spool: Arc<dyn Spool> = Arc::new(store.spool(cfg.spool_capacity_bytes)?);
     let kv: Arc<dyn KvStore> = Arc::new(store.kv());
-    let instances = Arc::new(instances::Instances::load(me.id.clone(), kv)?);
+    let instances = Arc::new(instances::Instances::load(me.id.clone(), kv.clone())?);
     let forward::Sender {
         link,
         outbox,
         forwarder,
-        ..
+        config: fwd_cfg,
     } = forward::Sender::new(&cfg.uplink, &cfg.tls, spool.clone(), &metrics)?;
+    let tree = {
+        let (id, spool, instances) = (me.id.clone(), spool.clone(), instances.clone());
+        move || StatusTree {
+            id: id.clone(),
+            role: "proxy",
+            uptime_s: started.elapsed().as_secs(),
+            spool: Some(spool.stats()),
+            modules: vec![("local-api".into(), instances.list())],
+        }
+    };
+    let node = node::ProxyNode::new(
+        me.id.clone(),
+        outbox.clone(),
+        forwarder.clone(),
+        instances.clone(),
+        kv.clone(),
+        cfg.source.clone(),
+        Box::new(tree.clone()),
+    )?;
+    let queues = Queues::open(
+        Arc::new(store.queues()?),
+        QueuesConfig {
+            capacity_bytes: cfg.inbox.capacity_bytes,
+            lease: Duration::from_secs(cfg.inbox.lease_s),
+            ..Default::default()
+        },
+    )?;
+    let inbox = Arc::new(inbox::Inbox {
+        me: me.id.clone(),
+        queues,
+        outbox: outbox.clone(),
+        node,
+        received: metrics.counter(
+            "rsnet_backchannel_received_total",
+            "back-channel messages received from the parent (repeats not counted)",
+        ),
+    });
+    link.set_downlink(inbox.clone());
     let l2 = link.clone();
     let api = Arc::new(local_api::LocalApi {
         me: me.id.clone(),
         outbox: outbox.clone(),
         instances: instances.clone(),
+        inbox,
         metrics: metrics.clone(),
         parent: Arc::new(move || l2.current_parent().to_string()),
     });
@@ -156,22 +232,18 @@ pub async fn run(
         )])
         .await?;
     let fwd = tokio::spawn(forwarder.run(shutdown.clone()));
+    tokio::spawn(backchannel::poll_until_shutdown(
+        link.clone(),
+        cfg.uplink.poll_wait(),
+        fwd_cfg.exchange_timeout,
+        shutdown.clone(),
+    ));
     ready::write(
         &cfg.data_dir,
         BTreeMap::from([("local_api".to_string(), addr)]),
     )?;
     tracing::info!(id = %me.id, local_api = %addr, parent = link.current_parent(), "proxy running");
 
-    let tree = {
-        let (id, spool, instances) = (me.id.clone(), spool.clone(), instances.clone());
-        move || StatusTree {
-            id: id.clone(),
-            role: "proxy",
-            uptime_s: started.elapsed().as_secs(),
-            spool: Some(spool.stats()),
-            modules: vec![("local-api".into(), instances.list())],
-        }
-    };
     let interval = Duration::from_secs(cfg.heartbeat_interval_s);
     forward::heartbeat_until_shutdown(outbox, link, tree, interval, fwd, shutdown).await;
     task.abort();

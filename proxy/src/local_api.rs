@@ -3,7 +3,9 @@
 //! | path | what |
 //! |---|---|
 //! | `POST /v1/messages` | one message object, or `{"messages": [...]}`; 202 with the IDs once spooled (fsync) |
-//! | `GET /v1/status` | ID, parent, spool and forwarding counters |
+//! | `GET /v1/inbox?wait=S&limit=N` | back-channel messages for this proxy and its support instances; waits up to S seconds (max 60) for the first; each is leased (not offered again) until acked or the lease ends |
+//! | `POST /v1/inbox/ack` | `{"acks": [{"id", "destination"?, "status": "processed"\|"failed", "reason"?}]}` or `{"ids": [...]}`; reports each upward |
+//! | `GET /v1/status` | ID, parent, spool, inbox and forwarding state |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Errors: 400 for invalid input (the field is named), 413 for an oversize
@@ -15,17 +17,18 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use rsnet_common::forward::Outbox;
-use rsnet_common::http_util::{error, json, read_body, text, Body};
+use rsnet_common::http_util::{error, json, query_pairs, read_body, text, Body};
 use rsnet_common::id::ComponentId;
 use rsnet_common::json::{Built, MessageInput};
 use rsnet_common::limits::{
-    BODY_READ_TIMEOUT, MAX_BATCH_MESSAGES, MAX_LOCAL_BODY_BYTES,
+    BODY_READ_TIMEOUT, MAX_BATCH_MESSAGES, MAX_LOCAL_BODY_BYTES, MAX_LONG_POLL,
 };
 use rsnet_common::metrics::Registry;
 use rsnet_common::model::*;
 use rsnet_common::store::StoreError;
 use serde_json::json;
 
+use crate::inbox::{self, Ack, Inbox};
 use crate::instances::Instances;
 
 /// `{"messages": [...]}` or a single message object; serde errors name the field.
@@ -49,6 +52,8 @@ pub struct LocalApi {
     pub outbox: Arc<Outbox>,
     /// Support instances.
     pub instances: Arc<Instances>,
+    /// Back-channel messages for local integrators.
+    pub inbox: Arc<Inbox>,
     /// Metrics.
     pub metrics: Registry,
     /// Parent URL in use, for status.
@@ -93,15 +98,93 @@ impl LocalApi {
                 let s = self.outbox.spool().stats();
                 json(
                     StatusCode::OK,
-                    &json!({ "id": self.me.to_string(), "parent": (self.parent)(), "spool": s }),
+                    &json!({
+                        "id": self.me.to_string(),
+                        "parent": (self.parent)(),
+                        "spool": s,
+                        "inbox": self.inbox.queues.stats(),
+                        "forwarding": self.inbox.node_forwarding(),
+                    }),
                 )
             }
+            (Method::GET, "/v1/inbox") => self.get_inbox(req.uri().query()).await,
+            (Method::POST, "/v1/inbox/ack") => self.post_ack(req).await,
             (Method::GET, "/metrics") => text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
                 self.metrics.render(),
             ),
             (m, p) => error(StatusCode::NOT_FOUND, format!("no route for {m} {p}")),
+        }
+    }
+
+    async fn get_inbox(&self, query: Option<&str>) -> Response<Body> {
+        let (mut wait, mut limit) = (Duration::ZERO, 100usize);
+        for (k, v) in query_pairs(query) {
+            match k.as_str() {
+                "wait" => match v.parse::<u64>() {
+                    Ok(s) if s <= MAX_LONG_POLL.as_secs() => wait = Duration::from_secs(s),
+                    _ => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("wait: seconds, 0..={}", MAX_LONG_POLL.as_secs()),
+                        )
+                    }
+                },
+                "limit" => match v.parse::<usize>() {
+                    Ok(n) if (1..=inbox::MAX_TAKE).contains(&n) => limit = n,
+                    _ => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("limit: 1..={}", inbox::MAX_TAKE),
+                        )
+                    }
+                },
+                other => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown parameter {other:?}"),
+                    )
+                }
+            }
+        }
+        let messages = self.inbox.take(wait, limit).await;
+        json(StatusCode::OK, &json!({ "messages": messages }))
+    }
+
+    async fn post_ack(&self, req: Request<Incoming>) -> Response<Body> {
+        let body = match read_body(req.into_body(), MAX_LOCAL_BODY_BYTES, BODY_READ_TIMEOUT).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            #[serde(default)]
+            acks: Vec<Ack>,
+            #[serde(default)]
+            ids: Vec<String>,
+        }
+        let b: Body = match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+        };
+        let mut acks = b.acks;
+        acks.extend(b.ids.into_iter().map(|id| Ack {
+            id,
+            destination: None,
+            status: None,
+            reason: None,
+        }));
+        if acks.is_empty() || acks.len() > inbox::MAX_TAKE {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("give 1..={} acks or ids", inbox::MAX_TAKE),
+            );
+        }
+        match self.inbox.ack(&acks).await {
+            Ok((n, unknown)) => json(StatusCode::OK, &json!({ "acked": n, "unknown": unknown })),
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
         }
     }
 
@@ -125,6 +208,21 @@ impl LocalApi {
             match self.build(input, i) {
                 Ok(m) => msgs.push(m),
                 Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            }
+        }
+        for (i, m) in msgs.iter().enumerate() {
+            if let Some(s) = m
+                .header
+                .source()
+                .filter(|s| !self.instances.is_enabled(&s.origin))
+            {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "messages[{i}]: support instance {} is disabled by the operator",
+                        s.origin
+                    ),
+                );
             }
         }
         match self.outbox.push(&msgs).await {

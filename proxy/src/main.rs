@@ -71,6 +71,22 @@ enum Cmd {
         #[arg(long)]
         non_persistent: bool,
     },
+    /// Print back-channel messages waiting in a running proxy's inbox, one
+    /// JSON object per line; with --ack, acknowledge each as processed.
+    Inbox {
+        /// The TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Wait up to this many seconds for the first message (0..=60).
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Acknowledge what was printed as processed.
+        #[arg(long)]
+        ack: bool,
+    },
     /// Print a running proxy's status as JSON.
     Status {
         /// The TOML config file.
@@ -176,6 +192,60 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Cmd::Inbox {
+            config,
+            wait,
+            limit,
+            ack,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let path = format!("/v1/inbox?wait={wait}&limit={limit}");
+            let msgs = match local(&cfg, Method::GET, &path, None).await {
+                Ok((StatusCode::OK, v)) => v["messages"].as_array().cloned().unwrap_or_default(),
+                Ok((s, v)) => {
+                    eprintln!("rsnet-proxy: {s}: {}", v["error"].as_str().unwrap_or(""));
+                    return ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    eprintln!("rsnet-proxy: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            for m in &msgs {
+                println!("{m}");
+            }
+            if ack && !msgs.is_empty() {
+                let acks: Vec<Value> = msgs
+                    .iter()
+                    .map(|m| json!({ "id": m["id"], "destination": m["destination"] }))
+                    .collect();
+                match local(
+                    &cfg,
+                    Method::POST,
+                    "/v1/inbox/ack",
+                    Some(json!({ "acks": acks })),
+                )
+                .await
+                {
+                    Ok((StatusCode::OK, v)) => eprintln!("acknowledged {}", v["acked"]),
+                    Ok((s, v)) => {
+                        eprintln!(
+                            "rsnet-proxy: ack: {s}: {}",
+                            v["error"].as_str().unwrap_or("")
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                    Err(e) => {
+                        eprintln!("rsnet-proxy: ack: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            ExitCode::SUCCESS
         }
         Cmd::Status { config } => {
             let cfg = match load(&config) {

@@ -175,7 +175,9 @@ impl BackChannel {
             let w = w.min(self.cfg.max_wait).min(MAX_LONG_POLL);
             self.queues.wait(child.as_str(), Instant::now() + w).await;
         }
-        let Taken { records, expired } = self
+        let Taken {
+            records, expired, ..
+        } = self
             .queues
             .take(child.as_str(), self.cfg.reply_bytes, MAX_BATCH_MESSAGES)
             .await;

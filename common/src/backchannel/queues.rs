@@ -67,6 +67,8 @@ pub enum Offered {
 pub struct Taken {
     /// Entries to deliver, in order, now leased.
     pub records: Vec<SpoolRecord>,
+    /// For each record, the index (in the queues asked) of its queue.
+    pub from: Vec<usize>,
     /// IDs that expired in the queue and were dropped.
     pub expired: Vec<MessageId>,
 }
@@ -301,19 +303,20 @@ impl Queues {
         let mut gone = Vec::new();
         {
             let mut st = self.lock();
-            let mut candidates: Vec<(SpoolKey, &str)> = Vec::new();
-            for q in queues {
+            let mut candidates: Vec<(SpoolKey, usize)> = Vec::new();
+            for (i, q) in queues.iter().enumerate() {
                 if let Some(x) = st.queues.get(*q) {
                     for (k, slot) in &x.entries {
                         if slot.lease_until.is_none_or(|t| t <= now) {
-                            candidates.push((*k, q));
+                            candidates.push((*k, i));
                         }
                     }
                 }
             }
             candidates.sort_unstable();
             let mut bytes = 0usize;
-            for (k, q) in candidates {
+            for (k, qi) in candidates {
+                let q = queues[qi];
                 if out.records.len() >= max_items {
                     break;
                 }
@@ -334,6 +337,7 @@ impl Queues {
                 bytes += size;
                 slot.lease_until = Some(now + self.cfg.lease);
                 out.records.push(slot.record.clone());
+                out.from.push(qi);
             }
         }
         if !gone.is_empty() {

@@ -1,0 +1,285 @@
+//! The proxy's inbox: back-channel messages for the proxy and its support
+//! instances, held durably until the local integrator acknowledges them.
+//!
+//! ```text
+//! parent reply ─► Inbox::deliver ─► Queues[destination] (fsync) ─► ack upward
+//!                       │                                    + "delivered" response
+//! GET /v1/inbox?wait=S ─┘ take (leased for `lease`; re-offered if not acked)
+//! POST /v1/inbox/ack ──► remove ─► "processed" / "failed" response upward
+//! ```
+//!
+//! One queue per final destination (`acme.p7`, `acme.p7.si12`), so a message
+//! for both is processed, and reported, once per destination. A message
+//! resent by the parent (its ack was lost) is recognised by its ID and
+//! acknowledged again without a second inbox entry. Processing is reported
+//! as a `response` whose source is the destination, class `response`,
+//! subclass `delivered` or `processed`, which the appserver's delivery view
+//! shows per destination. Control actions (class `control`) addressed to
+//! the proxy are carried out at once instead ([`rsnet_common::control`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rsnet_common::backchannel::{Offered, Queues};
+use rsnet_common::envelope::{wire, Item};
+use rsnet_common::forward::Outbox;
+use rsnet_common::id::{ComponentId, MessageId};
+use rsnet_common::link::Downlink;
+use rsnet_common::metrics::Counter;
+use rsnet_common::model::{Content, Direction, Message, Response, Timestamp};
+use rsnet_common::store::SpoolRecord;
+use serde_json::{json, Value};
+
+use rsnet_common::control::{self, Controlled};
+
+/// Most messages one `GET /v1/inbox` returns.
+pub const MAX_TAKE: usize = 1000;
+/// Bytes one `GET /v1/inbox` returns (at least one message).
+const TAKE_BYTES: usize = 4 << 20;
+
+/// How an integrator acknowledges one message.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    /// The message ID.
+    pub id: String,
+    /// The destination it was for; default: every destination holding it.
+    #[serde(default)]
+    pub destination: Option<String>,
+    /// `processed` (default) or `failed`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Why it failed, or a short result.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The inbox.
+pub struct Inbox {
+    /// This proxy.
+    pub me: ComponentId,
+    /// Durable queues, one per destination.
+    pub queues: Arc<Queues>,
+    /// Where responses go upward.
+    pub outbox: Arc<Outbox>,
+    /// What control actions act on.
+    pub node: Arc<dyn Controlled>,
+    /// New messages received from the parent.
+    pub received: Counter,
+}
+
+impl Inbox {
+    /// `on`, or `off` while an operator disabled forwarding.
+    pub fn node_forwarding(&self) -> &'static str {
+        self.node.forwarding()
+    }
+
+    fn report(&self, dest: &ComponentId, subclass: &str, r: Response) -> Message {
+        Message::forward(
+            dest.clone(),
+            "response",
+            Some(subclass),
+            Content::Response(r),
+        )
+        .with_hop(&self.me)
+    }
+
+    async fn spool(&self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.outbox.push(&msgs).await {
+            tracing::warn!(error = %e, "delivery report not spooled");
+        }
+    }
+
+    async fn one(&self, item: Item) -> Option<MessageId> {
+        let id = item.header.id;
+        let Direction::Destination(d) = &item.header.direction else {
+            tracing::warn!(message = %id, "parent sent a forward message down; dropped");
+            return Some(id);
+        };
+        if self.queues.was_received(&id) {
+            return Some(id);
+        }
+        if item.header.qos.expired(Timestamp::now()) {
+            tracing::warn!(message = %id, "back-channel message arrived expired; dropped");
+            return Some(id);
+        }
+        let mine: Vec<&ComponentId> = d.ids.iter().filter(|x| x.is_within(&self.me)).collect();
+        if mine.len() < d.ids.len() {
+            tracing::warn!(message = %id, "back-channel message names destinations outside this proxy; those are ignored");
+        }
+        if item.header.class == control::CLASS {
+            // Acted on at once; the result goes up as the response.
+            let mut reports = Vec::new();
+            for dest in &mine {
+                let r = control::act(self.node.as_ref(), dest, &item).await;
+                reports.push(self.report(dest, "processed", r));
+            }
+            if let Err(e) = self.queues.offer(Vec::new(), Some(id)).await {
+                tracing::warn!(message = %id, error = %e, "control action not recorded; parent resends it");
+                return None;
+            }
+            self.received.inc();
+            self.spool(reports).await;
+            return Some(id);
+        }
+        let push: Vec<(String, SpoolRecord)> = mine
+            .iter()
+            .map(|dest| {
+                (
+                    dest.to_string(),
+                    SpoolRecord {
+                        id,
+                        precedence: item.header.qos.precedence,
+                        persistent: item.header.qos.persistence,
+                        expiry: item.header.qos.expiry,
+                        header: wire::encode_header(&item.header).into(),
+                        content: item.content.clone(),
+                    },
+                )
+            })
+            .collect();
+        match self.queues.offer(push, Some(id)).await {
+            Ok(Offered::Queued(_)) => {
+                self.received.inc();
+                let reports = mine
+                    .iter()
+                    .map(|dest| {
+                        let corr = format!("{}/inbox/{id}", self.me);
+                        self.report(dest, "delivered", Response::accepted(id, Some(corr)))
+                    })
+                    .collect();
+                self.spool(reports).await;
+                Some(id)
+            }
+            Ok(Offered::Duplicate) => Some(id),
+            Err(e) => {
+                tracing::warn!(message = %id, error = %e, "inbox cannot take the message; parent resends it");
+                None
+            }
+        }
+    }
+
+    /// Leases up to `limit` messages for the integrator, waiting up to
+    /// `wait` for the first one.
+    pub async fn take(&self, wait: Duration, limit: usize) -> Vec<Value> {
+        let until = Instant::now() + wait;
+        loop {
+            let names = self.queues.names();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let t = self.queues.take_from(&refs, TAKE_BYTES, limit).await;
+            for id in &t.expired {
+                tracing::warn!(message = %id, "inbox message expired before it was taken; dropped");
+            }
+            if !t.records.is_empty() || Instant::now() >= until {
+                return t
+                    .records
+                    .iter()
+                    .zip(&t.from)
+                    .map(|(r, qi)| view(r, &names[*qi]))
+                    .collect();
+            }
+            self.queues.wait_any(until).await;
+        }
+    }
+
+    /// Acknowledges messages the integrator handled; reports each upward.
+    /// Returns `(acknowledged, unknown)`.
+    ///
+    /// # Errors
+    /// A message naming the bad entry.
+    pub async fn ack(&self, acks: &[Ack]) -> Result<(usize, Vec<String>), String> {
+        let mut reports = Vec::new();
+        let mut unknown = Vec::new();
+        let mut n = 0;
+        for (i, a) in acks.iter().enumerate() {
+            let id: MessageId = a.id.parse().map_err(|e| format!("acks[{i}].id: {e}"))?;
+            let failed = match a.status.as_deref() {
+                None | Some("processed") => false,
+                Some("failed") => true,
+                Some(s) => {
+                    return Err(format!(
+                        "acks[{i}].status: {s:?} (expected processed or failed)"
+                    ))
+                }
+            };
+            let dests: Vec<String> = match &a.destination {
+                Some(d) => vec![d.clone()],
+                None => self.queues.names(),
+            };
+            let mut hit = false;
+            for d in dests {
+                if self.queues.ack(&d, &[id]).await.is_empty() {
+                    continue;
+                }
+                hit = true;
+                n += 1;
+                let Ok(dest) = d.parse::<ComponentId>() else {
+                    continue;
+                };
+                let corr = Some(format!("{}/inbox/{id}", self.me));
+                let r = if failed {
+                    Response {
+                        correlation: corr,
+                        ..Response::rejected(
+                            id,
+                            a.reason.clone().unwrap_or_else(|| "failed".into()),
+                        )
+                    }
+                } else {
+                    Response {
+                        reason: a.reason.clone(),
+                        ..Response::accepted(id, corr)
+                    }
+                };
+                reports.push(self.report(&dest, "processed", r));
+            }
+            if !hit {
+                unknown.push(a.id.clone());
+            }
+        }
+        self.spool(reports).await;
+        Ok((n, unknown))
+    }
+}
+
+/// One inbox entry as the integrator sees it.
+fn view(r: &SpoolRecord, destination: &str) -> Value {
+    let mut o = match wire::decode_header(&r.header) {
+        Ok(h) => {
+            let mut o = rsnet_common::json::header(&h);
+            match wire::decode_content(&r.content, h.kind) {
+                Ok(c) => o.insert("content".into(), rsnet_common::json::content(&c)),
+                Err(e) => o.insert("error".into(), json!(format!("content: {e}"))),
+            };
+            o
+        }
+        Err(e) => {
+            let mut o = serde_json::Map::new();
+            o.insert("id".into(), json!(r.id.to_string()));
+            o.insert("error".into(), json!(format!("header: {e}")));
+            o
+        }
+    };
+    o.insert("destination".into(), json!(destination));
+    Value::Object(o)
+}
+
+impl Downlink for Inbox {
+    fn deliver(
+        &self,
+        items: Vec<Item>,
+    ) -> Pin<Box<dyn Future<Output = Vec<MessageId>> + Send + '_>> {
+        Box::pin(async move {
+            let mut acks = Vec::with_capacity(items.len());
+            for item in items {
+                acks.extend(self.one(item).await);
+            }
+            acks
+        })
+    }
+}
