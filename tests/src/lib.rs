@@ -37,3 +37,110 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A minimal HTTP forward proxy for tests: answers `CONNECT host:port` and
+/// splices bytes both ways. It counts the tunnels it opened and can play a
+/// broken network: in black-hole mode every byte from the parent to the
+/// child is dropped (replies are lost), and leaving that mode cuts every
+/// tunnel, as a network that recovers would.
+pub struct ConnectProxy {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Tunnels opened so far.
+    pub tunnels: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    black_hole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    epoch: tokio::sync::watch::Sender<u64>,
+}
+
+impl ConnectProxy {
+    /// Starts listening on a free loopback port.
+    pub async fn start() -> ConnectProxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let tunnels = Arc::new(AtomicUsize::new(0));
+        let black_hole = Arc::new(AtomicBool::new(false));
+        let (epoch, _) = tokio::sync::watch::channel(0u64);
+        let (t, bh, ep) = (tunnels.clone(), black_hole.clone(), epoch.clone());
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let (t, bh, mut cut) = (t.clone(), bh.clone(), ep.subscribe());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                        if c.read_exact(&mut b).await.is_err() {
+                            return;
+                        }
+                        head.push(b[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let target = head
+                        .strip_prefix("CONNECT ")
+                        .and_then(|r| r.split_whitespace().next())
+                        .map(str::to_string);
+                    let Some(target) = target else {
+                        let _ = c
+                            .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                            .await;
+                        return;
+                    };
+                    let Ok(up) = tokio::net::TcpStream::connect(&target).await else {
+                        let _ = c.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                        return;
+                    };
+                    t.fetch_add(1, Ordering::SeqCst);
+                    if c.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let (mut cr, mut cw) = c.into_split();
+                    let (mut ur, mut uw) = up.into_split();
+                    let upward = tokio::io::copy(&mut cr, &mut uw);
+                    let downward = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match ur.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if bh.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = upward => {}
+                        _ = downward => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        ConnectProxy {
+            addr,
+            tunnels,
+            black_hole,
+            epoch,
+        }
+    }
+
+    /// Drops (true) or passes (false) bytes toward the children. Switching
+    /// it off also cuts every open tunnel.
+    pub fn black_hole(&self, on: bool) {
+        self.black_hole
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+        if !on {
+            self.epoch.send_modify(|e| *e += 1);
+        }
+    }
+}

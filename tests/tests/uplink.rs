@@ -3,17 +3,14 @@
 //! HTTP forward proxy (CONNECT) between a proxy and its MLM.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::Method;
 use rsnet_common::client::{call, Target};
 use rsnet_demo::{alarm, send, stored, Spec, Tree};
-use rsnet_tests::{tempdir, wait_for};
+use rsnet_tests::{tempdir, wait_for, ConnectProxy};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 fn start(tag: &str, spec: &Spec) -> Tree {
     Tree::start(&tempdir(tag), spec).unwrap_or_else(|e| panic!("tree did not start: {e}"))
@@ -170,60 +167,13 @@ async fn proxy_fails_over_to_its_secondary_parent() {
     );
 }
 
-/// A minimal HTTP forward proxy: answers CONNECT host:port and splices
-/// bytes both ways. Counts the tunnels it opened.
-async fn connect_proxy() -> (u16, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    let tunnels = Arc::new(AtomicUsize::new(0));
-    let t = tunnels.clone();
-    tokio::spawn(async move {
-        while let Ok((mut c, _)) = l.accept().await {
-            let t = t.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-                    if c.read_exact(&mut b).await.is_err() {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_string();
-                let target = head
-                    .strip_prefix("CONNECT ")
-                    .and_then(|r| r.split_whitespace().next())
-                    .map(str::to_string);
-                let Some(target) = target else {
-                    let _ = c
-                        .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
-                        .await;
-                    return;
-                };
-                let Ok(mut up) = TcpStream::connect(&target).await else {
-                    let _ = c.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
-                    return;
-                };
-                t.fetch_add(1, Ordering::SeqCst);
-                if c.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-                    .await
-                    .is_ok()
-                {
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut up).await;
-                }
-            });
-        }
-    });
-    (port, tunnels)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_reaches_its_mlm_through_a_connect_forward_proxy() {
-    let (port, tunnels) = connect_proxy().await;
+    let relay = ConnectProxy::start().await;
     let spec = Spec {
         mlms: vec![("mlm1".into(), None)],
         proxies: vec![("p1".into(), Some(0))],
-        proxy_uplink_extra: format!("http_proxy = \"http://127.0.0.1:{port}\""),
+        proxy_uplink_extra: format!("http_proxy = \"http://{}\"", relay.addr),
         ..Spec::demo()
     };
     let tree = tokio::task::block_in_place(|| start("connect", &spec));
@@ -232,7 +182,7 @@ async fn proxy_reaches_its_mlm_through_a_connect_forward_proxy() {
         .iter()
         .all(|m| hops(m) == ["acme.p1", "acme.mlm1", "provider.app"]));
     assert!(
-        tunnels.load(Ordering::SeqCst) >= 1,
+        relay.tunnels.load(Ordering::SeqCst) >= 1,
         "the uplink went through the forward proxy"
     );
 }

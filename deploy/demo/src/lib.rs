@@ -42,6 +42,12 @@ pub struct Spec {
     pub heartbeat_s: u64,
     /// Extra `[uplink]` lines for proxies (e.g. exchange timeouts).
     pub proxy_uplink_extra: String,
+    /// Extra `[uplink]` lines for MLMs (e.g. a forward proxy).
+    pub mlm_uplink_extra: String,
+    /// Extra sections for every MLM (e.g. `[backchannel]`).
+    pub mlm_extra: String,
+    /// Extra sections for the appserver (e.g. `[backchannel]`).
+    pub appserver_extra: String,
 }
 
 impl Spec {
@@ -58,6 +64,9 @@ impl Spec {
             ],
             heartbeat_s: 10,
             proxy_uplink_extra: String::new(),
+            mlm_uplink_extra: String::new(),
+            mlm_extra: String::new(),
+            appserver_extra: String::new(),
         }
     }
 }
@@ -161,8 +170,9 @@ impl Tree {
         let t = tls_for(&app_id, Role::Appserver)?;
         tree.add(app_id.clone(), Role::Appserver, None, |data| {
             format!(
-                "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\n{}",
-                tls_toml(&t)
+                "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\n{}\n{}\n",
+                tls_toml(&t),
+                spec.appserver_extra
             )
         })?;
         tree.launch(0)?;
@@ -179,8 +189,9 @@ impl Tree {
             let url = tree.url_of(&parent_id)?;
             let t = tls_for(&mlm_ids[i], Role::Mlm)?;
             let hb = spec.heartbeat_s;
+            let (up, extra) = (&spec.mlm_uplink_extra, &spec.mlm_extra);
             tree.add(mlm_ids[i].clone(), Role::Mlm, Some(parent_id), |data| {
-                format!("data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\nheartbeat_interval_s = {hb}\n{}\n[uplink]\nparents = [\"{url}\"]\n", tls_toml(&t))
+                format!("data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\nheartbeat_interval_s = {hb}\n{}\n[uplink]\nparents = [\"{url}\"]\n{up}\n{extra}\n", tls_toml(&t))
             })?;
             let n = tree.nodes.len() - 1;
             tree.launch(n)?;
@@ -382,6 +393,24 @@ impl Tree {
             .collect()
     }
 
+    /// Node `i`'s own listener: the exchange listener of the appserver or
+    /// an MLM (operator certificate), or a proxy's local API. Every one
+    /// serves `/metrics`.
+    ///
+    /// # Errors
+    /// Not running; TLS material problems.
+    pub fn node_target(&self, i: usize) -> Result<Target, Error> {
+        let n = &self.nodes[i];
+        let a = n.addr.ok_or("node not running")?;
+        Ok(match n.role {
+            Role::Proxy => Target::Plain(a),
+            _ => Target::Tls {
+                base: format!("https://127.0.0.1:{}", a.port()),
+                config: Arc::new(rsnet_common::tls::client_config(&self.operator)?),
+            },
+        })
+    }
+
     /// The operator API target (appserver, operator certificate).
     ///
     /// # Errors
@@ -489,6 +518,27 @@ pub async fn stored(op: &Target, query: &str) -> Result<Vec<serde_json::Value>, 
         }
         after = next;
     }
+}
+
+/// The value of counter or gauge `name` on `target`'s `/metrics` (0 if absent).
+///
+/// # Errors
+/// Transport or HTTP errors.
+pub async fn metric(target: &Target, name: &str) -> Result<f64, String> {
+    let (status, b) =
+        rsnet_common::client::call(target, http::Method::GET, "/metrics", None).await?;
+    if !status.is_success() {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&b)));
+    }
+    let text = String::from_utf8_lossy(&b);
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().parse().ok()).flatten()
+        })
+        .unwrap_or(0.0))
 }
 
 /// A test alarm payload for the local API.

@@ -1,0 +1,444 @@
+//! End-to-end: the back-channel. Operator sends go down the tree in replies
+//! to the children's POSTs, a group message crosses each link once per copy
+//! needed below it, every destination gets it exactly once (through lost
+//! replies and a killed MLM), and the delivery view follows it to
+//! "processed".
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use rsnet_common::client::{call, Target};
+use rsnet_demo::{metric, Spec, Tree};
+use rsnet_tests::{tempdir, wait_for, ConnectProxy};
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn start(tag: &str, spec: &Spec) -> Tree {
+    tokio::task::block_in_place(|| Tree::start(&tempdir(tag), spec))
+        .unwrap_or_else(|e| panic!("tree did not start: {e}"))
+}
+
+async fn api(t: &Target, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let body = body.map(|b| ("application/json", bytes::Bytes::from(b.to_string())));
+    let (s, b) = call(t, method, path, body).await.expect("call");
+    let v = serde_json::from_slice(&b)
+        .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&b) }));
+    (s, v)
+}
+
+/// Waits until the appserver has heard of every proxy (so routes exist).
+async fn wait_topology(tree: &Tree) {
+    let op = tree.operator_target().expect("operator");
+    let want: HashSet<String> = tree
+        .proxies()
+        .iter()
+        .map(|&i| tree.nodes[i].id.clone())
+        .collect();
+    wait_for("every proxy in the topology", LONG, || async {
+        let (_, v) = api(&op, Method::GET, "/api/v1/components", None).await;
+        let have: HashSet<String> = v["components"]
+            .as_array()?
+            .iter()
+            .filter_map(|c| c["id"].as_str().map(str::to_string))
+            .collect();
+        want.is_subset(&have).then_some(())
+    })
+    .await;
+}
+
+async fn send_to(op: &Target, to: Value, extra: Value) -> String {
+    let mut body = json!({ "to": to, "kind": "data", "class": "config", "payload": "max_conn=10" });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let (s, v) = api(op, Method::POST, "/api/v1/messages", Some(body)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    v["id"].as_str().expect("id").to_string()
+}
+
+/// Everything a proxy's inbox holds now (leased for the caller).
+async fn take(tree: &Tree, p: usize, wait_s: u64) -> Vec<Value> {
+    let t = tree.node_target(p).expect("proxy");
+    let (s, v) = api(
+        &t,
+        Method::GET,
+        &format!("/v1/inbox?wait={wait_s}&limit=1000"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["messages"].as_array().cloned().unwrap_or_default()
+}
+
+/// Takes from proxy `p`'s inbox until it has at least `n` messages.
+async fn take_at_least(tree: &Tree, p: usize, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + LONG;
+    while got.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} got only {got:?}",
+            tree.nodes[p].id
+        );
+        got.extend(take(tree, p, 5).await);
+    }
+    got
+}
+
+async fn ack(tree: &Tree, p: usize, msgs: &[Value]) {
+    let t = tree.node_target(p).expect("proxy");
+    let acks: Vec<Value> = msgs
+        .iter()
+        .map(|m| json!({ "id": m["id"], "destination": m["destination"] }))
+        .collect();
+    let (s, v) = api(
+        &t,
+        Method::POST,
+        "/v1/inbox/ack",
+        Some(json!({ "acks": acks })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["acked"], json!(msgs.len()), "{v}");
+}
+
+/// Takes from proxy `p`'s inbox until message `id` arrives; asserts it came
+/// once and acknowledges what was taken.
+async fn receive_once(tree: &Tree, p: usize, id: &str) -> Value {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + LONG;
+    while !got.iter().any(|m: &Value| m["id"] == id) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never got {id}",
+            tree.nodes[p].id
+        );
+        got.extend(take(tree, p, 5).await);
+    }
+    let copies = got.iter().filter(|m| m["id"] == id).count();
+    assert_eq!(copies, 1, "{} got {id} {copies} times", tree.nodes[p].id);
+    ack(tree, p, &got).await;
+    got.into_iter().find(|m| m["id"] == id).expect("found")
+}
+
+async fn deliveries(op: &Target, id: &str) -> Value {
+    let (s, v) = api(
+        op,
+        Method::GET,
+        &format!("/api/v1/messages/{id}/deliveries"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["delivery"].clone()
+}
+
+async fn states(op: &Target, id: &str) -> BTreeMap<String, String> {
+    deliveries(op, id).await["destinations"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v["state"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+async fn wait_states(op: &Target, id: &str, want: &str, n: usize) {
+    wait_for(&format!("{n} destinations {want}"), LONG, || async {
+        let s = states(op, id).await;
+        (s.len() == n && s.values().all(|v| v == want)).then_some(())
+    })
+    .await;
+}
+
+async fn counter(tree: &Tree, i: usize, name: &str) -> f64 {
+    metric(&tree.node_target(i).expect("target"), name)
+        .await
+        .expect("metrics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_of_40_under_two_mlms_gets_one_copy_each_and_two_cross_the_top() {
+    let proxies = (1..=40)
+        .map(|n| (format!("p{n}"), Some(usize::from(n > 20))))
+        .collect();
+    let spec = Spec {
+        proxies,
+        heartbeat_s: 60,
+        ..Spec::demo()
+    };
+    let tree = start("bc-40", &spec);
+    wait_topology(&tree).await;
+    let op = tree.operator_target().expect("operator");
+    let members: Vec<String> = tree
+        .proxies()
+        .iter()
+        .map(|&i| tree.nodes[i].id.clone())
+        .collect();
+
+    let (s, v) = api(
+        &op,
+        Method::PUT,
+        "/api/v1/groups/acme-all",
+        Some(json!({ "members": members })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(40));
+    let (s, _) = api(
+        &op,
+        Method::PUT,
+        "/api/v1/groups/mixed",
+        Some(json!({ "members": ["acme.p1", "other.p1"] })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "groups never span customers");
+
+    let id = send_to(&op, json!("group:acme-all"), json!({ "precedence": 7 })).await;
+    for &p in &tree.proxies() {
+        let m = receive_once(&tree, p, &id).await;
+        assert_eq!(m["content"]["payload"], "max_conn=10");
+        assert_eq!(m["destination"], tree.nodes[p].id);
+    }
+    wait_states(&op, &id, "processed", 40).await;
+
+    // The nodes' own counters: two copies crossed appserver → MLMs (one
+    // each), each MLM received one, and each proxy received one.
+    assert_eq!(counter(&tree, 0, "rsnet_backchannel_sent_total").await, 2.0);
+    for m in [1, 2] {
+        assert_eq!(
+            counter(&tree, m, "rsnet_backchannel_received_total").await,
+            1.0
+        );
+        assert_eq!(
+            counter(&tree, m, "rsnet_backchannel_sent_total").await,
+            20.0
+        );
+    }
+    for &p in &tree.proxies() {
+        assert_eq!(
+            counter(&tree, p, "rsnet_backchannel_received_total").await,
+            1.0
+        );
+    }
+    // Nothing else is waiting anywhere.
+    for &p in &tree.proxies()[..3] {
+        assert!(take(&tree, p, 0).await.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stacked_mlms_split_per_child_and_reach_support_instances() {
+    let spec = Spec {
+        mlms: vec![("agg".into(), None), ("site".into(), Some(0))],
+        proxies: vec![
+            ("p1".into(), Some(1)),
+            ("p2".into(), Some(1)),
+            ("p3".into(), Some(0)),
+        ],
+        heartbeat_s: 60,
+        ..Spec::demo()
+    };
+    let tree = start("bc-stack", &spec);
+    // A support instance on p1, so it can be addressed.
+    let p1 = tree.index("acme.p1").expect("p1");
+    rsnet_demo::send(
+        tree.nodes[p1].addr.expect("addr"),
+        &[rsnet_demo::alarm("x", "db1")],
+    )
+    .await
+    .expect("send");
+    wait_topology(&tree).await;
+    let op = tree.operator_target().expect("operator");
+    wait_for("acme.p1.si1 known", LONG, || async {
+        let (_, v) = api(&op, Method::GET, "/api/v1/components", None).await;
+        v["components"]
+            .as_array()?
+            .iter()
+            .any(|c| c["id"] == "acme.p1.si1")
+            .then_some(())
+    })
+    .await;
+
+    let to = json!([
+        "acme.p1",
+        "acme.p1.si1",
+        "acme.p2",
+        "acme.p3",
+        "acme.nowhere"
+    ]);
+    let id = send_to(&op, to, json!({})).await;
+    // p1 holds one entry per destination (itself and its instance).
+    let got = take_at_least(&tree, p1, 2).await;
+    let dests: HashSet<&str> = got
+        .iter()
+        .filter_map(|m| m["destination"].as_str())
+        .collect();
+    assert_eq!(dests, HashSet::from(["acme.p1", "acme.p1.si1"]));
+    let hops: Vec<&str> = got[0]["routing"]
+        .as_array()
+        .expect("routing")
+        .iter()
+        .filter_map(|h| h["id"].as_str())
+        .collect();
+    assert_eq!(
+        hops,
+        ["provider.app", "acme.agg", "acme.site"],
+        "route down the stack"
+    );
+    ack(&tree, p1, &got).await;
+    for p in ["acme.p2", "acme.p3"] {
+        receive_once(&tree, tree.index(p).expect("proxy"), &id).await;
+    }
+    wait_for("four processed, one failed", LONG, || async {
+        let s = states(&op, &id).await;
+        let processed = s.values().filter(|v| *v == "processed").count();
+        (processed == 4 && s["acme.nowhere"] == "failed").then_some(())
+    })
+    .await;
+    // One copy to agg; agg splits into site + p3; site into p1 + p2.
+    let agg = tree.index("acme.agg").expect("agg");
+    let site = tree.index("acme.site").expect("site");
+    assert_eq!(counter(&tree, 0, "rsnet_backchannel_sent_total").await, 1.0);
+    assert_eq!(
+        counter(&tree, agg, "rsnet_backchannel_sent_total").await,
+        2.0
+    );
+    assert_eq!(
+        counter(&tree, site, "rsnet_backchannel_sent_total").await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_reply_and_killed_mlm_still_deliver_exactly_once() {
+    let relay = ConnectProxy::start().await;
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![
+            ("p1".into(), Some(0)),
+            ("p2".into(), Some(0)),
+            ("p3".into(), Some(0)),
+        ],
+        heartbeat_s: 60,
+        mlm_uplink_extra: format!("http_proxy = \"http://{}\"", relay.addr),
+        appserver_extra: "[backchannel]\nlease_ms = 1000\n".into(),
+        mlm_extra: "[backchannel]\nlease_ms = 1000\n".into(),
+        ..Spec::demo()
+    };
+    let mut tree = start("bc-loss", &spec);
+    wait_topology(&tree).await;
+    let op = tree.operator_target().expect("operator");
+    let all = json!(["acme.p1", "acme.p2", "acme.p3"]);
+
+    // 1. The reply carrying the message is lost: the appserver sent it
+    //    (its counter says so) but the MLM never saw it.
+    relay.black_hole(true);
+    let id1 = send_to(&op, all.clone(), json!({})).await;
+    wait_for("appserver sent the copy into the void", LONG, || async {
+        (counter(&tree, 0, "rsnet_backchannel_sent_total").await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        counter(&tree, 1, "rsnet_backchannel_received_total").await,
+        0.0
+    );
+    relay.black_hole(false);
+    for &p in &tree.proxies() {
+        receive_once(&tree, p, &id1).await;
+    }
+
+    // 2. The MLM dies with the message somewhere between the appserver
+    //    and the proxies, and comes back.
+    let id2 = send_to(&op, all.clone(), json!({})).await;
+    tokio::task::block_in_place(|| {
+        tree.kill9(1);
+        tree.restart(1)
+    })
+    .expect("mlm restarts");
+    for &p in &tree.proxies() {
+        receive_once(&tree, p, &id2).await;
+    }
+    wait_states(&op, &id1, "processed", 3).await;
+    wait_states(&op, &id2, "processed", 3).await;
+    // Resends reached the proxies at most as repeats, never as new messages.
+    for &p in &tree.proxies() {
+        assert_eq!(
+            counter(&tree, p, "rsnet_backchannel_received_total").await,
+            2.0
+        );
+        assert!(take(&tree, p, 0).await.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offline_proxy_gets_queue_in_priority_order_and_expired_show_expired() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 60,
+        ..Spec::demo()
+    };
+    let mut tree = start("bc-offline", &spec);
+    wait_topology(&tree).await;
+    let op = tree.operator_target().expect("operator");
+    let p1 = tree.index("acme.p1").expect("p1");
+    assert!(
+        tokio::task::block_in_place(|| tree.stop(p1, Duration::from_secs(10))),
+        "proxy stops"
+    );
+
+    let low = send_to(
+        &op,
+        json!("acme.p1"),
+        json!({ "precedence": 1, "payload": "low" }),
+    )
+    .await;
+    let high = send_to(
+        &op,
+        json!("acme.p1"),
+        json!({ "precedence": 9, "payload": "high" }),
+    )
+    .await;
+    let mid = send_to(
+        &op,
+        json!("acme.p1"),
+        json!({ "precedence": 5, "payload": "mid" }),
+    )
+    .await;
+    let short = send_to(
+        &op,
+        json!("acme.p1"),
+        json!({ "precedence": 9, "expiry_s": 1, "payload": "short" }),
+    )
+    .await;
+    // While the proxy is away the copies wait at the MLM (in flight there).
+    wait_for("queued copies held at the MLM", LONG, || async {
+        let s = states(&op, &low).await;
+        (s["acme.p1"] == "in-flight").then_some(())
+    })
+    .await;
+    assert_eq!(
+        deliveries(&op, &low).await["destinations"]["acme.p1"]["hop"],
+        "acme.mlm1"
+    );
+    wait_for("the short-lived one expires", LONG, || async {
+        (states(&op, &short).await["acme.p1"] == "expired").then_some(())
+    })
+    .await;
+
+    tokio::task::block_in_place(|| tree.launch(p1)).expect("proxy restarts");
+    let got = take_at_least(&tree, p1, 3).await;
+    let order: Vec<&str> = got.iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(
+        order,
+        [high.as_str(), mid.as_str(), low.as_str()],
+        "precedence first"
+    );
+    ack(&tree, p1, &got).await;
+    for id in [&high, &mid, &low] {
+        wait_states(&op, id, "processed", 1).await;
+    }
+    assert_eq!(states(&op, &short).await["acme.p1"], "expired");
+}
