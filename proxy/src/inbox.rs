@@ -169,6 +169,7 @@ impl Inbox {
     pub async fn take(&self, wait: Duration, limit: usize) -> Vec<Value> {
         let until = Instant::now() + wait;
         loop {
+            let version = self.queues.version();
             let names = self.queues.names();
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             let t = self.queues.take_from(&refs, TAKE_BYTES, limit).await;
@@ -183,7 +184,7 @@ impl Inbox {
                     .map(|(r, qi)| view(r, &names[*qi]))
                     .collect();
             }
-            self.queues.wait_any(until).await;
+            self.queues.wait_any(version, until).await;
         }
     }
 

@@ -141,6 +141,7 @@ pub struct Queues {
     /// Offers are serialised so the duplicate check and the insert agree.
     offering: tokio::sync::Mutex<()>,
     any: Notify,
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl Queues {
@@ -186,6 +187,7 @@ impl Queues {
             writer,
             offering: tokio::sync::Mutex::new(()),
             any: Notify::new(),
+            version: std::sync::atomic::AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&queues);
         tokio::spawn(async move {
@@ -284,6 +286,8 @@ impl Queues {
         for n in wake {
             n.notify_waiters();
         }
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.any.notify_waiters();
         Ok(Offered::Queued(n))
     }
@@ -388,8 +392,20 @@ impl Queues {
         })
     }
 
-    /// Waits until something is queued for `queue` or `until` passes.
-    /// Returns at once if an unleased entry is already there.
+    /// When the first lease in `queue` ends, if any entry is leased.
+    fn next_lease_end(&self, queue: &str) -> Option<Instant> {
+        self.lock()
+            .queues
+            .get(queue)?
+            .entries
+            .values()
+            .filter_map(|s| s.lease_until)
+            .min()
+    }
+
+    /// Waits until something is queued for `queue`, a lease in it ends (its
+    /// entry is due again), or `until` passes. Returns at once if an
+    /// unleased entry is already there.
     pub async fn wait(&self, queue: &str, until: Instant) {
         let n = self
             .lock()
@@ -403,13 +419,34 @@ impl Queues {
         if self.has_ready(queue) {
             return;
         }
+        let until = self.next_lease_end(queue).map_or(until, |t| t.min(until));
         let _ = tokio::time::timeout_at(until.into(), notified).await;
     }
 
-    /// Waits until anything is queued anywhere or `until` passes (the
-    /// caller re-checks its queues).
-    pub async fn wait_any(&self, until: Instant) {
-        let _ = tokio::time::timeout_at(until.into(), self.any.notified()).await;
+    /// A counter that grows with every offer (see [`Queues::wait_any`]).
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until something was offered since [`Queues::version`] returned
+    /// `since`, a lease anywhere ends, or `until` passes; the caller then
+    /// looks at its queues again.
+    pub async fn wait_any(&self, since: u64, until: Instant) {
+        let notified = self.any.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.version() != since {
+            return;
+        }
+        let lease_end = {
+            let st = self.lock();
+            st.queues
+                .values()
+                .flat_map(|q| q.entries.values().filter_map(|s| s.lease_until))
+                .min()
+        };
+        let until = lease_end.map_or(until, |t| t.min(until));
+        let _ = tokio::time::timeout_at(until.into(), notified).await;
     }
 
     /// Names of the queues holding entries.
