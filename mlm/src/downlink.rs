@@ -3,17 +3,20 @@
 //! child (so a group message is split again here and, at the last MLM,
 //! duplicated once per proxy). Acknowledged upward only once queued durably;
 //! a resend of a message already taken is recognised and acknowledged again.
+//! Control actions addressed to the MLM itself are carried out here.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use rsnet_common::backchannel::BackChannel;
+use rsnet_common::control::{self, Controlled};
 use rsnet_common::envelope::Item;
+use rsnet_common::forward::Outbox;
 use rsnet_common::id::MessageId;
 use rsnet_common::link::Downlink;
 use rsnet_common::metrics::Counter;
-use rsnet_common::model::{Direction, Timestamp};
+use rsnet_common::model::{Content, Direction, Message, Timestamp};
 
 /// The MLM's [`Downlink`].
 pub struct Relay {
@@ -21,6 +24,10 @@ pub struct Relay {
     pub backchannel: Arc<BackChannel>,
     /// Back-channel messages received from the parent (new ones only).
     pub received: Counter,
+    /// The MLM itself, for control actions addressed to it.
+    pub node: Arc<dyn Controlled>,
+    /// Where control results go upward.
+    pub outbox: Arc<Outbox>,
 }
 
 impl Relay {
@@ -37,7 +44,26 @@ impl Relay {
             tracing::warn!(message = %id, "back-channel message arrived expired; dropped");
             return Some(id);
         }
-        let routed = self.backchannel.route(&d.ids);
+        let me = self.node.id().clone();
+        let (mine, below): (Vec<_>, Vec<_>) = d.ids.iter().cloned().partition(|x| *x == me);
+        if !mine.is_empty() {
+            if item.header.class != control::CLASS {
+                tracing::warn!(message = %id, "back-channel message for the MLM itself that is not a control action; dropped");
+            } else if !self.backchannel.queues().was_received(&id) {
+                let r = control::act(self.node.as_ref(), &me, &item).await;
+                let m = Message::forward(
+                    me.clone(),
+                    "response",
+                    Some("processed"),
+                    Content::Response(r),
+                )
+                .with_hop(&me);
+                if let Err(e) = self.outbox.push(&[m]).await {
+                    tracing::warn!(error = %e, "control result not spooled");
+                }
+            }
+        }
+        let routed = self.backchannel.route(&below);
         match self
             .backchannel
             .dispatch(&item.header, item.content.clone(), &routed, Some(id))

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod downlink;
+mod node;
 pub mod relay;
 
 use std::collections::BTreeMap;
@@ -58,6 +59,9 @@ pub struct Config {
     /// Back-channel queues toward the children.
     #[serde(default)]
     pub backchannel: BackChannelSection,
+    /// The file this was loaded from (for the `get-config` control action).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 fn default_spool() -> u64 {
@@ -70,7 +74,8 @@ impl Config {
     /// # Errors
     /// Every problem, with the file name.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let c: Config = config::load(path)?;
+        let mut c: Config = config::load(path)?;
+        c.source = Some(path.to_path_buf());
         let mut errors = Vec::new();
         c.uplink.validate(&mut errors);
         c.backchannel.validate(&mut errors);
@@ -114,12 +119,29 @@ pub async fn run(
         &metrics,
         None,
     )?;
+    let tree = {
+        let (id, spool) = (me.id.clone(), spool.clone());
+        move || StatusTree {
+            id: id.clone(),
+            role: "mlm",
+            uptime_s: started.elapsed().as_secs(),
+            spool: Some(spool.stats()),
+            modules: vec![],
+        }
+    };
     link.set_downlink(Arc::new(downlink::Relay {
         backchannel: bc.clone(),
         received: metrics.counter(
             "rsnet_backchannel_received_total",
             "back-channel messages received from the parent (repeats not counted)",
         ),
+        node: Arc::new(node::MlmNode {
+            me: me.id.clone(),
+            outbox: outbox.clone(),
+            config: cfg.source.clone(),
+            tree: Box::new(tree.clone()),
+        }),
+        outbox: outbox.clone(),
     }));
 
     let server_tls = ReloadingServerConfig::start(cfg.tls.clone())?;
@@ -187,16 +209,6 @@ pub async fn run(
         fwd_cfg.exchange_timeout,
         shutdown.clone(),
     ));
-    let tree = {
-        let (id, spool) = (me.id.clone(), spool.clone());
-        move || StatusTree {
-            id: id.clone(),
-            role: "mlm",
-            uptime_s: started.elapsed().as_secs(),
-            spool: Some(spool.stats()),
-            modules: vec![],
-        }
-    };
     let interval = Duration::from_secs(cfg.heartbeat_interval_s);
     forward::heartbeat_until_shutdown(outbox, link, tree, interval, fwd, shutdown).await;
     task.abort();

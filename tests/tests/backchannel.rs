@@ -442,3 +442,94 @@ async fn offline_proxy_gets_queue_in_priority_order_and_expired_show_expired() {
     }
     assert_eq!(states(&op, &short).await["acme.p1"], "expired");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn control_actions_act_and_report() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 60,
+        ..Spec::demo()
+    };
+    let tree = start("bc-control", &spec);
+    let p1 = tree.index("acme.p1").expect("p1");
+    let local = tree.nodes[p1].addr.expect("addr");
+    rsnet_demo::send(local, &[rsnet_demo::alarm("first", "db1")])
+        .await
+        .expect("send");
+    wait_topology(&tree).await;
+    let op = tree.operator_target().expect("operator");
+    let control = |to: &str, action: &str| {
+        let (op, to, action) = (op.clone(), to.to_string(), action.to_string());
+        async move {
+            let body = json!({ "class": "control", "subclass": action });
+            send_to(&op, json!(to), body).await
+        }
+    };
+    let result = |id: String, dest: &'static str| {
+        let op = op.clone();
+        async move {
+            wait_for(&format!("{dest} answered"), LONG, || async {
+                let d = deliveries(&op, &id).await;
+                let t = d["destinations"][dest].clone();
+                matches!(t["state"].as_str(), Some("processed" | "failed")).then_some(t)
+            })
+            .await
+        }
+    };
+
+    let r = result(control("acme.p1", "ping").await, "acme.p1").await;
+    assert_eq!(
+        (r["state"].as_str(), r["reason"].as_str()),
+        (Some("processed"), Some("pong"))
+    );
+    let r = result(control("acme.mlm1", "get-config").await, "acme.mlm1").await;
+    assert!(
+        r["reason"].as_str().unwrap_or("").contains("[uplink]"),
+        "{r}"
+    );
+    let r = result(control("acme.p1", "reboot-now").await, "acme.p1").await;
+    assert_eq!(r["state"], "failed", "unknown actions fail loudly: {r}");
+
+    // A disabled support instance is refused at the local API, until enabled.
+    let r = result(
+        control("acme.p1.si1", "disable-instance").await,
+        "acme.p1.si1",
+    )
+    .await;
+    assert_eq!(r["state"], "processed", "{r}");
+    let refused = rsnet_demo::send(local, &[rsnet_demo::alarm("second", "db1")]).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.starts_with("409")),
+        "{refused:?}"
+    );
+    result(
+        control("acme.p1.si1", "enable-instance").await,
+        "acme.p1.si1",
+    )
+    .await;
+    rsnet_demo::send(local, &[rsnet_demo::alarm("third", "db1")])
+        .await
+        .expect("accepted again");
+
+    // Forwarding off: messages stay spooled (and so does the answer) until on.
+    let off = control("acme.p1", "disable-forwarding").await;
+    let p = tree.node_target(p1).expect("proxy");
+    wait_for("forwarding off", LONG, || async {
+        let (_, v) = api(&p, Method::GET, "/v1/status", None).await;
+        (v["forwarding"] == "off").then_some(())
+    })
+    .await;
+    let held = rsnet_demo::send(local, &[rsnet_demo::alarm("held", "db1")])
+        .await
+        .expect("spooled");
+    let (_, v) = api(&p, Method::GET, "/v1/status", None).await;
+    assert!(v["spool"]["messages"].as_u64().unwrap_or(0) >= 1, "{v}");
+    result(control("acme.p1", "enable-forwarding").await, "acme.p1").await;
+    result(off, "acme.p1").await;
+    wait_for("held alarm stored", LONG, || async {
+        let s = rsnet_demo::stored(&op, "class=alarm").await.ok()?;
+        s.iter().any(|m| m["id"] == held[0].as_str()).then_some(())
+    })
+    .await;
+}
