@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use http::Method;
+use rsnet_common::client::Target;
 use rsnet_demo::{alarm, send, stored, Spec, Tree};
+use serde_json::{json, Value};
 
 #[derive(Parser)]
 #[command(
@@ -58,7 +61,7 @@ async fn main() -> ExitCode {
         );
     }
     println!("  started in {:.1}s", started.elapsed().as_secs_f64());
-    let ok = scenario(&tree, cli.messages).await;
+    let ok = scenario(&tree, cli.messages).await && backchannel(&tree).await;
     print_help(&tree);
     if cli.once {
         tokio::task::block_in_place(|| tree.shutdown());
@@ -159,6 +162,113 @@ async fn scenario(tree: &Tree, per_proxy: usize) -> bool {
     }
 }
 
+/// Sends one message to a group of every proxy and follows it to
+/// "processed" (each proxy's inbox, acknowledged as an integrator would).
+async fn backchannel(tree: &Tree) -> bool {
+    let t0 = Instant::now();
+    let Ok(op) = tree.operator_target() else {
+        return false;
+    };
+    let members: Vec<String> = tree
+        .proxies()
+        .iter()
+        .map(|&p| tree.nodes[p].id.clone())
+        .collect();
+    let call = |m: Method, path: String, body: Value| {
+        let op = op.clone();
+        async move {
+            let body = Some(("application/json", bytes::Bytes::from(body.to_string())));
+            let (s, b) = rsnet_common::client::call(&op, m, &path, body).await?;
+            let v: Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
+            if s.is_success() {
+                Ok(v)
+            } else {
+                Err(format!("{s}: {v}"))
+            }
+        }
+    };
+    let sent = async {
+        call(
+            Method::PUT,
+            "/api/v1/groups/demo-all".into(),
+            json!({ "members": members }),
+        )
+        .await?;
+        let v = call(
+            Method::POST,
+            "/api/v1/messages".into(),
+            json!({ "to": "group:demo-all", "kind": "data", "class": "config", "payload": "log_level=debug" }),
+        )
+        .await?;
+        v["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or("no id".to_string())
+    };
+    let id = match sent.await {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("back-channel send: {e}");
+            return false;
+        }
+    };
+    for &p in &tree.proxies() {
+        let Some(addr) = tree.nodes[p].addr else {
+            return false;
+        };
+        let local = Target::Plain(addr);
+        let got = rsnet_common::client::call(&local, Method::GET, "/v1/inbox?wait=10", None).await;
+        let msgs: Value = got
+            .ok()
+            .and_then(|(_, b)| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let Some(m) = msgs["messages"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["id"] == id.as_str()))
+        else {
+            eprintln!("{} did not get the group message", tree.nodes[p].id);
+            return false;
+        };
+        let ack = json!({ "acks": [{ "id": id, "destination": m["destination"] }] }).to_string();
+        let _ = rsnet_common::client::call(
+            &local,
+            Method::POST,
+            "/v1/inbox/ack",
+            Some(("application/json", ack.into())),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = call(
+            Method::GET,
+            format!("/api/v1/messages/{id}/deliveries"),
+            Value::Null,
+        )
+        .await;
+        let done = v
+            .as_ref()
+            .ok()
+            .and_then(|v| v["summary"]["processed"].as_u64())
+            .unwrap_or(0);
+        if done as usize == members.len() || Instant::now() > deadline {
+            let ok = done as usize == members.len();
+            println!(
+                "back-channel: group message {id} to {} proxies, processed {done}, in {:.2}s: {}",
+                members.len(),
+                t0.elapsed().as_secs_f64(),
+                if ok {
+                    "every proxy got it once"
+                } else {
+                    "FAILED"
+                }
+            );
+            return ok;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn print_help(tree: &Tree) {
     let d = tree.dir.display();
     println!("\nwhere to look:");
@@ -171,8 +281,16 @@ fn print_help(tree: &Tree) {
             "  rsnet-proxy send --config {} alarm --text hello --si db1",
             tree.nodes[*p].config.display()
         );
+        println!(
+            "  rsnet-proxy inbox --config {} --wait 30 --ack",
+            tree.nodes[*p].config.display()
+        );
     }
     println!("  rsnet-ctl --tree {d}/tree.json components");
     println!("  rsnet-ctl --tree {d}/tree.json messages --class alarm --limit 5");
     println!("  rsnet-ctl --tree {d}/tree.json tail");
+    println!(
+        "  rsnet-ctl --tree {d}/tree.json send --to group:demo-all --class config --payload x=1"
+    );
+    println!("  rsnet-ctl --tree {d}/tree.json deliveries MESSAGE-ID");
 }
