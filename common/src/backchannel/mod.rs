@@ -81,6 +81,7 @@ pub struct Routed {
 struct Counters {
     queued: Counter,
     sent: Counter,
+    sent_bytes: Counter,
     acked: Counter,
     expired: Counter,
     unroutable: Counter,
@@ -117,6 +118,10 @@ impl BackChannel {
             sent: c(
                 "sent",
                 "copies put in replies to children (resends included)",
+            ),
+            sent_bytes: c(
+                "sent_bytes",
+                "header and content bytes of the copies put in replies",
             ),
             acked: c("acked", "copies children acknowledged"),
             expired: c("expired", "copies that expired in a queue"),
@@ -191,6 +196,12 @@ impl BackChannel {
             }
         }
         self.counters.sent.add(records.len() as u64);
+        self.counters.sent_bytes.add(
+            records
+                .iter()
+                .map(|r| (r.header.len() + r.content.len()) as u64)
+                .sum(),
+        );
         records
     }
 

@@ -14,8 +14,11 @@
 //!   rsnet from the start of the POST to the message's arrival on the
 //!   appserver's SSE stream (same machine, same clock).
 //!
-//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats` runs one system.
+//! Then the back-channel figures ([`backchannel`]).
+//!
+//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|backchannel` runs one part.
 
+mod backchannel;
 mod mqtt;
 mod nats;
 mod peer;
@@ -87,6 +90,10 @@ async fn main() {
             rt / f.throughput.max(1.0),
             f.p99.as_secs_f64() / rp.as_secs_f64().max(1e-9),
         );
+    }
+    if want("backchannel") {
+        println!();
+        backchannel::run(&root.join("backchannel")).await;
     }
     let _ = std::fs::remove_dir_all(root);
 }

@@ -1,0 +1,285 @@
+//! Back-channel benchmarks (issue 3), on a tree appserver → MLM → proxy:
+//!
+//! 1. Latency from the operator's `POST /api/v1/messages` (a new HTTPS
+//!    connection each time, as `rsnet-ctl send` makes) to the message's
+//!    arrival at an integrator long-polling the proxy's inbox: two hops
+//!    down, with the MLM and the proxy long-polling their parents.
+//! 2. Bytes on the appserver → MLM link per group message as the group
+//!    grows from 1 to 1,000 destinations behind that one MLM (support
+//!    instances of one proxy), read from the appserver's own counter.
+//! 3. 10,000 idle children long-polling one MLM over mTLS (simulated in
+//!    this process, one `Link` each): the MLM's RSS and CPU at rest.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use rsnet_common::client::{call, Target};
+use rsnet_common::link::Link;
+use rsnet_common::tls::{Role, TlsPaths};
+use rsnet_demo::{metric, Spec, Tree};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+const LATENCY_SAMPLES: usize = 1000;
+const IDLE_CHILDREN: usize = 10_000;
+const PAYLOAD: usize = 1024;
+
+async fn post(op: &Target, body: Value) -> String {
+    let (s, b) = call(
+        op,
+        Method::POST,
+        "/api/v1/messages",
+        Some(("application/json", bytes::Bytes::from(body.to_string()))),
+    )
+    .await
+    .expect("post");
+    assert!(s.is_success(), "{s}: {}", String::from_utf8_lossy(&b));
+    serde_json::from_slice::<Value>(&b).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+/// Runs all three; prints Markdown.
+pub async fn run(dir: &std::path::Path) {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let tree = tokio::task::block_in_place(|| Tree::start(dir, &spec)).expect("tree");
+    let op = tree.operator_target().expect("operator");
+    let p1 = tree.index("acme.p1").expect("p1");
+    let local = Target::Plain(tree.nodes[p1].addr.expect("addr"));
+    // Routes: wait until the appserver has heard of the proxy.
+    loop {
+        let (_, b) = call(&op, Method::GET, "/api/v1/components", None)
+            .await
+            .expect("components");
+        if String::from_utf8_lossy(&b).contains("\"acme.p1\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // ---- 1. latency, operator POST → integrator's long-poll returns it
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Instant)>();
+    let l2 = local.clone();
+    let integrator = tokio::spawn(async move {
+        loop {
+            let Ok((_, b)) = call(&l2, Method::GET, "/v1/inbox?wait=10&limit=1000", None).await
+            else {
+                continue;
+            };
+            let now = Instant::now();
+            let v: Value = serde_json::from_slice(&b).unwrap_or_default();
+            let msgs = v["messages"].as_array().cloned().unwrap_or_default();
+            if msgs.is_empty() {
+                continue;
+            }
+            let acks: Vec<Value> = msgs
+                .iter()
+                .map(|m| json!({ "id": m["id"], "destination": m["destination"] }))
+                .collect();
+            for m in &msgs {
+                let _ = tx.send((m["id"].as_str().unwrap_or("").to_string(), now));
+            }
+            let body = json!({ "acks": acks }).to_string();
+            let _ = call(
+                &l2,
+                Method::POST,
+                "/v1/inbox/ack",
+                Some(("application/json", body.into())),
+            )
+            .await;
+        }
+    });
+    let payload = "x".repeat(PAYLOAD);
+    let mut lat = Vec::with_capacity(LATENCY_SAMPLES);
+    let mut early: HashMap<String, Instant> = HashMap::new();
+    for _ in 0..LATENCY_SAMPLES {
+        let t0 = Instant::now();
+        let id = post(
+            &op,
+            json!({ "to": "acme.p1", "kind": "data", "class": "bench", "payload": payload }),
+        )
+        .await;
+        let arrived = loop {
+            if let Some(t) = early.remove(&id) {
+                break t;
+            }
+            let (got, t) = rx.recv().await.expect("integrator");
+            if got == id {
+                break t;
+            }
+            early.insert(got, t);
+        };
+        lat.push(arrived - t0);
+    }
+    integrator.abort();
+    let (p50, p99) = (pct(&mut lat, 0.50), pct(&mut lat, 0.99));
+    println!("### Back-channel latency (operator POST → proxy inbox, two hops, long-poll)\n");
+    println!("| samples | payload | p50 | p99 | max |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {LATENCY_SAMPLES} | {PAYLOAD} B | {:.2} ms | {:.2} ms | {:.2} ms |\n",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    );
+
+    // ---- 2. bytes per group message on the appserver → MLM link
+    println!("### Bytes on the appserver → MLM link per group message ({PAYLOAD} B payload)\n");
+    println!("| destinations | copies on the link | bytes on the link | bytes per destination beyond the first |");
+    println!("|---|---|---|---|");
+    let mut first = 0.0;
+    for n in [1usize, 10, 100, 1000] {
+        let members: Vec<String> = (1..=n).map(|i| format!("acme.p1.si{i}")).collect();
+        let path = format!("/api/v1/groups/bench-{n}");
+        let body = json!({ "members": members }).to_string();
+        let (s, _) = call(
+            &op,
+            Method::PUT,
+            &path,
+            Some(("application/json", body.into())),
+        )
+        .await
+        .expect("group");
+        assert!(s.is_success());
+        let (c0, b0) = (
+            metric(&op, "rsnet_backchannel_sent_total")
+                .await
+                .expect("m"),
+            metric(&op, "rsnet_backchannel_sent_bytes_total")
+                .await
+                .expect("m"),
+        );
+        post(&op, json!({ "to": format!("group:bench-{n}"), "kind": "data", "class": "bench", "payload": payload })).await;
+        let (mut c1, mut b1) = (c0, b0);
+        while c1 <= c0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            c1 = metric(&op, "rsnet_backchannel_sent_total")
+                .await
+                .expect("m");
+            b1 = metric(&op, "rsnet_backchannel_sent_bytes_total")
+                .await
+                .expect("m");
+        }
+        let bytes = b1 - b0;
+        if n == 1 {
+            first = bytes;
+        }
+        let per = if n > 1 {
+            format!("{:.1}", (bytes - first) / (n - 1) as f64)
+        } else {
+            "-".into()
+        };
+        println!("| {n} | {} | {bytes:.0} | {per} |", c1 - c0);
+    }
+    println!();
+
+    // ---- 3. 10,000 idle long-polling children on one MLM
+    let mlm = tree.index("acme.mlm1").expect("mlm");
+    let pid = tree.nodes[mlm].pid().expect("pid");
+    let rss_before = rss_kib(pid);
+    let f = tree
+        .pki
+        .issue("acme.bench", Role::Proxy, &[], &[])
+        .expect("cert");
+    let tls = rsnet_common::tls::client_config(&TlsPaths {
+        ca: tree.pki.ca(),
+        cert: f.cert,
+        key: f.key,
+        crl: None,
+    })
+    .expect("tls");
+    let url = format!(
+        "https://127.0.0.1:{}",
+        tree.nodes[mlm].addr.expect("addr").port()
+    );
+    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut kids = Vec::with_capacity(IDLE_CHILDREN);
+    for _ in 0..IDLE_CHILDREN {
+        let link = Link::new(std::slice::from_ref(&url), tls.clone(), None).expect("link");
+        let (polls, gate) = (polls.clone(), gate.clone());
+        kids.push(tokio::spawn(async move {
+            let wait = Duration::from_secs(25);
+            // Connect (mTLS) with one immediate exchange, a few hundred at a
+            // time; then keep a long-poll outstanding on that connection.
+            let permit = gate.acquire_owned().await;
+            if link
+                .exchange(link.outgoing(None), Duration::from_secs(60))
+                .await
+                .is_ok()
+            {
+                polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            drop(permit);
+            loop {
+                let _ = link
+                    .exchange(link.outgoing(Some(wait)), wait + Duration::from_secs(30))
+                    .await;
+            }
+        }));
+    }
+    while polls.load(std::sync::atomic::Ordering::SeqCst) < IDLE_CHILDREN {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if t0.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+    }
+    let ramp = t0.elapsed();
+    let connected = polls.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (cpu0, at0) = (cpu_ticks(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (cpu1, at1) = (cpu_ticks(pid), Instant::now());
+    let cpu = (cpu1 - cpu0) as f64 / 100.0 / (at1 - at0).as_secs_f64() * 100.0;
+    let rss = rss_kib(pid);
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    println!("### One MLM holding {IDLE_CHILDREN} idle long-polling children (mTLS)\n");
+    println!("| children polling | open file descriptors (MLM) | ramp-up | MLM RSS before | MLM RSS at rest | per child | MLM CPU at rest |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {connected} | {open} | {:.1} s | {:.1} MiB | {:.1} MiB | {:.1} KiB | {cpu:.1} % of one core |",
+        ramp.as_secs_f64(),
+        rss_before as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        (rss.saturating_sub(rss_before)) as f64 / connected.max(1) as f64,
+    );
+    for k in kids {
+        k.abort();
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
