@@ -75,9 +75,20 @@ async fn main() {
         figs.push(nats::run(&d, CLIENTS, THROUGHPUT_SECS, RATE, LATENCY_SECS).await);
     }
     let base = figs.first().map(|f| (f.throughput, f.p99));
+    if !figs.is_empty() {
+        print_table(&figs, base);
+    }
+    if want("backchannel") {
+        println!();
+        backchannel::run(&root.join("backchannel")).await;
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
+fn print_table(figs: &[peer::Figures], base: Option<(f64, Duration)>) {
     println!("| system | throughput (msg/s) | p50 at {RATE}/s | p99 at {RATE}/s | latency samples | rsnet ÷ system, throughput | system p99 ÷ rsnet p99 |");
     println!("|---|---|---|---|---|---|---|");
-    for f in &figs {
+    for f in figs {
         let (rt, rp) = base.unwrap_or((f.throughput, f.p99));
         println!(
             "| {} | {:.0} | {:.2} ms | {:.2} ms | {} of {} | {:.2} | {:.2} |",
@@ -91,11 +102,6 @@ async fn main() {
             f.p99.as_secs_f64() / rp.as_secs_f64().max(1e-9),
         );
     }
-    if want("backchannel") {
-        println!();
-        backchannel::run(&root.join("backchannel")).await;
-    }
-    let _ = std::fs::remove_dir_all(root);
 }
 
 async fn rsnet(dir: &std::path::Path) -> peer::Figures {
