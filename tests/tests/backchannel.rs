@@ -533,3 +533,59 @@ async fn control_actions_act_and_report() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxy_that_moves_to_another_mlm_is_rerouted() {
+    let spec = Spec {
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 60,
+        ..Spec::demo()
+    };
+    let mut tree = start("bc-move", &spec);
+    let (mlm1, mlm2) = (
+        tree.index("acme.mlm1").expect("mlm1"),
+        tree.index("acme.mlm2").expect("mlm2"),
+    );
+    let p1 = tree.index("acme.p1").expect("p1");
+    let op = tree.operator_target().expect("operator");
+    wait_topology(&tree).await;
+    let id = send_to(&op, json!("acme.p1"), json!({})).await;
+    receive_once(&tree, p1, &id).await;
+    assert_eq!(
+        deliveries(&op, &id).await["destinations"]["acme.p1"]["via"],
+        "acme.mlm1"
+    );
+
+    // Re-home p1 under mlm2 (as a failover would) and restart it.
+    let url = |i: usize| {
+        format!(
+            "https://127.0.0.1:{}",
+            tree.nodes[i].addr.expect("addr").port()
+        )
+    };
+    let cfg = std::fs::read_to_string(&tree.nodes[p1].config).expect("config");
+    let moved = cfg.replace(&url(mlm1), &url(mlm2));
+    assert_ne!(cfg, moved);
+    std::fs::write(&tree.nodes[p1].config, moved).expect("write");
+    assert!(tokio::task::block_in_place(
+        || tree.stop(p1, Duration::from_secs(10))
+    ));
+    tokio::task::block_in_place(|| tree.restart(p1)).expect("p1 restarts");
+    // Once heard at mlm2 (its start-up notice), messages follow it there.
+    wait_for("p1 heard via mlm2", LONG, || async {
+        let (_, v) = api(&op, Method::GET, "/api/v1/components", None).await;
+        let c = v["components"]
+            .as_array()?
+            .iter()
+            .find(|c| c["id"] == "acme.p1")?
+            .clone();
+        (c["parent_path"] == json!(["acme.mlm2"])).then_some(())
+    })
+    .await;
+    let id = send_to(&op, json!("acme.p1"), json!({})).await;
+    receive_once(&tree, p1, &id).await;
+    assert_eq!(
+        deliveries(&op, &id).await["destinations"]["acme.p1"]["via"],
+        "acme.mlm2"
+    );
+}
