@@ -10,6 +10,7 @@
 //! | `ping` | proxy, MLM | answers `pong` |
 //! | `get-status` | proxy, MLM | spools a heartbeat now; answers with the status tree summary |
 //! | `get-config` | proxy, MLM | answers with the node's config file |
+//! | `set-config` | proxy, MLM | merges the TOML in the message's `data` payload into the config file (validated first, written atomically); takes effect at the next restart |
 //! | `disable-forwarding`, `enable-forwarding` | proxy | stops or resumes moving the spool upward (messages keep being spooled) |
 //! | `disable-instance`, `enable-instance` | support instance | the local API refuses, or again accepts, messages for it |
 //!
@@ -34,6 +35,10 @@ pub trait Controlled: Send + Sync + 'static {
     fn heartbeat_now(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
     /// The node's config file as text.
     fn config_text(&self) -> Result<String, String>;
+    /// Merges `fragment` (TOML) into the config file; see [`merge_config`].
+    fn set_config(&self, _fragment: &str) -> Result<String, String> {
+        Err("this node cannot change its config".into())
+    }
     /// `on`, `off`, or `n/a` for a node that does not forward on its own.
     fn forwarding(&self) -> &'static str {
         "n/a"
@@ -57,6 +62,13 @@ pub async fn act(node: &dyn Controlled, dest: &ComponentId, item: &Item) -> Resp
         ("ping", true) => Ok("pong".into()),
         ("get-status", true) => node.heartbeat_now().await,
         ("get-config", true) => node.config_text(),
+        ("set-config", true) => match item.content() {
+            Ok(crate::model::Content::Data(d)) => match std::str::from_utf8(&d.payload) {
+                Ok(fragment) => node.set_config(fragment),
+                Err(_) => Err("set-config: the payload is not UTF-8 TOML".into()),
+            },
+            _ => Err("set-config: needs a data message whose payload is TOML".into()),
+        },
         ("disable-forwarding", true) => node
             .set_forwarding(false)
             .map(|_| "forwarding disabled".into()),
@@ -82,4 +94,50 @@ pub async fn act(node: &dyn Controlled, dest: &ComponentId, item: &Item) -> Resp
         },
         Err(why) => Response::rejected(id, why),
     }
+}
+
+/// Merges the TOML `fragment` into the config file at `path`: tables are
+/// merged key by key, other values replaced. The result must pass
+/// `validate` (the node's own loader, run on a temporary copy) before it
+/// replaces the file (write, fsync, rename), so a bad change never lands.
+///
+/// # Errors
+/// Unreadable file, fragment not TOML, or the merged config is invalid.
+pub fn merge_config(
+    path: &std::path::Path,
+    fragment: &str,
+    validate: impl Fn(&std::path::Path) -> Result<(), String>,
+) -> Result<String, String> {
+    use std::io::Write as _;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut base: toml::Table = text.parse().map_err(|e| format!("current config: {e}"))?;
+    let patch: toml::Table = fragment.parse().map_err(|e| format!("payload: {e}"))?;
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    let keys: Vec<String> = patch.keys().cloned().collect();
+    merge(&mut base, patch);
+    let out = toml::to_string(&base).map_err(|e| e.to_string())?;
+    let tmp = path.with_extension("toml.new");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(out.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    if let Err(e) = validate(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("refused, the result would not load: {e}"));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(format!(
+        "saved {} (changed: {}); takes effect at the next restart",
+        path.display(),
+        keys.join(", ")
+    ))
 }

@@ -84,6 +84,15 @@ impl Controlled for ProxyNode {
         })
     }
 
+    fn set_config(&self, fragment: &str) -> Result<String, String> {
+        let p = self.config.as_ref().ok_or("config file unknown")?;
+        rsnet_common::control::merge_config(p, fragment, |f| {
+            crate::Config::load(f)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
     fn config_text(&self) -> Result<String, String> {
         let p = self.config.as_ref().ok_or("config file unknown")?;
         std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))

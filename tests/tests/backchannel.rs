@@ -488,6 +488,29 @@ async fn control_actions_act_and_report() {
         r["reason"].as_str().unwrap_or("").contains("[uplink]"),
         "{r}"
     );
+    // set-config: validated by the proxy's own loader, then saved.
+    let set = |payload: &str| {
+        let (op, payload) = (op.clone(), payload.to_string());
+        async move {
+            let body = json!({ "class": "control", "subclass": "set-config", "payload": payload });
+            send_to(&op, json!("acme.p1"), body).await
+        }
+    };
+    let r = result(set("heartbeat_interval_s = 0").await, "acme.p1").await;
+    assert_eq!(r["state"], "failed", "{r}");
+    let r = result(
+        set("heartbeat_interval_s = 30\n[inbox]\nlease_s = 90").await,
+        "acme.p1",
+    )
+    .await;
+    assert_eq!(r["state"], "processed", "{r}");
+    let saved = std::fs::read_to_string(&tree.nodes[p1].config).expect("config");
+    assert!(
+        saved.contains("heartbeat_interval_s = 30") && saved.contains("lease_s = 90"),
+        "{saved}"
+    );
+    assert!(saved.contains("[uplink]"), "the rest is kept: {saved}");
+
     let r = result(control("acme.p1", "reboot-now").await, "acme.p1").await;
     assert_eq!(r["state"], "failed", "unknown actions fail loudly: {r}");
 
