@@ -54,6 +54,22 @@ fn corrupt(what: &str) -> StoreError {
     StoreError::Backend(format!("corrupt record: {what}"))
 }
 
+/// Creates every table (a no-op for those that exist), in one commit.
+fn init_tables(db: &Database) -> Result<()> {
+    let w = db.begin_write().map_err(be)?;
+    {
+        w.open_table(SPOOL).map_err(be)?;
+        w.open_table(SPOOL_META).map_err(be)?;
+        w.open_table(MESSAGES).map_err(be)?;
+        w.open_table(MESSAGE_IDS).map_err(be)?;
+        w.open_table(STATE).map_err(be)?;
+        w.open_table(QUEUE).map_err(be)?;
+        w.open_table(QUEUE_SEEN).map_err(be)?;
+    }
+    w.commit().map_err(be)?;
+    Ok(())
+}
+
 /// An open store directory; hands out the spool, message store and KV views.
 #[derive(Clone)]
 pub struct RedbStore {
@@ -69,19 +85,25 @@ impl RedbStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
         let path = dir.join("store.redb");
+        if !path.exists() {
+            // A new store is made under another name and renamed into place,
+            // so a crash while the file is being initialised never leaves a
+            // half-made `store.redb` that cannot be opened again.
+            let tmp = dir.join("store.redb.new");
+            let _ = std::fs::remove_file(&tmp);
+            let db = Database::create(&tmp)
+                .map_err(|e| StoreError::Backend(format!("{}: {e}", tmp.display())))?;
+            init_tables(&db)?;
+            drop(db);
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
         let db = Database::create(&path)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
-        let w = db.begin_write().map_err(be)?;
-        {
-            w.open_table(SPOOL).map_err(be)?;
-            w.open_table(SPOOL_META).map_err(be)?;
-            w.open_table(MESSAGES).map_err(be)?;
-            w.open_table(MESSAGE_IDS).map_err(be)?;
-            w.open_table(STATE).map_err(be)?;
-            w.open_table(QUEUE).map_err(be)?;
-            w.open_table(QUEUE_SEEN).map_err(be)?;
-        }
-        w.commit().map_err(be)?;
+        init_tables(&db)?;
         Ok(RedbStore { db: Arc::new(db) })
     }
 
