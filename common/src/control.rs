@@ -18,7 +18,9 @@
 //! never waits for an effect that will not come.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::envelope::Item;
 use crate::id::ComponentId;
@@ -50,6 +52,60 @@ pub trait Controlled: Send + Sync + 'static {
     /// Enables or disables a support instance (proxies).
     fn set_instance(&self, _id: &ComponentId, _on: bool) -> Result<(), String> {
         Err("this node has no support instances".into())
+    }
+}
+
+/// What every node shares for control actions: its ID, spool front, config
+/// file and status tree. An MLM is exactly this; a proxy wraps it.
+pub struct NodeBase {
+    /// The node's ID.
+    pub me: ComponentId,
+    /// Its spool front (for heartbeats on demand).
+    pub outbox: Arc<crate::forward::Outbox>,
+    /// Its config file.
+    pub config: Option<PathBuf>,
+    /// Its status tree.
+    pub tree: Box<dyn Fn() -> crate::heartbeat::StatusTree + Send + Sync>,
+    /// Its config loader, run on a candidate file before `set-config` saves it.
+    pub validate: fn(&Path) -> Result<(), String>,
+}
+
+impl NodeBase {
+    /// Spools a heartbeat now; returns a summary ending with `extra`.
+    pub async fn heartbeat(&self, extra: &str) -> Result<String, String> {
+        let t = (self.tree)();
+        let summary = format!(
+            "uptime {}s, spool {} messages{extra}",
+            t.uptime_s,
+            t.spool.map(|s| s.messages).unwrap_or(0)
+        );
+        self.outbox
+            .push(&[t.heartbeat()])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(summary)
+    }
+
+    fn path(&self) -> Result<&Path, String> {
+        self.config
+            .as_deref()
+            .ok_or_else(|| "config file unknown".into())
+    }
+}
+
+impl Controlled for NodeBase {
+    fn id(&self) -> &ComponentId {
+        &self.me
+    }
+    fn heartbeat_now(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        Box::pin(self.heartbeat(""))
+    }
+    fn config_text(&self) -> Result<String, String> {
+        let p = self.path()?;
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    }
+    fn set_config(&self, fragment: &str) -> Result<String, String> {
+        merge_config(self.path()?, fragment, self.validate)
     }
 }
 

@@ -47,13 +47,28 @@ const MAX_PENDING_ACKS: usize = 64 * 1024;
 
 /// What a node does with back-channel messages that arrive in replies.
 pub trait Downlink: Send + Sync + 'static {
-    /// Stores or acts on `items` and returns the IDs to acknowledge: only
-    /// those now durable at this node (or recognised as repeats). What is
-    /// not acknowledged the parent sends again after its lease.
+    /// Stores or acts on one message; returns its ID if it may be
+    /// acknowledged: only once it is durable at this node (or recognised as
+    /// a repeat). What is not acknowledged the parent sends again after its
+    /// lease.
+    fn deliver_one(
+        &self,
+        item: Item,
+    ) -> Pin<Box<dyn Future<Output = Option<MessageId>> + Send + '_>>;
+
+    /// [`Downlink::deliver_one`] for each, in order; the IDs to acknowledge.
     fn deliver(
         &self,
         items: Vec<Item>,
-    ) -> Pin<Box<dyn Future<Output = Vec<MessageId>> + Send + '_>>;
+    ) -> Pin<Box<dyn Future<Output = Vec<MessageId>> + Send + '_>> {
+        Box::pin(async move {
+            let mut acks = Vec::with_capacity(items.len());
+            for item in items {
+                acks.extend(self.deliver_one(item).await);
+            }
+            acks
+        })
+    }
 }
 
 /// An envelope being built for [`Link::exchange`]: the control part

@@ -83,16 +83,10 @@ impl Relay {
 }
 
 impl Downlink for Relay {
-    fn deliver(
+    fn deliver_one(
         &self,
-        items: Vec<Item>,
-    ) -> Pin<Box<dyn Future<Output = Vec<MessageId>> + Send + '_>> {
-        Box::pin(async move {
-            let mut acks = Vec::with_capacity(items.len());
-            for item in items {
-                acks.extend(self.one(item).await);
-            }
-            acks
-        })
+        item: Item,
+    ) -> Pin<Box<dyn Future<Output = Option<MessageId>> + Send + '_>> {
+        Box::pin(self.one(item))
     }
 }

@@ -11,7 +11,6 @@
 #![deny(missing_docs)]
 
 pub mod downlink;
-mod node;
 pub mod relay;
 
 use std::collections::BTreeMap;
@@ -22,6 +21,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use rsnet_common::backchannel::{self, BackChannel};
 use rsnet_common::config::{self, BackChannelSection, ConfigError, UplinkConfig};
+use rsnet_common::control::NodeBase;
 use rsnet_common::forward;
 use rsnet_common::heartbeat::{self, StatusTree};
 use rsnet_common::http_util::{error, text};
@@ -135,11 +135,12 @@ pub async fn run(
             "rsnet_backchannel_received_total",
             "back-channel messages received from the parent (repeats not counted)",
         ),
-        node: Arc::new(node::MlmNode {
+        node: Arc::new(NodeBase {
             me: me.id.clone(),
             outbox: outbox.clone(),
             config: cfg.source.clone(),
             tree: Box::new(tree.clone()),
+            validate: |f| Config::load(f).map(|_| ()).map_err(|e| e.to_string()),
         }),
         outbox: outbox.clone(),
     }));

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use rsnet_common::backchannel::{self, Queues, QueuesConfig};
 use rsnet_common::config::{self, ConfigError, UplinkConfig};
+use rsnet_common::control::NodeBase;
 use rsnet_common::forward;
 use rsnet_common::heartbeat::{self, StatusTree};
 use rsnet_common::metrics::Registry;
@@ -181,13 +182,16 @@ pub async fn run(
         }
     };
     let node = node::ProxyNode::new(
-        me.id.clone(),
-        outbox.clone(),
+        NodeBase {
+            me: me.id.clone(),
+            outbox: outbox.clone(),
+            config: cfg.source.clone(),
+            tree: Box::new(tree.clone()),
+            validate: |f| Config::load(f).map(|_| ()).map_err(|e| e.to_string()),
+        },
         forwarder.clone(),
         instances.clone(),
         kv.clone(),
-        cfg.source.clone(),
-        Box::new(tree.clone()),
     )?;
     let queues = Queues::open(
         Arc::new(store.queues()?),

@@ -1,13 +1,11 @@
 //! What control actions may do to a proxy ([`rsnet_common::control`]).
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use rsnet_common::control::Controlled;
-use rsnet_common::forward::{Forwarder, Outbox};
-use rsnet_common::heartbeat::StatusTree;
+use rsnet_common::control::{Controlled, NodeBase};
+use rsnet_common::forward::Forwarder;
 use rsnet_common::id::ComponentId;
 use rsnet_common::store::{KvStore, StoreError};
 
@@ -19,13 +17,10 @@ const FORWARDING: &str = "control/forwarding";
 
 /// The proxy as control actions see it.
 pub struct ProxyNode {
-    me: ComponentId,
-    outbox: Arc<Outbox>,
+    base: NodeBase,
     forwarder: Arc<Forwarder>,
     instances: Arc<Instances>,
     kv: Arc<dyn KvStore>,
-    config: Option<PathBuf>,
-    tree: Box<dyn Fn() -> StatusTree + Send + Sync>,
 }
 
 impl ProxyNode {
@@ -34,68 +29,42 @@ impl ProxyNode {
     /// # Errors
     /// Store failures.
     pub fn new(
-        me: ComponentId,
-        outbox: Arc<Outbox>,
+        base: NodeBase,
         forwarder: Arc<Forwarder>,
         instances: Arc<Instances>,
         kv: Arc<dyn KvStore>,
-        config: Option<PathBuf>,
-        tree: Box<dyn Fn() -> StatusTree + Send + Sync>,
     ) -> Result<Arc<ProxyNode>, StoreError> {
         if kv.get(FORWARDING)?.is_some() {
             tracing::warn!("forwarding is disabled by an operator's control action");
             forwarder.set_enabled(false);
         }
         Ok(Arc::new(ProxyNode {
-            me,
-            outbox,
+            base,
             forwarder,
             instances,
             kv,
-            config,
-            tree,
         }))
     }
 }
 
 impl Controlled for ProxyNode {
     fn id(&self) -> &ComponentId {
-        &self.me
+        self.base.id()
     }
 
     fn heartbeat_now(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
         Box::pin(async move {
-            let t = (self.tree)();
-            let summary = format!(
-                "uptime {}s, spool {} messages, forwarding {}",
-                t.uptime_s,
-                t.spool.map(|s| s.messages).unwrap_or(0),
-                if self.forwarder.is_enabled() {
-                    "on"
-                } else {
-                    "off"
-                }
-            );
-            self.outbox
-                .push(&[t.heartbeat()])
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(summary)
-        })
-    }
-
-    fn set_config(&self, fragment: &str) -> Result<String, String> {
-        let p = self.config.as_ref().ok_or("config file unknown")?;
-        rsnet_common::control::merge_config(p, fragment, |f| {
-            crate::Config::load(f)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            let f = format!(", forwarding {}", self.forwarding());
+            self.base.heartbeat(&f).await
         })
     }
 
     fn config_text(&self) -> Result<String, String> {
-        let p = self.config.as_ref().ok_or("config file unknown")?;
-        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+        self.base.config_text()
+    }
+
+    fn set_config(&self, fragment: &str) -> Result<String, String> {
+        self.base.set_config(fragment)
     }
 
     fn forwarding(&self) -> &'static str {
