@@ -152,16 +152,9 @@ impl Api {
     pub async fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
         if exchange::is_exchange(&req) {
             return match exchange::receive(req, &peer).await {
-                Ok(mut inbound) => {
-                    let bc = &self.app.backchannel;
-                    let child = inbound.peer.id.clone();
-                    let acks = std::mem::take(&mut inbound.control.acks);
-                    bc.inbound(&child, &acks, &inbound.items).await;
-                    let wait = inbound.control.wait();
-                    let busy = !inbound.items.is_empty() || !inbound.rejected.is_empty();
-                    let answers = self.app.ingest(inbound).await;
-                    let down = bc.reply_for(&child, wait, busy).await;
-                    exchange::reply(answers, &down)
+                Ok(inbound) => {
+                    let app = &self.app;
+                    app.backchannel.exchange(inbound, |i| app.ingest(i)).await
                 }
                 Err(resp) => resp,
             };

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use rsnet_common::backchannel::Observer;
 use rsnet_common::id::{ComponentId, MessageId};
-use rsnet_common::model::{Header, Response, Status, Timestamp};
+use rsnet_common::model::{Header, Response, Status, Timestamp, DELIVERED};
 use rsnet_common::store::{GroupCommit, KvStore, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 pub const PREFIX: &str = "delivery/";
 
 /// A destination's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
     /// In the appserver's queue for the child on its route.
@@ -178,17 +178,6 @@ impl Delivery {
     }
 }
 
-impl PartialOrd for State {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for State {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (*self as u8).cmp(&(*other as u8))
-    }
-}
-
 type Map = Arc<Mutex<HashMap<MessageId, Delivery>>>;
 
 /// All tracked deliveries.
@@ -262,11 +251,6 @@ impl Deliveries {
         self.lock().get(id).map(|d| d.view(Timestamp::now()))
     }
 
-    /// True if `id` is a tracked back-channel message.
-    pub fn tracks(&self, id: &MessageId) -> bool {
-        self.lock().contains_key(id)
-    }
-
     /// Applies a `response` from `origin` about a tracked message; returns
     /// true if a record changed (the caller persists it).
     pub fn respond(&self, origin: &ComponentId, subclass: Option<&str>, r: &Response) -> bool {
@@ -278,7 +262,7 @@ impl Deliveries {
             return false;
         };
         let next = match (subclass, r.status) {
-            (Some("delivered"), Status::Accepted) => State::Delivered,
+            (Some(DELIVERED), Status::Accepted) => State::Delivered,
             (_, Status::Accepted) => State::Processed,
             (_, Status::Rejected) => State::Failed,
         };

@@ -174,13 +174,15 @@ pub struct BackChannelSection {
 }
 
 impl Default for BackChannelSection {
+    /// The defaults of [`crate::backchannel::BackChannelConfig`], in config units.
     fn default() -> Self {
+        let c = crate::backchannel::BackChannelConfig::default();
         BackChannelSection {
-            max_wait_ms: 30_000,
-            lease_ms: 30_000,
-            capacity_bytes: 256 << 20,
-            reply_bytes: 4 << 20,
-            remember_s: 86_400,
+            max_wait_ms: c.max_wait.as_millis() as u64,
+            lease_ms: c.queues.lease.as_millis() as u64,
+            capacity_bytes: c.queues.capacity_bytes,
+            reply_bytes: c.reply_bytes,
+            remember_s: c.queues.remember.as_secs(),
         }
     }
 }

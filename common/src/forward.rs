@@ -220,10 +220,8 @@ impl Forwarder {
                 return;
             }
             if !self.is_enabled() {
-                tokio::select! {
-                    _ = self.outbox.wake.notified() => {},
-                    _ = tokio::time::sleep(IDLE_TICK) => {},
-                    _ = shutdown.wait() => return,
+                if self.idle(&mut shutdown).await {
+                    return;
                 }
                 continue;
             }
@@ -267,10 +265,8 @@ impl Forwarder {
             self.counters.expired.add(peeked.expired.len() as u64);
             if peeked.entries.is_empty() {
                 drop(permit);
-                tokio::select! {
-                    _ = self.outbox.wake.notified() => {},
-                    _ = tokio::time::sleep(IDLE_TICK) => {},
-                    _ = shutdown.wait() => return,
+                if self.idle(&mut shutdown).await {
+                    return;
                 }
                 continue;
             }
@@ -282,6 +278,15 @@ impl Forwarder {
                 me.send(peeked.entries).await;
                 drop(permit);
             });
+        }
+    }
+
+    /// Waits for a wake-up or [`IDLE_TICK`]; true if shutdown came first.
+    async fn idle(&self, shutdown: &mut Shutdown) -> bool {
+        tokio::select! {
+            _ = self.outbox.wake.notified() => false,
+            _ = tokio::time::sleep(IDLE_TICK) => false,
+            _ = shutdown.wait() => true,
         }
     }
 

@@ -52,6 +52,11 @@ pub struct Qos {
     pub persistence: bool,
 }
 
+/// Report stage: the back-channel message is stored at its destination.
+pub const DELIVERED: &str = "delivered";
+/// Report stage: the destination processed it (accepted) or failed to (rejected).
+pub const PROCESSED: &str = "processed";
+
 /// Highest precedence value.
 pub const MAX_PRECEDENCE: u8 = 9;
 
@@ -424,9 +429,10 @@ impl Message {
         self
     }
 
-    /// A `response` message answering `r.request`, sent by `from`.
-    pub fn response(from: &ComponentId, r: Response) -> Self {
-        Message::forward(from.clone(), "response", None, Content::Response(r))
+    /// A destination's report on a back-channel message (class `response`,
+    /// subclass [`DELIVERED`] or [`PROCESSED`]), from `from`, passing `hop`.
+    pub fn response(from: &ComponentId, stage: &str, r: Response, hop: &ComponentId) -> Self {
+        Message::forward(from.clone(), "response", Some(stage), Content::Response(r)).with_hop(hop)
     }
 }
 

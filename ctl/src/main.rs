@@ -185,18 +185,6 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
         .join("&")
 }
 
-async fn get(t: &Target, path: &str) -> Result<Value, String> {
-    let (status, b) = call(t, Method::GET, path, None).await?;
-    let v: Value = serde_json::from_slice(&b).map_err(|e| format!("bad JSON from server: {e}"))?;
-    if !status.is_success() {
-        return Err(format!(
-            "{status}: {}",
-            v["error"].as_str().unwrap_or(&v.to_string())
-        ));
-    }
-    Ok(v)
-}
-
 fn summary(m: &Value) -> String {
     let c = &m["content"];
     let detail = c["text"]
@@ -249,7 +237,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let t = target(&cli)?;
     match &cli.cmd {
         Cmd::Components => {
-            let v = get(&t, "/api/v1/components").await?;
+            let v = call_json(&t, Method::GET, "/api/v1/components", None).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 return Ok(());
@@ -292,7 +280,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 ("after", Some(after.to_string())),
                 ("limit", Some(limit.to_string())),
             ]);
-            let v = get(&t, &format!("/api/v1/messages?{q}")).await?;
+            let v = call_json(&t, Method::GET, &format!("/api/v1/messages?{q}"), None).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 return Ok(());
@@ -400,7 +388,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             let after = match after {
                 Some(a) => *a,
-                None => get(&t, "/api/v1/messages?limit=1").await?["last"]
+                None => call_json(&t, Method::GET, "/api/v1/messages?limit=1", None).await?["last"]
                     .as_u64()
                     .unwrap_or(0),
             };

@@ -9,14 +9,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use rsnet_common::backchannel::BackChannel;
+use rsnet_common::backchannel::{self, BackChannel, Offered};
 use rsnet_common::control::{self, Controlled};
 use rsnet_common::envelope::Item;
 use rsnet_common::forward::Outbox;
 use rsnet_common::id::MessageId;
 use rsnet_common::link::Downlink;
 use rsnet_common::metrics::Counter;
-use rsnet_common::model::{Content, Direction, Message, Timestamp};
+use rsnet_common::model::{Message, PROCESSED};
 
 /// The MLM's [`Downlink`].
 pub struct Relay {
@@ -33,34 +33,20 @@ pub struct Relay {
 impl Relay {
     async fn one(&self, item: Item) -> Option<MessageId> {
         let id = item.header.id;
-        let Direction::Destination(d) = &item.header.direction else {
-            tracing::warn!(message = %id, "parent sent a forward message down; dropped");
+        let Some(d) = backchannel::screen(self.backchannel.queues(), &item) else {
             return Some(id);
         };
-        if self.backchannel.queues().was_received(&id) {
-            return Some(id);
-        }
-        if item.header.qos.expired(Timestamp::now()) {
-            tracing::warn!(message = %id, "back-channel message arrived expired; dropped");
-            return Some(id);
-        }
         let me = self.node.id().clone();
         let (mine, below): (Vec<_>, Vec<_>) = d.ids.iter().cloned().partition(|x| *x == me);
         if !mine.is_empty() {
-            if item.header.class != control::CLASS {
-                tracing::warn!(message = %id, "back-channel message for the MLM itself that is not a control action; dropped");
-            } else if !self.backchannel.queues().was_received(&id) {
+            if item.header.class == control::CLASS {
                 let r = control::act(self.node.as_ref(), &me, &item).await;
-                let m = Message::forward(
-                    me.clone(),
-                    "response",
-                    Some("processed"),
-                    Content::Response(r),
-                )
-                .with_hop(&me);
+                let m = Message::response(&me, PROCESSED, r, &me);
                 if let Err(e) = self.outbox.push(&[m]).await {
                     tracing::warn!(error = %e, "control result not spooled");
                 }
+            } else {
+                tracing::warn!(message = %id, "back-channel message for the MLM itself that is not a control action; dropped");
             }
         }
         let routed = self.backchannel.route(&below);
@@ -69,11 +55,11 @@ impl Relay {
             .dispatch(&item.header, item.content.clone(), &routed, Some(id))
             .await
         {
-            Ok(rsnet_common::backchannel::Offered::Queued(_)) => {
+            Ok(Offered::Queued(_)) => {
                 self.received.inc();
                 Some(id)
             }
-            Ok(rsnet_common::backchannel::Offered::Duplicate) => Some(id),
+            Ok(Offered::Duplicate) => Some(id),
             Err(e) => {
                 tracing::warn!(message = %id, error = %e, "back-channel message not queued; parent resends it");
                 None

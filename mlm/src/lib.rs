@@ -153,25 +153,24 @@ pub async fn run(
         let (relay, id, metrics, bc) = (relay.clone(), id.clone(), m2.clone(), bc.clone());
         async move {
             if exchange::is_exchange(&req) {
-                let mut inbound = match exchange::receive(req, &peer).await {
+                let inbound = match exchange::receive(req, &peer).await {
                     Ok(i) => i,
                     Err(resp) => return resp,
                 };
-                let child = inbound.peer.id.clone();
-                let acks = std::mem::take(&mut inbound.control.acks);
-                bc.inbound(&child, &acks, &inbound.items).await;
-                let busy = !inbound.items.is_empty() || !inbound.rejected.is_empty();
-                let now = Timestamp::now();
-                for item in &mut inbound.items {
-                    item.header.routing.push(Hop {
-                        id: id.clone(),
-                        time: now,
-                    });
-                }
-                let mut answers = std::mem::take(&mut inbound.rejected);
-                answers.extend(relay.forward(inbound.items).await);
-                let down = bc.reply_for(&child, inbound.control.wait(), busy).await;
-                return exchange::reply(answers, &down);
+                return bc
+                    .exchange(inbound, |mut inbound| async move {
+                        let now = Timestamp::now();
+                        for item in &mut inbound.items {
+                            item.header.routing.push(Hop {
+                                id: id.clone(),
+                                time: now,
+                            });
+                        }
+                        let mut answers = std::mem::take(&mut inbound.rejected);
+                        answers.extend(relay.forward(inbound.items).await);
+                        answers
+                    })
+                    .await;
             }
             match req.uri().path() {
                 "/metrics" => text(

@@ -22,13 +22,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rsnet_common::backchannel::{Offered, Queues};
+use bytes::Bytes;
+use rsnet_common::backchannel::{self, Offered, Queues};
 use rsnet_common::envelope::{wire, Item};
 use rsnet_common::forward::Outbox;
 use rsnet_common::id::{ComponentId, MessageId};
 use rsnet_common::link::Downlink;
 use rsnet_common::metrics::Counter;
-use rsnet_common::model::{Content, Direction, Message, Response, Timestamp};
+use rsnet_common::model::{Message, Response, DELIVERED, PROCESSED};
 use rsnet_common::store::SpoolRecord;
 use serde_json::{json, Value};
 
@@ -76,14 +77,8 @@ impl Inbox {
         self.node.forwarding()
     }
 
-    fn report(&self, dest: &ComponentId, subclass: &str, r: Response) -> Message {
-        Message::forward(
-            dest.clone(),
-            "response",
-            Some(subclass),
-            Content::Response(r),
-        )
-        .with_hop(&self.me)
+    fn report(&self, dest: &ComponentId, stage: &str, r: Response) -> Message {
+        Message::response(dest, stage, r, &self.me)
     }
 
     async fn spool(&self, msgs: Vec<Message>) {
@@ -97,17 +92,9 @@ impl Inbox {
 
     async fn one(&self, item: Item) -> Option<MessageId> {
         let id = item.header.id;
-        let Direction::Destination(d) = &item.header.direction else {
-            tracing::warn!(message = %id, "parent sent a forward message down; dropped");
+        let Some(d) = backchannel::screen(&self.queues, &item) else {
             return Some(id);
         };
-        if self.queues.was_received(&id) {
-            return Some(id);
-        }
-        if item.header.qos.expired(Timestamp::now()) {
-            tracing::warn!(message = %id, "back-channel message arrived expired; dropped");
-            return Some(id);
-        }
         let mine: Vec<&ComponentId> = d.ids.iter().filter(|x| x.is_within(&self.me)).collect();
         if mine.len() < d.ids.len() {
             tracing::warn!(message = %id, "back-channel message names destinations outside this proxy; those are ignored");
@@ -117,7 +104,7 @@ impl Inbox {
             let mut reports = Vec::new();
             for dest in &mine {
                 let r = control::act(self.node.as_ref(), dest, &item).await;
-                reports.push(self.report(dest, "processed", r));
+                reports.push(self.report(dest, PROCESSED, r));
             }
             if let Err(e) = self.queues.offer(Vec::new(), Some(id)).await {
                 tracing::warn!(message = %id, error = %e, "control action not recorded; parent resends it");
@@ -127,6 +114,7 @@ impl Inbox {
             self.spool(reports).await;
             return Some(id);
         }
+        let header = Bytes::from(wire::encode_header(&item.header));
         let push: Vec<(String, SpoolRecord)> = mine
             .iter()
             .map(|dest| {
@@ -137,7 +125,7 @@ impl Inbox {
                         precedence: item.header.qos.precedence,
                         persistent: item.header.qos.persistence,
                         expiry: item.header.qos.expiry,
-                        header: wire::encode_header(&item.header).into(),
+                        header: header.clone(),
                         content: item.content.clone(),
                     },
                 )
@@ -150,7 +138,7 @@ impl Inbox {
                     .iter()
                     .map(|dest| {
                         let corr = format!("{}/inbox/{id}", self.me);
-                        self.report(dest, "delivered", Response::accepted(id, Some(corr)))
+                        self.report(dest, DELIVERED, Response::accepted(id, Some(corr)))
                     })
                     .collect();
                 self.spool(reports).await;
@@ -237,7 +225,7 @@ impl Inbox {
                         ..Response::accepted(id, corr)
                     }
                 };
-                reports.push(self.report(&dest, "processed", r));
+                reports.push(self.report(&dest, PROCESSED, r));
             }
             if !hit {
                 unknown.push(a.id.clone());

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use rsnet_common::client::{call, Target};
-use rsnet_demo::{metric, Spec, Tree};
+use rsnet_common::client::Target;
+use rsnet_demo::{json_call, metric, Spec, Tree};
 use rsnet_tests::{tempdir, wait_for, ConnectProxy};
 use serde_json::{json, Value};
 
@@ -21,11 +21,7 @@ fn start(tag: &str, spec: &Spec) -> Tree {
 }
 
 async fn api(t: &Target, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let body = body.map(|b| ("application/json", bytes::Bytes::from(b.to_string())));
-    let (s, b) = call(t, method, path, body).await.expect("call");
-    let v = serde_json::from_slice(&b)
-        .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&b) }));
-    (s, v)
+    json_call(t, method, path, body).await.expect("call")
 }
 
 /// Waits until the appserver has heard of every proxy (so routes exist).

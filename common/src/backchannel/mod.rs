@@ -24,12 +24,15 @@ pub mod queues;
 pub mod routes;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::envelope::{wire, Item};
+use crate::exchange::{self, Inbound};
+use crate::http_util::Body;
 use crate::id::{ComponentId, MessageId};
 use crate::limits::{MAX_BATCH_MESSAGES, MAX_LONG_POLL};
 use crate::link::{Backoff, Link};
@@ -153,9 +156,27 @@ impl BackChannel {
         &self.routes
     }
 
-    /// Takes in a child's POST: learns routes from its items and removes
-    /// what it acknowledged.
-    pub async fn inbound(&self, child: &ComponentId, acks: &[MessageId], items: &[Item]) {
+    /// The parent side of one exchange POST: learns routes from it, removes
+    /// what it acknowledged, lets `answer` (the node: store, relay) answer its
+    /// messages, then replies with those answers and the back-channel
+    /// messages queued for the child, holding the reply first if the child
+    /// only polled.
+    pub async fn exchange<F, Fut>(&self, mut inbound: Inbound, answer: F) -> http::Response<Body>
+    where
+        F: FnOnce(Inbound) -> Fut,
+        Fut: Future<Output = Vec<crate::model::Response>>,
+    {
+        let child = inbound.peer.id.clone();
+        let acks = std::mem::take(&mut inbound.control.acks);
+        self.inbound(&child, &acks, &inbound.items).await;
+        let wait = inbound.control.wait();
+        let busy = !inbound.items.is_empty() || !inbound.rejected.is_empty();
+        let answers = answer(inbound).await;
+        let down = self.reply_for(&child, wait, busy).await;
+        exchange::reply(answers, &down)
+    }
+
+    async fn inbound(&self, child: &ComponentId, acks: &[MessageId], items: &[Item]) {
         self.routes.learn(child, items);
         if acks.is_empty() {
             return;
@@ -170,7 +191,7 @@ impl BackChannel {
     /// The back-channel messages for `child`'s reply. With a `wait` hint and
     /// nothing else to answer (`busy` false), holds until something is
     /// queued for it or the wait (capped by config) ends.
-    pub async fn reply_for(
+    async fn reply_for(
         &self,
         child: &ComponentId,
         wait: Option<Duration>,
@@ -270,6 +291,26 @@ impl BackChannel {
         }
         Ok(r)
     }
+}
+
+/// The first look every receiver takes at a back-channel message from its
+/// parent: its destinations if it is to be acted on, or `None` if it is
+/// only to be acknowledged (not a back-channel message, a repeat of one
+/// already taken, or expired on the way; each logged).
+pub fn screen<'a>(queues: &Queues, item: &'a Item) -> Option<&'a Destination> {
+    let id = item.header.id;
+    let Direction::Destination(d) = &item.header.direction else {
+        tracing::warn!(message = %id, "parent sent a forward message down; dropped");
+        return None;
+    };
+    if queues.was_received(&id) {
+        return None;
+    }
+    if item.header.qos.expired(Timestamp::now()) {
+        tracing::warn!(message = %id, "back-channel message arrived expired; dropped");
+        return None;
+    }
+    Some(d)
 }
 
 /// The child side's long-poll: keeps one empty POST with a `wait` hint

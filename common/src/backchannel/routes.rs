@@ -100,14 +100,4 @@ impl Routes {
         }
         None
     }
-
-    /// Routes known.
-    pub fn len(&self) -> usize {
-        self.map.read().map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// True if no route is known.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -520,6 +520,24 @@ pub async fn stored(op: &Target, query: &str) -> Result<Vec<serde_json::Value>, 
     }
 }
 
+/// One JSON call to the operator API or a local API: `body` is sent as
+/// JSON; the answer's status and JSON body (or `{"raw": text}` if it is not JSON).
+///
+/// # Errors
+/// Transport errors.
+pub async fn json_call(
+    target: &Target,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(http::StatusCode, serde_json::Value), String> {
+    let body = body.map(|b| ("application/json", bytes::Bytes::from(b.to_string())));
+    let (s, b) = rsnet_common::client::call(target, method, path, body).await?;
+    let v = serde_json::from_slice(&b)
+        .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&b) }));
+    Ok((s, v))
+}
+
 /// The value of counter or gauge `name` on `target`'s `/metrics` (0 if absent).
 ///
 /// # Errors

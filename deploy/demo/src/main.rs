@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use http::Method;
 use rsnet_common::client::Target;
-use rsnet_demo::{alarm, send, stored, Spec, Tree};
+use rsnet_demo::{alarm, json_call, send, stored, Spec, Tree};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -177,13 +177,10 @@ async fn backchannel(tree: &Tree) -> bool {
     let call = |m: Method, path: String, body: Value| {
         let op = op.clone();
         async move {
-            let body = Some(("application/json", bytes::Bytes::from(body.to_string())));
-            let (s, b) = rsnet_common::client::call(&op, m, &path, body).await?;
-            let v: Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
-            if s.is_success() {
-                Ok(v)
-            } else {
-                Err(format!("{s}: {v}"))
+            let body = (!body.is_null()).then_some(body);
+            match json_call(&op, m, &path, body).await? {
+                (s, v) if s.is_success() => Ok(v),
+                (s, v) => Err(format!("{s}: {v}")),
             }
         }
     };
@@ -217,10 +214,9 @@ async fn backchannel(tree: &Tree) -> bool {
             return false;
         };
         let local = Target::Plain(addr);
-        let got = rsnet_common::client::call(&local, Method::GET, "/v1/inbox?wait=10", None).await;
-        let msgs: Value = got
-            .ok()
-            .and_then(|(_, b)| serde_json::from_slice(&b).ok())
+        let msgs = json_call(&local, Method::GET, "/v1/inbox?wait=10", None)
+            .await
+            .map(|(_, v)| v)
             .unwrap_or_default();
         let Some(m) = msgs["messages"]
             .as_array()
@@ -229,14 +225,8 @@ async fn backchannel(tree: &Tree) -> bool {
             eprintln!("{} did not get the group message", tree.nodes[p].id);
             return false;
         };
-        let ack = json!({ "acks": [{ "id": id, "destination": m["destination"] }] }).to_string();
-        let _ = rsnet_common::client::call(
-            &local,
-            Method::POST,
-            "/v1/inbox/ack",
-            Some(("application/json", ack.into())),
-        )
-        .await;
+        let ack = json!({ "acks": [{ "id": id, "destination": m["destination"] }] });
+        let _ = json_call(&local, Method::POST, "/v1/inbox/ack", Some(ack)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -18,7 +18,9 @@ use http::Method;
 use rsnet_common::client::{call, Target};
 use rsnet_common::link::Link;
 use rsnet_common::tls::{Role, TlsPaths};
-use rsnet_demo::{metric, Spec, Tree};
+use rsnet_demo::{json_call, metric};
+
+use crate::peer::quantile;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -27,35 +29,16 @@ const IDLE_CHILDREN: usize = 10_000;
 const PAYLOAD: usize = 1024;
 
 async fn post(op: &Target, body: Value) -> String {
-    let (s, b) = call(
-        op,
-        Method::POST,
-        "/api/v1/messages",
-        Some(("application/json", bytes::Bytes::from(body.to_string()))),
-    )
-    .await
-    .expect("post");
-    assert!(s.is_success(), "{s}: {}", String::from_utf8_lossy(&b));
-    serde_json::from_slice::<Value>(&b).expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string()
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    let (s, v) = json_call(op, Method::POST, "/api/v1/messages", Some(body))
+        .await
+        .expect("post");
+    assert!(s.is_success(), "{s}: {v}");
+    v["id"].as_str().expect("id").to_string()
 }
 
 /// Runs all three; prints Markdown.
 pub async fn run(dir: &std::path::Path) {
-    let spec = Spec {
-        mlms: vec![("mlm1".into(), None)],
-        proxies: vec![("p1".into(), Some(0))],
-        heartbeat_s: 3600,
-        ..Spec::demo()
-    };
-    let tree = tokio::task::block_in_place(|| Tree::start(dir, &spec)).expect("tree");
+    let tree = crate::two_hop_tree(dir);
     let op = tree.operator_target().expect("operator");
     let p1 = tree.index("acme.p1").expect("p1");
     let local = Target::Plain(tree.nodes[p1].addr.expect("addr"));
@@ -125,7 +108,8 @@ pub async fn run(dir: &std::path::Path) {
         lat.push(arrived - t0);
     }
     integrator.abort();
-    let (p50, p99) = (pct(&mut lat, 0.50), pct(&mut lat, 0.99));
+    lat.sort();
+    let (p50, p99) = (quantile(&lat, 0.50), quantile(&lat, 0.99));
     println!("### Back-channel latency (operator POST → proxy inbox, two hops, long-poll)\n");
     println!("| samples | payload | p50 | p99 | max |");
     println!("|---|---|---|---|---|");

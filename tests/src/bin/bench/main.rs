@@ -104,14 +104,19 @@ fn print_table(figs: &[peer::Figures], base: Option<(f64, Duration)>) {
     }
 }
 
-async fn rsnet(dir: &std::path::Path) -> peer::Figures {
+/// The benchmarks' tree: appserver ← acme.mlm1 ← acme.p1, heartbeats out of the way.
+pub fn two_hop_tree(dir: &std::path::Path) -> Tree {
     let spec = Spec {
         mlms: vec![("mlm1".into(), None)],
         proxies: vec![("p1".into(), Some(0))],
         heartbeat_s: 3600,
         ..Spec::demo()
     };
-    let tree = tokio::task::block_in_place(|| Tree::start(dir, &spec)).expect("tree");
+    tokio::task::block_in_place(|| Tree::start(dir, &spec)).expect("tree")
+}
+
+async fn rsnet(dir: &std::path::Path) -> peer::Figures {
+    let tree = two_hop_tree(dir);
     let op = tree.operator_target().expect("operator");
     let proxy = tree.nodes[tree.proxies()[0]].addr.expect("proxy addr");
 
