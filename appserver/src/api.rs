@@ -20,10 +20,10 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use rsnet_common::envelope::wire;
-use rsnet_common::exchange;
 use rsnet_common::http_util::{error, json, query_pairs, text, Body};
 use rsnet_common::metrics::Registry;
 use rsnet_common::model::Timestamp;
+use rsnet_common::pipeline::{exchange, ExchangeService, PassThrough, Pipeline};
 use rsnet_common::server::Peer;
 use rsnet_common::store::{MessageFilter, MessageStore, StoredMessage};
 use rsnet_common::tls::Role;
@@ -51,6 +51,7 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// The appserver's request router.
 pub struct Api {
     app: Arc<App>,
+    exchange: ExchangeService,
     metrics: Registry,
 }
 
@@ -145,19 +146,26 @@ fn parse_filter(q: &[(String, String)]) -> Result<(MessageFilter, u64, usize), S
 impl Api {
     /// A router over `app`.
     pub fn new(app: Arc<App>, metrics: Registry) -> Self {
-        Api { app, metrics }
+        let pipeline = Pipeline::new(
+            // Service modules at the top (not built yet).
+            Arc::new(PassThrough("modules")),
+            // Throttle (not built yet).
+            Arc::new(PassThrough("throttle")),
+            // Terminal: validate content, store once.
+            Arc::new(crate::ingest::Ingest(app.clone())),
+        );
+        let exchange = ExchangeService::new(pipeline, app.backchannel.clone(), &metrics);
+        Api {
+            app,
+            exchange,
+            metrics,
+        }
     }
 
     /// Routes one request.
     pub async fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
         if exchange::is_exchange(&req) {
-            return match exchange::receive(req, &peer).await {
-                Ok(inbound) => {
-                    let app = &self.app;
-                    app.backchannel.exchange(inbound, |i| app.ingest(i)).await
-                }
-                Err(resp) => resp,
-            };
+            return self.exchange.handle(req, &peer).await;
         }
         let path = req.uri().path().to_string();
         if path == "/metrics" {

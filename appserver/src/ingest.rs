@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rsnet_common::envelope::Item;
-use rsnet_common::exchange::Inbound;
 use rsnet_common::id::ComponentId;
 use rsnet_common::metrics::{Counter, Registry};
-use rsnet_common::model::{Hop, Response, Timestamp};
+use rsnet_common::model::{Hop, Timestamp};
+use rsnet_common::pipeline::{Exchange, Judged, Stage, StageFuture, Verdict};
 use rsnet_common::store::redb::{RedbMessages, RedbStore};
 use rsnet_common::store::{
     Appended, GroupCommit, KvStore, MessageStore, StoreError, StoredMessage,
@@ -121,25 +121,27 @@ impl App {
             ),
             rejected: metrics.counter(
                 "rsnet_exchange_rejected_total",
-                "messages rejected (invalid, spoofed)",
+                "messages the appserver rejected as invalid content",
             ),
         }))
     }
 
-    /// Validates and stores an inbound batch; returns one answer per message.
+    /// Validates and stores a screened batch, with the state the exchange
+    /// taught (routes) and the topology it changed, in one commit; a verdict
+    /// per message.
     ///
     /// # Durability
-    /// Every `accepted` answer is for a message committed with fsync.
-    pub async fn ingest(&self, inbound: Inbound) -> Vec<Response> {
-        let mut answers = inbound.rejected;
-        let now = Timestamp::now();
-        let mut batch = Vec::with_capacity(inbound.items.len());
-        let mut state = Vec::new();
-        let mut ids = Vec::with_capacity(inbound.items.len());
+    /// Every `Absorb` is for a message committed with fsync.
+    pub async fn ingest(&self, ex: &Exchange, items: Vec<Item>) -> Judged {
+        let now = ex.received;
+        let mut decided = Vec::new();
+        let mut batch = Vec::with_capacity(items.len());
+        let mut state = ex.persist.clone();
+        let mut ids = Vec::with_capacity(items.len());
         let mut tracked = Vec::new();
         {
             let mut topo = self.topology.lock().unwrap_or_else(|p| p.into_inner());
-            for item in inbound.items {
+            for item in items {
                 match stored(&item, &self.me, now) {
                     Ok((s, content)) => {
                         if let (Content::Response(r), Some(src)) = (&content, item.header.source())
@@ -156,13 +158,16 @@ impl App {
                         ids.push(item.header.id);
                         batch.push(s);
                     }
-                    Err(reason) => answers.push(Response::rejected(item.header.id, reason)),
+                    Err(reason) => decided.push((item.header.id, Verdict::reject(reason))),
                 }
             }
         }
-        self.rejected.add(answers.len() as u64);
+        self.rejected.add(decided.len() as u64);
         if batch.is_empty() && state.is_empty() {
-            return answers;
+            return Judged {
+                forward: Vec::new(),
+                decided,
+            };
         }
         let delivery = self.deliveries.persist(tracked);
         let (stored, delivery) = tokio::join!(self.writer.submit((batch, state)), delivery);
@@ -176,21 +181,35 @@ impl App {
                         Appended::Stored(_) => self.stored.inc(),
                         Appended::Duplicate(_) => self.duplicates.inc(),
                     }
-                    answers.push(Response::accepted(id, None));
+                    decided.push((id, Verdict::Absorb { correlation: None }));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "store write failed; asking children to retry");
                 for id in ids {
-                    answers.push(Response::retry(
+                    decided.push((
                         id,
-                        format!("appserver store: {e}"),
-                        Duration::from_secs(1),
+                        Verdict::defer(format!("appserver store: {e}"), Duration::from_secs(1)),
                     ));
                 }
             }
         }
-        answers
+        Judged {
+            forward: Vec::new(),
+            decided,
+        }
+    }
+}
+
+/// The appserver's terminal stage: [`App::ingest`].
+pub struct Ingest(pub Arc<App>);
+
+impl Stage for Ingest {
+    fn name(&self) -> &'static str {
+        "ingest"
+    }
+    fn judge<'a>(&'a self, ex: &'a Exchange, items: Vec<Item>) -> StageFuture<'a> {
+        Box::pin(self.0.ingest(ex, items))
     }
 }
 

@@ -7,6 +7,7 @@
 //! * [`server`]: the HTTPS/HTTP accept loop every node runs.
 //! * [`link`]: the uplink client (failover, backoff, HTTP CONNECT proxies).
 //! * [`forward`]: the spool-to-parent loop of every sender.
+//! * [`pipeline`]: a parent's handling of a child's POST, as stages.
 //! * [`heartbeat`]: status trees and lifecycle notices.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -16,7 +17,6 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod envelope;
-pub mod exchange;
 pub mod forward;
 pub mod heartbeat;
 pub mod http_util;
@@ -26,6 +26,7 @@ pub mod limits;
 pub mod link;
 pub mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod ready;
 pub mod server;
 pub mod store;

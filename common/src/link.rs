@@ -40,7 +40,7 @@ use crate::limits::DEFAULT_LINK_CONNECT_TIMEOUT;
 use crate::tls::{Identity, Role};
 
 /// Acknowledgements carried by one envelope (the control part's list limit).
-const MAX_ACKS_PER_POST: usize = 4096;
+const MAX_ACKS_PER_POST: usize = crate::limits::MAX_BATCH_MESSAGES;
 /// Pending acknowledgements kept at most; beyond, the oldest are dropped and
 /// the parent simply sends those messages again (receivers drop repeats).
 const MAX_PENDING_ACKS: usize = 64 * 1024;

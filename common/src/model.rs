@@ -24,13 +24,21 @@ impl Timestamp {
             .unwrap_or(0);
         Timestamp(ms)
     }
-    /// `self + d`, saturating.
+    /// The latest time RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799_999);
+    /// `self + d`, saturating at [`Timestamp::MAX`].
     pub fn after(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_millis() as u64))
+        Timestamp(
+            self.0
+                .saturating_add(d.as_millis().min(u64::MAX as u128) as u64)
+                .min(Self::MAX.0),
+        )
     }
-    /// RFC 3339 with milliseconds, UTC (`2026-11-22T15:33:00.123Z`).
+    /// RFC 3339 with milliseconds, UTC (`2026-11-22T15:33:00.123Z`); a time
+    /// past [`Timestamp::MAX`] is written as that.
     pub fn to_rfc3339(self) -> String {
-        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(self.0)).to_string()
+        let ms = self.0.min(Self::MAX.0);
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
     }
     /// Parses RFC 3339 (UTC, `Z` suffix).
     pub fn parse_rfc3339(s: &str) -> Option<Self> {

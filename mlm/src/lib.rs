@@ -1,9 +1,11 @@
 //! rsnet-mlm: a mid-level manager (DESIGN.md §1, §4).
 //!
-//! Children POST envelopes; the MLM checks them ([`rsnet_common::exchange`]),
-//! appends its routing hop, and relays them upward synchronously
-//! ([`relay`]): a child hears "accepted" only after the parent accepted, and
-//! "rejected, retry after" when the parent is down. Concurrent children's
+//! Children POST envelopes; the MLM runs each through its pipeline
+//! ([`rsnet_common::pipeline`]): the screen, service modules and throttle
+//! (pass-through stages today), then the [`relay`], which appends its
+//! routing hop and relays upward synchronously: a child hears "accepted"
+//! only after the parent accepted, and "rejected, retry after" when the
+//! parent is down. Concurrent children's
 //! batches are coalesced into fewer upstream POSTs. The MLM holds no forward
 //! state of its own; what it originates (heartbeats, lifecycle notices) goes
 //! through its own spool ([`rsnet_common::forward`]).
@@ -26,12 +28,12 @@ use rsnet_common::forward;
 use rsnet_common::heartbeat::{self, StatusTree};
 use rsnet_common::http_util::{error, text};
 use rsnet_common::metrics::Registry;
-use rsnet_common::model::{Hop, Timestamp};
+use rsnet_common::pipeline::{self, ExchangeService, PassThrough, Pipeline};
+use rsnet_common::ready;
 use rsnet_common::server::{self, Shutdown};
 use rsnet_common::store::redb::RedbStore;
-use rsnet_common::store::Spool;
+use rsnet_common::store::{KvStore, Spool};
 use rsnet_common::tls::{self, ReloadingServerConfig, TlsPaths};
-use rsnet_common::{exchange, ready};
 use serde::Deserialize;
 
 /// The MLM's config file.
@@ -104,21 +106,36 @@ pub async fn run(
     let metrics = Registry::default();
     let store = RedbStore::open(&cfg.data_dir)?;
     let spool: Arc<dyn Spool> = Arc::new(store.spool(cfg.spool_capacity_bytes)?);
+    let kv: Arc<dyn KvStore> = Arc::new(store.kv());
     let forward::Sender {
         link,
         outbox,
         forwarder,
         config: fwd_cfg,
-    } = forward::Sender::new(&cfg.uplink, &cfg.tls, spool.clone(), &metrics)?;
-    let relay = relay::Relay::start(link.clone(), fwd_cfg.clone(), &metrics);
+    } = forward::Sender::new(&cfg.uplink, &cfg.tls, spool.clone(), kv.clone(), &metrics)?;
     let bc = BackChannel::open(
         me.id.clone(),
         Arc::new(store.queues()?),
-        Arc::new(store.kv()),
+        kv.clone(),
         cfg.backchannel.config(),
         &metrics,
         None,
     )?;
+    let pipeline = Pipeline::new(
+        // Service modules: filter, modify, aggregate (not built yet).
+        Arc::new(PassThrough("modules")),
+        // Throttle: rates, windows, disk floor (not built yet).
+        Arc::new(PassThrough("throttle")),
+        // Terminal: the hop, the budget, the parent.
+        Arc::new(relay::Relay::start(
+            me.id.clone(),
+            link.clone(),
+            kv.clone(),
+            fwd_cfg.clone(),
+            &metrics,
+        )),
+    );
+    let exchange = Arc::new(ExchangeService::new(pipeline, bc.clone(), &metrics));
     let tree = {
         let (id, spool) = (me.id.clone(), spool.clone());
         move || StatusTree {
@@ -148,29 +165,12 @@ pub async fn run(
     let server_tls = ReloadingServerConfig::start(cfg.tls.clone())?;
     let listener = server::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
-    let (id, m2) = (me.id.clone(), metrics.clone());
+    let m2 = metrics.clone();
     let handler = move |req: http::Request<hyper::body::Incoming>, peer: Arc<server::Peer>| {
-        let (relay, id, metrics, bc) = (relay.clone(), id.clone(), m2.clone(), bc.clone());
+        let (exchange, metrics) = (exchange.clone(), m2.clone());
         async move {
-            if exchange::is_exchange(&req) {
-                let inbound = match exchange::receive(req, &peer).await {
-                    Ok(i) => i,
-                    Err(resp) => return resp,
-                };
-                return bc
-                    .exchange(inbound, |mut inbound| async move {
-                        let now = Timestamp::now();
-                        for item in &mut inbound.items {
-                            item.header.routing.push(Hop {
-                                id: id.clone(),
-                                time: now,
-                            });
-                        }
-                        let mut answers = std::mem::take(&mut inbound.rejected);
-                        answers.extend(relay.forward(inbound.items).await);
-                        answers
-                    })
-                    .await;
+            if pipeline::exchange::is_exchange(&req) {
+                return exchange.handle(req, &peer).await;
             }
             match req.uri().path() {
                 "/metrics" => text(
@@ -202,7 +202,7 @@ pub async fn run(
             "mlm started",
         )])
         .await?;
-    let fwd = tokio::spawn(forwarder.run(shutdown.clone()));
+    let fwd = tokio::spawn(forwarder.clone().run(shutdown.clone()));
     tokio::spawn(backchannel::poll_until_shutdown(
         link.clone(),
         cfg.uplink.poll_wait(),
@@ -210,7 +210,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let interval = Duration::from_secs(cfg.heartbeat_interval_s);
-    forward::heartbeat_until_shutdown(outbox, link, tree, interval, fwd, shutdown).await;
+    forward::heartbeat_until_shutdown(forwarder, tree, interval, fwd, shutdown).await;
     task.abort();
     tracing::info!("mlm stopped");
     Ok(())

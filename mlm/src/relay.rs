@@ -1,22 +1,33 @@
-//! The synchronous upward relay, with coalescing.
+//! The relay: the MLM's terminal stage, synchronous and coalescing.
 //!
-//! Each child POST hands its items to [`Relay::forward`] and waits. One task
+//! Each child POST that reaches this stage gets the MLM's routing hop on
+//! every message, is checked once more against the envelope budget (a
+//! message that cannot travel further is rejected for good, so it can never
+//! poison an upstream batch), and is handed to the relay task. That task
 //! takes the first waiting batch plus every other batch already queued (up
-//! to `max_batch` messages), sends them upstream as one envelope (up to
-//! `max_inflight` at once), and hands each child the parent's answers for
-//! its own messages. Whatever the parent did not answer, or could not be
-//! reached for, is answered "rejected, retry after": the child keeps it
-//! spooled, so backpressure reaches the edge and the MLM holds nothing.
+//! to `max_batch` messages) and [`deliver`]s them upward, cutting envelopes
+//! by bytes (up to `max_inflight` at once); each child hears the parent's
+//! answers for its own messages. Whatever the parent did not answer, or
+//! could not be reached for, is answered "rejected, retry after": the child
+//! keeps it spooled, so backpressure reaches the edge and the MLM holds
+//! nothing.
+//!
+//! Routes the exchange taught ([`Exchange::persist`]) are committed before
+//! the child is answered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rsnet_common::envelope::Item;
-use rsnet_common::forward::ForwardConfig;
+use bytes::Bytes;
+use rsnet_common::envelope::{budget, wire, Item};
+use rsnet_common::forward::{deliver, ForwardConfig, Parcel};
+use rsnet_common::id::{ComponentId, MessageId};
 use rsnet_common::link::Link;
 use rsnet_common::metrics::{Counter, Registry};
-use rsnet_common::model::Response;
+use rsnet_common::model::{Hop, Response, Status};
+use rsnet_common::pipeline::{Exchange, Judged, Stage, StageFuture, Verdict};
+use rsnet_common::store::KvStore;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// What a child is told to wait when the parent cannot be reached.
@@ -25,25 +36,35 @@ pub const PARENT_DOWN_RETRY: Duration = Duration::from_secs(1);
 const QUEUE_DEPTH: usize = 1024;
 
 struct Job {
-    items: Vec<Item>,
-    reply: oneshot::Sender<Vec<Response>>,
+    parcels: Vec<Parcel>,
+    reply: oneshot::Sender<HashMap<MessageId, Response>>,
 }
 
-/// Handle to the relay task.
+/// Handle to the relay task, and the MLM's terminal stage.
 #[derive(Clone)]
 pub struct Relay {
+    me: ComponentId,
     tx: mpsc::Sender<Job>,
+    kv: Arc<dyn KvStore>,
+    counters: Arc<Counters>,
 }
 
 struct Counters {
     upstream_posts: Counter,
     relayed: Counter,
     deferred: Counter,
+    too_large: Counter,
 }
 
 impl Relay {
-    /// Starts the relay over `link`.
-    pub fn start(link: Arc<Link>, cfg: ForwardConfig, metrics: &Registry) -> Relay {
+    /// Starts the relay of MLM `me` over `link`; learned routes go to `kv`.
+    pub fn start(
+        me: ComponentId,
+        link: Arc<Link>,
+        kv: Arc<dyn KvStore>,
+        cfg: ForwardConfig,
+        metrics: &Registry,
+    ) -> Relay {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let counters = Arc::new(Counters {
             upstream_posts: metrics.counter(
@@ -58,42 +79,118 @@ impl Relay {
                 "rsnet_relay_deferred_total",
                 "child messages answered retry-after",
             ),
+            too_large: metrics.counter(
+                "rsnet_relay_too_large_total",
+                "child messages rejected because they could not travel further",
+            ),
         });
-        tokio::spawn(run(rx, link, cfg, counters));
-        Relay { tx }
+        tokio::spawn(run(rx, link, cfg, counters.clone()));
+        Relay {
+            me,
+            tx,
+            kv,
+            counters,
+        }
     }
 
-    /// Relays a child's items; returns one answer per item.
-    ///
-    /// # Cancel safety
-    /// If dropped, the items may still reach the parent; the child, which
-    /// got no answer, resends them, and the appserver drops the duplicates.
-    pub async fn forward(&self, items: Vec<Item>) -> Vec<Response> {
-        if items.is_empty() {
-            return Vec::new();
+    /// Stamps this MLM's hop on `item` and encodes it, or says why it cannot travel on.
+    fn parcel(&self, mut item: Item, hop: &Hop) -> Result<Parcel, (MessageId, Verdict)> {
+        let id = item.header.id;
+        item.header.routing.push(hop.clone());
+        let header = wire::encode_header(&item.header);
+        let hops = item.header.routing.len();
+        if let Err(e) = budget::check(header.len(), item.content.len(), hops) {
+            self.counters.too_large.inc();
+            return Err((id, Verdict::reject(format!("cannot travel further: {e}"))));
         }
-        let ids: Vec<_> = items.iter().map(|i| i.header.id).collect();
+        Ok(Parcel::new(id, Bytes::from(header), item.content, hops))
+    }
+
+    /// Relays parcels; returns the parent's answers by message.
+    async fn forward(&self, parcels: Vec<Parcel>) -> HashMap<MessageId, Response> {
+        if parcels.is_empty() {
+            return HashMap::new();
+        }
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Job { items, reply }).await.is_ok() {
+        if self.tx.send(Job { parcels, reply }).await.is_ok() {
             if let Ok(r) = rx.await {
                 return r;
             }
         }
-        ids.into_iter()
-            .map(|id| Response::retry(id, "mlm relay unavailable", PARENT_DOWN_RETRY))
-            .collect()
+        HashMap::new()
+    }
+
+    async fn persist(&self, pairs: Vec<(String, Vec<u8>)>) {
+        if pairs.is_empty() {
+            return;
+        }
+        let kv = self.kv.clone();
+        let r = tokio::task::spawn_blocking(move || kv.put(pairs)).await;
+        if let Err(e) = r
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            tracing::warn!(error = %e, "routes not persisted; relearned from traffic");
+        }
+    }
+}
+
+impl Stage for Relay {
+    fn name(&self) -> &'static str {
+        "relay"
+    }
+
+    fn judge<'a>(&'a self, ex: &'a Exchange, items: Vec<Item>) -> StageFuture<'a> {
+        Box::pin(async move {
+            let hop = Hop {
+                id: self.me.clone(),
+                time: ex.received,
+            };
+            let mut decided = Vec::new();
+            let mut parcels = Vec::with_capacity(items.len());
+            for item in items {
+                match self.parcel(item, &hop) {
+                    Ok(p) => parcels.push(p),
+                    Err(d) => decided.push(d),
+                }
+            }
+            let ids: Vec<MessageId> = parcels.iter().map(|p| p.id).collect();
+            let (mut answers, ()) =
+                tokio::join!(self.forward(parcels), self.persist(ex.persist.clone()));
+            for id in ids {
+                let v = match answers.remove(&id) {
+                    Some(r) => {
+                        match (r.status, r.retry_after) {
+                            (Status::Accepted, _) => self.counters.relayed.inc(),
+                            (_, Some(_)) => self.counters.deferred.inc(),
+                            _ => {}
+                        }
+                        Verdict::from_answer(r)
+                    }
+                    None => {
+                        self.counters.deferred.inc();
+                        Verdict::defer("parent did not answer for this message", PARENT_DOWN_RETRY)
+                    }
+                };
+                decided.push((id, v));
+            }
+            Judged {
+                forward: Vec::new(),
+                decided,
+            }
+        })
     }
 }
 
 async fn run(mut rx: mpsc::Receiver<Job>, link: Arc<Link>, cfg: ForwardConfig, c: Arc<Counters>) {
     let slots = Arc::new(Semaphore::new(cfg.max_inflight));
     while let Some(first) = rx.recv().await {
-        let mut n = first.items.len();
+        let mut n = first.parcels.len();
         let mut jobs = vec![first];
         while n < cfg.max_batch {
             match rx.try_recv() {
                 Ok(j) => {
-                    n += j.items.len();
+                    n += j.parcels.len();
                     jobs.push(j);
                 }
                 Err(_) => break,
@@ -102,48 +199,41 @@ async fn run(mut rx: mpsc::Receiver<Job>, link: Arc<Link>, cfg: ForwardConfig, c
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (link, c, timeout) = (link.clone(), c.clone(), cfg.exchange_timeout);
+        let (link, c, cfg) = (link.clone(), c.clone(), cfg.clone());
         tokio::spawn(async move {
-            send(jobs, &link, timeout, &c).await;
+            send(jobs, &link, &cfg, &c).await;
             drop(permit);
         });
     }
 }
 
-async fn send(jobs: Vec<Job>, link: &Link, timeout: Duration, c: &Counters) {
-    let mut out = link.outgoing(None);
-    for j in &jobs {
-        for i in &j.items {
-            out.writer.item(i);
-        }
-    }
-    c.upstream_posts.inc();
-    let mut answers: HashMap<_, Response> = HashMap::new();
-    let mut why = String::from("parent did not answer for this message");
-    match link.exchange(out, timeout).await {
-        Ok(d) => answers = d.control.answers(),
-        Err(e) => {
-            tracing::warn!(error = %e, "relay: parent unreachable; children will retry");
-            why = format!("parent unreachable: {}", e.kind);
-        }
+async fn send(jobs: Vec<Job>, link: &Link, cfg: &ForwardConfig, c: &Counters) {
+    let all: Vec<Parcel> = jobs
+        .iter()
+        .flat_map(|j| j.parcels.iter().cloned())
+        .collect();
+    let mut d = deliver(link, &all, cfg.max_batch, cfg.exchange_timeout).await;
+    c.upstream_posts.add(d.posts as u64);
+    let why = d
+        .error
+        .as_ref()
+        .map(|e| format!("parent unreachable: {}", e.kind));
+    if let Some(e) = &d.error {
+        tracing::warn!(error = %e, "relay: parent unreachable; children will retry");
     }
     for j in jobs {
-        let out: Vec<Response> = j
-            .items
-            .iter()
-            .map(|i| match answers.remove(&i.header.id) {
-                Some(r) => {
-                    if r.status == rsnet_common::model::Status::Accepted {
-                        c.relayed.inc();
-                    }
-                    r
-                }
-                None => {
-                    c.deferred.inc();
-                    Response::retry(i.header.id, why.clone(), PARENT_DOWN_RETRY)
-                }
-            })
-            .collect();
-        let _ = j.reply.send(out);
+        let mut mine: HashMap<MessageId, Response> = HashMap::with_capacity(j.parcels.len());
+        for p in &j.parcels {
+            let r = d.answers.remove(&p.id).unwrap_or_else(|| {
+                Response::retry(
+                    p.id,
+                    why.clone()
+                        .unwrap_or_else(|| "parent did not answer for this message".into()),
+                    PARENT_DOWN_RETRY,
+                )
+            });
+            mine.insert(p.id, r);
+        }
+        let _ = j.reply.send(mine);
     }
 }

@@ -170,7 +170,7 @@ pub async fn run(
         outbox,
         forwarder,
         config: fwd_cfg,
-    } = forward::Sender::new(&cfg.uplink, &cfg.tls, spool.clone(), &metrics)?;
+    } = forward::Sender::new(&cfg.uplink, &cfg.tls, spool.clone(), kv.clone(), &metrics)?;
     let tree = {
         let (id, spool, instances) = (me.id.clone(), spool.clone(), instances.clone());
         move || StatusTree {
@@ -216,6 +216,7 @@ pub async fn run(
     let api = Arc::new(local_api::LocalApi {
         me: me.id.clone(),
         outbox: outbox.clone(),
+        dead_letters: forwarder.dead_letters().clone(),
         instances: instances.clone(),
         inbox,
         metrics: metrics.clone(),
@@ -235,7 +236,7 @@ pub async fn run(
             "proxy started",
         )])
         .await?;
-    let fwd = tokio::spawn(forwarder.run(shutdown.clone()));
+    let fwd = tokio::spawn(forwarder.clone().run(shutdown.clone()));
     tokio::spawn(backchannel::poll_until_shutdown(
         link.clone(),
         cfg.uplink.poll_wait(),
@@ -249,7 +250,7 @@ pub async fn run(
     tracing::info!(id = %me.id, local_api = %addr, parent = link.current_parent(), "proxy running");
 
     let interval = Duration::from_secs(cfg.heartbeat_interval_s);
-    forward::heartbeat_until_shutdown(outbox, link, tree, interval, fwd, shutdown).await;
+    forward::heartbeat_until_shutdown(forwarder, tree, interval, fwd, shutdown).await;
     task.abort();
     tracing::info!("proxy stopped");
     Ok(())

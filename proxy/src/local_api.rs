@@ -8,15 +8,22 @@
 //! | `GET /v1/status` | ID, parent, spool, inbox and forwarding state |
 //! | `GET /metrics` | Prometheus text |
 //!
-//! Errors: 400 for invalid input (the field is named), 413 for an oversize
-//! body, 507 when the spool is full.
+//! Errors: 400 for invalid input (the field is named); 413 for an oversize
+//! body, or a message that could never travel in an exchange (its content
+//! over one part, or its header without room for the hops still to come:
+//! [`rsnet_common::envelope::budget`]); 507 when the spool is full.
+//!
+//! A message is refused at once or spooled; nothing spooled can stall the
+//! forwarder behind it. What the parent still rejects for good becomes a
+//! dead letter, shown by `GET /v1/status`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use rsnet_common::forward::Outbox;
+use rsnet_common::envelope::budget;
+use rsnet_common::forward::{self, DeadLetters, Outbox};
 use rsnet_common::http_util::{error, json, query_pairs, read_body, text, Body};
 use rsnet_common::id::ComponentId;
 use rsnet_common::json::{Built, MessageInput};
@@ -50,6 +57,8 @@ pub struct LocalApi {
     pub me: ComponentId,
     /// Spool front.
     pub outbox: Arc<Outbox>,
+    /// What the parent rejected for good.
+    pub dead_letters: Arc<DeadLetters>,
     /// Support instances.
     pub instances: Arc<Instances>,
     /// Back-channel messages for local integrators.
@@ -104,6 +113,7 @@ impl LocalApi {
                         "spool": s,
                         "inbox": self.inbox.queues.stats(),
                         "forwarding": self.inbox.node_forwarding(),
+                        "dead_letters": self.dead_letters.view(),
                     }),
                 )
             }
@@ -204,11 +214,22 @@ impl LocalApi {
             );
         }
         let mut msgs = Vec::with_capacity(inputs.len());
+        let mut records = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
-            match self.build(input, i) {
-                Ok(m) => msgs.push(m),
+            let m = match self.build(input, i) {
+                Ok(m) => m,
                 Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            // Refused now, or it travels: nothing spooled can stall the forwarder.
+            let r = forward::record(&m);
+            if let Err(e) = budget::check(r.header.len(), r.content.len(), m.header.routing.len()) {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("messages[{i}]: too large for an exchange: {e}; files and large payloads go as bulk transfers (POST /v1/bulk, not yet available)"),
+                );
             }
+            msgs.push(m);
+            records.push(r);
         }
         for (i, m) in msgs.iter().enumerate() {
             if let Some(s) = m
@@ -225,7 +246,7 @@ impl LocalApi {
                 );
             }
         }
-        match self.outbox.push(&msgs).await {
+        match self.outbox.push_records(records).await {
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("spool: {e}")),
             Ok(results) => {
                 let mut ids = Vec::with_capacity(results.len());

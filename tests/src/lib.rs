@@ -144,3 +144,85 @@ impl ConnectProxy {
         }
     }
 }
+
+/// A parent with smaller limits than this version's: an mTLS exchange
+/// endpoint (with an MLM certificate) that refuses, as a whole and with
+/// HTTP 413, every envelope holding a content part over `max_part` bytes,
+/// and accepts every message of any other envelope. It keeps the IDs it
+/// accepted. A proxy must isolate the message such a parent cannot take
+/// and keep everything else flowing.
+pub struct SmallParent {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Messages accepted so far.
+    pub accepted: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Envelopes refused so far.
+    pub refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _stop: rsnet_common::server::ShutdownTrigger,
+}
+
+impl SmallParent {
+    /// Starts on a free loopback port with the MLM certificate `tls`.
+    pub async fn start(tls: rsnet_common::tls::TlsPaths, max_part: usize) -> SmallParent {
+        use rsnet_common::envelope::{self, Control};
+        use rsnet_common::http_util::error;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let (stop, shutdown) = rsnet_common::server::Shutdown::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (acc, refs) = (accepted.clone(), refused.clone());
+        let handler = move |req: http::Request<_>, _peer| {
+            let (acc, refs) = (acc.clone(), refs.clone());
+            async move {
+                let ct = req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let body = http_body_util::BodyExt::into_data_stream(req.into_body());
+                let d = match envelope::decode(&ct, body).await {
+                    Ok(d) => d,
+                    Err(e) => return error(e.status(), e),
+                };
+                if let (true, Some(w)) = (d.items.is_empty(), d.control.wait()) {
+                    // A long-poll: hold it as a real parent would (nothing is ever queued here).
+                    tokio::time::sleep(w.min(std::time::Duration::from_secs(5))).await;
+                }
+                if d.items.iter().any(|i| i.content.len() > max_part) {
+                    refs.fetch_add(1, Ordering::SeqCst);
+                    return error(
+                        http::StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("part larger than {max_part} bytes"),
+                    );
+                }
+                let mut c = Control::default();
+                let mut a = acc.lock().expect("lock");
+                for i in &d.items {
+                    a.insert(i.header.id.to_string());
+                    c.accepted.push(i.header.id);
+                }
+                drop(a);
+                rsnet_common::pipeline::exchange::reply(
+                    c.accepted
+                        .iter()
+                        .map(|id| rsnet_common::model::Response::accepted(*id, None)),
+                    &[],
+                )
+            }
+        };
+        let tls = rsnet_common::tls::ReloadingServerConfig::start(tls).expect("tls");
+        rsnet_common::server::serve(listener, Some(tls), 64, handler, shutdown);
+        SmallParent {
+            addr,
+            accepted,
+            refused,
+            _stop: stop,
+        }
+    }
+}

@@ -18,21 +18,21 @@
 //! MLM: the appserver dispatches what operators send; an MLM dispatches
 //! what its parent delivered, splitting it again per child, so a group
 //! message crosses each link once per copy needed below it (multicast).
+//! It sits beside the exchange pipeline ([`crate::pipeline`]): it sees every
+//! screened POST ([`BackChannel::inbound`]) and adds its messages to every
+//! reply ([`BackChannel::reply_for`]).
 //! The child side is [`crate::link::Downlink`] plus [`poll_until_shutdown`].
 
 pub mod queues;
 pub mod routes;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::envelope::{wire, Item};
-use crate::exchange::{self, Inbound};
-use crate::http_util::Body;
 use crate::id::{ComponentId, MessageId};
 use crate::limits::{MAX_BATCH_MESSAGES, MAX_LONG_POLL};
 use crate::link::{Backoff, Link};
@@ -156,42 +156,31 @@ impl BackChannel {
         &self.routes
     }
 
-    /// The parent side of one exchange POST: learns routes from it, removes
-    /// what it acknowledged, lets `answer` (the node: store, relay) answer its
-    /// messages, then replies with those answers and the back-channel
-    /// messages queued for the child, holding the reply first if the child
-    /// only polled.
-    pub async fn exchange<F, Fut>(&self, mut inbound: Inbound, answer: F) -> http::Response<Body>
-    where
-        F: FnOnce(Inbound) -> Fut,
-        Fut: Future<Output = Vec<crate::model::Response>>,
-    {
-        let child = inbound.peer.id.clone();
-        let acks = std::mem::take(&mut inbound.control.acks);
-        self.inbound(&child, &acks, &inbound.items).await;
-        let wait = inbound.control.wait();
-        let busy = !inbound.items.is_empty() || !inbound.rejected.is_empty();
-        let answers = answer(inbound).await;
-        let down = self.reply_for(&child, wait, busy).await;
-        exchange::reply(answers, &down)
-    }
-
-    async fn inbound(&self, child: &ComponentId, acks: &[MessageId], items: &[Item]) {
-        self.routes.learn(child, items);
-        if acks.is_empty() {
-            return;
+    /// What a child's POST tells the back-channel: routes learned from its
+    /// screened `items` (returned as state to persist with the exchange, see
+    /// [`Routes::learn`]) and the `acks` it sent, which remove those copies
+    /// from its queue.
+    pub async fn inbound(
+        &self,
+        child: &ComponentId,
+        acks: &[MessageId],
+        items: &[Item],
+    ) -> Vec<(String, Vec<u8>)> {
+        let learned = self.routes.learn(child, items);
+        if !acks.is_empty() {
+            let done = self.queues.ack(child.as_str(), acks).await;
+            self.counters.acked.add(done.len() as u64);
+            if let (Some(o), false) = (&self.observer, done.is_empty()) {
+                o.acked(child, &done);
+            }
         }
-        let done = self.queues.ack(child.as_str(), acks).await;
-        self.counters.acked.add(done.len() as u64);
-        if let (Some(o), false) = (&self.observer, done.is_empty()) {
-            o.acked(child, &done);
-        }
+        learned
     }
 
     /// The back-channel messages for `child`'s reply. With a `wait` hint and
     /// nothing else to answer (`busy` false), holds until something is
     /// queued for it or the wait (capped by config) ends.
-    async fn reply_for(
+    pub async fn reply_for(
         &self,
         child: &ComponentId,
         wait: Option<Duration>,

@@ -41,6 +41,7 @@
 //! [`MAX_PART_BYTES`], [`MAX_HEADER_BYTES`] and [`MAX_PARTS`] are checked as
 //! bytes arrive, before anything is buffered past them.
 
+pub mod budget;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -154,6 +155,17 @@ impl Control {
             && self.acks.is_empty()
             && self.accepted.is_empty()
             && self.responses.is_empty()
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary.
+pub fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
 }
 

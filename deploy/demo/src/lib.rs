@@ -10,8 +10,11 @@
 //! DIR/tree.json       every node: id, role, parent, config, addresses, pid
 //! ```
 //!
-//! Every listener binds port 0; addresses are read from each node's ready
-//! file. A restarted node gets the port it had, so its children find it.
+//! Every listener binds port 0 at its first start (so trees run side by side
+//! without clashing); addresses are read from each node's ready file, and
+//! the port is then written into the node's config file, so a node restarted
+//! from its own config comes back at the same address and its children
+//! reconnect.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -197,19 +200,11 @@ impl Tree {
             tree.launch(n)?;
         }
         for (label, parent) in &spec.proxies {
-            let id = format!("{}.{label}", spec.customer);
             let parent_id = parent
                 .map(|p| mlm_ids[p].clone())
                 .unwrap_or_else(|| app_id.clone());
             let url = tree.url_of(&parent_id)?;
-            let t = tls_for(&id, Role::Proxy)?;
-            let (hb, extra) = (spec.heartbeat_s, spec.proxy_uplink_extra.clone());
-            tree.add(id, Role::Proxy, Some(parent_id), |data| {
-                format!(
-                    "data_dir = {data:?}\nheartbeat_interval_s = {hb}\n[local_api]\nlisten = \"127.0.0.1:0\"\n{}\n[uplink]\nparents = [\"{url}\"]\n{extra}\n",
-                    tls_toml(&t)
-                )
-            })?;
+            tree.add_proxy(spec, label, &parent_id, &url)?;
         }
         // Proxies do not depend on each other: start them all, then wait.
         let first = 1 + spec.mlms.len();
@@ -221,6 +216,37 @@ impl Tree {
         }
         tree.write_tree_json()?;
         Ok(tree)
+    }
+
+    /// Adds (does not start) proxy `CUSTOMER.label` under the parent at `url`
+    /// (named `parent_id` in `tree.json`); returns its index. Start it with
+    /// [`Tree::launch`].
+    ///
+    /// # Errors
+    /// Certificate or file failures.
+    pub fn add_proxy(
+        &mut self,
+        spec: &Spec,
+        label: &str,
+        parent_id: &str,
+        url: &str,
+    ) -> Result<usize, Error> {
+        let id = format!("{}.{label}", spec.customer);
+        let f = self.pki.issue(&id, Role::Proxy, &[], &[])?;
+        let t = TlsPaths {
+            ca: self.pki.ca(),
+            cert: f.cert,
+            key: f.key,
+            crl: Some(self.pki.crl()),
+        };
+        let (hb, extra) = (spec.heartbeat_s, spec.proxy_uplink_extra.clone());
+        self.add(id, Role::Proxy, Some(parent_id.to_string()), |data| {
+            format!(
+                "data_dir = {data:?}\nheartbeat_interval_s = {hb}\n[local_api]\nlisten = \"127.0.0.1:0\"\n{}\n[uplink]\nparents = [\"{url}\"]\n{extra}\n",
+                tls_toml(&t)
+            )
+        })?;
+        Ok(self.nodes.len() - 1)
     }
 
     fn add(
@@ -309,7 +335,7 @@ impl Tree {
             if let Some(r) = rsnet_common::ready::read(&n.data_dir) {
                 if r.pid == pid {
                     n.addr = r.listen.values().next().copied();
-                    return Ok(());
+                    return pin_port(n);
                 }
             }
             if let Some(st) = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -370,19 +396,12 @@ impl Tree {
         false
     }
 
-    /// Restarts node `i` on the port it had (so children reconnect).
+    /// Restarts node `i` from its config file, which holds the port it was
+    /// given at its first start (so its children reconnect).
     ///
     /// # Errors
     /// Start-up failure.
     pub fn restart(&mut self, i: usize) -> Result<(), Error> {
-        if let Some(a) = self.nodes[i].addr {
-            let cfg = std::fs::read_to_string(&self.nodes[i].config)?;
-            let fixed = cfg.replace(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{}\"", a.port()),
-            );
-            std::fs::write(&self.nodes[i].config, fixed)?;
-        }
         self.launch(i)
     }
 
@@ -458,6 +477,22 @@ impl Tree {
             self.stop(i, Duration::from_secs(5));
         }
     }
+}
+
+/// Writes the port node `n` was given at its first start into its config
+/// file, so the node restarted from that file (by the demo, a test, or a
+/// user) comes back at the same address and its children find it.
+fn pin_port(n: &Node) -> Result<(), Error> {
+    let Some(a) = n.addr else { return Ok(()) };
+    let cfg = std::fs::read_to_string(&n.config)?;
+    let pinned = cfg.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{}\"", a.port()),
+    );
+    if pinned != cfg {
+        std::fs::write(&n.config, pinned)?;
+    }
+    Ok(())
 }
 
 impl Drop for Tree {

@@ -178,7 +178,18 @@ pub fn encode_control(c: &crate::envelope::Control) -> String {
         wait_ms: c.wait_ms,
         acks: c.acks.iter().map(MessageId::to_string).collect(),
         accepted,
-        responses: c.responses.iter().map(response_to_wire).collect(),
+        // A hop's reasons are cut so a reply answering a whole batch fits one part.
+        responses: c
+            .responses
+            .iter()
+            .map(|r| {
+                let mut w = response_to_wire(r);
+                if let Some(reason) = w.reason.as_mut() {
+                    crate::envelope::truncate(reason, crate::limits::MAX_REASON_BYTES);
+                }
+                w
+            })
+            .collect(),
     })
 }
 

@@ -1,14 +1,11 @@
-//! The parent side of an exchange, shared by the MLM and the appserver.
+//! The HTTP edge of an exchange: a child's POST in, the reply envelope out.
 //!
-//! [`receive`] turns a child's POST into an [`Inbound`]: the authenticated
-//! peer, the control part, the items that passed the checks every hop makes,
-//! and a ready `rejected` response for each that did not. The node then
-//! decides about the rest and answers with [`reply`].
-//!
-//! Checks made here, in order: POST to [`EXCHANGE_PATH`]; an mTLS peer with
-//! role proxy or mlm; a well-formed envelope within limits (else the whole
-//! POST fails with 4xx); per message: parses, travels upward (has a source),
-//! and its source lies inside the peer's subtree (anti-spoofing, DESIGN.md §9).
+//! [`receive`] turns a POST into an [`Inbound`]: the authenticated peer, the
+//! control part, the items that decoded, and a `rejected` answer for each
+//! that did not. Whole-POST refusals happen here and only here, as HTTP
+//! errors: not a POST to [`EXCHANGE_PATH`], no proxy or mlm certificate, an
+//! envelope that breaks a limit or does not parse. Everything after this is
+//! per message ([`super::Screen`] and the stages behind it).
 
 use http::{header, Method, Response, StatusCode};
 use hyper::body::Incoming;
@@ -16,18 +13,18 @@ use hyper::body::Incoming;
 use crate::envelope::{self, Control, EnvelopeWriter, Item, EXCHANGE_PATH};
 use crate::http_util::{error, full, Body};
 use crate::limits::BODY_READ_TIMEOUT;
-use crate::model::{Direction, Response as Answer};
+use crate::model::Response as Answer;
 use crate::server::Peer;
 use crate::store::SpoolRecord;
 use crate::tls::{Identity, Role};
 
-/// A child's POST after the common checks.
+/// A child's POST, decoded.
 pub struct Inbound {
     /// Who sent it.
     pub peer: Identity,
     /// Acks and wait hint.
     pub control: Control,
-    /// Messages that passed.
+    /// Messages that decoded.
     pub items: Vec<Item>,
     /// Answers for messages that did not.
     pub rejected: Vec<Answer>,
@@ -38,7 +35,7 @@ pub fn is_exchange(req: &http::Request<Incoming>) -> bool {
     req.uri().path() == EXCHANGE_PATH
 }
 
-/// Runs the common checks on an exchange POST.
+/// Decodes an exchange POST within the limits.
 ///
 /// # Errors
 /// A ready HTTP error response when the POST as a whole is refused.
@@ -76,38 +73,15 @@ pub async fn receive(req: http::Request<Incoming>, peer: &Peer) -> Result<Inboun
         }
         Ok(Ok(d)) => d,
     };
-    let mut rejected: Vec<Answer> = decoded
-        .rejected
-        .into_iter()
-        .map(|r| Answer::rejected(r.id, r.error.to_string()))
-        .collect();
-    let mut items = Vec::with_capacity(decoded.items.len());
-    for item in decoded.items {
-        let id = item.header.id;
-        match &item.header.direction {
-            Direction::Destination(_) => {
-                rejected.push(Answer::rejected(id, "back-channel message sent upward"))
-            }
-            Direction::Source(s) if !identity.may_send_as(&s.origin) => {
-                rejected.push(Answer::rejected(
-                    id,
-                    format!(
-                        "source {} is outside the subtree of authenticated peer {}",
-                        s.origin, identity.id
-                    ),
-                ))
-            }
-            Direction::Source(_) => items.push(item),
-        }
-    }
-    if !rejected.is_empty() {
-        tracing::info!(peer = %identity.id, rejected = rejected.len(), first = rejected[0].reason.as_deref().unwrap_or(""), "messages rejected");
-    }
     Ok(Inbound {
         peer: identity,
         control: decoded.control,
-        items,
-        rejected,
+        items: decoded.items,
+        rejected: decoded
+            .rejected
+            .into_iter()
+            .map(|r| Answer::rejected(r.id, r.error.to_string()))
+            .collect(),
     })
 }
 

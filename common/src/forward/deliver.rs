@@ -1,0 +1,117 @@
+//! [`deliver`]: a batch of messages to the parent, whatever its size, with
+//! no poison batch.
+//!
+//! The batch is cut into envelopes by [`budget::split`]. If the parent
+//! refuses an envelope as a whole with a 4xx (too large, malformed: sending
+//! the same bytes again would fail again), the envelope is halved and each
+//! half sent, until the message it cannot take stands alone; that one is
+//! answered "rejected for good" with the parent's reason, and everything
+//! else goes on. A transport failure (or 408/429/5xx) leaves the rest of the
+//! batch unanswered: the caller keeps it and tries again later.
+//!
+//! Used by the [`super::Forwarder`] (spool → parent) and the MLM relay
+//! (children's batches → parent).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::envelope::budget;
+use crate::id::MessageId;
+use crate::link::{Link, LinkError};
+use crate::model::Response;
+
+/// A message ready to send: its ID and encoded parts, and what it costs in an envelope.
+#[derive(Debug, Clone)]
+pub struct Parcel {
+    /// Message ID.
+    pub id: MessageId,
+    /// Header XML.
+    pub header: Bytes,
+    /// Content XML.
+    pub content: Bytes,
+    cost: usize,
+}
+
+impl Parcel {
+    /// A parcel of a message that has collected `hops` routing hops.
+    pub fn new(id: MessageId, header: Bytes, content: Bytes, hops: usize) -> Parcel {
+        let cost = budget::message_cost(header.len(), content.len(), hops);
+        Parcel {
+            id,
+            header,
+            content,
+            cost,
+        }
+    }
+}
+
+/// What the parent said about a delivered batch.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// Answers by message; a message missing here was not answered.
+    pub answers: HashMap<MessageId, Response>,
+    /// Envelopes sent.
+    pub posts: usize,
+    /// The failure that left messages unanswered, if any (the last one).
+    pub error: Option<LinkError>,
+}
+
+/// Sends `parcels` in envelopes of at most `max_batch` messages within the
+/// byte budget, each within `timeout`. See the module docs.
+///
+/// # Cancel safety
+/// If dropped, some envelopes may have reached the parent; their messages
+/// are unanswered for the caller, who sends them again (the appserver drops
+/// repeats).
+pub async fn deliver(
+    link: &Link,
+    parcels: &[Parcel],
+    max_batch: usize,
+    timeout: Duration,
+) -> Delivery {
+    let mut d = Delivery::default();
+    let mut at = 0;
+    for n in budget::split(parcels.iter().map(|p| p.cost), max_batch) {
+        send(link, &parcels[at..at + n], timeout, &mut d).await;
+        if d.error.is_some() {
+            break; // the parent is unreachable: the rest waits too
+        }
+        at += n;
+    }
+    d
+}
+
+async fn send(link: &Link, parcels: &[Parcel], timeout: Duration, d: &mut Delivery) {
+    // Halving is iterative (a stack of ranges), not recursive: at most
+    // 2·log2(n) extra posts find one refused message.
+    let mut todo = vec![parcels];
+    while let Some(batch) = todo.pop() {
+        let mut out = link.outgoing(None);
+        for p in batch {
+            out.writer.raw(&p.id, &p.header, &p.content);
+        }
+        d.posts += 1;
+        match link.exchange(out, timeout).await {
+            Ok(reply) => d.answers.extend(reply.control.answers()),
+            Err(e) if e.is_permanent() && batch.len() > 1 => {
+                let (a, b) = batch.split_at(batch.len() / 2);
+                tracing::info!(error = %e, n = batch.len(), "parent refused an envelope; sending it in halves");
+                todo.push(b);
+                todo.push(a);
+            }
+            Err(e) if e.is_permanent() => {
+                let p = &batch[0];
+                d.answers.insert(
+                    p.id,
+                    Response::rejected(p.id, format!("parent refused the message: {}", e.kind)),
+                );
+            }
+            Err(e) => {
+                d.error = Some(e);
+                return;
+            }
+        }
+    }
+}

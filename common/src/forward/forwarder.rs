@@ -1,0 +1,319 @@
+//! The [`Forwarder`]: spool → parent, until every message is answered.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::link::{Backoff, Link};
+use crate::metrics::{Counter, Registry};
+use crate::model::{Status, Timestamp};
+use crate::server::Shutdown;
+use crate::store::{SpoolKey, SpoolRecord};
+
+use super::dead_letters::DeadLetters;
+use super::deliver::{deliver, Parcel};
+use super::{Outbox, SpoolOp};
+
+/// How long an idle forwarder waits before looking at the spool again even
+/// without a wake-up (covers expiry and retry-after pauses).
+const IDLE_TICK: Duration = Duration::from_millis(500);
+
+/// Forwarder settings.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// Messages per envelope (envelopes are also cut by bytes).
+    pub max_batch: usize,
+    /// Envelopes in flight.
+    pub max_inflight: usize,
+    /// Timeout of one exchange.
+    pub exchange_timeout: Duration,
+}
+
+struct Counters {
+    sent: Counter,
+    accepted: Counter,
+    rejected: Counter,
+    deferred: Counter,
+    expired: Counter,
+    link_errors: Counter,
+}
+
+impl Counters {
+    fn new(metrics: &Registry) -> Counters {
+        let c = |n: &str, h: &str| metrics.counter(&format!("rsnet_forward_{n}_total"), h);
+        Counters {
+            sent: c("sent", "messages sent to the parent (including resends)"),
+            accepted: c("accepted", "messages the parent accepted"),
+            rejected: c(
+                "rejected",
+                "messages the parent rejected for good (kept as dead letters)",
+            ),
+            deferred: c("deferred", "messages the parent asked to retry later"),
+            expired: c("expired", "messages dropped from the spool as expired"),
+            link_errors: c("link_errors", "exchanges that failed on the link"),
+        }
+    }
+}
+
+struct State {
+    inflight: HashSet<SpoolKey>,
+    pause_until: Option<Instant>,
+    backoff: Backoff,
+}
+
+/// Moves spooled messages to the parent.
+///
+/// ```text
+/// peek (precedence, then age; skips what is in flight)
+///   └ deliver: envelopes cut by bytes and count ─► Link
+///        accepted                  → remove (fsync)
+///        rejected for good         → dead letter (fsync), then remove
+///        rejected with retry-after → keep, pause
+///        link error                → keep, back off
+/// ```
+pub struct Forwarder {
+    outbox: Arc<Outbox>,
+    link: Arc<Link>,
+    dead: Arc<DeadLetters>,
+    cfg: ForwardConfig,
+    counters: Counters,
+    state: Mutex<State>,
+    slots: Arc<Semaphore>,
+    enabled: AtomicBool,
+}
+
+impl Forwarder {
+    /// A forwarder for `outbox` over `link`, registering its metrics.
+    pub fn new(
+        outbox: Arc<Outbox>,
+        link: Arc<Link>,
+        dead: Arc<DeadLetters>,
+        cfg: ForwardConfig,
+        metrics: &Registry,
+    ) -> Arc<Self> {
+        Arc::new(Forwarder {
+            slots: Arc::new(Semaphore::new(cfg.max_inflight)),
+            outbox,
+            link,
+            dead,
+            cfg,
+            counters: Counters::new(metrics),
+            state: Mutex::new(State {
+                inflight: HashSet::new(),
+                pause_until: None,
+                backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+            }),
+            enabled: AtomicBool::new(true),
+        })
+    }
+
+    /// A second forwarder over the same spool, link and dead letters with
+    /// other settings and its own counters (the shutdown drain).
+    pub fn with_config(&self, cfg: ForwardConfig) -> Arc<Forwarder> {
+        Forwarder::new(
+            self.outbox.clone(),
+            self.link.clone(),
+            self.dead.clone(),
+            cfg,
+            &Registry::default(),
+        )
+    }
+
+    /// The dead letters this forwarder records.
+    pub fn dead_letters(&self) -> &Arc<DeadLetters> {
+        &self.dead
+    }
+
+    /// The spool front it drains.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Stops (false) or resumes (true) sending; the spool keeps taking
+    /// messages either way. An operator's control action.
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+        self.outbox.wake.notify_one();
+    }
+
+    /// True unless sending was stopped.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
+        loop {
+            if shutdown.is_triggered() {
+                return;
+            }
+            if !self.is_enabled() {
+                if self.idle(&mut shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            let pause = self
+                .state
+                .lock()
+                .ok()
+                .and_then(|s| s.pause_until)
+                .filter(|t| *t > Instant::now());
+            if let Some(until) = pause {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => {},
+                    _ = shutdown.wait() => return,
+                }
+                continue;
+            }
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let skip = self
+                .state
+                .lock()
+                .map(|s| s.inflight.clone())
+                .unwrap_or_default();
+            let peeked = match self
+                .outbox
+                .spool
+                .peek(self.cfg.max_batch, &skip, Timestamp::now())
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "spool read failed");
+                    drop(permit);
+                    tokio::time::sleep(IDLE_TICK).await;
+                    continue;
+                }
+            };
+            for id in &peeked.expired {
+                tracing::warn!(message = %id, "message expired in the spool; dropped");
+            }
+            self.counters.expired.add(peeked.expired.len() as u64);
+            if peeked.entries.is_empty() {
+                drop(permit);
+                if self.idle(&mut shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            if let Ok(mut s) = self.state.lock() {
+                s.inflight.extend(peeked.entries.iter().map(|(k, _)| *k));
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.send(peeked.entries).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Waits for a wake-up or [`IDLE_TICK`]; true if shutdown came first.
+    async fn idle(&self, shutdown: &mut Shutdown) -> bool {
+        tokio::select! {
+            _ = self.outbox.wake.notified() => false,
+            _ = tokio::time::sleep(IDLE_TICK) => false,
+            _ = shutdown.wait() => true,
+        }
+    }
+
+    async fn send(&self, entries: Vec<(SpoolKey, SpoolRecord)>) {
+        // Spool records do not say how many hops they hold: reserve for all.
+        let parcels: Vec<Parcel> = entries
+            .iter()
+            .map(|(_, r)| Parcel::new(r.id, r.header.clone(), r.content.clone(), 0))
+            .collect();
+        self.counters.sent.add(entries.len() as u64);
+        let delivery = deliver(
+            &self.link,
+            &parcels,
+            self.cfg.max_batch,
+            self.cfg.exchange_timeout,
+        )
+        .await;
+        if let Some(e) = &delivery.error {
+            self.counters.link_errors.inc();
+            let delay = self
+                .state
+                .lock()
+                .map(|mut s| s.backoff.next_delay())
+                .unwrap_or(IDLE_TICK);
+            let waiting = entries.len() - delivery.answers.len();
+            tracing::warn!(error = %e, retry_in = ?delay, n = waiting, "exchange failed; messages stay spooled");
+            self.pause(delay);
+        } else if let Ok(mut s) = self.state.lock() {
+            s.backoff.reset();
+        }
+        let mut done = Vec::new();
+        let mut dead = Vec::new();
+        let mut retry_after: Option<Duration> = None;
+        for (k, r) in &entries {
+            match delivery.answers.get(&r.id) {
+                Some(a) if a.status == Status::Accepted => {
+                    self.counters.accepted.inc();
+                    done.push(*k);
+                }
+                Some(a) if a.retry_after.is_none() => {
+                    let reason = a.reason.as_deref().unwrap_or("");
+                    tracing::warn!(message = %r.id, reason, "parent rejected the message for good; kept as a dead letter");
+                    dead.push(DeadLetters::letter(
+                        r.id,
+                        &r.header,
+                        r.header.len() + r.content.len(),
+                        reason,
+                    ));
+                    done.push(*k);
+                }
+                Some(a) => {
+                    self.counters.deferred.inc();
+                    retry_after = retry_after.max(a.retry_after);
+                }
+                None => {}
+            }
+        }
+        if let Some(d) = retry_after {
+            self.pause(d);
+        }
+        let n_dead = dead.len();
+        match self.dead.record(dead).await {
+            Ok(()) => self.counters.rejected.add(n_dead as u64),
+            Err(e) => {
+                // Not recorded: keep them spooled; they are sent (and rejected) again.
+                tracing::error!(error = %e, "dead letters not recorded; messages stay spooled");
+                let rejected: HashSet<_> = entries
+                    .iter()
+                    .filter(|(_, r)| {
+                        delivery.answers.get(&r.id).is_some_and(|a| {
+                            a.status != Status::Accepted && a.retry_after.is_none()
+                        })
+                    })
+                    .map(|(k, _)| *k)
+                    .collect();
+                done.retain(|k| !rejected.contains(k));
+            }
+        }
+        if !done.is_empty() {
+            let removed = self.outbox.writes.submit(SpoolOp::Remove(done)).await;
+            if let Err(e) = removed.and_then(|r| r) {
+                tracing::error!(error = %e, "spool remove failed; messages will be resent");
+            }
+        }
+        if let Ok(mut s) = self.state.lock() {
+            for (k, _) in &entries {
+                s.inflight.remove(k);
+            }
+        }
+        self.outbox.wake.notify_one();
+    }
+
+    fn pause(&self, d: Duration) {
+        if let Ok(mut s) = self.state.lock() {
+            let until = Instant::now() + d;
+            s.pause_until = Some(s.pause_until.map_or(until, |p| p.max(until)));
+        }
+    }
+}

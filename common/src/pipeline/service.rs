@@ -1,0 +1,76 @@
+//! [`ExchangeService`]: one child POST through the whole pipeline, shared by
+//! the MLM and the appserver, which differ only in their [`Pipeline`].
+
+use std::sync::Arc;
+
+use http::Response;
+use hyper::body::Incoming;
+
+use crate::backchannel::BackChannel;
+use crate::http_util::Body;
+use crate::metrics::{Counter, Registry};
+use crate::model::Timestamp;
+use crate::server::Peer;
+
+use super::exchange::{self, Inbound};
+use super::{Exchange, Pipeline, Screen, Stage};
+
+/// The parent side of an exchange: screen, back-channel, stages, reply.
+pub struct ExchangeService {
+    pipeline: Pipeline,
+    backchannel: Arc<BackChannel>,
+    rejected: Counter,
+}
+
+impl ExchangeService {
+    /// A service running `pipeline` behind the screen, with `backchannel` beside it.
+    pub fn new(pipeline: Pipeline, backchannel: Arc<BackChannel>, metrics: &Registry) -> Self {
+        ExchangeService {
+            pipeline,
+            backchannel,
+            rejected: metrics.counter(
+                "rsnet_exchange_screened_out_total",
+                "messages the screen rejected (undecodable, spoofed source or routing hop)",
+            ),
+        }
+    }
+
+    /// Handles one POST to the exchange path.
+    pub async fn handle(&self, req: http::Request<Incoming>, peer: &Peer) -> Response<Body> {
+        let Inbound {
+            peer,
+            mut control,
+            items,
+            rejected,
+        } = match exchange::receive(req, peer).await {
+            Ok(i) => i,
+            Err(resp) => return resp,
+        };
+        let busy = !items.is_empty() || !rejected.is_empty();
+        let mut ex = Exchange {
+            peer,
+            received: Timestamp::now(),
+            persist: Vec::new(),
+        };
+        let mut answers = rejected;
+        let screened = Screen.judge(&ex, items).await;
+        answers.extend(screened.decided.into_iter().map(|(id, v)| v.answer(id)));
+        if !answers.is_empty() {
+            self.rejected.add(answers.len() as u64);
+            tracing::info!(peer = %ex.peer.id, rejected = answers.len(), first = answers[0].reason.as_deref().unwrap_or(""), "messages rejected by the screen");
+        }
+        // Beside the stages: what the screened traffic teaches about routes,
+        // and what the child acknowledged.
+        let acks = std::mem::take(&mut control.acks);
+        ex.persist = self
+            .backchannel
+            .inbound(&ex.peer.id, &acks, &screened.forward)
+            .await;
+        answers.extend(self.pipeline.run(&ex, screened.forward).await);
+        let down = self
+            .backchannel
+            .reply_for(&ex.peer.id, control.wait(), busy)
+            .await;
+        exchange::reply(answers, &down)
+    }
+}

@@ -1,0 +1,376 @@
+//! End-to-end: the exchange path under hostile and careless input.
+//!
+//! * Nothing an integrator can post stalls a proxy: a message too large for
+//!   any envelope is refused at the local API; a batch larger than one
+//!   envelope is cut by bytes; a message a parent still refuses for its size
+//!   becomes a dead letter while everything behind it flows.
+//! * Routing hops are checked like sources: a child cannot name IDs outside
+//!   its own subtree in a routing list, so it cannot pull another node's
+//!   back-channel traffic to itself, within a customer or across customers.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use rsnet_common::client::{call, Target};
+use rsnet_common::envelope::{decode_bytes, EnvelopeWriter};
+use rsnet_common::model::*;
+use rsnet_common::tls::{Role, TlsPaths};
+use rsnet_common::MessageId;
+use rsnet_demo::{alarm, json_call, metric, send, stored, Spec, Tree};
+use rsnet_tests::{tempdir, wait_for, SmallParent};
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn start(tag: &str, spec: &Spec) -> Tree {
+    tokio::task::block_in_place(|| Tree::start(&tempdir(tag), spec))
+        .unwrap_or_else(|e| panic!("tree did not start: {e}"))
+}
+
+fn one_mlm_one_proxy() -> Spec {
+    Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        ..Spec::demo()
+    }
+}
+
+fn alarms(tag: &str, n: usize, text_bytes: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let mut a = alarm(&format!("{tag} {i} {}", "x".repeat(text_bytes)), "db1");
+            a["subclass"] = json!(tag);
+            a
+        })
+        .collect()
+}
+
+async fn wait_stored(op: &Target, sub: &str, ids: &HashSet<String>) {
+    wait_for(
+        &format!("{} messages of {sub} stored exactly once", ids.len()),
+        LONG,
+        || async {
+            let got = stored(op, &format!("subclass={sub}")).await.ok()?;
+            let seen: Vec<String> = got
+                .iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect();
+            let set: HashSet<&String> = seen.iter().collect();
+            assert_eq!(set.len(), seen.len(), "a message was stored twice");
+            ids.iter().all(|i| set.contains(i)).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn status(tree: &Tree, p: usize) -> Value {
+    let (s, v) = json_call(
+        &tree.node_target(p).unwrap(),
+        Method::GET,
+        "/v1/status",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::OK);
+    v
+}
+
+async fn spool_drains(tree: &Tree, p: usize) {
+    wait_for("the spool to drain", LONG, || async {
+        (status(tree, p).await["spool"]["messages"].as_u64()? == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_big_for_any_envelope_is_refused_at_the_local_api() {
+    let tree = start("big", &one_mlm_one_proxy());
+    let (op, p) = (tree.operator_target().unwrap(), tree.proxies()[0]);
+    let addr = tree.nodes[p].addr.unwrap();
+    let big = json!({"kind": "data", "class": "data", "payload": "y".repeat(2 << 20)});
+    let (s, v) = json_call(
+        &Target::Plain(addr),
+        Method::POST,
+        "/v1/messages",
+        Some(big),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    let why = v["error"].as_str().unwrap_or_default();
+    assert!(why.contains("1048576") && why.contains("bulk"), "{why}");
+    // Nothing of it was spooled, and what follows flows.
+    let ids: HashSet<String> = send(addr, &alarms("afterbig", 20, 10))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    wait_stored(&op, "afterbig", &ids).await;
+    spool_drains(&tree, p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_one_envelope_is_cut_by_bytes() {
+    let mut tree = start("wide", &one_mlm_one_proxy());
+    let (op, p) = (tree.operator_target().unwrap(), tree.proxies()[0]);
+    let addr = tree.nodes[p].addr.unwrap();
+    // With the MLM down, 1,024 alarms of 20 KiB (20 MiB, more than one
+    // envelope takes) pile up in the spool, so the forwarder's first batch is all of them.
+    tokio::task::block_in_place(|| tree.kill9(1));
+    let mut ids = HashSet::new();
+    for chunk in alarms("wide", 1024, 20 * 1024).chunks(128) {
+        ids.extend(send(addr, chunk).await.expect("spooled"));
+    }
+    assert_eq!(ids.len(), 1024);
+    tokio::task::block_in_place(|| tree.restart(1)).expect("MLM back on its port");
+    wait_stored(&op, "wide", &ids).await;
+    spool_drains(&tree, p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_a_parent_refuses_for_size_becomes_a_dead_letter_while_the_rest_flows() {
+    let spec = Spec {
+        mlms: vec![],
+        proxies: vec![],
+        ..Spec::demo()
+    };
+    let mut tree = start("dead", &spec);
+    // A parent whose part limit (64 KiB) is below this version's.
+    let f = tree.pki.issue("acme.old", Role::Mlm, &[], &[]).unwrap();
+    let parent = SmallParent::start(
+        TlsPaths {
+            ca: tree.pki.ca(),
+            cert: f.cert,
+            key: f.key,
+            crl: None,
+        },
+        64 * 1024,
+    )
+    .await;
+    let url = format!("https://127.0.0.1:{}", parent.addr.port());
+    let p = tokio::task::block_in_place(|| {
+        let p = tree.add_proxy(&spec, "p1", "acme.old", &url)?;
+        tree.launch(p).map(|_| p)
+    })
+    .expect("proxy under the small parent");
+    let addr = tree.nodes[p].addr.unwrap();
+    let big = json!({"kind": "data", "class": "data", "payload": "z".repeat(200 * 1024)});
+    let (s, v) = json_call(
+        &Target::Plain(addr),
+        Method::POST,
+        "/v1/messages",
+        Some(big),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::ACCEPTED, "it travels in this version: {v}");
+    let big_id = v["ids"][0].as_str().unwrap().to_string();
+    let rest: HashSet<String> = send(addr, &alarms("behind", 20, 10))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    wait_for("the messages behind it to arrive", LONG, || async {
+        let a = parent.accepted.lock().unwrap();
+        rest.iter().all(|i| a.contains(i)).then_some(())
+    })
+    .await;
+    assert!(!parent.accepted.lock().unwrap().contains(&big_id));
+    assert!(parent.refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    spool_drains(&tree, p).await;
+    let st = status(&tree, p).await;
+    let dead = &st["dead_letters"];
+    assert_eq!(dead["count"], json!(1), "{st}");
+    assert_eq!(dead["recent"][0]["id"], json!(big_id));
+    assert_eq!(dead["recent"][0]["class"], json!("data"));
+    let reason = dead["recent"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("413"), "{reason}");
+    let t = tree.node_target(p).unwrap();
+    assert_eq!(
+        metric(&t, "rsnet_forward_dead_letters_total")
+            .await
+            .unwrap(),
+        1.0
+    );
+    // The dead letter survives a restart of the proxy.
+    tokio::task::block_in_place(|| {
+        tree.kill9(p);
+        tree.restart(p)
+    })
+    .unwrap();
+    assert_eq!(status(&tree, p).await["dead_letters"]["count"], json!(1));
+}
+
+/// An alarm from `origin` with `hops` in its routing list.
+fn alarm_msg(origin: &str, hops: &[&str]) -> Message {
+    let mut m = Message::forward(
+        origin.parse().unwrap(),
+        "alarm",
+        Some("hijack"),
+        Content::Alarm(Alarm {
+            severity: Severity::Major,
+            state: AlarmState::Raised,
+            support_instance: None,
+            text: "routing test".into(),
+            data: None,
+        }),
+    );
+    m.header.routing = hops
+        .iter()
+        .map(|h| Hop {
+            id: h.parse().unwrap(),
+            time: Timestamp::now(),
+        })
+        .collect();
+    m
+}
+
+/// Posts `msgs` as `who` to the node at `addr`; the answers by message ID.
+async fn post_as(
+    tree: &Tree,
+    who: &str,
+    addr: std::net::SocketAddr,
+    msgs: &[Message],
+) -> std::collections::HashMap<MessageId, Response> {
+    let f = tree.pki.issue(who, Role::Proxy, &[], &[]).unwrap();
+    let t = Target::Tls {
+        base: format!("https://127.0.0.1:{}", addr.port()),
+        config: std::sync::Arc::new(
+            rsnet_common::tls::client_config(&TlsPaths {
+                ca: tree.pki.ca(),
+                cert: f.cert,
+                key: f.key,
+                crl: None,
+            })
+            .unwrap(),
+        ),
+    };
+    let mut w = EnvelopeWriter::new();
+    for m in msgs {
+        w.message(m);
+    }
+    let (ct, body) = w.finish();
+    let (s, b) = call(&t, Method::POST, "/rs/v1/exchange", Some((&ct, body)))
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let boundary = String::from_utf8_lossy(&b)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("--")
+        .to_string();
+    decode_bytes(&format!("multipart/related; boundary={boundary}"), b)
+        .await
+        .unwrap()
+        .control
+        .answers()
+}
+
+fn rejected_because(a: &std::collections::HashMap<MessageId, Response>, m: &Message, needle: &str) {
+    let r = &a[&m.header.id];
+    assert_eq!(r.status, Status::Rejected, "{r:?}");
+    assert!(r.retry_after.is_none(), "for good: {r:?}");
+    let why = r.reason.as_deref().unwrap_or("");
+    assert!(why.contains(needle), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_hops_outside_the_senders_subtree_cannot_pull_back_channel_traffic() {
+    let tree = start("hijack", &Spec::demo());
+    let op = tree.operator_target().unwrap();
+    let (app, mlm2) = (tree.nodes[0].addr.unwrap(), tree.nodes[2].addr.unwrap());
+    let p1 = tree.index("acme.p1").unwrap();
+    // Every proxy has been heard (cold-start notices).
+    wait_for("acme.p1 in the topology", LONG, || async {
+        let (_, v) = json_call(&op, Method::GET, "/api/v1/components", None)
+            .await
+            .ok()?;
+        v["components"]
+            .as_array()?
+            .iter()
+            .any(|c| c["id"] == "acme.p1")
+            .then_some(())
+    })
+    .await;
+
+    // acme.p4 (under acme.mlm2) names acme.p1 in its routing list: at its MLM,
+    // and straight at the appserver; then a proxy of another customer.
+    let (via_mlm, direct, foreign) = (
+        alarm_msg("acme.p4", &["acme.p1", "acme.p4"]),
+        alarm_msg("acme.p4", &["acme.p1", "acme.p4"]),
+        alarm_msg("acme.p4", &["globex.p1", "acme.p4"]),
+    );
+    let good = alarm_msg("acme.p4", &["acme.p4"]);
+    let a = post_as(
+        &tree,
+        "acme.p4",
+        mlm2,
+        &[via_mlm.clone(), foreign.clone(), good.clone()],
+    )
+    .await;
+    rejected_because(
+        &a,
+        &via_mlm,
+        "routing hop acme.p1 is outside the subtree of authenticated peer acme.p4",
+    );
+    rejected_because(&a, &foreign, "routing hop globex.p1");
+    assert_eq!(a[&good.header.id].status, Status::Accepted);
+    let a = post_as(&tree, "acme.p4", app, std::slice::from_ref(&direct)).await;
+    rejected_because(&a, &direct, "routing hop acme.p1");
+    // A message that has collected every hop it may cannot pass an MLM, which would add one more.
+    let labels: Vec<String> = (0..rsnet_common::limits::MAX_ROUTING_HOPS)
+        .map(|i| format!("acme.p4.h{i}"))
+        .collect();
+    let hops: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let deep = alarm_msg("acme.p4", &hops);
+    let a = post_as(&tree, "acme.p4", mlm2, std::slice::from_ref(&deep)).await;
+    rejected_because(&a, &deep, "cannot travel further");
+
+    // A message for acme.p1 still goes through acme.mlm1 and reaches it.
+    let (s, v) = json_call(
+        &op,
+        Method::POST,
+        "/api/v1/messages",
+        Some(json!({"to": "acme.p1", "kind": "data", "class": "config", "payload": "after the hijack"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let t = tree.node_target(p1).unwrap();
+    let got = wait_for("acme.p1 to receive it", LONG, || async {
+        let (_, v) = json_call(&t, Method::GET, "/v1/inbox?wait=5", None)
+            .await
+            .ok()?;
+        v["messages"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == json!(id))
+            .cloned()
+    })
+    .await;
+    let hops: Vec<&str> = got["routing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["id"].as_str())
+        .collect();
+    assert_eq!(hops, ["provider.app", "acme.mlm1"], "{got}");
+    // The topology was not taught a false path either.
+    let (_, v) = json_call(&op, Method::GET, "/api/v1/components", None)
+        .await
+        .unwrap();
+    let comps = v["components"].as_array().unwrap();
+    let path = |id: &str| {
+        comps
+            .iter()
+            .find(|c| c["id"] == id)
+            .map(|c| c["parent_path"].clone())
+    };
+    assert_eq!(path("acme.p1"), Some(json!(["acme.mlm1"])));
+    assert!(path("globex.p1").is_none(), "{v}");
+    assert!(path("acme.p4.h0").is_none(), "{v}");
+}
