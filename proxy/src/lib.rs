@@ -39,15 +39,28 @@ pub struct LocalApiConfig {
     /// Listen address; must be loopback. Default `127.0.0.1:7070`.
     #[serde(default = "default_local")]
     pub listen: String,
+    /// How long a client key (`key` field or `Idempotency-Key` header) is
+    /// remembered, in seconds: a resend within this window is answered with
+    /// the first message's ID and not spooled again. Default 86400 (a day).
+    #[serde(default = "default_key_window")]
+    pub key_window_s: u64,
 }
 
 impl Default for LocalApiConfig {
     fn default() -> Self {
         LocalApiConfig {
             listen: default_local(),
+            key_window_s: default_key_window(),
         }
     }
 }
+
+fn default_key_window() -> u64 {
+    86_400
+}
+
+/// Longest client-key window: 30 days.
+const MAX_KEY_WINDOW_S: u64 = 30 * 86_400;
 
 fn default_local() -> String {
     "127.0.0.1:7070".into()
@@ -122,6 +135,11 @@ impl Config {
         }
         if c.heartbeat_interval_s == 0 {
             errors.push("heartbeat_interval_s: must be at least 1".into());
+        }
+        if !(1..=MAX_KEY_WINDOW_S).contains(&c.local_api.key_window_s) {
+            errors.push(format!(
+                "local_api.key_window_s: must be 1..={MAX_KEY_WINDOW_S}"
+            ));
         }
         if c.inbox.capacity_bytes < 1 << 20 {
             errors.push("inbox.capacity_bytes: must be at least 1 MiB".into());
@@ -221,6 +239,7 @@ pub async fn run(
         inbox,
         metrics: metrics.clone(),
         parent: Arc::new(move || l2.current_parent().to_string()),
+        key_window: Duration::from_secs(cfg.local_api.key_window_s),
     });
     let listener = server::bind(&cfg.local_api.listen).await?;
     let addr = listener.local_addr()?;

@@ -32,23 +32,72 @@ use rsnet_common::limits::{
 };
 use rsnet_common::metrics::Registry;
 use rsnet_common::model::*;
-use rsnet_common::store::StoreError;
+use rsnet_common::store::{ClientKey, Pushed, StoreError, MAX_CLIENT_KEY_BYTES};
 use serde_json::json;
 
 use crate::inbox::{self, Ack, Inbox};
 use crate::instances::Instances;
 
-/// `{"messages": [...]}` or a single message object; serde errors name the field.
-fn parse_inputs(body: &[u8]) -> Result<Vec<MessageInput>, String> {
+/// `{"messages": [...]}` or a single message object, each with an optional
+/// client `key`; for a single message the key may come as the
+/// `Idempotency-Key` header instead. Errors name the field.
+fn parse_inputs(
+    body: &[u8],
+    header_key: Option<&str>,
+) -> Result<Vec<(MessageInput, Option<String>)>, String> {
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
-    if let Some(list) = v.get("messages") {
-        serde_json::from_value(list.clone()).map_err(|e| format!("messages: {e}"))
-    } else {
-        serde_json::from_value(v)
-            .map(|m| vec![m])
-            .map_err(|e| format!("message: {e}"))
+    let (list, single) = match v {
+        serde_json::Value::Object(mut o) if o.contains_key("messages") => {
+            match o.remove("messages") {
+                Some(serde_json::Value::Array(a)) => (a, false),
+                _ => return Err("messages: must be a list".into()),
+            }
+        }
+        other => (vec![other], true),
+    };
+    if header_key.is_some() && (!single || list.len() != 1) {
+        return Err(
+            "Idempotency-Key is for a single message; give each message of a batch its own \"key\""
+                .into(),
+        );
     }
+    list.into_iter()
+        .enumerate()
+        .map(|(i, mut m)| {
+            let at = if single {
+                "message".to_string()
+            } else {
+                format!("messages[{i}]")
+            };
+            let key = match m.as_object_mut().and_then(|o| o.remove("key")) {
+                None => header_key.map(str::to_string),
+                Some(serde_json::Value::String(k)) if header_key.is_none() => Some(k),
+                Some(serde_json::Value::String(_)) => {
+                    return Err(format!(
+                        "{at}.key: given both as a field and as Idempotency-Key"
+                    ))
+                }
+                Some(_) => return Err(format!("{at}.key: must be a string")),
+            };
+            if let Some(k) = &key {
+                check_key(k).map_err(|e| format!("{at}.key: {e}"))?;
+            }
+            let input = serde_json::from_value(m).map_err(|e| format!("{at}: {e}"))?;
+            Ok((input, key))
+        })
+        .collect()
+}
+
+/// A client key: 1..=128 visible ASCII bytes.
+fn check_key(k: &str) -> Result<(), String> {
+    if k.is_empty() || k.len() > MAX_CLIENT_KEY_BYTES {
+        return Err(format!("1..={MAX_CLIENT_KEY_BYTES} bytes"));
+    }
+    if !k.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("visible ASCII only (no spaces or control characters)".into());
+    }
+    Ok(())
 }
 
 /// Shared state of the local API.
@@ -67,6 +116,8 @@ pub struct LocalApi {
     pub metrics: Registry,
     /// Parent URL in use, for status.
     pub parent: Arc<dyn Fn() -> String + Send + Sync>,
+    /// How long a client key is remembered.
+    pub key_window: Duration,
 }
 
 impl LocalApi {
@@ -199,11 +250,21 @@ impl LocalApi {
     }
 
     async fn post_messages(&self, req: Request<Incoming>) -> Response<Body> {
+        let header_key = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(k)) => Some(k.to_string()),
+            Some(Err(_)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Idempotency-Key: visible ASCII only",
+                )
+            }
+        };
         let body = match read_body(req.into_body(), MAX_LOCAL_BODY_BYTES, BODY_READ_TIMEOUT).await {
             Ok(b) => b,
             Err(resp) => return resp,
         };
-        let inputs = match parse_inputs(&body) {
+        let inputs = match parse_inputs(&body, header_key.as_deref()) {
             Ok(v) => v,
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
@@ -215,7 +276,8 @@ impl LocalApi {
         }
         let mut msgs = Vec::with_capacity(inputs.len());
         let mut records = Vec::with_capacity(inputs.len());
-        for (i, input) in inputs.iter().enumerate() {
+        let until = Timestamp::now().after(self.key_window);
+        for (i, (input, key)) in inputs.iter().enumerate() {
             let m = match self.build(input, i) {
                 Ok(m) => m,
                 Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -229,7 +291,8 @@ impl LocalApi {
                 );
             }
             msgs.push(m);
-            records.push(r);
+            let key = key.clone().map(|key| ClientKey { key, until });
+            records.push((r, key));
         }
         for (i, m) in msgs.iter().enumerate() {
             if let Some(s) = m
@@ -246,14 +309,19 @@ impl LocalApi {
                 );
             }
         }
-        match self.outbox.push_records(records).await {
+        match self.outbox.push_keyed(records).await {
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("spool: {e}")),
             Ok(results) => {
                 let mut ids = Vec::with_capacity(results.len());
+                let mut repeated = Vec::new();
                 let mut full = None;
-                for r in results {
+                for (i, (r, m)) in results.into_iter().zip(&msgs).enumerate() {
                     match r {
-                        Ok(id) => ids.push(id.to_string()),
+                        Ok(Pushed::New(_)) => ids.push(m.header.id.to_string()),
+                        Ok(Pushed::Repeat(first)) => {
+                            ids.push(first.to_string());
+                            repeated.push(i);
+                        }
                         Err(e @ StoreError::Full { .. }) => full = Some(e.to_string()),
                         Err(e) => {
                             return error(StatusCode::SERVICE_UNAVAILABLE, format!("spool: {e}"))
@@ -266,7 +334,14 @@ impl LocalApi {
                         StatusCode::INSUFFICIENT_STORAGE,
                         &json!({ "error": e, "ids": ids }),
                     ),
-                    None => json(StatusCode::ACCEPTED, &json!({ "ids": ids })),
+                    None if repeated.is_empty() => {
+                        json(StatusCode::ACCEPTED, &json!({ "ids": ids }))
+                    }
+                    // Resends under a known key: answered with the first message's ID, not spooled again.
+                    None => json(
+                        StatusCode::ACCEPTED,
+                        &json!({ "ids": ids, "repeated": repeated }),
+                    ),
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! `rsnet-proxy run|send|status --config FILE`
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -70,6 +71,15 @@ enum Cmd {
         /// May be evicted by more important messages when the spool is full.
         #[arg(long)]
         non_persistent: bool,
+        /// Client key: a resend with the same key within the proxy's window
+        /// is answered with the first message's ID and not spooled again.
+        /// Default: a fresh key for this call, so its own retries are safe.
+        #[arg(long)]
+        key: Option<String>,
+        /// Keep retrying a POST that got no answer (proxy down or
+        /// restarting) for up to this many seconds, with the same key.
+        #[arg(long, default_value_t = 30)]
+        retry_s: u64,
     },
     /// Print back-channel messages waiting in a running proxy's inbox, one
     /// JSON object per line; with --ack, acknowledge each as processed.
@@ -118,6 +128,39 @@ async fn local(
     Ok((status, v))
 }
 
+/// How long one local API call may take before it counts as unanswered.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// POSTs one keyed message, retrying with the same body (so the same key)
+/// while the call gets no answer, for up to `patience`. A resend of a
+/// message that was spooled before its answer was lost is recognised by the
+/// proxy from its key and not spooled twice.
+async fn send_with_retry(
+    cfg: &Config,
+    message: Value,
+    patience: Duration,
+) -> Result<(StatusCode, Value), String> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let r = tokio::time::timeout(
+            CALL_TIMEOUT,
+            local(cfg, Method::POST, "/v1/messages", Some(message.clone())),
+        )
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {CALL_TIMEOUT:?}")));
+        match r {
+            Ok(answer) => return Ok(answer),
+            Err(e) if std::time::Instant::now() + delay > deadline => return Err(e),
+            Err(e) => {
+                eprintln!("rsnet-proxy: {e}; retrying in {delay:?} with the same key");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -139,6 +182,8 @@ async fn main() -> ExitCode {
             precedence,
             expiry_s,
             non_persistent,
+            key,
+            retry_s,
         } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -169,10 +214,14 @@ async fn main() -> ExitCode {
             if non_persistent {
                 m["persistent"] = json!(false);
             }
-            match local(&cfg, Method::POST, "/v1/messages", Some(m)).await {
+            m["key"] = json!(key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()));
+            match send_with_retry(&cfg, m, Duration::from_secs(retry_s)).await {
                 Ok((StatusCode::ACCEPTED, v)) => {
                     for id in v["ids"].as_array().into_iter().flatten() {
                         println!("{}", id.as_str().unwrap_or_default());
+                    }
+                    if v.get("repeated").is_some() {
+                        eprintln!("rsnet-proxy: a message with this key was already spooled; that is its ID");
                     }
                     ExitCode::SUCCESS
                 }

@@ -374,3 +374,85 @@ async fn routing_hops_outside_the_senders_subtree_cannot_pull_back_channel_traff
     assert!(path("globex.p1").is_none(), "{v}");
     assert!(path("acme.p4.h0").is_none(), "{v}");
 }
+
+/// Posts `batch` (keyed) until it is answered, resending the same body each
+/// time the proxy does not answer (killed, restarting); returns the IDs.
+async fn post_until_answered(addr: std::net::SocketAddr, batch: &[Value]) -> Vec<String> {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), send(addr, batch)).await;
+        match r {
+            Ok(Ok(ids)) => return ids,
+            _ => {
+                assert!(std::time::Instant::now() < deadline, "proxy never answered");
+                tokio::time::sleep(Duration::from_millis(50)).await; // proxy down: resend
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_a_proxy_mid_post_stores_every_keyed_message_exactly_once() {
+    let tree = std::sync::Arc::new(std::sync::Mutex::new(start("keys", &one_mlm_one_proxy())));
+    let (op, p, addr) = {
+        let t = tree.lock().unwrap();
+        let p = t.proxies()[0];
+        (t.operator_target().unwrap(), p, t.nodes[p].addr.unwrap())
+    };
+    const N: usize = 3000;
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let integrator = {
+        let answered = answered.clone();
+        tokio::spawn(async move {
+            let mut ids = std::collections::HashMap::new();
+            for start in (0..N).step_by(50) {
+                let batch: Vec<Value> = (start..start + 50)
+                    .map(|i| {
+                        let mut a = alarm(&format!("keyed {i}"), "db1");
+                        a["subclass"] = json!("keyed");
+                        a["key"] = json!(format!("integrator-key-{i}"));
+                        a
+                    })
+                    .collect();
+                let got = post_until_answered(addr, &batch).await;
+                assert_eq!(got.len(), 50);
+                for (i, id) in (start..).zip(got) {
+                    ids.insert(i, id);
+                }
+                answered.fetch_add(50, std::sync::atomic::Ordering::SeqCst);
+            }
+            ids
+        })
+    };
+    // Kill -9 the proxy at a random moment while the integrator posts, twice.
+    for round in 1..=2 {
+        let at = round * N / 3 + fastrand::usize(0..200);
+        wait_for("traffic before the kill", LONG, || async {
+            (answered.load(std::sync::atomic::Ordering::SeqCst) >= at).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..20))).await; // the random moment
+        let tree = tree.clone();
+        tokio::task::block_in_place(move || {
+            let mut t = tree.lock().unwrap();
+            t.kill9(p);
+            t.restart(p).expect("proxy back on its port");
+        });
+    }
+    let ids = integrator.await.unwrap();
+    let unique: HashSet<&String> = ids.values().collect();
+    assert_eq!(unique.len(), N, "each key has its own message ID");
+    let want: HashSet<String> = ids.values().cloned().collect();
+    wait_stored(&op, "keyed", &want).await;
+    // Every key's text is stored exactly once, whatever the resends.
+    let all = stored(&op, "subclass=keyed").await.unwrap();
+    let mut per_text = std::collections::HashMap::new();
+    for m in &all {
+        *per_text
+            .entry(m["content"]["text"].as_str().unwrap_or("").to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(per_text.len(), N);
+    let twice: Vec<_> = per_text.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+}

@@ -37,13 +37,15 @@ use crate::link::Link;
 use crate::metrics::Registry;
 use crate::model::Message;
 use crate::server::Shutdown;
-use crate::store::{GroupCommit, KvStore, Spool, SpoolKey, SpoolRecord, StoreError};
+use crate::store::{
+    ClientKey, GroupCommit, KvStore, Pushed, Spool, SpoolKey, SpoolRecord, StoreError,
+};
 
 pub use dead_letters::{DeadLetter, DeadLetterView, DeadLetters, MAX_DEAD_LETTERS};
 pub use deliver::{deliver, Delivery, Parcel};
 pub use forwarder::{ForwardConfig, Forwarder};
 
-type PushResult = Result<Vec<Result<SpoolKey, StoreError>>, StoreError>;
+type PushResult = Result<Vec<Result<Pushed, StoreError>>, StoreError>;
 
 /// Encodes a message as a spool record.
 pub fn record(m: &Message) -> SpoolRecord {
@@ -59,7 +61,7 @@ pub fn record(m: &Message) -> SpoolRecord {
 
 /// One request to the spool writer.
 enum SpoolOp {
-    Push(Vec<SpoolRecord>),
+    Push(Vec<(SpoolRecord, Option<ClientKey>)>),
     Remove(Vec<SpoolKey>),
 }
 
@@ -94,7 +96,7 @@ impl Outbox {
                     }
                 }
             }
-            match s.write(records, &remove) {
+            match s.write_keyed(records, &remove, crate::model::Timestamp::now()) {
                 Ok(mut all) => sizes
                     .into_iter()
                     .map(|n| Ok(all.drain(..n).collect()))
@@ -120,27 +122,33 @@ impl Outbox {
         &self,
         msgs: &[Message],
     ) -> Result<Vec<Result<MessageId, StoreError>>, StoreError> {
-        self.push_records(msgs.iter().map(record).collect()).await
+        let r = self
+            .push_keyed(msgs.iter().map(|m| (record(m), None)).collect())
+            .await?;
+        Ok(r.into_iter()
+            .zip(msgs)
+            .map(|(r, m)| r.map(|_| m.header.id))
+            .collect())
     }
 
-    /// [`Outbox::push`] for messages already encoded with [`record`].
+    /// [`Outbox::push`] for messages already encoded with [`record`], each
+    /// optionally under a [`ClientKey`]: a key seen before (and not past its
+    /// window) is answered [`Pushed::Repeat`] with the first message's ID,
+    /// and that record is not spooled.
     ///
     /// # Durability
-    /// Returns after fsync.
+    /// Returns after fsync, with each new key committed with its record.
     ///
     /// # Cancel safety
-    /// If dropped, the messages may or may not be spooled.
-    pub async fn push_records(
+    /// If dropped, the messages may or may not be spooled; a resend with
+    /// the same keys finds out which.
+    pub async fn push_keyed(
         &self,
-        recs: Vec<SpoolRecord>,
-    ) -> Result<Vec<Result<MessageId, StoreError>>, StoreError> {
-        let ids: Vec<MessageId> = recs.iter().map(|r| r.id).collect();
+        recs: Vec<(SpoolRecord, Option<ClientKey>)>,
+    ) -> Result<Vec<Result<Pushed, StoreError>>, StoreError> {
         let r = self.writes.submit(SpoolOp::Push(recs)).await??;
         self.wake.notify_one();
-        Ok(r.into_iter()
-            .zip(ids)
-            .map(|(r, id)| r.map(|_| id))
-            .collect())
+        Ok(r)
     }
 
     /// The spool underneath.

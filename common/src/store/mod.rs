@@ -116,6 +116,29 @@ pub struct SpoolStats {
     pub expired: u64,
 }
 
+/// An integrator's own key for a message (the proxy's local API): a
+/// resend under the same key before `until` is answered with the first
+/// message's ID and not spooled again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    /// The key (1..=[`MAX_CLIENT_KEY_BYTES`] visible ASCII bytes).
+    pub key: String,
+    /// Until when it is remembered.
+    pub until: Timestamp,
+}
+
+/// Longest [`ClientKey::key`].
+pub const MAX_CLIENT_KEY_BYTES: usize = 128;
+
+/// What pushing one record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Spooled at this key.
+    New(SpoolKey),
+    /// Its client key was seen before: this is the first message's ID; nothing was spooled.
+    Repeat(MessageId),
+}
+
 /// A sender's durable outbound queue.
 pub trait Spool: Send + Sync + 'static {
     /// Stores records in one durable commit. Each record succeeds or fails on
@@ -140,7 +163,35 @@ pub trait Spool: Send + Sync + 'static {
         &self,
         records: Vec<SpoolRecord>,
         remove: &[SpoolKey],
-    ) -> Result<Vec<Result<SpoolKey>>>;
+    ) -> Result<Vec<Result<SpoolKey>>> {
+        let keyed = records.into_iter().map(|r| (r, None)).collect();
+        Ok(self
+            .write_keyed(keyed, remove, Timestamp::now())?
+            .into_iter()
+            .map(|r| match r? {
+                Pushed::New(k) => Ok(k),
+                Pushed::Repeat(id) => Err(StoreError::Backend(format!(
+                    "unkeyed record answered as a repeat of {id}"
+                ))),
+            })
+            .collect())
+    }
+
+    /// [`Spool::write`] where records may carry a [`ClientKey`]. A record
+    /// whose key is remembered (from an earlier commit or earlier in this
+    /// one) and not past its `until` at `now` is not spooled: its answer is
+    /// [`Pushed::Repeat`] with the first message's ID. A new key is
+    /// remembered in the same commit as its record, so a crash can never
+    /// keep one without the other. Keys past their `until` are forgotten.
+    ///
+    /// # Durability
+    /// Returns after fsync.
+    fn write_keyed(
+        &self,
+        records: Vec<(SpoolRecord, Option<ClientKey>)>,
+        remove: &[SpoolKey],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Pushed>>>;
 
     /// Up to `limit` entries in send order, skipping `skip` (in flight).
     /// Expired entries met on the way are removed and reported.

@@ -40,6 +40,13 @@ const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const QUEUE: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("queue");
 const QUEUE_SEEN: TableDefinition<(&str, &[u8]), u64> = TableDefinition::new("queue_seen");
 const QUEUE_NEXT_SEQ: &str = "queue_next_seq";
+/// Client key → message ID (16 bytes) and until (8 bytes, ms).
+const CLIENT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("client_keys");
+/// (until, key): the order in which client keys are forgotten.
+const CLIENT_KEY_EXPIRY: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("client_key_expiry");
+/// Expired client keys forgotten per commit at most (keeps each commit short).
+const CLIENT_KEY_PRUNE: usize = 256;
 
 /// Fixed part of an encoded spool value (flags, expiry, id, header length).
 const SPOOL_VALUE_FIXED: usize = 1 + 8 + 16 + 4;
@@ -65,6 +72,8 @@ fn init_tables(db: &Database) -> Result<()> {
         w.open_table(STATE).map_err(be)?;
         w.open_table(QUEUE).map_err(be)?;
         w.open_table(QUEUE_SEEN).map_err(be)?;
+        w.open_table(CLIENT_KEYS).map_err(be)?;
+        w.open_table(CLIENT_KEY_EXPIRY).map_err(be)?;
     }
     w.commit().map_err(be)?;
     Ok(())
@@ -230,28 +239,82 @@ fn decode_spool(rank: u8, v: &[u8]) -> Result<SpoolRecord> {
     })
 }
 
+/// The remembered message of `key` at `now`, if any.
+fn client_key(
+    t: &::redb::Table<'_, &str, &[u8]>,
+    key: &str,
+    now: Timestamp,
+) -> Result<Option<MessageId>> {
+    let Some(v) = t.get(key).map_err(be)? else {
+        return Ok(None);
+    };
+    let v = v.value();
+    let (id, until) = (v.get(..16), v.get(16..24));
+    let (Some(id), Some(until)) = (id, until) else {
+        return Err(corrupt("client key value"));
+    };
+    let until = u64::from_be_bytes(until.try_into().map_err(|_| corrupt("client key until"))?);
+    if until <= now.0 {
+        return Ok(None);
+    }
+    let id: [u8; 16] = id.try_into().map_err(|_| corrupt("client key id"))?;
+    Ok(Some(MessageId::from_bytes(id)))
+}
+
 impl Spool for RedbSpool {
-    fn write(
+    fn write_keyed(
         &self,
-        records: Vec<SpoolRecord>,
+        records: Vec<(SpoolRecord, Option<ClientKey>)>,
         remove: &[SpoolKey],
-    ) -> Result<Vec<Result<SpoolKey>>> {
+        now: Timestamp,
+    ) -> Result<Vec<Result<Pushed>>> {
         if records.is_empty() && remove.is_empty() {
             return Ok(Vec::new());
         }
+        let keyed = records.iter().any(|(_, k)| k.is_some());
         let mut st = self.st.lock().map_err(|_| StoreError::Closed)?;
         let w = self.db.begin_write().map_err(be)?;
         let mut out = Vec::with_capacity(records.len());
         let (mut bytes, mut count, mut seq, mut evicted) = (st.bytes, st.count, st.next_seq, 0u64);
         {
             let mut t = w.open_table(SPOOL).map_err(be)?;
+            // The key tables are opened only for a keyed write: the hot path stays as it was.
+            let mut key_tables = if keyed {
+                Some((
+                    w.open_table(CLIENT_KEYS).map_err(be)?,
+                    w.open_table(CLIENT_KEY_EXPIRY).map_err(be)?,
+                ))
+            } else {
+                None
+            };
+            if let Some((keys, expiry)) = key_tables.as_mut() {
+                let old: Vec<(u64, String)> = expiry
+                    .range(..(now.0, ""))
+                    .map_err(be)?
+                    .take(CLIENT_KEY_PRUNE)
+                    .map(|e| e.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(be)?;
+                for (until, key) in old {
+                    expiry.remove((until, key.as_str())).map_err(be)?;
+                    if client_key(keys, &key, now)?.is_none() {
+                        keys.remove(key.as_str()).map_err(be)?;
+                    }
+                }
+            }
             for k in remove {
                 if let Some(v) = t.remove((k.rank, k.seq)).map_err(be)? {
                     bytes -= v.value().len() as u64 + SPOOL_KEY_BYTES;
                     count -= 1;
                 }
             }
-            for r in records {
+            for (r, key) in records {
+                if let (Some(k), Some((keys, _))) = (&key, key_tables.as_ref()) {
+                    if let Some(first) = client_key(keys, &k.key, now)? {
+                        out.push(Ok(Pushed::Repeat(first)));
+                        continue;
+                    }
+                }
                 let size = r.size();
                 let rank = MAX_PRECEDENCE - r.precedence.min(MAX_PRECEDENCE);
                 if bytes + size > st.capacity {
@@ -293,7 +356,14 @@ impl Spool for RedbSpool {
                 }
                 t.insert((rank, seq), encode_spool(&r).as_slice())
                     .map_err(be)?;
-                out.push(Ok(SpoolKey { rank, seq }));
+                if let (Some(k), Some((keys, expiry))) = (key, key_tables.as_mut()) {
+                    let mut v = Vec::with_capacity(24);
+                    v.extend_from_slice(r.id.as_bytes());
+                    v.extend_from_slice(&k.until.0.to_be_bytes());
+                    keys.insert(k.key.as_str(), v.as_slice()).map_err(be)?;
+                    expiry.insert((k.until.0, k.key.as_str()), ()).map_err(be)?;
+                }
+                out.push(Ok(Pushed::New(SpoolKey { rank, seq })));
                 seq += 1;
                 bytes += size;
                 count += 1;

@@ -201,3 +201,58 @@ fn group_commit_answers_each_caller() {
         }
     });
 }
+
+#[test]
+fn client_keys_answer_resends_with_the_first_id_until_their_window_ends() {
+    let dir = tmp();
+    let now = Timestamp(1_000_000);
+    let key = |k: &str, until: u64| {
+        Some(ClientKey {
+            key: k.into(),
+            until: Timestamp(until),
+        })
+    };
+    let (a, b) = (rec(4, true, "a"), rec(4, true, "b"));
+    let first = a.id;
+    {
+        let s = RedbStore::open(&dir).unwrap().spool(1 << 20).unwrap();
+        let r = s
+            .write_keyed(
+                vec![
+                    (a, key("k1", 2_000_000)),
+                    (b, key("k1", 2_000_000)), // the same key later in the same commit
+                    (rec(4, true, "c"), None),
+                ],
+                &[],
+                now,
+            )
+            .unwrap();
+        assert!(matches!(r[0], Ok(Pushed::New(_))));
+        assert_eq!(r[1].as_ref().unwrap(), &Pushed::Repeat(first));
+        assert!(matches!(r[2], Ok(Pushed::New(_))));
+        assert_eq!(s.stats().messages, 2);
+    }
+    // After a restart (the key was committed with its record).
+    let s = RedbStore::open(&dir).unwrap().spool(1 << 20).unwrap();
+    let r = s
+        .write_keyed(vec![(rec(4, true, "d"), key("k1", 2_000_000))], &[], now)
+        .unwrap();
+    assert_eq!(r[0].as_ref().unwrap(), &Pushed::Repeat(first));
+    // Past the window the key is new again (and the old entry is pruned).
+    let later = Timestamp(2_000_001);
+    let r = s
+        .write_keyed(vec![(rec(4, true, "e"), key("k1", 3_000_000))], &[], later)
+        .unwrap();
+    assert!(matches!(r[0], Ok(Pushed::New(_))));
+    assert_eq!(s.stats().messages, 3);
+    // A record refused for space does not keep its key.
+    let tiny = RedbStore::open(&tmp()).unwrap().spool(10).unwrap();
+    let r = tiny
+        .write_keyed(vec![(rec(4, true, "f"), key("k2", 2_000_000))], &[], now)
+        .unwrap();
+    assert!(matches!(r[0], Err(StoreError::Full { .. })));
+    let r = tiny
+        .write_keyed(vec![(rec(4, true, "f"), key("k2", 2_000_000))], &[], now)
+        .unwrap();
+    assert!(matches!(r[0], Err(StoreError::Full { .. })), "not a repeat");
+}
