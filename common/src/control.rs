@@ -16,6 +16,19 @@
 //!
 //! Anything else is answered `failed` with "unknown action", so an operator
 //! never waits for an effect that will not come.
+//!
+//! # Exactly once
+//!
+//! A receiver never acts on a control message straight from the reply. It
+//! first commits, in the one commit of that reply, the message's received
+//! mark (so a resend from the parent is recognised and never acted on
+//! again) and the message itself in the [`CONTROL`] pseudo-queue. Only then
+//! does [`run_pending`] carry it out, spool its result upward, and remove
+//! it from that queue. A crash after the commit and before the result was
+//! spooled leaves it there, and [`run_pending`] carries it out at the next
+//! start: every action above is idempotent (setting a state, reading one),
+//! so that repeat of an interrupted action cannot do harm, and the result
+//! is reported once.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -28,6 +41,78 @@ use crate::model::Response;
 
 /// The class of control messages.
 pub const CLASS: &str = "control";
+
+pub use crate::backchannel::queues::CONTROL;
+
+/// A control message as it waits in the [`CONTROL`] pseudo-queue.
+pub fn pending_record(item: &Item) -> crate::store::SpoolRecord {
+    crate::store::SpoolRecord {
+        id: item.header.id,
+        precedence: item.header.qos.precedence,
+        persistent: true,
+        expiry: None,
+        header: bytes::Bytes::from(crate::envelope::wire::encode_header(&item.header)),
+        content: item.content.clone(),
+    }
+}
+
+/// Carries out the control actions waiting in `queues`' [`CONTROL`]
+/// pseudo-queue for `node`: each for every destination it names inside the
+/// node, with the results spooled upward in one push, and only then removed
+/// from the queue. See the module docs.
+pub async fn run_pending(
+    queues: &crate::backchannel::Queues,
+    node: &dyn Controlled,
+    outbox: &crate::forward::Outbox,
+) {
+    let me = node.id().clone();
+    let taken = queues
+        .take(CONTROL, usize::MAX, crate::limits::MAX_BATCH_MESSAGES)
+        .await;
+    if taken.records.is_empty() {
+        return;
+    }
+    let mut reports = Vec::new();
+    let mut done = Vec::new();
+    for r in &taken.records {
+        let header = match crate::envelope::wire::decode_header(&r.header) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(message = %r.id, error = %e, "pending control action does not parse; dropped");
+                done.push(r.id);
+                continue;
+            }
+        };
+        let item = Item {
+            header,
+            content: r.content.clone(),
+        };
+        let dests: Vec<ComponentId> = match &item.header.direction {
+            crate::model::Direction::Destination(d) => {
+                d.ids.iter().filter(|x| x.is_within(&me)).cloned().collect()
+            }
+            crate::model::Direction::Source(_) => Vec::new(),
+        };
+        for dest in &dests {
+            let answer = act(node, dest, &item).await;
+            reports.push(crate::model::Message::response(
+                dest,
+                crate::model::PROCESSED,
+                answer,
+                &me,
+            ));
+        }
+        done.push(r.id);
+    }
+    if !reports.is_empty() {
+        if let Err(e) = outbox.push(&reports).await {
+            // Left pending: carried out (again) and reported at the next start.
+            tracing::warn!(error = %e, "control results not spooled; the actions stay pending");
+            return;
+        }
+    }
+    queues.ack(CONTROL, &done).await;
+}
 
 /// What a node lets control actions do.
 pub trait Controlled: Send + Sync + 'static {

@@ -11,18 +11,13 @@
 //! After the handshake the parent's certificate must carry the `mlm` or
 //! `appserver` role: a proxy certificate cannot pose as a parent.
 //!
-//! # The back-channel rides here
-//!
-//! Every reply may carry back-channel messages, whoever made the request
-//! (forwarder, MLM relay, long-poll). The link hands them to the node's
-//! [`Downlink`], which stores them durably, and keeps their IDs as pending
-//! acknowledgements; [`Link::outgoing`] puts pending acks into the control
-//! part of the next envelope, and a failed exchange puts them back.
+//! The link carries envelopes and nothing else: the back-channel state that
+//! rides along (pending acks, the messages a reply brings down) belongs to
+//! [`crate::backchannel::BackChannelClient`], through which every exchange
+//! of a node goes.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,50 +29,9 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::envelope::{self, Control, Decoded, EnvelopeWriter, Item, EXCHANGE_PATH};
-use crate::id::MessageId;
+use crate::envelope::{self, Decoded, EnvelopeWriter, EXCHANGE_PATH};
 use crate::limits::DEFAULT_LINK_CONNECT_TIMEOUT;
 use crate::tls::{Identity, Role};
-
-/// Acknowledgements carried by one envelope (the control part's list limit).
-const MAX_ACKS_PER_POST: usize = crate::limits::MAX_BATCH_MESSAGES;
-/// Pending acknowledgements kept at most; beyond, the oldest are dropped and
-/// the parent simply sends those messages again (receivers drop repeats).
-const MAX_PENDING_ACKS: usize = 64 * 1024;
-
-/// What a node does with back-channel messages that arrive in replies.
-pub trait Downlink: Send + Sync + 'static {
-    /// Stores or acts on one message; returns its ID if it may be
-    /// acknowledged: only once it is durable at this node (or recognised as
-    /// a repeat). What is not acknowledged the parent sends again after its
-    /// lease.
-    fn deliver_one(
-        &self,
-        item: Item,
-    ) -> Pin<Box<dyn Future<Output = Option<MessageId>> + Send + '_>>;
-
-    /// [`Downlink::deliver_one`] for each, in order; the IDs to acknowledge.
-    fn deliver(
-        &self,
-        items: Vec<Item>,
-    ) -> Pin<Box<dyn Future<Output = Vec<MessageId>> + Send + '_>> {
-        Box::pin(async move {
-            let mut acks = Vec::with_capacity(items.len());
-            for item in items {
-                acks.extend(self.deliver_one(item).await);
-            }
-            acks
-        })
-    }
-}
-
-/// An envelope being built for [`Link::exchange`]: the control part
-/// (pending acks, wait hint) is already written; add messages to `writer`.
-pub struct Outgoing {
-    /// The envelope; add messages with `raw`, `item` or `message`.
-    pub writer: EnvelopeWriter,
-    acks: Vec<MessageId>,
-}
 
 /// Idle connections kept per link.
 const MAX_IDLE: usize = 8;
@@ -195,9 +149,6 @@ pub struct Link {
     proxy: Option<ForwardProxy>,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
     connect_timeout: Duration,
-    downlink: OnceLock<Arc<dyn Downlink>>,
-    acks: Mutex<Vec<MessageId>>,
-    acks_ready: tokio::sync::Notify,
 }
 
 impl Link {
@@ -241,59 +192,7 @@ impl Link {
             proxy,
             idle: Mutex::new(Vec::new()),
             connect_timeout: DEFAULT_LINK_CONNECT_TIMEOUT,
-            downlink: OnceLock::new(),
-            acks: Mutex::new(Vec::new()),
-            acks_ready: tokio::sync::Notify::new(),
         }))
-    }
-
-    /// Sets where back-channel messages in replies go (once; later calls
-    /// are ignored). Without one, they are neither stored nor acknowledged.
-    pub fn set_downlink(&self, d: Arc<dyn Downlink>) {
-        let _ = self.downlink.set(d);
-    }
-
-    /// Starts an envelope: a control part with pending acks and `wait`.
-    pub fn outgoing(&self, wait: Option<Duration>) -> Outgoing {
-        let acks = {
-            let mut a = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-            let n = a.len().min(MAX_ACKS_PER_POST);
-            a.drain(..n).collect::<Vec<_>>()
-        };
-        let mut writer = EnvelopeWriter::new();
-        writer.control(&Control {
-            wait_ms: wait.map(|w| w.as_millis() as u64),
-            acks: acks.clone(),
-            ..Default::default()
-        });
-        Outgoing { writer, acks }
-    }
-
-    /// True if acknowledgements wait to be sent.
-    pub fn has_acks(&self) -> bool {
-        !self.acks.lock().map(|a| a.is_empty()).unwrap_or(true)
-    }
-
-    /// Resolves when new acknowledgements are pending.
-    pub async fn acks_ready(&self) {
-        self.acks_ready.notified().await
-    }
-
-    fn keep_acks(&self, ids: Vec<MessageId>, front: bool) {
-        if ids.is_empty() {
-            return;
-        }
-        let mut a = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        if front {
-            let rest = std::mem::replace(&mut *a, ids);
-            a.extend(rest);
-        } else {
-            a.extend(ids);
-        }
-        if a.len() > MAX_PENDING_ACKS {
-            let over = a.len() - MAX_PENDING_ACKS;
-            a.drain(..over);
-        }
     }
 
     /// The parent URL in use.
@@ -368,8 +267,9 @@ impl Link {
         Ok(send)
     }
 
-    /// Sends one envelope and returns the parent's reply, within `timeout`
-    /// (which must cover any long-poll wait the envelope asks for).
+    /// Sends one envelope and returns the parent's decoded reply (its
+    /// answers and any back-channel messages), within `timeout` (which must
+    /// cover any long-poll wait the envelope asks for).
     ///
     /// # Errors
     /// [`LinkError`]; a transport error also moves to the next parent.
@@ -377,47 +277,31 @@ impl Link {
     /// # Cancel safety
     /// If dropped, the request may or may not have reached the parent; the
     /// sender must treat its messages as not acknowledged (and resend them).
-    ///
-    /// Back-channel messages in the reply go to the [`Downlink`] before this
-    /// returns; `Decoded::items` is then empty.
-    pub async fn exchange(&self, out: Outgoing, timeout: Duration) -> Result<Decoded, LinkError> {
-        let Outgoing { writer, acks } = out;
-        let (content_type, body) = writer.finish();
+    pub async fn exchange(
+        &self,
+        envelope: EnvelopeWriter,
+        timeout: Duration,
+    ) -> Result<Decoded, LinkError> {
+        let (content_type, body) = envelope.finish();
         let idx = self.current.load(Ordering::Relaxed) % self.parents.len();
         let p = &self.parents[idx];
         let err = |kind| LinkError {
             parent: p.url.clone(),
             kind,
         };
-        let r = tokio::time::timeout(timeout, self.exchange_on(p, &content_type, body)).await;
-        let mut d = match r {
-            Err(_) => {
-                self.keep_acks(acks, true);
-                return Err(err(LinkErrorKind::Timeout(timeout)));
-            }
+        match tokio::time::timeout(timeout, self.exchange_on(p, &content_type, body)).await {
+            Err(_) => Err(err(LinkErrorKind::Timeout(timeout))),
             Ok(Err(kind)) => {
-                self.keep_acks(acks, true);
                 if !matches!(
                     kind,
                     LinkErrorKind::Refused(..) | LinkErrorKind::BadReply(_)
                 ) {
                     self.fail_over(idx);
                 }
-                return Err(err(kind));
+                Err(err(kind))
             }
-            Ok(Ok(d)) => d,
-        };
-        let items = std::mem::take(&mut d.items);
-        if !items.is_empty() {
-            if let Some(dl) = self.downlink.get() {
-                let ids = dl.deliver(items).await;
-                if !ids.is_empty() {
-                    self.keep_acks(ids, false);
-                    self.acks_ready.notify_one();
-                }
-            }
+            Ok(Ok(d)) => Ok(d),
         }
-        Ok(d)
     }
 
     async fn exchange_on(

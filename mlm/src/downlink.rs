@@ -1,25 +1,26 @@
 //! What an MLM does with back-channel messages from its parent: route each
 //! destination to the child it is reachable through and queue one copy per
 //! child (so a group message is split again here and, at the last MLM,
-//! duplicated once per proxy). Acknowledged upward only once queued durably;
-//! a resend of a message already taken is recognised and acknowledged again.
-//! Control actions addressed to the MLM itself are carried out here.
+//! duplicated once per proxy). A whole reply is queued in one durable
+//! commit, with a received mark per message, and acknowledged upward only
+//! then; a resend of a message already taken is recognised and acknowledged
+//! again. Control actions addressed to the MLM itself are committed as
+//! pending in that same commit and carried out after it
+//! ([`rsnet_common::control::run_pending`]).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use rsnet_common::backchannel::{self, BackChannel, Offered};
+use rsnet_common::backchannel::{self, BackChannel, Offer, Offered, Receiver};
 use rsnet_common::control::{self, Controlled};
 use rsnet_common::envelope::Item;
 use rsnet_common::forward::Outbox;
 use rsnet_common::id::MessageId;
-use rsnet_common::link::Downlink;
 use rsnet_common::metrics::Counter;
-use rsnet_common::model::{Message, PROCESSED};
 
-/// The MLM's [`Downlink`].
-pub struct Relay {
+/// The MLM's [`Receiver`].
+pub struct Downlink {
     /// Queues and routes toward the children.
     pub backchannel: Arc<BackChannel>,
     /// Back-channel messages received from the parent (new ones only).
@@ -30,49 +31,65 @@ pub struct Relay {
     pub outbox: Arc<Outbox>,
 }
 
-impl Relay {
-    async fn one(&self, item: Item) -> Option<MessageId> {
-        let id = item.header.id;
-        let Some(d) = backchannel::screen(self.backchannel.queues(), &item) else {
-            return Some(id);
-        };
+impl Downlink {
+    async fn receive_all(&self, items: Vec<Item>) -> Vec<MessageId> {
+        let queues = self.backchannel.queues();
         let me = self.node.id().clone();
-        let (mine, below): (Vec<_>, Vec<_>) = d.ids.iter().cloned().partition(|x| *x == me);
-        if !mine.is_empty() {
-            if item.header.class == control::CLASS {
-                let r = control::act(self.node.as_ref(), &me, &item).await;
-                let m = Message::response(&me, PROCESSED, r, &me);
-                if let Err(e) = self.outbox.push(&[m]).await {
-                    tracing::warn!(error = %e, "control result not spooled");
-                }
-            } else {
+        let mut acks = Vec::with_capacity(items.len());
+        let mut offers = Vec::with_capacity(items.len());
+        let mut ids = Vec::with_capacity(items.len());
+        for item in &items {
+            let id = item.header.id;
+            let Some(d) = backchannel::screen(queues, item) else {
+                acks.push(id);
+                continue;
+            };
+            let (mine, below): (Vec<_>, Vec<_>) = d.ids.iter().cloned().partition(|x| *x == me);
+            let routed = self.backchannel.route(&below);
+            let mut push = self
+                .backchannel
+                .copies(&item.header, item.content.clone(), &routed);
+            let is_control = !mine.is_empty() && item.header.class == control::CLASS;
+            if is_control {
+                push.push((control::CONTROL.to_string(), control::pending_record(item)));
+            } else if !mine.is_empty() {
                 tracing::warn!(message = %id, "back-channel message for the MLM itself that is not a control action; dropped");
             }
+            offers.push(Offer {
+                push,
+                received: Some(id),
+            });
+            ids.push((id, is_control));
         }
-        let routed = self.backchannel.route(&below);
-        match self
-            .backchannel
-            .dispatch(&item.header, item.content.clone(), &routed, Some(id))
-            .await
-        {
-            Ok(Offered::Queued(_)) => {
-                self.received.inc();
-                Some(id)
-            }
-            Ok(Offered::Duplicate) => Some(id),
-            Err(e) => {
-                tracing::warn!(message = %id, error = %e, "back-channel message not queued; parent resends it");
-                None
+        let results = queues.offer_many(offers).await;
+        let mut controls = false;
+        for ((id, is_control), r) in ids.into_iter().zip(results) {
+            match r {
+                Ok(Offered::Queued(n)) => {
+                    self.backchannel
+                        .queued(&Offered::Queued(n - usize::from(is_control)));
+                    self.received.inc();
+                    controls |= is_control;
+                    acks.push(id);
+                }
+                Ok(Offered::Duplicate) => acks.push(id),
+                Err(e) => {
+                    tracing::warn!(message = %id, error = %e, "back-channel message not queued; parent resends it");
+                }
             }
         }
+        if controls {
+            control::run_pending(queues, self.node.as_ref(), &self.outbox).await;
+        }
+        acks
     }
 }
 
-impl Downlink for Relay {
-    fn deliver_one(
+impl Receiver for Downlink {
+    fn receive(
         &self,
-        item: Item,
-    ) -> Pin<Box<dyn Future<Output = Option<MessageId>> + Send + '_>> {
-        Box::pin(self.one(item))
+        items: Vec<Item>,
+    ) -> Pin<Box<dyn Future<Output = Vec<MessageId>> + Send + '_>> {
+        Box::pin(self.receive_all(items))
     }
 }

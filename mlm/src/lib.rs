@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use rsnet_common::backchannel::{self, BackChannel};
+use rsnet_common::backchannel::BackChannel;
 use rsnet_common::config::{self, BackChannelSection, ConfigError, UplinkConfig};
 use rsnet_common::control::NodeBase;
 use rsnet_common::forward;
@@ -108,7 +108,7 @@ pub async fn run(
     let spool: Arc<dyn Spool> = Arc::new(store.spool(cfg.spool_capacity_bytes)?);
     let kv: Arc<dyn KvStore> = Arc::new(store.kv());
     let forward::Sender {
-        link,
+        uplink,
         outbox,
         forwarder,
         config: fwd_cfg,
@@ -129,7 +129,7 @@ pub async fn run(
         // Terminal: the hop, the budget, the parent.
         Arc::new(relay::Relay::start(
             me.id.clone(),
-            link.clone(),
+            uplink.clone(),
             kv.clone(),
             fwd_cfg.clone(),
             &metrics,
@@ -146,19 +146,22 @@ pub async fn run(
             modules: vec![],
         }
     };
-    link.set_downlink(Arc::new(downlink::Relay {
+    let node: Arc<NodeBase> = Arc::new(NodeBase {
+        me: me.id.clone(),
+        outbox: outbox.clone(),
+        config: cfg.source.clone(),
+        tree: Box::new(tree.clone()),
+        validate: |f| Config::load(f).map(|_| ()).map_err(|e| e.to_string()),
+    });
+    // Control actions left pending by a crash are carried out now (see control docs).
+    rsnet_common::control::run_pending(bc.queues(), node.as_ref(), &outbox).await;
+    uplink.set_receiver(Arc::new(downlink::Downlink {
         backchannel: bc.clone(),
         received: metrics.counter(
             "rsnet_backchannel_received_total",
             "back-channel messages received from the parent (repeats not counted)",
         ),
-        node: Arc::new(NodeBase {
-            me: me.id.clone(),
-            outbox: outbox.clone(),
-            config: cfg.source.clone(),
-            tree: Box::new(tree.clone()),
-            validate: |f| Config::load(f).map(|_| ()).map_err(|e| e.to_string()),
-        }),
+        node,
         outbox: outbox.clone(),
     }));
 
@@ -193,7 +196,7 @@ pub async fn run(
         &cfg.data_dir,
         BTreeMap::from([("exchange".to_string(), addr)]),
     )?;
-    tracing::info!(id = %me.id, %addr, parent = link.current_parent(), "mlm listening");
+    tracing::info!(id = %me.id, %addr, parent = uplink.link().current_parent(), "mlm listening");
 
     outbox
         .push(&[heartbeat::notice(
@@ -203,8 +206,7 @@ pub async fn run(
         )])
         .await?;
     let fwd = tokio::spawn(forwarder.clone().run(shutdown.clone()));
-    tokio::spawn(backchannel::poll_until_shutdown(
-        link.clone(),
+    tokio::spawn(uplink.clone().poll_until_shutdown(
         cfg.uplink.poll_wait(),
         fwd_cfg.exchange_timeout,
         shutdown.clone(),

@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rsnet_common::backchannel::BackChannelClient;
 use rsnet_common::envelope::{budget, wire, Item};
 use rsnet_common::forward::{deliver, ForwardConfig, Parcel};
 use rsnet_common::id::{ComponentId, MessageId};
-use rsnet_common::link::Link;
 use rsnet_common::metrics::{Counter, Registry};
 use rsnet_common::model::{Hop, Response, Status};
 use rsnet_common::pipeline::{Exchange, Judged, Stage, StageFuture, Verdict};
@@ -57,10 +57,10 @@ struct Counters {
 }
 
 impl Relay {
-    /// Starts the relay of MLM `me` over `link`; learned routes go to `kv`.
+    /// Starts the relay of MLM `me` over `uplink`; learned routes go to `kv`.
     pub fn start(
         me: ComponentId,
-        link: Arc<Link>,
+        uplink: Arc<BackChannelClient>,
         kv: Arc<dyn KvStore>,
         cfg: ForwardConfig,
         metrics: &Registry,
@@ -84,7 +84,7 @@ impl Relay {
                 "child messages rejected because they could not travel further",
             ),
         });
-        tokio::spawn(run(rx, link, cfg, counters.clone()));
+        tokio::spawn(run(rx, uplink, cfg, counters.clone()));
         Relay {
             me,
             tx,
@@ -182,7 +182,12 @@ impl Stage for Relay {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, link: Arc<Link>, cfg: ForwardConfig, c: Arc<Counters>) {
+async fn run(
+    mut rx: mpsc::Receiver<Job>,
+    uplink: Arc<BackChannelClient>,
+    cfg: ForwardConfig,
+    c: Arc<Counters>,
+) {
     let slots = Arc::new(Semaphore::new(cfg.max_inflight));
     while let Some(first) = rx.recv().await {
         let mut n = first.parcels.len();
@@ -199,20 +204,20 @@ async fn run(mut rx: mpsc::Receiver<Job>, link: Arc<Link>, cfg: ForwardConfig, c
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (link, c, cfg) = (link.clone(), c.clone(), cfg.clone());
+        let (uplink, c, cfg) = (uplink.clone(), c.clone(), cfg.clone());
         tokio::spawn(async move {
-            send(jobs, &link, &cfg, &c).await;
+            send(jobs, &uplink, &cfg, &c).await;
             drop(permit);
         });
     }
 }
 
-async fn send(jobs: Vec<Job>, link: &Link, cfg: &ForwardConfig, c: &Counters) {
+async fn send(jobs: Vec<Job>, uplink: &BackChannelClient, cfg: &ForwardConfig, c: &Counters) {
     let all: Vec<Parcel> = jobs
         .iter()
         .flat_map(|j| j.parcels.iter().cloned())
         .collect();
-    let mut d = deliver(link, &all, cfg.max_batch, cfg.exchange_timeout).await;
+    let mut d = deliver(uplink, &all, cfg.max_batch, cfg.exchange_timeout).await;
     c.upstream_posts.add(d.posts as u64);
     let why = d
         .error

@@ -2,8 +2,9 @@
 //! instances, held durably until the local integrator acknowledges them.
 //!
 //! ```text
-//! parent reply ─► Inbox::deliver ─► Queues[destination] (fsync) ─► ack upward
-//!                       │                                    + "delivered" response
+//! parent reply ─► Inbox::receive ─► Queues[destination] ─► ack upward
+//!  (all of it)          │   one commit for the whole reply,   + "delivered" responses
+//!                       │   with a received mark per message    (one spool push)
 //! GET /v1/inbox?wait=S ─┘ take (leased for `lease`; re-offered if not acked)
 //! POST /v1/inbox/ack ──► remove ─► "processed" / "failed" response upward
 //! ```
@@ -15,7 +16,9 @@
 //! as a `response` whose source is the destination, class `response`,
 //! subclass `delivered` or `processed`, which the appserver's delivery view
 //! shows per destination. Control actions (class `control`) addressed to
-//! the proxy are carried out at once instead ([`rsnet_common::control`]).
+//! the proxy are committed as pending in the reply's commit and carried out
+//! right after it ([`rsnet_common::control::run_pending`]), so a crash can
+//! never make one run twice for one message.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,11 +26,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rsnet_common::backchannel::{self, Offered, Queues};
+use rsnet_common::backchannel::{self, Offer, Offered, Queues, Receiver};
 use rsnet_common::envelope::{wire, Item};
 use rsnet_common::forward::Outbox;
 use rsnet_common::id::{ComponentId, MessageId};
-use rsnet_common::link::Downlink;
 use rsnet_common::metrics::Counter;
 use rsnet_common::model::{Message, Response, DELIVERED, PROCESSED};
 use rsnet_common::store::SpoolRecord;
@@ -90,66 +92,84 @@ impl Inbox {
         }
     }
 
-    async fn one(&self, item: Item) -> Option<MessageId> {
-        let id = item.header.id;
-        let Some(d) = backchannel::screen(&self.queues, &item) else {
-            return Some(id);
-        };
-        let mine: Vec<&ComponentId> = d.ids.iter().filter(|x| x.is_within(&self.me)).collect();
-        if mine.len() < d.ids.len() {
-            tracing::warn!(message = %id, "back-channel message names destinations outside this proxy; those are ignored");
-        }
-        if item.header.class == control::CLASS {
-            // Acted on at once; the result goes up as the response.
-            let mut reports = Vec::new();
-            for dest in &mine {
-                let r = control::act(self.node.as_ref(), dest, &item).await;
-                reports.push(self.report(dest, PROCESSED, r));
+    async fn receive_all(&self, items: Vec<Item>) -> Vec<MessageId> {
+        let mut acks = Vec::with_capacity(items.len());
+        let mut offers = Vec::with_capacity(items.len());
+        let mut taken: Vec<(MessageId, Vec<ComponentId>, bool)> = Vec::with_capacity(items.len());
+        for item in &items {
+            let id = item.header.id;
+            let Some(d) = backchannel::screen(&self.queues, item) else {
+                acks.push(id);
+                continue;
+            };
+            let mine: Vec<ComponentId> = d
+                .ids
+                .iter()
+                .filter(|x| x.is_within(&self.me))
+                .cloned()
+                .collect();
+            if mine.len() < d.ids.len() {
+                tracing::warn!(message = %id, "back-channel message names destinations outside this proxy; those are ignored");
             }
-            if let Err(e) = self.queues.offer(Vec::new(), Some(id)).await {
-                tracing::warn!(message = %id, error = %e, "control action not recorded; parent resends it");
-                return None;
-            }
-            self.received.inc();
-            self.spool(reports).await;
-            return Some(id);
-        }
-        let header = Bytes::from(wire::encode_header(&item.header));
-        let push: Vec<(String, SpoolRecord)> = mine
-            .iter()
-            .map(|dest| {
-                (
-                    dest.to_string(),
-                    SpoolRecord {
-                        id,
-                        precedence: item.header.qos.precedence,
-                        persistent: item.header.qos.persistence,
-                        expiry: item.header.qos.expiry,
-                        header: header.clone(),
-                        content: item.content.clone(),
-                    },
-                )
-            })
-            .collect();
-        match self.queues.offer(push, Some(id)).await {
-            Ok(Offered::Queued(_)) => {
-                self.received.inc();
-                let reports = mine
-                    .iter()
+            let is_control = item.header.class == control::CLASS;
+            let push: Vec<(String, SpoolRecord)> = if is_control {
+                vec![(control::CONTROL.to_string(), control::pending_record(item))]
+            } else {
+                let header = Bytes::from(wire::encode_header(&item.header));
+                mine.iter()
                     .map(|dest| {
-                        let corr = format!("{}/inbox/{id}", self.me);
-                        self.report(dest, DELIVERED, Response::accepted(id, Some(corr)))
+                        (
+                            dest.to_string(),
+                            SpoolRecord {
+                                id,
+                                precedence: item.header.qos.precedence,
+                                persistent: item.header.qos.persistence,
+                                expiry: item.header.qos.expiry,
+                                header: header.clone(),
+                                content: item.content.clone(),
+                            },
+                        )
                     })
-                    .collect();
-                self.spool(reports).await;
-                Some(id)
-            }
-            Ok(Offered::Duplicate) => Some(id),
-            Err(e) => {
-                tracing::warn!(message = %id, error = %e, "inbox cannot take the message; parent resends it");
-                None
+                    .collect()
+            };
+            offers.push(Offer {
+                push,
+                received: Some(id),
+            });
+            taken.push((id, mine, is_control));
+        }
+        let results = self.queues.offer_many(offers).await;
+        let mut reports = Vec::new();
+        let mut controls = false;
+        for ((id, mine, is_control), r) in taken.into_iter().zip(results) {
+            match r {
+                Ok(Offered::Queued(_)) => {
+                    self.received.inc();
+                    acks.push(id);
+                    controls |= is_control;
+                    if !is_control {
+                        let corr = format!("{}/inbox/{id}", self.me);
+                        reports.extend(mine.iter().map(|dest| {
+                            self.report(dest, DELIVERED, Response::accepted(id, Some(corr.clone())))
+                        }));
+                    }
+                }
+                Ok(Offered::Duplicate) => acks.push(id),
+                Err(e) => {
+                    tracing::warn!(message = %id, error = %e, "inbox cannot take the message; parent resends it");
+                }
             }
         }
+        self.spool(reports).await;
+        if controls {
+            control::run_pending(&self.queues, self.node.as_ref(), &self.outbox).await;
+        }
+        acks
+    }
+
+    /// Carries out control actions left pending by a crash (at start).
+    pub async fn resume(&self) {
+        control::run_pending(&self.queues, self.node.as_ref(), &self.outbox).await;
     }
 
     /// Leases up to `limit` messages for the integrator, waiting up to
@@ -258,11 +278,11 @@ fn view(r: &SpoolRecord, destination: &str) -> Value {
     Value::Object(o)
 }
 
-impl Downlink for Inbox {
-    fn deliver_one(
+impl Receiver for Inbox {
+    fn receive(
         &self,
-        item: Item,
-    ) -> Pin<Box<dyn Future<Output = Option<MessageId>> + Send + '_>> {
-        Box::pin(self.one(item))
+        items: Vec<Item>,
+    ) -> Pin<Box<dyn Future<Output = Vec<MessageId>> + Send + '_>> {
+        Box::pin(self.receive_all(items))
     }
 }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rsnet_common::backchannel::{self, Queues, QueuesConfig};
+use rsnet_common::backchannel::{Queues, QueuesConfig};
 use rsnet_common::config::{self, ConfigError, UplinkConfig};
 use rsnet_common::control::NodeBase;
 use rsnet_common::forward;
@@ -184,7 +184,7 @@ pub async fn run(
     let kv: Arc<dyn KvStore> = Arc::new(store.kv());
     let instances = Arc::new(instances::Instances::load(me.id.clone(), kv.clone())?);
     let forward::Sender {
-        link,
+        uplink,
         outbox,
         forwarder,
         config: fwd_cfg,
@@ -219,6 +219,7 @@ pub async fn run(
             ..Default::default()
         },
     )?;
+    queues.register_commits(&metrics);
     let inbox = Arc::new(inbox::Inbox {
         me: me.id.clone(),
         queues,
@@ -229,8 +230,10 @@ pub async fn run(
             "back-channel messages received from the parent (repeats not counted)",
         ),
     });
-    link.set_downlink(inbox.clone());
-    let l2 = link.clone();
+    // Control actions left pending by a crash are carried out now (see control docs).
+    inbox.resume().await;
+    uplink.set_receiver(inbox.clone());
+    let l2 = uplink.link().clone();
     let api = Arc::new(local_api::LocalApi {
         me: me.id.clone(),
         outbox: outbox.clone(),
@@ -256,8 +259,7 @@ pub async fn run(
         )])
         .await?;
     let fwd = tokio::spawn(forwarder.clone().run(shutdown.clone()));
-    tokio::spawn(backchannel::poll_until_shutdown(
-        link.clone(),
+    tokio::spawn(uplink.clone().poll_until_shutdown(
         cfg.uplink.poll_wait(),
         fwd_cfg.exchange_timeout,
         shutdown.clone(),
@@ -266,7 +268,7 @@ pub async fn run(
         &cfg.data_dir,
         BTreeMap::from([("local_api".to_string(), addr)]),
     )?;
-    tracing::info!(id = %me.id, local_api = %addr, parent = link.current_parent(), "proxy running");
+    tracing::info!(id = %me.id, local_api = %addr, parent = uplink.link().current_parent(), "proxy running");
 
     let interval = Duration::from_secs(cfg.heartbeat_interval_s);
     forward::heartbeat_until_shutdown(forwarder, tree, interval, fwd, shutdown).await;

@@ -41,14 +41,15 @@ where
 /// A minimal HTTP forward proxy for tests: answers `CONNECT host:port` and
 /// splices bytes both ways. It counts the tunnels it opened and can play a
 /// broken network: in black-hole mode every byte from the parent to the
-/// child is dropped (replies are lost), and leaving that mode cuts every
-/// tunnel, as a network that recovers would.
+/// child (or, upward, from the child to the parent) is dropped, and leaving
+/// that mode cuts every tunnel, as a network that recovers would.
 pub struct ConnectProxy {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
     /// Tunnels opened so far.
     pub tunnels: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     black_hole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    black_hole_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     epoch: tokio::sync::watch::Sender<u64>,
 }
 
@@ -64,11 +65,17 @@ impl ConnectProxy {
         let addr = l.local_addr().expect("addr");
         let tunnels = Arc::new(AtomicUsize::new(0));
         let black_hole = Arc::new(AtomicBool::new(false));
+        let black_hole_up = Arc::new(AtomicBool::new(false));
         let (epoch, _) = tokio::sync::watch::channel(0u64);
-        let (t, bh, ep) = (tunnels.clone(), black_hole.clone(), epoch.clone());
+        let (t, bh, bhu, ep) = (
+            tunnels.clone(),
+            black_hole.clone(),
+            black_hole_up.clone(),
+            epoch.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((mut c, _)) = l.accept().await {
-                let (t, bh, mut cut) = (t.clone(), bh.clone(), ep.subscribe());
+                let (t, bh, bhu, mut cut) = (t.clone(), bh.clone(), bhu.clone(), ep.subscribe());
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut b = [0u8; 1];
@@ -102,7 +109,21 @@ impl ConnectProxy {
                     }
                     let (mut cr, mut cw) = c.into_split();
                     let (mut ur, mut uw) = up.into_split();
-                    let upward = tokio::io::copy(&mut cr, &mut uw);
+                    let upward = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if bhu.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if uw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
                     let downward = async {
                         let mut buf = vec![0u8; 16 * 1024];
                         loop {
@@ -130,7 +151,19 @@ impl ConnectProxy {
             addr,
             tunnels,
             black_hole,
+            black_hole_up,
             epoch,
+        }
+    }
+
+    /// Drops (true) or passes (false) bytes toward the parent: requests
+    /// (and the acks in them) are lost. Switching it off also cuts every
+    /// open tunnel.
+    pub fn black_hole_up(&self, on: bool) {
+        self.black_hole_up
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+        if !on {
+            self.epoch.send_modify(|e| *e += 1);
         }
     }
 

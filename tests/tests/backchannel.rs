@@ -608,3 +608,112 @@ async fn proxy_that_moves_to_another_mlm_is_rerouted() {
         "acme.mlm2"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_of_1000_messages_costs_the_proxy_one_commit() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let mut tree = start("bc-batch", &spec);
+    let p1 = tree.index("acme.p1").expect("p1");
+    wait_topology(&tree).await;
+    let op = tree.operator_target().expect("operator");
+    // With the proxy down, 1,000 messages wait at its MLM.
+    tokio::task::block_in_place(|| tree.kill9(p1));
+    let mut ids = HashSet::new();
+    for i in 0..1000 {
+        let extra = json!({ "payload": format!("item {i}") });
+        ids.insert(send_to(&op, json!("acme.p1"), extra).await);
+    }
+    wait_for("1000 copies queued at the MLM", LONG, || async {
+        (counter(&tree, 1, "rsnet_backchannel_queued_messages").await >= 1000.0).then_some(())
+    })
+    .await;
+    tokio::task::block_in_place(|| tree.restart(p1)).expect("restart");
+    let t = tree.node_target(p1).expect("proxy");
+    wait_for("1000 messages in the inbox", LONG, || async {
+        let (_, v) = api(&t, Method::GET, "/v1/status", None).await;
+        (v["inbox"]["messages"].as_u64()? >= 1000).then_some(())
+    })
+    .await;
+    // They came down in one reply, and the proxy paid one commit for them.
+    assert_eq!(
+        counter(&tree, p1, "rsnet_backchannel_received_total").await,
+        1000.0
+    );
+    assert_eq!(counter(&tree, p1, "rsnet_queue_commits_total").await, 1.0);
+    let got = take_at_least(&tree, p1, 1000).await;
+    let got: HashSet<String> = got
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(got, ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_between_a_control_action_and_its_ack_runs_it_once() {
+    let relay = ConnectProxy::start().await;
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        proxy_uplink_extra: format!(
+            "http_proxy = \"http://{}\"\nexchange_timeout_ms = 2000",
+            relay.addr
+        ),
+        mlm_extra: "[backchannel]\nlease_ms = 1000\n".into(),
+        ..Spec::demo()
+    };
+    let mut tree = start("bc-once", &spec);
+    let p1 = tree.index("acme.p1").expect("p1");
+    let local = tree.nodes[p1].addr.expect("addr");
+    rsnet_demo::send(local, &[rsnet_demo::alarm("first", "db1")])
+        .await
+        .expect("send");
+    wait_topology(&tree).await;
+    let op = tree.operator_target().expect("operator");
+    let instance_refused = || async move {
+        rsnet_demo::send(local, &[rsnet_demo::alarm("probe", "db1")])
+            .await
+            .err()
+            .is_some_and(|e| e.starts_with("409"))
+    };
+    assert!(!instance_refused().await);
+    // From now on nothing the proxy sends reaches its MLM: its ack is lost.
+    relay.black_hole_up(true);
+    let id = send_to(
+        &op,
+        json!("acme.p1.si1"),
+        json!({ "class": "control", "subclass": "disable-instance" }),
+    )
+    .await;
+    wait_for("the action to take effect", LONG, || async {
+        instance_refused().await.then_some(())
+    })
+    .await;
+    // Killed before its ack got out; the MLM sends the message again once the proxy is back.
+    tokio::task::block_in_place(|| tree.kill9(p1));
+    relay.black_hole_up(false);
+    tokio::task::block_in_place(|| tree.restart(p1)).expect("restart");
+    wait_states(&op, &id, "processed", 1).await;
+    wait_for("the MLM to have sent it again", LONG, || async {
+        (counter(&tree, 1, "rsnet_backchannel_sent_total").await >= 2.0).then_some(())
+    })
+    .await;
+    wait_for("the resend to be acknowledged", LONG, || async {
+        (counter(&tree, 1, "rsnet_backchannel_acked_total").await >= 1.0).then_some(())
+    })
+    .await;
+    // One run: one result stored, and the instance still disabled.
+    let reports: Vec<Value> = rsnet_demo::stored(&op, "class=response&subclass=processed")
+        .await
+        .expect("stored")
+        .into_iter()
+        .filter(|m| m["content"]["request"] == json!(id))
+        .collect();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(instance_refused().await);
+}

@@ -9,8 +9,9 @@
 //!  child POSTs (forward batch, or an empty
 //!  long-poll with a wait hint) ──────────────────►  (parent holds a poll until
 //!  reply_for(child): take + lease ◄───────────────   something is queued)
-//!  reply carries the copies ─────────────────────►  Link hands them to its
-//!                                                    Downlink (durable), then
+//!  reply carries the copies ─────────────────────►  BackChannelClient hands a
+//!                                                    whole reply to its Receiver
+//!                                                    (one durable commit), then
 //!  inbound(child, acks): remove ◄────────────────── acks them in its next POST
 //! ```
 //!
@@ -21,8 +22,11 @@
 //! It sits beside the exchange pipeline ([`crate::pipeline`]): it sees every
 //! screened POST ([`BackChannel::inbound`]) and adds its messages to every
 //! reply ([`BackChannel::reply_for`]).
-//! The child side is [`crate::link::Downlink`] plus [`poll_until_shutdown`].
+//! The child side is [`BackChannelClient`]: every exchange of a child goes
+//! through it, carrying its acks up and its reply's messages to the node's
+//! [`Receiver`] in one durable commit.
 
+pub mod client;
 pub mod queues;
 pub mod routes;
 
@@ -35,12 +39,11 @@ use bytes::Bytes;
 use crate::envelope::{wire, Item};
 use crate::id::{ComponentId, MessageId};
 use crate::limits::{MAX_BATCH_MESSAGES, MAX_LONG_POLL};
-use crate::link::{Backoff, Link};
 use crate::metrics::{Counter, Registry};
 use crate::model::{Destination, Direction, Header, Hop, Timestamp};
-use crate::server::Shutdown;
 use crate::store::{KvStore, QueueStore, SpoolRecord, StoreError};
-pub use queues::{Offered, QueueStats, Queues, QueuesConfig, Taken};
+pub use client::{BackChannelClient, Outgoing, Receiver};
+pub use queues::{Offer, Offered, QueueStats, Queues, QueuesConfig, Taken};
 pub use routes::Routes;
 
 /// How a parent runs its back-channel.
@@ -130,6 +133,7 @@ impl BackChannel {
             expired: c("expired", "copies that expired in a queue"),
             unroutable: c("unroutable", "destinations with no known route"),
         };
+        queues.register_commits(metrics);
         let q = queues.clone();
         metrics.gauge(
             "rsnet_backchannel_queued_messages",
@@ -242,6 +246,29 @@ impl BackChannel {
         routed: &Routed,
         received: Option<MessageId>,
     ) -> Result<Offered, StoreError> {
+        let push = self.copies(header, content, routed);
+        let r = self.queues.offer(push, received).await?;
+        self.queued(&r);
+        Ok(r)
+    }
+
+    /// Counts what an offer of [`BackChannel::copies`] queued.
+    pub fn queued(&self, r: &Offered) {
+        if let Offered::Queued(n) = r {
+            self.counters.queued.add(*n as u64);
+        }
+    }
+
+    /// The copies [`BackChannel::dispatch`] would queue, one per child with
+    /// the destinations behind it and this node's hop, for a caller that
+    /// offers many messages in one commit ([`Queues::offer_many`], then
+    /// [`BackChannel::queued`]).
+    pub fn copies(
+        &self,
+        header: &Header,
+        content: Bytes,
+        routed: &Routed,
+    ) -> Vec<(String, SpoolRecord)> {
         if !routed.unroutable.is_empty() {
             self.counters.unroutable.add(routed.unroutable.len() as u64);
             tracing::warn!(message = %header.id, unroutable = ?routed.unroutable, "no route to some destinations");
@@ -274,11 +301,7 @@ impl BackChannel {
                 },
             ));
         }
-        let r = self.queues.offer(push, received).await?;
-        if let Offered::Queued(n) = r {
-            self.counters.queued.add(n as u64);
-        }
-        Ok(r)
+        push
     }
 }
 
@@ -300,52 +323,4 @@ pub fn screen<'a>(queues: &Queues, item: &'a Item) -> Option<&'a Destination> {
         return None;
     }
     Some(d)
-}
-
-/// The child side's long-poll: keeps one empty POST with a `wait` hint
-/// outstanding at the parent, so a back-channel message queued there comes
-/// down at once, and sends acknowledgements as soon as the [`Link`] has
-/// some (they would otherwise wait for the held poll to return). Runs until
-/// shutdown.
-pub async fn poll_until_shutdown(
-    link: Arc<Link>,
-    wait: Duration,
-    exchange_timeout: Duration,
-    mut shutdown: Shutdown,
-) {
-    let acks = {
-        let (link, mut shutdown) = (link.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = link.acks_ready() => {}
-                    _ = shutdown.wait() => return,
-                }
-                if link.has_acks() {
-                    if let Err(e) = link.exchange(link.outgoing(None), exchange_timeout).await {
-                        tracing::debug!(error = %e, "ack post failed; acks kept for the next post");
-                    }
-                }
-            }
-        })
-    };
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    loop {
-        let out = link.outgoing(Some(wait));
-        let r = tokio::select! {
-            r = link.exchange(out, wait + exchange_timeout) => r,
-            _ = shutdown.wait() => break,
-        };
-        if let Err(e) = r {
-            let d = backoff.next_delay();
-            tracing::debug!(error = %e, retry_in = ?d, "long-poll failed");
-            tokio::select! {
-                _ = tokio::time::sleep(d) => {}
-                _ = shutdown.wait() => break,
-            }
-        } else {
-            backoff.reset();
-        }
-    }
-    acks.abort();
 }

@@ -30,6 +30,25 @@ use crate::store::{GroupCommit, QueueStore, QueueWrite, SpoolKey, SpoolRecord, S
 /// The pseudo-queue under which a node marks what it received from its
 /// parent (not a valid component ID, so it cannot clash with a queue name).
 pub const RECEIVED: &str = "^received";
+/// The pseudo-queue holding control actions that were received (their
+/// received mark is durable) but whose result is not yet spooled; what is
+/// left there at start is carried out then.
+pub const CONTROL: &str = "^control";
+
+/// True for a pseudo-queue name ([`RECEIVED`], [`CONTROL`]), which is never
+/// a destination.
+pub fn is_pseudo(queue: &str) -> bool {
+    queue.starts_with('^')
+}
+
+/// One message offered by [`Queues::offer_many`].
+#[derive(Debug, Clone, Default)]
+pub struct Offer {
+    /// Entries to queue, each to its named queue.
+    pub push: Vec<(String, SpoolRecord)>,
+    /// The message ID to mark as received from the parent, if it came from there.
+    pub received: Option<MessageId>,
+}
 
 /// How queues behave.
 #[derive(Debug, Clone)]
@@ -142,6 +161,7 @@ pub struct Queues {
     offering: tokio::sync::Mutex<()>,
     any: Notify,
     version: std::sync::atomic::AtomicU64,
+    commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Queues {
@@ -164,7 +184,10 @@ impl Queues {
             }
         }
         let s = store.clone();
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let c = commits.clone();
         let writer = GroupCommit::spawn("queue-writer", move |ws: Vec<QueueWrite>| {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let sizes: Vec<usize> = ws.iter().map(|w| w.push.len()).collect();
             let mut all = QueueWrite::default();
             for w in ws {
@@ -188,6 +211,7 @@ impl Queues {
             offering: tokio::sync::Mutex::new(()),
             any: Notify::new(),
             version: std::sync::atomic::AtomicU64::new(0),
+            commits,
         });
         let weak = Arc::downgrade(&queues);
         tokio::spawn(async move {
@@ -232,64 +256,132 @@ impl Queues {
         push: Vec<(String, SpoolRecord)>,
         received: Option<MessageId>,
     ) -> Result<Offered, StoreError> {
+        self.offer_many(vec![Offer { push, received }])
+            .await
+            .pop()
+            .unwrap_or(Ok(Offered::Queued(0)))
+    }
+
+    /// [`Queues::offer`] for many messages in **one** durable commit (a whole
+    /// reply from the parent): one answer per offer, in order. Offers are
+    /// taken while they fit the capacity; one that does not fit fails with
+    /// [`StoreError::Full`] and those after it are still tried. A received
+    /// ID seen before, or earlier in the same call, is [`Offered::Duplicate`].
+    ///
+    /// # Durability
+    /// Returns after fsync; every `Queued` answer (and its received mark) is durable.
+    pub async fn offer_many(&self, offers: Vec<Offer>) -> Vec<Result<Offered, StoreError>> {
         let _one = self.offering.lock().await;
+        let until = Timestamp::now().after(self.cfg.remember);
         let mut w = QueueWrite::default();
+        let mut answers: Vec<Option<Result<Offered, StoreError>>> =
+            Vec::with_capacity(offers.len());
+        // Per accepted offer: its pushes' range in `w.push` and its received ID.
+        let mut taken: Vec<(usize, std::ops::Range<usize>, Option<MessageId>)> = Vec::new();
         {
             let st = self.lock();
-            if received.is_some_and(|id| st.seen.contains_key(&id)) {
-                return Ok(Offered::Duplicate);
-            }
-            let mut size = 0u64;
+            let mut bytes = st.bytes;
+            let mut marked = HashSet::new();
             let mut here = HashSet::new();
-            for (q, r) in push {
-                let dup = st
-                    .queues
-                    .get(&q)
-                    .is_some_and(|x| x.by_id.contains_key(&r.id));
-                if dup || !here.insert((q.clone(), r.id)) {
+            for (i, Offer { push, received }) in offers.into_iter().enumerate() {
+                if received.is_some_and(|id| st.seen.contains_key(&id) || !marked.insert(id)) {
+                    answers.push(Some(Ok(Offered::Duplicate)));
                     continue;
                 }
-                size += r.size();
-                w.push.push((q, r));
-            }
-            if st.bytes + size > self.cfg.capacity_bytes {
-                return Err(StoreError::Full {
-                    needed: size,
-                    free: self.cfg.capacity_bytes.saturating_sub(st.bytes),
-                    capacity: self.cfg.capacity_bytes,
-                });
-            }
-        }
-        let until = Timestamp::now().after(self.cfg.remember);
-        if let Some(id) = received {
-            w.mark.push((RECEIVED.to_string(), id, until));
-        }
-        if w.is_empty() {
-            return Ok(Offered::Queued(0));
-        }
-        let pushed = w.push.clone();
-        let keys = self.writer.submit(w).await??;
-        let n = pushed.len();
-        let mut wake = Vec::new();
-        {
-            let mut st = self.lock();
-            if let Some(id) = received {
-                st.seen.insert(id, until);
-            }
-            for ((q, r), k) in pushed.into_iter().zip(keys) {
-                if let Some(n) = st.waiters.get(&q) {
-                    wake.push(n.clone());
+                let mut mine = Vec::with_capacity(push.len());
+                let mut size = 0u64;
+                for (q, r) in push {
+                    let dup = st
+                        .queues
+                        .get(&q)
+                        .is_some_and(|x| x.by_id.contains_key(&r.id));
+                    if dup || here.contains(&(q.clone(), r.id)) {
+                        continue;
+                    }
+                    size += r.size();
+                    mine.push((q, r));
                 }
-                st.insert(q, k, r);
+                if bytes + size > self.cfg.capacity_bytes {
+                    if let Some(id) = received {
+                        marked.remove(&id);
+                    }
+                    answers.push(Some(Err(StoreError::Full {
+                        needed: size,
+                        free: self.cfg.capacity_bytes.saturating_sub(bytes),
+                        capacity: self.cfg.capacity_bytes,
+                    })));
+                    continue;
+                }
+                bytes += size;
+                for (q, r) in &mine {
+                    here.insert((q.clone(), r.id));
+                }
+                let start = w.push.len();
+                w.push.extend(mine);
+                if let Some(id) = received {
+                    w.mark.push((RECEIVED.to_string(), id, until));
+                }
+                taken.push((i, start..w.push.len(), received));
+                answers.push(None);
             }
         }
-        for n in wake {
-            n.notify_waiters();
+        if !w.is_empty() {
+            let pushed = w.push.clone();
+            match self.writer.submit(w).await.and_then(|r| r) {
+                Ok(keys) => {
+                    let mut wake = Vec::new();
+                    {
+                        let mut st = self.lock();
+                        for (_, _, received) in &taken {
+                            if let Some(id) = received {
+                                st.seen.insert(*id, until);
+                            }
+                        }
+                        for ((q, r), k) in pushed.into_iter().zip(keys) {
+                            if let Some(n) = st.waiters.get(&q) {
+                                wake.push(n.clone());
+                            }
+                            st.insert(q, k, r);
+                        }
+                    }
+                    for n in wake {
+                        n.notify_waiters();
+                    }
+                    self.version
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    self.any.notify_waiters();
+                }
+                Err(e) => {
+                    for (i, _, _) in &taken {
+                        answers[*i] = Some(Err(e.clone()));
+                    }
+                }
+            }
         }
-        self.version
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.any.notify_waiters();
-        Ok(Offered::Queued(n))
+        for (i, range, _) in taken {
+            if answers[i].is_none() {
+                answers[i] = Some(Ok(Offered::Queued(range.len())));
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Ok(Offered::Queued(0))))
+            .collect()
+    }
+
+    /// Durable commits made so far (each one transaction and one fsync).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Exposes [`Queues::commits`] as `rsnet_queue_commits_total`.
+    pub fn register_commits(&self, metrics: &crate::metrics::Registry) {
+        let c = self.commits.clone();
+        metrics.gauge(
+            "rsnet_queue_commits_total",
+            "durable commits (transaction + fsync) of the back-channel queues or inbox",
+            move || c.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
     }
 
     /// Leases entries of `queue` for delivery, in precedence-then-age order,
@@ -452,9 +544,14 @@ impl Queues {
         let _ = tokio::time::timeout_at(until.into(), notified).await;
     }
 
-    /// Names of the queues holding entries.
+    /// Names of the queues holding entries (pseudo-queues left out).
     pub fn names(&self) -> Vec<String> {
-        self.lock().queues.keys().cloned().collect()
+        self.lock()
+            .queues
+            .keys()
+            .filter(|q| !is_pseudo(q))
+            .cloned()
+            .collect()
     }
 
     /// Counters over all queues.

@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::backchannel::BackChannelClient;
 use crate::envelope::budget;
 use crate::id::MessageId;
-use crate::link::{Link, LinkError};
+use crate::link::LinkError;
 use crate::model::Response;
 
 /// A message ready to send: its ID and encoded parts, and what it costs in an envelope.
@@ -66,7 +67,7 @@ pub struct Delivery {
 /// are unanswered for the caller, who sends them again (the appserver drops
 /// repeats).
 pub async fn deliver(
-    link: &Link,
+    uplink: &BackChannelClient,
     parcels: &[Parcel],
     max_batch: usize,
     timeout: Duration,
@@ -74,7 +75,7 @@ pub async fn deliver(
     let mut d = Delivery::default();
     let mut at = 0;
     for n in budget::split(parcels.iter().map(|p| p.cost), max_batch) {
-        send(link, &parcels[at..at + n], timeout, &mut d).await;
+        send(uplink, &parcels[at..at + n], timeout, &mut d).await;
         if d.error.is_some() {
             break; // the parent is unreachable: the rest waits too
         }
@@ -83,17 +84,17 @@ pub async fn deliver(
     d
 }
 
-async fn send(link: &Link, parcels: &[Parcel], timeout: Duration, d: &mut Delivery) {
+async fn send(uplink: &BackChannelClient, parcels: &[Parcel], timeout: Duration, d: &mut Delivery) {
     // Halving is iterative (a stack of ranges), not recursive: at most
     // 2·log2(n) extra posts find one refused message.
     let mut todo = vec![parcels];
     while let Some(batch) = todo.pop() {
-        let mut out = link.outgoing(None);
+        let mut out = uplink.outgoing(None);
         for p in batch {
             out.writer.raw(&p.id, &p.header, &p.content);
         }
         d.posts += 1;
-        match link.exchange(out, timeout).await {
+        match uplink.exchange(out, timeout).await {
             Ok(reply) => d.answers.extend(reply.control.answers()),
             Err(e) if e.is_permanent() && batch.len() > 1 => {
                 let (a, b) = batch.split_at(batch.len() / 2);

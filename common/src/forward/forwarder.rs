@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::link::{Backoff, Link};
+use crate::backchannel::BackChannelClient;
+use crate::link::Backoff;
 use crate::metrics::{Counter, Registry};
 use crate::model::{Status, Timestamp};
 use crate::server::Shutdown;
@@ -76,7 +77,7 @@ struct State {
 /// ```
 pub struct Forwarder {
     outbox: Arc<Outbox>,
-    link: Arc<Link>,
+    uplink: Arc<BackChannelClient>,
     dead: Arc<DeadLetters>,
     cfg: ForwardConfig,
     counters: Counters,
@@ -86,10 +87,10 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// A forwarder for `outbox` over `link`, registering its metrics.
+    /// A forwarder for `outbox` over `uplink`, registering its metrics.
     pub fn new(
         outbox: Arc<Outbox>,
-        link: Arc<Link>,
+        uplink: Arc<BackChannelClient>,
         dead: Arc<DeadLetters>,
         cfg: ForwardConfig,
         metrics: &Registry,
@@ -97,7 +98,7 @@ impl Forwarder {
         Arc::new(Forwarder {
             slots: Arc::new(Semaphore::new(cfg.max_inflight)),
             outbox,
-            link,
+            uplink,
             dead,
             cfg,
             counters: Counters::new(metrics),
@@ -115,7 +116,7 @@ impl Forwarder {
     pub fn with_config(&self, cfg: ForwardConfig) -> Arc<Forwarder> {
         Forwarder::new(
             self.outbox.clone(),
-            self.link.clone(),
+            self.uplink.clone(),
             self.dead.clone(),
             cfg,
             &Registry::default(),
@@ -229,7 +230,7 @@ impl Forwarder {
             .collect();
         self.counters.sent.add(entries.len() as u64);
         let delivery = deliver(
-            &self.link,
+            &self.uplink,
             &parcels,
             self.cfg.max_batch,
             self.cfg.exchange_timeout,

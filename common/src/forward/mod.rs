@@ -31,6 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::backchannel::BackChannelClient;
 use crate::envelope::wire;
 use crate::id::MessageId;
 use crate::link::Link;
@@ -213,8 +214,8 @@ pub async fn heartbeat_until_shutdown(
 /// upward: the link to its parent, its spool behind an [`Outbox`], and a
 /// [`Forwarder`] ready to run. Built once from the `[uplink]` section.
 pub struct Sender {
-    /// The link to the parent.
-    pub link: Arc<Link>,
+    /// The link to the parent, with the back-channel state riding on it.
+    pub uplink: Arc<BackChannelClient>,
     /// The durable spool front.
     pub outbox: Arc<Outbox>,
     /// The forwarder (not yet running).
@@ -250,11 +251,18 @@ impl Sender {
             s.stats().bytes as f64
         });
         let outbox = Outbox::new(spool)?;
+        let client = BackChannelClient::new(link, metrics);
         let config = uplink.forward_config();
         let dead = DeadLetters::open(kv, metrics)?;
-        let forwarder = Forwarder::new(outbox.clone(), link.clone(), dead, config.clone(), metrics);
+        let forwarder = Forwarder::new(
+            outbox.clone(),
+            client.clone(),
+            dead,
+            config.clone(),
+            metrics,
+        );
         Ok(Sender {
-            link,
+            uplink: client,
             outbox,
             forwarder,
             config,

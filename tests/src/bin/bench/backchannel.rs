@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Method;
+use rsnet_common::backchannel::BackChannelClient;
 use rsnet_common::client::{call, Target};
 use rsnet_common::link::Link;
+use rsnet_common::metrics::Registry;
 use rsnet_common::tls::{Role, TlsPaths};
 use rsnet_demo::{json_call, metric};
 
@@ -194,7 +196,10 @@ pub async fn run(dir: &std::path::Path) {
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
     let mut kids = Vec::with_capacity(IDLE_CHILDREN);
     for _ in 0..IDLE_CHILDREN {
-        let link = Link::new(std::slice::from_ref(&url), tls.clone(), None).expect("link");
+        let link = BackChannelClient::new(
+            Link::new(std::slice::from_ref(&url), tls.clone(), None).expect("link"),
+            &Registry::default(),
+        );
         let (polls, gate) = (polls.clone(), gate.clone());
         kids.push(tokio::spawn(async move {
             let wait = Duration::from_secs(25);
