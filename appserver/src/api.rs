@@ -296,13 +296,13 @@ impl Api {
                     Ok(p) => p,
                     Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
                 };
-                match groups.put(&name, &put.members) {
+                match groups.put(&name, &put.members).await {
                     Ok(g) => json(StatusCode::OK, &g),
                     Err(e @ GroupError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
                 }
             }
-            Method::DELETE => match groups.delete(&name) {
+            Method::DELETE => match groups.delete(&name).await {
                 Ok(true) => json(StatusCode::OK, &json!({ "deleted": name.to_string() })),
                 Ok(false) => error(StatusCode::NOT_FOUND, format!("no such group {name}")),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

@@ -216,6 +216,7 @@ impl Deliveries {
                     })
                     .collect()
             };
+            #[allow(clippy::disallowed_methods)] // on the delivery writer thread
             let r = kv.put(pairs);
             reqs.iter().map(|_| r.clone()).collect()
         })?;

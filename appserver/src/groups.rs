@@ -52,7 +52,7 @@ impl Groups {
     ///
     /// # Errors
     /// [`GroupError::Invalid`] naming the bad member; store failures.
-    pub fn put(&self, name: &GroupName, members: &[String]) -> Result<Group, GroupError> {
+    pub async fn put(&self, name: &GroupName, members: &[String]) -> Result<Group, GroupError> {
         if members.is_empty() {
             return Err(GroupError::Invalid(
                 "members: a group needs at least one member".into(),
@@ -91,7 +91,7 @@ impl Groups {
             members,
         };
         let v = serde_json::to_vec(&g).map_err(|e| GroupError::Invalid(e.to_string()))?;
-        self.kv.put(vec![(key(name), v)])?;
+        rsnet_common::store::put_async(&self.kv, vec![(key(name), v)]).await?;
         Ok(g)
     }
 
@@ -110,10 +110,10 @@ impl Groups {
     ///
     /// # Errors
     /// Store failures.
-    pub fn delete(&self, name: &GroupName) -> Result<bool, StoreError> {
+    pub async fn delete(&self, name: &GroupName) -> Result<bool, StoreError> {
         let existed = self.kv.get(&key(name))?.is_some();
         if existed {
-            self.kv.delete(&[key(name)])?;
+            rsnet_common::store::delete_async(&self.kv, vec![key(name)]).await?;
         }
         Ok(existed)
     }

@@ -88,6 +88,7 @@ impl App {
                 msgs.extend(m);
                 state.extend(s);
             }
+            #[allow(clippy::disallowed_methods)] // on the store writer thread
             match m.append(msgs, state) {
                 Ok(mut all) => {
                     let _ = tx.send(m.last_seq());

@@ -130,13 +130,20 @@ pub trait Controlled: Send + Sync + 'static {
     fn forwarding(&self) -> &'static str {
         "n/a"
     }
-    /// Turns forwarding on or off (proxies).
-    fn set_forwarding(&self, _on: bool) -> Result<(), String> {
-        Err("this node does not forward on its own".into())
+    /// Turns forwarding on or off (proxies); durable.
+    fn set_forwarding(
+        &self,
+        _on: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async { Err("this node does not forward on its own".into()) })
     }
-    /// Enables or disables a support instance (proxies).
-    fn set_instance(&self, _id: &ComponentId, _on: bool) -> Result<(), String> {
-        Err("this node has no support instances".into())
+    /// Enables or disables a support instance (proxies); durable.
+    fn set_instance<'a>(
+        &'a self,
+        _id: &'a ComponentId,
+        _on: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async { Err("this node has no support instances".into()) })
     }
 }
 
@@ -212,15 +219,19 @@ pub async fn act(node: &dyn Controlled, dest: &ComponentId, item: &Item) -> Resp
         },
         ("disable-forwarding", true) => node
             .set_forwarding(false)
+            .await
             .map(|_| "forwarding disabled".into()),
         ("enable-forwarding", true) => node
             .set_forwarding(true)
+            .await
             .map(|_| "forwarding enabled".into()),
         ("disable-instance", false) => node
             .set_instance(dest, false)
+            .await
             .map(|_| format!("{dest} disabled")),
         ("enable-instance", false) => node
             .set_instance(dest, true)
+            .await
             .map(|_| format!("{dest} enabled")),
         ("disable-instance" | "enable-instance", true) => Err(format!(
             "{action} is addressed to a support instance, not {dest}"

@@ -124,12 +124,7 @@ impl Relay {
         if pairs.is_empty() {
             return;
         }
-        let kv = self.kv.clone();
-        let r = tokio::task::spawn_blocking(move || kv.put(pairs)).await;
-        if let Err(e) = r
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
+        if let Err(e) = rsnet_common::store::put_async(&self.kv, pairs).await {
             tracing::warn!(error = %e, "routes not persisted; relearned from traffic");
         }
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use rsnet_common::heartbeat::InstanceStatus;
 use rsnet_common::id::ComponentId;
-use rsnet_common::store::{KvStore, StoreError};
+use rsnet_common::store::{delete_async, put_async, KvStore, StoreError};
 
 const PREFIX: &str = "si/";
 const NEXT: &str = "si-next";
@@ -23,6 +23,8 @@ pub struct Instances {
     me: ComponentId,
     kv: Arc<dyn KvStore>,
     map: Mutex<(HashMap<String, ComponentId>, u64)>,
+    /// Allocations are one at a time, so two keys never get one number.
+    allocating: tokio::sync::Mutex<()>,
     disabled: Mutex<HashSet<ComponentId>>,
 }
 
@@ -54,6 +56,7 @@ impl Instances {
             me,
             kv,
             map: Mutex::new((map, next)),
+            allocating: tokio::sync::Mutex::new(()),
             disabled: Mutex::new(disabled),
         })
     }
@@ -62,53 +65,59 @@ impl Instances {
     ///
     /// # Errors
     /// A bad key (empty, too long, control characters) or a store failure.
-    pub fn id_for(&self, key: &str) -> Result<ComponentId, String> {
+    pub async fn id_for(&self, key: &str) -> Result<ComponentId, String> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
             return Err(format!(
                 "support_instance: key must be 1-{MAX_KEY_BYTES} bytes without control characters"
             ));
         }
-        let mut g = self
-            .map
-            .lock()
-            .map_err(|_| "allocator poisoned".to_string())?;
-        if let Some(id) = g.0.get(key) {
-            return Ok(id.clone());
+        if let Some(id) = self.known(key) {
+            return Ok(id);
         }
-        let n = g.1;
+        let _one = self.allocating.lock().await;
+        if let Some(id) = self.known(key) {
+            return Ok(id);
+        }
+        let n = self.lock().1;
         let id = self
             .me
             .child(&format!("si{n}"))
             .map_err(|e| e.to_string())?;
-        self.kv
-            .put(vec![
-                (format!("{PREFIX}{key}"), id.to_string().into_bytes()),
-                (NEXT.into(), (n + 1).to_string().into_bytes()),
-            ])
+        let pairs = vec![
+            (format!("{PREFIX}{key}"), id.to_string().into_bytes()),
+            (NEXT.into(), (n + 1).to_string().into_bytes()),
+        ];
+        put_async(&self.kv, pairs)
+            .await
             .map_err(|e| e.to_string())?;
+        let mut g = self.lock();
         g.0.insert(key.to_string(), id.clone());
         g.1 = n + 1;
         Ok(id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<String, ComponentId>, u64)> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn known(&self, key: &str) -> Option<ComponentId> {
+        self.lock().0.get(key).cloned()
     }
 
     /// Enables or disables a known instance (a control action); durable.
     ///
     /// # Errors
     /// An unknown instance or a store failure.
-    pub fn set_enabled(&self, id: &ComponentId, on: bool) -> Result<(), String> {
-        let known = self
-            .map
-            .lock()
-            .map(|g| g.0.values().any(|x| x == id))
-            .unwrap_or(false);
+    pub async fn set_enabled(&self, id: &ComponentId, on: bool) -> Result<(), String> {
+        let known = self.lock().0.values().any(|x| x == id);
         if !known {
             return Err(format!("no support instance {id} on this proxy"));
         }
         let key = format!("{DISABLED}{id}");
         let r = if on {
-            self.kv.delete(&[key])
+            delete_async(&self.kv, vec![key]).await
         } else {
-            self.kv.put(vec![(key, Vec::new())])
+            put_async(&self.kv, vec![(key, Vec::new())]).await
         };
         r.map_err(|e| e.to_string())?;
         let mut d = self.disabled.lock().unwrap_or_else(|p| p.into_inner());

@@ -125,12 +125,11 @@ impl LocalApi {
     ///
     /// # Errors
     /// A message naming the field.
-    pub fn build(&self, input: &MessageInput, i: usize) -> Result<Message, String> {
-        let si = input
-            .support_instance
-            .as_deref()
-            .map(|k| self.instances.id_for(k))
-            .transpose()?;
+    pub async fn build(&self, input: &MessageInput, i: usize) -> Result<Message, String> {
+        let si = match input.support_instance.as_deref() {
+            Some(k) => Some(self.instances.id_for(k).await?),
+            None => None,
+        };
         let Built {
             content,
             class,
@@ -278,7 +277,7 @@ impl LocalApi {
         let mut records = Vec::with_capacity(inputs.len());
         let until = Timestamp::now().after(self.key_window);
         for (i, (input, key)) in inputs.iter().enumerate() {
-            let m = match self.build(input, i) {
+            let m = match self.build(input, i).await {
                 Ok(m) => m,
                 Err(e) => return error(StatusCode::BAD_REQUEST, e),
             };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rsnet_common::control::{Controlled, NodeBase};
 use rsnet_common::forward::Forwarder;
 use rsnet_common::id::ComponentId;
-use rsnet_common::store::{KvStore, StoreError};
+use rsnet_common::store::{delete_async, put_async, KvStore, StoreError};
 
 use crate::instances::Instances;
 
@@ -75,18 +75,27 @@ impl Controlled for ProxyNode {
         }
     }
 
-    fn set_forwarding(&self, on: bool) -> Result<(), String> {
-        let r = if on {
-            self.kv.delete(&[FORWARDING.into()])
-        } else {
-            self.kv.put(vec![(FORWARDING.into(), b"off".to_vec())])
-        };
-        r.map_err(|e| e.to_string())?;
-        self.forwarder.set_enabled(on);
-        Ok(())
+    fn set_forwarding(
+        &self,
+        on: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let r = if on {
+                delete_async(&self.kv, vec![FORWARDING.into()]).await
+            } else {
+                put_async(&self.kv, vec![(FORWARDING.into(), b"off".to_vec())]).await
+            };
+            r.map_err(|e| e.to_string())?;
+            self.forwarder.set_enabled(on);
+            Ok(())
+        })
     }
 
-    fn set_instance(&self, id: &ComponentId, on: bool) -> Result<(), String> {
-        self.instances.set_enabled(id, on)
+    fn set_instance<'a>(
+        &'a self,
+        id: &'a ComponentId,
+        on: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(self.instances.set_enabled(id, on))
     }
 }

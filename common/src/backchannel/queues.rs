@@ -195,6 +195,7 @@ impl Queues {
                 all.remove.extend(w.remove);
                 all.mark.extend(w.mark);
             }
+            #[allow(clippy::disallowed_methods)] // on the queue writer thread
             match s.write(all) {
                 Ok(mut keys) => sizes
                     .into_iter()
@@ -224,7 +225,9 @@ impl Queues {
                 q.lock().seen.retain(|_, until| *until > now);
                 let s = q.store.clone();
                 drop(q);
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.prune_seen(now)).await {
+                #[allow(clippy::disallowed_methods)] // in spawn_blocking
+                let pruned = tokio::task::spawn_blocking(move || s.prune_seen(now)).await;
+                if let Ok(Err(e)) = pruned {
                     tracing::warn!(error = %e, "pruning seen marks failed");
                 }
             }

@@ -117,6 +117,7 @@ impl DeadLetters {
             (put, prune)
         };
         let kv = self.kv.clone();
+        #[allow(clippy::disallowed_methods)] // in spawn_blocking
         tokio::task::spawn_blocking(move || {
             kv.put(put)?;
             if prune.is_empty() {

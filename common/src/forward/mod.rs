@@ -97,6 +97,7 @@ impl Outbox {
                     }
                 }
             }
+            #[allow(clippy::disallowed_methods)] // on the spool writer thread
             match s.write_keyed(records, &remove, crate::model::Timestamp::now()) {
                 Ok(mut all) => sizes
                     .into_iter()

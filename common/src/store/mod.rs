@@ -140,6 +140,8 @@ pub enum Pushed {
 }
 
 /// A sender's durable outbound queue.
+// The provided methods delegate to one another; callers are checked.
+#[allow(clippy::disallowed_methods)]
 pub trait Spool: Send + Sync + 'static {
     /// Stores records in one durable commit. Each record succeeds or fails on
     /// its own: when the spool is full, non-persistent messages of lower
@@ -363,6 +365,32 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// Forgets seen marks that ended before `now`; returns how many.
     fn prune_seen(&self, now: Timestamp) -> Result<usize>;
+}
+
+/// [`KvStore::put`] on a blocking thread, for async code (a commit never
+/// runs on a tokio worker thread; `clippy.toml` enforces it).
+///
+/// # Errors
+/// As [`KvStore::put`].
+pub async fn put_async(
+    kv: &std::sync::Arc<dyn KvStore>,
+    pairs: Vec<(String, Vec<u8>)>,
+) -> Result<()> {
+    let kv = kv.clone();
+    #[allow(clippy::disallowed_methods)] // in spawn_blocking
+    let r = tokio::task::spawn_blocking(move || kv.put(pairs)).await;
+    r.map_err(|e| StoreError::Backend(e.to_string()))?
+}
+
+/// [`KvStore::delete`] on a blocking thread, for async code.
+///
+/// # Errors
+/// As [`KvStore::delete`].
+pub async fn delete_async(kv: &std::sync::Arc<dyn KvStore>, keys: Vec<String>) -> Result<()> {
+    let kv = kv.clone();
+    #[allow(clippy::disallowed_methods)] // in spawn_blocking
+    let r = tokio::task::spawn_blocking(move || kv.delete(&keys)).await;
+    r.map_err(|e| StoreError::Backend(e.to_string()))?
 }
 
 /// Small durable key/value state.

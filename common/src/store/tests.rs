@@ -1,3 +1,6 @@
+// Synchronous tests on the test thread: no tokio worker to stall.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::HashSet;
 
 use bytes::Bytes;

@@ -34,6 +34,7 @@ fn main() {
                 content: Bytes::from(vec![b'x'; 1024]),
             })
             .collect();
+        #[allow(clippy::disallowed_methods)] // a plain thread, no tokio runtime here
         messages.append(batch, vec![]).expect("append");
         n += 8;
         let mut o = out.lock();
