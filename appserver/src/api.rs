@@ -25,7 +25,7 @@ use rsnet_common::metrics::Registry;
 use rsnet_common::model::Timestamp;
 use rsnet_common::pipeline::{exchange, ExchangeService, PassThrough, Pipeline};
 use rsnet_common::server::Peer;
-use rsnet_common::store::{MessageFilter, MessageStore, StoredMessage};
+use rsnet_common::store::{MessageFilter, StoredMessage};
 use rsnet_common::tls::Role;
 use serde_json::{json, Value};
 

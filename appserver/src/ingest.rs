@@ -13,9 +13,8 @@ use rsnet_common::id::ComponentId;
 use rsnet_common::metrics::{Counter, Registry};
 use rsnet_common::model::{Hop, Timestamp};
 use rsnet_common::pipeline::{Exchange, Judged, Stage, StageFuture, Verdict};
-use rsnet_common::store::redb::{RedbMessages, RedbStore};
 use rsnet_common::store::{
-    Appended, GroupCommit, KvStore, MessageStore, StoreError, StoredMessage,
+    Appended, Backend, GroupCommit, KvStore, MessageStore, StoreError, StoredMessage,
 };
 use tokio::sync::watch;
 
@@ -34,7 +33,7 @@ pub struct App {
     /// This appserver's ID.
     pub me: ComponentId,
     /// The message store.
-    pub messages: Arc<RedbMessages>,
+    pub messages: Arc<dyn MessageStore>,
     /// Components.
     pub topology: Mutex<Topology>,
     writer: GroupCommit<Batch, Result<Vec<Appended>, StoreError>>,
@@ -58,15 +57,15 @@ impl App {
     /// Store failures.
     pub fn open(
         me: ComponentId,
-        store: &RedbStore,
+        store: &dyn Backend,
         backchannel: BackChannelConfig,
         metrics: &Registry,
     ) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
-        let kv: Arc<dyn KvStore> = Arc::new(store.kv());
+        let kv: Arc<dyn KvStore> = store.kv();
         let deliveries = Deliveries::open(kv.clone())?;
         let backchannel = BackChannel::open(
             me.clone(),
-            Arc::new(store.queues()?),
+            store.queues()?,
             kv.clone(),
             backchannel,
             metrics,
@@ -77,7 +76,7 @@ impl App {
             groups: Arc::new(Groups::new(kv)),
             deliveries: deliveries.clone(),
         };
-        let messages = Arc::new(store.messages()?);
+        let messages = store.messages()?;
         let topology = Topology::load(store.kv().list(topology::PREFIX)?);
         let (tx, rx) = watch::channel(messages.last_seq());
         let m = messages.clone();

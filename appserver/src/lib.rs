@@ -22,7 +22,7 @@ use std::sync::Arc;
 use rsnet_common::config::{self, BackChannelSection, ConfigError};
 use rsnet_common::metrics::Registry;
 use rsnet_common::server::{self, Shutdown};
-use rsnet_common::store::redb::RedbStore;
+use rsnet_common::store::{self, StoreConfig};
 use rsnet_common::tls::{self, ReloadingServerConfig, TlsPaths};
 use serde::Deserialize;
 
@@ -43,6 +43,9 @@ pub struct Config {
     /// Back-channel queues toward the children.
     #[serde(default)]
     pub backchannel: BackChannelSection,
+    /// Where durable state lives.
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 impl Config {
@@ -57,6 +60,7 @@ impl Config {
             errors.push("max_connections: must be at least 1".into());
         }
         c.backchannel.validate(&mut errors);
+        c.store.validate(&mut errors);
         ConfigError::check(path, errors)?;
         Ok(c)
     }
@@ -72,9 +76,14 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     rsnet_common::ready::clear(&cfg.data_dir);
     let me = tls::own_identity(&cfg.tls)?;
-    let store = RedbStore::open(&cfg.data_dir)?;
+    let store = store::open(&cfg.store, &cfg.data_dir)?;
     let metrics = Registry::default();
-    let app = ingest::App::open(me.id.clone(), &store, cfg.backchannel.config(), &metrics)?;
+    let app = ingest::App::open(
+        me.id.clone(),
+        store.as_ref(),
+        cfg.backchannel.config(),
+        &metrics,
+    )?;
     let tls = ReloadingServerConfig::start(cfg.tls.clone())?;
     let listener = server::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;

@@ -31,8 +31,7 @@ use rsnet_common::metrics::Registry;
 use rsnet_common::pipeline::{self, ExchangeService, PassThrough, Pipeline};
 use rsnet_common::ready;
 use rsnet_common::server::{self, Shutdown};
-use rsnet_common::store::redb::RedbStore;
-use rsnet_common::store::{KvStore, Spool};
+use rsnet_common::store::{self, KvStore, Spool, StoreConfig};
 use rsnet_common::tls::{self, ReloadingServerConfig, TlsPaths};
 use serde::Deserialize;
 
@@ -61,6 +60,9 @@ pub struct Config {
     /// Back-channel queues toward the children.
     #[serde(default)]
     pub backchannel: BackChannelSection,
+    /// Where durable state lives.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -81,6 +83,7 @@ impl Config {
         let mut errors = Vec::new();
         c.uplink.validate(&mut errors);
         c.backchannel.validate(&mut errors);
+        c.store.validate(&mut errors);
         if c.heartbeat_interval_s == 0 {
             errors.push("heartbeat_interval_s: must be at least 1".into());
         }
@@ -104,9 +107,9 @@ pub async fn run(
     let started = Instant::now();
     let me = tls::own_identity(&cfg.tls)?;
     let metrics = Registry::default();
-    let store = RedbStore::open(&cfg.data_dir)?;
-    let spool: Arc<dyn Spool> = Arc::new(store.spool(cfg.spool_capacity_bytes)?);
-    let kv: Arc<dyn KvStore> = Arc::new(store.kv());
+    let store = store::open(&cfg.store, &cfg.data_dir)?;
+    let spool: Arc<dyn Spool> = store.spool(cfg.spool_capacity_bytes)?;
+    let kv: Arc<dyn KvStore> = store.kv();
     let forward::Sender {
         uplink,
         outbox,
@@ -115,7 +118,7 @@ pub async fn run(
     } = forward::Sender::new(&cfg.uplink, &cfg.tls, spool.clone(), kv.clone(), &metrics)?;
     let bc = BackChannel::open(
         me.id.clone(),
-        Arc::new(store.queues()?),
+        store.queues()?,
         kv.clone(),
         cfg.backchannel.config(),
         &metrics,

@@ -27,8 +27,7 @@ use rsnet_common::heartbeat::{self, StatusTree};
 use rsnet_common::metrics::Registry;
 use rsnet_common::ready;
 use rsnet_common::server::{self, Shutdown};
-use rsnet_common::store::redb::RedbStore;
-use rsnet_common::store::{KvStore, Spool};
+use rsnet_common::store::{self, KvStore, Spool, StoreConfig};
 use rsnet_common::tls::{self, TlsPaths};
 use serde::Deserialize;
 
@@ -88,6 +87,9 @@ pub struct Config {
     /// The inbox (back-channel messages for local integrators).
     #[serde(default)]
     pub inbox: InboxConfig,
+    /// Where durable state lives.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -128,6 +130,7 @@ impl Config {
         c.source = Some(path.to_path_buf());
         let mut errors = Vec::new();
         c.uplink.validate(&mut errors);
+        c.store.validate(&mut errors);
         match c.local_api.listen.parse::<SocketAddr>() {
             Ok(a) if a.ip().is_loopback() => {}
             Ok(_) => errors.push("local_api.listen: must be a loopback address (the local API has no authentication)".into()),
@@ -179,9 +182,9 @@ pub async fn run(
     let started = Instant::now();
     let me = tls::own_identity(&cfg.tls)?;
     let metrics = Registry::default();
-    let store = RedbStore::open(&cfg.data_dir)?;
-    let spool: Arc<dyn Spool> = Arc::new(store.spool(cfg.spool_capacity_bytes)?);
-    let kv: Arc<dyn KvStore> = Arc::new(store.kv());
+    let store = store::open(&cfg.store, &cfg.data_dir)?;
+    let spool: Arc<dyn Spool> = store.spool(cfg.spool_capacity_bytes)?;
+    let kv: Arc<dyn KvStore> = store.kv();
     let instances = Arc::new(instances::Instances::load(me.id.clone(), kv.clone())?);
     let forward::Sender {
         uplink,
@@ -212,7 +215,7 @@ pub async fn run(
         kv.clone(),
     )?;
     let queues = Queues::open(
-        Arc::new(store.queues()?),
+        store.queues()?,
         QueuesConfig {
             capacity_bytes: cfg.inbox.capacity_bytes,
             lease: Duration::from_secs(cfg.inbox.lease_s),

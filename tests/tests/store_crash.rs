@@ -7,8 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rsnet_common::store::redb::RedbStore;
-use rsnet_common::store::{MessageFilter, MessageStore};
+use rsnet_common::store::{open, StoreConfig};
+use rsnet_common::store::MessageFilter;
 
 #[test]
 fn writer_killed_at_random_moments_never_loses_an_acknowledged_record() {
@@ -43,7 +43,7 @@ fn writer_killed_at_random_moments_never_loses_an_acknowledged_record() {
         if let Some(n) = reader.join().expect("reader") {
             acked = acked.max(n);
         }
-        let store = RedbStore::open(&dir)
+        let store = open(&StoreConfig::default(), &dir)
             .unwrap_or_else(|e| panic!("round {round}: store does not reopen: {e}"));
         let m = store.messages().expect("messages");
         let count = m.count().expect("count");

@@ -581,7 +581,7 @@ impl Queues {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::redb::RedbStore;
+    use crate::store::{open as open_store, StoreConfig};
     use bytes::Bytes;
 
     fn rec(precedence: u8, expiry: Option<Timestamp>) -> SpoolRecord {
@@ -612,12 +612,8 @@ mod tests {
     #[tokio::test]
     async fn order_lease_ack_and_restart() {
         let dir = tmp();
-        let store = RedbStore::open(&dir).unwrap();
-        let q = Queues::open(
-            Arc::new(store.queues().unwrap()),
-            cfg(Duration::from_secs(60)),
-        )
-        .unwrap();
+        let store = open_store(&StoreConfig::default(), &dir).unwrap();
+        let q = Queues::open(store.queues().unwrap(), cfg(Duration::from_secs(60))).unwrap();
         let (low, high, gone) = (
             rec(1, None),
             rec(8, None),
@@ -645,11 +641,7 @@ mod tests {
 
         // A fresh view loads only what is durable: leases are gone, and
         // what was not acked comes again.
-        let q = Queues::open(
-            Arc::new(store.queues().unwrap()),
-            cfg(Duration::from_secs(60)),
-        )
-        .unwrap();
+        let q = Queues::open(store.queues().unwrap(), cfg(Duration::from_secs(60))).unwrap();
         let ids: Vec<_> = q
             .take("c", 1 << 20, 10)
             .await
@@ -663,8 +655,8 @@ mod tests {
     #[tokio::test]
     async fn lease_expiry_resends_and_received_marks_dedupe() {
         let dir = tmp();
-        let store = RedbStore::open(&dir).unwrap();
-        let q = Queues::open(Arc::new(store.queues().unwrap()), cfg(Duration::ZERO)).unwrap();
+        let store = open_store(&StoreConfig::default(), &dir).unwrap();
+        let q = Queues::open(store.queues().unwrap(), cfg(Duration::ZERO)).unwrap();
         let r = rec(4, None);
         let id = r.id;
         assert_eq!(
@@ -684,7 +676,7 @@ mod tests {
         assert_eq!(q.take("c", 1 << 20, 10).await.records.len(), 1);
         q.ack("c", &[id]).await;
         drop(q);
-        let q = Queues::open(Arc::new(store.queues().unwrap()), cfg(Duration::ZERO)).unwrap();
+        let q = Queues::open(store.queues().unwrap(), cfg(Duration::ZERO)).unwrap();
         assert!(q.was_received(&id), "mark survives restart");
         assert_eq!(q.stats().messages, 0);
     }
@@ -692,10 +684,10 @@ mod tests {
     #[tokio::test]
     async fn full_and_wait() {
         let dir = tmp();
-        let store = RedbStore::open(&dir).unwrap();
+        let store = open_store(&StoreConfig::default(), &dir).unwrap();
         let mut c = cfg(Duration::from_secs(60));
         c.capacity_bytes = 200;
-        let q = Queues::open(Arc::new(store.queues().unwrap()), c).unwrap();
+        let q = Queues::open(store.queues().unwrap(), c).unwrap();
         let big = SpoolRecord {
             content: Bytes::from(vec![b'x'; 300]),
             ..rec(4, None)

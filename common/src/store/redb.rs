@@ -120,7 +120,7 @@ impl RedbStore {
     ///
     /// # Errors
     /// If the recovery scan fails.
-    pub fn spool(&self, capacity: u64) -> Result<RedbSpool> {
+    fn redb_spool(&self, capacity: u64) -> Result<RedbSpool> {
         let r = self.db.begin_read().map_err(be)?;
         let t = r.open_table(SPOOL).map_err(be)?;
         let mut st = SpoolState {
@@ -148,7 +148,7 @@ impl RedbStore {
     ///
     /// # Errors
     /// If the last sequence number cannot be read.
-    pub fn messages(&self) -> Result<RedbMessages> {
+    fn redb_messages(&self) -> Result<RedbMessages> {
         let r = self.db.begin_read().map_err(be)?;
         let t = r.open_table(MESSAGES).map_err(be)?;
         let last = t.last().map_err(be)?.map(|(k, _)| k.value()).unwrap_or(0);
@@ -159,7 +159,7 @@ impl RedbStore {
     }
 
     /// The key/value view.
-    pub fn kv(&self) -> RedbKv {
+    fn redb_kv(&self) -> RedbKv {
         RedbKv {
             db: self.db.clone(),
         }
@@ -169,7 +169,7 @@ impl RedbStore {
     ///
     /// # Errors
     /// If the sequence counter cannot be read.
-    pub fn queues(&self) -> Result<RedbQueues> {
+    fn redb_queues(&self) -> Result<RedbQueues> {
         let r = self.db.begin_read().map_err(be)?;
         let m = r.open_table(SPOOL_META).map_err(be)?;
         let next = m
@@ -181,6 +181,21 @@ impl RedbStore {
             db: self.db.clone(),
             next_seq: Mutex::new(next),
         })
+    }
+}
+
+impl Backend for RedbStore {
+    fn spool(&self, capacity: u64) -> Result<Arc<dyn Spool>> {
+        Ok(Arc::new(self.redb_spool(capacity)?))
+    }
+    fn messages(&self) -> Result<Arc<dyn MessageStore>> {
+        Ok(Arc::new(self.redb_messages()?))
+    }
+    fn kv(&self) -> Arc<dyn KvStore> {
+        Arc::new(self.redb_kv())
+    }
+    fn queues(&self) -> Result<Arc<dyn QueueStore>> {
+        Ok(Arc::new(self.redb_queues()?))
     }
 }
 

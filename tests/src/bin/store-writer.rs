@@ -5,8 +5,7 @@ use std::io::Write;
 
 use bytes::Bytes;
 use rsnet_common::model::{ContentKind, Timestamp};
-use rsnet_common::store::redb::RedbStore;
-use rsnet_common::store::{MessageStore, StoredMessage};
+use rsnet_common::store::{open, StoreConfig, StoredMessage};
 use rsnet_common::MessageId;
 
 fn main() {
@@ -17,7 +16,7 @@ fn main() {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .expect("usage: store-writer DIR START");
-    let store = RedbStore::open(std::path::Path::new(&dir)).expect("open store");
+    let store = open(&StoreConfig::default(), std::path::Path::new(&dir)).expect("open store");
     let messages = store.messages().expect("messages");
     let out = std::io::stdout();
     loop {

@@ -1,0 +1,308 @@
+//! The conformance suite: what every backend of the store traits must do,
+//! written once against the traits. `tests.rs` runs it for each backend
+//! (today: redb); a new backend passes it unchanged before it is used.
+// Synchronous tests on the test thread: no tokio worker to stall.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use bytes::Bytes;
+
+use super::*;
+
+fn rec(precedence: u8, persistent: bool, body: &str) -> SpoolRecord {
+    SpoolRecord {
+        id: MessageId::new(),
+        precedence,
+        persistent,
+        expiry: None,
+        header: Bytes::from_static(b"<header/>"),
+        content: Bytes::copy_from_slice(body.as_bytes()),
+    }
+}
+
+/// Opens (or reopens) a backend whose data lives at a path.
+pub type Open = dyn Fn(&Path) -> Arc<dyn Backend>;
+
+/// A fresh directory.
+pub fn tmp() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rsnet-store-{}", MessageId::new()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn bodies(p: &Peeked) -> Vec<String> {
+    p.entries
+        .iter()
+        .map(|(_, r)| String::from_utf8(r.content.to_vec()).unwrap())
+        .collect()
+}
+
+pub fn spool_orders_by_precedence_then_age_and_survives_reopen(open: &Open) {
+    let dir = tmp();
+    {
+        let s = open(&dir).spool(1 << 20).unwrap();
+        let r = s
+            .push(vec![
+                rec(4, true, "a"),
+                rec(9, true, "b"),
+                rec(4, true, "c"),
+                rec(0, true, "d"),
+            ])
+            .unwrap();
+        assert!(r.iter().all(|r| r.is_ok()));
+        let p = s.peek(10, &HashSet::new(), Timestamp::now()).unwrap();
+        assert_eq!(bodies(&p), ["b", "a", "c", "d"]);
+        s.remove(&[p.entries[0].0]).unwrap();
+    }
+    let s = open(&dir).spool(1 << 20).unwrap();
+    assert_eq!(s.stats().messages, 3);
+    let p = s.peek(10, &HashSet::new(), Timestamp::now()).unwrap();
+    assert_eq!(bodies(&p), ["a", "c", "d"]);
+    // New pushes after reopen keep sorting after the old ones.
+    s.push(vec![rec(4, true, "e")]).unwrap();
+    let skip: HashSet<_> = [p.entries[0].0].into();
+    assert_eq!(
+        bodies(&s.peek(10, &skip, Timestamp::now()).unwrap()),
+        ["c", "e", "d"]
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+pub fn full_spool_evicts_non_persistent_lower_precedence_first(open: &Open) {
+    let dir = tmp();
+    let one = rec(4, true, "xxxxxxxxxx").size();
+    let s = open(&dir).spool(one * 3).unwrap();
+    s.push(vec![
+        rec(2, false, "low-np-old"),
+        rec(2, true, "low-persis"),
+        rec(5, false, "hi-np-xxxx"),
+    ])
+    .unwrap();
+    // Persistent at precedence 4: evicts the non-persistent precedence-2 one.
+    let r = s.push(vec![rec(4, true, "new-4-xxxx")]).unwrap();
+    assert!(r[0].is_ok());
+    let p = s.peek(10, &HashSet::new(), Timestamp::now()).unwrap();
+    assert_eq!(bodies(&p), ["hi-np-xxxx", "new-4-xxxx", "low-persis"]);
+    // Nothing evictable for a non-persistent precedence-2 newcomer: Full.
+    let r = s.push(vec![rec(2, false, "rejected-x")]).unwrap();
+    assert!(matches!(r[0], Err(StoreError::Full { .. })), "{:?}", r[0]);
+    assert_eq!(s.stats().evicted, 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+pub fn expired_entries_are_dropped_and_reported(open: &Open) {
+    let dir = tmp();
+    let s = open(&dir).spool(1 << 20).unwrap();
+    let mut old = rec(4, true, "old");
+    old.expiry = Some(Timestamp(1));
+    let id = old.id;
+    s.push(vec![old, rec(4, true, "fresh")]).unwrap();
+    let p = s.peek(10, &HashSet::new(), Timestamp::now()).unwrap();
+    assert_eq!(bodies(&p), ["fresh"]);
+    assert_eq!(p.expired, vec![id]);
+    assert_eq!(s.stats().messages, 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn stored(source: &str, class: &str) -> StoredMessage {
+    StoredMessage {
+        id: MessageId::new(),
+        source: source.parse().unwrap(),
+        class: class.into(),
+        subclass: Some("sub".into()),
+        kind: crate::model::ContentKind::Event,
+        created: Timestamp::now(),
+        received: Timestamp::now(),
+        header: Bytes::from_static(b"<header/>"),
+        content: Bytes::from_static(b"<event/>"),
+    }
+}
+
+pub fn message_store_is_exactly_once(open: &Open) {
+    let dir = tmp();
+    let a = stored("acme.p1", "alarm");
+    let b = stored("acme.p2.si1", "event");
+    {
+        let m = open(&dir).messages().unwrap();
+        let r = m
+            .append(
+                vec![a.clone(), b.clone(), a.clone()],
+                vec![("k".into(), b"v".to_vec())],
+            )
+            .unwrap();
+        assert_eq!(
+            r,
+            vec![
+                Appended::Stored(1),
+                Appended::Stored(2),
+                Appended::Duplicate(1)
+            ]
+        );
+    }
+    let store = open(&dir);
+    let m = store.messages().unwrap();
+    assert_eq!(
+        m.append(vec![b.clone()], vec![]).unwrap(),
+        vec![Appended::Duplicate(2)]
+    );
+    assert_eq!(m.last_seq(), 2);
+    assert_eq!(m.count().unwrap(), 2);
+    let (all, cursor) = m.scan(0, 10, 100, &MessageFilter::default()).unwrap();
+    assert_eq!(
+        all.iter().map(|(s, x)| (*s, x.clone())).collect::<Vec<_>>(),
+        vec![(1, a.clone()), (2, b.clone())]
+    );
+    assert_eq!(cursor, 2);
+    let f = MessageFilter {
+        source: Some("acme.p2".parse().unwrap()),
+        ..Default::default()
+    };
+    assert_eq!(m.scan(0, 10, 100, &f).unwrap().0.len(), 1);
+    let f = MessageFilter {
+        class: Some("alarm".into()),
+        ..Default::default()
+    };
+    assert_eq!(m.scan(0, 10, 100, &f).unwrap().0[0].1, a);
+    assert_eq!(store.kv().get("k").unwrap(), Some(b"v".to_vec()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+pub fn kv_lists_by_prefix(open: &Open) {
+    let dir = tmp();
+    let kv = open(&dir).kv();
+    kv.put(vec![
+        ("si/a".into(), b"1".to_vec()),
+        ("si/b".into(), b"2".to_vec()),
+        ("sj".into(), b"3".to_vec()),
+    ])
+    .unwrap();
+    let l = kv.list("si/").unwrap();
+    assert_eq!(l.len(), 2);
+    assert_eq!(kv.get("nope").unwrap(), None);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+pub fn client_keys_answer_resends_with_the_first_id_until_their_window_ends(open: &Open) {
+    let dir = tmp();
+    let now = Timestamp(1_000_000);
+    let key = |k: &str, until: u64| {
+        Some(ClientKey {
+            key: k.into(),
+            until: Timestamp(until),
+        })
+    };
+    let (a, b) = (rec(4, true, "a"), rec(4, true, "b"));
+    let first = a.id;
+    {
+        let s = open(&dir).spool(1 << 20).unwrap();
+        let r = s
+            .write_keyed(
+                vec![
+                    (a, key("k1", 2_000_000)),
+                    (b, key("k1", 2_000_000)), // the same key later in the same commit
+                    (rec(4, true, "c"), None),
+                ],
+                &[],
+                now,
+            )
+            .unwrap();
+        assert!(matches!(r[0], Ok(Pushed::New(_))));
+        assert_eq!(r[1].as_ref().unwrap(), &Pushed::Repeat(first));
+        assert!(matches!(r[2], Ok(Pushed::New(_))));
+        assert_eq!(s.stats().messages, 2);
+    }
+    // After a restart (the key was committed with its record).
+    let s = open(&dir).spool(1 << 20).unwrap();
+    let r = s
+        .write_keyed(vec![(rec(4, true, "d"), key("k1", 2_000_000))], &[], now)
+        .unwrap();
+    assert_eq!(r[0].as_ref().unwrap(), &Pushed::Repeat(first));
+    // Past the window the key is new again (and the old entry is pruned).
+    let later = Timestamp(2_000_001);
+    let r = s
+        .write_keyed(vec![(rec(4, true, "e"), key("k1", 3_000_000))], &[], later)
+        .unwrap();
+    assert!(matches!(r[0], Ok(Pushed::New(_))));
+    assert_eq!(s.stats().messages, 3);
+    // A record refused for space does not keep its key.
+    let tiny = open(&tmp()).spool(10).unwrap();
+    let r = tiny
+        .write_keyed(vec![(rec(4, true, "f"), key("k2", 2_000_000))], &[], now)
+        .unwrap();
+    assert!(matches!(r[0], Err(StoreError::Full { .. })));
+    let r = tiny
+        .write_keyed(vec![(rec(4, true, "f"), key("k2", 2_000_000))], &[], now)
+        .unwrap();
+    assert!(matches!(r[0], Err(StoreError::Full { .. })), "not a repeat");
+}
+
+pub fn queue_store_applies_writes_durably_and_forgets_old_marks(open: &Open) {
+    let dir = tmp();
+    let (a, b) = (rec(4, true, "a"), rec(8, true, "b"));
+    let seen = MessageId::new();
+    let keys = {
+        let q = open(&dir).queues().unwrap();
+        let keys = q
+            .write(QueueWrite {
+                push: vec![("acme.p1".into(), a.clone()), ("acme.p2".into(), b.clone())],
+                remove: vec![],
+                mark: vec![
+                    ("^received".into(), seen, Timestamp(2_000)),
+                    ("^received".into(), MessageId::new(), Timestamp(500)),
+                ],
+            })
+            .unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys[1] < keys[0], "higher precedence sorts first");
+        keys
+    };
+    {
+        let q = open(&dir).queues().unwrap();
+        let (queued, marks) = q.load(Timestamp(1_000)).unwrap();
+        let mut got: Vec<(String, SpoolKey, String)> = queued
+            .into_iter()
+            .map(|x| {
+                (
+                    x.queue,
+                    x.key,
+                    String::from_utf8(x.record.content.to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("acme.p1".into(), keys[0], "a".into()),
+                ("acme.p2".into(), keys[1], "b".into())
+            ]
+        );
+        assert_eq!(
+            marks,
+            vec![("^received".to_string(), seen, Timestamp(2_000))]
+        );
+        q.write(QueueWrite {
+            remove: vec![("acme.p1".into(), keys[0]), ("acme.p1".into(), keys[1])],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(q.prune_seen(Timestamp(3_000)).unwrap(), 2);
+    }
+    {
+        let (queued, marks) = open(&dir).queues().unwrap().load(Timestamp(0)).unwrap();
+        assert_eq!(queued.len(), 1, "only acme.p1's entry was removed");
+        assert!(marks.is_empty());
+    }
+    // Keys keep growing across reopen.
+    let k2 = open(&dir)
+        .queues()
+        .unwrap()
+        .write(QueueWrite {
+            push: vec![("acme.p1".into(), rec(4, true, "c"))],
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(k2[0].seq > keys[0].seq);
+}
