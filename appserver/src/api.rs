@@ -23,9 +23,9 @@ use rsnet_common::envelope::wire;
 use rsnet_common::http_util::{error, json, query_pairs, text, Body};
 use rsnet_common::metrics::Registry;
 use rsnet_common::model::Timestamp;
-use rsnet_common::pipeline::{exchange, ExchangeService, PassThrough, Pipeline};
+use rsnet_common::pipeline::{exchange, ExchangeService};
 use rsnet_common::server::Peer;
-use rsnet_common::store::{MessageFilter, StoredMessage};
+use rsnet_common::store::{MessageFilter, MessageStore, StoredMessage};
 use rsnet_common::tls::Role;
 use serde_json::{json, Value};
 
@@ -35,8 +35,13 @@ use rsnet_common::json::MessageInput;
 use rsnet_common::limits::{BODY_READ_TIMEOUT, MAX_API_BODY_BYTES};
 
 use crate::groups::GroupError;
-use crate::ingest::App;
+use std::sync::Mutex;
+
+use crate::deliveries::Deliveries;
+use crate::outbound::Outbound;
 use crate::outbound::SendError;
+use crate::topology::Topology;
+use tokio::sync::watch;
 
 /// Most messages one API page returns.
 pub const MAX_PAGE: usize = 1000;
@@ -50,9 +55,20 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// The appserver's request router.
 pub struct Api {
-    app: Arc<App>,
-    exchange: ExchangeService,
-    metrics: Registry,
+    /// Children's POSTs: the exchange pipeline.
+    pub exchange: ExchangeService,
+    /// Stored messages (read side).
+    pub messages: Arc<dyn MessageStore>,
+    /// The last committed sequence number, for the stream.
+    pub committed: watch::Receiver<u64>,
+    /// Components (read side; ingest writes it).
+    pub topology: Arc<Mutex<Topology>>,
+    /// Operator sends and groups.
+    pub outbound: Arc<Outbound>,
+    /// Delivery records.
+    pub deliveries: Arc<Deliveries>,
+    /// Metrics.
+    pub metrics: Registry,
 }
 
 /// A stored message rendered as JSON (with its sequence number).
@@ -144,24 +160,6 @@ fn parse_filter(q: &[(String, String)]) -> Result<(MessageFilter, u64, usize), S
 }
 
 impl Api {
-    /// A router over `app`.
-    pub fn new(app: Arc<App>, metrics: Registry) -> Self {
-        let pipeline = Pipeline::new(
-            // Service modules at the top (not built yet).
-            Arc::new(PassThrough("modules")),
-            // Throttle (not built yet).
-            Arc::new(PassThrough("throttle")),
-            // Terminal: validate content, store once.
-            Arc::new(crate::ingest::Ingest(app.clone())),
-        );
-        let exchange = ExchangeService::new(pipeline, app.backchannel.clone(), &metrics);
-        Api {
-            app,
-            exchange,
-            metrics,
-        }
-    }
-
     /// Routes one request.
     pub async fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
         if exchange::is_exchange(&req) {
@@ -210,17 +208,12 @@ impl Api {
         }
         match path.as_str() {
             "/api/v1/messages" => self.messages(&q).await,
-            "/api/v1/groups" => match self.app.outbound.groups.list() {
+            "/api/v1/groups" => match self.outbound.groups.list() {
                 Ok(g) => json(StatusCode::OK, &json!({ "groups": g })),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
             },
             "/api/v1/components" => {
-                let list = self
-                    .app
-                    .topology
-                    .lock()
-                    .map(|t| t.list())
-                    .unwrap_or_default();
+                let list = self.topology.lock().map(|t| t.list()).unwrap_or_default();
                 json(StatusCode::OK, &json!({ "components": list }))
             }
             "/api/v1/stream" => {
@@ -244,7 +237,7 @@ impl Api {
             Ok(x) => x,
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
-        match self.app.outbound.send(to, &input).await {
+        match self.outbound.send(to, &input).await {
             Ok(d) => json(
                 StatusCode::ACCEPTED,
                 &json!({ "id": d.id, "destinations": d.destinations.len(), "summary": d.summary() }),
@@ -262,7 +255,7 @@ impl Api {
                 format!("{id:?} is not a message ID"),
             );
         };
-        match self.app.deliveries.get(&id) {
+        match self.deliveries.get(&id) {
             Some(d) => json(
                 StatusCode::OK,
                 &json!({ "summary": d.summary(), "delivery": d }),
@@ -279,7 +272,7 @@ impl Api {
             Ok(n) => n,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("group name: {e}")),
         };
-        let groups = &self.app.outbound.groups;
+        let groups = &self.outbound.groups;
         match method {
             Method::PUT => {
                 let body =
@@ -320,7 +313,7 @@ impl Api {
             Ok(x) => x,
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
-        let store = self.app.messages.clone();
+        let store = self.messages.clone();
         let last = store.last_seq();
         let r =
             tokio::task::spawn_blocking(move || store.scan(after, limit, MAX_SCAN, &filter)).await;
@@ -369,8 +362,8 @@ impl Api {
             }
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-        let store = self.app.messages.clone();
-        let mut committed = self.app.committed.clone();
+        let store = self.messages.clone();
+        let mut committed = self.committed.clone();
         tokio::spawn(async move {
             let mut cursor = from;
             let _ = tx.send(Bytes::from_static(b": rsnet stream\n\n")).await;

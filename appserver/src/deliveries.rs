@@ -15,6 +15,13 @@
 //! "processed"/"failed" when the integrator acknowledges it). A destination
 //! with no route is `failed` at once.
 //!
+//! [`Deliveries`] is the one owner of these records. Everything that moves a
+//! destination along reaches it as an [`Event`] through one method,
+//! [`Deliveries::apply`]: the operator send ([`Event::Sent`],
+//! [`Event::NotQueued`]), the back-channel queues (as an
+//! [`Observer`]: [`Event::Acked`], [`Event::Expired`]) and the forward-path
+//! ingest ([`Event::Reported`], from the destinations' `response` messages).
+//!
 //! Records live in memory and in the KV state (`delivery/ID`, JSON). One
 //! writer persists them: it is handed message IDs and writes each record as
 //! it is *then*, so concurrent changes can never land out of order.
@@ -227,20 +234,30 @@ impl Deliveries {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a new message.
+    /// Applies `events` in order and persists every record they changed.
     ///
     /// # Durability
     /// Returns after fsync.
-    pub async fn track(&self, id: MessageId, d: Delivery) -> Result<(), StoreError> {
-        self.lock().insert(id, d);
-        self.persist(vec![id]).await
+    ///
+    /// # Errors
+    /// Store failures (the records changed in memory; they are written again
+    /// with their next change).
+    pub async fn apply(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        let changed: Vec<MessageId> = {
+            let mut map = self.lock();
+            let now = Timestamp::now().to_rfc3339();
+            events
+                .into_iter()
+                .flat_map(|e| apply_one(&mut map, e, &now))
+                .collect()
+        };
+        self.persist(changed).await
     }
 
     /// Writes the current records of `ids`.
-    ///
-    /// # Durability
-    /// Returns after fsync.
-    pub async fn persist(&self, ids: Vec<MessageId>) -> Result<(), StoreError> {
+    async fn persist(&self, mut ids: Vec<MessageId>) -> Result<(), StoreError> {
+        ids.sort_unstable();
+        ids.dedup();
         if ids.is_empty() {
             return Ok(());
         }
@@ -252,85 +269,145 @@ impl Deliveries {
         self.lock().get(id).map(|d| d.view(Timestamp::now()))
     }
 
-    /// Applies a `response` from `origin` about a tracked message; returns
-    /// true if a record changed (the caller persists it).
-    pub fn respond(&self, origin: &ComponentId, subclass: Option<&str>, r: &Response) -> bool {
-        let mut map = self.lock();
-        let Some(d) = map.get_mut(&r.request) else {
-            return false;
-        };
-        let Some(t) = d.destinations.get_mut(origin.as_str()) else {
-            return false;
-        };
-        let next = match (subclass, r.status) {
-            (Some(DELIVERED), Status::Accepted) => State::Delivered,
-            (_, Status::Accepted) => State::Processed,
-            (_, Status::Rejected) => State::Failed,
-        };
-        if t.state.is_final() || next.rank() < t.state.rank() {
-            return false;
-        }
-        t.state = next;
-        t.hop = None;
-        t.at = Timestamp::now().to_rfc3339();
-        t.reason = r.reason.clone();
-        if r.correlation.is_some() {
-            t.correlation = r.correlation.clone();
-        }
-        true
-    }
-
-    /// Marks every destination of `id` failed (the message could not be queued).
-    pub async fn fail(&self, id: &MessageId, reason: &str) {
-        if let Some(d) = self.lock().get_mut(id) {
-            let at = Timestamp::now().to_rfc3339();
-            for t in d.destinations.values_mut() {
-                t.state = State::Failed;
-                t.reason = Some(reason.to_string());
-                t.at = at.clone();
-            }
-        }
-        if let Err(e) = self.persist(vec![*id]).await {
-            tracing::warn!(error = %e, "delivery state not persisted");
-        }
-    }
-
-    fn on_child(&self, child: &ComponentId, ids: &[MessageId], to: State) {
-        let now = Timestamp::now().to_rfc3339();
-        let mut changed = Vec::new();
-        {
-            let mut map = self.lock();
-            for id in ids {
-                let Some(d) = map.get_mut(id) else { continue };
-                for t in d.destinations.values_mut() {
-                    if t.via.as_deref() == Some(child.as_str())
-                        && t.state.rank() < State::Delivered.rank()
-                    {
-                        t.state = to;
-                        t.hop = (to == State::InFlight).then(|| child.to_string());
-                        t.at = now.clone();
-                    }
-                }
-                changed.push(*id);
-            }
-        }
-        if changed.is_empty() {
-            return;
-        }
-        let writer = self.writer.clone();
+    /// Applies events from a sync caller (the queue observer) in the background.
+    fn apply_later(self: &Arc<Self>, events: Vec<Event>) {
+        let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = writer.submit(changed).await.and_then(|r| r) {
+            if let Err(e) = me.apply(events).await {
                 tracing::warn!(error = %e, "delivery state not persisted");
             }
         });
     }
 }
 
-impl Observer for Deliveries {
+/// What happened to a back-channel message; see the module docs.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// An operator sent it: its new record.
+    Sent(Delivery),
+    /// It could not be queued: every destination fails with `reason`.
+    NotQueued {
+        /// The message.
+        id: MessageId,
+        /// Why.
+        reason: String,
+    },
+    /// `child` acknowledged these copies: they are held below it.
+    Acked {
+        /// The appserver's child.
+        child: ComponentId,
+        /// The messages.
+        ids: Vec<MessageId>,
+    },
+    /// These copies expired in `child`'s queue.
+    Expired {
+        /// The appserver's child.
+        child: ComponentId,
+        /// The messages.
+        ids: Vec<MessageId>,
+    },
+    /// A final destination reported on a message (a `response` it sent up).
+    Reported {
+        /// The destination (the response's source).
+        origin: ComponentId,
+        /// `delivered`, or anything else for processed/failed.
+        stage: Option<String>,
+        /// The report.
+        response: Response,
+    },
+}
+
+/// Applies one event; returns the IDs whose record changed.
+fn apply_one(map: &mut HashMap<MessageId, Delivery>, e: Event, now: &str) -> Vec<MessageId> {
+    match e {
+        Event::Sent(d) => match d.id.parse::<MessageId>() {
+            Ok(id) => {
+                map.insert(id, d);
+                vec![id]
+            }
+            Err(_) => Vec::new(),
+        },
+        Event::NotQueued { id, reason } => {
+            let Some(d) = map.get_mut(&id) else {
+                return Vec::new();
+            };
+            for t in d.destinations.values_mut() {
+                t.state = State::Failed;
+                t.reason = Some(reason.clone());
+                t.at = now.to_string();
+            }
+            vec![id]
+        }
+        Event::Acked { child, ids } => on_child(map, &child, ids, State::InFlight, now),
+        Event::Expired { child, ids } => on_child(map, &child, ids, State::Expired, now),
+        Event::Reported {
+            origin,
+            stage,
+            response: r,
+        } => {
+            let Some(d) = map.get_mut(&r.request) else {
+                return Vec::new();
+            };
+            let Some(t) = d.destinations.get_mut(origin.as_str()) else {
+                return Vec::new();
+            };
+            let next = match (stage.as_deref(), r.status) {
+                (Some(DELIVERED), Status::Accepted) => State::Delivered,
+                (_, Status::Accepted) => State::Processed,
+                (_, Status::Rejected) => State::Failed,
+            };
+            if t.state.is_final() || next.rank() < t.state.rank() {
+                return Vec::new();
+            }
+            t.state = next;
+            t.hop = None;
+            t.at = now.to_string();
+            t.reason = r.reason.clone();
+            if r.correlation.is_some() {
+                t.correlation = r.correlation.clone();
+            }
+            vec![r.request]
+        }
+    }
+}
+
+fn on_child(
+    map: &mut HashMap<MessageId, Delivery>,
+    child: &ComponentId,
+    ids: Vec<MessageId>,
+    to: State,
+    now: &str,
+) -> Vec<MessageId> {
+    let mut changed = Vec::new();
+    for id in ids {
+        let Some(d) = map.get_mut(&id) else { continue };
+        for t in d.destinations.values_mut() {
+            if t.via.as_deref() == Some(child.as_str()) && t.state.rank() < State::Delivered.rank()
+            {
+                t.state = to;
+                t.hop = (to == State::InFlight).then(|| child.to_string());
+                t.at = now.to_string();
+            }
+        }
+        changed.push(id);
+    }
+    changed
+}
+
+/// The back-channel queues' view, turned into events.
+pub struct QueueEvents(pub Arc<Deliveries>);
+
+impl Observer for QueueEvents {
     fn acked(&self, child: &ComponentId, ids: &[MessageId]) {
-        self.on_child(child, ids, State::InFlight);
+        self.0.apply_later(vec![Event::Acked {
+            child: child.clone(),
+            ids: ids.to_vec(),
+        }]);
     }
     fn expired(&self, child: &ComponentId, ids: &[MessageId]) {
-        self.on_child(child, ids, State::Expired);
+        self.0.apply_later(vec![Event::Expired {
+            child: child.clone(),
+            ids: ids.to_vec(),
+        }]);
     }
 }

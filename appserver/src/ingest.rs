@@ -1,4 +1,5 @@
-//! Storing what children send: validate, store once, answer.
+//! Storing what children send: validate, store once, answer. The
+//! appserver's terminal pipeline stage.
 //!
 //! Each exchange POST becomes one request to a [`GroupCommit`] writer, so
 //! concurrent children's batches share one transaction and one fsync. A
@@ -11,73 +12,41 @@ use std::time::Duration;
 use rsnet_common::envelope::Item;
 use rsnet_common::id::ComponentId;
 use rsnet_common::metrics::{Counter, Registry};
+use rsnet_common::model::Content;
 use rsnet_common::model::{Hop, Timestamp};
 use rsnet_common::pipeline::{Exchange, Judged, Stage, StageFuture, Verdict};
-use rsnet_common::store::{
-    Appended, Backend, GroupCommit, KvStore, MessageStore, StoreError, StoredMessage,
-};
+use rsnet_common::store::{Appended, GroupCommit, MessageStore, StoreError, StoredMessage};
 use tokio::sync::watch;
 
-use rsnet_common::backchannel::{BackChannel, BackChannelConfig};
-use rsnet_common::model::Content;
-
-use crate::deliveries::Deliveries;
-use crate::groups::Groups;
-use crate::outbound::Outbound;
-use crate::topology::{self, Topology};
+use crate::deliveries::{Deliveries, Event};
+use crate::topology::Topology;
 
 type Batch = (Vec<StoredMessage>, Vec<(String, Vec<u8>)>);
 
-/// Shared appserver state.
-pub struct App {
-    /// This appserver's ID.
-    pub me: ComponentId,
-    /// The message store.
-    pub messages: Arc<dyn MessageStore>,
-    /// Components.
-    pub topology: Mutex<Topology>,
+/// The appserver's terminal stage: validate, store once, answer.
+pub struct Ingest {
+    me: ComponentId,
+    topology: Arc<Mutex<Topology>>,
+    deliveries: Arc<Deliveries>,
     writer: GroupCommit<Batch, Result<Vec<Appended>, StoreError>>,
-    /// The last committed sequence number, for subscribers.
-    pub committed: watch::Receiver<u64>,
-    /// Queues and routes toward the children.
-    pub backchannel: Arc<BackChannel>,
-    /// Where each back-channel message is.
-    pub deliveries: Arc<Deliveries>,
-    /// Operator sends and groups.
-    pub outbound: Outbound,
     stored: Counter,
     duplicates: Counter,
     rejected: Counter,
 }
 
-impl App {
-    /// Opens the store views and starts the writer.
+impl Ingest {
+    /// Starts the store writer over `messages`; returns the stage and the
+    /// last committed sequence number, for subscribers.
     ///
     /// # Errors
-    /// Store failures.
-    pub fn open(
+    /// A writer thread that cannot start.
+    pub fn start(
         me: ComponentId,
-        store: &dyn Backend,
-        backchannel: BackChannelConfig,
+        messages: Arc<dyn MessageStore>,
+        topology: Arc<Mutex<Topology>>,
+        deliveries: Arc<Deliveries>,
         metrics: &Registry,
-    ) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
-        let kv: Arc<dyn KvStore> = store.kv();
-        let deliveries = Deliveries::open(kv.clone())?;
-        let backchannel = BackChannel::open(
-            me.clone(),
-            store.queues()?,
-            kv.clone(),
-            backchannel,
-            metrics,
-            Some(deliveries.clone()),
-        )?;
-        let outbound = Outbound {
-            backchannel: backchannel.clone(),
-            groups: Arc::new(Groups::new(kv)),
-            deliveries: deliveries.clone(),
-        };
-        let messages = store.messages()?;
-        let topology = Topology::load(store.kv().list(topology::PREFIX)?);
+    ) -> std::io::Result<(Arc<Ingest>, watch::Receiver<u64>)> {
         let (tx, rx) = watch::channel(messages.last_seq());
         let m = messages.clone();
         let writer = GroupCommit::spawn("store-writer", move |batches: Vec<Batch>| {
@@ -99,21 +68,16 @@ impl App {
                 Err(e) => sizes.iter().map(|_| Err(e.clone())).collect(),
             }
         })?;
-        let m2 = messages.clone();
         metrics.gauge(
             "rsnet_store_last_seq",
             "highest stored sequence number",
-            move || m2.last_seq() as f64,
+            move || messages.last_seq() as f64,
         );
-        Ok(Arc::new(App {
+        let ingest = Arc::new(Ingest {
             me,
-            messages,
-            topology: Mutex::new(topology),
-            writer,
-            committed: rx,
-            backchannel,
+            topology,
             deliveries,
-            outbound,
+            writer,
             stored: metrics.counter("rsnet_store_stored_total", "messages stored"),
             duplicates: metrics.counter(
                 "rsnet_store_duplicates_total",
@@ -123,7 +87,8 @@ impl App {
                 "rsnet_exchange_rejected_total",
                 "messages the appserver rejected as invalid content",
             ),
-        }))
+        });
+        Ok((ingest, rx))
     }
 
     /// Validates and stores a screened batch, with the state the exchange
@@ -138,21 +103,18 @@ impl App {
         let mut batch = Vec::with_capacity(items.len());
         let mut state = ex.persist.clone();
         let mut ids = Vec::with_capacity(items.len());
-        let mut tracked = Vec::new();
+        let mut reports = Vec::new();
         {
             let mut topo = self.topology.lock().unwrap_or_else(|p| p.into_inner());
             for item in items {
                 match stored(&item, &self.me, now) {
                     Ok((s, content)) => {
-                        if let (Content::Response(r), Some(src)) = (&content, item.header.source())
-                        {
-                            if self.deliveries.respond(
-                                &src.origin,
-                                item.header.subclass.as_deref(),
-                                r,
-                            ) {
-                                tracked.push(r.request);
-                            }
+                        if let (Content::Response(r), Some(src)) = (content, item.header.source()) {
+                            reports.push(Event::Reported {
+                                origin: src.origin.clone(),
+                                stage: item.header.subclass.clone(),
+                                response: r,
+                            });
                         }
                         topo.learn(&item.header, now, &mut state);
                         ids.push(item.header.id);
@@ -169,7 +131,7 @@ impl App {
                 decided,
             };
         }
-        let delivery = self.deliveries.persist(tracked);
+        let delivery = self.deliveries.apply(reports);
         let (stored, delivery) = tokio::join!(self.writer.submit((batch, state)), delivery);
         if let Err(e) = delivery {
             tracing::warn!(error = %e, "delivery state not persisted");
@@ -201,15 +163,12 @@ impl App {
     }
 }
 
-/// The appserver's terminal stage: [`App::ingest`].
-pub struct Ingest(pub Arc<App>);
-
 impl Stage for Ingest {
     fn name(&self) -> &'static str {
         "ingest"
     }
     fn judge<'a>(&'a self, ex: &'a Exchange, items: Vec<Item>) -> StageFuture<'a> {
-        Box::pin(self.0.ingest(ex, items))
+        Box::pin(self.ingest(ex, items))
     }
 }
 

@@ -1,8 +1,11 @@
 //! rsnet-appserver: the top of the tree (DESIGN.md §1, §4).
 //!
-//! Stores every forward message durably and exactly once ([`ingest`]),
-//! tracks the topology ([`topology`]), and serves the operator API and the
-//! subscriber stream ([`api`]). One mTLS listener serves both children
+//! Built along the exchange pipeline: children's POSTs run screen →
+//! modules → throttle → [`ingest`] (validate, store once, update the
+//! [`topology`]); beside it, the back-channel carries operator sends
+//! ([`outbound`], [`groups`]) whose [`deliveries`] record has one owner fed
+//! by events; [`api`] serves the read side (messages, stream, components)
+//! to operators. One mTLS listener serves both children
 //! (`/rs/v1/exchange`, proxy and mlm certificates) and operators
 //! (`/api/v1/*`, operator certificates).
 #![forbid(unsafe_code)]
@@ -17,7 +20,16 @@ pub mod topology;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use rsnet_common::backchannel::BackChannel;
+use rsnet_common::pipeline::{ExchangeService, PassThrough, Pipeline};
+
+use crate::deliveries::{Deliveries, QueueEvents};
+use crate::groups::Groups;
+use crate::ingest::Ingest;
+use crate::outbound::Outbound;
+use crate::topology::Topology;
 
 use rsnet_common::config::{self, BackChannelSection, ConfigError};
 use rsnet_common::metrics::Registry;
@@ -78,16 +90,51 @@ pub async fn run(
     let me = tls::own_identity(&cfg.tls)?;
     let store = store::open(&cfg.store, &cfg.data_dir)?;
     let metrics = Registry::default();
-    let app = ingest::App::open(
+    let kv = store.kv();
+    // Delivery records: one owner, fed by the send, the queues and ingest.
+    let deliveries = Deliveries::open(kv.clone())?;
+    let backchannel = BackChannel::open(
         me.id.clone(),
-        store.as_ref(),
+        store.queues()?,
+        kv.clone(),
         cfg.backchannel.config(),
         &metrics,
+        Some(Arc::new(QueueEvents(deliveries.clone()))),
     )?;
+    let outbound = Arc::new(Outbound {
+        backchannel: backchannel.clone(),
+        groups: Arc::new(Groups::new(kv.clone())),
+        deliveries: deliveries.clone(),
+    });
+    let messages = store.messages()?;
+    let topology = Arc::new(Mutex::new(Topology::load(kv.list(topology::PREFIX)?)));
+    let (ingest, committed) = Ingest::start(
+        me.id.clone(),
+        messages.clone(),
+        topology.clone(),
+        deliveries.clone(),
+        &metrics,
+    )?;
+    let pipeline = Pipeline::new(
+        // Service modules at the top (not built yet).
+        Arc::new(PassThrough("modules")),
+        // Throttle (not built yet).
+        Arc::new(PassThrough("throttle")),
+        // Terminal: validate content, store once.
+        ingest,
+    );
+    let api = Arc::new(api::Api {
+        exchange: ExchangeService::new(pipeline, backchannel, &metrics),
+        messages,
+        committed,
+        topology,
+        outbound,
+        deliveries,
+        metrics: metrics.clone(),
+    });
     let tls = ReloadingServerConfig::start(cfg.tls.clone())?;
     let listener = server::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
-    let api = Arc::new(api::Api::new(app.clone(), metrics.clone()));
     let handler = move |req, peer| {
         let api = api.clone();
         async move { api.handle(req, peer).await }

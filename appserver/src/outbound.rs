@@ -16,7 +16,7 @@ use rsnet_common::limits::MAX_DESTINATIONS;
 use rsnet_common::model::{Destination, Direction, Header, Timestamp};
 use rsnet_common::store::StoreError;
 
-use crate::deliveries::{Deliveries, Delivery};
+use crate::deliveries::{Deliveries, Delivery, Event};
 use crate::groups::Groups;
 
 /// Why a send was refused.
@@ -119,15 +119,21 @@ impl Outbound {
         let routed = self.backchannel.route(&dests);
         let record = Delivery::new(&header, to, &routed.copies, &routed.unroutable);
         // The record is durable before any copy can be acknowledged.
-        self.deliveries.track(header.id, record.clone()).await?;
+        self.deliveries
+            .apply(vec![Event::Sent(record.clone())])
+            .await?;
         if let Err(e) = self
             .backchannel
             .dispatch(&header, content, &routed, None)
             .await
         {
-            self.deliveries
-                .fail(&header.id, &format!("not queued: {e}"))
-                .await;
+            let failed = Event::NotQueued {
+                id: header.id,
+                reason: format!("not queued: {e}"),
+            };
+            if let Err(e) = self.deliveries.apply(vec![failed]).await {
+                tracing::warn!(error = %e, "delivery state not persisted");
+            }
             return Err(e.into());
         }
         Ok(record)

@@ -7,8 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rsnet_common::store::{open, StoreConfig};
 use rsnet_common::store::MessageFilter;
+use rsnet_common::store::{open, StoreConfig};
 
 #[test]
 fn writer_killed_at_random_moments_never_loses_an_acknowledged_record() {
