@@ -43,6 +43,44 @@ pub fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> R
         .unwrap_or_else(|_| Response::new(full("")))
 }
 
+/// A request body as a stream of chunks for a handler that never holds it
+/// whole (a bulk transfer): each chunk must arrive within `idle` of the
+/// last, or the stream ends with a `TimedOut` error (a stalled or
+/// slowloris sender cannot hold the connection forever). Trailers are
+/// skipped.
+pub fn stream_body<B>(
+    body: B,
+    idle: Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    futures_util::stream::unfold(Some(body), move |state| async move {
+        let mut body = state?;
+        loop {
+            match tokio::time::timeout(idle, body.frame()).await {
+                Err(_) => {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no body bytes for {idle:?}"),
+                    );
+                    return Some((Err(e), None));
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => {
+                    return Some((Err(std::io::Error::other(e.to_string())), None));
+                }
+                Ok(Some(Ok(f))) => match f.into_data() {
+                    Ok(d) if d.is_empty() => continue,
+                    Ok(d) => return Some((Ok(d), Some(body))),
+                    Err(_) => continue, // trailers
+                },
+            }
+        }
+    })
+}
+
 /// Reads a whole request body of at most `limit` bytes within `timeout`.
 ///
 /// # Errors

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -32,6 +33,15 @@ use tokio::net::TcpStream;
 use crate::envelope::{self, Decoded, EnvelopeWriter, EXCHANGE_PATH};
 use crate::limits::DEFAULT_LINK_CONNECT_TIMEOUT;
 use crate::tls::{Identity, Role};
+
+/// A request body on the uplink: a whole envelope (the exchange's fast
+/// path, no boxing), or a stream of any length (bulk transfers), which flows
+/// chunk by chunk as it is produced, so memory stays bounded by the chunks
+/// in flight.
+pub type UplinkBody = Either<Full<Bytes>, StreamBody>;
+
+/// A streamed request body.
+pub type StreamBody = BoxBody<Bytes, std::io::Error>;
 
 /// Idle connections kept per link.
 const MAX_IDLE: usize = 8;
@@ -147,7 +157,7 @@ pub struct Link {
     current: AtomicUsize,
     tls: tokio_rustls::TlsConnector,
     proxy: Option<ForwardProxy>,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    idle: Mutex<Vec<SendRequest<UplinkBody>>>,
     connect_timeout: Duration,
 }
 
@@ -215,7 +225,7 @@ impl Link {
         }
     }
 
-    async fn connect(&self, p: &Parent) -> Result<SendRequest<Full<Bytes>>, LinkErrorKind> {
+    async fn connect(&self, p: &Parent) -> Result<SendRequest<UplinkBody>, LinkErrorKind> {
         let via = self.proxy.as_ref().filter(|x| !x.bypass(&p.host));
         let target = if p.host.contains(':') {
             format!("[{}]:{}", p.host, p.port)
@@ -304,6 +314,58 @@ impl Link {
         }
     }
 
+    /// Sends one request with a streamed body to the parent in use (a
+    /// fresh connection, not the exchange pool) and returns its response as
+    /// it arrives: the body of either side may be of any length and is
+    /// never held whole. `connect_timeout` bounds connecting; the transfer
+    /// itself is bounded by the body's own pace (the receiver's idle
+    /// timeout, [`crate::http_util::stream_body`]) and the caller.
+    ///
+    /// # Errors
+    /// [`LinkError`]; a transport error also moves to the next parent. A
+    /// failed request cannot be replayed (the body was consumed): the
+    /// caller resumes it.
+    pub async fn stream(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: StreamBody,
+        connect_timeout: Duration,
+    ) -> Result<http::Response<hyper::body::Incoming>, LinkError> {
+        let idx = self.current.load(Ordering::Relaxed) % self.parents.len();
+        let p = &self.parents[idx];
+        let err = |kind| LinkError {
+            parent: p.url.clone(),
+            kind,
+        };
+        let connect = async {
+            let mut send = self.connect(p).await?;
+            send.ready()
+                .await
+                .map_err(|e| LinkErrorKind::Http(e.to_string()))?;
+            Ok::<_, LinkErrorKind>(send)
+        };
+        let mut send = match tokio::time::timeout(connect_timeout, connect).await {
+            Err(_) => return Err(err(LinkErrorKind::ConnectTimeout(connect_timeout))),
+            Ok(Err(kind)) => {
+                self.fail_over(idx);
+                return Err(err(kind));
+            }
+            Ok(Ok(s)) => s,
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, format!("{}:{}", p.host, p.port))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Either::Right(body))
+            .map_err(|e| err(LinkErrorKind::Http(e.to_string())))?;
+        send.send_request(req)
+            .await
+            .map_err(|e| err(LinkErrorKind::Http(e.to_string())))
+    }
+
     async fn exchange_on(
         &self,
         p: &Parent,
@@ -330,7 +392,7 @@ impl Link {
             .uri(EXCHANGE_PATH)
             .header(header::HOST, format!("{}:{}", p.host, p.port))
             .header(header::CONTENT_TYPE, content_type)
-            .body(Full::new(body))
+            .body(Either::Left(Full::new(body)))
             .map_err(|e| LinkErrorKind::Http(e.to_string()))?;
         let resp = send
             .send_request(req)
