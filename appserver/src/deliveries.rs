@@ -198,9 +198,7 @@ impl Deliveries {
     ///
     /// # Errors
     /// Store failures; a writer thread that cannot start.
-    pub fn open(
-        kv: Arc<dyn KvStore>,
-    ) -> Result<Arc<Deliveries>, Box<dyn std::error::Error + Send + Sync>> {
+    pub fn open(kv: Arc<dyn KvStore>) -> rsnet_common::Result<Arc<Deliveries>> {
         let mut m = HashMap::new();
         for (k, v) in kv.list(PREFIX)? {
             let id = k

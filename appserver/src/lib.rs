@@ -82,10 +82,7 @@ impl Config {
 ///
 /// # Errors
 /// Start-up failures (store, TLS, bind); the node never starts half-way.
-pub async fn run(
-    cfg: Config,
-    shutdown: Shutdown,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     rsnet_common::ready::clear(&cfg.data_dir);
     let me = tls::own_identity(&cfg.tls)?;
     let store = store::open(&cfg.store, &cfg.data_dir)?;

@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod envelope;
+pub mod error;
 pub mod forward;
 pub mod heartbeat;
 pub mod http_util;
@@ -32,6 +33,7 @@ pub mod server;
 pub mod store;
 pub mod tls;
 
+pub use error::{Error, Result};
 pub use id::{ComponentId, GroupName, MessageId};
 pub use model::{Content, Header, Message};
 

@@ -225,7 +225,7 @@ pub async fn daemon_main<C, Fut>(
     run: impl FnOnce(C, Shutdown) -> Fut,
 ) -> std::process::ExitCode
 where
-    Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    Fut: Future<Output = crate::Result<()>>,
 {
     crate::init_logging();
     let cfg = match load(config) {

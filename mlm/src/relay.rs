@@ -214,12 +214,14 @@ async fn send(jobs: Vec<Job>, uplink: &BackChannelClient, cfg: &ForwardConfig, c
         .collect();
     let mut d = deliver(uplink, &all, cfg.max_batch, cfg.exchange_timeout).await;
     c.upstream_posts.add(d.posts as u64);
-    let why = d
-        .error
-        .as_ref()
-        .map(|e| format!("parent unreachable: {}", e.kind));
-    if let Some(e) = &d.error {
-        tracing::warn!(error = %e, "relay: parent unreachable; children will retry");
+    // What the parent could not be reached for is handed back: "retry after".
+    if let Some(unsent) = d.error.take() {
+        tracing::warn!(error = %unsent.error, n = unsent.parcels.len(), "relay: parent unreachable; children will retry");
+        let why = format!("parent unreachable: {}", unsent.error.kind);
+        for p in unsent.parcels {
+            d.answers
+                .insert(p.id, Response::retry(p.id, why.clone(), PARENT_DOWN_RETRY));
+        }
     }
     for j in jobs {
         let mut mine: HashMap<MessageId, Response> = HashMap::with_capacity(j.parcels.len());
@@ -227,8 +229,7 @@ async fn send(jobs: Vec<Job>, uplink: &BackChannelClient, cfg: &ForwardConfig, c
             let r = d.answers.remove(&p.id).unwrap_or_else(|| {
                 Response::retry(
                     p.id,
-                    why.clone()
-                        .unwrap_or_else(|| "parent did not answer for this message".into()),
+                    "parent did not answer for this message",
                     PARENT_DOWN_RETRY,
                 )
             });

@@ -174,10 +174,7 @@ impl Config {
 ///
 /// # Errors
 /// Start-up failures.
-pub async fn run(
-    cfg: Config,
-    shutdown: Shutdown,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     ready::clear(&cfg.data_dir);
     let started = Instant::now();
     let me = tls::own_identity(&cfg.tls)?;

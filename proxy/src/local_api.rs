@@ -284,8 +284,9 @@ impl LocalApi {
             // Refused now, or it travels: nothing spooled can stall the forwarder.
             let r = forward::record(&m);
             if let Err(e) = budget::check(r.header.len(), r.content.len(), m.header.routing.len()) {
+                let e = rsnet_common::Error::from(e);
                 return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
+                    e.status(),
                     format!("messages[{i}]: too large for an exchange: {e}; files and large payloads go as bulk transfers (POST /v1/bulk, not yet available)"),
                 );
             }
@@ -309,7 +310,7 @@ impl LocalApi {
             }
         }
         match self.outbox.push_keyed(records).await {
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("spool: {e}")),
+            Err(e) => rsnet_common::Error::from(e).response(),
             Ok(results) => {
                 let mut ids = Vec::with_capacity(results.len());
                 let mut repeated = Vec::new();
@@ -321,18 +322,16 @@ impl LocalApi {
                             ids.push(first.to_string());
                             repeated.push(i);
                         }
-                        Err(e @ StoreError::Full { .. }) => full = Some(e.to_string()),
-                        Err(e) => {
-                            return error(StatusCode::SERVICE_UNAVAILABLE, format!("spool: {e}"))
-                        }
+                        Err(e @ StoreError::Full { .. }) => full = Some(e),
+                        Err(e) => return rsnet_common::Error::from(e).response(),
                     }
                 }
                 match full {
                     // Some may have been spooled; their IDs are listed so nothing is sent twice by mistake.
-                    Some(e) => json(
-                        StatusCode::INSUFFICIENT_STORAGE,
-                        &json!({ "error": e, "ids": ids }),
-                    ),
+                    Some(e) => {
+                        let e = rsnet_common::Error::from(e);
+                        json(e.status(), &json!({ "error": e.to_string(), "ids": ids }))
+                    }
                     None if repeated.is_empty() => {
                         json(StatusCode::ACCEPTED, &json!({ "ids": ids }))
                     }

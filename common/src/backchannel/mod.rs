@@ -115,7 +115,7 @@ impl BackChannel {
         cfg: BackChannelConfig,
         metrics: &Registry,
         observer: Option<Arc<dyn Observer>>,
-    ) -> Result<Arc<BackChannel>, Box<dyn std::error::Error + Send + Sync>> {
+    ) -> crate::Result<Arc<BackChannel>> {
         let queues = Queues::open(store, cfg.queues.clone())?;
         let routes = Routes::open(me.clone(), kv)?;
         let c = |n: &str, h: &str| metrics.counter(&format!("rsnet_backchannel_{n}_total"), h);

@@ -169,10 +169,7 @@ impl Queues {
     ///
     /// # Errors
     /// If the store cannot be read or the writer thread cannot start.
-    pub fn open(
-        store: Arc<dyn QueueStore>,
-        cfg: QueuesConfig,
-    ) -> Result<Arc<Queues>, Box<dyn std::error::Error + Send + Sync>> {
+    pub fn open(store: Arc<dyn QueueStore>, cfg: QueuesConfig) -> crate::Result<Arc<Queues>> {
         let (queued, seen) = store.load(Timestamp::now())?;
         let mut st = State::default();
         for q in queued {

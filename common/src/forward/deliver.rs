@@ -55,8 +55,18 @@ pub struct Delivery {
     pub answers: HashMap<MessageId, Response>,
     /// Envelopes sent.
     pub posts: usize,
-    /// The failure that left messages unanswered, if any (the last one).
-    pub error: Option<LinkError>,
+    /// The failure that left messages unanswered, with those messages.
+    pub error: Option<Unsent>,
+}
+
+/// A batch cut short: the link failure, and every parcel it left
+/// unanswered, handed back (nothing is cloned away or dropped).
+#[derive(Debug)]
+pub struct Unsent {
+    /// What failed.
+    pub error: LinkError,
+    /// The parcels without an answer, in order.
+    pub parcels: Vec<Parcel>,
 }
 
 /// Sends `parcels` in envelopes of at most `max_batch` messages within the
@@ -74,17 +84,31 @@ pub async fn deliver(
 ) -> Delivery {
     let mut d = Delivery::default();
     let mut at = 0;
+    let mut failed = None;
     for n in budget::split(parcels.iter().map(|p| p.cost), max_batch) {
-        send(uplink, &parcels[at..at + n], timeout, &mut d).await;
-        if d.error.is_some() {
-            break; // the parent is unreachable: the rest waits too
+        if let Err(e) = send(uplink, &parcels[at..at + n], timeout, &mut d).await {
+            failed = Some(e); // the parent is unreachable: the rest waits too
+            break;
         }
         at += n;
     }
+    d.error = failed.map(|error| Unsent {
+        error,
+        parcels: parcels
+            .iter()
+            .filter(|p| !d.answers.contains_key(&p.id))
+            .cloned()
+            .collect(),
+    });
     d
 }
 
-async fn send(uplink: &BackChannelClient, parcels: &[Parcel], timeout: Duration, d: &mut Delivery) {
+async fn send(
+    uplink: &BackChannelClient,
+    parcels: &[Parcel],
+    timeout: Duration,
+    d: &mut Delivery,
+) -> Result<(), LinkError> {
     // Halving is iterative (a stack of ranges), not recursive: at most
     // 2·log2(n) extra posts find one refused message.
     let mut todo = vec![parcels];
@@ -109,10 +133,8 @@ async fn send(uplink: &BackChannelClient, parcels: &[Parcel], timeout: Duration,
                     Response::rejected(p.id, format!("parent refused the message: {}", e.kind)),
                 );
             }
-            Err(e) => {
-                d.error = Some(e);
-                return;
-            }
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
 }

@@ -236,15 +236,14 @@ impl Forwarder {
             self.cfg.exchange_timeout,
         )
         .await;
-        if let Some(e) = &delivery.error {
+        if let Some(unsent) = &delivery.error {
             self.counters.link_errors.inc();
             let delay = self
                 .state
                 .lock()
                 .map(|mut s| s.backoff.next_delay())
                 .unwrap_or(IDLE_TICK);
-            let waiting = entries.len() - delivery.answers.len();
-            tracing::warn!(error = %e, retry_in = ?delay, n = waiting, "exchange failed; messages stay spooled");
+            tracing::warn!(error = %unsent.error, retry_in = ?delay, n = unsent.parcels.len(), "exchange failed; messages stay spooled");
             self.pause(delay);
         } else if let Ok(mut s) = self.state.lock() {
             s.backoff.reset();

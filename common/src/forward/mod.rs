@@ -43,7 +43,7 @@ use crate::store::{
 };
 
 pub use dead_letters::{DeadLetter, DeadLetterView, DeadLetters, MAX_DEAD_LETTERS};
-pub use deliver::{deliver, Delivery, Parcel};
+pub use deliver::{deliver, Delivery, Parcel, Unsent};
 pub use forwarder::{ForwardConfig, Forwarder};
 
 type PushResult = Result<Vec<Result<Pushed, StoreError>>, StoreError>;
@@ -237,7 +237,7 @@ impl Sender {
         spool: Arc<dyn Spool>,
         kv: Arc<dyn KvStore>,
         metrics: &Registry,
-    ) -> Result<Sender, Box<dyn std::error::Error + Send + Sync>> {
+    ) -> crate::Result<Sender> {
         let link = Link::new(
             &uplink.parents,
             crate::tls::client_config(tls)?,

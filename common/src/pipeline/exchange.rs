@@ -69,7 +69,7 @@ pub async fn receive(req: http::Request<Incoming>, peer: &Peer) -> Result<Inboun
         }
         Ok(Err(e)) => {
             tracing::info!(peer = %identity.id, error = %e, "envelope refused");
-            return Err(error(e.status(), e));
+            return Err(crate::Error::from(e).response());
         }
         Ok(Ok(d)) => d,
     };
