@@ -204,3 +204,34 @@ fn print_example_for_docs() {
     let (ct, body) = r.finish();
     println!("Content-Type: {ct}\n\n{}", String::from_utf8_lossy(&body));
 }
+
+#[test]
+fn hop_reasons_are_cut_at_a_character_boundary_both_ways() {
+    use crate::envelope::{wire, Control};
+    use crate::limits::MAX_REASON_BYTES;
+    let mut c = Control::default();
+    let long = "é".repeat(MAX_REASON_BYTES); // two bytes each
+    c.answer(crate::model::Response::rejected(
+        MessageId::new(),
+        long.clone(),
+    ));
+    let xml = wire::encode_control(&c);
+    let back = wire::decode_control(xml.as_bytes()).unwrap();
+    let r = back.responses[0].reason.as_deref().unwrap();
+    assert!(r.len() <= MAX_REASON_BYTES && long.starts_with(r));
+    // A peer's longer reason is cut on decode, so decode(encode(x)) == x.
+    let raw = format!(
+        "<exchange><response request=\"{}\" status=\"rejected\" reason=\"{}\"/></exchange>",
+        MessageId::new(),
+        "x".repeat(1000)
+    );
+    let d = wire::decode_control(raw.as_bytes()).unwrap();
+    assert_eq!(
+        d.responses[0].reason.as_deref().map(str::len),
+        Some(MAX_REASON_BYTES)
+    );
+    assert_eq!(
+        wire::decode_control(wire::encode_control(&d).as_bytes()).unwrap(),
+        d
+    );
+}

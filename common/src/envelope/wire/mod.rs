@@ -236,10 +236,17 @@ pub fn decode_control(xml: &[u8]) -> Result<crate::envelope::Control, InvalidMes
             .into_iter()
             .map(|a| a.parse().map_err(|e| field("exchange/accepted", e)))
             .collect::<Result<_, _>>()?,
+        // Hop reasons are cut as the encoder cuts them, so a decoded control part is canonical.
         responses: w
             .responses
             .into_iter()
-            .map(|r| response_from_wire(r, "exchange/response"))
+            .map(|r| {
+                let mut r = response_from_wire(r, "exchange/response")?;
+                if let Some(reason) = r.reason.as_mut() {
+                    crate::envelope::truncate(reason, crate::limits::MAX_REASON_BYTES);
+                }
+                Ok(r)
+            })
             .collect::<Result<_, _>>()?,
     })
 }
