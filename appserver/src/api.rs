@@ -244,6 +244,7 @@ impl Api {
             ),
             Err(e @ SendError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
             Err(e @ SendError::NoGroup(_)) => error(StatusCode::NOT_FOUND, e),
+            Err(e @ SendError::TooLarge(_)) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
             Err(e @ SendError::Store(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         }
     }

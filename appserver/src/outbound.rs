@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rsnet_common::backchannel::BackChannel;
+use rsnet_common::envelope::budget::{self, TooLarge};
 use rsnet_common::envelope::wire;
 use rsnet_common::id::{ComponentId, GroupName, MessageId};
 use rsnet_common::json::MessageInput;
@@ -28,6 +29,9 @@ pub enum SendError {
     /// A named group does not exist (HTTP 404).
     #[error("no such group {0}")]
     NoGroup(String),
+    /// The message could never travel down the tree in an exchange (HTTP 413).
+    #[error("too large for an exchange: {0}")]
+    TooLarge(#[from] TooLarge),
     /// Queues full or storage failed (HTTP 503).
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -116,6 +120,9 @@ impl Outbound {
             routing: Vec::new(),
         };
         let content = Bytes::from(wire::encode_content(&built.content));
+        // Refused now, or it travels: a copy too large for a reply's part
+        // would make every reply to that child undecodable.
+        budget::check(wire::encode_header(&header).len(), content.len(), 0)?;
         let routed = self.backchannel.route(&dests);
         let record = Delivery::new(&header, to, &routed.copies, &routed.unroutable);
         // The record is durable before any copy can be acknowledged.

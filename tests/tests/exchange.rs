@@ -64,6 +64,14 @@ async fn wait_stored(op: &Target, sub: &str, ids: &HashSet<String>) {
     .await;
 }
 
+/// Posts one `data` message with `payload` to a proxy's local API.
+async fn post_data(addr: std::net::SocketAddr, payload: String) -> (StatusCode, Value) {
+    let m = json!({"kind": "data", "class": "data", "payload": payload});
+    json_call(&Target::Plain(addr), Method::POST, "/v1/messages", Some(m))
+        .await
+        .expect("local API answers")
+}
+
 async fn status(tree: &Tree, p: usize) -> Value {
     let (s, v) = json_call(
         &tree.node_target(p).unwrap(),
@@ -89,15 +97,7 @@ async fn a_message_too_big_for_any_envelope_is_refused_at_the_local_api() {
     let tree = start("big", &one_mlm_one_proxy());
     let (op, p) = (tree.operator_target().unwrap(), tree.proxies()[0]);
     let addr = tree.nodes[p].addr.unwrap();
-    let big = json!({"kind": "data", "class": "data", "payload": "y".repeat(2 << 20)});
-    let (s, v) = json_call(
-        &Target::Plain(addr),
-        Method::POST,
-        "/v1/messages",
-        Some(big),
-    )
-    .await
-    .unwrap();
+    let (s, v) = post_data(addr, "y".repeat(2 << 20)).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
     let why = v["error"].as_str().unwrap_or_default();
     assert!(why.contains("1048576") && why.contains("bulk"), "{why}");
@@ -156,15 +156,7 @@ async fn a_message_a_parent_refuses_for_size_becomes_a_dead_letter_while_the_res
     })
     .expect("proxy under the small parent");
     let addr = tree.nodes[p].addr.unwrap();
-    let big = json!({"kind": "data", "class": "data", "payload": "z".repeat(200 * 1024)});
-    let (s, v) = json_call(
-        &Target::Plain(addr),
-        Method::POST,
-        "/v1/messages",
-        Some(big),
-    )
-    .await
-    .unwrap();
+    let (s, v) = post_data(addr, "z".repeat(200 * 1024)).await;
     assert_eq!(s, StatusCode::ACCEPTED, "it travels in this version: {v}");
     let big_id = v["ids"][0].as_str().unwrap().to_string();
     let rest: HashSet<String> = send(addr, &alarms("behind", 20, 10))
@@ -455,4 +447,55 @@ async fn kill9_of_a_proxy_mid_post_stores_every_keyed_message_exactly_once() {
     assert_eq!(per_text.len(), N);
     let twice: Vec<_> = per_text.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "stored twice: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_message_that_could_never_travel_down_is_refused() {
+    let tree = start("bigdown", &one_mlm_one_proxy());
+    let op = tree.operator_target().unwrap();
+    let post = |body: Value| {
+        let op = op.clone();
+        async move {
+            json_call(&op, Method::POST, "/api/v1/messages", Some(body))
+                .await
+                .expect("operator API answers")
+        }
+    };
+    // A payload that fits the API body but grows past one part once escaped as XML.
+    let (s, v) = post(
+        json!({"to": "acme.p1", "kind": "data", "class": "config", "payload": "<".repeat(400_000)}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("content is"),
+        "{v}"
+    );
+    // Destinations whose list is larger than a header part.
+    let many: Vec<String> = (0..2000)
+        .map(|i| format!("acme.p1.{}{i}", "x".repeat(180)))
+        .collect();
+    let (s, v) = post(json!({"to": many, "kind": "data", "class": "config", "payload": "x"})).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("header is"),
+        "{v}"
+    );
+    // Nothing was queued, and an ordinary message still goes through.
+    let (s, v) =
+        post(json!({"to": "acme.p1", "kind": "data", "class": "config", "payload": "ok"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let t = tree.node_target(tree.proxies()[0]).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_for("the ordinary message in the inbox", LONG, || async {
+        let (_, v) = json_call(&t, Method::GET, "/v1/inbox?wait=5", None)
+            .await
+            .ok()?;
+        v["messages"]
+            .as_array()?
+            .iter()
+            .any(|m| m["id"] == json!(id))
+            .then_some(())
+    })
+    .await;
 }

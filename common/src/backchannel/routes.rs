@@ -163,28 +163,8 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Content, Event, Hop, Message, Timestamp};
 
-    fn item(origin: &str, hops: &[&str]) -> Item {
-        let mut m = Message::forward(
-            origin.parse().unwrap(),
-            "event",
-            None,
-            Content::Event(Event {
-                support_instance: None,
-                text: String::new(),
-                data: None,
-            }),
-        );
-        m.header.routing = hops
-            .iter()
-            .map(|h| Hop {
-                id: h.parse().unwrap(),
-                time: Timestamp::now(),
-            })
-            .collect();
-        Item::new(&m)
-    }
+    use crate::envelope::test_item as item;
 
     fn id(s: &str) -> ComponentId {
         s.parse().unwrap()

@@ -502,5 +502,29 @@ pub async fn decode_bytes(content_type: &str, body: Bytes) -> Result<Decoded, En
     decode(content_type, s).await
 }
 
+/// A test event from `origin` with `hops` in its routing list.
+#[cfg(test)]
+pub(crate) fn test_item(origin: &str, hops: &[&str]) -> Item {
+    use crate::model::{Content, Event, Hop, Timestamp};
+    let mut m = Message::forward(
+        origin.parse().expect("test origin"),
+        "event",
+        None,
+        Content::Event(Event {
+            support_instance: None,
+            text: String::new(),
+            data: None,
+        }),
+    );
+    m.header.routing = hops
+        .iter()
+        .map(|h| Hop {
+            id: h.parse().expect("test hop"),
+            time: Timestamp::now(),
+        })
+        .collect();
+    Item::new(&m)
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{Content, Destination, Direction, Event, Hop, Message};
+use crate::model::{Destination, Direction};
 use crate::tls::Role;
 
 fn peer(id: &str, role: Role, scopes: &[&str]) -> Identity {
@@ -10,26 +10,7 @@ fn peer(id: &str, role: Role, scopes: &[&str]) -> Identity {
     }
 }
 
-fn item(origin: &str, hops: &[&str]) -> Item {
-    let mut m = Message::forward(
-        origin.parse().unwrap(),
-        "event",
-        None,
-        Content::Event(Event {
-            support_instance: None,
-            text: String::new(),
-            data: None,
-        }),
-    );
-    m.header.routing = hops
-        .iter()
-        .map(|h| Hop {
-            id: h.parse().unwrap(),
-            time: Timestamp::now(),
-        })
-        .collect();
-    Item::new(&m)
-}
+use crate::envelope::test_item as item;
 
 fn reason(v: Option<Verdict>) -> String {
     match v {
