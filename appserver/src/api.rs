@@ -34,12 +34,10 @@ use rsnet_common::id::{GroupName, MessageId};
 use rsnet_common::json::MessageInput;
 use rsnet_common::limits::{BODY_READ_TIMEOUT, MAX_API_BODY_BYTES};
 
-use crate::groups::GroupError;
 use std::sync::Mutex;
 
 use crate::deliveries::Deliveries;
 use crate::outbound::Outbound;
-use crate::outbound::SendError;
 use crate::topology::Topology;
 use tokio::sync::watch;
 
@@ -242,10 +240,7 @@ impl Api {
                 StatusCode::ACCEPTED,
                 &json!({ "id": d.id, "destinations": d.destinations.len(), "summary": d.summary() }),
             ),
-            Err(e @ SendError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
-            Err(e @ SendError::NoGroup(_)) => error(StatusCode::NOT_FOUND, e),
-            Err(e @ SendError::TooLarge(_)) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
-            Err(e @ SendError::Store(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+            Err(e) => e.response(),
         }
     }
 
@@ -292,8 +287,7 @@ impl Api {
                 };
                 match groups.put(&name, &put.members).await {
                     Ok(g) => json(StatusCode::OK, &g),
-                    Err(e @ GroupError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
-                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                    Err(e) => e.response(),
                 }
             }
             Method::DELETE => match groups.delete(&name).await {

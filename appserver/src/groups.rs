@@ -12,6 +12,8 @@ use rsnet_common::limits::MAX_DESTINATIONS;
 use rsnet_common::store::{KvStore, StoreError};
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
+
 /// KV key prefix.
 pub const PREFIX: &str = "group/";
 
@@ -24,17 +26,6 @@ pub struct Group {
     pub customer: String,
     /// Members, sorted, without repeats.
     pub members: Vec<String>,
-}
-
-/// Why a group was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum GroupError {
-    /// The name or a member is not a valid ID, or the list is unusable.
-    #[error("{0}")]
-    Invalid(String),
-    /// Storage failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// The group table.
@@ -51,15 +42,15 @@ impl Groups {
     /// Creates or replaces a group.
     ///
     /// # Errors
-    /// [`GroupError::Invalid`] naming the bad member; store failures.
-    pub async fn put(&self, name: &GroupName, members: &[String]) -> Result<Group, GroupError> {
+    /// [`Error::Invalid`] naming the bad member; store failures.
+    pub async fn put(&self, name: &GroupName, members: &[String]) -> Result<Group, Error> {
         if members.is_empty() {
-            return Err(GroupError::Invalid(
+            return Err(Error::Invalid(
                 "members: a group needs at least one member".into(),
             ));
         }
         if members.len() > MAX_DESTINATIONS {
-            return Err(GroupError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "members: more than {MAX_DESTINATIONS}"
             )));
         }
@@ -67,9 +58,9 @@ impl Groups {
         for (i, m) in members.iter().enumerate() {
             let id: ComponentId = m
                 .parse()
-                .map_err(|e| GroupError::Invalid(format!("members[{i}]: {m:?}: {e}")))?;
+                .map_err(|e| Error::Invalid(format!("members[{i}]: {m:?}: {e}")))?;
             if !id.as_str().contains('.') {
-                return Err(GroupError::Invalid(format!(
+                return Err(Error::Invalid(format!(
                     "members[{i}]: {m:?} is a customer, not a component"
                 )));
             }
@@ -77,7 +68,7 @@ impl Groups {
         }
         let customer = ids[0].customer().to_string();
         if let Some(other) = ids.iter().find(|i| i.customer() != customer) {
-            return Err(GroupError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "members: {other} belongs to customer {}, not {customer}: groups never span customers",
                 other.customer()
             )));
@@ -90,7 +81,7 @@ impl Groups {
             customer,
             members,
         };
-        let v = serde_json::to_vec(&g).map_err(|e| GroupError::Invalid(e.to_string()))?;
+        let v = serde_json::to_vec(&g).map_err(|e| Error::Invalid(e.to_string()))?;
         rsnet_common::store::put_async(&self.kv, vec![(key(name), v)]).await?;
         Ok(g)
     }

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod deliveries;
+pub mod error;
 pub mod groups;
 pub mod ingest;
 pub mod outbound;

@@ -9,33 +9,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rsnet_common::backchannel::BackChannel;
-use rsnet_common::envelope::budget::{self, TooLarge};
+use rsnet_common::envelope::budget;
 use rsnet_common::envelope::wire;
 use rsnet_common::id::{ComponentId, GroupName, MessageId};
 use rsnet_common::json::MessageInput;
 use rsnet_common::limits::MAX_DESTINATIONS;
 use rsnet_common::model::{Destination, Direction, Header, Timestamp};
-use rsnet_common::store::StoreError;
 
 use crate::deliveries::{Deliveries, Delivery, Event};
 use crate::groups::Groups;
 
-/// Why a send was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// Bad input (HTTP 400).
-    #[error("{0}")]
-    Invalid(String),
-    /// A named group does not exist (HTTP 404).
-    #[error("no such group {0}")]
-    NoGroup(String),
-    /// The message could never travel down the tree in an exchange (HTTP 413).
-    #[error("too large for an exchange: {0}")]
-    TooLarge(#[from] TooLarge),
-    /// Queues full or storage failed (HTTP 503).
-    #[error("{0}")]
-    Store(#[from] StoreError),
-}
+use crate::error::Error;
 
 /// Sends operator messages down the tree.
 pub struct Outbound {
@@ -53,12 +37,9 @@ impl Outbound {
     ///
     /// # Errors
     /// A bad ID, an unknown group, too many destinations.
-    pub fn expand(
-        &self,
-        to: &[String],
-    ) -> Result<(Vec<ComponentId>, Option<GroupName>), SendError> {
+    pub fn expand(&self, to: &[String]) -> Result<(Vec<ComponentId>, Option<GroupName>), Error> {
         if to.is_empty() {
-            return Err(SendError::Invalid("to: names no destination".into()));
+            return Err(Error::Invalid("to: names no destination".into()));
         }
         let mut dests = Vec::new();
         let mut groups = Vec::new();
@@ -66,11 +47,11 @@ impl Outbound {
             if t.starts_with("group:") {
                 let g: GroupName = t
                     .parse()
-                    .map_err(|e| SendError::Invalid(format!("to[{i}]: {e}")))?;
+                    .map_err(|e| Error::Invalid(format!("to[{i}]: {e}")))?;
                 let found = self
                     .groups
                     .get(&g)?
-                    .ok_or_else(|| SendError::NoGroup(t.clone()))?;
+                    .ok_or_else(|| Error::NoGroup(t.clone()))?;
                 for m in found.members {
                     if let Ok(id) = m.parse() {
                         dests.push(id);
@@ -80,14 +61,14 @@ impl Outbound {
             } else {
                 dests.push(
                     t.parse()
-                        .map_err(|e| SendError::Invalid(format!("to[{i}]: {t:?}: {e}")))?,
+                        .map_err(|e| Error::Invalid(format!("to[{i}]: {t:?}: {e}")))?,
                 );
             }
         }
         dests.sort();
         dests.dedup();
         if dests.len() > MAX_DESTINATIONS {
-            return Err(SendError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "to: {} destinations, more than {MAX_DESTINATIONS}",
                 dests.len()
             )));
@@ -99,10 +80,10 @@ impl Outbound {
     /// Sends one message to `to`; returns its delivery record.
     ///
     /// # Errors
-    /// [`SendError`]; on a store error nothing was queued.
-    pub async fn send(&self, to: Vec<String>, input: &MessageInput) -> Result<Delivery, SendError> {
+    /// [`Error`]; on a store error nothing was queued.
+    pub async fn send(&self, to: Vec<String>, input: &MessageInput) -> Result<Delivery, Error> {
         let (dests, group) = self.expand(&to)?;
-        let built = input.build(0, None).map_err(SendError::Invalid)?;
+        let built = input.build(0, None).map_err(Error::Invalid)?;
         let created = Timestamp::now();
         let mut qos = built.qos;
         qos.expiry = input.expires_in().map(|d| created.after(d));
