@@ -2,22 +2,24 @@
 //! what a proxy holds for its integrators.
 //!
 //! ```text
-//! offer ──► GroupCommit ──► QueueStore (fsync) ──► memory ──► wake waiters
-//! take(queue)  : in precedence-then-age order, skipping leased entries;
-//!                leases what it returns for `lease`, drops expired ones
+//! offer ──► GroupCommit ──► QueueStore::commit (fsync) ──► wake waiters
+//! take(queue)  : QueueStore::lease, in precedence-then-age order, skipping
+//!                leased entries; leases what it returns for `lease`, and
+//!                removes expired ones
 //! ack(queue, ids): removes (durably) what the receiver confirmed
 //! ```
 //!
-//! The whole queue lives in memory (bounded by `capacity_bytes`); the store
-//! only makes each change durable and gives it back at start, when every
-//! lease is forgotten and everything unacknowledged is sent again. Receivers
-//! drop repeated IDs, so a resend is harmless; a lost reply loses nothing.
+//! Everything that makes these queues queues (sequence numbers, leases,
+//! received marks) is the store's contract ([`QueueStore`]), so a backend
+//! shared by a farm serves the same logic. This layer adds what only one
+//! process can do: group commit (concurrent offers and acks share one
+//! fsync) and waking the long-polls and integrators that wait on a queue.
 //!
-//! Receivers record what they took from their own parent with a *seen mark*
-//! ([`RECEIVED`]): a message resent after its ack was lost is recognised and
+//! Receivers record what they took from their own parent with a *received
+//! mark*: a message resent after its ack was lost is recognised and
 //! acknowledged again without being queued twice.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,21 +27,13 @@ use tokio::sync::Notify;
 
 use crate::id::MessageId;
 use crate::model::Timestamp;
-use crate::store::{GroupCommit, QueueStore, QueueWrite, SpoolKey, SpoolRecord, StoreError};
+pub use crate::store::{is_pseudo, Offered, QueueStats};
+use crate::store::{GroupCommit, QueueOp, QueueOutcome, QueueStore, SpoolRecord, StoreError};
 
-/// The pseudo-queue under which a node marks what it received from its
-/// parent (not a valid component ID, so it cannot clash with a queue name).
-pub const RECEIVED: &str = "^received";
 /// The pseudo-queue holding control actions that were received (their
 /// received mark is durable) but whose result is not yet spooled; what is
 /// left there at start is carried out then.
 pub const CONTROL: &str = "^control";
-
-/// True for a pseudo-queue name ([`RECEIVED`], [`CONTROL`]), which is never
-/// a destination.
-pub fn is_pseudo(queue: &str) -> bool {
-    queue.starts_with('^')
-}
 
 /// One message offered by [`Queues::offer_many`].
 #[derive(Debug, Clone, Default)]
@@ -72,15 +66,6 @@ impl Default for QueuesConfig {
     }
 }
 
-/// What [`Queues::offer`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offered {
-    /// Queued (durably) this many new entries.
-    Queued(usize),
-    /// The received ID was seen before; nothing queued.
-    Duplicate,
-}
-
 /// What [`Queues::take`] returned.
 #[derive(Debug, Default)]
 pub struct Taken {
@@ -92,111 +77,42 @@ pub struct Taken {
     pub expired: Vec<MessageId>,
 }
 
-/// Counters over all queues.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct QueueStats {
-    /// Entries held.
-    pub messages: u64,
-    /// Bytes held.
-    pub bytes: u64,
-    /// Non-empty queues.
-    pub queues: u64,
-    /// Entries currently leased.
-    pub leased: u64,
-}
-
-struct Slot {
-    record: SpoolRecord,
-    lease_until: Option<Instant>,
-}
-
-#[derive(Default)]
-struct Queue {
-    entries: BTreeMap<SpoolKey, Slot>,
-    by_id: HashMap<MessageId, SpoolKey>,
-}
-
-#[derive(Default)]
-struct State {
-    queues: HashMap<String, Queue>,
-    seen: HashMap<MessageId, Timestamp>,
-    bytes: u64,
-    waiters: HashMap<String, Arc<Notify>>,
-}
-
-impl State {
-    fn insert(&mut self, queue: String, key: SpoolKey, record: SpoolRecord) {
-        self.bytes += record.size();
-        let q = self.queues.entry(queue).or_default();
-        q.by_id.insert(record.id, key);
-        q.entries.insert(
-            key,
-            Slot {
-                record,
-                lease_until: None,
-            },
-        );
-    }
-
-    fn remove(&mut self, queue: &str, id: &MessageId) -> Option<SpoolKey> {
-        let q = self.queues.get_mut(queue)?;
-        let key = q.by_id.remove(id)?;
-        if let Some(slot) = q.entries.remove(&key) {
-            self.bytes -= slot.record.size();
-        }
-        if q.entries.is_empty() {
-            self.queues.remove(queue);
-        }
-        Some(key)
-    }
-}
+type Commit = Result<Vec<QueueOutcome>, StoreError>;
 
 /// Durable named queues; see the module docs.
 pub struct Queues {
     cfg: QueuesConfig,
     store: Arc<dyn QueueStore>,
-    st: Mutex<State>,
-    writer: GroupCommit<QueueWrite, Result<Vec<SpoolKey>, StoreError>>,
-    /// Offers are serialised so the duplicate check and the insert agree.
-    offering: tokio::sync::Mutex<()>,
+    writer: GroupCommit<Vec<QueueOp>, Commit>,
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
     any: Notify,
     version: std::sync::atomic::AtomicU64,
     commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// When wall-clock time `t` comes, as an [`Instant`] (now if it is past).
+fn instant_of(t: Timestamp) -> Instant {
+    Instant::now() + Duration::from_millis(t.0.saturating_sub(Timestamp::now().0))
+}
+
 impl Queues {
-    /// Loads everything from `store` and starts the writer.
+    /// Opens the queues over `store` and starts the writer.
     ///
     /// # Errors
-    /// If the store cannot be read or the writer thread cannot start.
+    /// If the writer thread cannot start.
     pub fn open(store: Arc<dyn QueueStore>, cfg: QueuesConfig) -> crate::Result<Arc<Queues>> {
-        let (queued, seen) = store.load(Timestamp::now())?;
-        let mut st = State::default();
-        for q in queued {
-            st.insert(q.queue, q.key, q.record);
-        }
-        for (q, id, until) in seen {
-            if q == RECEIVED {
-                st.seen.insert(id, until);
-            }
-        }
         let s = store.clone();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let c = commits.clone();
-        let writer = GroupCommit::spawn("queue-writer", move |ws: Vec<QueueWrite>| {
+        let writer = GroupCommit::spawn("queue-writer", move |batches: Vec<Vec<QueueOp>>| {
             c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let sizes: Vec<usize> = ws.iter().map(|w| w.push.len()).collect();
-            let mut all = QueueWrite::default();
-            for w in ws {
-                all.push.extend(w.push);
-                all.remove.extend(w.remove);
-                all.mark.extend(w.mark);
-            }
+            let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+            let all: Vec<QueueOp> = batches.into_iter().flatten().collect();
             #[allow(clippy::disallowed_methods)] // on the queue writer thread
-            match s.write(all) {
-                Ok(mut keys) => sizes
+            match s.commit(all, Timestamp::now()) {
+                Ok(mut outs) => sizes
                     .into_iter()
-                    .map(|n| Ok(keys.drain(..n).collect()))
+                    .map(|n| Ok(outs.drain(..n).collect()))
                     .collect(),
                 Err(e) => sizes.iter().map(|_| Err(e.clone())).collect(),
             }
@@ -204,9 +120,8 @@ impl Queues {
         let queues = Arc::new(Queues {
             cfg,
             store,
-            st: Mutex::new(st),
             writer,
-            offering: tokio::sync::Mutex::new(()),
+            waiters: Mutex::new(HashMap::new()),
             any: Notify::new(),
             version: std::sync::atomic::AtomicU64::new(0),
             commits,
@@ -218,12 +133,11 @@ impl Queues {
             loop {
                 tick.tick().await;
                 let Some(q) = weak.upgrade() else { return };
-                let now = Timestamp::now();
-                q.lock().seen.retain(|_, until| *until > now);
                 let s = q.store.clone();
                 drop(q);
                 #[allow(clippy::disallowed_methods)] // in spawn_blocking
-                let pruned = tokio::task::spawn_blocking(move || s.prune_seen(now)).await;
+                let pruned =
+                    tokio::task::spawn_blocking(move || s.prune_seen(Timestamp::now())).await;
                 if let Ok(Err(e)) = pruned {
                     tracing::warn!(error = %e, "pruning seen marks failed");
                 }
@@ -232,13 +146,13 @@ impl Queues {
         Ok(queues)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    async fn commit(&self, ops: Vec<QueueOp>) -> Commit {
+        self.writer.submit(ops).await?
     }
 
     /// True if `id` was received (and marked) before.
     pub fn was_received(&self, id: &MessageId) -> bool {
-        self.lock().seen.contains_key(id)
+        self.store.was_received(id, Timestamp::now())
     }
 
     /// Queues `push` durably. With `received`, also marks that message ID
@@ -263,110 +177,61 @@ impl Queues {
     }
 
     /// [`Queues::offer`] for many messages in **one** durable commit (a whole
-    /// reply from the parent): one answer per offer, in order. Offers are
-    /// taken while they fit the capacity; one that does not fit fails with
-    /// [`StoreError::Full`] and those after it are still tried. A received
-    /// ID seen before, or earlier in the same call, is [`Offered::Duplicate`].
+    /// reply from the parent): one answer per offer, in order. An offer that
+    /// does not fit the capacity fails with [`StoreError::Full`]; those after
+    /// it are still tried. A received ID seen before, or earlier in the same
+    /// call, is [`Offered::Duplicate`].
     ///
     /// # Durability
     /// Returns after fsync; every `Queued` answer (and its received mark) is durable.
     pub async fn offer_many(&self, offers: Vec<Offer>) -> Vec<Result<Offered, StoreError>> {
-        let _one = self.offering.lock().await;
         let until = Timestamp::now().after(self.cfg.remember);
-        let mut w = QueueWrite::default();
-        let mut answers: Vec<Option<Result<Offered, StoreError>>> =
-            Vec::with_capacity(offers.len());
-        // Per accepted offer: its pushes' range in `w.push` and its received ID.
-        let mut taken: Vec<(usize, std::ops::Range<usize>, Option<MessageId>)> = Vec::new();
+        let mut touched: Vec<String> = offers
+            .iter()
+            .flat_map(|o| o.push.iter().map(|(q, _)| q.clone()))
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let n = offers.len();
+        let ops = offers
+            .into_iter()
+            .map(|o| QueueOp::Offer {
+                push: o.push,
+                received: o.received.map(|id| (id, until)),
+                capacity: self.cfg.capacity_bytes,
+            })
+            .collect();
+        let outcomes = match self.commit(ops).await {
+            Ok(o) => o,
+            Err(e) => return (0..n).map(|_| Err(e.clone())).collect(),
+        };
+        let answers: Vec<Result<Offered, StoreError>> = outcomes
+            .into_iter()
+            .map(|o| match o {
+                QueueOutcome::Offered(r) => r,
+                other => Err(StoreError::Backend(format!("unexpected outcome {other:?}"))),
+            })
+            .collect();
+        if answers
+            .iter()
+            .any(|a| matches!(a, Ok(Offered::Queued(n)) if *n > 0))
         {
-            let st = self.lock();
-            let mut bytes = st.bytes;
-            let mut marked = HashSet::new();
-            let mut here = HashSet::new();
-            for (i, Offer { push, received }) in offers.into_iter().enumerate() {
-                if received.is_some_and(|id| st.seen.contains_key(&id) || !marked.insert(id)) {
-                    answers.push(Some(Ok(Offered::Duplicate)));
-                    continue;
-                }
-                let mut mine = Vec::with_capacity(push.len());
-                let mut size = 0u64;
-                for (q, r) in push {
-                    let dup = st
-                        .queues
-                        .get(&q)
-                        .is_some_and(|x| x.by_id.contains_key(&r.id));
-                    if dup || here.contains(&(q.clone(), r.id)) {
-                        continue;
-                    }
-                    size += r.size();
-                    mine.push((q, r));
-                }
-                if bytes + size > self.cfg.capacity_bytes {
-                    if let Some(id) = received {
-                        marked.remove(&id);
-                    }
-                    answers.push(Some(Err(StoreError::Full {
-                        needed: size,
-                        free: self.cfg.capacity_bytes.saturating_sub(bytes),
-                        capacity: self.cfg.capacity_bytes,
-                    })));
-                    continue;
-                }
-                bytes += size;
-                for (q, r) in &mine {
-                    here.insert((q.clone(), r.id));
-                }
-                let start = w.push.len();
-                w.push.extend(mine);
-                if let Some(id) = received {
-                    w.mark.push((RECEIVED.to_string(), id, until));
-                }
-                taken.push((i, start..w.push.len(), received));
-                answers.push(None);
-            }
-        }
-        if !w.is_empty() {
-            let pushed = w.push.clone();
-            match self.writer.submit(w).await.and_then(|r| r) {
-                Ok(keys) => {
-                    let mut wake = Vec::new();
-                    {
-                        let mut st = self.lock();
-                        for (_, _, received) in &taken {
-                            if let Some(id) = received {
-                                st.seen.insert(*id, until);
-                            }
-                        }
-                        for ((q, r), k) in pushed.into_iter().zip(keys) {
-                            if let Some(n) = st.waiters.get(&q) {
-                                wake.push(n.clone());
-                            }
-                            st.insert(q, k, r);
-                        }
-                    }
-                    for n in wake {
-                        n.notify_waiters();
-                    }
-                    self.version
-                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    self.any.notify_waiters();
-                }
-                Err(e) => {
-                    for (i, _, _) in &taken {
-                        answers[*i] = Some(Err(e.clone()));
-                    }
-                }
-            }
-        }
-        for (i, range, _) in taken {
-            if answers[i].is_none() {
-                answers[i] = Some(Ok(Offered::Queued(range.len())));
-            }
+            self.wake(&touched);
         }
         answers
-            .into_iter()
-            .map(|a| a.unwrap_or(Ok(Offered::Queued(0))))
-            .collect()
+    }
+
+    fn wake(&self, queues: &[String]) {
+        let wake: Vec<Arc<Notify>> = {
+            let w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            queues.iter().filter_map(|q| w.get(q).cloned()).collect()
+        };
+        for n in wake {
+            n.notify_waiters();
+        }
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.any.notify_waiters();
     }
 
     /// Durable commits made so far (each one transaction and one fsync).
@@ -394,108 +259,58 @@ impl Queues {
     /// [`Queues::take`] over several queues (their entries interleaved by
     /// precedence, then age).
     pub async fn take_from(&self, queues: &[&str], max_bytes: usize, max_items: usize) -> Taken {
-        let (now, wall) = (Instant::now(), Timestamp::now());
-        let mut out = Taken::default();
-        let mut gone = Vec::new();
-        {
-            let mut st = self.lock();
-            let mut candidates: Vec<(SpoolKey, usize)> = Vec::new();
-            for (i, q) in queues.iter().enumerate() {
-                if let Some(x) = st.queues.get(*q) {
-                    // Entries are in order within a queue: no more than
-                    // `max_items` of each can make the cut.
-                    let due = x
-                        .entries
-                        .iter()
-                        .filter(|(_, slot)| slot.lease_until.is_none_or(|t| t <= now))
-                        .take(max_items);
-                    candidates.extend(due.map(|(k, _)| (*k, i)));
+        let now = Timestamp::now();
+        let leased =
+            match self
+                .store
+                .lease(queues, max_bytes, max_items, now, now.after(self.cfg.lease))
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "queue lease failed");
+                    return Taken::default();
                 }
-            }
-            candidates.sort_unstable();
-            let mut bytes = 0usize;
-            for (k, qi) in candidates {
-                let q = queues[qi];
-                if out.records.len() >= max_items {
-                    break;
-                }
-                let Some(slot) = st.queues.get_mut(q).and_then(|x| x.entries.get_mut(&k)) else {
-                    continue;
-                };
-                if slot.record.expiry.is_some_and(|e| e <= wall) {
-                    let id = slot.record.id;
-                    out.expired.push(id);
-                    st.remove(q, &id);
-                    gone.push((q.to_string(), k));
-                    continue;
-                }
-                let size = slot.record.size() as usize;
-                if !out.records.is_empty() && bytes + size > max_bytes {
-                    break;
-                }
-                bytes += size;
-                slot.lease_until = Some(now + self.cfg.lease);
-                out.records.push(slot.record.clone());
-                out.from.push(qi);
-            }
-        }
-        if !gone.is_empty() {
-            let w = QueueWrite {
-                remove: gone,
-                ..Default::default()
             };
-            if let Err(e) = self.writer.submit(w).await.and_then(|r| r) {
+        let expired: Vec<MessageId> = leased.expired.iter().map(|(_, _, id)| *id).collect();
+        if !leased.expired.is_empty() {
+            let gone = leased.expired.into_iter().map(|(q, k, _)| (q, k)).collect();
+            if let Err(e) = self.commit(vec![QueueOp::Remove(gone)]).await {
                 tracing::warn!(error = %e, "removing expired entries failed; retried at next start");
             }
         }
-        out
+        Taken {
+            records: leased.records,
+            from: leased.from,
+            expired,
+        }
     }
 
     /// Removes acknowledged entries of `queue`; unknown IDs are ignored.
     /// Returns the IDs that were removed.
     ///
     /// # Durability
-    /// Returns after fsync. Entries leave memory at once, so a concurrent
-    /// `take` does not send them again.
+    /// Returns after fsync. Entries are no longer handed out from the call
+    /// on, so a concurrent `take` does not send them again.
     pub async fn ack(&self, queue: &str, ids: &[MessageId]) -> Vec<MessageId> {
-        let mut w = QueueWrite::default();
-        let mut done = Vec::new();
-        {
-            let mut st = self.lock();
-            for id in ids {
-                if let Some(k) = st.remove(queue, id) {
-                    w.remove.push((queue.to_string(), k));
-                    done.push(*id);
-                }
-            }
-        }
-        if !w.is_empty() {
-            if let Err(e) = self.writer.submit(w).await.and_then(|r| r) {
+        let op = QueueOp::Ack {
+            queue: queue.to_string(),
+            ids: ids.to_vec(),
+        };
+        match self.commit(vec![op]).await {
+            Ok(mut o) => match o.pop() {
+                Some(QueueOutcome::Acked(done)) => done,
+                _ => Vec::new(),
+            },
+            Err(e) => {
                 tracing::warn!(error = %e, "recording acks failed; those entries are sent again after restart");
+                Vec::new()
             }
         }
-        done
     }
 
     /// True if `queue` has an entry that is not leased.
     pub fn has_ready(&self, queue: &str) -> bool {
-        let now = Instant::now();
-        self.lock().queues.get(queue).is_some_and(|q| {
-            q.entries
-                .values()
-                .any(|s| s.lease_until.is_none_or(|t| t <= now))
-        })
-    }
-
-    /// When the first lease in `queue` ends, if any entry is leased.
-    fn next_lease_end(&self, queue: &str) -> Option<Instant> {
-        self.lock()
-            .queues
-            .get(queue)?
-            .entries
-            .values()
-            .filter_map(|s| s.lease_until)
-            .min()
+        self.store.readiness(Some(queue), Timestamp::now()).ready
     }
 
     /// Waits until something is queued for `queue`, a lease in it ends (its
@@ -503,18 +318,20 @@ impl Queues {
     /// unleased entry is already there.
     pub async fn wait(&self, queue: &str, until: Instant) {
         let n = self
-            .lock()
             .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .entry(queue.to_string())
             .or_insert_with(|| Arc::new(Notify::new()))
             .clone();
         let notified = n.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if self.has_ready(queue) {
+        let r = self.store.readiness(Some(queue), Timestamp::now());
+        if r.ready {
             return;
         }
-        let until = self.next_lease_end(queue).map_or(until, |t| t.min(until));
+        let until = r.next_lease_end.map_or(until, |t| instant_of(t).min(until));
         let _ = tokio::time::timeout_at(until.into(), notified).await;
     }
 
@@ -533,45 +350,19 @@ impl Queues {
         if self.version() != since {
             return;
         }
-        let lease_end = {
-            let st = self.lock();
-            st.queues
-                .values()
-                .flat_map(|q| q.entries.values().filter_map(|s| s.lease_until))
-                .min()
-        };
-        let until = lease_end.map_or(until, |t| t.min(until));
+        let r = self.store.readiness(None, Timestamp::now());
+        let until = r.next_lease_end.map_or(until, |t| instant_of(t).min(until));
         let _ = tokio::time::timeout_at(until.into(), notified).await;
     }
 
     /// Names of the queues holding entries (pseudo-queues left out).
     pub fn names(&self) -> Vec<String> {
-        self.lock()
-            .queues
-            .keys()
-            .filter(|q| !is_pseudo(q))
-            .cloned()
-            .collect()
+        self.store.names()
     }
 
     /// Counters over all queues.
     pub fn stats(&self) -> QueueStats {
-        let now = Instant::now();
-        let st = self.lock();
-        let mut s = QueueStats {
-            bytes: st.bytes,
-            queues: st.queues.len() as u64,
-            ..Default::default()
-        };
-        for q in st.queues.values() {
-            s.messages += q.entries.len() as u64;
-            s.leased += q
-                .entries
-                .values()
-                .filter(|e| e.lease_until.is_some_and(|t| t > now))
-                .count() as u64;
-        }
-        s
+        self.store.stats(Timestamp::now())
     }
 }
 

@@ -240,69 +240,177 @@ pub fn client_keys_answer_resends_with_the_first_id_until_their_window_ends(open
 
 pub fn queue_store_applies_writes_durably_and_forgets_old_marks(open: &Open) {
     let dir = tmp();
-    let (a, b) = (rec(4, true, "a"), rec(8, true, "b"));
+    let (a, b, c) = (rec(4, true, "a"), rec(8, true, "b"), rec(4, true, "c"));
     let seen = MessageId::new();
-    let keys = {
-        let q = open(&dir).queues().unwrap();
-        let keys = q
-            .write(QueueWrite {
-                push: vec![("acme.p1".into(), a.clone()), ("acme.p2".into(), b.clone())],
-                remove: vec![],
-                mark: vec![
-                    ("^received".into(), seen, Timestamp(2_000)),
-                    ("^received".into(), MessageId::new(), Timestamp(500)),
-                ],
-            })
-            .unwrap();
-        assert_eq!(keys.len(), 2);
-        assert!(keys[1] < keys[0], "higher precedence sorts first");
-        keys
+    let t0 = Timestamp::now();
+    let offer = |push: Vec<(String, SpoolRecord)>, received: Option<(MessageId, Timestamp)>| {
+        QueueOp::Offer {
+            push,
+            received,
+            capacity: 1 << 20,
+        }
     };
     {
         let q = open(&dir).queues().unwrap();
-        let (queued, marks) = q.load(Timestamp(1_000)).unwrap();
-        let mut got: Vec<(String, SpoolKey, String)> = queued
-            .into_iter()
-            .map(|x| {
-                (
-                    x.queue,
-                    x.key,
-                    String::from_utf8(x.record.content.to_vec()).unwrap(),
-                )
-            })
-            .collect();
-        got.sort();
-        assert_eq!(
-            got,
-            vec![
-                ("acme.p1".into(), keys[0], "a".into()),
-                ("acme.p2".into(), keys[1], "b".into())
-            ]
+        let out = q
+            .commit(
+                vec![
+                    offer(
+                        vec![("acme.p1".into(), a.clone()), ("acme.p1".into(), b.clone())],
+                        Some((seen, Timestamp(t0.0 + 60_000))),
+                    ),
+                    // The same received ID later in the same commit: a duplicate.
+                    offer(
+                        vec![("acme.p1".into(), c.clone())],
+                        Some((seen, Timestamp(t0.0 + 60_000))),
+                    ),
+                    offer(vec![("^control".into(), c.clone())], None),
+                ],
+                t0,
+            )
+            .unwrap();
+        assert!(
+            matches!(out[0], QueueOutcome::Offered(Ok(Offered::Queued(2)))),
+            "{out:?}"
+        );
+        assert!(
+            matches!(out[1], QueueOutcome::Offered(Ok(Offered::Duplicate))),
+            "{out:?}"
+        );
+        assert!(
+            matches!(out[2], QueueOutcome::Offered(Ok(Offered::Queued(1)))),
+            "{out:?}"
         );
         assert_eq!(
-            marks,
-            vec![("^received".to_string(), seen, Timestamp(2_000))]
+            q.names(),
+            vec!["acme.p1".to_string()],
+            "pseudo-queues are not destinations"
         );
-        q.write(QueueWrite {
-            remove: vec![("acme.p1".into(), keys[0]), ("acme.p1".into(), keys[1])],
-            ..Default::default()
-        })
+    }
+    // After reopen: records, order (precedence, then sequence) and the mark are back; no lease survives.
+    let q = open(&dir).queues().unwrap();
+    assert!(q.was_received(&seen, t0));
+    assert!(
+        !q.was_received(&seen, Timestamp(t0.0 + 60_001)),
+        "marks end at their time"
+    );
+    let l = q
+        .lease(&["acme.p1"], usize::MAX, 10, t0, Timestamp(t0.0 + 1_000))
         .unwrap();
-        assert_eq!(q.prune_seen(Timestamp(3_000)).unwrap(), 2);
-    }
-    {
-        let (queued, marks) = open(&dir).queues().unwrap().load(Timestamp(0)).unwrap();
-        assert_eq!(queued.len(), 1, "only acme.p1's entry was removed");
-        assert!(marks.is_empty());
-    }
-    // Keys keep growing across reopen.
-    let k2 = open(&dir)
-        .queues()
+    let bodies: Vec<String> = l
+        .records
+        .iter()
+        .map(|r| String::from_utf8(r.content.to_vec()).unwrap())
+        .collect();
+    assert_eq!(bodies, ["b", "a"], "higher precedence first");
+    // Leased entries are hidden until the lease ends, then handed out again.
+    assert!(q
+        .lease(&["acme.p1"], usize::MAX, 10, t0, Timestamp(t0.0 + 1_000))
         .unwrap()
-        .write(QueueWrite {
-            push: vec![("acme.p1".into(), rec(4, true, "c"))],
-            ..Default::default()
-        })
+        .records
+        .is_empty());
+    let r = q.readiness(Some("acme.p1"), t0);
+    assert_eq!(
+        (r.ready, r.next_lease_end),
+        (false, Some(Timestamp(t0.0 + 1_000)))
+    );
+    assert_eq!(q.stats(t0).leased, 2);
+    let later = Timestamp(t0.0 + 1_000);
+    assert_eq!(
+        q.lease(
+            &["acme.p1"],
+            usize::MAX,
+            1,
+            later,
+            Timestamp(later.0 + 1_000)
+        )
+        .unwrap()
+        .records
+        .len(),
+        1
+    );
+    // An ack removes for good (unknown IDs ignored).
+    let out = q
+        .commit(
+            vec![QueueOp::Ack {
+                queue: "acme.p1".into(),
+                ids: vec![a.id, b.id, MessageId::new()],
+            }],
+            later,
+        )
         .unwrap();
-    assert!(k2[0].seq > keys[0].seq);
+    assert!(
+        matches!(&out[0], QueueOutcome::Acked(ids) if ids.len() == 2),
+        "{out:?}"
+    );
+    assert!(q.names().is_empty());
+    // Capacity: an offer that does not fit fails whole, and nothing of it is kept.
+    let big = rec(4, true, &"x".repeat(2000));
+    let out = q
+        .commit(
+            vec![QueueOp::Offer {
+                push: vec![("acme.p2".into(), big)],
+                received: Some((MessageId::new(), Timestamp(t0.0 + 60_000))),
+                capacity: 1000,
+            }],
+            later,
+        )
+        .unwrap();
+    assert!(
+        matches!(out[0], QueueOutcome::Offered(Err(StoreError::Full { .. }))),
+        "{out:?}"
+    );
+    assert!(q.names().is_empty());
+    // Expired entries are reported by a lease and removed by the caller.
+    let mut old = rec(4, true, "old");
+    old.expiry = Some(Timestamp(t0.0 + 10));
+    q.commit(
+        vec![offer(vec![("acme.p3".into(), old.clone())], None)],
+        later,
+    )
+    .unwrap();
+    let l = q
+        .lease(
+            &["acme.p3"],
+            usize::MAX,
+            10,
+            later,
+            Timestamp(later.0 + 1_000),
+        )
+        .unwrap();
+    assert!(l.records.is_empty());
+    assert_eq!(l.expired.len(), 1);
+    assert_eq!(l.expired[0].2, old.id);
+    q.commit(
+        vec![QueueOp::Remove(vec![(
+            l.expired[0].0.clone(),
+            l.expired[0].1,
+        )])],
+        later,
+    )
+    .unwrap();
+    assert_eq!(q.prune_seen(Timestamp(t0.0 + 120_000)).unwrap(), 1);
+    drop(q);
+    let q = open(&dir).queues().unwrap();
+    assert_eq!(
+        q.stats(later).messages,
+        1,
+        "only the ^control entry is left"
+    );
+    assert!(!q.was_received(&seen, t0), "pruned marks stay gone");
+    // Sequence numbers keep growing across reopen: the older entry still sorts first.
+    q.commit(
+        vec![offer(vec![("^control".into(), rec(4, true, "new"))], None)],
+        later,
+    )
+    .unwrap();
+    let l = q
+        .lease(&["^control"], usize::MAX, 10, later, later)
+        .unwrap();
+    let bodies: Vec<String> = l
+        .records
+        .iter()
+        .map(|r| String::from_utf8(r.content.to_vec()).unwrap())
+        .collect();
+    assert_eq!(bodies, ["c", "new"]);
 }

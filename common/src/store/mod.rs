@@ -7,8 +7,8 @@
 //! * [`MessageStore`]: the appserver's append-only store, exactly once per
 //!   message ID, read back by sequence number (the SSE stream, the API).
 //! * [`KvStore`]: small durable state (support-instance IDs, topology).
-//! * [`QueueStore`]: named durable queues with a "seen" mark per delivered
-//!   message (back-channel queues per child, the proxy inbox).
+//! * [`QueueStore`]: named durable queues with sequence numbers, leases and
+//!   received marks (back-channel queues per child, the proxy inbox).
 //!
 //! # Durability
 //!
@@ -34,6 +34,7 @@
 //! `spawn_blocking` ([`put_async`], [`delete_async`]) and says so.
 
 mod committer;
+mod queue_index;
 mod redb;
 
 use std::path::Path;
@@ -399,57 +400,155 @@ pub trait MessageStore: Send + Sync + 'static {
     fn count(&self) -> Result<u64>;
 }
 
-/// A record in a named queue, where it sits (see [`QueueStore::load`]).
+/// True for a pseudo-queue name (it starts with `^`: the received marks, the
+/// pending control actions), which is never a destination.
+pub fn is_pseudo(queue: &str) -> bool {
+    queue.starts_with('^')
+}
+
+/// One durable change to a [`QueueStore`]; see [`QueueStore::commit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Queued {
-    /// The queue's name (a child's ID, a destination's ID).
-    pub queue: String,
-    /// Its position: precedence rank, then sequence.
-    pub key: SpoolKey,
-    /// The message.
-    pub record: SpoolRecord,
+pub enum QueueOp {
+    /// Queue each record of `push` in its named queue; with `received`,
+    /// mark that message ID as received from the parent until the given
+    /// time, in the same commit. A received ID marked before (and not past
+    /// its time), or marked earlier in the same commit, makes the whole
+    /// offer [`Offered::Duplicate`]; an entry whose ID is already in its
+    /// queue is skipped. An offer that would take all queues past
+    /// `capacity` bytes fails whole with [`StoreError::Full`].
+    Offer {
+        /// Records to queue.
+        push: Vec<(String, SpoolRecord)>,
+        /// The message to mark received, and until when.
+        received: Option<(MessageId, Timestamp)>,
+        /// Bytes all queues together may hold.
+        capacity: u64,
+    },
+    /// Removes these messages from `queue` (acknowledged); unknown IDs are ignored.
+    Ack {
+        /// The queue.
+        queue: String,
+        /// The messages.
+        ids: Vec<MessageId>,
+    },
+    /// Removes entries by key (expired); unknown keys are ignored.
+    Remove(Vec<(String, SpoolKey)>),
 }
 
-/// `(queue, message, until)`: a seen mark (see [`QueueWrite::mark`]).
-pub type SeenMark = (String, MessageId, Timestamp);
-
-/// One durable change to [`QueueStore`]: records to append, records to
-/// remove (acknowledged or expired), and "seen" marks to set.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct QueueWrite {
-    /// Records to append, each to its named queue.
-    pub push: Vec<(String, SpoolRecord)>,
-    /// Records to remove; unknown keys are ignored.
-    pub remove: Vec<(String, SpoolKey)>,
-    /// `(queue, message, until)`: remember that `message` was seen under
-    /// `queue` until then, so a resend is recognised and dropped.
-    pub mark: Vec<SeenMark>,
+/// What one [`QueueOp`] did.
+#[derive(Debug, Clone)]
+pub enum QueueOutcome {
+    /// For [`QueueOp::Offer`].
+    Offered(Result<Offered>),
+    /// For [`QueueOp::Ack`]: the IDs that were there and are now removed.
+    Acked(Vec<MessageId>),
+    /// For [`QueueOp::Remove`].
+    Removed,
 }
 
-impl QueueWrite {
-    /// True if there is nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.push.is_empty() && self.remove.is_empty() && self.mark.is_empty()
-    }
+/// What an offer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Queued (durably) this many new entries.
+    Queued(usize),
+    /// The received ID was seen before; nothing queued.
+    Duplicate,
 }
 
-/// Named durable queues, ordered by precedence then age within each.
+/// What [`QueueStore::lease`] handed out.
+#[derive(Debug, Default)]
+pub struct Leased {
+    /// Entries to deliver, in order, now leased.
+    pub records: Vec<SpoolRecord>,
+    /// For each record, the index (in the queues asked) of its queue.
+    pub from: Vec<usize>,
+    /// Entries found expired: no longer handed out, to be removed
+    /// ([`QueueOp::Remove`]) by the caller.
+    pub expired: Vec<(String, SpoolKey, MessageId)>,
+}
+
+/// Counters over all queues.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct QueueStats {
+    /// Entries held.
+    pub messages: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Non-empty queues.
+    pub queues: u64,
+    /// Entries currently leased.
+    pub leased: u64,
+}
+
+/// Whether a queue (or any) has something to hand out, and when it next may.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// An entry is there that is not leased.
+    pub ready: bool,
+    /// The earliest end of a lease, if an entry is leased.
+    pub next_lease_end: Option<Timestamp>,
+}
+
+/// Named durable queues (back-channel queues per child, the proxy inbox),
+/// with everything that makes them a queue in the contract:
 ///
-/// The queue logic (leases, waiting, routing) lives in memory above this
-/// trait (`crate::backchannel::Queues`); the store only has to make each
-/// change durable and give everything back at start.
+/// * **sequence numbers**: the store orders each queue by precedence, then
+///   by a sequence number it assigns ([`SpoolKey`]), and never reuses one;
+/// * **received marks**: an offer can mark the message it came from, in the
+///   same commit, and a repeat is recognised ([`QueueStore::was_received`],
+///   [`Offered::Duplicate`]) until the mark's time;
+/// * **leases**: [`QueueStore::lease`] hands entries out and hides them
+///   until the lease ends (then they are handed out again) or they are acked.
+///
+/// Queued records and received marks are durable. Leases need not be: the
+/// embedded backend keeps them in memory, so a restart forgets them and
+/// everything unacknowledged is handed out again (receivers drop repeats).
+/// A backend shared by a farm keeps them where every member sees them.
 pub trait QueueStore: Send + Sync + 'static {
-    /// Applies `w` in one durable commit. Returns the keys of the pushed
-    /// records, in order.
+    /// Applies `ops` in order, in one durable commit; one outcome per op.
+    /// Acknowledged entries are no longer handed out from the moment this
+    /// is called.
+    ///
+    /// # Errors
+    /// Store failures: nothing of the commit is durable (entries being
+    /// acknowledged may be handed out again after a restart).
     ///
     /// # Durability
     /// Returns after fsync.
-    fn write(&self, w: QueueWrite) -> Result<Vec<SpoolKey>>;
+    fn commit(&self, ops: Vec<QueueOp>, now: Timestamp) -> Result<Vec<QueueOutcome>>;
 
-    /// Every queued record and every seen mark still valid at `now`.
-    fn load(&self, now: Timestamp) -> Result<(Vec<Queued>, Vec<SeenMark>)>;
+    /// Leases entries of `queues` that are not leased at `now`, until
+    /// `until`: in precedence-then-age order across the queues, up to
+    /// `max_bytes` (at least one entry) and `max_items`.
+    ///
+    /// # Errors
+    /// Store failures.
+    fn lease(
+        &self,
+        queues: &[&str],
+        max_bytes: usize,
+        max_items: usize,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Leased>;
 
-    /// Forgets seen marks that ended before `now`; returns how many.
+    /// True if `id` carries a received mark valid at `now`.
+    fn was_received(&self, id: &MessageId, now: Timestamp) -> bool;
+
+    /// Whether `queue` (or, with `None`, any queue) has an entry to hand
+    /// out at `now`, and when its next lease ends.
+    fn readiness(&self, queue: Option<&str>, now: Timestamp) -> Readiness;
+
+    /// Names of the queues holding entries (pseudo-queues left out).
+    fn names(&self) -> Vec<String>;
+
+    /// Counters at `now`.
+    fn stats(&self, now: Timestamp) -> QueueStats;
+
+    /// Forgets received marks that ended before `now`; returns how many.
+    ///
+    /// # Durability
+    /// Returns after fsync.
     fn prune_seen(&self, now: Timestamp) -> Result<usize>;
 }
 

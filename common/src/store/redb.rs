@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use ::redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use bytes::Bytes;
 
+use super::queue_index::{Pending, Planned, QueueIndex};
 use super::*;
 use crate::model::MAX_PRECEDENCE;
 
@@ -178,8 +179,10 @@ impl RedbStore {
             .map(|v| v.value())
             .unwrap_or(1);
         Ok(RedbQueues {
+            index: Mutex::new(RedbQueues::load(&self.db, Timestamp::now())?),
             db: self.db.clone(),
             next_seq: Mutex::new(next),
+            committing: Mutex::new(()),
         })
     }
 }
@@ -669,32 +672,76 @@ impl KvStore for RedbKv {
 
 // ---------------------------------------------------------------- queues
 
-/// [`QueueStore`] on redb.
+/// [`QueueStore`] on redb: records and received marks in tables, the
+/// working set (leases included) in a [`QueueIndex`] in memory.
 pub struct RedbQueues {
     db: Arc<Database>,
     next_seq: Mutex<u64>,
+    index: Mutex<QueueIndex>,
+    /// Commits one at a time, so each plans against what the last one left.
+    committing: Mutex<()>,
 }
 
-impl QueueStore for RedbQueues {
-    fn write(&self, qw: QueueWrite) -> Result<Vec<SpoolKey>> {
-        if qw.is_empty() {
+/// The pseudo-queue name under which received marks are kept.
+const RECEIVED: &str = "^received";
+
+impl RedbQueues {
+    fn index(&self) -> std::sync::MutexGuard<'_, QueueIndex> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads every record and every mark valid at `now` into a fresh index.
+    fn load(db: &Database, now: Timestamp) -> Result<QueueIndex> {
+        let r = db.begin_read().map_err(be)?;
+        let t = r.open_table(QUEUE).map_err(be)?;
+        let mut index = QueueIndex::default();
+        for e in t.iter().map_err(be)? {
+            let (k, v) = e.map_err(be)?;
+            let (q, rank, seq) = k.value();
+            index.insert(
+                q.to_string(),
+                SpoolKey { rank, seq },
+                decode_spool(rank, v.value())?,
+            );
+        }
+        let s = r.open_table(QUEUE_SEEN).map_err(be)?;
+        for e in s.iter().map_err(be)? {
+            let (k, v) = e.map_err(be)?;
+            let (_, id) = k.value();
+            let until = Timestamp(v.value());
+            if until > now {
+                let id: [u8; 16] = id.try_into().map_err(|_| corrupt("seen id"))?;
+                index.mark(MessageId::from_bytes(id), until);
+            }
+        }
+        Ok(index)
+    }
+
+    /// Writes pushes, removals and marks in one transaction; the pushes' keys.
+    fn write(
+        &self,
+        push: &[(String, SpoolRecord)],
+        remove: &[(String, SpoolKey)],
+        mark: &[(MessageId, Timestamp)],
+    ) -> Result<Vec<SpoolKey>> {
+        if push.is_empty() && remove.is_empty() && mark.is_empty() {
             return Ok(Vec::new());
         }
         let mut next = self.next_seq.lock().map_err(|_| StoreError::Closed)?;
         let mut seq = *next;
-        let mut keys = Vec::with_capacity(qw.push.len());
+        let mut keys = Vec::with_capacity(push.len());
         let w = self.db.begin_write().map_err(be)?;
         {
             let mut t = w.open_table(QUEUE).map_err(be)?;
             let mut seen = w.open_table(QUEUE_SEEN).map_err(be)?;
-            for (q, k) in &qw.remove {
+            for (q, k) in remove {
                 t.remove((q.as_str(), k.rank, k.seq)).map_err(be)?;
             }
-            for (q, id, until) in &qw.mark {
-                seen.insert((q.as_str(), id.as_bytes().as_slice()), until.0)
+            for (id, until) in mark {
+                seen.insert((RECEIVED, id.as_bytes().as_slice()), until.0)
                     .map_err(be)?;
             }
-            for (q, r) in &qw.push {
+            for (q, r) in push {
                 let rank = MAX_PRECEDENCE - r.precedence.min(MAX_PRECEDENCE);
                 t.insert((q.as_str(), rank, seq), encode_spool(r).as_slice())
                     .map_err(be)?;
@@ -710,36 +757,101 @@ impl QueueStore for RedbQueues {
         *next = seq;
         Ok(keys)
     }
+}
 
-    fn load(&self, now: Timestamp) -> Result<(Vec<Queued>, Vec<SeenMark>)> {
-        let r = self.db.begin_read().map_err(be)?;
-        let t = r.open_table(QUEUE).map_err(be)?;
-        let mut queued = Vec::new();
-        for e in t.iter().map_err(be)? {
-            let (k, v) = e.map_err(be)?;
-            let (q, rank, seq) = k.value();
-            queued.push(Queued {
-                queue: q.to_string(),
-                key: SpoolKey { rank, seq },
-                record: decode_spool(rank, v.value())?,
-            });
-        }
-        let s = r.open_table(QUEUE_SEEN).map_err(be)?;
-        let mut seen = Vec::new();
-        for e in s.iter().map_err(be)? {
-            let (k, v) = e.map_err(be)?;
-            let (q, id) = k.value();
-            let until = Timestamp(v.value());
-            if until <= now {
-                continue;
+impl QueueStore for RedbQueues {
+    fn commit(&self, ops: Vec<QueueOp>, now: Timestamp) -> Result<Vec<QueueOutcome>> {
+        let _one = self.committing.lock().map_err(|_| StoreError::Closed)?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        let (mut push, mut remove, mut mark) = (Vec::new(), Vec::new(), Vec::new());
+        // Per offer that will be written: its outcome slot and its pushes.
+        let mut offers: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        {
+            let mut index = self.index();
+            let mut pending = Pending::default();
+            for op in ops {
+                match op {
+                    QueueOp::Offer {
+                        push: p,
+                        received,
+                        capacity,
+                    } => match index.plan(p, received.map(|r| r.0), capacity, now, &mut pending) {
+                        Planned::Duplicate => {
+                            outcomes.push(QueueOutcome::Offered(Ok(Offered::Duplicate)))
+                        }
+                        Planned::Full(e) => outcomes.push(QueueOutcome::Offered(Err(e))),
+                        Planned::Write(mine) => {
+                            let start = push.len();
+                            push.extend(mine);
+                            mark.extend(received);
+                            offers.push((outcomes.len(), start..push.len()));
+                            outcomes.push(QueueOutcome::Offered(Ok(Offered::Queued(0))));
+                        }
+                    },
+                    QueueOp::Ack { queue, ids } => {
+                        // Out of the working set at once: never handed out again.
+                        let mut done = Vec::new();
+                        for id in ids {
+                            if let Some(k) = index.remove(&queue, &id) {
+                                remove.push((queue.clone(), k));
+                                done.push(id);
+                            }
+                        }
+                        outcomes.push(QueueOutcome::Acked(done));
+                    }
+                    QueueOp::Remove(keys) => {
+                        for (q, k) in &keys {
+                            index.remove_key(q, k);
+                        }
+                        remove.extend(keys);
+                        outcomes.push(QueueOutcome::Removed);
+                    }
+                }
             }
-            let id: [u8; 16] = id.try_into().map_err(|_| corrupt("seen id"))?;
-            seen.push((q.to_string(), MessageId::from_bytes(id), until));
         }
-        Ok((queued, seen))
+        let keys = self.write(&push, &remove, &mark)?;
+        let mut index = self.index();
+        for (id, until) in mark {
+            index.mark(id, until);
+        }
+        for (slot, range) in offers {
+            outcomes[slot] = QueueOutcome::Offered(Ok(Offered::Queued(range.len())));
+        }
+        for ((q, r), k) in push.into_iter().zip(keys) {
+            index.insert(q, k, r);
+        }
+        Ok(outcomes)
+    }
+
+    fn lease(
+        &self,
+        queues: &[&str],
+        max_bytes: usize,
+        max_items: usize,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Leased> {
+        Ok(self.index().lease(queues, max_bytes, max_items, now, until))
+    }
+
+    fn was_received(&self, id: &MessageId, now: Timestamp) -> bool {
+        self.index().was_received(id, now)
+    }
+
+    fn readiness(&self, queue: Option<&str>, now: Timestamp) -> Readiness {
+        self.index().readiness(queue, now)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.index().names()
+    }
+
+    fn stats(&self, now: Timestamp) -> QueueStats {
+        self.index().stats(now)
     }
 
     fn prune_seen(&self, now: Timestamp) -> Result<usize> {
+        self.index().forget_seen(now);
         let w = self.db.begin_write().map_err(be)?;
         let n = {
             let mut s = w.open_table(QUEUE_SEEN).map_err(be)?;
