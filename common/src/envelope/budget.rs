@@ -52,7 +52,7 @@ pub fn message_cost(header_len: usize, content_len: usize, hops: usize) -> usize
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TooLarge {
     /// The content is larger than one part.
-    #[error("content is {size} bytes; an exchange part carries at most {limit} (send larger payloads as a bulk transfer)")]
+    #[error("content is {size} bytes; an exchange part carries at most {limit}")]
     Content {
         /// Encoded content bytes.
         size: usize,
