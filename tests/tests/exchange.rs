@@ -72,6 +72,26 @@ async fn post_data(addr: std::net::SocketAddr, payload: String) -> (StatusCode, 
         .expect("local API answers")
 }
 
+/// Waits until message `id` shows in proxy `p`'s inbox; returns it.
+async fn in_inbox(tree: &Tree, p: usize, id: &str) -> Value {
+    let t = tree.node_target(p).unwrap();
+    wait_for(
+        &format!("{id} in {}'s inbox", tree.nodes[p].id),
+        LONG,
+        || async {
+            let (_, v) = json_call(&t, Method::GET, "/v1/inbox?wait=5", None)
+                .await
+                .ok()?;
+            v["messages"]
+                .as_array()?
+                .iter()
+                .find(|m| m["id"] == json!(id))
+                .cloned()
+        },
+    )
+    .await
+}
+
 async fn status(tree: &Tree, p: usize) -> Value {
     let (s, v) = json_call(
         &tree.node_target(p).unwrap(),
@@ -332,18 +352,7 @@ async fn routing_hops_outside_the_senders_subtree_cannot_pull_back_channel_traff
     .unwrap();
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
-    let t = tree.node_target(p1).unwrap();
-    let got = wait_for("acme.p1 to receive it", LONG, || async {
-        let (_, v) = json_call(&t, Method::GET, "/v1/inbox?wait=5", None)
-            .await
-            .ok()?;
-        v["messages"]
-            .as_array()?
-            .iter()
-            .find(|m| m["id"] == json!(id))
-            .cloned()
-    })
-    .await;
+    let got = in_inbox(&tree, p1, &id).await;
     let hops: Vec<&str> = got["routing"]
         .as_array()
         .unwrap()
@@ -485,17 +494,6 @@ async fn an_operator_message_that_could_never_travel_down_is_refused() {
     let (s, v) =
         post(json!({"to": "acme.p1", "kind": "data", "class": "config", "payload": "ok"})).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    let t = tree.node_target(tree.proxies()[0]).unwrap();
     let id = v["id"].as_str().unwrap().to_string();
-    wait_for("the ordinary message in the inbox", LONG, || async {
-        let (_, v) = json_call(&t, Method::GET, "/v1/inbox?wait=5", None)
-            .await
-            .ok()?;
-        v["messages"]
-            .as_array()?
-            .iter()
-            .any(|m| m["id"] == json!(id))
-            .then_some(())
-    })
-    .await;
+    in_inbox(&tree, tree.proxies()[0], &id).await;
 }
