@@ -99,7 +99,9 @@ pub trait Backend: Send + Sync + 'static {
     fn messages(&self) -> Result<Arc<dyn MessageStore>>;
     /// The key/value state.
     fn kv(&self) -> Arc<dyn KvStore>;
-    /// The named queues.
+    /// The named queues. Call it once per store and share the result: the
+    /// embedded backend builds its working set (leases included) per call,
+    /// so two views of one store would not see each other's leases.
     ///
     /// # Errors
     /// If its state cannot be read.
