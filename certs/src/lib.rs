@@ -26,6 +26,7 @@ use rcgen::{
     RevokedCertParams, SanType, SerialNumber,
 };
 use rsnet_common::id::ComponentId;
+use rsnet_common::release::ReleaseKey;
 use rsnet_common::tls::{Role, SAN_ID, SAN_ROLE, SAN_SCOPE};
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -165,7 +166,37 @@ impl Pki {
             ..Default::default()
         })?;
         pki.write_crl()?;
+        pki.create_release_key()?;
         Ok(pki)
+    }
+
+    /// The release signing key (`release.key`, 0600): held by the appserver only.
+    pub fn release_key(&self) -> PathBuf {
+        self.dir.join("release.key")
+    }
+
+    /// Its public half (`release.pub`): given to every proxy.
+    pub fn release_pub(&self) -> PathBuf {
+        self.dir.join("release.pub")
+    }
+
+    /// Creates the release key pair (separate from the CA: it signs release
+    /// manifests, never certificates). Refuses to replace one: proxies trust
+    /// the public half they were given.
+    ///
+    /// # Errors
+    /// A key exists already; file or random-source failures.
+    pub fn create_release_key(&self) -> Result<()> {
+        if self.release_key().exists() {
+            return Err(PkiError::Usage(format!(
+                "{}: a release key exists already; refusing to replace it",
+                self.release_key().display()
+            )));
+        }
+        let text = ReleaseKey::generate().map_err(|e| PkiError::Usage(e.to_string()))?;
+        let key = ReleaseKey::from_text(&text).map_err(|e| PkiError::Usage(e.to_string()))?;
+        write(&self.release_pub(), &key.public().to_text(), false)?;
+        write(&self.release_key(), &text, true)
     }
 
     /// The CA certificate path.
@@ -348,6 +379,36 @@ fn unhex(s: &str) -> Vec<u8> {
 mod tests {
     use super::*;
     use rsnet_common::tls::Identity;
+
+    #[test]
+    fn init_makes_a_release_key_apart_from_the_ca_and_never_replaces_it() {
+        let dir =
+            std::env::temp_dir().join(format!("rsnet-pki-{}", rsnet_common::MessageId::new()));
+        let pki = Pki::init(&dir, None).unwrap();
+        let key = rsnet_common::release::ReleaseKey::load(&pki.release_key()).unwrap();
+        let public = rsnet_common::release::ReleasePublicKey::load(&pki.release_pub()).unwrap();
+        assert_eq!(key.public(), public);
+        assert_ne!(
+            fs::read(pki.release_key()).unwrap(),
+            fs::read(dir.join("ca.key")).unwrap()
+        );
+        let e = pki.create_release_key().unwrap_err().to_string();
+        assert!(e.contains("refusing to replace"), "{e}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(pki.release_key())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A PKI made before release keys existed gets one on request.
+        fs::remove_file(pki.release_key()).unwrap();
+        pki.create_release_key().unwrap();
+        assert!(rsnet_common::release::ReleaseKey::load(&pki.release_key()).is_ok());
+        fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn issued_certificates_carry_identity_and_private_keys_are_0600() {

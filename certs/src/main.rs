@@ -28,6 +28,13 @@ enum Cmd {
         #[arg(long)]
         customer: Option<String>,
     },
+    /// Create the release signing key pair in DIR (for a PKI made before
+    /// `init` created one); refuses to replace an existing key.
+    ReleaseKey {
+        /// PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Issue a certificate and key for a component.
     Issue {
         /// PKI directory.
@@ -63,7 +70,15 @@ fn main() -> ExitCode {
         Cmd::Init { dir, customer } => Pki::init(&dir, customer.as_deref()).map(|p| {
             println!("CA created: {}", p.ca().display());
             println!("CRL:        {}", p.crl().display());
+            println!("release key: {} (0600; the appserver's only)", p.release_key().display());
+            println!("release pub: {} (give it to every proxy)", p.release_pub().display());
         }),
+        Cmd::ReleaseKey { dir } => Pki::open(&dir)
+            .and_then(|p| p.create_release_key().map(|_| p))
+            .map(|p| {
+                println!("release key: {} (0600; the appserver's only)", p.release_key().display());
+                println!("release pub: {} (give it to every proxy)", p.release_pub().display());
+            }),
         Cmd::Issue { dir, id, role, hosts, scopes } => match Role::parse(&role) {
             None => Err(rsnet_certs::PkiError::Usage(format!(
                 "--role {role:?}: expected proxy, mlm, appserver or operator"

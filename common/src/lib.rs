@@ -9,6 +9,7 @@
 //! * [`forward`]: the spool-to-parent loop of every sender.
 //! * [`pipeline`]: a parent's handling of a child's POST, as stages.
 //! * [`heartbeat`]: status trees and lifecycle notices.
+//! * [`release`]: release manifests, signed with the release key.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod ready;
+pub mod release;
 pub mod server;
 pub mod store;
 pub mod tls;

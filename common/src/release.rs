@@ -1,0 +1,385 @@
+//! Release manifests and their signatures (DESIGN.md §7).
+//!
+//! A release (a software update, a configuration, integration metadata) is
+//! described by a [`Manifest`]: its ID, kind, version, size, SHA-256 and
+//! target. The appserver signs the manifest with the provider's **release
+//! key** ([`ReleaseKey`], Ed25519), which `rsnet-certs` creates beside the
+//! TLS CA but separate from it: a leaked TLS key cannot sign a release, and
+//! the release key never sits on a TLS endpoint. Proxies hold only the
+//! public half ([`ReleasePublicKey`]) and check the signature, then the
+//! file's size and hash against the manifest, before they report a release
+//! delivered, so no MLM on the path can substitute a file.
+//!
+//! The signature covers a canonical encoding of the manifest
+//! ([`Manifest::signed_bytes`]): a domain-separation line, then the
+//! manifest as JSON with its fields in a fixed order. Anything that parses
+//! differently signs differently.
+//!
+//! Status: the key, the manifest and the checks are built and tested; the
+//! release flow that uses them (publishing, distribution, staging) is
+//! issue 10's next steps and is **not built yet**.
+//!
+//! Files (PEM-like text, so an operator can tell them apart):
+//!
+//! ```text
+//! release.key   -----BEGIN RSNET RELEASE KEY----- / base64 PKCS#8 (Ed25519) / -----END …   (0600)
+//! release.pub   ed25519:BASE64 of the 32-byte public key
+//! ```
+
+use std::path::Path;
+
+use base64::Engine as _;
+use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{MAX_DESTINATIONS, MAX_ID_BYTES};
+
+/// The first line of every signed encoding: which format, which version.
+const DOMAIN: &[u8] = b"rsnet-release-manifest-v1\n";
+const KEY_BEGIN: &str = "-----BEGIN RSNET RELEASE KEY-----";
+const KEY_END: &str = "-----END RSNET RELEASE KEY-----";
+const PUB_PREFIX: &str = "ed25519:";
+/// Longest version string.
+pub const MAX_VERSION_BYTES: usize = 64;
+
+/// Why a key, a manifest or a signature is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReleaseError {
+    /// A key file is missing, unreadable or not a release key.
+    #[error("release key: {0}")]
+    Key(String),
+    /// A manifest field breaks its rule (named).
+    #[error("manifest: {0}")]
+    Invalid(String),
+    /// The signature does not verify under the release key: the manifest
+    /// was changed, or signed by another key.
+    #[error("manifest signature does not verify under the release key")]
+    BadSignature,
+    /// The file does not match the manifest.
+    #[error("file does not match the manifest: {0}")]
+    Mismatch(String),
+}
+
+/// What a release is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseKind {
+    /// A software update.
+    Software,
+    /// A configuration.
+    Config,
+    /// Integration metadata.
+    Metadata,
+}
+
+/// What a signed release says about its file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Release ID.
+    pub id: String,
+    /// Kind.
+    pub kind: ReleaseKind,
+    /// Version, as the operator names it (1..=64 bytes).
+    pub version: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// SHA-256 of the file, 64 lowercase hex digits.
+    pub sha256: String,
+    /// Who it is for: component IDs and/or `group:NAME`s (1..=10,000).
+    pub target: Vec<String>,
+}
+
+impl Manifest {
+    /// Checks every field's rule.
+    ///
+    /// # Errors
+    /// [`ReleaseError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), ReleaseError> {
+        let bad = |s: String| Err(ReleaseError::Invalid(s));
+        if self.id.is_empty() || self.id.len() > MAX_ID_BYTES {
+            return bad(format!("id: 1..={MAX_ID_BYTES} bytes"));
+        }
+        if self.version.is_empty()
+            || self.version.len() > MAX_VERSION_BYTES
+            || !self.version.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return bad(format!(
+                "version: 1..={MAX_VERSION_BYTES} visible ASCII bytes"
+            ));
+        }
+        if self.sha256.len() != 64
+            || !self
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return bad("sha256: 64 lowercase hex digits".into());
+        }
+        if self.target.is_empty() || self.target.len() > MAX_DESTINATIONS {
+            return bad(format!("target: 1..={MAX_DESTINATIONS} entries"));
+        }
+        for (i, t) in self.target.iter().enumerate() {
+            let ok = if t.starts_with("group:") {
+                t.parse::<crate::id::GroupName>().is_ok()
+            } else {
+                t.parse::<crate::id::ComponentId>().is_ok()
+            };
+            if !ok {
+                return bad(format!(
+                    "target[{i}]: {t:?} is neither an ID nor group:NAME"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes a signature covers.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut v = DOMAIN.to_vec();
+        // Serialising a struct writes its fields in declaration order: canonical.
+        v.extend(serde_json::to_vec(self).unwrap_or_default());
+        v
+    }
+
+    /// Checks a downloaded file's size and SHA-256 (hex) against the manifest.
+    ///
+    /// # Errors
+    /// [`ReleaseError::Mismatch`] saying which.
+    pub fn check_file(&self, size: u64, sha256_hex: &str) -> Result<(), ReleaseError> {
+        if size != self.size {
+            return Err(ReleaseError::Mismatch(format!(
+                "{size} bytes, the manifest says {}",
+                self.size
+            )));
+        }
+        if !sha256_hex.eq_ignore_ascii_case(&self.sha256) {
+            return Err(ReleaseError::Mismatch("sha256 differs".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A manifest with its signature, as it travels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedManifest {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Ed25519 signature of [`Manifest::signed_bytes`], base64.
+    pub signature: String,
+}
+
+/// The provider's release signing key (the appserver's).
+pub struct ReleaseKey(Ed25519KeyPair);
+
+impl ReleaseKey {
+    /// A new key, as the text of a `release.key` file.
+    ///
+    /// # Errors
+    /// If the system's random source fails.
+    pub fn generate() -> Result<String, ReleaseError> {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| ReleaseError::Key("cannot generate a key".into()))?;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
+        Ok(format!("{KEY_BEGIN}\n{b64}\n{KEY_END}\n"))
+    }
+
+    /// Parses the text of a `release.key` file.
+    ///
+    /// # Errors
+    /// [`ReleaseError::Key`] if it is not one.
+    pub fn from_text(text: &str) -> Result<ReleaseKey, ReleaseError> {
+        let body: String = text
+            .lines()
+            .map(str::trim)
+            .skip_while(|l| *l != KEY_BEGIN)
+            .skip(1)
+            .take_while(|l| *l != KEY_END)
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .map_err(|e| ReleaseError::Key(format!("not base64: {e}")))?;
+        Ed25519KeyPair::from_pkcs8(&der)
+            .map(ReleaseKey)
+            .map_err(|e| ReleaseError::Key(format!("not an Ed25519 PKCS#8 key: {e}")))
+    }
+
+    /// Reads a `release.key` file.
+    ///
+    /// # Errors
+    /// [`ReleaseError::Key`], naming the file.
+    pub fn load(path: &Path) -> Result<ReleaseKey, ReleaseError> {
+        let t = std::fs::read_to_string(path)
+            .map_err(|e| ReleaseError::Key(format!("{}: {e}", path.display())))?;
+        Self::from_text(&t).map_err(|e| ReleaseError::Key(format!("{}: {e}", path.display())))
+    }
+
+    /// The public half.
+    pub fn public(&self) -> ReleasePublicKey {
+        let mut k = [0u8; 32];
+        k.copy_from_slice(self.0.public_key().as_ref());
+        ReleasePublicKey(k)
+    }
+
+    /// Signs a manifest after checking it.
+    ///
+    /// # Errors
+    /// [`ReleaseError::Invalid`] for a manifest that breaks a rule.
+    pub fn sign(&self, manifest: Manifest) -> Result<SignedManifest, ReleaseError> {
+        manifest.validate()?;
+        let sig = self.0.sign(&manifest.signed_bytes());
+        Ok(SignedManifest {
+            signature: base64::engine::general_purpose::STANDARD.encode(sig.as_ref()),
+            manifest,
+        })
+    }
+}
+
+/// The public half of the release key (every proxy's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleasePublicKey([u8; 32]);
+
+impl ReleasePublicKey {
+    /// The text of a `release.pub` file.
+    pub fn to_text(&self) -> String {
+        format!(
+            "{PUB_PREFIX}{}\n",
+            base64::engine::general_purpose::STANDARD.encode(self.0)
+        )
+    }
+
+    /// Parses the text of a `release.pub` file.
+    ///
+    /// # Errors
+    /// [`ReleaseError::Key`] if it is not one.
+    pub fn from_text(text: &str) -> Result<ReleasePublicKey, ReleaseError> {
+        let b64 = text
+            .trim()
+            .strip_prefix(PUB_PREFIX)
+            .ok_or_else(|| ReleaseError::Key(format!("does not start with {PUB_PREFIX}")))?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| ReleaseError::Key(format!("not base64: {e}")))?;
+        let k: [u8; 32] = raw
+            .try_into()
+            .map_err(|_| ReleaseError::Key("an Ed25519 public key is 32 bytes".into()))?;
+        Ok(ReleasePublicKey(k))
+    }
+
+    /// Reads a `release.pub` file.
+    ///
+    /// # Errors
+    /// [`ReleaseError::Key`], naming the file.
+    pub fn load(path: &Path) -> Result<ReleasePublicKey, ReleaseError> {
+        let t = std::fs::read_to_string(path)
+            .map_err(|e| ReleaseError::Key(format!("{}: {e}", path.display())))?;
+        Self::from_text(&t).map_err(|e| ReleaseError::Key(format!("{}: {e}", path.display())))
+    }
+
+    /// The manifest, if the signature verifies and the manifest keeps every rule.
+    ///
+    /// # Errors
+    /// [`ReleaseError::BadSignature`], or [`ReleaseError::Invalid`].
+    pub fn verify<'a>(&self, signed: &'a SignedManifest) -> Result<&'a Manifest, ReleaseError> {
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(&signed.signature)
+            .map_err(|_| ReleaseError::BadSignature)?;
+        UnparsedPublicKey::new(&ED25519, &self.0)
+            .verify(&signed.manifest.signed_bytes(), &sig)
+            .map_err(|_| ReleaseError::BadSignature)?;
+        signed.manifest.validate()?;
+        Ok(&signed.manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            id: "rel-1".into(),
+            kind: ReleaseKind::Software,
+            version: "2.4.1".into(),
+            size: 1234,
+            sha256: "a".repeat(64),
+            target: vec!["group:acme-solaris".into(), "acme.p7".into()],
+        }
+    }
+
+    #[test]
+    fn a_signed_manifest_verifies_and_any_change_breaks_it() {
+        let key = ReleaseKey::from_text(&ReleaseKey::generate().unwrap()).unwrap();
+        let public = ReleasePublicKey::from_text(&key.public().to_text()).unwrap();
+        let signed = key.sign(manifest()).unwrap();
+        assert_eq!(public.verify(&signed).unwrap(), &manifest());
+        // Through JSON, as it travels.
+        let back: SignedManifest =
+            serde_json::from_str(&serde_json::to_string(&signed).unwrap()).unwrap();
+        assert!(public.verify(&back).is_ok());
+        // An MLM on the path swaps the file: a new hash, a new size, a wider target.
+        for tamper in [
+            |m: &mut Manifest| m.sha256 = "b".repeat(64),
+            |m: &mut Manifest| m.size += 1,
+            |m: &mut Manifest| m.target.push("globex.p1".into()),
+            |m: &mut Manifest| m.kind = ReleaseKind::Config,
+        ] {
+            let mut t = signed.clone();
+            tamper(&mut t.manifest);
+            assert_eq!(public.verify(&t), Err(ReleaseError::BadSignature));
+        }
+        // Another key, or a garbled signature.
+        let other = ReleaseKey::from_text(&ReleaseKey::generate().unwrap()).unwrap();
+        assert_eq!(
+            other.public().verify(&signed),
+            Err(ReleaseError::BadSignature)
+        );
+        let mut g = signed.clone();
+        g.signature = "!!not base64".into();
+        assert_eq!(public.verify(&g), Err(ReleaseError::BadSignature));
+        g.signature = String::new();
+        assert_eq!(public.verify(&g), Err(ReleaseError::BadSignature));
+    }
+
+    #[test]
+    fn manifests_and_keys_are_checked_with_clear_errors() {
+        let key = ReleaseKey::from_text(&ReleaseKey::generate().unwrap()).unwrap();
+        for (change, field) in [
+            (
+                Box::new(|m: &mut Manifest| m.sha256 = "A".repeat(64))
+                    as Box<dyn Fn(&mut Manifest)>,
+                "sha256",
+            ),
+            (
+                Box::new(|m: &mut Manifest| m.version = "two words".into()),
+                "version",
+            ),
+            (Box::new(|m: &mut Manifest| m.target.clear()), "target"),
+            (
+                Box::new(|m: &mut Manifest| m.target = vec!["../etc".into()]),
+                "target[0]",
+            ),
+            (Box::new(|m: &mut Manifest| m.id.clear()), "id"),
+        ] {
+            let mut m = manifest();
+            change(&mut m);
+            let e = key.sign(m).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        assert!(ReleaseKey::from_text("nope").is_err());
+        assert!(ReleasePublicKey::from_text("ed25519:AAAA").is_err());
+        assert!(ReleasePublicKey::from_text("rsa:AAAA").is_err());
+        let m = manifest();
+        assert!(m.check_file(1234, &"A".repeat(64)).is_ok());
+        assert!(matches!(
+            m.check_file(1233, &m.sha256),
+            Err(ReleaseError::Mismatch(_))
+        ));
+        assert!(matches!(
+            m.check_file(1234, &"b".repeat(64)),
+            Err(ReleaseError::Mismatch(_))
+        ));
+    }
+}
