@@ -65,6 +65,8 @@ pub struct Api {
     pub outbound: Arc<Outbound>,
     /// Delivery records.
     pub deliveries: Arc<Deliveries>,
+    /// Published releases.
+    pub releases: crate::releases::Releases,
     /// Metrics.
     pub metrics: Registry,
 }
@@ -198,6 +200,15 @@ impl Api {
             }
             return self.deliveries(id);
         }
+        if path == "/api/v1/releases" && method == Method::POST {
+            return self.releases.publish(req, &q).await;
+        }
+        if let Some(id) = path.strip_prefix("/api/v1/releases/") {
+            if method != Method::GET {
+                return error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {path}"));
+            }
+            return self.releases.get(id);
+        }
         if method == Method::POST && path == "/api/v1/messages" {
             return self.send(req).await;
         }
@@ -206,6 +217,7 @@ impl Api {
         }
         match path.as_str() {
             "/api/v1/messages" => self.messages(&q).await,
+            "/api/v1/releases" => self.releases.list(),
             "/api/v1/groups" => match self.outbound.groups.list() {
                 Ok(g) => json(StatusCode::OK, &json!({ "groups": g })),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

@@ -17,6 +17,7 @@ pub mod error;
 pub mod groups;
 pub mod ingest;
 pub mod outbound;
+pub mod releases;
 pub mod topology;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,9 @@ pub struct Config {
     /// Where durable state lives.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Publishing releases.
+    #[serde(default)]
+    pub releases: releases::ReleasesConfig,
 }
 
 impl Config {
@@ -121,7 +125,9 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         // Terminal: validate content, store once.
         ingest,
     );
+    let releases = releases::Releases::open(&cfg.releases, &cfg.data_dir, kv.clone())?;
     let api = Arc::new(api::Api {
+        releases,
         exchange: ExchangeService::new(pipeline, backchannel, &metrics),
         messages,
         committed,

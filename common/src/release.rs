@@ -15,9 +15,9 @@
 //! manifest as JSON with its fields in a fixed order. Anything that parses
 //! differently signs differently.
 //!
-//! Status: the key, the manifest and the checks are built and tested; the
-//! release flow that uses them (publishing, distribution, staging) is
-//! issue 10's next steps and is **not built yet**.
+//! Status: the key, the manifest and the checks are built and tested, and
+//! the appserver publishes signed manifests (`appserver/src/releases.rs`);
+//! distribution down the tree and the proxies' check are **not built yet**.
 //!
 //! Files (PEM-like text, so an operator can tell them apart):
 //!

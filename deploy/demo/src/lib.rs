@@ -51,6 +51,8 @@ pub struct Spec {
     pub mlm_extra: String,
     /// Extra sections for the appserver (e.g. `[backchannel]`).
     pub appserver_extra: String,
+    /// `[releases] max_bytes` of the appserver (default: the appserver's own).
+    pub release_max_bytes: Option<u64>,
 }
 
 impl Spec {
@@ -70,6 +72,7 @@ impl Spec {
             mlm_uplink_extra: String::new(),
             mlm_extra: String::new(),
             appserver_extra: String::new(),
+            release_max_bytes: None,
         }
     }
 }
@@ -171,9 +174,16 @@ impl Tree {
 
         let app_id = "provider.app".to_string();
         let t = tls_for(&app_id, Role::Appserver)?;
+        let releases = format!(
+            "[releases]\nkey = {:?}\n{}",
+            tree.pki.release_key(),
+            spec.release_max_bytes
+                .map(|n| format!("max_bytes = {n}\n"))
+                .unwrap_or_default()
+        );
         tree.add(app_id.clone(), Role::Appserver, None, |data| {
             format!(
-                "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\n{}\n{}\n",
+                "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\n{}\n{releases}\n{}\n",
                 tls_toml(&t),
                 spec.appserver_extra
             )

@@ -1,0 +1,243 @@
+//! Publishing releases (DESIGN.md §7): the first part of issue 10.
+//!
+//! ```text
+//! POST /api/v1/releases?kind=K&version=V&to=T[&to=T…]   body: the file, streamed
+//!   └ written to DATA/releases/ID.part as it arrives, SHA-256 on the way,
+//!     bounded by [releases] max_bytes, then fsynced and renamed to ID.bin
+//!   └ the manifest (ID, kind, version, size, sha256, target) signed with the
+//!     release key, stored (KV `release/ID`), answered 201
+//! GET  /api/v1/releases/ID     the signed manifest
+//! GET  /api/v1/releases        every signed manifest
+//! ```
+//!
+//! The file is never held in memory whole. Built today: publishing and
+//! reading back. **Not built yet**: distribution down the tree (transfer
+//! requests to each MLM, fetch once per MLM, proxies verifying before they
+//! report delivered), staging and rollback.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use rsnet_common::http_util::{error, json, stream_body, Body};
+use rsnet_common::release::{Manifest, ReleaseKey, ReleaseKind, SignedManifest};
+use rsnet_common::store::{put_async, KvStore};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// KV key prefix of signed manifests.
+pub const PREFIX: &str = "release/";
+/// A body chunk must arrive within this of the last one.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// `[releases]`: publishing releases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasesConfig {
+    /// The release signing key (`rsnet-certs init` writes `PKI/release.key`).
+    /// Without it, publishing is refused (503).
+    pub key: Option<PathBuf>,
+    /// Largest release file, in bytes. Default 1 GiB.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for ReleasesConfig {
+    fn default() -> Self {
+        ReleasesConfig {
+            key: None,
+            max_bytes: default_max_bytes(),
+        }
+    }
+}
+
+fn default_max_bytes() -> u64 {
+    1 << 30
+}
+
+/// The published releases.
+pub struct Releases {
+    key: Option<ReleaseKey>,
+    max_bytes: u64,
+    dir: PathBuf,
+    kv: Arc<dyn KvStore>,
+}
+
+impl Releases {
+    /// Over `data_dir/releases`, signing with the configured key.
+    ///
+    /// # Errors
+    /// An unreadable key, or a directory that cannot be made.
+    pub fn open(
+        cfg: &ReleasesConfig,
+        data_dir: &std::path::Path,
+        kv: Arc<dyn KvStore>,
+    ) -> rsnet_common::Result<Releases> {
+        let key = match &cfg.key {
+            Some(p) => Some(ReleaseKey::load(p).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let dir = data_dir.join("releases");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Releases {
+            key,
+            max_bytes: cfg.max_bytes,
+            dir,
+            kv,
+        })
+    }
+
+    /// `POST /api/v1/releases`.
+    pub async fn publish(&self, req: Request<Incoming>, q: &[(String, String)]) -> Response<Body> {
+        let Some(key) = &self.key else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "releases are not configured: set [releases] key to the release key",
+            );
+        };
+        let (mut kind, mut version, mut target) = (None, None, Vec::new());
+        for (k, v) in q {
+            match k.as_str() {
+                "kind" => kind = Some(v.clone()),
+                "version" => version = Some(v.clone()),
+                "to" => target.push(v.clone()),
+                other => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown parameter {other:?}"),
+                    )
+                }
+            }
+        }
+        let kind: ReleaseKind = match kind
+            .as_deref()
+            .map(|k| serde_json::from_value(serde_json::json!(k)))
+        {
+            Some(Ok(k)) => k,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "kind: software, config or metadata",
+                )
+            }
+        };
+        let Some(version) = version else {
+            return error(StatusCode::BAD_REQUEST, "version: missing");
+        };
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_bytes) {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a release file is at most {} bytes", self.max_bytes),
+            );
+        }
+        let id = rsnet_common::MessageId::new().to_string();
+        // Check the manifest's rules before taking the body.
+        let mut manifest = Manifest {
+            id: id.clone(),
+            kind,
+            version,
+            size: 0,
+            sha256: "0".repeat(64),
+            target,
+        };
+        if let Err(e) = manifest.validate() {
+            return error(StatusCode::BAD_REQUEST, e);
+        }
+        let part = self.dir.join(format!("{id}.part"));
+        let (size, sha256) = match self.receive(req.into_body(), &part).await {
+            Ok(x) => x,
+            Err((status, why)) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                return error(status, why);
+            }
+        };
+        manifest.size = size;
+        manifest.sha256 = sha256;
+        let signed = match key.sign(manifest) {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        if let Err(e) = tokio::fs::rename(&part, self.dir.join(format!("{id}.bin"))).await {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("release file: {e}"),
+            );
+        }
+        let v = serde_json::to_vec(&signed).unwrap_or_default();
+        if let Err(e) = put_async(&self.kv, vec![(format!("{PREFIX}{id}"), v)]).await {
+            return rsnet_common::Error::from(e).response();
+        }
+        tracing::info!(release = %id, size, "release published");
+        json(StatusCode::CREATED, &signed)
+    }
+
+    /// Streams the body into `part`, bounded; its size and SHA-256 (hex), after fsync.
+    async fn receive(
+        &self,
+        body: Incoming,
+        part: &std::path::Path,
+    ) -> Result<(u64, String), (StatusCode, String)> {
+        let io = |e: std::io::Error| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("release file: {e}"),
+            )
+        };
+        let mut f = tokio::fs::File::create(part).await.map_err(io)?;
+        let mut body = std::pin::pin!(stream_body(body, IDLE));
+        let (mut size, mut h) = (0u64, Sha256::new());
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+            size += chunk.len() as u64;
+            if size > self.max_bytes {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("a release file is at most {} bytes", self.max_bytes),
+                ));
+            }
+            h.update(&chunk);
+            f.write_all(&chunk).await.map_err(io)?;
+        }
+        f.sync_all().await.map_err(io)?;
+        let sha: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok((size, sha))
+    }
+
+    /// `GET /api/v1/releases/ID`.
+    pub fn get(&self, id: &str) -> Response<Body> {
+        match self.kv.get(&format!("{PREFIX}{id}")) {
+            Ok(Some(v)) => match serde_json::from_slice::<SignedManifest>(&v) {
+                Ok(s) => json(StatusCode::OK, &s),
+                Err(e) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("stored manifest: {e}"),
+                ),
+            },
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("no release {id}")),
+            Err(e) => rsnet_common::Error::from(e).response(),
+        }
+    }
+
+    /// `GET /api/v1/releases`.
+    pub fn list(&self) -> Response<Body> {
+        match self.kv.list(PREFIX) {
+            Ok(pairs) => {
+                let all: Vec<SignedManifest> = pairs
+                    .iter()
+                    .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+                    .collect();
+                json(StatusCode::OK, &serde_json::json!({ "releases": all }))
+            }
+            Err(e) => rsnet_common::Error::from(e).response(),
+        }
+    }
+}
