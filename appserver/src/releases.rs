@@ -33,6 +33,11 @@ use tokio::io::AsyncWriteExt;
 pub const PREFIX: &str = "release/";
 /// A body chunk must arrive within this of the last one.
 const IDLE: Duration = Duration::from_secs(30);
+/// Past `max_bytes`, the rest of a body is read and discarded up to this
+/// much more before the 413 goes out, so that a client still writing sees
+/// the answer instead of a reset connection. A body declared larger than
+/// `max_bytes` plus this is refused without reading it.
+const DRAIN_BYTES: u64 = 16 << 20;
 
 /// `[releases]`: publishing releases.
 #[derive(Debug, Clone, Deserialize)]
@@ -133,7 +138,7 @@ impl Releases {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_bytes) {
+        if declared.is_some_and(|n| n > self.max_bytes.saturating_add(DRAIN_BYTES)) {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("a release file is at most {} bytes", self.max_bytes),
@@ -199,13 +204,20 @@ impl Releases {
             let chunk = chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("body: {e}")))?;
             size += chunk.len() as u64;
             if size > self.max_bytes {
-                return Err((
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("a release file is at most {} bytes", self.max_bytes),
-                ));
+                // Over the limit: discard the rest (bounded), then refuse.
+                if size > self.max_bytes.saturating_add(DRAIN_BYTES) {
+                    break;
+                }
+                continue;
             }
             h.update(&chunk);
             f.write_all(&chunk).await.map_err(io)?;
+        }
+        if size > self.max_bytes {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a release file is at most {} bytes", self.max_bytes),
+            ));
         }
         f.sync_all().await.map_err(io)?;
         let sha: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
