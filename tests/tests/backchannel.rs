@@ -615,6 +615,7 @@ async fn a_reply_of_1000_messages_costs_the_proxy_one_commit() {
         mlms: vec![("mlm1".into(), None)],
         proxies: vec![("p1".into(), Some(0))],
         heartbeat_s: 3600,
+        mlm_extra: "[backchannel]\nlease_ms = 1000\n".into(),
         ..Spec::demo()
     };
     let mut tree = start("bc-batch", &spec);
@@ -628,9 +629,18 @@ async fn a_reply_of_1000_messages_costs_the_proxy_one_commit() {
         let extra = json!({ "payload": format!("item {i}") });
         ids.insert(send_to(&op, json!("acme.p1"), extra).await);
     }
-    wait_for("1000 copies queued at the MLM", LONG, || async {
-        (counter(&tree, 1, "rsnet_backchannel_queued_messages").await >= 1000.0).then_some(())
-    })
+    // The proxy's last long-poll, still held at the MLM when it died, may
+    // take some copies into a reply nobody reads: wait until every such
+    // lease has ended, so all 1,000 are there for the next reply.
+    wait_for(
+        "1000 copies queued at the MLM, none leased",
+        LONG,
+        || async {
+            let queued = counter(&tree, 1, "rsnet_backchannel_queued_messages").await;
+            let leased = counter(&tree, 1, "rsnet_backchannel_leased_messages").await;
+            (queued >= 1000.0 && leased == 0.0).then_some(())
+        },
+    )
     .await;
     tokio::task::block_in_place(|| tree.restart(p1)).expect("restart");
     let t = tree.node_target(p1).expect("proxy");
@@ -640,6 +650,10 @@ async fn a_reply_of_1000_messages_costs_the_proxy_one_commit() {
     })
     .await;
     // They came down in one reply, and the proxy paid one commit for them.
+    wait_for("1000 counted as received", LONG, || async {
+        (counter(&tree, p1, "rsnet_backchannel_received_total").await >= 1000.0).then_some(())
+    })
+    .await;
     assert_eq!(
         counter(&tree, p1, "rsnet_backchannel_received_total").await,
         1000.0

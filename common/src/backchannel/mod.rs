@@ -140,6 +140,12 @@ impl BackChannel {
             "copies waiting in back-channel queues",
             move || q.stats().messages as f64,
         );
+        let q = queues.clone();
+        metrics.gauge(
+            "rsnet_backchannel_leased_messages",
+            "copies sent in a reply and waiting for the child's ack (sent again when the lease ends)",
+            move || q.stats().leased as f64,
+        );
         Ok(Arc::new(BackChannel {
             me,
             queues,

@@ -105,15 +105,26 @@ impl Queues {
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let c = commits.clone();
         let writer = GroupCommit::spawn("queue-writer", move |batches: Vec<Vec<QueueOp>>| {
-            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
             let all: Vec<QueueOp> = batches.into_iter().flatten().collect();
             #[allow(clippy::disallowed_methods)] // on the queue writer thread
             match s.commit(all, Timestamp::now()) {
-                Ok(mut outs) => sizes
-                    .into_iter()
-                    .map(|n| Ok(outs.drain(..n).collect()))
-                    .collect(),
+                Ok(mut outs) => {
+                    // Count the commits that wrote: repeats and empty acks write nothing.
+                    let wrote = outs.iter().any(|o| match o {
+                        QueueOutcome::Offered(Ok(Offered::Queued(n))) => *n > 0,
+                        QueueOutcome::Acked(ids) => !ids.is_empty(),
+                        QueueOutcome::Removed => true,
+                        QueueOutcome::Offered(_) => false,
+                    });
+                    if wrote {
+                        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    sizes
+                        .into_iter()
+                        .map(|n| Ok(outs.drain(..n).collect()))
+                        .collect()
+                }
                 Err(e) => sizes.iter().map(|_| Err(e.clone())).collect(),
             }
         })?;
@@ -234,7 +245,7 @@ impl Queues {
         self.any.notify_waiters();
     }
 
-    /// Durable commits made so far (each one transaction and one fsync).
+    /// Durable commits that wrote something, so far (each one transaction and one fsync).
     pub fn commits(&self) -> u64 {
         self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
