@@ -17,6 +17,15 @@ fn start(tag: &str, spec: &Spec) -> Tree {
         .unwrap_or_else(|e| panic!("tree did not start: {e}"))
 }
 
+/// The signed manifest `GET /api/v1/releases/ID` returns.
+async fn manifest_of(op: &rsnet_common::client::Target, id: &str) -> SignedManifest {
+    let (s, b) = call(op, Method::GET, &format!("/api/v1/releases/{id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    serde_json::from_slice(&b).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_release_has_a_manifest_signed_with_the_release_key() {
     let spec = Spec {
@@ -66,19 +75,7 @@ async fn a_published_release_has_a_manifest_signed_with_the_release_key() {
         .join("releases")
         .join(format!("{}.bin", m.id));
     assert_eq!(std::fs::read(&on_disk).unwrap(), file);
-    let (s, b) = call(
-        &op,
-        Method::GET,
-        &format!("/api/v1/releases/{}", m.id),
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(
-        serde_json::from_slice::<SignedManifest>(&b).unwrap(),
-        signed
-    );
+    assert_eq!(manifest_of(&op, &m.id).await, signed);
     let (s, b) = call(&op, Method::GET, "/api/v1/releases", None)
         .await
         .unwrap();
@@ -89,19 +86,7 @@ async fn a_published_release_has_a_manifest_signed_with_the_release_key() {
         tree.restart(0)
     })
     .expect("appserver back on its port");
-    let (s, b) = call(
-        &op,
-        Method::GET,
-        &format!("/api/v1/releases/{}", m.id),
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(
-        serde_json::from_slice::<SignedManifest>(&b).unwrap(),
-        signed
-    );
+    assert_eq!(manifest_of(&op, &m.id).await, signed);
     // Refused with a reason, and nothing half-written left behind.
     for (q, status, needle) in [
         (

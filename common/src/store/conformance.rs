@@ -238,6 +238,13 @@ pub fn client_keys_answer_resends_with_the_first_id_until_their_window_ends(open
     assert!(matches!(r[0], Err(StoreError::Full { .. })), "not a repeat");
 }
 
+fn leased_bodies(l: &Leased) -> Vec<String> {
+    l.records
+        .iter()
+        .map(|r| String::from_utf8(r.content.to_vec()).unwrap())
+        .collect()
+}
+
 pub fn queue_store_applies_writes_durably_and_forgets_old_marks(open: &Open) {
     let dir = tmp();
     let (a, b, c) = (rec(4, true, "a"), rec(8, true, "b"), rec(4, true, "c"));
@@ -297,11 +304,7 @@ pub fn queue_store_applies_writes_durably_and_forgets_old_marks(open: &Open) {
     let l = q
         .lease(&["acme.p1"], usize::MAX, 10, t0, Timestamp(t0.0 + 1_000))
         .unwrap();
-    let bodies: Vec<String> = l
-        .records
-        .iter()
-        .map(|r| String::from_utf8(r.content.to_vec()).unwrap())
-        .collect();
+    let bodies = leased_bodies(&l);
     assert_eq!(bodies, ["b", "a"], "higher precedence first");
     // Leased entries are hidden until the lease ends, then handed out again.
     assert!(q
@@ -407,10 +410,6 @@ pub fn queue_store_applies_writes_durably_and_forgets_old_marks(open: &Open) {
     let l = q
         .lease(&["^control"], usize::MAX, 10, later, later)
         .unwrap();
-    let bodies: Vec<String> = l
-        .records
-        .iter()
-        .map(|r| String::from_utf8(r.content.to_vec()).unwrap())
-        .collect();
+    let bodies = leased_bodies(&l);
     assert_eq!(bodies, ["c", "new"]);
 }
