@@ -10,6 +10,12 @@
 //! | `GET /api/v1/messages/ID/deliveries` | operator | each final destination's state |
 //! | `GET /api/v1/groups` | operator | every group |
 //! | `PUT, GET, DELETE /api/v1/groups/NAME` | operator | one group (`{"members": [...]}`) |
+//! | `HEAD, PUT /rs/v1/bulk/TOKEN` | proxy, mlm | an upload's bytes (see `uploads`) |
+//! | `GET /api/v1/uploads` | operator | every upload, newest first; filter `source` |
+//! | `GET /api/v1/uploads/ID` | operator | one upload: state, bytes received |
+//! | `GET /api/v1/uploads/ID/file` | operator | the stored file |
+//! | `POST /api/v1/releases` | operator | publish a release (see `releases`) |
+//! | `GET /api/v1/releases[/ID]` | operator | signed release manifests |
 //! | `GET /metrics` | any certificate | Prometheus text |
 
 use std::sync::Arc;
@@ -67,6 +73,8 @@ pub struct Api {
     pub deliveries: Arc<Deliveries>,
     /// Published releases.
     pub releases: crate::releases::Releases,
+    /// Uploads: grants and bytes.
+    pub uploads: Arc<crate::uploads::Uploads>,
     /// Metrics.
     pub metrics: Registry,
 }
@@ -166,6 +174,9 @@ impl Api {
             return self.exchange.handle(req, &peer).await;
         }
         let path = req.uri().path().to_string();
+        if path.starts_with(rsnet_common::bulk::BULK_PREFIX) {
+            return self.uploads.transfer(req, &peer).await;
+        }
         if path == "/metrics" {
             return text(
                 StatusCode::OK,
@@ -209,6 +220,12 @@ impl Api {
             }
             return self.releases.get(id);
         }
+        if let Some(rest) = path.strip_prefix("/api/v1/uploads/") {
+            if method != Method::GET {
+                return error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {path}"));
+            }
+            return self.uploads.get(rest).await;
+        }
         if method == Method::POST && path == "/api/v1/messages" {
             return self.send(req).await;
         }
@@ -218,6 +235,7 @@ impl Api {
         match path.as_str() {
             "/api/v1/messages" => self.messages(&q).await,
             "/api/v1/releases" => self.releases.list(),
+            "/api/v1/uploads" => self.uploads.list(&q).await,
             "/api/v1/groups" => match self.outbound.groups.list() {
                 Ok(g) => json(StatusCode::OK, &json!({ "groups": g })),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::deliveries::{Deliveries, Event};
 use crate::topology::Topology;
+use crate::uploads::Uploads;
 
 type Batch = (Vec<StoredMessage>, Vec<(String, Vec<u8>)>);
 
@@ -28,6 +29,7 @@ pub struct Ingest {
     me: ComponentId,
     topology: Arc<Mutex<Topology>>,
     deliveries: Arc<Deliveries>,
+    uploads: Arc<Uploads>,
     writer: GroupCommit<Batch, Result<Vec<Appended>, StoreError>>,
     stored: Counter,
     duplicates: Counter,
@@ -45,6 +47,7 @@ impl Ingest {
         messages: Arc<dyn MessageStore>,
         topology: Arc<Mutex<Topology>>,
         deliveries: Arc<Deliveries>,
+        uploads: Arc<Uploads>,
         metrics: &Registry,
     ) -> std::io::Result<(Arc<Ingest>, watch::Receiver<u64>)> {
         let (tx, rx) = watch::channel(messages.last_seq());
@@ -77,6 +80,7 @@ impl Ingest {
             me,
             topology,
             deliveries,
+            uploads,
             writer,
             stored: metrics.counter("rsnet_store_stored_total", "messages stored"),
             duplicates: metrics.counter(
@@ -104,17 +108,23 @@ impl Ingest {
         let mut state = ex.persist.clone();
         let mut ids = Vec::with_capacity(items.len());
         let mut reports = Vec::new();
+        // Bulk requests, by their place in `ids`: granted once stored.
+        let mut bulk = Vec::new();
         {
             let mut topo = self.topology.lock().unwrap_or_else(|p| p.into_inner());
             for item in items {
                 match stored(&item, &self.me, now) {
                     Ok((s, content)) => {
-                        if let (Content::Response(r), Some(src)) = (content, item.header.source()) {
-                            reports.push(Event::Reported {
+                        match (content, item.header.source()) {
+                            (Content::Response(r), Some(src)) => reports.push(Event::Reported {
                                 origin: src.origin.clone(),
                                 stage: item.header.subclass.clone(),
                                 response: r,
-                            });
+                            }),
+                            (Content::BulkRequest(b), Some(src)) => {
+                                bulk.push((ids.len(), src.origin.clone(), b))
+                            }
+                            _ => {}
                         }
                         topo.learn(&item.header, now, &mut state);
                         ids.push(item.header.id);
@@ -138,12 +148,21 @@ impl Ingest {
         }
         match stored.and_then(|r| r) {
             Ok(results) => {
+                // A repeated request was granted or denied the first time.
+                let fresh: Vec<_> = bulk
+                    .into_iter()
+                    .filter(|(i, ..)| matches!(results.get(*i), Some(Appended::Stored(_))))
+                    .map(|(i, origin, b)| (ids[i], origin, b))
+                    .collect();
                 for (id, r) in ids.into_iter().zip(results) {
                     match r {
                         Appended::Stored(_) => self.stored.inc(),
                         Appended::Duplicate(_) => self.duplicates.inc(),
                     }
                     decided.push((id, Verdict::Absorb { correlation: None }));
+                }
+                if !fresh.is_empty() {
+                    self.uploads.requested(fresh).await;
                 }
             }
             Err(e) => {

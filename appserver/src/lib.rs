@@ -5,8 +5,10 @@
 //! [`topology`]); beside it, the back-channel carries operator sends
 //! ([`outbound`], [`groups`]) whose [`deliveries`] record has one owner fed
 //! by events; [`api`] serves the read side (messages, stream, components)
-//! to operators. One mTLS listener serves both children
-//! (`/rs/v1/exchange`, proxy and mlm certificates) and operators
+//! to operators; [`uploads`] grants bulk requests and receives the files,
+//! [`releases`] publishes signed releases. One mTLS listener serves both
+//! children (`/rs/v1/exchange`, `/rs/v1/bulk/TOKEN`; proxy and mlm
+//! certificates) and operators
 //! (`/api/v1/*`, operator certificates).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -19,6 +21,7 @@ pub mod ingest;
 pub mod outbound;
 pub mod releases;
 pub mod topology;
+pub mod uploads;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -63,6 +66,9 @@ pub struct Config {
     /// Publishing releases.
     #[serde(default)]
     pub releases: releases::ReleasesConfig,
+    /// Granting and receiving uploads.
+    #[serde(default)]
+    pub uploads: uploads::UploadsConfig,
 }
 
 impl Config {
@@ -78,6 +84,7 @@ impl Config {
         }
         c.backchannel.validate(&mut errors);
         c.store.validate(&mut errors);
+        c.uploads.validate(&mut errors);
         ConfigError::check(path, errors)?;
         Ok(c)
     }
@@ -108,6 +115,14 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         groups: Arc::new(Groups::new(kv.clone())),
         deliveries: deliveries.clone(),
     });
+    let uploads = uploads::Uploads::open(
+        &cfg.uploads,
+        &cfg.data_dir,
+        kv.clone(),
+        backchannel.clone(),
+        &metrics,
+    )?;
+    tokio::spawn(uploads.clone().sweep_until_shutdown(shutdown.clone()));
     let messages = store.messages()?;
     let topology = Arc::new(Mutex::new(Topology::load(kv.list(topology::PREFIX)?)));
     let (ingest, committed) = Ingest::start(
@@ -115,6 +130,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         messages.clone(),
         topology.clone(),
         deliveries.clone(),
+        uploads.clone(),
         &metrics,
     )?;
     let pipeline = Pipeline::new(
@@ -128,6 +144,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     let releases = releases::Releases::open(&cfg.releases, &cfg.data_dir, kv.clone())?;
     let api = Arc::new(api::Api {
         releases,
+        uploads,
         exchange: ExchangeService::new(pipeline, backchannel, &metrics),
         messages,
         committed,

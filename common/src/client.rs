@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -35,6 +35,32 @@ pub async fn send(
     method: Method,
     path: &str,
     body: Option<(&str, Bytes)>,
+    extra: &[(&str, String)],
+) -> Result<Response<Incoming>, String> {
+    let (headers, body) = match body {
+        Some((ct, bytes)) => {
+            let mut h = vec![(header::CONTENT_TYPE.as_str(), ct.to_string())];
+            h.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+            (h, crate::http_util::full(bytes))
+        }
+        None => (
+            extra.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            crate::http_util::full(Bytes::new()),
+        ),
+    };
+    send_body(target, method, path, body, &headers).await
+}
+
+/// Sends one request whose body streams (a file of any size); returns the
+/// response with its body still streaming.
+///
+/// # Errors
+/// As [`send`].
+pub async fn send_body(
+    target: &Target,
+    method: Method,
+    path: &str,
+    body: crate::http_util::Body,
     extra: &[(&str, String)],
 ) -> Result<Response<Incoming>, String> {
     let (host, port, stream): (String, u16, Box<dyn IoStream>) = match target {
@@ -76,11 +102,7 @@ pub async fn send(
     for (k, v) in extra {
         b = b.header(*k, v);
     }
-    let req = match body {
-        Some((ct, bytes)) => b.header(header::CONTENT_TYPE, ct).body(Full::new(bytes)),
-        None => b.body(Full::new(Bytes::new())),
-    }
-    .map_err(|e| e.to_string())?;
+    let req = b.body(body).map_err(|e| e.to_string())?;
     send.send_request(req).await.map_err(|e| e.to_string())
 }
 

@@ -49,7 +49,10 @@ pub fn content(c: &Content) -> Value {
             json!({ "size": b.size, "sha256": b.sha256, "class": b.class, "filename": b.filename })
         }
         Content::BulkResponse(b) => json!({
-            "request": b.request.to_string(), "granted": b.granted, "reason": b.reason, "url": b.url, "token": b.token,
+            "request": b.request.to_string(), "granted": b.granted, "reason": b.reason,
+            "retry_after_ms": b.retry_after.map(|d| d.as_millis() as u64),
+            "expires": b.expires.map(|t| t.to_rfc3339()),
+            // The token is a secret and the URL carries it: neither is shown.
         }),
         Content::Data(d) => data_json(d),
     }

@@ -10,10 +10,12 @@
 //! * [`pipeline`]: a parent's handling of a child's POST, as stages.
 //! * [`heartbeat`]: status trees and lifecycle notices.
 //! * [`release`]: release manifests, signed with the release key.
+//! * [`bulk`]: the upward bulk-transfer protocol (tokens, origins, file bodies).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod backchannel;
+pub mod bulk;
 pub mod client;
 pub mod config;
 pub mod control;

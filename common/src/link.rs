@@ -314,8 +314,9 @@ impl Link {
         }
     }
 
-    /// Sends one request with a streamed body to the parent in use (a
-    /// fresh connection, not the exchange pool) and returns its response as
+    /// Sends one request with a streamed body and the given `headers` to
+    /// the parent in use (a fresh connection, not the exchange pool) and
+    /// returns its response as
     /// it arrives: the body of either side may be of any length and is
     /// never held whole. `connect_timeout` bounds connecting; the transfer
     /// itself is bounded by the body's own pace (the receiver's idle
@@ -329,7 +330,7 @@ impl Link {
         &self,
         method: Method,
         path: &str,
-        content_type: &str,
+        headers: &[(&str, String)],
         body: StreamBody,
         connect_timeout: Duration,
     ) -> Result<http::Response<hyper::body::Incoming>, LinkError> {
@@ -354,11 +355,14 @@ impl Link {
             }
             Ok(Ok(s)) => s,
         };
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, format!("{}:{}", p.host, p.port))
-            .header(header::CONTENT_TYPE, content_type)
+            .header(header::HOST, format!("{}:{}", p.host, p.port));
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let req = req
             .body(Either::Right(body))
             .map_err(|e| err(LinkErrorKind::Http(e.to_string())))?;
         send.send_request(req)

@@ -334,10 +334,14 @@ pub struct BulkResponse {
     pub granted: bool,
     /// Why not.
     pub reason: Option<String>,
-    /// Where to PUT the bytes.
+    /// Where to PUT the bytes (`/rs/v1/bulk/TOKEN`, on the sender's parent).
     pub url: Option<String>,
     /// One-time token.
     pub token: Option<String>,
+    /// Not granted for now: ask again after this.
+    pub retry_after: Option<Duration>,
+    /// Granted until this time: the transfer must be complete by then.
+    pub expires: Option<Timestamp>,
 }
 
 /// How a data payload is written in XML.

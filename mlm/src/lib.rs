@@ -8,10 +8,13 @@
 //! parent is down. Concurrent children's
 //! batches are coalesced into fewer upstream POSTs. The MLM holds no forward
 //! state of its own; what it originates (heartbeats, lifecycle notices) goes
-//! through its own spool ([`rsnet_common::forward`]).
+//! through its own spool ([`rsnet_common::forward`]). Upload bytes
+//! (`/rs/v1/bulk/TOKEN`) are streamed to the parent by [`bulk`], never
+//! stored.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod bulk;
 pub mod downlink;
 pub mod relay;
 
@@ -63,6 +66,9 @@ pub struct Config {
     /// Where durable state lives.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Relaying uploads.
+    #[serde(default)]
+    pub bulk: bulk::BulkConfig,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -84,6 +90,7 @@ impl Config {
         c.uplink.validate(&mut errors);
         c.backchannel.validate(&mut errors);
         c.store.validate(&mut errors);
+        c.bulk.validate(&mut errors);
         if c.heartbeat_interval_s == 0 {
             errors.push("heartbeat_interval_s: must be at least 1".into());
         }
@@ -136,6 +143,11 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         )),
     );
     let exchange = Arc::new(ExchangeService::new(pipeline, bc.clone(), &metrics));
+    let transfers = Arc::new(bulk::BulkRelay::new(
+        uplink.link().clone(),
+        &cfg.bulk,
+        &metrics,
+    ));
     let tree = {
         let (id, spool) = (me.id.clone(), spool.clone());
         move || StatusTree {
@@ -170,10 +182,13 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     let addr = listener.local_addr()?;
     let m2 = metrics.clone();
     let handler = move |req: http::Request<hyper::body::Incoming>, peer: Arc<server::Peer>| {
-        let (exchange, metrics) = (exchange.clone(), m2.clone());
+        let (exchange, metrics, transfers) = (exchange.clone(), m2.clone(), transfers.clone());
         async move {
             if pipeline::exchange::is_exchange(&req) {
                 return exchange.handle(req, &peer).await;
+            }
+            if req.uri().path().starts_with(rsnet_common::bulk::BULK_PREFIX) {
+                return transfers.handle(req, &peer).await;
             }
             match req.uri().path() {
                 "/metrics" => text(

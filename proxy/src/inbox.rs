@@ -18,7 +18,9 @@
 //! shows per destination. Control actions (class `control`) addressed to
 //! the proxy are committed as pending in the reply's commit and carried out
 //! right after it ([`rsnet_common::control::run_pending`]), so a crash can
-//! never make one run twice for one message.
+//! never make one run twice for one message. `bulk-response`s (answers to
+//! this proxy's upload requests) go the same way, through the
+//! [`crate::bulk::BULK`] pseudo-queue to [`crate::bulk::Bulk`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,7 +33,7 @@ use rsnet_common::envelope::{wire, Item};
 use rsnet_common::forward::Outbox;
 use rsnet_common::id::{ComponentId, MessageId};
 use rsnet_common::metrics::Counter;
-use rsnet_common::model::{Message, Response, DELIVERED, PROCESSED};
+use rsnet_common::model::{ContentKind, Message, Response, DELIVERED, PROCESSED};
 use rsnet_common::store::SpoolRecord;
 use serde_json::{json, Value};
 
@@ -71,6 +73,8 @@ pub struct Inbox {
     pub node: Arc<dyn Controlled>,
     /// New messages received from the parent.
     pub received: Counter,
+    /// Uploads, which `bulk-response`s are for.
+    pub bulk: Arc<crate::bulk::Bulk>,
 }
 
 impl Inbox {
@@ -95,7 +99,8 @@ impl Inbox {
     async fn receive_all(&self, items: Vec<Item>) -> Vec<MessageId> {
         let mut acks = Vec::with_capacity(items.len());
         let mut offers = Vec::with_capacity(items.len());
-        let mut taken: Vec<(MessageId, Vec<ComponentId>, bool)> = Vec::with_capacity(items.len());
+        let mut taken: Vec<(MessageId, Vec<ComponentId>, bool, bool)> =
+            Vec::with_capacity(items.len());
         for item in &items {
             let id = item.header.id;
             let Some(d) = backchannel::screen(&self.queues, item) else {
@@ -112,8 +117,12 @@ impl Inbox {
                 tracing::warn!(message = %id, "back-channel message names destinations outside this proxy; those are ignored");
             }
             let is_control = item.header.class == control::CLASS;
+            let is_bulk = item.header.kind == ContentKind::BulkResponse;
             let push: Vec<(String, SpoolRecord)> = if is_control {
                 vec![(control::CONTROL.to_string(), control::pending_record(item))]
+            } else if is_bulk {
+                // For this proxy's uploads, not for integrators.
+                vec![(crate::bulk::BULK.to_string(), control::pending_record(item))]
             } else {
                 let header = Bytes::from(wire::encode_header(&item.header));
                 mine.iter()
@@ -136,18 +145,19 @@ impl Inbox {
                 push,
                 received: Some(id),
             });
-            taken.push((id, mine, is_control));
+            taken.push((id, mine, is_control, is_bulk));
         }
         let results = self.queues.offer_many(offers).await;
         let mut reports = Vec::new();
-        let mut controls = false;
-        for ((id, mine, is_control), r) in taken.into_iter().zip(results) {
+        let (mut controls, mut grants) = (false, false);
+        for ((id, mine, is_control, is_bulk), r) in taken.into_iter().zip(results) {
             match r {
                 Ok(Offered::Queued(_)) => {
                     self.received.inc();
                     acks.push(id);
                     controls |= is_control;
-                    if !is_control {
+                    grants |= is_bulk;
+                    if !is_control && !is_bulk {
                         let corr = format!("{}/inbox/{id}", self.me);
                         reports.extend(mine.iter().map(|dest| {
                             self.report(dest, DELIVERED, Response::accepted(id, Some(corr.clone())))
@@ -164,12 +174,17 @@ impl Inbox {
         if controls {
             control::run_pending(&self.queues, self.node.as_ref(), &self.outbox).await;
         }
+        if grants {
+            self.bulk.apply_pending().await;
+        }
         acks
     }
 
-    /// Carries out control actions left pending by a crash (at start).
+    /// Carries out control actions and applies bulk responses left pending
+    /// by a crash (at start).
     pub async fn resume(&self) {
         control::run_pending(&self.queues, self.node.as_ref(), &self.outbox).await;
+        self.bulk.apply_pending().await;
     }
 
     /// Leases up to `limit` messages for the integrator, waiting up to

@@ -4,10 +4,12 @@
 //! instance ID ([`instances`]) and the proxy's routing hop, is spooled
 //! durably and answered 202. The forwarder ([`rsnet_common::forward`])
 //! moves the spool upward in batches; nothing leaves the spool before the
-//! parent accepted it.
+//! parent accepted it. Files go as uploads ([`bulk`]): asked for, granted,
+//! then streamed to the parent and resumed where they were cut off.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod bulk;
 pub mod inbox;
 pub mod instances;
 pub mod local_api;
@@ -90,6 +92,9 @@ pub struct Config {
     /// Where durable state lives.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Uploads (bulk transfers).
+    #[serde(default)]
+    pub bulk: bulk::BulkConfig,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -131,6 +136,7 @@ impl Config {
         let mut errors = Vec::new();
         c.uplink.validate(&mut errors);
         c.store.validate(&mut errors);
+        c.bulk.validate(&mut errors);
         match c.local_api.listen.parse::<SocketAddr>() {
             Ok(a) if a.ip().is_loopback() => {}
             Ok(_) => errors.push("local_api.listen: must be a loopback address (the local API has no authentication)".into()),
@@ -220,7 +226,18 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         },
     )?;
     queues.register_commits(&metrics);
+    let bulk = bulk::Bulk::open(
+        me.id.clone(),
+        &cfg.bulk,
+        &cfg.data_dir,
+        kv.clone(),
+        outbox.clone(),
+        uplink.link().clone(),
+        queues.clone(),
+        &metrics,
+    )?;
     let inbox = Arc::new(inbox::Inbox {
+        bulk: bulk.clone(),
         me: me.id.clone(),
         queues,
         outbox: outbox.clone(),
@@ -240,6 +257,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         dead_letters: forwarder.dead_letters().clone(),
         instances: instances.clone(),
         inbox,
+        bulk: bulk.clone(),
         metrics: metrics.clone(),
         parent: Arc::new(move || l2.current_parent().to_string()),
         key_window: Duration::from_secs(cfg.local_api.key_window_s),
@@ -259,6 +277,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         )])
         .await?;
     let fwd = tokio::spawn(forwarder.clone().run(shutdown.clone()));
+    tokio::spawn(bulk.run(shutdown.clone()));
     tokio::spawn(uplink.clone().poll_until_shutdown(
         cfg.uplink.poll_wait(),
         fwd_cfg.exchange_timeout,

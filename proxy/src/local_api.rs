@@ -5,6 +5,8 @@
 //! | `POST /v1/messages` | one message object, or `{"messages": [...]}`; 202 with the IDs once spooled (fsync) |
 //! | `GET /v1/inbox?wait=S&limit=N` | back-channel messages for this proxy and its support instances; waits up to S seconds (max 60) for the first; each is leased (not offered again) until acked or the lease ends |
 //! | `POST /v1/inbox/ack` | `{"acks": [{"id", "destination"?, "status": "processed"\|"failed", "reason"?}]}` or `{"ids": [...]}`; reports each upward |
+//! | `POST /v1/bulk?class=C&name=N` | the body is a file to upload; 202 `{id, size, sha256, state}` once copied (fsync) and requested (see [`crate::bulk`]) |
+//! | `GET /v1/bulk`, `GET /v1/bulk/ID` | uploads: state, bytes sent, why denied or retried |
 //! | `GET /v1/status` | ID, parent, spool, inbox and forwarding state |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -112,6 +114,8 @@ pub struct LocalApi {
     pub instances: Arc<Instances>,
     /// Back-channel messages for local integrators.
     pub inbox: Arc<Inbox>,
+    /// Uploads.
+    pub bulk: Arc<crate::bulk::Bulk>,
     /// Metrics.
     pub metrics: Registry,
     /// Parent URL in use, for status.
@@ -153,6 +157,15 @@ impl LocalApi {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         match (req.method().clone(), req.uri().path()) {
             (Method::POST, "/v1/messages") => self.post_messages(req).await,
+            (Method::POST, "/v1/bulk") => {
+                let q = query_pairs(req.uri().query());
+                self.bulk.accept(req, &q).await
+            }
+            (Method::GET, "/v1/bulk") => self.bulk.list(),
+            (Method::GET, p) if p.starts_with("/v1/bulk/") => {
+                let id = p.trim_start_matches("/v1/bulk/").to_string();
+                self.bulk.status(&id)
+            }
             (Method::GET, "/v1/status") => {
                 let s = self.outbox.spool().stats();
                 json(
@@ -287,7 +300,7 @@ impl LocalApi {
                 let e = rsnet_common::Error::from(e);
                 return error(
                     e.status(),
-                    format!("messages[{i}]: too large for an exchange: {e}; files and large payloads go as bulk transfers (POST /v1/bulk, not yet available)"),
+                    format!("messages[{i}]: too large for an exchange: {e}; files and large payloads go as bulk transfers (POST /v1/bulk)"),
                 );
             }
             msgs.push(m);

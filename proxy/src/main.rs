@@ -1,4 +1,4 @@
-//! `rsnet-proxy run|send|status --config FILE`
+//! `rsnet-proxy run|send|inbox|bulk|status --config FILE`
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -96,6 +96,26 @@ enum Cmd {
         /// Acknowledge what was printed as processed.
         #[arg(long)]
         ack: bool,
+    },
+    /// Upload a file through a running proxy: it is copied into the
+    /// proxy's data directory, requested, and sent up as a bulk transfer.
+    /// Shows progress (a bar on a terminal, plain lines otherwise) until the
+    /// appserver stored it; exits 0 then, 1 if it failed.
+    Bulk {
+        /// The TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The file.
+        path: PathBuf,
+        /// What it is (`core`, `explorer`, `log`; default `file`).
+        #[arg(long)]
+        class: Option<String>,
+        /// The name to send (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the upload's ID once the proxy holds the file, and return.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Print a running proxy's status as JSON.
     Status {
@@ -296,6 +316,25 @@ async fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Cmd::Bulk {
+            config,
+            path,
+            class,
+            name,
+            no_wait,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match bulk_upload(&cfg, &path, class, name, no_wait).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("rsnet-proxy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Status { config } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -313,4 +352,139 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `rsnet-proxy bulk`: hands the file to the proxy, then follows the upload.
+async fn bulk_upload(
+    cfg: &Config,
+    path: &std::path::Path,
+    class: Option<String>,
+    name: Option<String>,
+    no_wait: bool,
+) -> Result<ExitCode, String> {
+    use std::io::IsTerminal;
+    let addr = cfg
+        .local_api_addr()
+        .ok_or("the proxy is not running (no local API address in its data_dir)")?;
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    let name = match name {
+        Some(n) => n,
+        None => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| format!("{}: not a file name", path.display()))?,
+    };
+    let mut q = format!("/v1/bulk?name={}", urlencode(&name));
+    if let Some(c) = &class {
+        q.push_str(&format!("&class={}", urlencode(c)));
+    }
+    let body = rsnet_common::bulk::file_body(path, 0, Default::default(), 0)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let resp = rsnet_common::client::send_body(
+        &Target::Plain(addr),
+        Method::POST,
+        &q,
+        body,
+        &[
+            ("content-type", "application/octet-stream".into()),
+            ("content-length", size.to_string()),
+        ],
+    )
+    .await?;
+    let status = resp.status();
+    let b = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&b).unwrap_or(json!({}));
+    if status != StatusCode::ACCEPTED {
+        eprintln!("rsnet-proxy: {status}: {}", v["error"].as_str().unwrap_or(""));
+        return Ok(ExitCode::from(if status == StatusCode::INSUFFICIENT_STORAGE {
+            3
+        } else {
+            1
+        }));
+    }
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    println!("{id}");
+    if no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(size);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b
+    });
+    let (mut last_line, mut last_state) = (std::time::Instant::now(), String::new());
+    let started = std::time::Instant::now();
+    loop {
+        let (s, v) = local(cfg, Method::GET, &format!("/v1/bulk/{id}"), None).await?;
+        if s != StatusCode::OK {
+            return Err(format!("{s}: {}", v["error"].as_str().unwrap_or("")));
+        }
+        let state = v["state"].as_str().unwrap_or("").to_string();
+        let sent = v["sent"].as_u64().unwrap_or(0);
+        let reason = v["reason"].as_str().unwrap_or("");
+        match &bar {
+            Some(b) => {
+                b.set_position(sent);
+                b.set_message(state.clone());
+            }
+            None => {
+                if state != last_state || last_line.elapsed() >= Duration::from_secs(5) {
+                    let secs = started.elapsed().as_secs_f64().max(0.001);
+                    let rate = sent as f64 / secs;
+                    let eta = if rate > 0.0 && sent < size {
+                        format!("{:.0}s", (size - sent) as f64 / rate)
+                    } else {
+                        "-".into()
+                    };
+                    eprintln!(
+                        "{id} {state} {sent}/{size} bytes {:.1} MB/s ETA {eta}{}",
+                        rate / 1e6,
+                        if reason.is_empty() { String::new() } else { format!(" ({reason})") }
+                    );
+                    last_line = std::time::Instant::now();
+                }
+            }
+        }
+        last_state = state.clone();
+        match state.as_str() {
+            "done" => {
+                if let Some(b) = &bar {
+                    b.finish_with_message("done");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            "failed" => {
+                if let Some(b) = &bar {
+                    b.abandon_with_message("failed");
+                }
+                eprintln!("rsnet-proxy: upload {id} failed: {reason}");
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Percent-encodes a query value.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

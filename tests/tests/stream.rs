@@ -117,7 +117,7 @@ async fn a_streamed_body_of_any_length_crosses_the_link_with_bounded_memory() {
         .stream(
             Method::PUT,
             "/rs/v1/bulk/test",
-            "application/octet-stream",
+            &[("content-type", "application/octet-stream".into())],
             generated(),
             Duration::from_secs(10),
         )

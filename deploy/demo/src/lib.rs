@@ -47,6 +47,8 @@ pub struct Spec {
     pub proxy_uplink_extra: String,
     /// Extra `[uplink]` lines for MLMs (e.g. a forward proxy).
     pub mlm_uplink_extra: String,
+    /// Extra sections for every proxy (e.g. `[bulk]`).
+    pub proxy_extra: String,
     /// Extra sections for every MLM (e.g. `[backchannel]`).
     pub mlm_extra: String,
     /// Extra sections for the appserver (e.g. `[backchannel]`).
@@ -69,6 +71,7 @@ impl Spec {
             ],
             heartbeat_s: 10,
             proxy_uplink_extra: String::new(),
+            proxy_extra: String::new(),
             mlm_uplink_extra: String::new(),
             mlm_extra: String::new(),
             appserver_extra: String::new(),
@@ -250,9 +253,10 @@ impl Tree {
             crl: Some(self.pki.crl()),
         };
         let (hb, extra) = (spec.heartbeat_s, spec.proxy_uplink_extra.clone());
+        let sections = &spec.proxy_extra;
         self.add(id, Role::Proxy, Some(parent_id.to_string()), |data| {
             format!(
-                "data_dir = {data:?}\nheartbeat_interval_s = {hb}\n[local_api]\nlisten = \"127.0.0.1:0\"\n{}\n[uplink]\nparents = [\"{url}\"]\n{extra}\n",
+                "data_dir = {data:?}\nheartbeat_interval_s = {hb}\n[local_api]\nlisten = \"127.0.0.1:0\"\n{}\n[uplink]\nparents = [\"{url}\"]\n{extra}\n{sections}\n",
                 tls_toml(&t)
             )
         })?;

@@ -376,6 +376,14 @@ struct WireBulkResponse {
     url: Option<String>,
     #[serde(rename = "@token", skip_serializing_if = "Option::is_none", default)]
     token: Option<String>,
+    #[serde(
+        rename = "@retry-after-ms",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    retry_after_ms: Option<u64>,
+    #[serde(rename = "@expires", skip_serializing_if = "Option::is_none", default)]
+    expires: Option<String>,
 }
 
 fn data_to_wire(d: &Data) -> WireData {
@@ -457,6 +465,8 @@ pub fn encode_content(c: &Content) -> String {
             reason: b.reason.clone(),
             url: b.url.clone(),
             token: b.token.clone(),
+            retry_after_ms: b.retry_after.map(|d| d.as_millis() as u64),
+            expires: b.expires.map(Timestamp::to_rfc3339),
         }),
         Content::Data(d) => to_xml(&data_to_wire(d)),
     }
@@ -536,15 +546,32 @@ pub fn decode_content(xml: &[u8], expected: ContentKind) -> Result<Content, Inva
         }
         ContentKind::BulkResponse => {
             let w: WireBulkResponse = from_xml(s, "content")?;
+            let mut reason = w.reason;
+            if let Some(r) = &mut reason {
+                crate::envelope::truncate(r, crate::limits::MAX_REASON_BYTES);
+            }
+            if w.token.as_ref().is_some_and(|t| t.len() > 128)
+                || w.url.as_ref().is_some_and(|u| u.len() > 256)
+            {
+                return Err(field(
+                    "bulk-response/@url",
+                    "url at most 256 bytes, token at most 128",
+                ));
+            }
             Content::BulkResponse(BulkResponse {
                 request: w
                     .request
                     .parse()
                     .map_err(|e| field("bulk-response/@request", e))?,
                 granted: w.granted,
-                reason: w.reason,
+                reason,
                 url: w.url,
                 token: w.token,
+                retry_after: w.retry_after_ms.map(Duration::from_millis),
+                expires: match w.expires {
+                    Some(t) => Some(parse_ts("bulk-response/@expires", &t)?),
+                    None => None,
+                },
             })
         }
         ContentKind::Data => {
@@ -689,6 +716,17 @@ mod tests {
                 reason: None,
                 url: Some("/rs/v1/bulk/x".into()),
                 token: Some("x".into()),
+                retry_after: None,
+                expires: Some(Timestamp(1_700_000_000_000)),
+            }),
+            Content::BulkResponse(BulkResponse {
+                request: id,
+                granted: false,
+                reason: Some("disk".into()),
+                url: None,
+                token: None,
+                retry_after: Some(Duration::from_secs(30)),
+                expires: None,
             }),
             Content::Data(Data {
                 mime: "text/plain".into(),

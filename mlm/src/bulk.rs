@@ -1,0 +1,164 @@
+//! Relaying uploads upward (DESIGN.md §7): `HEAD` and `PUT
+//! /rs/v1/bulk/TOKEN` from a child go to the parent as a stream.
+//!
+//! ```text
+//! child ── PUT (body) ──► BulkRelay ── PUT (same body, chunk by chunk) ──► parent
+//!        ◄── answer ─────            ◄── answer ─────────────────────────
+//! ```
+//!
+//! The MLM never writes a transfer to disk and never holds it whole: each
+//! chunk of the child's body is handed to the parent's connection as it
+//! arrives, so memory is a few chunks per transfer whatever the file's
+//! size, and the child's pace is the parent's (TCP back-pressure both
+//! ways). The token is checked for form only; the grant lives at the
+//! appserver. What the MLM adds is the [`ORIGIN`] it vouches for: the
+//! child's certificate ID (or, from a stacked MLM, the origin that MLM
+//! vouched for, checked against its subtree by [`bulk::origin`]).
+//! Transfers at once are capped by `[bulk] max_transfers`; past it a child
+//! hears 503 with `Retry-After` and tries again later.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::{header, Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use rsnet_common::bulk::{self, BulkError, Token, ORIGIN, UPLOAD_LENGTH, UPLOAD_OFFSET};
+use rsnet_common::http_util::{stream_body, Body};
+use rsnet_common::link::Link;
+use rsnet_common::metrics::{Counter, Registry};
+use rsnet_common::server::Peer;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+/// A body chunk must arrive within this of the last one, either way.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// `[bulk]`: relaying transfers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BulkConfig {
+    /// Transfers relayed at once. Default 64.
+    pub max_transfers: usize,
+    /// Connecting to the parent for a transfer, in milliseconds. Default 10000.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for BulkConfig {
+    fn default() -> Self {
+        BulkConfig {
+            max_transfers: 64,
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl BulkConfig {
+    /// Adds every problem to `errors`.
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        if self.max_transfers == 0 {
+            errors.push("bulk.max_transfers: must be at least 1".into());
+        }
+        if self.connect_timeout_ms == 0 {
+            errors.push("bulk.connect_timeout_ms: must be at least 1".into());
+        }
+    }
+}
+
+/// See the module docs.
+pub struct BulkRelay {
+    link: Arc<Link>,
+    slots: Arc<Semaphore>,
+    max: usize,
+    connect_timeout: Duration,
+    relayed: Counter,
+}
+
+impl BulkRelay {
+    /// Relays over `link`.
+    pub fn new(link: Arc<Link>, cfg: &BulkConfig, metrics: &Registry) -> BulkRelay {
+        let slots = Arc::new(Semaphore::new(cfg.max_transfers));
+        let s = slots.clone();
+        metrics.gauge(
+            "rsnet_bulk_relays_in_progress",
+            "transfers being relayed to the parent",
+            {
+                let max = cfg.max_transfers;
+                move || (max - s.available_permits()) as f64
+            },
+        );
+        BulkRelay {
+            link,
+            slots,
+            max: cfg.max_transfers,
+            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+            relayed: metrics.counter(
+                "rsnet_bulk_relayed_bytes_total",
+                "transfer bytes relayed to the parent",
+            ),
+        }
+    }
+
+    /// `HEAD` or `PUT /rs/v1/bulk/TOKEN` from a child.
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+        match self.relay(req, peer).await {
+            Ok(r) => r,
+            Err(e) => e.response(),
+        }
+    }
+
+    async fn relay(&self, req: Request<Incoming>, peer: &Peer) -> Result<Response<Body>, BulkError> {
+        let path = req.uri().path().to_string();
+        Token::of_path(&path).ok_or(BulkError::BadToken)??;
+        let origin = bulk::origin(peer, req.headers())?;
+        let method = req.method().clone();
+        if method != Method::HEAD && method != Method::PUT {
+            return Err(BulkError::BadRequest("HEAD or PUT".into()));
+        }
+        let offset = bulk::offset(req.headers())?;
+        let _slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            BulkError::Unavailable(format!(
+                "this MLM relays at most {} transfers at once; try again",
+                self.max
+            ))
+        })?;
+        let body = if method == Method::PUT {
+            let relayed = self.relayed.clone();
+            let s = stream_body(req.into_body(), IDLE).map(move |r| {
+                r.map(|b| {
+                    relayed.add(b.len() as u64);
+                    Frame::data(b)
+                })
+            });
+            BodyExt::boxed(http_body_util::StreamBody::new(s))
+        } else {
+            bulk::empty()
+        };
+        let headers = [
+            (ORIGIN, origin.to_string()),
+            (UPLOAD_OFFSET, offset.to_string()),
+            (header::CONTENT_TYPE.as_str(), "application/octet-stream".into()),
+        ];
+        let resp = self
+            .link
+            .stream(method, &path, &headers, body, self.connect_timeout)
+            .await
+            .map_err(|e| BulkError::Upstream(e.to_string()))?;
+        let (parts, body) = resp.into_parts();
+        let mut out = Response::builder().status(parts.status);
+        for h in [
+            UPLOAD_OFFSET,
+            UPLOAD_LENGTH,
+            header::CONTENT_TYPE.as_str(),
+            header::RETRY_AFTER.as_str(),
+        ] {
+            if let Some(v) = parts.headers.get(h) {
+                out = out.header(h, v);
+            }
+        }
+        let answer = stream_body(body, IDLE).map(|r| r.map(Frame::data));
+        out.body(BodyExt::boxed(http_body_util::StreamBody::new(answer)))
+            .map_err(|e| BulkError::Upstream(e.to_string()))
+    }
+}
