@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 use rsnet_common::backchannel::BackChannel;
 use rsnet_common::bulk::{self, BulkError, Token, UPLOAD_LENGTH, UPLOAD_OFFSET};
 use rsnet_common::envelope::wire;
-use rsnet_common::http_util::{error, json, stream_body, Body};
+use rsnet_common::http_util::{drain, error, json, stream_body, Body};
 use rsnet_common::id::{ComponentId, MessageId};
 use rsnet_common::metrics::{Counter, Registry};
 use rsnet_common::model::{
@@ -51,6 +51,10 @@ pub const PREFIX: &str = "upload/";
 const TOKENS: &str = "upload-token/";
 /// A body chunk must arrive within this of the last one.
 const IDLE: Duration = Duration::from_secs(60);
+/// A body refused before it was read is drained up to this much, for
+/// this long, so the refusal reaches a sender still writing it.
+const DRAIN_BYTES: u64 = 8 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// How often expired grants are swept.
 const SWEEP: Duration = Duration::from_secs(30);
 
@@ -466,21 +470,30 @@ impl Uploads {
 
     /// `HEAD` and `PUT /rs/v1/bulk/TOKEN` from a child.
     pub async fn transfer(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
-        match self.try_transfer(req, peer).await {
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
+        match self.try_transfer(&parts, &mut body, peer).await {
             Ok(r) => r,
-            Err(e) => e.response(),
+            Err(e) => {
+                // Refused before the body was read: take some of it first.
+                if let Some(b) = body {
+                    drain(b, DRAIN_BYTES, DRAIN_TIME).await;
+                }
+                e.response()
+            }
         }
     }
 
     async fn try_transfer(
         &self,
-        req: Request<Incoming>,
+        parts: &http::request::Parts,
+        body: &mut Option<Incoming>,
         peer: &Peer,
     ) -> Result<Response<Body>, BulkError> {
-        let token = Token::of_path(req.uri().path()).ok_or(BulkError::BadToken)??;
-        let origin = bulk::origin(peer, req.headers())?;
+        let token = Token::of_path(parts.uri.path()).ok_or(BulkError::BadToken)??;
+        let origin = bulk::origin(peer, &parts.headers)?;
         let up = self.granted(&token, &origin).await?;
-        match *req.method() {
+        match parts.method {
             Method::HEAD => {
                 let held = self.held(&up.id).await;
                 Ok(Response::builder()
@@ -490,12 +503,17 @@ impl Uploads {
                     .body(rsnet_common::http_util::full(""))
                     .unwrap_or_else(|_| Response::new(rsnet_common::http_util::full(""))))
             }
-            Method::PUT => self.receive(req, up).await,
+            Method::PUT => self.receive(&parts.headers, body, up).await,
             _ => Err(BulkError::BadRequest("HEAD or PUT".into())),
         }
     }
 
-    async fn receive(&self, req: Request<Incoming>, up: Upload) -> Result<Response<Body>, BulkError> {
+    async fn receive(
+        &self,
+        headers: &http::HeaderMap,
+        body: &mut Option<Incoming>,
+        up: Upload,
+    ) -> Result<Response<Body>, BulkError> {
         let _claim = {
             let mut b = self.busy.lock().map_err(|_| BulkError::Busy)?;
             if !b.insert(up.id) {
@@ -504,7 +522,7 @@ impl Uploads {
             Claim(self, up.id)
         };
         let held = self.held(&up.id).await;
-        let sent = bulk::offset(req.headers())?;
+        let sent = bulk::offset(headers)?;
         if sent != held {
             return Err(BulkError::Offset { sent, held });
         }
@@ -520,7 +538,10 @@ impl Uploads {
         // one is hashed from disk at the end.
         let mut hasher = (held == 0).then(Sha256::new);
         let mut n = held;
-        let mut body = std::pin::pin!(stream_body(req.into_body(), IDLE));
+        let Some(incoming) = body.take() else {
+            return Err(BulkError::BadRequest("no body".into()));
+        };
+        let mut body = std::pin::pin!(stream_body(incoming, IDLE));
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
@@ -629,7 +650,7 @@ impl Uploads {
             .filter_map(|(_, v)| serde_json::from_slice(v).ok())
             .filter(|u: &Upload| source.as_ref().is_none_or(|s| u.source.is_within(s)))
             .collect();
-        all.sort_by(|a, b| b.granted.cmp(&a.granted));
+        all.sort_by_key(|u| std::cmp::Reverse(u.granted));
         let mut out = Vec::with_capacity(all.len());
         for u in &all {
             let received = match u.state {
@@ -649,7 +670,10 @@ impl Uploads {
             None => (rest, false),
         };
         let Ok(id) = id.parse::<MessageId>() else {
-            return error(StatusCode::BAD_REQUEST, format!("{id:?} is not an upload ID"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{id:?} is not an upload ID"),
+            );
         };
         let up = match self.load(&id) {
             Ok(Some(u)) => u,
@@ -683,7 +707,13 @@ impl Uploads {
         let name: String = up
             .filename
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         Response::builder()
             .status(StatusCode::OK)

@@ -182,8 +182,10 @@ impl BulkError {
             r.headers_mut().insert(UPLOAD_OFFSET, (*held).into());
         }
         if matches!(self, BulkError::Unavailable(_)) {
-            r.headers_mut()
-                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("5"),
+            );
         }
         r
     }
@@ -257,15 +259,19 @@ pub fn held(headers: &HeaderMap) -> Option<u64> {
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// True for 64 lowercase hex digits (a SHA-256, a token).
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The SHA-256 (hex) of a whole file, read in chunks (never held whole).
@@ -319,7 +325,10 @@ pub async fn file_body(
                     buf.truncate(n);
                     total += n as u64;
                     sent.fetch_add(n as u64, Ordering::Relaxed);
-                    Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), Some((f, total))))
+                    Some((
+                        Ok(hyper::body::Frame::data(Bytes::from(buf))),
+                        Some((f, total)),
+                    ))
                 }
                 Err(e) => Some((Err(e), None)),
             }
@@ -369,7 +378,13 @@ mod tests {
             a,
             "path round trip"
         );
-        for bad in ["", "../etc/passwd", &"A".repeat(64), &"a".repeat(65), &"g".repeat(64)] {
+        for bad in [
+            "",
+            "../etc/passwd",
+            &"A".repeat(64),
+            &"a".repeat(65),
+            &"g".repeat(64),
+        ] {
             assert_eq!(Token::parse(bad), Err(BulkError::BadToken), "{bad:?}");
         }
         assert!(Token::of_path("/rs/v1/exchange").is_none());
@@ -381,24 +396,36 @@ mod tests {
     fn the_origin_is_checked_against_the_peer() {
         let p1 = peer("acme.p1", Role::Proxy, &[]);
         assert_eq!(origin(&p1, &HeaderMap::new()).unwrap().as_str(), "acme.p1");
-        assert_eq!(origin(&p1, &with_origin("acme.p1")).unwrap().as_str(), "acme.p1");
+        assert_eq!(
+            origin(&p1, &with_origin("acme.p1")).unwrap().as_str(),
+            "acme.p1"
+        );
         assert!(matches!(
             origin(&p1, &with_origin("acme.p2")),
             Err(BulkError::Forbidden(_))
         ));
         let mlm = peer("acme.mlm1", Role::Mlm, &["acme"]);
-        assert_eq!(origin(&mlm, &with_origin("acme.p2")).unwrap().as_str(), "acme.p2");
+        assert_eq!(
+            origin(&mlm, &with_origin("acme.p2")).unwrap().as_str(),
+            "acme.p2"
+        );
         assert!(matches!(
             origin(&mlm, &with_origin("globex.p1")),
             Err(BulkError::Forbidden(_))
         ));
-        assert!(matches!(origin(&mlm, &HeaderMap::new()), Err(BulkError::Forbidden(_))));
+        assert!(matches!(
+            origin(&mlm, &HeaderMap::new()),
+            Err(BulkError::Forbidden(_))
+        ));
         assert!(matches!(
             origin(&mlm, &with_origin("not an id")),
             Err(BulkError::BadRequest(_))
         ));
         let op = peer("ops.alice", Role::Operator, &[]);
-        assert!(matches!(origin(&op, &HeaderMap::new()), Err(BulkError::Forbidden(_))));
+        assert!(matches!(
+            origin(&op, &HeaderMap::new()),
+            Err(BulkError::Forbidden(_))
+        ));
     }
 
     #[test]

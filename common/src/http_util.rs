@@ -43,6 +43,29 @@ pub fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> R
         .unwrap_or_else(|_| Response::new(full("")))
 }
 
+/// Reads and discards up to `max` bytes of a request body that will not be
+/// used, within `within`, so that the refusal sent next reaches a client
+/// still writing it instead of a reset connection. A longer (or slower)
+/// body is left unread: the connection then closes with the answer.
+pub async fn drain<B>(body: B, max: u64, within: Duration)
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    use futures_util::StreamExt;
+    let mut s = std::pin::pin!(stream_body(body, within));
+    let mut n = 0u64;
+    let _ = tokio::time::timeout(within, async {
+        while let Some(Ok(c)) = s.next().await {
+            n += c.len() as u64;
+            if n > max {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
 /// A request body as a stream of chunks for a handler that never holds it
 /// whole (a bulk transfer): each chunk must arrive within `idle` of the
 /// last, or the stream ends with a `TimedOut` error (a stalled or

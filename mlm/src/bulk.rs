@@ -22,18 +22,23 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use http::{header, Method, Request, Response};
+
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use rsnet_common::bulk::{self, BulkError, Token, ORIGIN, UPLOAD_LENGTH, UPLOAD_OFFSET};
-use rsnet_common::http_util::{stream_body, Body};
+use rsnet_common::http_util::{drain, stream_body, Body};
+use rsnet_common::id::ComponentId;
 use rsnet_common::link::Link;
 use rsnet_common::metrics::{Counter, Registry};
 use rsnet_common::server::Peer;
 use serde::Deserialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A body chunk must arrive within this of the last one, either way.
 const IDLE: Duration = Duration::from_secs(60);
+/// A body refused before it was relayed is drained up to this much, for this long.
+const DRAIN_BYTES: u64 = 8 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// `[bulk]`: relaying transfers.
 #[derive(Debug, Clone, Deserialize)]
@@ -102,30 +107,57 @@ impl BulkRelay {
 
     /// `HEAD` or `PUT /rs/v1/bulk/TOKEN` from a child.
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
-        match self.relay(req, peer).await {
-            Ok(r) => r,
-            Err(e) => e.response(),
+        let (parts, body) = req.into_parts();
+        match self.check(&parts, peer) {
+            Ok((origin, offset, slot)) => match self.relay(parts, body, origin, offset).await {
+                Ok(r) => {
+                    drop(slot);
+                    r
+                }
+                Err(e) => e.response(),
+            },
+            Err(e) => {
+                // Refused before the body was read: take some of it first,
+                // so the answer reaches a child still writing.
+                drain(body, DRAIN_BYTES, DRAIN_TIME).await;
+                e.response()
+            }
         }
     }
 
-    async fn relay(&self, req: Request<Incoming>, peer: &Peer) -> Result<Response<Body>, BulkError> {
-        let path = req.uri().path().to_string();
-        Token::of_path(&path).ok_or(BulkError::BadToken)??;
-        let origin = bulk::origin(peer, req.headers())?;
-        let method = req.method().clone();
-        if method != Method::HEAD && method != Method::PUT {
+    /// What must hold before anything goes upstream: the path, the origin,
+    /// the offset, a free slot.
+    fn check(
+        &self,
+        parts: &http::request::Parts,
+        peer: &Peer,
+    ) -> Result<(ComponentId, u64, OwnedSemaphorePermit), BulkError> {
+        Token::of_path(parts.uri.path()).ok_or(BulkError::BadToken)??;
+        let origin = bulk::origin(peer, &parts.headers)?;
+        if parts.method != Method::HEAD && parts.method != Method::PUT {
             return Err(BulkError::BadRequest("HEAD or PUT".into()));
         }
-        let offset = bulk::offset(req.headers())?;
-        let _slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+        let offset = bulk::offset(&parts.headers)?;
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             BulkError::Unavailable(format!(
                 "this MLM relays at most {} transfers at once; try again",
                 self.max
             ))
         })?;
+        Ok((origin, offset, slot))
+    }
+
+    async fn relay(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        origin: ComponentId,
+        offset: u64,
+    ) -> Result<Response<Body>, BulkError> {
+        let (method, path) = (parts.method, parts.uri.path().to_string());
         let body = if method == Method::PUT {
             let relayed = self.relayed.clone();
-            let s = stream_body(req.into_body(), IDLE).map(move |r| {
+            let s = stream_body(body, IDLE).map(move |r| {
                 r.map(|b| {
                     relayed.add(b.len() as u64);
                     Frame::data(b)
@@ -138,7 +170,10 @@ impl BulkRelay {
         let headers = [
             (ORIGIN, origin.to_string()),
             (UPLOAD_OFFSET, offset.to_string()),
-            (header::CONTENT_TYPE.as_str(), "application/octet-stream".into()),
+            (
+                header::CONTENT_TYPE.as_str(),
+                "application/octet-stream".into(),
+            ),
         ];
         let resp = self
             .link

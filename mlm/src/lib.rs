@@ -187,7 +187,11 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
             if pipeline::exchange::is_exchange(&req) {
                 return exchange.handle(req, &peer).await;
             }
-            if req.uri().path().starts_with(rsnet_common::bulk::BULK_PREFIX) {
+            if req
+                .uri()
+                .path()
+                .starts_with(rsnet_common::bulk::BULK_PREFIX)
+            {
                 return transfers.handle(req, &peer).await;
             }
             match req.uri().path() {

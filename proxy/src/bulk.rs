@@ -266,9 +266,15 @@ impl Bulk {
             wake: Notify::new(),
             counters: Counters {
                 requests: c("rsnet_bulk_requests_total", "bulk requests sent"),
-                done: c("rsnet_bulk_uploads_done_total", "uploads stored at the appserver"),
+                done: c(
+                    "rsnet_bulk_uploads_done_total",
+                    "uploads stored at the appserver",
+                ),
                 failed: c("rsnet_bulk_uploads_failed_total", "uploads given up"),
-                sent: c("rsnet_bulk_sent_bytes_total", "upload bytes sent to the parent"),
+                sent: c(
+                    "rsnet_bulk_sent_bytes_total",
+                    "upload bytes sent to the parent",
+                ),
             },
         }))
     }
@@ -326,12 +332,11 @@ impl Bulk {
         }
         let class = class.unwrap_or_else(|| "file".into());
         if !rsnet_common::model::valid_class(&class) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "class: [a-z0-9_.-], 1..=64 bytes",
-            );
+            return error(StatusCode::BAD_REQUEST, "class: [a-z0-9_.-], 1..=64 bytes");
         }
-        let Some(name) = name.filter(|n| !n.is_empty() && n.len() <= 255 && !n.chars().any(char::is_control)) else {
+        let Some(name) =
+            name.filter(|n| !n.is_empty() && n.len() <= 255 && !n.chars().any(char::is_control))
+        else {
             return error(
                 StatusCode::BAD_REQUEST,
                 "name: the file's name, 1..=255 bytes without control characters",
@@ -405,7 +410,8 @@ impl Bulk {
         };
         if let Err(e) = self.request(&mut u).await {
             let _ = tokio::fs::remove_file(self.file(&id)).await;
-            let _ = rsnet_common::store::delete_async(&self.kv, vec![format!("{PREFIX}{id}")]).await;
+            let _ =
+                rsnet_common::store::delete_async(&self.kv, vec![format!("{PREFIX}{id}")]).await;
             if let Ok(mut all) = self.uploads.lock() {
                 all.remove(&id);
             }
@@ -481,7 +487,9 @@ impl Bulk {
                     }
                 }
                 Ok(_) => tracing::warn!(message = %r.id, "not a bulk-response; dropped"),
-                Err(e) => tracing::warn!(message = %r.id, error = %e, "bulk response does not parse; dropped"),
+                Err(e) => {
+                    tracing::warn!(message = %r.id, error = %e, "bulk response does not parse; dropped")
+                }
             }
             done.push(r.id);
         }
@@ -598,7 +606,11 @@ impl Bulk {
                     }
                 }
                 State::Granted => {
-                    let running = self.sending.lock().map(|s| s.contains_key(&u.id)).unwrap_or(true);
+                    let running = self
+                        .sending
+                        .lock()
+                        .map(|s| s.contains_key(&u.id))
+                        .unwrap_or(true);
                     if running {
                         continue;
                     }
@@ -612,7 +624,9 @@ impl Bulk {
                         continue;
                     }
                     let progress = {
-                        let Ok(mut s) = self.sending.lock() else { continue };
+                        let Ok(mut s) = self.sending.lock() else {
+                            continue;
+                        };
                         if s.contains_key(&u.id) || s.len() >= self.cfg.max_concurrent {
                             continue;
                         }
@@ -709,7 +723,10 @@ impl Bulk {
                 return Outcome::Retry(format!("HEAD answered {status}"));
             };
             if held > u.size {
-                return Outcome::Rerequest(format!("the receiver holds {held} of {} bytes", u.size));
+                return Outcome::Rerequest(format!(
+                    "the receiver holds {held} of {} bytes",
+                    u.size
+                ));
             }
             if held > 0 {
                 u.resumed_from.push(held);
@@ -732,13 +749,20 @@ impl Bulk {
             let before = progress.load(Ordering::Relaxed);
             let headers = [
                 (UPLOAD_OFFSET, held.to_string()),
-                (http::header::CONTENT_TYPE.as_str(), "application/octet-stream".into()),
+                (
+                    http::header::CONTENT_TYPE.as_str(),
+                    "application/octet-stream".into(),
+                ),
             ];
-            let put = self.link.stream(Method::PUT, &path, &headers, body, timeout);
+            let put = self
+                .link
+                .stream(Method::PUT, &path, &headers, body, timeout);
             let resp = match watch_stall(put, progress).await {
                 Some(Ok(r)) => r,
                 Some(Err(e)) => {
-                    self.counters.sent.add(progress.load(Ordering::Relaxed) - before);
+                    self.counters
+                        .sent
+                        .add(progress.load(Ordering::Relaxed) - before);
                     return Outcome::Retry(e.to_string());
                 }
                 None => return Outcome::Retry(format!("no bytes moved for {STALL:?}")),
@@ -799,7 +823,10 @@ impl Bulk {
     /// `GET /v1/bulk/ID`.
     pub fn status(&self, id: &str) -> Response<Body> {
         let Ok(id) = id.parse::<MessageId>() else {
-            return error(StatusCode::BAD_REQUEST, format!("{id:?} is not an upload ID"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{id:?} is not an upload ID"),
+            );
         };
         match self.get(&id) {
             Some(u) => json(StatusCode::OK, &self.view(&u)),
@@ -883,7 +910,11 @@ enum CopyError {
 
 /// Streams `body` into `part` (at most `limit` bytes) with its SHA-256;
 /// size and hash after fsync.
-async fn copy(body: Incoming, part: &std::path::Path, limit: u64) -> Result<(u64, String), CopyError> {
+async fn copy(
+    body: Incoming,
+    part: &std::path::Path,
+    limit: u64,
+) -> Result<(u64, String), CopyError> {
     let mut f = tokio::fs::File::create(part).await.map_err(CopyError::Io)?;
     let mut body = std::pin::pin!(stream_body(body, IDLE));
     let (mut size, mut h) = (0u64, Sha256::new());

@@ -401,12 +401,17 @@ async fn bulk_upload(
         .to_bytes();
     let v: Value = serde_json::from_slice(&b).unwrap_or(json!({}));
     if status != StatusCode::ACCEPTED {
-        eprintln!("rsnet-proxy: {status}: {}", v["error"].as_str().unwrap_or(""));
-        return Ok(ExitCode::from(if status == StatusCode::INSUFFICIENT_STORAGE {
-            3
-        } else {
-            1
-        }));
+        eprintln!(
+            "rsnet-proxy: {status}: {}",
+            v["error"].as_str().unwrap_or("")
+        );
+        return Ok(ExitCode::from(
+            if status == StatusCode::INSUFFICIENT_STORAGE {
+                3
+            } else {
+                1
+            },
+        ));
     }
     let id = v["id"].as_str().unwrap_or_default().to_string();
     println!("{id}");
@@ -451,7 +456,11 @@ async fn bulk_upload(
                     eprintln!(
                         "{id} {state} {sent}/{size} bytes {:.1} MB/s ETA {eta}{}",
                         rate / 1e6,
-                        if reason.is_empty() { String::new() } else { format!(" ({reason})") }
+                        if reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({reason})")
+                        }
                     );
                     last_line = std::time::Instant::now();
                 }

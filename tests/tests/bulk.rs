@@ -1,0 +1,597 @@
+//! End-to-end: uploads (bulk transfers upward) through a real MLM.
+//!
+//! * A 200 MB file sent with `rsnet-proxy bulk` arrives with its hash while
+//!   the MLM's resident memory stays under 64 MB (read from `/proc`).
+//! * An upload cut off half way (the MLM killed with SIGKILL) resumes from
+//!   the offset the appserver holds, and completes.
+//! * A hostile child: a wrong hash, a reused token, an expired token and a
+//!   token used by another proxy (through the MLM, and straight at the
+//!   appserver with a forged origin) are each refused.
+//! * A request the appserver denies for now stays with the proxy and is
+//!   asked again until granted; one denied for good fails with the reason.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{Method, StatusCode};
+use rsnet_common::bulk::{self, UPLOAD_OFFSET};
+use rsnet_common::client::{call, send as http_send, Target};
+use rsnet_common::envelope::{decode_bytes, Control, EnvelopeWriter};
+use rsnet_common::http_util::stream_body;
+use rsnet_common::model::*;
+use rsnet_common::tls::{Role, TlsPaths};
+use rsnet_common::{ComponentId, MessageId};
+use rsnet_demo::{json_call, metric, Spec, Tree};
+use rsnet_tests::{tempdir, wait_for};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn start(tag: &str, spec: &Spec) -> Tree {
+    tokio::task::block_in_place(|| Tree::start(&tempdir(tag), spec))
+        .unwrap_or_else(|e| panic!("tree did not start: {e}"))
+}
+
+fn one_mlm(proxies: &[&str]) -> Spec {
+    Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: proxies.iter().map(|p| (p.to_string(), Some(0))).collect(),
+        ..Spec::demo()
+    }
+}
+
+/// Writes `size` bytes of a pattern that differs per file; its SHA-256.
+fn write_file(path: &Path, size: usize, seed: u8) -> String {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut h = Sha256::new();
+    let block: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8 ^ seed)
+        .collect();
+    let mut left = size;
+    let mut n = 0u32;
+    while left > 0 {
+        let mut b = block[..left.min(block.len())].to_vec();
+        b[0] = (n % 251) as u8; // no two blocks alike
+        f.write_all(&b).unwrap();
+        h.update(&b);
+        left -= b.len();
+        n += 1;
+    }
+    f.flush().unwrap();
+    bulk::hex(&h.finalize())
+}
+
+/// The appserver's record of the upload a proxy's upload became.
+async fn stored_upload(op: &Target, id: &str) -> Value {
+    let (s, v) = json_call(op, Method::GET, &format!("/api/v1/uploads/{id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+/// SHA-256 of an upload's file as operators download it.
+async fn downloaded_sha(op: &Target, id: &str) -> (u64, String) {
+    let r = http_send(
+        op,
+        Method::GET,
+        &format!("/api/v1/uploads/{id}/file"),
+        None,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = std::pin::pin!(stream_body(r.into_body(), Duration::from_secs(30)));
+    let (mut n, mut h) = (0u64, Sha256::new());
+    while let Some(c) = body.next().await {
+        let c = c.unwrap();
+        n += c.len() as u64;
+        h.update(&c);
+    }
+    (n, bulk::hex(&h.finalize()))
+}
+
+async fn proxy_upload(tree: &Tree, p: usize, id: &str) -> Value {
+    let (s, v) = json_call(
+        &tree.node_target(p).unwrap(),
+        Method::GET,
+        &format!("/v1/bulk/{id}"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+async fn upload_done(tree: &Tree, p: usize, id: &str) -> Value {
+    wait_for("the upload to be done", LONG, || async {
+        let v = proxy_upload(tree, p, id).await;
+        assert_ne!(v["state"], "failed", "{v}");
+        (v["state"] == "done").then_some(v)
+    })
+    .await
+}
+
+/// Hands `path` to proxy `p`'s local API; the upload's ID.
+async fn post_file(tree: &Tree, p: usize, path: &Path, class: &str) -> String {
+    let body = bulk::file_body(path, 0, Default::default(), 0)
+        .await
+        .unwrap();
+    let r = rsnet_common::client::send_body(
+        &tree.node_target(p).unwrap(),
+        Method::POST,
+        &format!("/v1/bulk?class={class}&name=f.bin"),
+        body,
+        &[],
+    )
+    .await
+    .unwrap();
+    let s = r.status();
+    let b = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(s, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&b));
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mb_upload_through_an_mlm_arrives_whole_and_the_mlm_stays_small() {
+    let mut tree = start("bulk-big", &one_mlm(&["p1"]));
+    let op = tree.operator_target().unwrap();
+    let (mlm, p1) = (
+        tree.index("acme.mlm1").unwrap(),
+        tree.index("acme.p1").unwrap(),
+    );
+    let size = 200_000_000usize;
+    let file = tree.dir.join("core.200m");
+    let want = write_file(&file, size, 7);
+
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(rsnet_demo::bin_dir().join("rsnet-proxy"))
+            .arg("bulk")
+            .arg("--config")
+            .arg(&tree.nodes[p1].config)
+            .arg(&file)
+            .args(["--class", "core"])
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rsnet-proxy bulk failed: {stderr}");
+    // Not a terminal: plain progress lines, the last one "done".
+    assert!(stderr.lines().any(|l| l.contains(" done ")), "{stderr}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+
+    let v = proxy_upload(&tree, p1, &id).await;
+    assert_eq!(v["state"], "done", "{v}");
+    assert_eq!(v["sent"], size as u64);
+    assert!(
+        !tree.nodes[p1]
+            .data_dir
+            .join(format!("bulk/{id}.bin"))
+            .exists(),
+        "the proxy's copy is removed once stored"
+    );
+    let up = v["request"].as_str().unwrap().to_string();
+    let u = stored_upload(&op, &up).await;
+    assert_eq!(u["state"], "stored", "{u}");
+    assert_eq!(u["source"], "acme.p1");
+    assert_eq!(u["class"], "core");
+    assert_eq!(u["size"], size as u64);
+    assert_eq!(u["sha256"], want.as_str());
+    assert_eq!(downloaded_sha(&op, &up).await, (size as u64, want));
+    // The request is also a stored message, for service modules.
+    let m = rsnet_demo::stored(&op, "class=bulk").await.unwrap();
+    assert!(m.iter().any(|m| m["id"] == up.as_str()), "{m:?}");
+
+    let relayed = metric(
+        &tree.node_target(mlm).unwrap(),
+        "rsnet_bulk_relayed_bytes_total",
+    )
+    .await
+    .unwrap();
+    assert_eq!(relayed as usize, size, "every byte went through the MLM");
+    let peak = peak_rss_bytes(tree.nodes[mlm].pid().unwrap());
+    assert!(peak > 0, "peak RSS readable");
+    eprintln!("MLM peak resident memory: {} MiB", peak >> 20);
+    assert!(
+        peak < 64 << 20,
+        "the MLM's peak resident memory was {} MiB",
+        peak >> 20
+    );
+    std::fs::remove_file(&file).ok();
+    tree.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_off_half_way_resumes_where_it_was_and_completes() {
+    let spec = Spec {
+        // 40 MB at 8 MB/s: about 5 seconds, long enough to cut in the middle.
+        proxy_extra:
+            "[bulk]\nmax_rate_bytes_s = 8000000\nretry_base_ms = 100\nretry_max_ms = 500\n".into(),
+        ..one_mlm(&["p1"])
+    };
+    let mut tree = start("bulk-resume", &spec);
+    let op = tree.operator_target().unwrap();
+    let (mlm, p1) = (
+        tree.index("acme.mlm1").unwrap(),
+        tree.index("acme.p1").unwrap(),
+    );
+    let size = 40_000_000u64;
+    let file = tree.dir.join("explorer.tgz");
+    let want = write_file(&file, size as usize, 3);
+    let id = post_file(&tree, p1, &file, "explorer").await;
+    let up = proxy_upload(&tree, p1, &id).await["request"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Cut it off once the appserver holds a quarter to three quarters of it.
+    let held = wait_for("a part of the upload at the appserver", LONG, || async {
+        let (s, v) = json_call(&op, Method::GET, &format!("/api/v1/uploads/{up}"), None)
+            .await
+            .unwrap();
+        let r = v["received"].as_u64().unwrap_or(0);
+        (s == StatusCode::OK && r >= size / 4).then_some(r)
+    })
+    .await;
+    assert!(held < size * 3 / 4, "the transfer was not slowed: {held}");
+    tree.kill9(mlm);
+    tokio::task::block_in_place(|| tree.restart(mlm)).unwrap();
+
+    let v = upload_done(&tree, p1, &id).await;
+    let resumed: Vec<u64> = v["resumed_from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert!(
+        resumed.iter().any(|&o| o >= size / 4 && o < size),
+        "resumed from the offset held, not from 0: {v}"
+    );
+    assert_eq!(v["requests"], 1, "the same grant: {v}");
+    let received = metric(&op, "rsnet_bulk_received_bytes_total")
+        .await
+        .unwrap() as u64;
+    assert!(
+        received >= size && received < size + size / 2,
+        "the appserver received {received} bytes for a {size}-byte file"
+    );
+    let u = stored_upload(&op, &up).await;
+    assert_eq!(u["state"], "stored", "{u}");
+    assert_eq!(downloaded_sha(&op, &up).await, (size, want));
+    tree.shutdown();
+}
+
+/// A child speaking the protocol by hand, with its own certificate.
+struct RawChild {
+    id: ComponentId,
+    target: Target,
+    acks: Vec<MessageId>,
+}
+
+impl RawChild {
+    fn new(tree: &Tree, id: &str, role: Role, at: std::net::SocketAddr) -> RawChild {
+        let f = tree.pki.issue(id, role, &[], &[]).unwrap();
+        let config = rsnet_common::tls::client_config(&TlsPaths {
+            ca: tree.pki.ca(),
+            cert: f.cert,
+            key: f.key,
+            crl: None,
+        })
+        .unwrap();
+        RawChild {
+            id: id.parse().unwrap(),
+            target: Target::Tls {
+                base: format!("https://127.0.0.1:{}", at.port()),
+                config: Arc::new(config),
+            },
+            acks: Vec::new(),
+        }
+    }
+
+    /// One exchange: `msgs` up, with the acks owed and a wait hint.
+    async fn exchange(
+        &mut self,
+        msgs: &[Message],
+        wait_ms: u64,
+    ) -> rsnet_common::envelope::Decoded {
+        let mut w = EnvelopeWriter::new();
+        w.control(&Control {
+            wait_ms: Some(wait_ms),
+            acks: std::mem::take(&mut self.acks),
+            ..Default::default()
+        });
+        for m in msgs {
+            w.message(m);
+        }
+        let (ct, body) = w.finish();
+        let (s, b) = call(
+            &self.target,
+            Method::POST,
+            "/rs/v1/exchange",
+            Some((&ct, body)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        let boundary = String::from_utf8_lossy(&b)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("--")
+            .to_string();
+        let d = decode_bytes(&format!("multipart/related; boundary={boundary}"), b)
+            .await
+            .unwrap();
+        self.acks.extend(d.items.iter().map(|i| i.header.id));
+        d
+    }
+
+    /// Asks to upload `size` bytes with hash `sha`; the answer.
+    async fn request(&mut self, size: u64, sha: &str) -> BulkResponse {
+        let m = Message::forward(
+            self.id.clone(),
+            bulk::CLASS,
+            Some("request"),
+            Content::BulkRequest(BulkRequest {
+                size,
+                sha256: sha.into(),
+                class: "core".into(),
+                filename: "core.1".into(),
+            }),
+        )
+        .with_hop(&self.id);
+        let d = self.exchange(std::slice::from_ref(&m), 0).await;
+        let a = d.control.answers();
+        assert_eq!(a[&m.header.id].status, Status::Accepted, "{a:?}");
+        let mut items = d.items;
+        let deadline = std::time::Instant::now() + LONG;
+        loop {
+            for i in &items {
+                if let Ok(Content::BulkResponse(b)) = i.content() {
+                    if b.request == m.header.id {
+                        return b;
+                    }
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no bulk-response");
+            items = self.exchange(&[], 5000).await.items;
+        }
+    }
+
+    async fn put(
+        &self,
+        path: &str,
+        offset: u64,
+        body: Vec<u8>,
+        extra: &[(&str, String)],
+    ) -> (StatusCode, String) {
+        let mut h = vec![(UPLOAD_OFFSET, offset.to_string())];
+        h.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+        let r = http_send(
+            &self.target,
+            Method::PUT,
+            path,
+            Some(("application/octet-stream", Bytes::from(body))),
+            &h,
+        )
+        .await
+        .unwrap();
+        let s = r.status();
+        let b = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (s, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    async fn head(&self, path: &str) -> (StatusCode, Option<u64>) {
+        let r = http_send(&self.target, Method::HEAD, path, None, &[])
+            .await
+            .unwrap();
+        (r.status(), bulk::held(r.headers()))
+    }
+}
+
+fn sha(b: &[u8]) -> String {
+    bulk::hex(&Sha256::digest(b))
+}
+
+fn granted_path(b: &BulkResponse) -> String {
+    assert!(b.granted, "{b:?}");
+    let path = b.url.clone().unwrap();
+    assert_eq!(
+        Some(path.as_str()),
+        b.token
+            .as_deref()
+            .map(|t| format!("{}{t}", bulk::BULK_PREFIX))
+            .as_deref()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_transfers_are_refused_wrong_hash_reused_expired_and_foreign_tokens() {
+    let spec = Spec {
+        appserver_extra: "[uploads]\ngrant_ttl_s = 5\n".into(),
+        ..one_mlm(&[])
+    };
+    let mut tree = start("bulk-hostile", &spec);
+    let mlm = tree.nodes[tree.index("acme.mlm1").unwrap()].addr.unwrap();
+    let app = tree.nodes[0].addr.unwrap();
+    let mut p8 = RawChild::new(&tree, "acme.p8", Role::Proxy, mlm);
+    let p9 = RawChild::new(&tree, "acme.p9", Role::Proxy, mlm);
+    let p9_direct = RawChild::new(&tree, "acme.p9", Role::Proxy, app);
+    let data = vec![42u8; 100_000];
+
+    // A grant that will expire, taken first; checked last.
+    let expiring = granted_path(&p8.request(10, &sha(&[1; 10])).await);
+
+    // Another proxy's token: refused through the MLM, and straight at the
+    // appserver, even with a forged origin header.
+    let path = granted_path(&p8.request(data.len() as u64, &sha(&data)).await);
+    let (s, why) = p9.put(&path, 0, data.clone(), &[]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{why}");
+    assert!(why.contains("another source"), "{why}");
+    assert_eq!(p9.head(&path).await.0, StatusCode::FORBIDDEN);
+    let forged = [(bulk::ORIGIN, "acme.p8".to_string())];
+    let (s, why) = p9_direct.put(&path, 0, data.clone(), &forged).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{why}");
+    assert!(why.contains("outside the subtree"), "{why}");
+    // An MLM of another customer cannot vouch for acme's proxies either.
+    let globex = RawChild::new(&tree, "globex.mlm1", Role::Mlm, app);
+    let (s, why) = globex.put(&path, 0, data.clone(), &forged).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{why}");
+
+    // The owner: a wrong offset is corrected, then the upload completes.
+    let (s, why) = p8.put(&path, 5, data.clone(), &[]).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{why}");
+    let (s, why) = p8.put(&path, 0, data[..40_000].to_vec(), &[]).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{why}");
+    assert_eq!(p8.head(&path).await, (StatusCode::OK, Some(40_000)));
+    let (s, why) = p8.put(&path, 40_000, data[40_000..].to_vec(), &[]).await;
+    assert_eq!(s, StatusCode::CREATED, "{why}");
+    // Reused: refused.
+    let (s, why) = p8.put(&path, 0, data.clone(), &[]).await;
+    assert_eq!(s, StatusCode::GONE, "{why}");
+    assert!(why.contains("already used"), "{why}");
+
+    // A wrong hash: refused, and the upload is discarded.
+    let path = granted_path(&p8.request(data.len() as u64, &sha(b"something else")).await);
+    let (s, why) = p8.put(&path, 0, data.clone(), &[]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{why}");
+    assert_eq!(p8.head(&path).await.0, StatusCode::GONE);
+    // More bytes than granted: refused, discarded.
+    let path = granted_path(&p8.request(10, &sha(&data[..10])).await);
+    let (s, why) = p8.put(&path, 0, data[..20_000].to_vec(), &[]).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{why}");
+    // Tokens nobody granted, and paths that are no token.
+    let fake = format!("{}{}", bulk::BULK_PREFIX, "ab".repeat(32));
+    assert_eq!(p8.head(&fake).await.0, StatusCode::NOT_FOUND);
+    for bad in ["/rs/v1/bulk/../../etc/passwd", "/rs/v1/bulk/XYZ"] {
+        assert_eq!(p8.head(bad).await.0, StatusCode::BAD_REQUEST, "{bad}");
+    }
+
+    // Expired: refused once its time is past.
+    wait_for("the first grant to expire", LONG, || async {
+        let (s, _) = p8.head(&expiring).await;
+        assert!(s == StatusCode::OK || s == StatusCode::GONE, "{s}");
+        (s == StatusCode::GONE).then_some(())
+    })
+    .await;
+    let (s, why) = p8.put(&expiring, 0, vec![1; 10], &[]).await;
+    assert_eq!(s, StatusCode::GONE, "{why}");
+    assert!(why.contains("expired"), "{why}");
+
+    let op = tree.operator_target().unwrap();
+    let (_, v) = json_call(&op, Method::GET, "/api/v1/uploads?source=acme.p8", None)
+        .await
+        .unwrap();
+    let states: Vec<&str> = v["uploads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["state"].as_str())
+        .collect();
+    assert_eq!(states.iter().filter(|s| **s == "stored").count(), 1, "{v}");
+    assert_eq!(states.iter().filter(|s| **s == "failed").count(), 3, "{v}");
+    assert!(
+        !v.to_string().contains(&expiring[bulk::BULK_PREFIX.len()..]),
+        "tokens are never shown"
+    );
+    tree.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_denied_for_now_is_asked_again_until_granted_and_one_denied_for_good_fails() {
+    let spec = Spec {
+        appserver_extra:
+            "[uploads]\nmax_bytes = 8000000\nmax_pending_bytes = 8000000\nretry_after_s = 1\n"
+                .into(),
+        // 5 MB at 4 MB/s: the first upload is under way long enough.
+        proxy_extra: "[bulk]\nmax_rate_bytes_s = 4000000\n".into(),
+        ..one_mlm(&["p1"])
+    };
+    let mut tree = start("bulk-denied", &spec);
+    let op = tree.operator_target().unwrap();
+    let p1 = tree.index("acme.p1").unwrap();
+    let (a, b, c) = (
+        tree.dir.join("a.bin"),
+        tree.dir.join("b.bin"),
+        tree.dir.join("c.bin"),
+    );
+    let (sha_a, sha_b) = (write_file(&a, 5_000_000, 1), write_file(&b, 5_000_000, 2));
+    write_file(&c, 9_000_000, 3);
+
+    let ida = post_file(&tree, p1, &a, "log").await;
+    wait_for("the first upload to be granted", LONG, || async {
+        let v = proxy_upload(&tree, p1, &ida).await;
+        (v["state"] == "granted" || v["state"] == "done").then_some(())
+    })
+    .await;
+    // 5 MB more would pass the appserver's 8 MB of uploads under way.
+    let idb = post_file(&tree, p1, &b, "log").await;
+    let denied = wait_for("the second upload to be denied for now", LONG, || async {
+        let v = proxy_upload(&tree, p1, &idb).await;
+        assert_ne!(v["state"], "failed", "{v}");
+        (v["state"] == "denied").then_some(v)
+    })
+    .await;
+    assert!(
+        denied["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("under way"),
+        "{denied}"
+    );
+    assert!(denied["next_at"].is_string(), "{denied}");
+    // Larger than the appserver takes at all: denied for good.
+    let idc = post_file(&tree, p1, &c, "log").await;
+    let failed = wait_for("the third upload to fail", LONG, || async {
+        let v = proxy_upload(&tree, p1, &idc).await;
+        (v["state"] == "failed").then_some(v)
+    })
+    .await;
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("more than"),
+        "{failed}"
+    );
+    assert!(!tree.nodes[p1]
+        .data_dir
+        .join(format!("bulk/{idc}.bin"))
+        .exists());
+
+    let va = upload_done(&tree, p1, &ida).await;
+    let vb = upload_done(&tree, p1, &idb).await;
+    assert!(vb["requests"].as_u64().unwrap() >= 2, "asked again: {vb}");
+    for (v, sha) in [(va, sha_a), (vb, sha_b)] {
+        let u = stored_upload(&op, v["request"].as_str().unwrap()).await;
+        assert_eq!(u["state"], "stored", "{u}");
+        assert_eq!(u["sha256"], sha.as_str());
+    }
+    let denials = metric(&op, "rsnet_bulk_denied_total").await.unwrap();
+    assert!(denials >= 2.0, "{denials}");
+    tree.shutdown();
+}
