@@ -116,6 +116,22 @@ enum Cmd {
         /// The message ID `send` printed.
         id: String,
     },
+    /// Uploads from proxies: list them, show one, or download its file.
+    Uploads {
+        /// An upload's ID; omit to list all.
+        id: Option<String>,
+        /// Only uploads from this source (and below it), when listing.
+        #[arg(long)]
+        source: Option<String>,
+        /// Download the upload's file here (its SHA-256 is checked).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Releases: list them, show one, or publish a file.
+    Releases {
+        #[command(subcommand)]
+        action: Option<ReleaseCmd>,
+    },
     /// Follow the stream of stored messages (server-sent events).
     Tail {
         /// Class.
@@ -127,6 +143,29 @@ enum Cmd {
         /// Resume after this sequence number (default: only new messages).
         #[arg(long)]
         after: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReleaseCmd {
+    /// Show one release's signed manifest.
+    Show {
+        /// The release ID.
+        id: String,
+    },
+    /// Publish FILE: the appserver stores it and signs its manifest.
+    Publish {
+        /// The file.
+        file: PathBuf,
+        /// software, config or metadata.
+        #[arg(long)]
+        kind: String,
+        /// Its version.
+        #[arg(long)]
+        version: String,
+        /// Targets: `group:NAME` or component IDs.
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
     },
 }
 
@@ -381,6 +420,127 @@ async fn run(cli: Cli) -> Result<(), String> {
                 );
             }
         }
+        Cmd::Uploads { id, source, out } => {
+            let Some(id) = id else {
+                let q = query(&[("source", source.clone())]);
+                let v = call_json(&t, Method::GET, &format!("/api/v1/uploads?{q}"), None).await?;
+                if cli.json {
+                    print_json(&v);
+                    return Ok(());
+                }
+                println!(
+                    "{:<38} {:<18} {:<10} {:<8} {:>12} {:>12}  FILE",
+                    "ID", "SOURCE", "CLASS", "STATE", "SIZE", "RECEIVED"
+                );
+                for u in v["uploads"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<38} {:<18} {:<10} {:<8} {:>12} {:>12}  {}",
+                        u["id"].as_str().unwrap_or(""),
+                        u["source"].as_str().unwrap_or(""),
+                        u["class"].as_str().unwrap_or(""),
+                        u["state"].as_str().unwrap_or(""),
+                        u["size"],
+                        u["received"],
+                        u["filename"].as_str().unwrap_or("")
+                    );
+                }
+                return Ok(());
+            };
+            let path = format!("/api/v1/uploads/{}", percent_encode(id));
+            match out {
+                None => print_json(&call_json(&t, Method::GET, &path, None).await?),
+                Some(out) => {
+                    let n = download(&t, &format!("{path}/file"), out).await?;
+                    eprintln!("{n} bytes written to {} (sha256 checked)", out.display());
+                }
+            }
+        }
+        Cmd::Releases { action } => match action {
+            None => {
+                let v = call_json(&t, Method::GET, "/api/v1/releases", None).await?;
+                if cli.json {
+                    print_json(&v);
+                    return Ok(());
+                }
+                println!(
+                    "{:<38} {:<9} {:<12} {:>12}  TARGET",
+                    "ID", "KIND", "VERSION", "SIZE"
+                );
+                for r in v["releases"].as_array().into_iter().flatten() {
+                    let m = &r["manifest"];
+                    let to: Vec<&str> = m["target"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    println!(
+                        "{:<38} {:<9} {:<12} {:>12}  {}",
+                        m["id"].as_str().unwrap_or(""),
+                        m["kind"].as_str().unwrap_or(""),
+                        m["version"].as_str().unwrap_or(""),
+                        m["size"],
+                        to.join(",")
+                    );
+                }
+            }
+            Some(ReleaseCmd::Show { id }) => print_json(
+                &call_json(
+                    &t,
+                    Method::GET,
+                    &format!("/api/v1/releases/{}", percent_encode(id)),
+                    None,
+                )
+                .await?,
+            ),
+            Some(ReleaseCmd::Publish {
+                file,
+                kind,
+                version,
+                to,
+            }) => {
+                let mut q = query(&[
+                    ("kind", Some(kind.clone())),
+                    ("version", Some(version.clone())),
+                ]);
+                for t in to {
+                    q.push_str(&format!("&to={}", percent_encode(t)));
+                }
+                let size = std::fs::metadata(file)
+                    .map_err(|e| format!("{}: {e}", file.display()))?
+                    .len();
+                let body = rsnet_common::bulk::file_body(file, 0, Default::default(), 0)
+                    .await
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                let resp = rsnet_common::client::send_body(
+                    &t,
+                    Method::POST,
+                    &format!("/api/v1/releases?{q}"),
+                    body,
+                    &[
+                        ("content-type", "application/octet-stream".into()),
+                        ("content-length", size.to_string()),
+                    ],
+                )
+                .await?;
+                let status = resp.status();
+                let b = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                let v: Value = serde_json::from_slice(&b).unwrap_or(json!({}));
+                if !status.is_success() {
+                    return Err(format!("{status}: {}", v["error"].as_str().unwrap_or("")));
+                }
+                if cli.json {
+                    print_json(&v);
+                } else {
+                    println!("{}", v["manifest"]["id"].as_str().unwrap_or(""));
+                }
+            }
+        },
         Cmd::Tail {
             class,
             subclass,
@@ -422,6 +582,51 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Streams `path` into `out` (through `out.part`, renamed once the
+/// SHA-256 the server names matches); the bytes written.
+async fn download(t: &Target, path: &str, out: &std::path::Path) -> Result<u64, String> {
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    let resp = send(t, Method::GET, path, None, &[]).await?;
+    let status = resp.status();
+    let want = resp
+        .headers()
+        .get("x-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut body = resp.into_body();
+    if !status.is_success() {
+        let b = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let v: Value = serde_json::from_slice(&b).unwrap_or(json!({}));
+        return Err(format!("{status}: {}", v["error"].as_str().unwrap_or("")));
+    }
+    let part = out.with_extension("part");
+    let mut f = tokio::fs::File::create(&part)
+        .await
+        .map_err(|e| format!("{}: {e}", part.display()))?;
+    let (mut n, mut h) = (0u64, sha2::Sha256::new());
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(d) = frame.into_data() {
+            h.update(&d);
+            n += d.len() as u64;
+            f.write_all(&d).await.map_err(|e| e.to_string())?;
+        }
+    }
+    f.sync_all().await.map_err(|e| e.to_string())?;
+    let got = rsnet_common::bulk::hex(&h.finalize());
+    if want.as_deref() != Some(got.as_str()) {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(format!(
+            "downloaded sha256 {got} is not the {want:?} the server named"
+        ));
+    }
+    tokio::fs::rename(&part, out)
+        .await
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(n)
 }
 
 #[tokio::main]
