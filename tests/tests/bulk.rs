@@ -11,21 +11,17 @@
 //!   asked again until granted; one denied for good fails with the reason.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Method, StatusCode};
-use rsnet_common::bulk::{self, UPLOAD_OFFSET};
-use rsnet_common::client::{call, send as http_send, Target};
-use rsnet_common::envelope::{decode_bytes, Control, EnvelopeWriter};
+use rsnet_common::bulk;
+use rsnet_common::client::{send as http_send, Target};
 use rsnet_common::http_util::stream_body;
 use rsnet_common::model::*;
-use rsnet_common::tls::{Role, TlsPaths};
-use rsnet_common::{ComponentId, MessageId};
+use rsnet_common::tls::Role;
 use rsnet_demo::{json_call, metric, Spec, Tree};
-use rsnet_tests::{tempdir, wait_for};
+use rsnet_tests::{tempdir, wait_for, RawChild};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -303,137 +299,6 @@ async fn an_upload_cut_off_half_way_resumes_where_it_was_and_completes() {
     let got = bulk::hex(&Sha256::digest(std::fs::read(&copy).unwrap()));
     assert_eq!(got, want);
     tree.shutdown();
-}
-
-/// A child speaking the protocol by hand, with its own certificate.
-struct RawChild {
-    id: ComponentId,
-    target: Target,
-    acks: Vec<MessageId>,
-}
-
-impl RawChild {
-    fn new(tree: &Tree, id: &str, role: Role, at: std::net::SocketAddr) -> RawChild {
-        let f = tree.pki.issue(id, role, &[], &[]).unwrap();
-        let config = rsnet_common::tls::client_config(&TlsPaths {
-            ca: tree.pki.ca(),
-            cert: f.cert,
-            key: f.key,
-            crl: None,
-        })
-        .unwrap();
-        RawChild {
-            id: id.parse().unwrap(),
-            target: Target::Tls {
-                base: format!("https://127.0.0.1:{}", at.port()),
-                config: Arc::new(config),
-            },
-            acks: Vec::new(),
-        }
-    }
-
-    /// One exchange: `msgs` up, with the acks owed and a wait hint.
-    async fn exchange(
-        &mut self,
-        msgs: &[Message],
-        wait_ms: u64,
-    ) -> rsnet_common::envelope::Decoded {
-        let mut w = EnvelopeWriter::new();
-        w.control(&Control {
-            wait_ms: Some(wait_ms),
-            acks: std::mem::take(&mut self.acks),
-            ..Default::default()
-        });
-        for m in msgs {
-            w.message(m);
-        }
-        let (ct, body) = w.finish();
-        let (s, b) = call(
-            &self.target,
-            Method::POST,
-            "/rs/v1/exchange",
-            Some((&ct, body)),
-        )
-        .await
-        .unwrap();
-        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
-        let boundary = String::from_utf8_lossy(&b)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("--")
-            .to_string();
-        let d = decode_bytes(&format!("multipart/related; boundary={boundary}"), b)
-            .await
-            .unwrap();
-        self.acks.extend(d.items.iter().map(|i| i.header.id));
-        d
-    }
-
-    /// Asks to upload `size` bytes with hash `sha`; the answer.
-    async fn request(&mut self, size: u64, sha: &str) -> BulkResponse {
-        let m = Message::forward(
-            self.id.clone(),
-            bulk::CLASS,
-            Some("request"),
-            Content::BulkRequest(BulkRequest {
-                size,
-                sha256: sha.into(),
-                class: "core".into(),
-                filename: "core.1".into(),
-            }),
-        )
-        .with_hop(&self.id);
-        let d = self.exchange(std::slice::from_ref(&m), 0).await;
-        let a = d.control.answers();
-        assert_eq!(a[&m.header.id].status, Status::Accepted, "{a:?}");
-        let mut items = d.items;
-        let deadline = std::time::Instant::now() + LONG;
-        loop {
-            for i in &items {
-                if let Ok(Content::BulkResponse(b)) = i.content() {
-                    if b.request == m.header.id {
-                        return b;
-                    }
-                }
-            }
-            assert!(std::time::Instant::now() < deadline, "no bulk-response");
-            items = self.exchange(&[], 5000).await.items;
-        }
-    }
-
-    async fn put(
-        &self,
-        path: &str,
-        offset: u64,
-        body: Vec<u8>,
-        extra: &[(&str, String)],
-    ) -> (StatusCode, String) {
-        let mut h = vec![(UPLOAD_OFFSET, offset.to_string())];
-        h.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
-        let r = http_send(
-            &self.target,
-            Method::PUT,
-            path,
-            Some(("application/octet-stream", Bytes::from(body))),
-            &h,
-        )
-        .await
-        .unwrap();
-        let s = r.status();
-        let b = http_body_util::BodyExt::collect(r.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        (s, String::from_utf8_lossy(&b).into_owned())
-    }
-
-    async fn head(&self, path: &str) -> (StatusCode, Option<u64>) {
-        let r = http_send(&self.target, Method::HEAD, path, None, &[])
-            .await
-            .unwrap();
-        (r.status(), bulk::held(r.headers()))
-    }
 }
 
 fn sha(b: &[u8]) -> String {

@@ -14,11 +14,13 @@
 //!   rsnet from the start of the POST to the message's arrival on the
 //!   appserver's SSE stream (same machine, same clock).
 //!
-//! Then the back-channel figures ([`backchannel`]).
+//! Then the back-channel figures ([`backchannel`]) and bulk relay
+//! throughput against a direct transfer and nginx ([`bulk`]).
 //!
-//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|backchannel` runs one part.
+//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|backchannel|bulk` runs one part.
 
 mod backchannel;
+mod bulk;
 mod mqtt;
 mod nats;
 mod peer;
@@ -81,6 +83,10 @@ async fn main() {
     if want("backchannel") {
         println!();
         backchannel::run(&root.join("backchannel")).await;
+    }
+    if want("bulk") {
+        println!();
+        bulk::run(&root.join("bulk")).await;
     }
     let _ = std::fs::remove_dir_all(root);
 }
