@@ -33,7 +33,7 @@ use crate::peer;
 
 const SIZE: u64 = 256 << 20;
 const BIG: u64 = 1 << 30;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const CHUNK: usize = 64 * 1024;
 
 fn chunk(i: u64) -> Bytes {
@@ -63,6 +63,24 @@ fn peak_rss(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let tck = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / tck
 }
 
 fn with_base(t: &Target, base: String) -> Target {
@@ -104,6 +122,7 @@ http {{
         ssl_client_certificate {ca};
         ssl_verify_client on;
         client_max_body_size 0;
+        client_body_buffer_size 1m;
         proxy_request_buffering off;
         proxy_buffering off;
         location /rs/v1/bulk/ {{
@@ -171,9 +190,12 @@ pub async fn run(dir: &Path) {
         n.push(once(&mut child, &via_nginx, SIZE, &want).await);
     }
     let pid = tree.nodes[mlm_i].pid().expect("mlm pid");
+    let app_pid = tree.nodes[0].pid().expect("appserver pid");
     let rss_small = peak_rss(pid);
     let want_big = sha(BIG);
+    let (mlm_cpu, app_cpu) = (cpu_secs(pid), cpu_secs(app_pid));
     let big = once(&mut child, &via_mlm, BIG, &want_big).await;
+    let (mlm_cpu, app_cpu) = (cpu_secs(pid) - mlm_cpu, cpu_secs(app_pid) - app_cpu);
     let rss_big = peak_rss(pid);
     let (d, m, n) = (median(d), median(m), median(n));
     eprintln!("bulk: direct {d:.0} MB/s, MLM {m:.0} MB/s, nginx {n:.0} MB/s; 1 GiB via MLM {big:.0} MB/s");
@@ -199,6 +221,9 @@ pub async fn run(dir: &Path) {
         SIZE >> 20,
         rss_big >> 20,
         BIG >> 20
+    );
+    println!(
+        "CPU for that 1 GiB: MLM {mlm_cpu:.2} s, appserver {app_cpu:.2} s (the sender runs on the same 2 cores)."
     );
     drop(tree);
 }
