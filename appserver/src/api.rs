@@ -11,11 +11,12 @@
 //! | `GET /api/v1/groups` | operator | every group |
 //! | `PUT, GET, DELETE /api/v1/groups/NAME` | operator | one group (`{"members": [...]}`) |
 //! | `HEAD, PUT /rs/v1/bulk/TOKEN` | proxy, mlm | an upload's bytes (see `uploads`) |
+//! | `GET /rs/v1/releases/ID/file` | a child the release was offered to | the release's file, `Range: bytes=N-` (see `rollout`) |
 //! | `GET /api/v1/uploads` | operator | every upload, newest first; filter `source` |
 //! | `GET /api/v1/uploads/ID` | operator | one upload: state, bytes received |
 //! | `GET /api/v1/uploads/ID/file` | operator | the stored file |
 //! | `POST /api/v1/releases` | operator | publish a release (see `releases`) |
-//! | `GET /api/v1/releases[/ID]` | operator | signed release manifests |
+//! | `GET /api/v1/releases[/ID]` | operator | signed release manifests; with an ID, each destination's state |
 //! | `GET /metrics` | any certificate | Prometheus text |
 
 use std::sync::Arc;
@@ -72,7 +73,7 @@ pub struct Api {
     /// Delivery records.
     pub deliveries: Arc<Deliveries>,
     /// Published releases.
-    pub releases: crate::releases::Releases,
+    pub releases: Arc<crate::releases::Releases>,
     /// Uploads: grants and bytes.
     pub uploads: Arc<crate::uploads::Uploads>,
     /// Metrics.
@@ -176,6 +177,15 @@ impl Api {
         let path = req.uri().path().to_string();
         if path.starts_with(rsnet_common::bulk::BULK_PREFIX) {
             return self.uploads.transfer(req, &peer).await;
+        }
+        if path.starts_with("/rs/v1/releases/") {
+            if req.method() != Method::GET {
+                return error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{} {path}", req.method()),
+                );
+            }
+            return self.releases.serve(req, &peer).await;
         }
         if path == "/metrics" {
             return text(

@@ -15,6 +15,7 @@ use rsnet_common::metrics::{Counter, Registry};
 use rsnet_common::model::Content;
 use rsnet_common::model::{Hop, Timestamp};
 use rsnet_common::pipeline::{Exchange, Judged, Stage, StageFuture, Verdict};
+use rsnet_common::release;
 use rsnet_common::store::{Appended, GroupCommit, MessageStore, StoreError, StoredMessage};
 use tokio::sync::watch;
 
@@ -30,6 +31,7 @@ pub struct Ingest {
     topology: Arc<Mutex<Topology>>,
     deliveries: Arc<Deliveries>,
     uploads: Arc<Uploads>,
+    releases: Arc<crate::releases::Releases>,
     writer: GroupCommit<Batch, Result<Vec<Appended>, StoreError>>,
     stored: Counter,
     duplicates: Counter,
@@ -48,6 +50,7 @@ impl Ingest {
         topology: Arc<Mutex<Topology>>,
         deliveries: Arc<Deliveries>,
         uploads: Arc<Uploads>,
+        releases: Arc<crate::releases::Releases>,
         metrics: &Registry,
     ) -> std::io::Result<(Arc<Ingest>, watch::Receiver<u64>)> {
         let (tx, rx) = watch::channel(messages.last_seq());
@@ -81,6 +84,7 @@ impl Ingest {
             topology,
             deliveries,
             uploads,
+            releases,
             writer,
             stored: metrics.counter("rsnet_store_stored_total", "messages stored"),
             duplicates: metrics.counter(
@@ -110,6 +114,8 @@ impl Ingest {
         let mut reports = Vec::new();
         // Bulk requests, by their place in `ids`: granted once stored.
         let mut bulk = Vec::new();
+        // Release reports, likewise.
+        let mut rel = Vec::new();
         {
             let mut topo = self.topology.lock().unwrap_or_else(|p| p.into_inner());
             for item in items {
@@ -123,6 +129,11 @@ impl Ingest {
                             }),
                             (Content::BulkRequest(b), Some(src)) => {
                                 bulk.push((ids.len(), src.origin.clone(), b))
+                            }
+                            (c, Some(src)) if item.header.class == release::CLASS => {
+                                if let Some(r) = release::Report::of(&c) {
+                                    rel.push((ids.len(), src.origin.clone(), r));
+                                }
                             }
                             _ => {}
                         }
@@ -154,6 +165,11 @@ impl Ingest {
                     .filter(|(i, ..)| matches!(results.get(*i), Some(Appended::Stored(_))))
                     .map(|(i, origin, b)| (ids[i], origin, b))
                     .collect();
+                let reports: Vec<_> = rel
+                    .into_iter()
+                    .filter(|(i, ..)| matches!(results.get(*i), Some(Appended::Stored(_))))
+                    .map(|(_, origin, r)| (origin, r))
+                    .collect();
                 for (id, r) in ids.into_iter().zip(results) {
                     match r {
                         Appended::Stored(_) => self.stored.inc(),
@@ -163,6 +179,9 @@ impl Ingest {
                 }
                 if !fresh.is_empty() {
                     self.uploads.requested(fresh).await;
+                }
+                if !reports.is_empty() {
+                    self.releases.rollout.reported(reports).await;
                 }
             }
             Err(e) => {

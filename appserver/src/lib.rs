@@ -20,6 +20,7 @@ pub mod groups;
 pub mod ingest;
 pub mod outbound;
 pub mod releases;
+pub mod rollout;
 pub mod topology;
 pub mod uploads;
 
@@ -123,6 +124,13 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         &metrics,
     )?;
     tokio::spawn(uploads.clone().sweep_until_shutdown(shutdown.clone()));
+    let releases = Arc::new(releases::Releases::open(
+        &cfg.releases,
+        &cfg.data_dir,
+        kv.clone(),
+        outbound.clone(),
+        &metrics,
+    )?);
     let messages = store.messages()?;
     let topology = Arc::new(Mutex::new(Topology::load(kv.list(topology::PREFIX)?)));
     let (ingest, committed) = Ingest::start(
@@ -131,6 +139,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         topology.clone(),
         deliveries.clone(),
         uploads.clone(),
+        releases.clone(),
         &metrics,
     )?;
     let pipeline = Pipeline::new(
@@ -141,7 +150,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         // Terminal: validate content, store once.
         ingest,
     );
-    let releases = releases::Releases::open(&cfg.releases, &cfg.data_dir, kv.clone())?;
+    releases.resume().await;
     let api = Arc::new(api::Api {
         releases,
         uploads,

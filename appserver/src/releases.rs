@@ -6,14 +6,13 @@
 //!     bounded by [releases] max_bytes, then fsynced and renamed to ID.bin
 //!   └ the manifest (ID, kind, version, size, sha256, target) signed with the
 //!     release key, stored (KV `release/ID`), answered 201
-//! GET  /api/v1/releases/ID     the signed manifest
+//!   └ distributed down the tree (`crate::rollout`)
+//! GET  /api/v1/releases/ID     the signed manifest and each destination's state
 //! GET  /api/v1/releases        every signed manifest
 //! ```
 //!
-//! The file is never held in memory whole. Built today: publishing and
-//! reading back. **Not built yet**: distribution down the tree (transfer
-//! requests to each MLM, fetch once per MLM, proxies verifying before they
-//! report delivered), staging and rollback.
+//! The file is never held in memory whole. **Not built yet**: staging,
+//! cancel and rollback.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,6 +65,8 @@ fn default_max_bytes() -> u64 {
 
 /// The published releases.
 pub struct Releases {
+    /// Distribution down the tree.
+    pub rollout: crate::rollout::Rollout,
     key: Option<ReleaseKey>,
     max_bytes: u64,
     dir: PathBuf,
@@ -81,6 +82,8 @@ impl Releases {
         cfg: &ReleasesConfig,
         data_dir: &std::path::Path,
         kv: Arc<dyn KvStore>,
+        outbound: Arc<crate::outbound::Outbound>,
+        metrics: &rsnet_common::metrics::Registry,
     ) -> rsnet_common::Result<Releases> {
         let key = match &cfg.key {
             Some(p) => Some(ReleaseKey::load(p).map_err(|e| e.to_string())?),
@@ -89,6 +92,7 @@ impl Releases {
         let dir = data_dir.join("releases");
         std::fs::create_dir_all(&dir)?;
         Ok(Releases {
+            rollout: crate::rollout::Rollout::new(kv.clone(), outbound, dir.clone(), metrics),
             key,
             max_bytes: cfg.max_bytes,
             dir,
@@ -104,10 +108,11 @@ impl Releases {
                 "releases are not configured: set [releases] key to the release key",
             );
         };
-        let (mut kind, mut version, mut target) = (None, None, Vec::new());
+        let (mut kind, mut version, mut target, mut item) = (None, None, Vec::new(), None);
         for (k, v) in q {
             match k.as_str() {
                 "kind" => kind = Some(v.clone()),
+                "item" => item = Some(v.clone()),
                 "version" => version = Some(v.clone()),
                 "to" => target.push(v.clone()),
                 other => {
@@ -133,6 +138,13 @@ impl Releases {
         let Some(version) = version else {
             return error(StatusCode::BAD_REQUEST, "version: missing");
         };
+        // Default: one item per kind.
+        let item = item.unwrap_or_else(|| {
+            serde_json::to_value(kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "software".into())
+        });
         let declared = req
             .headers()
             .get(http::header::CONTENT_LENGTH)
@@ -149,6 +161,7 @@ impl Releases {
         let mut manifest = Manifest {
             id: id.clone(),
             kind,
+            item,
             version,
             size: 0,
             sha256: "0".repeat(64),
@@ -156,6 +169,10 @@ impl Releases {
         };
         if let Err(e) = manifest.validate() {
             return error(StatusCode::BAD_REQUEST, e);
+        }
+        // Unknown groups are refused before the file is taken.
+        if let Err(e) = self.rollout.expand(&manifest.target) {
+            return e.response();
         }
         let part = self.dir.join(format!("{id}.part"));
         let (size, sha256) = match self.receive(req.into_body(), &part).await {
@@ -182,6 +199,10 @@ impl Releases {
             return rsnet_common::Error::from(e).response();
         }
         tracing::info!(release = %id, size, "release published");
+        if let Err(e) = self.rollout.start(&signed).await {
+            // Recorded destinations are offered at the next start.
+            tracing::warn!(release = %id, error = %e, "release not offered yet");
+        }
         json(StatusCode::CREATED, &signed)
     }
 
@@ -224,11 +245,43 @@ impl Releases {
         Ok((size, sha))
     }
 
-    /// `GET /api/v1/releases/ID`.
+    /// The signed manifest of release `id`.
+    pub fn signed(&self, id: &str) -> Option<SignedManifest> {
+        let v = self.kv.get(&format!("{PREFIX}{id}")).ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+
+    /// Queues the offers of releases published but not yet offered.
+    pub async fn resume(&self) {
+        self.rollout.resume(|id| self.signed(id)).await;
+    }
+
+    /// `GET /rs/v1/releases/ID/file` from a child.
+    pub async fn serve(
+        &self,
+        req: Request<Incoming>,
+        peer: &rsnet_common::server::Peer,
+    ) -> Response<Body> {
+        self.rollout
+            .serve(req, peer, |id| {
+                self.signed(&id.to_string()).map(|s| s.manifest.size)
+            })
+            .await
+    }
+
+    /// `GET /api/v1/releases/ID`: the signed manifest and where each
+    /// destination is.
     pub fn get(&self, id: &str) -> Response<Body> {
         match self.kv.get(&format!("{PREFIX}{id}")) {
             Ok(Some(v)) => match serde_json::from_slice::<SignedManifest>(&v) {
-                Ok(s) => json(StatusCode::OK, &s),
+                Ok(s) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "manifest": s.manifest,
+                        "signature": s.signature,
+                        "status": self.rollout.status(id),
+                    }),
+                ),
                 Err(e) => error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("stored manifest: {e}"),

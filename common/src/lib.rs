@@ -11,6 +11,7 @@
 //! * [`heartbeat`]: status trees and lifecycle notices.
 //! * [`release`]: release manifests, signed with the release key.
 //! * [`bulk`]: the upward bulk-transfer protocol (tokens, origins, file bodies).
+//! * [`download`]: files down the tree, with ranges (serve, fetch with resume and checks).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod bulk;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod download;
 pub mod envelope;
 pub mod error;
 pub mod forward;

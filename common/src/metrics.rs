@@ -24,6 +24,11 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// The shared cell, for code that counts as bytes stream
+    /// ([`crate::bulk::file_body`]).
+    pub fn cell(&self) -> Arc<AtomicU64> {
+        self.0.clone()
+    }
 }
 
 type GaugeFn = Box<dyn Fn() -> f64 + Send + Sync>;

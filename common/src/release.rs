@@ -15,9 +15,11 @@
 //! manifest as JSON with its fields in a fixed order. Anything that parses
 //! differently signs differently.
 //!
-//! Status: the key, the manifest and the checks are built and tested, and
-//! the appserver publishes signed manifests (`appserver/src/releases.rs`);
-//! distribution down the tree and the proxies' check are **not built yet**.
+//! Down the tree a release travels as an **offer**: a back-channel message
+//! of class [`CLASS`], subclass [`OFFER`], whose `data` payload is the
+//! signed manifest as JSON ([`offer_content`], [`offer_of`]). Destinations
+//! report where they are with [`Report`]s, forward messages of the same
+//! class whose subclass is the [`DestState`].
 //!
 //! Files (PEM-like text, so an operator can tell them apart):
 //!
@@ -80,6 +82,9 @@ pub struct Manifest {
     pub id: String,
     /// Kind.
     pub kind: ReleaseKind,
+    /// What it updates (`agent`, `solaris-config`): a proxy keeps the
+    /// current and the previous version of each item. `[a-z0-9_.-]`, 1..=64 bytes.
+    pub item: String,
     /// Version, as the operator names it (1..=64 bytes).
     pub version: String,
     /// File size in bytes.
@@ -99,6 +104,9 @@ impl Manifest {
         let bad = |s: String| Err(ReleaseError::Invalid(s));
         if self.id.is_empty() || self.id.len() > MAX_ID_BYTES {
             return bad(format!("id: 1..={MAX_ID_BYTES} bytes"));
+        }
+        if !crate::model::valid_class(&self.item) {
+            return bad("item: [a-z0-9_.-], 1..=64 bytes".into());
         }
         if self.version.is_empty()
             || self.version.len() > MAX_VERSION_BYTES
@@ -294,6 +302,161 @@ impl ReleasePublicKey {
     }
 }
 
+/// The class of release offers and reports.
+pub const CLASS: &str = "release";
+/// The subclass of an offer (back-channel).
+pub const OFFER: &str = "offer";
+/// The MIME type of an offer's payload: the [`SignedManifest`] as JSON.
+pub const OFFER_MIME: &str = "application/vnd.rsnet.release-offer+json";
+/// The MIME type of a [`Report`]'s payload.
+pub const REPORT_MIME: &str = "application/vnd.rsnet.release-report+json";
+/// Where a child fetches a release's file from its parent: `/rs/v1/releases/ID/file`.
+pub fn file_path(id: &crate::MessageId) -> String {
+    format!("/rs/v1/releases/{id}/file")
+}
+
+/// The release ID of a file path ([`file_path`]), if it is one.
+pub fn id_of_path(path: &str) -> Option<crate::MessageId> {
+    path.strip_prefix("/rs/v1/releases/")?
+        .strip_suffix("/file")?
+        .parse()
+        .ok()
+}
+
+/// The content of an offer of `signed`.
+pub fn offer_content(signed: &SignedManifest) -> crate::model::Content {
+    crate::model::Content::Data(crate::model::Data {
+        mime: OFFER_MIME.into(),
+        encoding: crate::model::Encoding::Text,
+        payload: serde_json::to_vec(signed).unwrap_or_default().into(),
+    })
+}
+
+/// The signed manifest an offer carries, its release ID checked as a
+/// message ID (it names files). The signature is **not** checked here.
+///
+/// # Errors
+/// Not an offer, or a payload that does not parse.
+pub fn offer_of(
+    content: &crate::model::Content,
+) -> Result<(crate::MessageId, SignedManifest), ReleaseError> {
+    let crate::model::Content::Data(d) = content else {
+        return Err(ReleaseError::Invalid("an offer carries data".into()));
+    };
+    if d.mime != OFFER_MIME {
+        return Err(ReleaseError::Invalid(format!("offer mime {:?}", d.mime)));
+    }
+    let signed: SignedManifest = serde_json::from_slice(&d.payload)
+        .map_err(|e| ReleaseError::Invalid(format!("offer: {e}")))?;
+    let id = signed
+        .manifest
+        .id
+        .parse()
+        .map_err(|_| ReleaseError::Invalid("id: not a release ID".into()))?;
+    signed.manifest.validate()?;
+    Ok((id, signed))
+}
+
+/// Where a destination (or an MLM on the path) is with a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DestState {
+    /// Sent toward it; it has not said anything yet.
+    Queued,
+    /// It received the offer.
+    Offered,
+    /// It cannot take it now (`reason`); it tries again.
+    Rejected,
+    /// Downloading (`bytes` so far).
+    Fetching,
+    /// Signature and file checked; the file is held.
+    Delivered,
+    /// A local integrator applied it.
+    Applied,
+    /// Refused for good (a bad signature, a file that does not match), or
+    /// an integrator failed to apply it (`reason`).
+    Failed,
+    /// (An MLM) holds the checked file and offers it below.
+    Cached,
+}
+
+impl DestState {
+    /// The subclass a report of this state travels with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestState::Queued => "queued",
+            DestState::Offered => "offered",
+            DestState::Rejected => "rejected",
+            DestState::Fetching => "fetching",
+            DestState::Delivered => "delivered",
+            DestState::Applied => "applied",
+            DestState::Failed => "failed",
+            DestState::Cached => "cached",
+        }
+    }
+
+    /// True once nothing more is to happen at that destination.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            DestState::Delivered | DestState::Applied | DestState::Failed
+        )
+    }
+}
+
+/// A destination's report on a release (a forward message, class [`CLASS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// The release ID.
+    pub release: String,
+    /// Where it is.
+    pub state: DestState,
+    /// Bytes held so far (fetching).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Why (rejected, failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Report {
+    /// The forward message carrying this report from `from` (its first hop).
+    pub fn message(&self, from: &crate::ComponentId) -> crate::Message {
+        let mut r = self.clone();
+        if let Some(why) = &mut r.reason {
+            crate::envelope::truncate(why, crate::limits::MAX_REASON_BYTES);
+        }
+        crate::Message::forward(
+            from.clone(),
+            CLASS,
+            Some(self.state.as_str()),
+            crate::model::Content::Data(crate::model::Data {
+                mime: REPORT_MIME.into(),
+                encoding: crate::model::Encoding::Text,
+                payload: serde_json::to_vec(&r).unwrap_or_default().into(),
+            }),
+        )
+        .with_hop(from)
+    }
+
+    /// The report a content carries, if it is one (the release ID checked).
+    pub fn of(content: &crate::model::Content) -> Option<Report> {
+        let crate::model::Content::Data(d) = content else {
+            return None;
+        };
+        if d.mime != REPORT_MIME {
+            return None;
+        }
+        let mut r: Report = serde_json::from_slice(&d.payload).ok()?;
+        r.release.parse::<crate::MessageId>().ok()?;
+        if let Some(why) = &mut r.reason {
+            crate::envelope::truncate(why, crate::limits::MAX_REASON_BYTES);
+        }
+        Some(r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +465,7 @@ mod tests {
         Manifest {
             id: "rel-1".into(),
             kind: ReleaseKind::Software,
+            item: "agent".into(),
             version: "2.4.1".into(),
             size: 1234,
             sha256: "a".repeat(64),
@@ -325,6 +489,7 @@ mod tests {
             |m: &mut Manifest| m.size += 1,
             |m: &mut Manifest| m.target.push("globex.p1".into()),
             |m: &mut Manifest| m.kind = ReleaseKind::Config,
+            |m: &mut Manifest| m.item = "other".into(),
         ] {
             let mut t = signed.clone();
             tamper(&mut t.manifest);
@@ -362,6 +527,7 @@ mod tests {
                 "target[0]",
             ),
             (Box::new(|m: &mut Manifest| m.id.clear()), "id"),
+            (Box::new(|m: &mut Manifest| m.item = "A B".into()), "item"),
         ] {
             let mut m = manifest();
             change(&mut m);
@@ -381,5 +547,48 @@ mod tests {
             m.check_file(1234, &"b".repeat(64)),
             Err(ReleaseError::Mismatch(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod travel_tests {
+    use super::*;
+
+    #[test]
+    fn offers_and_reports_round_trip_and_hostile_ones_are_refused() {
+        let key = ReleaseKey::from_text(&ReleaseKey::generate().unwrap()).unwrap();
+        let id = crate::MessageId::new();
+        let signed = key
+            .sign(Manifest {
+                id: id.to_string(),
+                kind: ReleaseKind::Config,
+                item: "cfg".into(),
+                version: "1".into(),
+                size: 3,
+                sha256: "a".repeat(64),
+                target: vec!["acme.p1".into()],
+            })
+            .unwrap();
+        let (got, back) = offer_of(&offer_content(&signed)).unwrap();
+        assert_eq!((got, &back), (id, &signed));
+        assert_eq!(id_of_path(&file_path(&id)), Some(id));
+        assert_eq!(id_of_path("/rs/v1/releases/../x/file"), None);
+        let mut evil = signed.clone();
+        evil.manifest.id = "../../etc".into();
+        assert!(offer_of(&offer_content(&evil)).is_err(), "IDs name files");
+        let r = Report {
+            release: id.to_string(),
+            state: DestState::Fetching,
+            bytes: Some(2),
+            reason: Some("x".repeat(1000)),
+        };
+        let m = r.message(&"acme.p1".parse().unwrap());
+        assert_eq!(m.header.subclass.as_deref(), Some("fetching"));
+        let back = Report::of(&m.content).unwrap();
+        assert_eq!(back.bytes, Some(2));
+        assert!(back.reason.unwrap().len() <= crate::limits::MAX_REASON_BYTES);
+        let mut bad = r.clone();
+        bad.release = "not-an-id".into();
+        assert!(Report::of(&bad.message(&"acme.p1".parse().unwrap()).content).is_none());
     }
 }

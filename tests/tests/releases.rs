@@ -23,7 +23,11 @@ async fn manifest_of(op: &rsnet_common::client::Target, id: &str) -> SignedManif
         .await
         .unwrap();
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
-    serde_json::from_slice(&b).unwrap()
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    serde_json::from_value(
+        serde_json::json!({ "manifest": v["manifest"], "signature": v["signature"] }),
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,6 +58,22 @@ async fn a_published_release_has_a_manifest_signed_with_the_release_key() {
             .expect("operator API answers")
         }
     };
+    // An unknown group is refused before the file is taken.
+    let (s, b) = publish(
+        "kind=software&version=1&to=group:acme-solaris",
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&b));
+    let (s, _) = rsnet_demo::json_call(
+        &op,
+        Method::PUT,
+        "/api/v1/groups/acme-solaris",
+        Some(serde_json::json!({ "members": ["acme.p7", "acme.p8"] })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::OK);
     let (s, b) = publish(
         "kind=software&version=2.4.1&to=group:acme-solaris&to=acme.p7",
         file.clone(),
@@ -69,6 +89,7 @@ async fn a_published_release_has_a_manifest_signed_with_the_release_key() {
     );
     assert_eq!(m.sha256, want);
     assert_eq!(m.target, ["group:acme-solaris", "acme.p7"]);
+    assert_eq!(m.item, "software", "one item per kind unless named");
     // The file on disk is the upload, and the manifest reads back (also after a restart).
     let on_disk = tree.nodes[0]
         .data_dir

@@ -71,7 +71,12 @@ fn cpu_secs(pid: u32) -> f64 {
         .arg("CLK_TCK")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .unwrap_or(100.0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
@@ -198,13 +203,18 @@ pub async fn run(dir: &Path) {
     let (mlm_cpu, app_cpu) = (cpu_secs(pid) - mlm_cpu, cpu_secs(app_pid) - app_cpu);
     let rss_big = peak_rss(pid);
     let (d, m, n) = (median(d), median(m), median(n));
-    eprintln!("bulk: direct {d:.0} MB/s, MLM {m:.0} MB/s, nginx {n:.0} MB/s; 1 GiB via MLM {big:.0} MB/s");
+    eprintln!(
+        "bulk: direct {d:.0} MB/s, MLM {m:.0} MB/s, nginx {n:.0} MB/s; 1 GiB via MLM {big:.0} MB/s"
+    );
     println!(
         "| path ({} MiB upload, median of {ROUNDS}) | MB/s | ÷ direct | MLM ÷ path |",
         SIZE >> 20
     );
     println!("|---|---|---|---|");
-    println!("| direct (sender → appserver) | {d:.0} | 1.00 | {:.2} |", m / d);
+    println!(
+        "| direct (sender → appserver) | {d:.0} | 1.00 | {:.2} |",
+        m / d
+    );
     println!(
         "| rsnet-mlm (sender → MLM → appserver) | {m:.0} | {:.2} | 1.00 |",
         m / d
