@@ -306,6 +306,13 @@ impl ReleasePublicKey {
 pub const CLASS: &str = "release";
 /// The subclass of an offer (back-channel).
 pub const OFFER: &str = "offer";
+/// The pseudo-queue where a receiver keeps the offers it has taken (their
+/// received mark durable) and not yet acted on.
+pub const PENDING: &str = "^release";
+/// True for a back-channel offer of a release.
+pub fn is_offer(h: &crate::Header) -> bool {
+    h.class == CLASS && h.subclass.as_deref() == Some(OFFER)
+}
 /// The MIME type of an offer's payload: the [`SignedManifest`] as JSON.
 pub const OFFER_MIME: &str = "application/vnd.rsnet.release-offer+json";
 /// The MIME type of a [`Report`]'s payload.

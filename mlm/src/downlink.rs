@@ -6,7 +6,9 @@
 //! then; a resend of a message already taken is recognised and acknowledged
 //! again. Control actions addressed to the MLM itself are committed as
 //! pending in that same commit and carried out after it
-//! ([`rsnet_common::control::run_pending`]).
+//! ([`rsnet_common::control::run_pending`]). Release offers go to the
+//! `^release` pseudo-queue instead, in that commit too: they are offered
+//! below only once this MLM holds the file ([`crate::releases`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +20,7 @@ use rsnet_common::envelope::Item;
 use rsnet_common::forward::Outbox;
 use rsnet_common::id::MessageId;
 use rsnet_common::metrics::Counter;
+use rsnet_common::release;
 
 /// The MLM's [`Receiver`].
 pub struct Downlink {
@@ -29,6 +32,8 @@ pub struct Downlink {
     pub node: Arc<dyn Controlled>,
     /// Where control results go upward.
     pub outbox: Arc<Outbox>,
+    /// Release offers are fetched here before they go below.
+    pub releases: Arc<crate::releases::ReleaseCache>,
 }
 
 impl Downlink {
@@ -38,6 +43,7 @@ impl Downlink {
         let mut acks = Vec::with_capacity(items.len());
         let mut offers = Vec::with_capacity(items.len());
         let mut ids = Vec::with_capacity(items.len());
+        let mut releases = false;
         for item in &items {
             let id = item.header.id;
             let Some(d) = backchannel::screen(queues, item) else {
@@ -45,10 +51,16 @@ impl Downlink {
                 continue;
             };
             let (mine, below): (Vec<_>, Vec<_>) = d.ids.iter().cloned().partition(|x| *x == me);
-            let routed = self.backchannel.route(&below);
-            let mut push = self
-                .backchannel
-                .copies(&item.header, item.content.clone(), &routed);
+            let is_release = release::is_offer(&item.header);
+            let mut push = if is_release {
+                // Fetched first, offered below after (crate::releases).
+                vec![(release::PENDING.to_string(), control::pending_record(item))]
+            } else {
+                let routed = self.backchannel.route(&below);
+                self.backchannel
+                    .copies(&item.header, item.content.clone(), &routed)
+            };
+            releases |= is_release;
             let is_control = !mine.is_empty() && item.header.class == control::CLASS;
             if is_control {
                 push.push((control::CONTROL.to_string(), control::pending_record(item)));
@@ -59,15 +71,17 @@ impl Downlink {
                 push,
                 received: Some(id),
             });
-            ids.push((id, is_control));
+            ids.push((id, is_control, is_release));
         }
         let results = queues.offer_many(offers).await;
         let mut controls = false;
-        for ((id, is_control), r) in ids.into_iter().zip(results) {
+        for ((id, is_control, is_release), r) in ids.into_iter().zip(results) {
+            // Entries in pseudo-queues are not copies for children.
+            let pseudo = usize::from(is_control) + usize::from(is_release);
             match r {
                 Ok(Offered::Queued(n)) => {
                     self.backchannel
-                        .queued(&Offered::Queued(n - usize::from(is_control)));
+                        .queued(&Offered::Queued(n.saturating_sub(pseudo)));
                     self.received.inc();
                     controls |= is_control;
                     acks.push(id);
@@ -80,6 +94,9 @@ impl Downlink {
         }
         if controls {
             control::run_pending(queues, self.node.as_ref(), &self.outbox).await;
+        }
+        if releases {
+            self.releases.wake();
         }
         acks
     }

@@ -10,13 +10,15 @@
 //! state of its own; what it originates (heartbeats, lifecycle notices) goes
 //! through its own spool ([`rsnet_common::forward`]). Upload bytes
 //! (`/rs/v1/bulk/TOKEN`) are streamed to the parent by [`bulk`], never
-//! stored.
+//! stored; release files are fetched once from the parent and served to
+//! the children below by [`releases`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod bulk;
 pub mod downlink;
 pub mod relay;
+pub mod releases;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -69,6 +71,9 @@ pub struct Config {
     /// Relaying uploads.
     #[serde(default)]
     pub bulk: bulk::BulkConfig,
+    /// The release cache.
+    #[serde(default)]
+    pub releases: releases::ReleasesConfig,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -167,7 +172,19 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     });
     // Control actions left pending by a crash are carried out now (see control docs).
     rsnet_common::control::run_pending(bc.queues(), node.as_ref(), &outbox).await;
+    let cache = releases::ReleaseCache::open(
+        me.id.clone(),
+        &cfg.releases,
+        &cfg.data_dir,
+        kv.clone(),
+        uplink.link().clone(),
+        bc.clone(),
+        outbox.clone(),
+        &metrics,
+    )?;
+    tokio::spawn(cache.clone().run(shutdown.clone()));
     uplink.set_receiver(Arc::new(downlink::Downlink {
+        releases: cache.clone(),
         backchannel: bc.clone(),
         received: metrics.counter(
             "rsnet_backchannel_received_total",
@@ -182,7 +199,12 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     let addr = listener.local_addr()?;
     let m2 = metrics.clone();
     let handler = move |req: http::Request<hyper::body::Incoming>, peer: Arc<server::Peer>| {
-        let (exchange, metrics, transfers) = (exchange.clone(), m2.clone(), transfers.clone());
+        let (exchange, metrics, transfers, cache) = (
+            exchange.clone(),
+            m2.clone(),
+            transfers.clone(),
+            cache.clone(),
+        );
         async move {
             if pipeline::exchange::is_exchange(&req) {
                 return exchange.handle(req, &peer).await;
@@ -193,6 +215,10 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
                 .starts_with(rsnet_common::bulk::BULK_PREFIX)
             {
                 return transfers.handle(req, &peer).await;
+            }
+            if req.uri().path().starts_with("/rs/v1/releases/") && req.method() == http::Method::GET
+            {
+                return cache.serve(req, &peer).await;
             }
             match req.uri().path() {
                 "/metrics" => text(

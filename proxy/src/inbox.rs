@@ -20,7 +20,8 @@
 //! right after it ([`rsnet_common::control::run_pending`]), so a crash can
 //! never make one run twice for one message. `bulk-response`s (answers to
 //! this proxy's upload requests) go the same way, through the
-//! [`crate::bulk::BULK`] pseudo-queue to [`crate::bulk::Bulk`].
+//! [`crate::bulk::BULK`] pseudo-queue to [`crate::bulk::Bulk`], and
+//! release offers through `^release` to [`crate::releases::Releases`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +35,7 @@ use rsnet_common::forward::Outbox;
 use rsnet_common::id::{ComponentId, MessageId};
 use rsnet_common::metrics::Counter;
 use rsnet_common::model::{ContentKind, Message, Response, DELIVERED, PROCESSED};
+use rsnet_common::release;
 use rsnet_common::store::SpoolRecord;
 use serde_json::{json, Value};
 
@@ -75,6 +77,8 @@ pub struct Inbox {
     pub received: Counter,
     /// Uploads, which `bulk-response`s are for.
     pub bulk: Arc<crate::bulk::Bulk>,
+    /// Releases, which offers are for.
+    pub releases: Arc<crate::releases::Releases>,
 }
 
 impl Inbox {
@@ -101,6 +105,7 @@ impl Inbox {
         let mut offers = Vec::with_capacity(items.len());
         let mut taken: Vec<(MessageId, Vec<ComponentId>, bool, bool)> =
             Vec::with_capacity(items.len());
+        let mut offers_seen = false;
         for item in &items {
             let id = item.header.id;
             let Some(d) = backchannel::screen(&self.queues, item) else {
@@ -118,8 +123,12 @@ impl Inbox {
             }
             let is_control = item.header.class == control::CLASS;
             let is_bulk = item.header.kind == ContentKind::BulkResponse;
+            let is_release = release::is_offer(&item.header);
             let push: Vec<(String, SpoolRecord)> = if is_control {
                 vec![(control::CONTROL.to_string(), control::pending_record(item))]
+            } else if is_release {
+                // Checked and fetched by crate::releases, which reports on it.
+                vec![(release::PENDING.to_string(), control::pending_record(item))]
             } else if is_bulk {
                 // For this proxy's uploads, not for integrators.
                 vec![(crate::bulk::BULK.to_string(), control::pending_record(item))]
@@ -145,11 +154,13 @@ impl Inbox {
                 push,
                 received: Some(id),
             });
-            taken.push((id, mine, is_control, is_bulk));
+            taken.push((id, mine, is_control, is_bulk || is_release));
+            offers_seen |= is_release;
         }
         let results = self.queues.offer_many(offers).await;
         let mut reports = Vec::new();
         let (mut controls, mut grants) = (false, false);
+        let mut offers = offers_seen;
         for ((id, mine, is_control, is_bulk), r) in taken.into_iter().zip(results) {
             match r {
                 Ok(Offered::Queued(_)) => {
@@ -176,6 +187,9 @@ impl Inbox {
         }
         if grants {
             self.bulk.apply_pending().await;
+        }
+        if std::mem::take(&mut offers) {
+            self.releases.wake();
         }
         acks
     }

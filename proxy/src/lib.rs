@@ -14,6 +14,7 @@ pub mod inbox;
 pub mod instances;
 pub mod local_api;
 mod node;
+pub mod releases;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -95,6 +96,9 @@ pub struct Config {
     /// Uploads (bulk transfers).
     #[serde(default)]
     pub bulk: bulk::BulkConfig,
+    /// Releases (signed files from the provider).
+    #[serde(default)]
+    pub releases: releases::ReleasesConfig,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -236,8 +240,18 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         queues.clone(),
         &metrics,
     )?;
+    let rels = releases::Releases::open(
+        me.id.clone(),
+        &cfg.releases,
+        &cfg.data_dir,
+        kv.clone(),
+        uplink.link().clone(),
+        outbox.clone(),
+        queues.clone(),
+    )?;
     let inbox = Arc::new(inbox::Inbox {
         bulk: bulk.clone(),
+        releases: rels.clone(),
         me: me.id.clone(),
         queues,
         outbox: outbox.clone(),
@@ -258,6 +272,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         instances: instances.clone(),
         inbox,
         bulk: bulk.clone(),
+        releases: rels.clone(),
         metrics: metrics.clone(),
         parent: Arc::new(move || l2.current_parent().to_string()),
         key_window: Duration::from_secs(cfg.local_api.key_window_s),
@@ -278,6 +293,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         .await?;
     let fwd = tokio::spawn(forwarder.clone().run(shutdown.clone()));
     tokio::spawn(bulk.run(shutdown.clone()));
+    tokio::spawn(rels.run(shutdown.clone()));
     tokio::spawn(uplink.clone().poll_until_shutdown(
         cfg.uplink.poll_wait(),
         fwd_cfg.exchange_timeout,

@@ -7,6 +7,8 @@
 //! | `POST /v1/inbox/ack` | `{"acks": [{"id", "destination"?, "status": "processed"\|"failed", "reason"?}]}` or `{"ids": [...]}`; reports each upward |
 //! | `POST /v1/bulk?class=C&name=N` | the body is a file to upload; 202 `{id, size, sha256, state}` once copied (fsync) and requested (see [`crate::bulk`]) |
 //! | `GET /v1/bulk`, `GET /v1/bulk/ID` | uploads: state, bytes sent, why denied or retried |
+//! | `GET /v1/releases` | each release item's current and previous version: manifest, file path, state (see [`crate::releases`]) |
+//! | `POST /v1/releases/ID/applied`, `…/failed` | an integrator's result (`{"reason"}` optional), reported upward |
 //! | `GET /v1/status` | ID, parent, spool, inbox and forwarding state |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -116,6 +118,8 @@ pub struct LocalApi {
     pub inbox: Arc<Inbox>,
     /// Uploads.
     pub bulk: Arc<crate::bulk::Bulk>,
+    /// Releases delivered here.
+    pub releases: Arc<crate::releases::Releases>,
     /// Metrics.
     pub metrics: Registry,
     /// Parent URL in use, for status.
@@ -162,6 +166,25 @@ impl LocalApi {
                 self.bulk.accept(req, &q).await
             }
             (Method::GET, "/v1/bulk") => self.bulk.list(),
+            (Method::GET, "/v1/releases") => self.releases.list(),
+            (Method::POST, p) if p.starts_with("/v1/releases/") => {
+                let rest = p.trim_start_matches("/v1/releases/").to_string();
+                let (id, ok) = match (rest.strip_suffix("/applied"), rest.strip_suffix("/failed")) {
+                    (Some(id), _) => (id.to_string(), true),
+                    (_, Some(id)) => (id.to_string(), false),
+                    _ => return error(StatusCode::NOT_FOUND, format!("no route for POST {p}")),
+                };
+                let body = match read_body(req.into_body(), MAX_LOCAL_BODY_BYTES, BODY_READ_TIMEOUT)
+                    .await
+                {
+                    Ok(b) => b,
+                    Err(resp) => return resp,
+                };
+                let reason = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["reason"].as_str().map(str::to_string));
+                self.releases.applied(&id, ok, reason).await
+            }
             (Method::GET, p) if p.starts_with("/v1/bulk/") => {
                 let id = p.trim_start_matches("/v1/bulk/").to_string();
                 self.bulk.status(&id)

@@ -254,9 +254,11 @@ impl Tree {
         };
         let (hb, extra) = (spec.heartbeat_s, spec.proxy_uplink_extra.clone());
         let sections = &spec.proxy_extra;
+        let public = self.pki.release_pub();
+        // `[releases]` last, so a test may append keys to it.
         self.add(id, Role::Proxy, Some(parent_id.to_string()), |data| {
             format!(
-                "data_dir = {data:?}\nheartbeat_interval_s = {hb}\n[local_api]\nlisten = \"127.0.0.1:0\"\n{}\n[uplink]\nparents = [\"{url}\"]\n{extra}\n{sections}\n",
+                "data_dir = {data:?}\nheartbeat_interval_s = {hb}\n[local_api]\nlisten = \"127.0.0.1:0\"\n{}\n[uplink]\nparents = [\"{url}\"]\n{extra}\n{sections}\n[releases]\npublic_key = {public:?}\n",
                 tls_toml(&t)
             )
         })?;

@@ -1,0 +1,301 @@
+//! Releases at an MLM (DESIGN.md §7): fetched **once** from the parent,
+//! checked, then offered to the children below, who fetch from here.
+//!
+//! ```text
+//! offer (back-channel) ─► Downlink: ^release pseudo-queue, in the reply's
+//!                         one commit (received mark), acked upward
+//! ReleaseCache::run ─► take an offer ─► room in [releases] capacity_bytes?
+//!     ─► fetch /rs/v1/releases/ID/file from the parent (resumed with
+//!        Range; size and SHA-256 checked against the manifest) into
+//!        DATA/releases/ID.bin ─► record which children get it
+//!     ─► queue one copy of the offer per child (the destinations behind
+//!        it) ─► report `cached` upward ─► remove it from ^release
+//! child ─► GET /rs/v1/releases/ID/file (Range) ─► only a child it was offered to
+//! ```
+//!
+//! The MLM does not check the manifest's signature: the destinations do,
+//! and it cannot be forged here. An offer whose fetch fails stays in
+//! `^release` and is taken again when its lease ends (`[backchannel]
+//! lease_ms`). Removing a cached copy once every destination below has the
+//! file, or when a release is cancelled, is **not built yet**: copies stay
+//! until removed by hand, and `capacity_bytes` bounds them.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use rsnet_common::backchannel::BackChannel;
+use rsnet_common::download::{self, FetchError};
+use rsnet_common::envelope::wire;
+use rsnet_common::forward::Outbox;
+use rsnet_common::http_util::{error, Body};
+use rsnet_common::id::{ComponentId, MessageId};
+use rsnet_common::link::Link;
+use rsnet_common::metrics::{Counter, Registry};
+use rsnet_common::model::Direction;
+use rsnet_common::release::{self, DestState, Report};
+use rsnet_common::server::{Peer, Shutdown};
+use rsnet_common::store::{put_async, KvStore};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// KV prefix of cached releases.
+const PREFIX: &str = "mlm-release/";
+/// A download chunk must arrive within this of the last one.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// `[releases]`: the MLM's cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReleasesConfig {
+    /// Bytes the cached release files may take. Default 16 GiB.
+    pub capacity_bytes: u64,
+}
+
+impl Default for ReleasesConfig {
+    fn default() -> Self {
+        ReleasesConfig {
+            capacity_bytes: 16 << 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Cached {
+    size: u64,
+    children: Vec<ComponentId>,
+}
+
+/// See the module docs.
+pub struct ReleaseCache {
+    me: ComponentId,
+    cfg: ReleasesConfig,
+    dir: PathBuf,
+    kv: Arc<dyn KvStore>,
+    link: Arc<Link>,
+    backchannel: Arc<BackChannel>,
+    outbox: Arc<Outbox>,
+    wake: Notify,
+    served: Counter,
+    fetched: Counter,
+}
+
+impl ReleaseCache {
+    /// Over `data_dir/releases`.
+    ///
+    /// # Errors
+    /// A directory that cannot be made.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        me: ComponentId,
+        cfg: &ReleasesConfig,
+        data_dir: &std::path::Path,
+        kv: Arc<dyn KvStore>,
+        link: Arc<Link>,
+        backchannel: Arc<BackChannel>,
+        outbox: Arc<Outbox>,
+        metrics: &Registry,
+    ) -> rsnet_common::Result<Arc<ReleaseCache>> {
+        let dir = data_dir.join("releases");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Arc::new(ReleaseCache {
+            me,
+            cfg: cfg.clone(),
+            dir,
+            kv,
+            link,
+            backchannel,
+            outbox,
+            wake: Notify::new(),
+            served: metrics.counter(
+                "rsnet_release_served_bytes_total",
+                "release file bytes served to children",
+            ),
+            fetched: metrics.counter(
+                "rsnet_release_fetched_total",
+                "release files fetched from the parent and checked",
+            ),
+        }))
+    }
+
+    /// Offers are waiting (called after the downlink's commit).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn cached(&self, id: &MessageId) -> Option<Cached> {
+        let v = self.kv.get(&format!("{PREFIX}{id}")).ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+
+    fn used(&self) -> u64 {
+        self.kv
+            .list(PREFIX)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|(_, v)| serde_json::from_slice::<Cached>(v).ok())
+            .map(|c| c.size)
+            .sum()
+    }
+
+    /// Takes offers from the `^release` pseudo-queue until `shutdown`.
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
+        loop {
+            self.step().await;
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+
+    async fn step(&self) {
+        let queues = self.backchannel.queues();
+        let taken = queues.take(release::PENDING, usize::MAX, 64).await;
+        let mut done = Vec::new();
+        for r in &taken.records {
+            match self.handle(r).await {
+                Ok(()) => done.push(r.id),
+                Err(e) => {
+                    tracing::warn!(message = %r.id, error = %e, "release offer not passed on yet; taken again when its lease ends")
+                }
+            }
+        }
+        if !done.is_empty() {
+            queues.ack(release::PENDING, &done).await;
+        }
+    }
+
+    /// One offer: fetch (unless cached), then offer below. `Ok` also for an
+    /// offer that can never be passed on (logged), so it leaves the queue.
+    async fn handle(&self, r: &rsnet_common::store::SpoolRecord) -> Result<(), String> {
+        let header = match wire::decode_header(&r.header) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(message = %r.id, error = %e, "release offer header does not parse; dropped");
+                return Ok(());
+            }
+        };
+        let offer = wire::decode_content(&r.content, header.kind)
+            .map_err(|e| e.to_string())
+            .and_then(|c| release::offer_of(&c).map_err(|e| e.to_string()));
+        let (id, signed) = match offer {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(message = %r.id, error = %e, "not a release offer; dropped");
+                return Ok(());
+            }
+        };
+        let Direction::Destination(d) = &header.direction else {
+            return Ok(());
+        };
+        let below: Vec<ComponentId> = d.ids.iter().filter(|x| **x != self.me).cloned().collect();
+        let file = self.dir.join(format!("{id}.bin"));
+        if self.cached(&id).is_none() || !file.exists() {
+            let size = signed.manifest.size;
+            let used = self.used();
+            if used.saturating_add(size) > self.cfg.capacity_bytes {
+                let why = format!(
+                    "{} holds {used} bytes of releases; {size} more would pass its {} bytes",
+                    self.me, self.cfg.capacity_bytes
+                );
+                self.report(&id, DestState::Rejected, Some(why.clone()))
+                    .await;
+                return Err(why);
+            }
+            let part = self.dir.join(format!("{id}.part"));
+            let progress = AtomicU64::new(0);
+            match download::fetch(
+                &self.link,
+                &release::file_path(&id),
+                &signed.manifest,
+                &part,
+                &file,
+                &progress,
+                IDLE,
+            )
+            .await
+            {
+                Ok(()) => self.fetched.inc(),
+                Err(FetchError::Mismatch(e)) => {
+                    // The parent's copy is not the manifest's: nothing below may get it.
+                    self.report(&id, DestState::Failed, Some(e.clone())).await;
+                    return Err(e);
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+            tracing::info!(release = %id, size, "release fetched and checked");
+        }
+        let routed = self.backchannel.route(&below);
+        let record = Cached {
+            size: signed.manifest.size,
+            children: routed.copies.keys().cloned().collect(),
+        };
+        put_async(
+            &self.kv,
+            vec![(
+                format!("{PREFIX}{id}"),
+                serde_json::to_vec(&record).unwrap_or_default(),
+            )],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let push = self.backchannel.copies(&header, r.content.clone(), &routed);
+        let offered = self
+            .backchannel
+            .queues()
+            .offer(push, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.backchannel.queued(&offered);
+        self.report(&id, DestState::Cached, None).await;
+        Ok(())
+    }
+
+    async fn report(&self, id: &MessageId, state: DestState, reason: Option<String>) {
+        let m = Report {
+            release: id.to_string(),
+            state,
+            bytes: None,
+            reason,
+        }
+        .message(&self.me);
+        if let Err(e) = self.outbox.push(&[m]).await {
+            tracing::warn!(release = %id, error = %e, "release report not spooled");
+        }
+    }
+
+    /// `GET /rs/v1/releases/ID/file` from a child.
+    pub async fn serve(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+        let Some(id) = release::id_of_path(req.uri().path()) else {
+            return error(StatusCode::NOT_FOUND, "not a release file path");
+        };
+        let Some(who) = peer.identity.as_ref() else {
+            return error(StatusCode::FORBIDDEN, "no client certificate");
+        };
+        let Some(c) = self.cached(&id) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("release {id} is not held here"),
+            );
+        };
+        if !c.children.contains(&who.id) {
+            tracing::warn!(release = %id, peer = %who.id, "release file asked for by a child it was not offered to");
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("release {id} was not offered to {}", who.id),
+            );
+        }
+        download::serve(
+            &self.dir.join(format!("{id}.bin")),
+            c.size,
+            req.headers(),
+            &self.served,
+        )
+        .await
+    }
+}

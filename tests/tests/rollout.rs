@@ -1,0 +1,295 @@
+//! End-to-end: distributing releases down the tree.
+//!
+//! * A 50 MB release to 20 proxies under 2 MLMs: the appserver serves the
+//!   file exactly twice (once per MLM, by its own counters), every proxy
+//!   holds it with the right hash, and the release view shows 20 delivered.
+//! * A proxy without room rejects it, its reason shows in the release view,
+//!   and once it has room it takes it (retried, not lost); an integrator
+//!   reports it applied.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use rsnet_common::bulk;
+use rsnet_common::client::Target;
+use rsnet_demo::{json_call, metric, Spec, Tree};
+use rsnet_tests::{tempdir, wait_for};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const LONG: Duration = Duration::from_secs(180);
+
+fn start(tag: &str, spec: &Spec) -> Tree {
+    tokio::task::block_in_place(|| Tree::start(&tempdir(tag), spec))
+        .unwrap_or_else(|e| panic!("tree did not start: {e}"))
+}
+
+fn write_file(path: &Path, size: usize) -> String {
+    let data: Vec<u8> = (0..size)
+        .map(|i| (i % 253) as u8 ^ (i >> 16) as u8)
+        .collect();
+    std::fs::write(path, &data).unwrap();
+    bulk::hex(&Sha256::digest(&data))
+}
+
+/// Waits until the appserver has heard from every proxy (routes to them exist).
+async fn all_known(tree: &Tree, op: &Target) {
+    let want: Vec<String> = tree
+        .proxies()
+        .iter()
+        .map(|&i| tree.nodes[i].id.clone())
+        .collect();
+    wait_for("every proxy to be known at the appserver", LONG, || async {
+        let (_, v) = json_call(op, Method::GET, "/api/v1/components", None)
+            .await
+            .ok()?;
+        let seen: Vec<&str> = v["components"]
+            .as_array()?
+            .iter()
+            .filter_map(|c| c["id"].as_str())
+            .collect();
+        want.iter()
+            .all(|w| seen.contains(&w.as_str()))
+            .then_some(())
+    })
+    .await;
+}
+
+fn ctl(tree: &Tree, args: &[&str]) -> String {
+    let out = std::process::Command::new(rsnet_demo::bin_dir().join("rsnet-ctl"))
+        .arg("--tree")
+        .arg(tree.dir.join("tree.json"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rsnet-ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn status(op: &Target, id: &str) -> Value {
+    let (s, v) = json_call(op, Method::GET, &format!("/api/v1/releases/{id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["status"].clone()
+}
+
+async fn counts_reach(op: &Target, id: &str, state: &str, n: u64) -> Value {
+    wait_for(&format!("{n} destinations {state}"), LONG, || async {
+        let s = status(op, id).await;
+        (s["counts"][state].as_u64() == Some(n)).then_some(s)
+    })
+    .await
+}
+
+async fn group(op: &Target, name: &str, members: &[String]) {
+    let (s, v) = json_call(
+        op,
+        Method::PUT,
+        &format!("/api/v1/groups/{name}"),
+        Some(json!({ "members": members })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+async fn held(tree: &Tree, p: usize) -> Value {
+    let (s, v) = json_call(
+        &tree.node_target(p).unwrap(),
+        Method::GET,
+        "/v1/releases",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mb_release_to_20_proxies_under_2_mlms_is_served_twice_by_the_appserver() {
+    let spec = Spec {
+        proxies: (1..=20)
+            .map(|i| (format!("p{i}"), Some(usize::from(i > 10))))
+            .collect(),
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let tree = start("rollout-20", &spec);
+    let op = tree.operator_target().unwrap();
+    all_known(&tree, &op).await;
+    let members: Vec<String> = tree
+        .proxies()
+        .iter()
+        .map(|&i| tree.nodes[i].id.clone())
+        .collect();
+    group(&op, "fleet", &members).await;
+    let size = 50_000_000;
+    let file = tree.dir.join("agent-2.0.pkg");
+    let want = write_file(&file, size);
+
+    let id = ctl(
+        &tree,
+        &[
+            "releases",
+            "publish",
+            file.to_str().unwrap(),
+            "--kind",
+            "software",
+            "--version",
+            "2.0",
+            "--to",
+            "group:fleet",
+        ],
+    )
+    .trim()
+    .to_string();
+    let s = counts_reach(&op, &id, "delivered", 20).await;
+    assert_eq!(s["destinations"].as_object().unwrap().len(), 20, "{s}");
+    for m in ["acme.mlm1", "acme.mlm2"] {
+        assert_eq!(s["mlms"][m]["state"], "cached", "{s}");
+    }
+    // Exactly twice: once per MLM.
+    assert_eq!(
+        metric(&op, "rsnet_release_serves_total").await.unwrap(),
+        2.0
+    );
+    assert_eq!(
+        metric(&op, "rsnet_release_served_bytes_total")
+            .await
+            .unwrap() as usize,
+        2 * size
+    );
+    for m in ["acme.mlm1", "acme.mlm2"] {
+        let t = tree.node_target(tree.index(m).unwrap()).unwrap();
+        assert_eq!(
+            metric(&t, "rsnet_release_fetched_total").await.unwrap(),
+            1.0,
+            "{m}"
+        );
+        assert_eq!(
+            metric(&t, "rsnet_release_served_bytes_total")
+                .await
+                .unwrap() as usize,
+            10 * size,
+            "{m} served its 10 proxies"
+        );
+    }
+    // Every proxy holds it, checked.
+    for p in tree.proxies() {
+        let v = held(&tree, p).await;
+        let cur = &v["items"][0]["current"];
+        assert_eq!(cur["manifest"]["id"], id.as_str(), "{v}");
+        assert_eq!(cur["state"], "delivered");
+        let path = cur["path"].as_str().unwrap();
+        assert_eq!(
+            bulk::hex(&Sha256::digest(std::fs::read(path).unwrap())),
+            want
+        );
+    }
+    let list = ctl(&tree, &["releases"]);
+    assert!(list.contains(&id), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_without_room_rejects_a_release_with_its_reason_then_takes_it_once_it_has_room() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0)), ("p2".into(), Some(0))],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let mut tree = start("rollout-full", &spec);
+    let op = tree.operator_target().unwrap();
+    let p2 = tree.index("acme.p2").unwrap();
+    // The disk is "full": p2 may keep 1000 bytes of releases. (`[releases]`
+    // is the last section of a demo proxy's config.)
+    let cfg = tree.nodes[p2].config.clone();
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{original}capacity_bytes = 1000\n")).unwrap();
+    tokio::task::block_in_place(|| {
+        tree.stop(p2, Duration::from_secs(10));
+        tree.restart(p2)
+    })
+    .unwrap();
+    all_known(&tree, &op).await;
+    let file = tree.dir.join("site.cfg");
+    let want = write_file(&file, 1_000_000);
+    let id = ctl(
+        &tree,
+        &[
+            "releases",
+            "publish",
+            file.to_str().unwrap(),
+            "--kind",
+            "config",
+            "--version",
+            "7",
+            "--to",
+            "acme.p1",
+            "--to",
+            "acme.p2",
+        ],
+    )
+    .trim()
+    .to_string();
+    let s = wait_for("p1 delivered, p2 rejected", LONG, || async {
+        let s = status(&op, &id).await;
+        let d = &s["destinations"];
+        (d["acme.p1"]["state"] == "delivered" && d["acme.p2"]["state"] == "rejected").then_some(s)
+    })
+    .await;
+    let why = s["destinations"]["acme.p2"]["reason"].as_str().unwrap();
+    assert!(why.contains("not enough room"), "{s}");
+    assert_eq!(s["counts"], json!({ "delivered": 1, "rejected": 1 }), "{s}");
+    assert!(held(&tree, p2).await["items"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // Room again: the offer it kept is taken up at its next start.
+    std::fs::write(&cfg, original).unwrap();
+    tokio::task::block_in_place(|| {
+        tree.stop(p2, Duration::from_secs(10));
+        tree.restart(p2)
+    })
+    .unwrap();
+    counts_reach(&op, &id, "delivered", 2).await;
+    let cur = held(&tree, p2).await["items"][0]["current"].clone();
+    assert_eq!(cur["manifest"]["item"], "config");
+    let path = cur["path"].as_str().unwrap();
+    assert_eq!(
+        bulk::hex(&Sha256::digest(std::fs::read(path).unwrap())),
+        want
+    );
+
+    // The integrator on p1 applies it.
+    let p1 = tree.index("acme.p1").unwrap();
+    let (s, v) = json_call(
+        &tree.node_target(p1).unwrap(),
+        Method::POST,
+        &format!("/v1/releases/{id}/applied"),
+        Some(json!({ "reason": "restarted the agent" })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let s = wait_for("p1 applied", LONG, || async {
+        let s = status(&op, &id).await;
+        (s["destinations"]["acme.p1"]["state"] == "applied").then_some(s)
+    })
+    .await;
+    let counts: BTreeMap<String, u64> = serde_json::from_value(s["counts"].clone()).unwrap();
+    assert_eq!(
+        counts,
+        BTreeMap::from([("applied".into(), 1), ("delivered".into(), 1)])
+    );
+    tree.shutdown();
+}
