@@ -149,15 +149,26 @@ pub async fn fetch(
             .await
             .map_err(|e| FetchError::Link(e.to_string()))?;
         let status = resp.status();
+        // A parent that declares another length than the manifest's has
+        // another file: no point reading it.
+        let wrong = |total: Option<u64>| match total {
+            Some(t) if t != size => Err(FetchError::Mismatch(format!(
+                "the parent's file has {t} bytes, the manifest says {size}"
+            ))),
+            _ => Ok(()),
+        };
         match status {
             StatusCode::PARTIAL_CONTENT if held > 0 => {
-                let from = resp
+                let range = resp
                     .headers()
                     .get(header::CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("bytes "))
-                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.split_once('/'));
+                let from = range
+                    .and_then(|(r, _)| r.split('-').next())
                     .and_then(|v| v.parse::<u64>().ok());
+                wrong(range.and_then(|(_, t)| t.parse().ok()))?;
                 if from != Some(held) {
                     return Err(FetchError::Link(format!(
                         "asked for bytes from {held}, the parent sent from {from:?}"
@@ -165,6 +176,12 @@ pub async fn fetch(
                 }
             }
             StatusCode::OK => {
+                wrong(
+                    resp.headers()
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok()),
+                )?;
                 held = 0;
                 hasher = Some(Sha256::new());
             }

@@ -437,3 +437,120 @@ impl RawChild {
         (r.status(), bulk::held(r.headers()))
     }
 }
+
+// ---- a hostile parent
+
+/// A hostile MLM: an mTLS parent (with an MLM certificate) that accepts
+/// every message its children send, keeps the release reports among them,
+/// hands each child the back-channel messages a test gives it (until the
+/// child acknowledges them), and answers every release file path with
+/// `file`, whatever the manifest says. What a compromised MLM on the path
+/// could do to a release.
+pub struct FakeParent {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Release reports received: (origin, report).
+    pub reports: Arc<std::sync::Mutex<Vec<(String, rsnet_common::release::Report)>>>,
+    down: Arc<
+        std::sync::Mutex<std::collections::HashMap<String, Vec<rsnet_common::store::SpoolRecord>>>,
+    >,
+    _stop: rsnet_common::server::ShutdownTrigger,
+}
+
+impl FakeParent {
+    /// Starts on a free loopback port with the MLM certificate `tls`.
+    pub async fn start(tls: TlsPaths, file: Vec<u8>) -> FakeParent {
+        use rsnet_common::envelope;
+        use rsnet_common::http_util::{error, full};
+        use std::sync::Mutex;
+        let (stop, shutdown) = rsnet_common::server::Shutdown::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let reports: Arc<Mutex<Vec<_>>> = Arc::default();
+        let down: Arc<Mutex<std::collections::HashMap<String, Vec<_>>>> = Arc::default();
+        let file = Bytes::from(file);
+        let (reps, dn) = (reports.clone(), down.clone());
+        let handler = move |req: http::Request<hyper::body::Incoming>,
+                            peer: Arc<rsnet_common::server::Peer>| {
+            let (reps, dn, file) = (reps.clone(), dn.clone(), file.clone());
+            async move {
+                let who = peer
+                    .identity
+                    .as_ref()
+                    .map(|i| i.id.to_string())
+                    .unwrap_or_default();
+                if req.uri().path().starts_with("/rs/v1/releases/") {
+                    return http::Response::builder()
+                        .status(StatusCode::OK)
+                        .header(http::header::CONTENT_LENGTH, file.len())
+                        .body(full(file))
+                        .unwrap_or_else(|_| http::Response::new(full("")));
+                }
+                let ct = req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let body = http_body_util::BodyExt::into_data_stream(req.into_body());
+                let d = match envelope::decode(&ct, body).await {
+                    Ok(d) => d,
+                    Err(e) => return error(e.status(), e),
+                };
+                for i in &d.items {
+                    if i.header.class == rsnet_common::release::CLASS {
+                        if let (Ok(c), Some(src)) = (i.content(), i.header.source()) {
+                            if let Some(r) = rsnet_common::release::Report::of(&c) {
+                                reps.lock().expect("lock").push((src.origin.to_string(), r));
+                            }
+                        }
+                    }
+                }
+                let take = |dn: &Mutex<
+                    std::collections::HashMap<String, Vec<rsnet_common::store::SpoolRecord>>,
+                >| {
+                    let mut g = dn.lock().expect("lock");
+                    let q = g.entry(who.clone()).or_default();
+                    q.retain(|r| !d.control.acks.contains(&r.id));
+                    q.clone()
+                };
+                let mut out = take(&dn);
+                if out.is_empty() && d.items.is_empty() {
+                    if let Some(w) = d.control.wait() {
+                        let until = Instant::now() + w.min(Duration::from_secs(2));
+                        while out.is_empty() && Instant::now() < until {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            out = take(&dn);
+                        }
+                    }
+                }
+                rsnet_common::pipeline::exchange::reply(
+                    d.items
+                        .iter()
+                        .map(|i| rsnet_common::model::Response::accepted(i.header.id, None)),
+                    &out,
+                )
+            }
+        };
+        let tls = rsnet_common::tls::ReloadingServerConfig::start(tls).expect("tls");
+        rsnet_common::server::serve(listener, Some(tls), 64, handler, shutdown);
+        FakeParent {
+            addr,
+            reports,
+            down,
+            _stop: stop,
+        }
+    }
+
+    /// Hands `m` (a back-channel message) to `child` in its next replies.
+    pub fn offer(&self, child: &str, m: &Message) {
+        self.down
+            .lock()
+            .expect("lock")
+            .entry(child.to_string())
+            .or_default()
+            .push(rsnet_common::forward::record(m));
+    }
+}

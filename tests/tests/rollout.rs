@@ -6,6 +6,9 @@
 //! * A proxy without room rejects it, its reason shows in the release view,
 //!   and once it has room it takes it (retried, not lost); an integrator
 //!   reports it applied.
+//! * A compromised MLM (`FakeParent`) that rewrites the manifest, or serves
+//!   another file behind the genuine one, is refused by every proxy below
+//!   it, and nothing of it is kept.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -292,4 +295,135 @@ async fn a_proxy_without_room_rejects_a_release_with_its_reason_then_takes_it_on
         BTreeMap::from([("applied".into(), 1), ("delivered".into(), 1)])
     );
     tree.shutdown();
+}
+
+/// A back-channel offer of `signed` for `to`, as an MLM would pass it on.
+fn offer_for(to: &str, signed: &rsnet_common::release::SignedManifest) -> rsnet_common::Message {
+    use rsnet_common::model::{Destination, Direction};
+    let mut m = rsnet_common::Message::forward(
+        "acme.evil".parse().unwrap(),
+        rsnet_common::release::CLASS,
+        Some(rsnet_common::release::OFFER),
+        rsnet_common::release::offer_content(signed),
+    );
+    m.header.direction = Direction::Destination(Destination {
+        ids: vec![to.parse().unwrap()],
+        group: None,
+    });
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mlm_that_tampers_with_a_release_is_refused_by_every_proxy() {
+    use rsnet_common::release::{DestState, SignedManifest};
+    use rsnet_common::tls::{Role, TlsPaths};
+    let spec = Spec {
+        mlms: vec![],
+        proxies: vec![],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let mut tree = start("rollout-tamper", &spec);
+    // A genuine release, signed by the appserver.
+    let genuine = tree.dir.join("agent-3.0.pkg");
+    write_file(&genuine, 200_000);
+    let out = ctl(
+        &tree,
+        &[
+            "--json",
+            "releases",
+            "publish",
+            genuine.to_str().unwrap(),
+            "--kind",
+            "software",
+            "--version",
+            "3.0",
+            "--to",
+            "acme.p1",
+        ],
+    );
+    let signed: SignedManifest = serde_json::from_str(&out).unwrap();
+    // What the compromised MLM serves instead, of the same size.
+    let mut evil: Vec<u8> = b"#!/bin/sh\nrm -rf /\n".repeat(20_000);
+    evil.truncate(200_000);
+    let f = tree.pki.issue("acme.evil", Role::Mlm, &[], &[]).unwrap();
+    let fake = rsnet_tests::FakeParent::start(
+        TlsPaths {
+            ca: tree.pki.ca(),
+            cert: f.cert,
+            key: f.key,
+            crl: None,
+        },
+        evil.clone(),
+    )
+    .await;
+    let url = format!("https://127.0.0.1:{}", fake.addr.port());
+    let mut proxies = Vec::new();
+    for p in ["p1", "p2", "p3"] {
+        let i = tokio::task::block_in_place(|| {
+            let i = tree.add_proxy(&spec, p, "acme.evil", &url)?;
+            tree.launch(i).map(|_| i)
+        })
+        .unwrap();
+        proxies.push((format!("acme.{p}"), i));
+    }
+    // 1. The manifest rewritten to name the substitute file: the signature breaks.
+    let mut rewritten = signed.clone();
+    rewritten.manifest.size = evil.len() as u64;
+    rewritten.manifest.sha256 = bulk::hex(&Sha256::digest(&evil));
+    // 2. The genuine manifest, with the substitute file behind it.
+    for (id, _) in &proxies {
+        fake.offer(id, &offer_for(id, &rewritten));
+    }
+    let failed = |why: &'static str| {
+        let fake = &fake;
+        let proxies = &proxies;
+        let signed = &signed;
+        async move {
+            wait_for(&format!("every proxy to refuse ({why})"), LONG, || async {
+                let r = fake.reports.lock().unwrap().clone();
+                let all = proxies.iter().all(|(id, _)| {
+                    r.iter().any(|(o, rep)| {
+                        o == id
+                            && rep.release == signed.manifest.id
+                            && rep.state == DestState::Failed
+                            && rep.reason.as_deref().unwrap_or("").contains(why)
+                    })
+                });
+                all.then_some(())
+            })
+            .await
+        }
+    };
+    failed("signature").await;
+    for (id, _) in &proxies {
+        fake.offer(id, &offer_for(id, &signed));
+    }
+    failed("sha256").await;
+    let reports = fake.reports.lock().unwrap().clone();
+    assert!(
+        !reports.iter().any(|(_, r)| r.state == DestState::Delivered),
+        "nothing tampered is ever reported delivered: {reports:?}"
+    );
+    for (_, i) in &proxies {
+        let v = held(&tree, *i).await;
+        assert!(v["items"].as_array().unwrap().is_empty(), "{v}");
+        let dir = tree.nodes[*i].data_dir.join("releases");
+        let leftovers: Vec<_> = walk(&dir);
+        assert!(leftovers.is_empty(), "nothing of it kept: {leftovers:?}");
+    }
+    tree.shutdown();
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
