@@ -16,7 +16,8 @@
 //! | `GET /api/v1/uploads/ID` | operator | one upload: state, bytes received |
 //! | `GET /api/v1/uploads/ID/file` | operator | the stored file |
 //! | `POST /api/v1/releases` | operator | publish a release (see `releases`) |
-//! | `GET /api/v1/releases[/ID]` | operator | signed release manifests; with an ID, each destination's state |
+//! | `GET /api/v1/releases[/ID]` | operator | signed release manifests; with an ID, each destination's state and the rollout |
+//! | `POST /api/v1/releases/ID/resume\|cancel\|pin` | operator | move a rollout on, withdraw it, or offer it again (`to=`) |
 //! | `GET /metrics` | any certificate | Prometheus text |
 
 use std::sync::Arc;
@@ -221,14 +222,20 @@ impl Api {
             }
             return self.deliveries(id);
         }
+        let by = peer
+            .identity
+            .as_ref()
+            .map(|i| i.id.to_string())
+            .unwrap_or_default();
         if path == "/api/v1/releases" && method == Method::POST {
-            return self.releases.publish(req, &q).await;
+            return self.releases.publish(req, &q, &by).await;
         }
-        if let Some(id) = path.strip_prefix("/api/v1/releases/") {
-            if method != Method::GET {
-                return error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {path}"));
-            }
-            return self.releases.get(id);
+        if let Some(rest) = path.strip_prefix("/api/v1/releases/") {
+            return match (method.clone(), rest.split_once('/')) {
+                (Method::GET, None) => self.releases.get(rest),
+                (Method::POST, Some((id, action))) => self.releases.act(id, action, &q, &by).await,
+                _ => error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {path}")),
+            };
         }
         if let Some(rest) = path.strip_prefix("/api/v1/uploads/") {
             if method != Method::GET {

@@ -18,6 +18,12 @@ pub enum Error {
     /// A message that could never travel down in an exchange (413).
     #[error("too large for an exchange: {0}")]
     TooLarge(#[from] TooLarge),
+    /// Something named does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Not in a state that allows it (409).
+    #[error("{0}")]
+    Conflict(String),
     /// Queues full or storage failed (503); nothing was changed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -28,7 +34,8 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            Error::NoGroup(_) => StatusCode::NOT_FOUND,
+            Error::NoGroup(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -181,7 +181,11 @@ impl Ingest {
                     self.uploads.requested(fresh).await;
                 }
                 if !reports.is_empty() {
-                    self.releases.rollout.reported(reports).await;
+                    let releases = &self.releases;
+                    releases
+                        .rollout
+                        .reported(reports, |id| releases.signed(id))
+                        .await;
                 }
             }
             Err(e) => {

@@ -11,8 +11,8 @@
 //! GET  /api/v1/releases        every signed manifest
 //! ```
 //!
-//! The file is never held in memory whole. **Not built yet**: staging,
-//! cancel and rollback.
+//! The file is never held in memory whole. Staging (`stage=`, `success=`,
+//! `failure=`), resume, cancel and pin (rollback) are `crate::rollout`'s.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -101,7 +101,12 @@ impl Releases {
     }
 
     /// `POST /api/v1/releases`.
-    pub async fn publish(&self, req: Request<Incoming>, q: &[(String, String)]) -> Response<Body> {
+    pub async fn publish(
+        &self,
+        req: Request<Incoming>,
+        q: &[(String, String)],
+        by: &str,
+    ) -> Response<Body> {
         let Some(key) = &self.key else {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -109,10 +114,26 @@ impl Releases {
             );
         };
         let (mut kind, mut version, mut target, mut item) = (None, None, Vec::new(), None);
+        let mut staging = crate::rollout::Staging::default();
         for (k, v) in q {
+            let pct = |v: &str| v.trim_end_matches('%').parse::<u8>().ok();
             match k.as_str() {
                 "kind" => kind = Some(v.clone()),
                 "item" => item = Some(v.clone()),
+                "stage" => staging.stages.push(v.clone()),
+                "success" => match pct(v) {
+                    Some(p) => staging.success_pct = Some(p),
+                    None => return error(StatusCode::BAD_REQUEST, "success: a percentage 0..=100"),
+                },
+                "advance" => match v.as_str() {
+                    "delivered" => staging.on_applied = false,
+                    "applied" => staging.on_applied = true,
+                    _ => return error(StatusCode::BAD_REQUEST, "advance: delivered or applied"),
+                },
+                "failure" => match pct(v) {
+                    Some(p) => staging.failure_pct = Some(p),
+                    None => return error(StatusCode::BAD_REQUEST, "failure: a percentage 0..=100"),
+                },
                 "version" => version = Some(v.clone()),
                 "to" => target.push(v.clone()),
                 other => {
@@ -170,10 +191,15 @@ impl Releases {
         if let Err(e) = manifest.validate() {
             return error(StatusCode::BAD_REQUEST, e);
         }
-        // Unknown groups are refused before the file is taken.
-        if let Err(e) = self.rollout.expand(&manifest.target) {
-            return e.response();
-        }
+        // Unknown groups and bad stages are refused before the file is taken.
+        let plan = match self
+            .rollout
+            .expand(&manifest.target)
+            .and_then(|dests| self.rollout.plan(&dests, &staging, by))
+        {
+            Ok(p) => p,
+            Err(e) => return e.response(),
+        };
         let part = self.dir.join(format!("{id}.part"));
         let (size, sha256) = match self.receive(req.into_body(), &part).await {
             Ok(x) => x,
@@ -199,7 +225,7 @@ impl Releases {
             return rsnet_common::Error::from(e).response();
         }
         tracing::info!(release = %id, size, "release published");
-        if let Err(e) = self.rollout.start(&signed).await {
+        if let Err(e) = self.rollout.start(&signed, plan).await {
             // Recorded destinations are offered at the next start.
             tracing::warn!(release = %id, error = %e, "release not offered yet");
         }
@@ -267,6 +293,47 @@ impl Releases {
                 self.signed(&id.to_string()).map(|s| s.manifest.size)
             })
             .await
+    }
+
+    /// `POST /api/v1/releases/ID/resume|cancel|pin[?to=T…]` by operator `by`.
+    pub async fn act(
+        &self,
+        id: &str,
+        action: &str,
+        q: &[(String, String)],
+        by: &str,
+    ) -> Response<Body> {
+        use crate::rollout::Action;
+        let action = match action {
+            "resume" => Action::Resume,
+            "cancel" => Action::Cancel,
+            "pin" => Action::Pin,
+            other => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no release action {other:?} (resume, cancel, pin)"),
+                )
+            }
+        };
+        let mut to = Vec::new();
+        for (k, v) in q {
+            match k.as_str() {
+                "to" if action == Action::Pin => to.push(v.clone()),
+                other => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown parameter {other:?}"),
+                    )
+                }
+            }
+        }
+        let Some(signed) = self.signed(id) else {
+            return error(StatusCode::NOT_FOUND, format!("no release {id}"));
+        };
+        match self.rollout.act(&signed, action, &to, by).await {
+            Ok(_) => json(StatusCode::OK, &self.rollout.status(id)),
+            Err(e) => e.response(),
+        }
     }
 
     /// `GET /api/v1/releases/ID`: the signed manifest and where each

@@ -315,6 +315,10 @@ pub fn is_offer(h: &crate::Header) -> bool {
 }
 /// The MIME type of an offer's payload: the [`SignedManifest`] as JSON.
 pub const OFFER_MIME: &str = "application/vnd.rsnet.release-offer+json";
+/// The subclass of a cancellation (back-channel).
+pub const CANCEL: &str = "cancel";
+/// The MIME type of a cancellation's payload: `{"release": ID}`.
+pub const CANCEL_MIME: &str = "application/vnd.rsnet.release-cancel+json";
 /// The MIME type of a [`Report`]'s payload.
 pub const REPORT_MIME: &str = "application/vnd.rsnet.release-report+json";
 /// Where a child fetches a release's file from its parent: `/rs/v1/releases/ID/file`.
@@ -328,6 +332,34 @@ pub fn id_of_path(path: &str) -> Option<crate::MessageId> {
         .strip_suffix("/file")?
         .parse()
         .ok()
+}
+
+/// True for a back-channel cancellation of a release.
+pub fn is_cancel(h: &crate::Header) -> bool {
+    h.class == CLASS && h.subclass.as_deref() == Some(CANCEL)
+}
+
+/// The content of a cancellation of release `id`.
+pub fn cancel_content(id: &crate::MessageId) -> crate::model::Content {
+    crate::model::Content::Data(crate::model::Data {
+        mime: CANCEL_MIME.into(),
+        encoding: crate::model::Encoding::Text,
+        payload: serde_json::to_vec(&serde_json::json!({ "release": id.to_string() }))
+            .unwrap_or_default()
+            .into(),
+    })
+}
+
+/// The release a cancellation names.
+pub fn cancel_of(content: &crate::model::Content) -> Option<crate::MessageId> {
+    let crate::model::Content::Data(d) = content else {
+        return None;
+    };
+    if d.mime != CANCEL_MIME {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&d.payload).ok()?;
+    v["release"].as_str()?.parse().ok()
 }
 
 /// The content of an offer of `signed`.

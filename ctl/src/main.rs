@@ -148,10 +148,28 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ReleaseCmd {
-    /// Show one release's signed manifest.
+    /// Show one release: its rollout stage by stage, then each destination.
     Show {
         /// The release ID.
         id: String,
+    },
+    /// Start the next stage now (of a halted release, or one waiting).
+    Resume {
+        /// The release ID.
+        id: String,
+    },
+    /// Stop a release and withdraw it from everything it was offered to.
+    Cancel {
+        /// The release ID.
+        id: String,
+    },
+    /// Offer a release again to destinations (rollback to it).
+    Pin {
+        /// The release ID.
+        id: String,
+        /// `group:NAME` or component IDs.
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
     },
     /// Publish FILE: the appserver stores it and signs its manifest.
     Publish {
@@ -166,7 +184,93 @@ enum ReleaseCmd {
         /// Targets: `group:NAME` or component IDs.
         #[arg(long = "to", required = true)]
         to: Vec<String>,
+        /// What it updates (default: the kind); proxies keep two versions per item.
+        #[arg(long)]
+        item: Option<String>,
+        /// Stages before the rest, in order: `group:NAME`, an ID, or `N%`.
+        #[arg(long = "stage")]
+        stages: Vec<String>,
+        /// Percent of a stage that must succeed before the next starts (default 100).
+        #[arg(long)]
+        success: Option<u8>,
+        /// Percent of a stage that may fail before the release halts (default 0).
+        #[arg(long)]
+        failure: Option<u8>,
+        /// What counts as success: `delivered` (default) or `applied`.
+        #[arg(long)]
+        advance: Option<String>,
     },
+}
+
+fn print_release(v: &Value) {
+    let m = &v["manifest"];
+    let st = &v["status"];
+    println!(
+        "release {}  {} {} {} ({} bytes)",
+        m["id"].as_str().unwrap_or(""),
+        m["kind"].as_str().unwrap_or(""),
+        m["item"].as_str().unwrap_or(""),
+        m["version"].as_str().unwrap_or(""),
+        m["size"]
+    );
+    let counts = |c: &Value| {
+        c.as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    if let Some(r) = st["rollout"].as_object() {
+        println!(
+            "rollout {} at stage {}; success {}% {}, failure {}%",
+            r["state"].as_str().unwrap_or(""),
+            r["stage"],
+            r["success_pct"],
+            r["success_is"].as_str().unwrap_or(""),
+            r["failure_pct"]
+        );
+        println!("{:>5}  {:<24} {:>6}  STATES", "STAGE", "NAME", "DESTS");
+        for (i, s) in r["stages"].as_array().into_iter().flatten().enumerate() {
+            println!(
+                "{:>5}  {:<24} {:>6}  {}",
+                i + 1,
+                s["name"].as_str().unwrap_or(""),
+                s["destinations"],
+                counts(&s["counts"])
+            );
+        }
+        for h in r["history"].as_array().into_iter().flatten() {
+            println!(
+                "  {} {:<14} by {:<20} {}",
+                h["at"].as_str().unwrap_or(""),
+                h["action"].as_str().unwrap_or(""),
+                h["by"].as_str().unwrap_or(""),
+                h["detail"].as_str().unwrap_or("")
+            );
+        }
+    }
+    println!(
+        "{:<28} {:<10} {:>12}  REASON",
+        "DESTINATION", "STATE", "BYTES"
+    );
+    for (d, s) in st["destinations"].as_object().into_iter().flatten() {
+        println!(
+            "{:<28} {:<10} {:>12}  {}",
+            d,
+            s["state"].as_str().unwrap_or(""),
+            s["bytes"]
+                .as_u64()
+                .map(|b| b.to_string())
+                .unwrap_or_default(),
+            s["reason"].as_str().unwrap_or("")
+        );
+    }
+    for (d, s) in st["mlms"].as_object().into_iter().flatten() {
+        println!("  via {d}: {}", s["state"].as_str().unwrap_or(""));
+    }
 }
 
 fn target(cli: &Cli) -> Result<Target, String> {
@@ -484,27 +588,77 @@ async fn run(cli: Cli) -> Result<(), String> {
                     );
                 }
             }
-            Some(ReleaseCmd::Show { id }) => print_json(
-                &call_json(
+            Some(ReleaseCmd::Show { id }) => {
+                let v = call_json(
                     &t,
                     Method::GET,
                     &format!("/api/v1/releases/{}", percent_encode(id)),
                     None,
                 )
-                .await?,
-            ),
+                .await?;
+                if cli.json {
+                    print_json(&v);
+                } else {
+                    print_release(&v);
+                }
+            }
+            Some(ReleaseCmd::Resume { id }) | Some(ReleaseCmd::Cancel { id }) => {
+                let what = if matches!(action, Some(ReleaseCmd::Resume { .. })) {
+                    "resume"
+                } else {
+                    "cancel"
+                };
+                let v = call_json(
+                    &t,
+                    Method::POST,
+                    &format!("/api/v1/releases/{}/{what}", percent_encode(id)),
+                    None,
+                )
+                .await?;
+                eprintln!("rollout {}", v["rollout"]["state"].as_str().unwrap_or(""));
+            }
+            Some(ReleaseCmd::Pin { id, to }) => {
+                let q: Vec<String> = to
+                    .iter()
+                    .map(|t| format!("to={}", percent_encode(t)))
+                    .collect();
+                call_json(
+                    &t,
+                    Method::POST,
+                    &format!(
+                        "/api/v1/releases/{}/pin?{}",
+                        percent_encode(id),
+                        q.join("&")
+                    ),
+                    None,
+                )
+                .await?;
+                eprintln!("pinned");
+            }
             Some(ReleaseCmd::Publish {
                 file,
                 kind,
                 version,
                 to,
+                item,
+                stages,
+                success,
+                failure,
+                advance,
             }) => {
                 let mut q = query(&[
                     ("kind", Some(kind.clone())),
                     ("version", Some(version.clone())),
+                    ("item", item.clone()),
+                    ("success", success.map(|p| p.to_string())),
+                    ("failure", failure.map(|p| p.to_string())),
+                    ("advance", advance.clone()),
                 ]);
                 for t in to {
                     q.push_str(&format!("&to={}", percent_encode(t)));
+                }
+                for s in stages {
+                    q.push_str(&format!("&stage={}", percent_encode(s)));
                 }
                 let size = std::fs::metadata(file)
                     .map_err(|e| format!("{}: {e}", file.display()))?

@@ -44,6 +44,7 @@ impl Downlink {
         let mut offers = Vec::with_capacity(items.len());
         let mut ids = Vec::with_capacity(items.len());
         let mut releases = false;
+        let mut cancels = Vec::new();
         for item in &items {
             let id = item.header.id;
             let Some(d) = backchannel::screen(queues, item) else {
@@ -61,6 +62,12 @@ impl Downlink {
                     .copies(&item.header, item.content.clone(), &routed)
             };
             releases |= is_release;
+            if release::is_cancel(&item.header) {
+                // Passed on below like any message; the cached copy goes after the commit.
+                if let Some(r) = item.content().ok().as_ref().and_then(release::cancel_of) {
+                    cancels.push(r);
+                }
+            }
             let is_control = !mine.is_empty() && item.header.class == control::CLASS;
             if is_control {
                 push.push((control::CONTROL.to_string(), control::pending_record(item)));
@@ -97,6 +104,9 @@ impl Downlink {
         }
         if releases {
             self.releases.wake();
+        }
+        for r in cancels {
+            self.releases.cancelled(r).await;
         }
         acks
     }

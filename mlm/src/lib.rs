@@ -133,9 +133,21 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         &metrics,
         None,
     )?;
+    let cache = releases::ReleaseCache::open(
+        me.id.clone(),
+        &cfg.releases,
+        &cfg.data_dir,
+        kv.clone(),
+        uplink.link().clone(),
+        bc.clone(),
+        outbox.clone(),
+        &metrics,
+    )?;
+    tokio::spawn(cache.clone().run(shutdown.clone()));
     let pipeline = Pipeline::new(
-        // Service modules: filter, modify, aggregate (not built yet).
-        Arc::new(PassThrough("modules")),
+        // Service modules: filter, modify, aggregate are not built yet; in
+        // their place, the watch that frees cached releases as reports pass.
+        Arc::new(releases::ReleaseWatch(cache.clone())),
         // Throttle: rates, windows, disk floor (not built yet).
         Arc::new(PassThrough("throttle")),
         // Terminal: the hop, the budget, the parent.
@@ -172,17 +184,6 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     });
     // Control actions left pending by a crash are carried out now (see control docs).
     rsnet_common::control::run_pending(bc.queues(), node.as_ref(), &outbox).await;
-    let cache = releases::ReleaseCache::open(
-        me.id.clone(),
-        &cfg.releases,
-        &cfg.data_dir,
-        kv.clone(),
-        uplink.link().clone(),
-        bc.clone(),
-        outbox.clone(),
-        &metrics,
-    )?;
-    tokio::spawn(cache.clone().run(shutdown.clone()));
     uplink.set_receiver(Arc::new(downlink::Downlink {
         releases: cache.clone(),
         backchannel: bc.clone(),

@@ -16,9 +16,12 @@
 //! The MLM does not check the manifest's signature: the destinations do,
 //! and it cannot be forged here. An offer whose fetch fails stays in
 //! `^release` and is taken again when its lease ends (`[backchannel]
-//! lease_ms`). Removing a cached copy once every destination below has the
-//! file, or when a release is cancelled, is **not built yet**: copies stay
-//! until removed by hand, and `capacity_bytes` bounds them.
+//! lease_ms`). The cached copy is removed `[releases] keep_s` after every
+//! destination it was offered to has reported delivered, applied or failed
+//! ([`ReleaseWatch`] sees the reports pass upward; the wait lets the next
+//! stage of a staged release reuse the copy), or at once when the release
+//! is cancelled (the cancellation is passed on below like any back-channel
+//! message).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -53,12 +56,17 @@ const IDLE: Duration = Duration::from_secs(60);
 pub struct ReleasesConfig {
     /// Bytes the cached release files may take. Default 16 GiB.
     pub capacity_bytes: u64,
+    /// How long a copy is kept once every destination it was offered to
+    /// has reported a final state, in seconds (a staged release offers the
+    /// next stage later). Default 86400.
+    pub keep_s: u64,
 }
 
 impl Default for ReleasesConfig {
     fn default() -> Self {
         ReleasesConfig {
             capacity_bytes: 16 << 30,
+            keep_s: 86_400,
         }
     }
 }
@@ -67,7 +75,16 @@ impl Default for ReleasesConfig {
 struct Cached {
     size: u64,
     children: Vec<ComponentId>,
+    /// Destinations below that have not reported a final state yet.
+    #[serde(default)]
+    waiting: Vec<ComponentId>,
+    /// When `waiting` became empty (ms since the epoch).
+    #[serde(default)]
+    settled: Option<u64>,
 }
+
+/// KV prefix of cancelled releases.
+const CANCELLED: &str = "mlm-release-cancelled/";
 
 /// See the module docs.
 pub struct ReleaseCache {
@@ -81,6 +98,7 @@ pub struct ReleaseCache {
     wake: Notify,
     served: Counter,
     fetched: Counter,
+    settle: tokio::sync::Mutex<()>,
 }
 
 impl ReleaseCache {
@@ -118,6 +136,7 @@ impl ReleaseCache {
                 "rsnet_release_fetched_total",
                 "release files fetched from the parent and checked",
             ),
+            settle: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -153,7 +172,30 @@ impl ReleaseCache {
         }
     }
 
+    /// Removes copies settled more than `keep_s` ago.
+    async fn sweep(&self) {
+        let now = rsnet_common::model::Timestamp::now().0;
+        let keep = self.cfg.keep_s.saturating_mul(1000);
+        let due: Vec<MessageId> = self
+            .kv
+            .list(PREFIX)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let c: Cached = serde_json::from_slice(&v).ok()?;
+                let at = c.settled?;
+                (now.saturating_sub(at) >= keep)
+                    .then(|| k.trim_start_matches(PREFIX).parse().ok())?
+            })
+            .collect();
+        for id in due {
+            self.remove(&id).await;
+            tracing::info!(release = %id, "every destination below has it; cached copy removed");
+        }
+    }
+
     async fn step(&self) {
+        self.sweep().await;
         let queues = self.backchannel.queues();
         let taken = queues.take(release::PENDING, usize::MAX, 64).await;
         let mut done = Vec::new();
@@ -193,6 +235,10 @@ impl ReleaseCache {
         let Direction::Destination(d) = &header.direction else {
             return Ok(());
         };
+        if matches!(self.kv.get(&format!("{CANCELLED}{id}")), Ok(Some(_))) {
+            tracing::info!(release = %id, "offer of a cancelled release; dropped");
+            return Ok(());
+        }
         let below: Vec<ComponentId> = d.ids.iter().filter(|x| **x != self.me).cloned().collect();
         let file = self.dir.join(format!("{id}.bin"));
         if self.cached(&id).is_none() || !file.exists() {
@@ -231,10 +277,23 @@ impl ReleaseCache {
             tracing::info!(release = %id, size, "release fetched and checked");
         }
         let routed = self.backchannel.route(&below);
-        let record = Cached {
+        let mut record = self.cached(&id).unwrap_or(Cached {
             size: signed.manifest.size,
-            children: routed.copies.keys().cloned().collect(),
-        };
+            children: Vec::new(),
+            waiting: Vec::new(),
+            settled: None,
+        });
+        record.settled = None;
+        for c in routed.copies.keys() {
+            if !record.children.contains(c) {
+                record.children.push(c.clone());
+            }
+        }
+        for dest in routed.copies.values().flatten() {
+            if !record.waiting.contains(dest) {
+                record.waiting.push(dest.clone());
+            }
+        }
         put_async(
             &self.kv,
             vec![(
@@ -254,6 +313,56 @@ impl ReleaseCache {
         self.backchannel.queued(&offered);
         self.report(&id, DestState::Cached, None).await;
         Ok(())
+    }
+
+    /// Removes the cached copy of `id` (and its record).
+    async fn remove(&self, id: &MessageId) {
+        let _ = tokio::fs::remove_file(self.dir.join(format!("{id}.bin"))).await;
+        let _ = tokio::fs::remove_file(self.dir.join(format!("{id}.part"))).await;
+        if let Err(e) =
+            rsnet_common::store::delete_async(&self.kv, vec![format!("{PREFIX}{id}")]).await
+        {
+            tracing::warn!(release = %id, error = %e, "cached release record not removed");
+        }
+    }
+
+    /// Release `id` was cancelled: its copy goes, and offers of it are dropped.
+    pub async fn cancelled(&self, id: MessageId) {
+        if let Err(e) = put_async(&self.kv, vec![(format!("{CANCELLED}{id}"), Vec::new())]).await {
+            tracing::warn!(release = %id, error = %e, "cancellation not recorded");
+        }
+        self.remove(&id).await;
+        tracing::info!(release = %id, "release cancelled; cached copy removed");
+    }
+
+    /// Destinations below reported final states: once none of a release's
+    /// is waiting, its copy is kept `keep_s` more, then goes ([`Self::sweep`]).
+    async fn settled(&self, done: Vec<(MessageId, ComponentId)>) {
+        let _one = self.settle.lock().await;
+        for (id, dest) in done {
+            let Some(mut c) = self.cached(&id) else {
+                continue;
+            };
+            let before = c.waiting.len();
+            c.waiting.retain(|d| *d != dest);
+            if c.waiting.len() == before {
+                continue;
+            }
+            if c.waiting.is_empty() {
+                c.settled = Some(rsnet_common::model::Timestamp::now().0);
+            }
+            if let Err(e) = put_async(
+                &self.kv,
+                vec![(
+                    format!("{PREFIX}{id}"),
+                    serde_json::to_vec(&c).unwrap_or_default(),
+                )],
+            )
+            .await
+            {
+                tracing::warn!(release = %id, error = %e, "cached release record not saved");
+            }
+        }
     }
 
     async fn report(&self, id: &MessageId, state: DestState, reason: Option<String>) {
@@ -297,5 +406,43 @@ impl ReleaseCache {
             &self.served,
         )
         .await
+    }
+}
+
+/// The MLM's pipeline stage that watches release reports pass upward (and
+/// passes everything on): a destination's final state frees its place in
+/// the cache ([`ReleaseCache`]).
+pub struct ReleaseWatch(pub Arc<ReleaseCache>);
+
+impl rsnet_common::pipeline::Stage for ReleaseWatch {
+    fn name(&self) -> &'static str {
+        "release-watch"
+    }
+
+    fn judge<'a>(
+        &'a self,
+        _ex: &'a rsnet_common::pipeline::Exchange,
+        items: Vec<rsnet_common::envelope::Item>,
+    ) -> rsnet_common::pipeline::StageFuture<'a> {
+        Box::pin(async move {
+            let done: Vec<(MessageId, ComponentId)> = items
+                .iter()
+                .filter(|i| i.header.class == release::CLASS)
+                .filter_map(|i| {
+                    let r = Report::of(&i.content().ok()?)?;
+                    let origin = i.header.source()?.origin.clone();
+                    r.state
+                        .is_final()
+                        .then(|| Some((r.release.parse().ok()?, origin)))?
+                })
+                .collect();
+            if !done.is_empty() {
+                self.0.settled(done).await;
+            }
+            rsnet_common::pipeline::Judged {
+                forward: items,
+                decided: Vec::new(),
+            }
+        })
     }
 }

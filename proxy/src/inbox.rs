@@ -123,7 +123,7 @@ impl Inbox {
             }
             let is_control = item.header.class == control::CLASS;
             let is_bulk = item.header.kind == ContentKind::BulkResponse;
-            let is_release = release::is_offer(&item.header);
+            let is_release = release::is_offer(&item.header) || release::is_cancel(&item.header);
             let push: Vec<(String, SpoolRecord)> = if is_control {
                 vec![(control::CONTROL.to_string(), control::pending_record(item))]
             } else if is_release {

@@ -14,7 +14,11 @@
 //!     one before removed) ─ report `delivered` ─ removed from ^release
 //! GET /v1/releases ─► each item's current and previous version, with paths
 //! POST /v1/releases/ID/applied|failed ─► report `applied` / `failed`
+//! cancellation ─► offers of that release dropped (reported `failed: cancelled`)
 //! ```
+//!
+//! An offer of the version kept as previous (the operator pinned the item
+//! back to it: a rollback) makes it current again without a download.
 //!
 //! Nothing is reported delivered that was not checked against a manifest
 //! signed with the release key: no MLM on the path can substitute a file.
@@ -42,6 +46,8 @@ use tokio::sync::Notify;
 
 /// KV prefix of items: `proxy-release/ITEM`.
 const PREFIX: &str = "proxy-release/";
+/// KV prefix of cancelled releases.
+const CANCELLED: &str = "proxy-release-cancelled/";
 /// A download chunk must arrive within this of the last one.
 const IDLE: Duration = Duration::from_secs(60);
 /// How often `fetching` is reported during a download.
@@ -194,7 +200,11 @@ impl Releases {
     /// Takes offers from the `^release` pseudo-queue until `shutdown`.
     pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
         loop {
-            let taken = self.queues.take(release::PENDING, usize::MAX, 16).await;
+            let mut taken = self.queues.take(release::PENDING, usize::MAX, 16).await;
+            // Cancellations first: an offer taken with its cancellation is dropped.
+            taken.records.sort_by_key(|r| {
+                !wire::decode_header(&r.header).is_ok_and(|h| release::is_cancel(&h))
+            });
             let mut done = Vec::new();
             for r in &taken.records {
                 if self.handle(r).await {
@@ -215,13 +225,29 @@ impl Releases {
     /// One offer; true once it is settled (delivered, refused for good, or
     /// never usable), false to take it again later.
     async fn handle(&self, r: &rsnet_common::store::SpoolRecord) -> bool {
-        let offer = wire::decode_header(&r.header)
+        let decoded = wire::decode_header(&r.header)
             .map_err(|e| e.to_string())
             .and_then(|h| {
                 let c = wire::decode_content(&r.content, h.kind).map_err(|e| e.to_string())?;
                 Ok((h, c))
-            })
-            .and_then(|(h, c)| Ok((h, release::offer_of(&c).map_err(|e| e.to_string())?)));
+            });
+        if let Ok((h, c)) = &decoded {
+            if release::is_cancel(h) {
+                if let Some(id) = release::cancel_of(c) {
+                    tracing::info!(release = %id, "release cancelled");
+                    if put_async(&self.kv, vec![(format!("{CANCELLED}{id}"), Vec::new())])
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    let _ = tokio::fs::remove_file(self.dir.join(format!("{id}.part"))).await;
+                }
+                return true;
+            }
+        }
+        let offer =
+            decoded.and_then(|(h, c)| Ok((h, release::offer_of(&c).map_err(|e| e.to_string())?)));
         let (header, (id, signed)) = match offer {
             Ok(x) => x,
             Err(e) => {
@@ -231,6 +257,11 @@ impl Releases {
         };
         if !matches!(&header.direction, Direction::Destination(d) if d.ids.contains(&self.me)) {
             tracing::warn!(release = %id, "release offer not addressed to this proxy; dropped");
+            return true;
+        }
+        if matches!(self.kv.get(&format!("{CANCELLED}{id}")), Ok(Some(_))) {
+            self.report(&id, DestState::Failed, None, Some("cancelled".into()))
+                .await;
             return true;
         }
         let Some(key) = &self.key else {
@@ -260,11 +291,28 @@ impl Releases {
             .flatten()
             .and_then(|v| serde_json::from_slice(&v).ok())
             .unwrap_or_default();
-        if [&item.current, &item.previous]
-            .into_iter()
-            .flatten()
-            .any(|v| v.manifest.id == manifest.id)
-        {
+        let is = |v: &Option<Version>| v.as_ref().is_some_and(|v| v.manifest.id == manifest.id);
+        if is(&item.current) {
+            self.report(&id, DestState::Delivered, None, None).await;
+            return true;
+        }
+        if is(&item.previous) {
+            // Pinned back (rollback): the kept previous version is current again.
+            std::mem::swap(&mut item.current, &mut item.previous);
+            if let Some(v) = &mut item.current {
+                v.state = DestState::Delivered;
+                v.reason = None;
+            }
+            if put_async(
+                &self.kv,
+                vec![(item_key, serde_json::to_vec(&item).unwrap_or_default())],
+            )
+            .await
+            .is_err()
+            {
+                return false;
+            }
+            tracing::info!(release = %id, item = %manifest.item, "rolled back to the previous version");
             self.report(&id, DestState::Delivered, None, None).await;
             return true;
         }

@@ -2,7 +2,12 @@
 //!
 //! * A 50 MB release to 20 proxies under 2 MLMs: the appserver serves the
 //!   file exactly twice (once per MLM, by its own counters), every proxy
-//!   holds it with the right hash, and the release view shows 20 delivered.
+//!   holds it with the right hash, the release view shows 20 delivered, and
+//!   the MLMs drop their copies once everyone below has it.
+//! * Staged: a failing canary halts the rest until an operator resumes;
+//!   pinning the fleet back to an earlier release rolls every proxy back
+//!   to its kept previous version; a cancelled release goes no further and
+//!   the MLM drops its copy at once. Every change is recorded with who and when.
 //! * A proxy without room rejects it, its reason shows in the release view,
 //!   and once it has room it takes it (retried, not lost); an integrator
 //!   reports it applied.
@@ -123,6 +128,7 @@ async fn a_50_mb_release_to_20_proxies_under_2_mlms_is_served_twice_by_the_appse
             .map(|i| (format!("p{i}"), Some(usize::from(i > 10))))
             .collect(),
         heartbeat_s: 3600,
+        mlm_extra: "[releases]\nkeep_s = 0\n".into(),
         ..Spec::demo()
     };
     let tree = start("rollout-20", &spec);
@@ -199,6 +205,17 @@ async fn a_50_mb_release_to_20_proxies_under_2_mlms_is_served_twice_by_the_appse
     }
     let list = ctl(&tree, &["releases"]);
     assert!(list.contains(&id), "{list}");
+    // Every destination below has it: each MLM drops its copy (keep_s = 0).
+    for m in ["acme.mlm1", "acme.mlm2"] {
+        let f = tree.nodes[tree.index(m).unwrap()]
+            .data_dir
+            .join("releases")
+            .join(format!("{id}.bin"));
+        wait_for(&format!("{m} to drop its copy"), LONG, || async {
+            (!f.exists()).then_some(())
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,4 +443,250 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+async fn proxy_post(tree: &Tree, p: usize, path: &str) {
+    let (s, v) = json_call(
+        &tree.node_target(p).unwrap(),
+        Method::POST,
+        path,
+        Some(json!({})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+async fn current_of(tree: &Tree, p: usize) -> (Option<String>, Option<String>) {
+    let v = held(tree, p).await;
+    let item = &v["items"][0];
+    (
+        item["current"]["manifest"]["id"]
+            .as_str()
+            .map(str::to_string),
+        item["previous"]["manifest"]["id"]
+            .as_str()
+            .map(str::to_string),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_halts_the_rest_until_resumed_and_a_group_is_pinned_back_to_an_earlier_release(
+) {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: (1..=4).map(|i| (format!("p{i}"), Some(0))).collect(),
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let tree = start("rollout-stages", &spec);
+    let op = tree.operator_target().unwrap();
+    all_known(&tree, &op).await;
+    let p: Vec<usize> = (1..=4)
+        .map(|i| tree.index(&format!("acme.p{i}")).unwrap())
+        .collect();
+    let ids: Vec<String> = (1..=4).map(|i| format!("acme.p{i}")).collect();
+    group(&op, "fleet", &ids).await;
+    group(&op, "canary", &ids[..2]).await;
+    let v1 = tree.dir.join("agent-1.pkg");
+    write_file(&v1, 300_000);
+
+    // Stage 1 the canary, then the rest; success is "applied"; no failure allowed.
+    let r1 = ctl(
+        &tree,
+        &[
+            "releases",
+            "publish",
+            v1.to_str().unwrap(),
+            "--kind",
+            "software",
+            "--item",
+            "agent",
+            "--version",
+            "1",
+            "--to",
+            "group:fleet",
+            "--stage",
+            "group:canary",
+            "--advance",
+            "applied",
+        ],
+    )
+    .trim()
+    .to_string();
+    counts_reach(&op, &r1, "delivered", 2).await;
+    assert_eq!(
+        status(&op, &r1).await["counts"]["queued"],
+        2,
+        "the rest waits"
+    );
+    // One canary applies it, the other fails to: the release halts.
+    proxy_post(&tree, p[0], &format!("/v1/releases/{r1}/applied")).await;
+    proxy_post(&tree, p[1], &format!("/v1/releases/{r1}/failed")).await;
+    let s = wait_for("the release to halt", LONG, || async {
+        let s = status(&op, &r1).await;
+        (s["rollout"]["state"] == "halted").then_some(s)
+    })
+    .await;
+    let why = s["rollout"]["history"].as_array().unwrap().last().unwrap()["detail"].to_string();
+    assert!(why.contains("1 of 2 failed"), "{s}");
+    for i in [2, 3] {
+        assert_eq!(s["destinations"][&ids[i]]["state"], "queued", "{s}");
+        assert!(
+            held(&tree, p[i]).await["items"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+            "never offered"
+        );
+    }
+    let shown = ctl(&tree, &["releases", "show", &r1]);
+    assert!(
+        shown.contains("halted") && shown.contains("group:canary"),
+        "{shown}"
+    );
+
+    // The operator resumes: the rest gets it.
+    ctl(&tree, &["releases", "resume", &r1]);
+    wait_for("the rest to have it", LONG, || async {
+        let s = status(&op, &r1).await;
+        let d = &s["destinations"];
+        (d[&ids[2]]["state"] == "delivered" && d[&ids[3]]["state"] == "delivered").then_some(())
+    })
+    .await;
+    let s = status(&op, &r1).await;
+    let history: Vec<(String, String)> = s["rollout"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["action"].as_str().unwrap().into(),
+                h["by"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        history.contains(&("halted".into(), "rsnet".into())),
+        "{history:?}"
+    );
+    assert!(
+        history.contains(&("resumed".into(), "provider.operator".into())),
+        "{history:?}"
+    );
+
+    // Version 2 everywhere, then the fleet pinned back to version 1 (rollback):
+    // every proxy makes its kept previous version current again.
+    let v2 = tree.dir.join("agent-2.pkg");
+    write_file(&v2, 310_000);
+    let r2 = ctl(
+        &tree,
+        &[
+            "releases",
+            "publish",
+            v2.to_str().unwrap(),
+            "--kind",
+            "software",
+            "--item",
+            "agent",
+            "--version",
+            "2",
+            "--to",
+            "group:fleet",
+        ],
+    )
+    .trim()
+    .to_string();
+    counts_reach(&op, &r2, "delivered", 4).await;
+    for &i in &p {
+        assert_eq!(
+            current_of(&tree, i).await,
+            (Some(r2.clone()), Some(r1.clone()))
+        );
+    }
+    ctl(&tree, &["releases", "pin", &r1, "--to", "group:fleet"]);
+    wait_for("every proxy back on version 1", LONG, || async {
+        for &i in &p {
+            if current_of(&tree, i).await != (Some(r1.clone()), Some(r2.clone())) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    counts_reach(&op, &r1, "delivered", 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_release_goes_no_further_and_the_mlm_drops_its_copy() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: (1..=3).map(|i| (format!("p{i}"), Some(0))).collect(),
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let tree = start("rollout-cancel", &spec);
+    let op = tree.operator_target().unwrap();
+    all_known(&tree, &op).await;
+    let ids: Vec<String> = (1..=3).map(|i| format!("acme.p{i}")).collect();
+    group(&op, "fleet", &ids).await;
+    let f = tree.dir.join("cfg.tgz");
+    write_file(&f, 100_000);
+    let r = ctl(
+        &tree,
+        &[
+            "releases",
+            "publish",
+            f.to_str().unwrap(),
+            "--kind",
+            "config",
+            "--version",
+            "9",
+            "--to",
+            "group:fleet",
+            "--stage",
+            "acme.p1",
+            "--advance",
+            "applied",
+        ],
+    )
+    .trim()
+    .to_string();
+    counts_reach(&op, &r, "delivered", 1).await;
+    let mlm = &tree.nodes[tree.index("acme.mlm1").unwrap()];
+    let cached = mlm.data_dir.join("releases").join(format!("{r}.bin"));
+    assert!(
+        cached.exists(),
+        "the MLM holds its copy while p1 has not applied it"
+    );
+    ctl(&tree, &["releases", "cancel", &r]);
+    let s = status(&op, &r).await;
+    assert_eq!(s["rollout"]["state"], "cancelled", "{s}");
+    let last = s["rollout"]["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (last["action"].as_str(), last["by"].as_str()),
+        (Some("cancelled"), Some("provider.operator"))
+    );
+    wait_for("the MLM to drop its copy", LONG, || async {
+        (!cached.exists()).then_some(())
+    })
+    .await;
+    // Resuming a cancelled release is refused; the rest never got it.
+    let (code, _) = json_call(
+        &op,
+        Method::POST,
+        &format!("/api/v1/releases/{r}/resume"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, StatusCode::CONFLICT);
+    let s = status(&op, &r).await;
+    assert_eq!(s["destinations"]["acme.p2"]["state"], "queued", "{s}");
+    assert_eq!(s["destinations"]["acme.p3"]["state"], "queued", "{s}");
 }
