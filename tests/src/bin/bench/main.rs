@@ -14,16 +14,18 @@
 //!   rsnet from the start of the POST to the message's arrival on the
 //!   appserver's SSE stream (same machine, same clock).
 //!
-//! Then the back-channel figures ([`backchannel`]) and bulk relay
-//! throughput against a direct transfer and nginx ([`bulk`]).
+//! Then the back-channel figures ([`backchannel`]), bulk relay throughput
+//! against a direct transfer and nginx ([`bulk`]), and a release to 1,000
+//! simulated proxies under 10 MLMs ([`release`]).
 //!
-//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|backchannel|bulk` runs one part.
+//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|backchannel|bulk|release` runs one part.
 
 mod backchannel;
 mod bulk;
 mod mqtt;
 mod nats;
 mod peer;
+mod release;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -87,6 +89,10 @@ async fn main() {
     if want("bulk") {
         println!();
         bulk::run(&root.join("bulk")).await;
+    }
+    if want("release") {
+        println!();
+        release::run(&root.join("release")).await;
     }
     let _ = std::fs::remove_dir_all(root);
 }
