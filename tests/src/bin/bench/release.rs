@@ -57,9 +57,15 @@ async fn simulated(mut child: RawChild, key: Arc<ReleasePublicKey>) -> Duration 
     };
     let t = Instant::now();
     let m = key.verify(&signed).expect("signature").clone();
-    let r = http_send(&child.target, Method::GET, &release::file_path(&id), None, &[])
-        .await
-        .expect("download");
+    let r = http_send(
+        &child.target,
+        Method::GET,
+        &release::file_path(&id),
+        None,
+        &[],
+    )
+    .await
+    .expect("download");
     assert!(r.status().is_success(), "download: {}", r.status());
     let mut body = std::pin::pin!(stream_body(r.into_body(), Duration::from_secs(60)));
     let (mut n, mut h) = (0u64, Sha256::new());
@@ -68,7 +74,8 @@ async fn simulated(mut child: RawChild, key: Arc<ReleasePublicKey>) -> Duration 
         n += c.len() as u64;
         h.update(&c);
     }
-    m.check_file(n, &bulk::hex(&h.finalize())).expect("file matches");
+    m.check_file(n, &bulk::hex(&h.finalize()))
+        .expect("file matches");
     let took = t.elapsed();
     let report = Report {
         release: id.to_string(),
@@ -92,7 +99,11 @@ pub async fn run(dir: &Path) {
     let op = tree.operator_target().expect("operator");
     let key = Arc::new(ReleasePublicKey::load(&tree.pki.release_pub()).expect("release.pub"));
     let mlms: Vec<_> = (1..=MLMS)
-        .map(|i| tree.nodes[tree.index(&format!("acme.mlm{i}")).expect("mlm")].addr.expect("addr"))
+        .map(|i| {
+            tree.nodes[tree.index(&format!("acme.mlm{i}")).expect("mlm")]
+                .addr
+                .expect("addr")
+        })
         .collect();
     let ids: Vec<String> = (0..PROXIES).map(|i| format!("acme.s{i}")).collect();
     let t_certs = Instant::now();
@@ -101,7 +112,10 @@ pub async fn run(dir: &Path) {
         .enumerate()
         .map(|(i, id)| RawChild::new(&tree, id, Role::Proxy, mlms[i % MLMS]))
         .collect();
-    eprintln!("release: {PROXIES} certificates in {:.1} s", t_certs.elapsed().as_secs_f64());
+    eprintln!(
+        "release: {PROXIES} certificates in {:.1} s",
+        t_certs.elapsed().as_secs_f64()
+    );
     let tasks: Vec<_> = children
         .into_iter()
         .map(|c| tokio::spawn(simulated(c, key.clone())))
@@ -112,18 +126,28 @@ pub async fn run(dir: &Path) {
         let (_, v) = json_call(&op, Method::GET, "/api/v1/components", None)
             .await
             .expect("components");
-        let n = v["components"]
-            .as_array()
-            .map_or(0, |c| c.iter().filter(|c| c["id"].as_str().is_some_and(|s| s.starts_with("acme.s"))).count());
+        let n = v["components"].as_array().map_or(0, |c| {
+            c.iter()
+                .filter(|c| c["id"].as_str().is_some_and(|s| s.starts_with("acme.s")))
+                .count()
+        });
         if n == PROXIES {
             break;
         }
-        assert!(Instant::now() < deadline, "only {n} simulated proxies known");
+        assert!(
+            Instant::now() < deadline,
+            "only {n} simulated proxies known"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (s, _) = json_call(&op, Method::PUT, "/api/v1/groups/fleet", Some(json!({ "members": ids })))
-        .await
-        .expect("group");
+    let (s, _) = json_call(
+        &op,
+        Method::PUT,
+        "/api/v1/groups/fleet",
+        Some(json!({ "members": ids })),
+    )
+    .await
+    .expect("group");
     assert!(s.is_success());
     let file: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
     let t0 = Instant::now();
@@ -152,16 +176,28 @@ pub async fn run(dir: &Path) {
         if v["status"]["counts"]["delivered"].as_u64() == Some(PROXIES as u64) {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(600), "not all delivered: {}", v["status"]["counts"]);
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "not all delivered: {}",
+            v["status"]["counts"]
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let all = t0.elapsed();
-    let served = metric(&op, "rsnet_release_served_bytes_total").await.unwrap_or(0.0) as u64;
-    let serves = metric(&op, "rsnet_release_serves_total").await.unwrap_or(0.0) as u64;
+    let served = metric(&op, "rsnet_release_served_bytes_total")
+        .await
+        .unwrap_or(0.0) as u64;
+    let serves = metric(&op, "rsnet_release_serves_total")
+        .await
+        .unwrap_or(0.0) as u64;
     let mut mlm_served = 0u64;
     for i in 1..=MLMS {
-        let t = tree.node_target(tree.index(&format!("acme.mlm{i}")).expect("mlm")).expect("target");
-        mlm_served += metric(&t, "rsnet_release_served_bytes_total").await.unwrap_or(0.0) as u64;
+        let t = tree
+            .node_target(tree.index(&format!("acme.mlm{i}")).expect("mlm"))
+            .expect("target");
+        mlm_served += metric(&t, "rsnet_release_served_bytes_total")
+            .await
+            .unwrap_or(0.0) as u64;
     }
     downloads.sort();
     let p50 = downloads[downloads.len() / 2];
