@@ -387,11 +387,14 @@ pub fn offer_of(
     }
     let signed: SignedManifest = serde_json::from_slice(&d.payload)
         .map_err(|e| ReleaseError::Invalid(format!("offer: {e}")))?;
-    let id = signed
+    let id: crate::MessageId = signed
         .manifest
         .id
         .parse()
-        .map_err(|_| ReleaseError::Invalid("id: not a release ID".into()))?;
+        .ok()
+        // In its one canonical form: the ID names files and is compared as text.
+        .filter(|id: &crate::MessageId| id.to_string() == signed.manifest.id)
+        .ok_or_else(|| ReleaseError::Invalid("id: not a release ID".into()))?;
     signed.manifest.validate()?;
     Ok((id, signed))
 }
@@ -488,7 +491,7 @@ impl Report {
             return None;
         }
         let mut r: Report = serde_json::from_slice(&d.payload).ok()?;
-        r.release.parse::<crate::MessageId>().ok()?;
+        r.release = r.release.parse::<crate::MessageId>().ok()?.to_string();
         if let Some(why) = &mut r.reason {
             crate::envelope::truncate(why, crate::limits::MAX_REASON_BYTES);
         }
@@ -615,6 +618,11 @@ mod travel_tests {
         let mut evil = signed.clone();
         evil.manifest.id = "../../etc".into();
         assert!(offer_of(&offer_content(&evil)).is_err(), "IDs name files");
+        evil.manifest.id = id.to_string().to_uppercase();
+        assert!(
+            offer_of(&offer_content(&evil)).is_err(),
+            "one canonical form (fuzz finding)"
+        );
         let r = Report {
             release: id.to_string(),
             state: DestState::Fetching,
