@@ -430,11 +430,8 @@ impl Uploads {
             )));
         }
         match up.state {
-            UploadState::Stored => {
-                return Err(BulkError::Gone(
-                    "this transfer token was already used: the upload is stored".into(),
-                ))
-            }
+            // Answered by the caller: HEAD says complete, PUT is refused.
+            UploadState::Stored => return Ok(up),
             UploadState::Failed => {
                 return Err(BulkError::Gone(format!(
                     "this upload failed: {}",
@@ -493,16 +490,29 @@ impl Uploads {
         let token = Token::of_path(parts.uri.path()).ok_or(BulkError::BadToken)??;
         let origin = bulk::origin(peer, &parts.headers)?;
         let up = self.granted(&token, &origin).await?;
+        let stored = up.state == UploadState::Stored;
         match parts.method {
             Method::HEAD => {
-                let held = self.held(&up.id).await;
-                Ok(Response::builder()
+                // A sender that crashed before it heard the 201 learns here
+                // that the upload is stored, and does not ask again.
+                let held = if stored {
+                    up.size
+                } else {
+                    self.held(&up.id).await
+                };
+                let mut r = Response::builder()
                     .status(StatusCode::OK)
                     .header(UPLOAD_OFFSET, held)
-                    .header(UPLOAD_LENGTH, up.size)
-                    .body(rsnet_common::http_util::full(""))
+                    .header(UPLOAD_LENGTH, up.size);
+                if stored {
+                    r = r.header(bulk::UPLOAD_COMPLETE, "true");
+                }
+                Ok(r.body(rsnet_common::http_util::full(""))
                     .unwrap_or_else(|_| Response::new(rsnet_common::http_util::full(""))))
             }
+            Method::PUT if stored => Err(BulkError::Gone(
+                "this transfer token was already used: the upload is stored".into(),
+            )),
             Method::PUT => self.receive(&parts.headers, body, up).await,
             _ => Err(BulkError::BadRequest("HEAD or PUT".into())),
         }

@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! HEAD /rs/v1/bulk/TOKEN            → 200, Upload-Offset: bytes held, Upload-Length: size
+//!                                     (and Upload-Complete: true once stored)
 //! PUT  /rs/v1/bulk/TOKEN            Upload-Offset: N (default 0); body: bytes N.. of the file
 //!      → 201 stored (size and sha256 checked)   → 202 short body: Upload-Offset says where to go on
 //!      → 409 wrong offset (Upload-Offset says the right one)
@@ -45,6 +46,8 @@ pub const BULK_PREFIX: &str = "/rs/v1/bulk/";
 pub const UPLOAD_OFFSET: &str = "upload-offset";
 /// Response: the granted size.
 pub const UPLOAD_LENGTH: &str = "upload-length";
+/// Response to `HEAD`: `true` once the upload is stored (the token is spent).
+pub const UPLOAD_COMPLETE: &str = "upload-complete";
 /// The source a relaying MLM vouches for (the child it authenticated).
 pub const ORIGIN: &str = "rsnet-origin";
 /// The class of the `bulk-response` messages the appserver sends down.

@@ -185,6 +185,7 @@ impl BulkRelay {
         for h in [
             UPLOAD_OFFSET,
             UPLOAD_LENGTH,
+            bulk::UPLOAD_COMPLETE,
             header::CONTENT_TYPE.as_str(),
             header::RETRY_AFTER.as_str(),
         ] {

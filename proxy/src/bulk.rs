@@ -722,6 +722,14 @@ impl Bulk {
             let Some(held) = bulk::held(head.headers()).filter(|_| status == StatusCode::OK) else {
                 return Outcome::Retry(format!("HEAD answered {status}"));
             };
+            if head
+                .headers()
+                .get(bulk::UPLOAD_COMPLETE)
+                .is_some_and(|v| v == "true")
+            {
+                // Stored before this proxy heard the 201 (a crash, a cut).
+                return Outcome::Done;
+            }
             if held > u.size {
                 return Outcome::Rerequest(format!(
                     "the receiver holds {held} of {} bytes",

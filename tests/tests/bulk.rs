@@ -484,3 +484,71 @@ async fn a_request_denied_for_now_is_asked_again_until_granted_and_one_denied_fo
     assert!(denials >= 2.0, "{denials}");
     tree.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_every_tier_at_random_moments_of_an_upload_stores_it_exactly_once() {
+    let spec = Spec {
+        // 30 MB at 10 MB/s: three seconds to cut into.
+        proxy_extra: "[bulk]\nmax_rate_bytes_s = 10000000\nretry_base_ms = 100\nretry_max_ms = 400\nanswer_timeout_s = 5\n"
+            .into(),
+        ..one_mlm(&["p1"])
+    };
+    let mut tree = start("bulk-kill9", &spec);
+    let op = tree.operator_target().unwrap();
+    let (mlm, p1) = (
+        tree.index("acme.mlm1").unwrap(),
+        tree.index("acme.p1").unwrap(),
+    );
+    let size = 30_000_000u64;
+    let file = tree.dir.join("core.kill9");
+    let want = write_file(&file, size as usize, 9);
+    let id = post_file(&tree, p1, &file, "core").await;
+    let up = proxy_upload(&tree, p1, &id).await["request"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Each tier once, in a random order, each when the appserver holds a
+    // random share of the file beyond what it held before.
+    let mut order = vec![0, mlm, p1];
+    fastrand::shuffle(&mut order);
+    let mut at = 0u64;
+    for victim in order {
+        at += size / 5 + fastrand::u64(0..size / 10);
+        let got = wait_for("the upload to move on", LONG, || async {
+            let (_, v) = json_call(&op, Method::GET, "/api/v1/uploads?source=acme.p1", None)
+                .await
+                .ok()?;
+            let u = v["uploads"].as_array()?.first()?.clone();
+            let r = u["received"].as_u64().unwrap_or(0);
+            (r >= at || u["state"] == "stored").then_some(u)
+        })
+        .await;
+        if got["state"] == "stored" {
+            break;
+        }
+        eprintln!(
+            "kill -9 {} at {} bytes",
+            tree.nodes[victim].id, got["received"]
+        );
+        tokio::task::block_in_place(|| {
+            tree.kill9(victim);
+            tree.restart(victim)
+        })
+        .unwrap();
+    }
+    let v = upload_done(&tree, p1, &id).await;
+    assert!(!v["resumed_from"].as_array().unwrap().is_empty(), "{v}");
+    let (_, list) = json_call(&op, Method::GET, "/api/v1/uploads?source=acme.p1", None)
+        .await
+        .unwrap();
+    let stored: Vec<&Value> = list["uploads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["state"] == "stored")
+        .collect();
+    assert_eq!(stored.len(), 1, "stored exactly once: {list}");
+    assert_eq!(stored[0]["id"], up.as_str());
+    assert_eq!(downloaded_sha(&op, &up).await, (size, want));
+    tree.shutdown();
+}
