@@ -107,7 +107,8 @@ pub enum FetchError {
 
 /// Fetches release `path` from the parent over `link` into `dest`, through
 /// `part` (resumed from its length), checking it against `manifest`;
-/// `progress` holds the bytes on disk so far.
+/// `progress` holds the bytes on disk so far. With `max_rate` (bytes per
+/// second, 0 for none) the download is paced to it.
 ///
 /// # Errors
 /// [`FetchError`]; after a mismatch `part` is gone, after a link error it
@@ -120,6 +121,7 @@ pub async fn fetch(
     dest: &Path,
     progress: &AtomicU64,
     idle: Duration,
+    max_rate: u64,
 ) -> Result<(), FetchError> {
     let io = |e: std::io::Error| FetchError::Io(format!("{}: {e}", part.display()));
     let size = manifest.size;
@@ -213,6 +215,7 @@ pub async fn fetch(
         };
         let mut body = std::pin::pin!(stream_body(resp.into_body(), idle));
         let mut n = held;
+        let started = std::time::Instant::now();
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
@@ -236,6 +239,12 @@ pub async fn fetch(
             }
             n += chunk.len() as u64;
             progress.store(n, Ordering::Relaxed);
+            if max_rate > 0 {
+                let due = Duration::from_secs_f64((n - held) as f64 / max_rate as f64);
+                if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(ahead).await;
+                }
+            }
         }
         f.flush().await.map_err(io)?;
         f.sync_all().await.map_err(io)?;

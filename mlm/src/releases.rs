@@ -263,6 +263,7 @@ impl ReleaseCache {
                 &file,
                 &progress,
                 IDLE,
+                0,
             )
             .await
             {

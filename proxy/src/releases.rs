@@ -64,6 +64,8 @@ pub struct ReleasesConfig {
     /// Bytes the kept versions (current and previous of each item) may
     /// take, with the one being fetched. Default 4 GiB.
     pub capacity_bytes: u64,
+    /// Download bandwidth cap in bytes per second; 0 for none. Default 0.
+    pub max_rate_bytes_s: u64,
 }
 
 impl Default for ReleasesConfig {
@@ -71,6 +73,7 @@ impl Default for ReleasesConfig {
         ReleasesConfig {
             public_key: None,
             capacity_bytes: 4 << 30,
+            max_rate_bytes_s: 0,
         }
     }
 }
@@ -105,6 +108,7 @@ pub struct Releases {
     me: ComponentId,
     key: Option<ReleasePublicKey>,
     capacity: u64,
+    max_rate: u64,
     dir: PathBuf,
     kv: Arc<dyn KvStore>,
     link: Arc<Link>,
@@ -140,6 +144,7 @@ impl Releases {
             me,
             key,
             capacity: cfg.capacity_bytes,
+            max_rate: cfg.max_rate_bytes_s,
             dir,
             kv,
             link,
@@ -348,8 +353,16 @@ impl Releases {
         let progress = AtomicU64::new(0);
         let path = release::file_path(&id);
         let result = {
-            let fetch =
-                download::fetch(&self.link, &path, &manifest, &part, &dest, &progress, IDLE);
+            let fetch = download::fetch(
+                &self.link,
+                &path,
+                &manifest,
+                &part,
+                &dest,
+                &progress,
+                IDLE,
+                self.max_rate,
+            );
             let mut fetch = std::pin::pin!(fetch);
             let mut tick = tokio::time::interval(PROGRESS_EVERY);
             loop {

@@ -690,3 +690,107 @@ async fn a_cancelled_release_goes_no_further_and_the_mlm_drops_its_copy() {
     assert_eq!(s["destinations"]["acme.p2"]["state"], "queued", "{s}");
     assert_eq!(s["destinations"]["acme.p3"]["state"], "queued", "{s}");
 }
+
+fn part_len(tree: &Tree, p: usize, id: &str) -> u64 {
+    std::fs::metadata(
+        tree.nodes[p]
+            .data_dir
+            .join("releases")
+            .join(format!("{id}.part")),
+    )
+    .map(|m| m.len())
+    .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_mlm_and_a_proxy_mid_download_still_delivers_every_copy_checked() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0)), ("p2".into(), Some(0))],
+        heartbeat_s: 3600,
+        // Offers taken again 2 s after a failed attempt; downloads at 10 MB/s.
+        proxy_extra: "[inbox]\nlease_s = 2\n".into(),
+        proxy_releases_extra: "max_rate_bytes_s = 10000000\n".into(),
+        ..Spec::demo()
+    };
+    let mut tree = start("rollout-kill9", &spec);
+    let op = tree.operator_target().unwrap();
+    all_known(&tree, &op).await;
+    let (mlm, p1, p2) = (
+        tree.index("acme.mlm1").unwrap(),
+        tree.index("acme.p1").unwrap(),
+        tree.index("acme.p2").unwrap(),
+    );
+    let size = 30_000_000u64;
+    let file = tree.dir.join("big.pkg");
+    let want = write_file(&file, size as usize);
+    let id = ctl(
+        &tree,
+        &[
+            "releases",
+            "publish",
+            file.to_str().unwrap(),
+            "--kind",
+            "software",
+            "--version",
+            "5",
+            "--to",
+            "acme.p1",
+            "--to",
+            "acme.p2",
+        ],
+    )
+    .trim()
+    .to_string();
+    let cut = size / 5 + fastrand::u64(0..size / 5);
+    wait_for("p1 part way", LONG, || async {
+        (part_len(&tree, p1, &id) >= cut).then_some(())
+    })
+    .await;
+    eprintln!(
+        "kill -9 acme.mlm1 with p1 at {} bytes",
+        part_len(&tree, p1, &id)
+    );
+    tokio::task::block_in_place(|| {
+        tree.kill9(mlm);
+        tree.restart(mlm)
+    })
+    .unwrap();
+    let cut = size / 2 + fastrand::u64(0..size / 5);
+    wait_for("p2 further", LONG, || async {
+        (part_len(&tree, p2, &id) >= cut).then_some(())
+    })
+    .await;
+    eprintln!("kill -9 acme.p2 at {} bytes", part_len(&tree, p2, &id));
+    tokio::task::block_in_place(|| {
+        tree.kill9(p2);
+        tree.restart(p2)
+    })
+    .unwrap();
+    counts_reach(&op, &id, "delivered", 2).await;
+    for p in [p1, p2] {
+        let cur = held(&tree, p).await["items"][0]["current"].clone();
+        let path = cur["path"].as_str().unwrap();
+        assert_eq!(
+            bulk::hex(&Sha256::digest(std::fs::read(path).unwrap())),
+            want
+        );
+    }
+    // The MLM had the file whole before it offered it: served once from above.
+    assert_eq!(
+        metric(&op, "rsnet_release_serves_total").await.unwrap(),
+        1.0
+    );
+    // Resumed, not restarted: the restarted MLM served less than two whole copies.
+    let after = metric(
+        &tree.node_target(mlm).unwrap(),
+        "rsnet_release_served_bytes_total",
+    )
+    .await
+    .unwrap() as u64;
+    assert!(
+        after < 2 * size - size / 5,
+        "the MLM served {after} bytes after its restart"
+    );
+    tree.shutdown();
+}

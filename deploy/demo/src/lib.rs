@@ -49,6 +49,8 @@ pub struct Spec {
     pub mlm_uplink_extra: String,
     /// Extra sections for every proxy (e.g. `[bulk]`).
     pub proxy_extra: String,
+    /// Extra `[releases]` lines for proxies (the section holds the public key).
+    pub proxy_releases_extra: String,
     /// Extra sections for every MLM (e.g. `[backchannel]`).
     pub mlm_extra: String,
     /// Extra sections for the appserver (e.g. `[backchannel]`).
@@ -72,6 +74,7 @@ impl Spec {
             heartbeat_s: 10,
             proxy_uplink_extra: String::new(),
             proxy_extra: String::new(),
+            proxy_releases_extra: String::new(),
             mlm_uplink_extra: String::new(),
             mlm_extra: String::new(),
             appserver_extra: String::new(),
@@ -253,12 +256,12 @@ impl Tree {
             crl: Some(self.pki.crl()),
         };
         let (hb, extra) = (spec.heartbeat_s, spec.proxy_uplink_extra.clone());
-        let sections = &spec.proxy_extra;
+        let (sections, rel) = (&spec.proxy_extra, &spec.proxy_releases_extra);
         let public = self.pki.release_pub();
         // `[releases]` last, so a test may append keys to it.
         self.add(id, Role::Proxy, Some(parent_id.to_string()), |data| {
             format!(
-                "data_dir = {data:?}\nheartbeat_interval_s = {hb}\n[local_api]\nlisten = \"127.0.0.1:0\"\n{}\n[uplink]\nparents = [\"{url}\"]\n{extra}\n{sections}\n[releases]\npublic_key = {public:?}\n",
+                "data_dir = {data:?}\nheartbeat_interval_s = {hb}\n[local_api]\nlisten = \"127.0.0.1:0\"\n{}\n[uplink]\nparents = [\"{url}\"]\n{extra}\n{sections}\n[releases]\npublic_key = {public:?}\n{rel}\n",
                 tls_toml(&t)
             )
         })?;
