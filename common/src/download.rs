@@ -105,24 +105,40 @@ pub enum FetchError {
     Io(String),
 }
 
-/// Fetches release `path` from the parent over `link` into `dest`, through
-/// `part` (resumed from its length), checking it against `manifest`;
-/// `progress` holds the bytes on disk so far. With `max_rate` (bytes per
-/// second, 0 for none) the download is paced to it.
+/// One download: what to fetch and where it goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Download<'a> {
+    /// The parent's path ([`crate::release::file_path`]).
+    pub path: &'a str,
+    /// What the file must be.
+    pub manifest: &'a Manifest,
+    /// Where the bytes collect (resumed from its length).
+    pub part: &'a Path,
+    /// Where the checked file goes.
+    pub dest: &'a Path,
+    /// A chunk must arrive within this of the last one.
+    pub idle: Duration,
+    /// Bytes per second, 0 for no cap.
+    pub max_rate: u64,
+}
+
+/// Fetches `d.path` from the parent over `link` into `d.dest`, through
+/// `d.part` (resumed from its length), checking it against `d.manifest`;
+/// `progress` holds the bytes on disk so far. With `d.max_rate` the
+/// download is paced to it.
 ///
 /// # Errors
 /// [`FetchError`]; after a mismatch `part` is gone, after a link error it
 /// holds what arrived.
-pub async fn fetch(
-    link: &Link,
-    path: &str,
-    manifest: &Manifest,
-    part: &Path,
-    dest: &Path,
-    progress: &AtomicU64,
-    idle: Duration,
-    max_rate: u64,
-) -> Result<(), FetchError> {
+pub async fn fetch(link: &Link, d: &Download<'_>, progress: &AtomicU64) -> Result<(), FetchError> {
+    let Download {
+        path,
+        manifest,
+        part,
+        dest,
+        idle,
+        max_rate,
+    } = *d;
     let io = |e: std::io::Error| FetchError::Io(format!("{}: {e}", part.display()));
     let size = manifest.size;
     let mut held = tokio::fs::metadata(part)

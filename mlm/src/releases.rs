@@ -255,18 +255,16 @@ impl ReleaseCache {
             }
             let part = self.dir.join(format!("{id}.part"));
             let progress = AtomicU64::new(0);
-            match download::fetch(
-                &self.link,
-                &release::file_path(&id),
-                &signed.manifest,
-                &part,
-                &file,
-                &progress,
-                IDLE,
-                0,
-            )
-            .await
-            {
+            let path = release::file_path(&id);
+            let d = download::Download {
+                path: &path,
+                manifest: &signed.manifest,
+                part: &part,
+                dest: &file,
+                idle: IDLE,
+                max_rate: 0,
+            };
+            match download::fetch(&self.link, &d, &progress).await {
                 Ok(()) => self.fetched.inc(),
                 Err(FetchError::Mismatch(e)) => {
                     // The parent's copy is not the manifest's: nothing below may get it.

@@ -352,17 +352,16 @@ impl Releases {
         let dest = item_dir.join(format!("{id}.bin"));
         let progress = AtomicU64::new(0);
         let path = release::file_path(&id);
+        let d = download::Download {
+            path: &path,
+            manifest: &manifest,
+            part: &part,
+            dest: &dest,
+            idle: IDLE,
+            max_rate: self.max_rate,
+        };
         let result = {
-            let fetch = download::fetch(
-                &self.link,
-                &path,
-                &manifest,
-                &part,
-                &dest,
-                &progress,
-                IDLE,
-                self.max_rate,
-            );
+            let fetch = download::fetch(&self.link, &d, &progress);
             let mut fetch = std::pin::pin!(fetch);
             let mut tick = tokio::time::interval(PROGRESS_EVERY);
             loop {
