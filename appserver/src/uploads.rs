@@ -26,19 +26,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use rsnet_common::backchannel::BackChannel;
 use rsnet_common::bulk::{self, BulkError, Token, UPLOAD_LENGTH, UPLOAD_OFFSET};
-use rsnet_common::envelope::wire;
 use rsnet_common::http_util::{drain, error, json, stream_body, Body};
 use rsnet_common::id::{ComponentId, MessageId};
 use rsnet_common::metrics::{Counter, Registry};
-use rsnet_common::model::{
-    BulkRequest, BulkResponse, Content, Destination, Direction, Header, Qos, Timestamp,
-};
+use rsnet_common::model::{BulkRequest, BulkResponse, Timestamp};
 use rsnet_common::server::{Peer, Shutdown};
 use rsnet_common::store::{put_async, KvStore};
 use serde::{Deserialize, Serialize};
@@ -378,29 +374,7 @@ impl Uploads {
 
     /// Queues `answer` for `source`, on the back-channel.
     async fn answer(&self, source: &ComponentId, answer: BulkResponse) -> Result<(), String> {
-        let created = Timestamp::now();
-        let header = Header {
-            id: MessageId::new(),
-            class: bulk::CLASS.into(),
-            subclass: Some(if answer.granted { "grant" } else { "denial" }.into()),
-            kind: rsnet_common::model::ContentKind::BulkResponse,
-            created,
-            direction: Direction::Destination(Destination {
-                ids: vec![source.clone()],
-                group: None,
-            }),
-            qos: Qos {
-                precedence: 7,
-                expiry: Some(
-                    answer
-                        .expires
-                        .unwrap_or_else(|| created.after(Duration::from_secs(86_400))),
-                ),
-                ..Qos::default()
-            },
-            routing: Vec::new(),
-        };
-        let content = Bytes::from(wire::encode_content(&Content::BulkResponse(answer)));
+        let (header, content) = bulk::response_message(source, answer);
         let routed = self.backchannel.route(std::slice::from_ref(source));
         if routed.copies.is_empty() {
             return Err(format!("no route to {source}"));

@@ -194,6 +194,44 @@ impl BulkError {
     }
 }
 
+/// The back-channel message carrying `answer` to `to` (class [`CLASS`],
+/// subclass `grant` or `denial`): its header and encoded content, for
+/// [`crate::backchannel::BackChannel::dispatch`]. Whoever answers a
+/// request (the appserver, or an MLM that denies it on the way) sends one.
+pub fn response_message(
+    to: &ComponentId,
+    answer: crate::model::BulkResponse,
+) -> (crate::model::Header, Bytes) {
+    use crate::model::{Content, ContentKind, Destination, Direction, Header, Qos, Timestamp};
+    let created = Timestamp::now();
+    let header = Header {
+        id: crate::MessageId::new(),
+        class: CLASS.into(),
+        subclass: Some(if answer.granted { "grant" } else { "denial" }.into()),
+        kind: ContentKind::BulkResponse,
+        created,
+        direction: Direction::Destination(Destination {
+            ids: vec![to.clone()],
+            group: None,
+        }),
+        qos: Qos {
+            precedence: 7,
+            // No use after the grant expires (or, for a denial, a day on).
+            expiry: Some(
+                answer
+                    .expires
+                    .unwrap_or_else(|| created.after(std::time::Duration::from_secs(86_400))),
+            ),
+            ..Qos::default()
+        },
+        routing: Vec::new(),
+    };
+    let content = Bytes::from(crate::envelope::wire::encode_content(
+        &Content::BulkResponse(answer),
+    ));
+    (header, content)
+}
+
 /// The source a transfer is for, checked against who sent it: a proxy's
 /// own ID (it may name itself, or nothing), or the [`ORIGIN`] an MLM
 /// vouches for, which must lie in that MLM's subtree

@@ -16,6 +16,11 @@
 //! vouched for, checked against its subtree by [`bulk::origin`]).
 //! Transfers at once are capped by `[bulk] max_transfers`; past it a child
 //! hears 503 with `Retry-After` and tries again later.
+//!
+//! The MLM also has its say on the requests that go up before any bytes
+//! move ([`BulkGate`], a pipeline stage): one larger than `[bulk]
+//! max_bytes` is denied here, with a `bulk-response` sent down to its
+//! source, and goes no further.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +49,9 @@ const DRAIN_TIME: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BulkConfig {
+    /// Largest upload this MLM lets through (bytes); a larger request is
+    /// denied here for good ([`BulkGate`]). Default: no limit of its own.
+    pub max_bytes: Option<u64>,
     /// Transfers relayed at once. Default 64.
     pub max_transfers: usize,
     /// Connecting to the parent for a transfer, in milliseconds. Default 10000.
@@ -53,6 +61,7 @@ pub struct BulkConfig {
 impl Default for BulkConfig {
     fn default() -> Self {
         BulkConfig {
+            max_bytes: None,
             max_transfers: 64,
             connect_timeout_ms: 10_000,
         }
@@ -196,5 +205,93 @@ impl BulkRelay {
         let answer = stream_body(body, IDLE).map(|r| r.map(Frame::data));
         out.body(BodyExt::boxed(http_body_util::StreamBody::new(answer)))
             .map_err(|e| BulkError::Upstream(e.to_string()))
+    }
+}
+
+/// The MLM's pipeline stage for `bulk-request`s passing upward: one larger
+/// than `[bulk] max_bytes` is absorbed here (the child's spool lets it go)
+/// and its source is sent a denial for good, as the appserver would send.
+/// Everything else passes on.
+pub struct BulkGate {
+    /// This MLM.
+    pub me: ComponentId,
+    /// The limit (`None`: none of its own; the stage passes everything).
+    pub max_bytes: Option<u64>,
+    /// Where the denial goes down.
+    pub backchannel: Arc<rsnet_common::backchannel::BackChannel>,
+}
+
+impl rsnet_common::pipeline::Stage for BulkGate {
+    fn name(&self) -> &'static str {
+        "bulk-gate"
+    }
+
+    fn judge<'a>(
+        &'a self,
+        _ex: &'a rsnet_common::pipeline::Exchange,
+        items: Vec<rsnet_common::envelope::Item>,
+    ) -> rsnet_common::pipeline::StageFuture<'a> {
+        use rsnet_common::model::{BulkResponse, Content, ContentKind};
+        use rsnet_common::pipeline::{Judged, Verdict};
+        Box::pin(async move {
+            let Some(max) = self.max_bytes else {
+                return Judged {
+                    forward: items,
+                    decided: Vec::new(),
+                };
+            };
+            let mut out = Judged::default();
+            for item in items {
+                let over = (item.header.kind == ContentKind::BulkRequest)
+                    .then(|| item.content().ok())
+                    .flatten()
+                    .and_then(|c| match c {
+                        Content::BulkRequest(b) if b.size > max => Some(b.size),
+                        _ => None,
+                    });
+                let (Some(size), Some(src)) = (over, item.header.source()) else {
+                    out.forward.push(item);
+                    continue;
+                };
+                let reason = format!(
+                    "{size} bytes is more than the {max} that {} lets through",
+                    self.me
+                );
+                let (header, content) = bulk::response_message(
+                    &src.origin,
+                    BulkResponse {
+                        request: item.header.id,
+                        granted: false,
+                        reason: Some(reason.clone()),
+                        url: None,
+                        token: None,
+                        retry_after: None,
+                        expires: None,
+                    },
+                );
+                let routed = self.backchannel.route(std::slice::from_ref(&src.origin));
+                let verdict = match self
+                    .backchannel
+                    .dispatch(&header, content, &routed, None)
+                    .await
+                {
+                    Ok(_) if !routed.copies.is_empty() => {
+                        tracing::info!(request = %item.header.id, origin = %src.origin, %reason, "bulk request denied here");
+                        Verdict::Absorb { correlation: None }
+                    }
+                    // The denial cannot go down now: the child keeps the request and sends it again.
+                    Ok(_) => Verdict::defer(
+                        format!("{reason}; no route back yet"),
+                        Duration::from_secs(5),
+                    ),
+                    Err(e) => Verdict::defer(
+                        format!("{reason}; denial not queued: {e}"),
+                        Duration::from_secs(5),
+                    ),
+                };
+                out.decided.push((item.header.id, verdict));
+            }
+            out
+        })
     }
 }

@@ -145,9 +145,20 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     )?;
     tokio::spawn(cache.clone().run(shutdown.clone()));
     let pipeline = Pipeline::new(
-        // Service modules: filter, modify, aggregate are not built yet; in
-        // their place, the watch that frees cached releases as reports pass.
-        Arc::new(releases::ReleaseWatch(cache.clone())),
+        // Service modules (filter, modify, aggregate) are not built yet; in
+        // their place, the watch that frees cached releases as reports pass
+        // and this MLM's limit on uploads.
+        Arc::new(pipeline::Chain(
+            "modules",
+            vec![
+                Arc::new(releases::ReleaseWatch(cache.clone())),
+                Arc::new(bulk::BulkGate {
+                    me: me.id.clone(),
+                    max_bytes: cfg.bulk.max_bytes,
+                    backchannel: bc.clone(),
+                }),
+            ],
+        )),
         // Throttle: rates, windows, disk floor (not built yet).
         Arc::new(PassThrough("throttle")),
         // Terminal: the hop, the budget, the parent.

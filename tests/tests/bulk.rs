@@ -8,7 +8,9 @@
 //!   token used by another proxy (through the MLM, and straight at the
 //!   appserver with a forged origin) are each refused.
 //! * A request the appserver denies for now stays with the proxy and is
-//!   asked again until granted; one denied for good fails with the reason.
+//!   asked again until granted; one an MLM on the way denies for good (its
+//!   own limit) fails with the reason and never reaches the appserver.
+//! * kill -9 of every tier at random moments of an upload: stored exactly once.
 
 use std::path::Path;
 use std::time::Duration;
@@ -418,6 +420,8 @@ async fn a_request_denied_for_now_is_asked_again_until_granted_and_one_denied_fo
                 .into(),
         // 5 MB at 4 MB/s: the first upload is under way long enough.
         proxy_extra: "[bulk]\nmax_rate_bytes_s = 4000000\n".into(),
+        // The MLM has a say too: nothing over 8.5 MB goes through it.
+        mlm_extra: "[bulk]\nmax_bytes = 8500000\n".into(),
         ..one_mlm(&["p1"])
     };
     let mut tree = start("bulk-denied", &spec);

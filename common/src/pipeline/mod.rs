@@ -184,6 +184,31 @@ impl Stage for PassThrough {
     }
 }
 
+/// Several stages in one slot, in order: each judges what the one before
+/// passed on (the MLM's modules slot holds the release watch and the bulk
+/// gate this way).
+pub struct Chain(pub &'static str, pub Vec<Arc<dyn Stage>>);
+
+impl Stage for Chain {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    fn judge<'a>(&'a self, ex: &'a Exchange, items: Vec<Item>) -> StageFuture<'a> {
+        Box::pin(async move {
+            let mut out = Judged {
+                forward: items,
+                decided: Vec::new(),
+            };
+            for stage in &self.1 {
+                let j = stage.judge(ex, std::mem::take(&mut out.forward)).await;
+                out.decided.extend(j.decided);
+                out.forward = j.forward;
+            }
+            out
+        })
+    }
+}
+
 /// The stages behind the screen, in order; the last is terminal.
 #[derive(Clone)]
 pub struct Pipeline {

@@ -109,3 +109,51 @@ async fn every_item_gets_one_answer_and_verdicts_map_to_wire_answers() {
     assert!(r.retry_after.is_none());
     assert_eq!(Verdict::from_answer(r), Verdict::reject("no"));
 }
+
+/// Rejects every item whose source is `acme.p2`.
+struct NoP2;
+impl Stage for NoP2 {
+    fn name(&self) -> &'static str {
+        "no-p2"
+    }
+    fn judge<'a>(&'a self, _ex: &'a Exchange, items: Vec<Item>) -> StageFuture<'a> {
+        let j = Judged::each(items, |i| {
+            (i.header.source().map(|s| s.origin.as_str()) == Some("acme.p2"))
+                .then(|| Verdict::reject("p2"))
+        });
+        Box::pin(async move { j })
+    }
+}
+
+#[tokio::test]
+async fn a_chain_runs_its_stages_in_order_on_what_each_passes_on() {
+    let ex = Exchange {
+        peer: peer("acme.mlm1", Role::Mlm, &["acme"]),
+        received: Timestamp::now(),
+        persist: Vec::new(),
+    };
+    let p = Pipeline::new(
+        Arc::new(Chain(
+            "modules",
+            vec![Arc::new(PassThrough("a")), Arc::new(NoP2)],
+        )),
+        Arc::new(PassThrough("throttle")),
+        Arc::new(Terminal),
+    );
+    let items = vec![
+        item("acme.p1", &[]),
+        item("acme.p2", &[]),
+        item("acme.p3", &[]),
+    ];
+    let ids: Vec<MessageId> = items.iter().map(|i| i.header.id).collect();
+    let a: std::collections::HashMap<MessageId, Response> = p
+        .run(&ex, items)
+        .await
+        .into_iter()
+        .map(|r| (r.request, r))
+        .collect();
+    assert_eq!(a.len(), 3);
+    assert_eq!(a[&ids[0]].status, Status::Accepted);
+    assert_eq!(a[&ids[1]].status, Status::Rejected);
+    assert_eq!(a[&ids[2]].status, Status::Accepted);
+}
