@@ -263,7 +263,7 @@ impl Rollout {
                     .ok()
                     .filter(|n| (1..=100).contains(n))
                     .ok_or_else(|| Error::Invalid(format!("stage[{i}]: {spec:?}: 1%..=100%")))?;
-                let k = (target.len() * n).div_ceil(100).min(left.len());
+                let k = share(target.len(), n).min(left.len());
                 left.drain(..k).collect()
             } else {
                 let named = self.expand(std::slice::from_ref(spec))?;
@@ -792,6 +792,12 @@ impl Rollout {
     }
 }
 
+/// How many of `total` destinations `pct` percent is: rounded up, so a
+/// stage of a small target is never empty.
+fn share(total: usize, pct: usize) -> usize {
+    (total * pct).div_ceil(100)
+}
+
 /// The next stage of `plan` starts (its destinations added to `next`), or
 /// the plan is done.
 fn advance(plan: &mut Plan, by: &str, next: &mut Vec<ComponentId>) {
@@ -812,4 +818,53 @@ fn advance(plan: &mut Plan, by: &str, next: &mut Vec<ComponentId>) {
     );
     next.extend(stage.dests.iter().cloned());
     plan.history.push(change(by, "stage-started", Some(detail)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_percentage_stage_is_rounded_up_and_never_empty() {
+        assert_eq!(share(1000, 10), 100);
+        assert_eq!(share(3, 10), 1);
+        assert_eq!(share(3, 34), 2);
+        assert_eq!(share(20, 100), 20);
+        assert_eq!(share(0, 50), 0);
+    }
+
+    #[test]
+    fn a_plan_advances_stage_by_stage_then_is_done() {
+        let id = |s: &str| s.parse::<ComponentId>().unwrap();
+        let mut plan = Plan {
+            stages: vec![
+                Stage {
+                    name: "group:canary".into(),
+                    dests: vec![id("acme.p1")],
+                    started: None,
+                },
+                Stage {
+                    name: "rest".into(),
+                    dests: vec![id("acme.p2"), id("acme.p3")],
+                    started: None,
+                },
+            ],
+            success_pct: 100,
+            failure_pct: 0,
+            on_applied: false,
+            state: PlanState::Active,
+            current: 0,
+            history: Vec::new(),
+        };
+        let mut next = Vec::new();
+        advance(&mut plan, "rsnet", &mut next);
+        assert_eq!((plan.current, plan.state), (1, PlanState::Active));
+        assert_eq!(next, vec![id("acme.p2"), id("acme.p3")]);
+        assert!(plan.stages[1].started.is_some());
+        advance(&mut plan, "ops.alice", &mut next);
+        assert_eq!(plan.state, PlanState::Done);
+        let actions: Vec<&str> = plan.history.iter().map(|c| c.action.as_str()).collect();
+        assert_eq!(actions, ["stage-started", "done"]);
+        assert_eq!(plan.history[1].by, "ops.alice");
+    }
 }
