@@ -8,6 +8,8 @@
 //!   pinning the fleet back to an earlier release rolls every proxy back
 //!   to its kept previous version; a cancelled release goes no further and
 //!   the MLM drops its copy at once. Every change is recorded with who and when.
+//! * Through stacked MLMs: fetched once per level; an upload relayed by both.
+//! * kill -9 of the MLM and of a proxy mid-download: every copy delivered, checked.
 //! * A proxy without room rejects it, its reason shows in the release view,
 //!   and once it has room it takes it (retried, not lost); an integrator
 //!   reports it applied.
@@ -793,4 +795,97 @@ async fn kill9_of_the_mlm_and_a_proxy_mid_download_still_delivers_every_copy_che
         "the MLM served {after} bytes after its restart"
     );
     tree.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_stacked_mlms_a_release_is_fetched_once_per_level_and_an_upload_relayed_twice() {
+    let spec = Spec {
+        // appserver ← mlm1 ← mlm2 ← p1, p2
+        mlms: vec![("mlm1".into(), None), ("mlm2".into(), Some(0))],
+        proxies: vec![("p1".into(), Some(1)), ("p2".into(), Some(1))],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let tree = start("rollout-stacked", &spec);
+    let op = tree.operator_target().unwrap();
+    all_known(&tree, &op).await;
+    let (m1, m2, p1) = (
+        tree.index("acme.mlm1").unwrap(),
+        tree.index("acme.mlm2").unwrap(),
+        tree.index("acme.p1").unwrap(),
+    );
+    let size = 2_000_000;
+    let file = tree.dir.join("stacked.pkg");
+    let want = write_file(&file, size);
+    let id = ctl(
+        &tree,
+        &[
+            "releases",
+            "publish",
+            file.to_str().unwrap(),
+            "--kind",
+            "software",
+            "--version",
+            "1",
+            "--to",
+            "acme.p1",
+            "--to",
+            "acme.p2",
+        ],
+    )
+    .trim()
+    .to_string();
+    let s = counts_reach(&op, &id, "delivered", 2).await;
+    assert_eq!(s["mlms"]["acme.mlm1"]["state"], "cached", "{s}");
+    assert_eq!(s["mlms"]["acme.mlm2"]["state"], "cached", "{s}");
+    let served = |i: usize| {
+        let t = tree.node_target(i).unwrap();
+        async move {
+            metric(&t, "rsnet_release_served_bytes_total")
+                .await
+                .unwrap() as usize
+        }
+    };
+    assert_eq!(served(0).await, size, "the appserver served mlm1 once");
+    assert_eq!(served(m1).await, size, "mlm1 served mlm2 once");
+    assert_eq!(served(m2).await, 2 * size, "mlm2 served its two proxies");
+    for p in tree.proxies() {
+        let cur = held(&tree, p).await["items"][0]["current"].clone();
+        let path = cur["path"].as_str().unwrap();
+        assert_eq!(
+            bulk::hex(&Sha256::digest(std::fs::read(path).unwrap())),
+            want
+        );
+    }
+    // Up: each MLM vouches for the origin below it.
+    let up = tree.dir.join("core.up");
+    let up_sha = write_file(&up, 3_000_000);
+    let out = std::process::Command::new(rsnet_demo::bin_dir().join("rsnet-proxy"))
+        .arg("bulk")
+        .arg("--config")
+        .arg(&tree.nodes[p1].config)
+        .arg(&up)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, v) = json_call(&op, Method::GET, "/api/v1/uploads?source=acme.p1", None)
+        .await
+        .unwrap();
+    let u = &v["uploads"][0];
+    assert_eq!(
+        (u["state"].as_str(), u["sha256"].as_str()),
+        (Some("stored"), Some(up_sha.as_str())),
+        "{v}"
+    );
+    for m in [m1, m2] {
+        let t = tree.node_target(m).unwrap();
+        assert_eq!(
+            metric(&t, "rsnet_bulk_relayed_bytes_total").await.unwrap(),
+            3_000_000.0
+        );
+    }
 }
