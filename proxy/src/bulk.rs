@@ -2,7 +2,8 @@
 //! exchange, sent up as bulk transfers.
 //!
 //! ```text
-//! POST /v1/bulk?class=C&name=N  (body: the file)
+//! POST /v1/bulk?class=C&name=N  (body: the file; Idempotency-Key optional:
+//!   a resend within a day is answered with the first upload, not a second)
 //!   └ copied to DATA/bulk/ID.bin with its SHA-256 (bounded, fsync), record
 //!     `bulk/ID` = requested, a `bulk-request` spooled: 202 {id, size, sha256}
 //! bulk-response (back-channel) ─► ^bulk pseudo-queue (in the reply's one
@@ -183,7 +184,13 @@ pub struct Upload {
     /// When it was stored at the appserver.
     #[serde(default)]
     pub done: Option<Timestamp>,
+    /// The integrator's `Idempotency-Key`, if it gave one.
+    #[serde(default)]
+    key: Option<String>,
 }
+
+/// How long an upload's `Idempotency-Key` is recognised.
+const KEY_WINDOW: Duration = Duration::from_secs(86_400);
 
 /// How one transfer attempt ended.
 enum Outcome {
@@ -361,6 +368,40 @@ impl Bulk {
                 )
             }
         };
+        let key = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(k))
+                if !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Some(k.to_string())
+            }
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Idempotency-Key: 1..=128 visible ASCII bytes",
+                )
+            }
+        };
+        // A resend after a lost answer: the upload it made, not a second one.
+        let since = Timestamp(
+            Timestamp::now()
+                .0
+                .saturating_sub(KEY_WINDOW.as_millis() as u64),
+        );
+        let earlier = key.as_ref().and_then(|k| {
+            self.uploads.lock().ok().and_then(|all| {
+                all.values()
+                    .find(|u| u.key.as_ref() == Some(k) && u.created >= since)
+                    .cloned()
+            })
+        });
+        if let Some(u) = earlier {
+            // Read (and drop) the body first, so the answer reaches the sender.
+            rsnet_common::http_util::drain(req.into_body(), self.cfg.max_bytes, IDLE).await;
+            let mut v = self.view(&u);
+            v["repeated"] = serde_json::json!(true);
+            return json(StatusCode::ACCEPTED, &v);
+        }
         let declared = req
             .headers()
             .get(http::header::CONTENT_LENGTH)
@@ -407,6 +448,7 @@ impl Bulk {
             resumed_from: Vec::new(),
             hash_retries: 0,
             done: None,
+            key,
         };
         if let Err(e) = self.request(&mut u).await {
             let _ = tokio::fs::remove_file(self.file(&id)).await;

@@ -380,20 +380,37 @@ async fn bulk_upload(
     if let Some(c) = &class {
         q.push_str(&format!("&class={}", urlencode(c)));
     }
-    let body = rsnet_common::bulk::file_body(path, 0, Default::default(), 0)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let resp = rsnet_common::client::send_body(
-        &Target::Plain(addr),
-        Method::POST,
-        &q,
-        body,
-        &[
-            ("content-type", "application/octet-stream".into()),
-            ("content-length", size.to_string()),
-        ],
-    )
-    .await?;
+    // One key for every attempt: a resend after a lost answer is answered
+    // with the first upload, not copied again.
+    let key = uuid::Uuid::now_v7().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut delay = Duration::from_millis(200);
+    let resp = loop {
+        let body = rsnet_common::bulk::file_body(path, 0, Default::default(), 0)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let r = rsnet_common::client::send_body(
+            &Target::Plain(addr),
+            Method::POST,
+            &q,
+            body,
+            &[
+                ("content-type", "application/octet-stream".into()),
+                ("content-length", size.to_string()),
+                ("idempotency-key", key.clone()),
+            ],
+        )
+        .await;
+        match r {
+            Ok(r) => break r,
+            Err(e) if std::time::Instant::now() + delay > deadline => return Err(e),
+            Err(e) => {
+                eprintln!("rsnet-proxy: {e}; retrying in {delay:?} with the same key");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    };
     let status = resp.status();
     let b = http_body_util::BodyExt::collect(resp.into_body())
         .await

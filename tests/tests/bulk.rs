@@ -119,15 +119,27 @@ async fn upload_done(tree: &Tree, p: usize, id: &str) -> Value {
 
 /// Hands `path` to proxy `p`'s local API; the upload's ID.
 async fn post_file(tree: &Tree, p: usize, path: &Path, class: &str) -> String {
+    post_keyed(tree, p, path, class, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// [`post_file`] with an `Idempotency-Key`; the answer.
+async fn post_keyed(tree: &Tree, p: usize, path: &Path, class: &str, key: Option<&str>) -> Value {
     let body = bulk::file_body(path, 0, Default::default(), 0)
         .await
         .unwrap();
+    let extra: Vec<(&str, String)> = key
+        .map(|k| ("idempotency-key", k.to_string()))
+        .into_iter()
+        .collect();
     let r = rsnet_common::client::send_body(
         &tree.node_target(p).unwrap(),
         Method::POST,
         &format!("/v1/bulk?class={class}&name=f.bin"),
         body,
-        &[],
+        &extra,
     )
     .await
     .unwrap();
@@ -137,8 +149,7 @@ async fn post_file(tree: &Tree, p: usize, path: &Path, class: &str) -> String {
         .unwrap()
         .to_bytes();
     assert_eq!(s, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&b));
-    let v: Value = serde_json::from_slice(&b).unwrap();
-    v["id"].as_str().unwrap().to_string()
+    serde_json::from_slice(&b).unwrap()
 }
 
 fn peak_rss_bytes(pid: u32) -> u64 {
@@ -435,7 +446,14 @@ async fn a_request_denied_for_now_is_asked_again_until_granted_and_one_denied_fo
     let (sha_a, sha_b) = (write_file(&a, 5_000_000, 1), write_file(&b, 5_000_000, 2));
     write_file(&c, 9_000_000, 3);
 
-    let ida = post_file(&tree, p1, &a, "log").await;
+    let first = post_keyed(&tree, p1, &a, "log", Some("job-17")).await;
+    let ida = first["id"].as_str().unwrap().to_string();
+    // The integrator's resend after a lost answer: the same upload, not a second.
+    let again = post_keyed(&tree, p1, &a, "log", Some("job-17")).await;
+    assert_eq!(
+        (again["id"].as_str(), &again["repeated"]),
+        (Some(ida.as_str()), &Value::Bool(true))
+    );
     wait_for("the first upload to be granted", LONG, || async {
         let v = proxy_upload(&tree, p1, &ida).await;
         (v["state"] == "granted" || v["state"] == "done").then_some(())
