@@ -143,8 +143,16 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         &metrics,
     )?;
     let pipeline = Pipeline::new(
-        // Service modules at the top (not built yet).
-        Arc::new(PassThrough("modules")),
+        // Service modules at the top are not built yet; expiry is: an
+        // expired message is never stored, its report is.
+        Arc::new(rsnet_common::pipeline::expiry::Expiry {
+            me: me.id.clone(),
+            notify: rsnet_common::pipeline::expiry::Notify::Inline,
+            dropped: metrics.counter(
+                "rsnet_qos_expired_total",
+                "forward messages dropped here as expired",
+            ),
+        }),
         // Throttle (not built yet).
         Arc::new(PassThrough("throttle")),
         // Terminal: validate content, store once.

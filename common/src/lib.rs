@@ -9,6 +9,7 @@
 //! * [`forward`]: the spool-to-parent loop of every sender.
 //! * [`pipeline`]: a parent's handling of a child's POST, as stages.
 //! * [`heartbeat`]: status trees and lifecycle notices.
+//! * [`qos`]: expiry reports (messages dropped as expired on the way).
 //! * [`release`]: release manifests, signed with the release key.
 //! * [`bulk`]: the upward bulk-transfer protocol (tokens, origins, file bodies).
 //! * [`download`]: files down the tree, with ranges (serve, fetch with resume and checks).
@@ -33,6 +34,7 @@ pub mod link;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod qos;
 pub mod ready;
 pub mod release;
 pub mod server;

@@ -146,11 +146,20 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     tokio::spawn(cache.clone().run(shutdown.clone()));
     let pipeline = Pipeline::new(
         // Service modules (filter, modify, aggregate) are not built yet; in
-        // their place, the watch that frees cached releases as reports pass
-        // and this MLM's limit on uploads.
+        // their place: expiry, the watch that frees cached releases as
+        // reports pass, and this MLM's limit on uploads.
         Arc::new(pipeline::Chain(
             "modules",
             vec![
+                // Expired messages go no further (reported through the spool).
+                Arc::new(pipeline::expiry::Expiry {
+                    me: me.id.clone(),
+                    notify: pipeline::expiry::Notify::Spool(outbox.clone()),
+                    dropped: metrics.counter(
+                        "rsnet_qos_expired_total",
+                        "forward messages dropped here as expired",
+                    ),
+                }),
                 Arc::new(releases::ReleaseWatch(cache.clone())),
                 Arc::new(bulk::BulkGate {
                     me: me.id.clone(),

@@ -76,6 +76,8 @@ struct State {
 ///        link error                → keep, back off
 /// ```
 pub struct Forwarder {
+    /// This node: the origin of its expiry reports.
+    me: crate::id::ComponentId,
     outbox: Arc<Outbox>,
     uplink: Arc<BackChannelClient>,
     dead: Arc<DeadLetters>,
@@ -89,6 +91,7 @@ pub struct Forwarder {
 impl Forwarder {
     /// A forwarder for `outbox` over `uplink`, registering its metrics.
     pub fn new(
+        me: crate::id::ComponentId,
         outbox: Arc<Outbox>,
         uplink: Arc<BackChannelClient>,
         dead: Arc<DeadLetters>,
@@ -96,6 +99,7 @@ impl Forwarder {
         metrics: &Registry,
     ) -> Arc<Self> {
         Arc::new(Forwarder {
+            me,
             slots: Arc::new(Semaphore::new(cfg.max_inflight)),
             outbox,
             uplink,
@@ -115,12 +119,32 @@ impl Forwarder {
     /// other settings and its own counters (the shutdown drain).
     pub fn with_config(&self, cfg: ForwardConfig) -> Arc<Forwarder> {
         Forwarder::new(
+            self.me.clone(),
             self.outbox.clone(),
             self.uplink.clone(),
             self.dead.clone(),
             cfg,
             &Registry::default(),
         )
+    }
+
+    /// Spools the report of messages that expired in the spool
+    /// ([`crate::qos`]); only their IDs are left to name.
+    async fn report_expired(&self, ids: &[crate::id::MessageId]) {
+        let gone: Vec<crate::qos::Expired> = ids
+            .iter()
+            .map(|id| crate::qos::Expired {
+                id: *id,
+                class: "unknown".into(),
+                subclass: None,
+                origin: None,
+                expiry: None,
+            })
+            .collect();
+        let reports = crate::qos::reports(&self.me, &gone);
+        if let Err(e) = self.outbox.push(&reports).await {
+            tracing::warn!(error = %e, "expiry report not spooled");
+        }
     }
 
     /// The dead letters this forwarder records.
@@ -195,6 +219,9 @@ impl Forwarder {
                 tracing::warn!(message = %id, "message expired in the spool; dropped");
             }
             self.counters.expired.add(peeked.expired.len() as u64);
+            if !peeked.expired.is_empty() {
+                self.report_expired(&peeked.expired).await;
+            }
             if peeked.entries.is_empty() {
                 drop(permit);
                 if self.idle(&mut shutdown).await {

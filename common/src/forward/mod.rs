@@ -255,7 +255,9 @@ impl Sender {
         let client = BackChannelClient::new(link, metrics);
         let config = uplink.forward_config();
         let dead = DeadLetters::open(kv, metrics)?;
+        let me = crate::tls::own_identity(tls)?.id;
         let forwarder = Forwarder::new(
+            me,
             outbox.clone(),
             client.clone(),
             dead,

@@ -26,6 +26,7 @@
 //! through the node.
 
 pub mod exchange;
+pub mod expiry;
 mod screen;
 mod service;
 
