@@ -14,6 +14,8 @@ use crate::model::{Content, Data, Encoding, Event, Header, Message, Timestamp};
 
 /// The subclass of expiry reports (class `infrastructure`).
 pub const EXPIRED: &str = "expired";
+/// The subclass of reports of messages evicted from a full spool.
+pub const PRUNED: &str = "pruned";
 /// The MIME type of an expiry report's payload.
 pub const EXPIRED_MIME: &str = "application/json";
 /// Messages named in one report (more make more reports).
@@ -50,17 +52,27 @@ impl Expired {
     }
 }
 
-/// The reports of `at` dropping `gone` (one per [`PER_REPORT`] messages).
+/// The reports of `at` dropping `gone` as expired (one per [`PER_REPORT`] messages).
 pub fn reports(at: &ComponentId, gone: &[Expired]) -> Vec<Message> {
+    reports_of(at, gone, EXPIRED, "expired")
+}
+
+/// The reports of `at` evicting `gone` from its full spool to make room
+/// for more important messages (DESIGN.md §3, persistence).
+pub fn pruned(at: &ComponentId, gone: &[Expired]) -> Vec<Message> {
+    reports_of(at, gone, PRUNED, "was pruned from the full spool")
+}
+
+fn reports_of(at: &ComponentId, gone: &[Expired], subclass: &str, what: &str) -> Vec<Message> {
     gone.chunks(PER_REPORT)
         .map(|chunk| {
             let text = match chunk {
                 [one] => format!(
-                    "message {} ({}) expired at {at} before it reached the appserver; dropped",
+                    "message {} ({}) {what} at {at} before it reached the appserver; dropped",
                     one.id, one.class
                 ),
                 many => format!(
-                    "{} messages expired at {at} before they reached the appserver; dropped",
+                    "{} messages {what} at {at} before they reached the appserver; dropped",
                     many.len()
                 ),
             };
@@ -68,7 +80,7 @@ pub fn reports(at: &ComponentId, gone: &[Expired]) -> Vec<Message> {
             Message::forward(
                 at.clone(),
                 crate::heartbeat::CLASS,
-                Some(EXPIRED),
+                Some(subclass),
                 Content::Event(Event {
                     support_instance: None,
                     text,

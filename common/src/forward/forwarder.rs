@@ -39,6 +39,7 @@ struct Counters {
     rejected: Counter,
     deferred: Counter,
     expired: Counter,
+    pruned: Counter,
     link_errors: Counter,
 }
 
@@ -54,6 +55,10 @@ impl Counters {
             ),
             deferred: c("deferred", "messages the parent asked to retry later"),
             expired: c("expired", "messages dropped from the spool as expired"),
+            pruned: c(
+                "pruned",
+                "messages evicted from the full spool and reported",
+            ),
             link_errors: c("link_errors", "exchanges that failed on the link"),
         }
     }
@@ -147,6 +152,27 @@ impl Forwarder {
         }
     }
 
+    /// Spools the report of messages the spool evicted to make room.
+    async fn report_pruned(&self) {
+        let gone: Vec<crate::qos::Expired> = self
+            .outbox
+            .spool
+            .take_evicted()
+            .iter()
+            .filter_map(|h| crate::envelope::wire::decode_header(h).ok())
+            .map(|h| crate::qos::Expired::of(&h))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        self.counters.pruned.add(gone.len() as u64);
+        let reports = crate::qos::pruned(&self.me, &gone);
+        // A report the full spool cannot take is itself lost: logged.
+        if let Err(e) = self.outbox.push(&reports).await {
+            tracing::warn!(error = %e, n = gone.len(), "pruning report not spooled");
+        }
+    }
+
     /// The dead letters this forwarder records.
     pub fn dead_letters(&self) -> &Arc<DeadLetters> {
         &self.dead
@@ -222,6 +248,7 @@ impl Forwarder {
             if !peeked.expired.is_empty() {
                 self.report_expired(&peeked.expired).await;
             }
+            self.report_pruned().await;
             if peeked.entries.is_empty() {
                 drop(permit);
                 if self.idle(&mut shutdown).await {

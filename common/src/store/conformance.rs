@@ -89,6 +89,10 @@ pub fn full_spool_evicts_non_persistent_lower_precedence_first(open: &Open) {
     let r = s.push(vec![rec(2, false, "rejected-x")]).unwrap();
     assert!(matches!(r[0], Err(StoreError::Full { .. })), "{:?}", r[0]);
     assert_eq!(s.stats().evicted, 1);
+    // The evicted one is handed over for its report, once; the refused
+    // newcomer was never in the spool, so it is not among them.
+    assert_eq!(s.take_evicted(), vec![Bytes::from_static(b"<header/>")]);
+    assert!(s.take_evicted().is_empty());
     std::fs::remove_dir_all(dir).unwrap();
 }
 

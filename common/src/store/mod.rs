@@ -298,6 +298,13 @@ pub trait Spool: Send + Sync + 'static {
 
     /// Current counters.
     fn stats(&self) -> SpoolStats;
+
+    /// The headers of messages evicted (to make room) since the last call,
+    /// for their report ([`crate::qos`]). Kept in memory only, bounded: a
+    /// restart, or more than ten thousand between two calls, loses some.
+    fn take_evicted(&self) -> Vec<bytes::Bytes> {
+        Vec::new()
+    }
 }
 
 /// A message as the appserver stores it: index fields plus the two XML parts.

@@ -212,7 +212,13 @@ struct SpoolState {
     next_seq: u64,
     evicted: u64,
     expired: u64,
+    /// Headers of messages evicted since [`Spool::take_evicted`] last ran
+    /// (bounded: the oldest are forgotten past [`MAX_EVICTED_KEPT`]).
+    evicted_headers: std::collections::VecDeque<bytes::Bytes>,
 }
+
+/// Evicted messages remembered for their report.
+const MAX_EVICTED_KEPT: usize = 10_000;
 
 /// [`Spool`] on redb.
 pub struct RedbSpool {
@@ -294,6 +300,7 @@ impl Spool for RedbSpool {
         let w = self.db.begin_write().map_err(be)?;
         let mut out = Vec::with_capacity(records.len());
         let (mut bytes, mut count, mut seq, mut evicted) = (st.bytes, st.count, st.next_seq, 0u64);
+        let mut gone: Vec<bytes::Bytes> = Vec::new();
         {
             let mut t = w.open_table(SPOOL).map_err(be)?;
             // The key tables are opened only for a keyed write: the hot path stays as it was.
@@ -339,6 +346,7 @@ impl Spool for RedbSpool {
                     // Evict non-persistent messages of lower precedence (or
                     // equal, for a persistent newcomer), lowest and oldest first.
                     let mut victims = Vec::new();
+                    let mut headers = Vec::new();
                     let mut freed = 0u64;
                     let need = bytes + size - st.capacity;
                     let lowest_first = (rank + 1..=MAX_PRECEDENCE)
@@ -349,6 +357,9 @@ impl Spool for RedbSpool {
                             let (k, v) = e.map_err(be)?;
                             let v = v.value();
                             if v.first() == Some(&0) {
+                                if let Ok(rec) = decode_spool(k.value().0, v) {
+                                    headers.push(rec.header);
+                                }
                                 victims.push(k.value());
                                 freed += v.len() as u64 + SPOOL_KEY_BYTES;
                                 if freed >= need {
@@ -370,6 +381,7 @@ impl Spool for RedbSpool {
                         count -= 1;
                         evicted += 1;
                     }
+                    gone.extend(headers);
                     bytes -= freed;
                 }
                 t.insert((rank, seq), encode_spool(&r).as_slice())
@@ -402,6 +414,12 @@ impl Spool for RedbSpool {
         st.count = count;
         st.next_seq = seq;
         st.evicted += evicted;
+        for h in gone {
+            if st.evicted_headers.len() >= MAX_EVICTED_KEPT {
+                st.evicted_headers.pop_front();
+            }
+            st.evicted_headers.push_back(h);
+        }
         Ok(out)
     }
 
@@ -449,6 +467,13 @@ impl Spool for RedbSpool {
             w.commit().map_err(be)?;
         }
         Ok(out)
+    }
+
+    fn take_evicted(&self) -> Vec<bytes::Bytes> {
+        self.st
+            .lock()
+            .map(|mut st| st.evicted_headers.drain(..).collect())
+            .unwrap_or_default()
     }
 
     fn stats(&self) -> SpoolStats {
