@@ -33,7 +33,7 @@ use rsnet_common::forward;
 use rsnet_common::heartbeat::{self, StatusTree};
 use rsnet_common::http_util::{error, text};
 use rsnet_common::metrics::Registry;
-use rsnet_common::pipeline::{self, ExchangeService, PassThrough, Pipeline};
+use rsnet_common::pipeline::{self, ExchangeService, Pipeline};
 use rsnet_common::ready;
 use rsnet_common::server::{self, Shutdown};
 use rsnet_common::store::{self, KvStore, Spool, StoreConfig};
@@ -74,6 +74,9 @@ pub struct Config {
     /// The release cache.
     #[serde(default)]
     pub releases: releases::ReleasesConfig,
+    /// Rates and time windows of what passes upward.
+    #[serde(default)]
+    pub throttle: pipeline::throttle::ThrottleConfig,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -96,6 +99,7 @@ impl Config {
         c.backchannel.validate(&mut errors);
         c.store.validate(&mut errors);
         c.bulk.validate(&mut errors);
+        c.throttle.validate(&mut errors);
         if c.heartbeat_interval_s == 0 {
             errors.push("heartbeat_interval_s: must be at least 1".into());
         }
@@ -168,8 +172,13 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
                 }),
             ],
         )),
-        // Throttle: rates, windows, disk floor (not built yet).
-        Arc::new(PassThrough("throttle")),
+        // Throttle: rates and time windows ([throttle]; a free-disk floor
+        // and a cap on concurrent bulk transfers by class are not built yet).
+        Arc::new(pipeline::throttle::Throttle::new(
+            me.id.clone(),
+            &cfg.throttle,
+            &metrics,
+        )),
         // Terminal: the hop, the budget, the parent.
         Arc::new(relay::Relay::start(
             me.id.clone(),

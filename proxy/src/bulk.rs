@@ -488,7 +488,8 @@ impl Bulk {
         )
         .with_hop(&self.me);
         m.header.id = u.request;
-        m.header.qos.precedence = 6;
+        // Low: a request held back (a closed window) holds back only what is no more urgent.
+        m.header.qos.precedence = 2;
         self.outbox.push(&[m]).await?;
         self.counters.requests.inc();
         self.wake.notify_one();

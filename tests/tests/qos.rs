@@ -140,3 +140,167 @@ async fn an_expired_message_is_never_stored_and_its_expiry_is_reported_where_it_
     }
     tree.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mlm_limited_to_n_messages_a_second_makes_proxies_spool_and_passes_everything_in_order()
+{
+    const RATE: f64 = 100.0;
+    const PER_PROXY: usize = 100;
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: (1..=4).map(|i| (format!("p{i}"), Some(0))).collect(),
+        heartbeat_s: 3600,
+        mlm_extra: "[throttle]\nmessages_per_s = 100\nburst_ms = 100\n".into(),
+        ..Spec::demo()
+    };
+    let mut tree = start("qos-throttle", &spec);
+    let op = tree.operator_target().unwrap();
+    let mlm = tree.index("acme.mlm1").unwrap();
+    // Everything spooled first (the MLM is down), in mixed precedence.
+    tokio::task::block_in_place(|| tree.stop(mlm, Duration::from_secs(10)));
+    for p in tree.proxies() {
+        let batch: Vec<Value> = (0..PER_PROXY)
+            .map(|i| {
+                json!({ "kind": "alarm", "class": "alarm", "subclass": "storm", "severity": "minor",
+                        "text": format!("{i}"), "precedence": (i * 7 % 10) as u8 })
+            })
+            .collect();
+        send(tree.nodes[p].addr.unwrap(), &batch).await.unwrap();
+    }
+    tokio::task::block_in_place(|| tree.restart(mlm)).unwrap();
+    let all = wait_for("every alarm stored", LONG, || async {
+        let all = stored(&op, "subclass=storm").await.ok()?;
+        (all.len() >= 4 * PER_PROXY).then_some(all)
+    })
+    .await;
+    assert_eq!(all.len(), 4 * PER_PROXY, "each stored once");
+    // The rate, from the store's own receive times (after the first burst).
+    let mut at: Vec<u64> = all
+        .iter()
+        .filter_map(|m| Timestamp::parse_rfc3339(m["received"].as_str()?).map(|t| t.0))
+        .collect();
+    at.sort();
+    let burst = (RATE / 10.0) as usize;
+    let span_s = (at[at.len() - 1] - at[burst]) as f64 / 1000.0;
+    let rate = (at.len() - 1 - burst) as f64 / span_s;
+    eprintln!(
+        "{} alarms at {rate:.1}/s through a {RATE}/s throttle",
+        at.len()
+    );
+    assert!(
+        rate <= RATE * 1.1,
+        "{rate:.1} messages/s through a {RATE}/s throttle"
+    );
+    assert!(
+        rate >= RATE * 0.5,
+        "{rate:.1} messages/s: the throttle starves the tree"
+    );
+    // Within each proxy, in precedence order (highest first).
+    for p in tree.proxies() {
+        let id = &tree.nodes[p].id;
+        let prec: Vec<u64> = all
+            .iter()
+            .filter(|m| m["source"] == id.as_str())
+            .map(|m| m["qos"]["precedence"].as_u64().expect("precedence"))
+            .collect();
+        assert_eq!(prec.len(), PER_PROXY);
+        assert!(
+            prec.iter().any(|&p| p != prec[0]),
+            "mixed precedences: {prec:?}"
+        );
+        assert!(prec.windows(2).all(|w| w[0] >= w[1]), "{id}: {prec:?}");
+    }
+    let deferred = rsnet_demo::metric(
+        &tree.node_target(mlm).unwrap(),
+        "rsnet_throttle_deferred_rate_total",
+    )
+    .await
+    .unwrap();
+    assert!(deferred > 0.0, "the throttle deferred some");
+    tree.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_keep_flowing_while_a_bulk_upload_waits_for_its_window() {
+    // A window for class `bulk` that is closed now: it opens in two hours.
+    let now = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60)
+        % 1440;
+    let hhmm = |m: u64| format!("{:02}:{:02}", (m % 1440) / 60, m % 60);
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        mlm_extra: format!(
+            "[[throttle.window]]\nclass = \"bulk\"\nfrom = \"{}\"\nto = \"{}\"\n",
+            hhmm(now + 120),
+            hhmm(now + 180)
+        ),
+        ..Spec::demo()
+    };
+    let tree = start("qos-window", &spec);
+    let op = tree.operator_target().unwrap();
+    let (mlm, p1) = (
+        tree.index("acme.mlm1").unwrap(),
+        tree.index("acme.p1").unwrap(),
+    );
+    let addr = tree.nodes[p1].addr.unwrap();
+    let (s, v) = rsnet_common::client::call(
+        &rsnet_common::client::Target::Plain(addr),
+        Method::POST,
+        "/v1/bulk?class=core&name=core.1",
+        Some(("application/octet-stream", vec![7u8; 100_000].into())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s,
+        http::StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&v)
+    );
+    let upload: Value = serde_json::from_slice(&v).unwrap();
+    wait_for("the bulk request held at the MLM", LONG, || async {
+        let n = rsnet_demo::metric(
+            &tree.node_target(mlm).unwrap(),
+            "rsnet_throttle_deferred_window_total",
+        )
+        .await
+        .ok()?;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    // A burst of critical alarms and ordinary ones: all arrive while bulk waits.
+    let burst: Vec<Value> = (0..100)
+        .map(|i| {
+            json!({ "kind": "alarm", "class": "alarm", "subclass": "burst", "severity": "critical",
+                    "text": format!("{i}"), "precedence": if i % 2 == 0 { 9 } else { 4 } })
+        })
+        .collect();
+    send(addr, &burst).await.unwrap();
+    wait_for("the burst stored", LONG, || async {
+        let all = stored(&op, "subclass=burst").await.ok()?;
+        (all.len() == 100).then_some(())
+    })
+    .await;
+    let (_, u) = json_call(
+        &tree.node_target(p1).unwrap(),
+        Method::GET,
+        &format!("/v1/bulk/{}", upload["id"].as_str().unwrap()),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        u["state"], "requested",
+        "the upload waits for its window: {u}"
+    );
+    let requests = stored(&op, "class=bulk").await.unwrap();
+    assert!(
+        requests.is_empty(),
+        "the request did not pass the MLM: {requests:?}"
+    );
+}

@@ -66,7 +66,11 @@ impl Counters {
 
 struct State {
     inflight: HashSet<SpoolKey>,
+    /// After a link error: nothing is sent until then.
     pause_until: Option<Instant>,
+    /// After "retry after" answers: messages of this precedence or lower
+    /// wait until then; more important ones keep flowing.
+    holds: Vec<(u8, Instant)>,
     backoff: Backoff,
 }
 
@@ -114,6 +118,7 @@ impl Forwarder {
             state: Mutex::new(State {
                 inflight: HashSet::new(),
                 pause_until: None,
+                holds: Vec::new(),
                 backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
             }),
             enabled: AtomicBool::new(true),
@@ -249,6 +254,22 @@ impl Forwarder {
                 self.report_expired(&peeked.expired).await;
             }
             self.report_pruned().await;
+            let mut peeked = peeked;
+            let held_below = self.held_precedence();
+            if let Some((p, until)) = held_below {
+                // Entries come in precedence order: the held ones are the tail.
+                let before = peeked.entries.len();
+                peeked.entries.retain(|(_, r)| r.precedence > p);
+                if peeked.entries.is_empty() && before > 0 {
+                    drop(permit);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until.into()) => {},
+                        _ = self.outbox.wake.notified() => {},
+                        _ = shutdown.wait() => return,
+                    }
+                    continue;
+                }
+            }
             if peeked.entries.is_empty() {
                 drop(permit);
                 if self.idle(&mut shutdown).await {
@@ -330,7 +351,20 @@ impl Forwarder {
             }
         }
         if let Some(d) = retry_after {
-            self.pause(d);
+            // Only what the answer concerns waits: the deferred messages and
+            // everything no more important than them.
+            let p = entries
+                .iter()
+                .filter(|(_, r)| {
+                    delivery
+                        .answers
+                        .get(&r.id)
+                        .is_some_and(|a| a.status != Status::Accepted && a.retry_after.is_some())
+                })
+                .map(|(_, r)| r.precedence)
+                .max()
+                .unwrap_or(u8::MAX);
+            self.hold(p, d);
         }
         let n_dead = dead.len();
         match self.dead.record(dead).await {
@@ -362,6 +396,30 @@ impl Forwarder {
             }
         }
         self.outbox.wake.notify_one();
+    }
+
+    /// Holds messages of precedence `p` or lower for `d`.
+    fn hold(&self, p: u8, d: Duration) {
+        if let Ok(mut s) = self.state.lock() {
+            let until = Instant::now() + d;
+            s.holds.push((p, until));
+        }
+    }
+
+    /// The highest precedence held now (everything at or below it waits),
+    /// and until when the soonest such hold lasts.
+    fn held_precedence(&self) -> Option<(u8, Instant)> {
+        let mut s = self.state.lock().ok()?;
+        let now = Instant::now();
+        s.holds.retain(|(_, t)| *t > now);
+        let p = s.holds.iter().map(|(p, _)| *p).max()?;
+        let until = s
+            .holds
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, t)| *t)
+            .min()?;
+        Some((p, until))
     }
 
     fn pause(&self, d: Duration) {

@@ -29,6 +29,7 @@ pub mod exchange;
 pub mod expiry;
 mod screen;
 mod service;
+pub mod throttle;
 
 use std::future::Future;
 use std::pin::Pin;
