@@ -231,15 +231,14 @@ impl Throttle {
             }
         }
         if let Some((l, r)) = &self.bytes {
-            match l.check_n(n) {
-                Ok(Err(e)) => return Some((wait(e), format!("{r} bytes/s"))),
-                Err(_) | Ok(Ok(())) => {}
+            // (Err: larger than the burst, which always admits one message.)
+            if let Ok(Err(e)) = l.check_n(n) {
+                return Some((wait(e), format!("{r} bytes/s")));
             }
         }
         if let Some((l, r)) = &self.child_bytes {
-            match l.check_key_n(child, n) {
-                Ok(Err(e)) => return Some((wait(e), format!("{r} bytes/s from {child}"))),
-                Err(_) | Ok(Ok(())) => {}
+            if let Ok(Err(e)) = l.check_key_n(child, n) {
+                return Some((wait(e), format!("{r} bytes/s from {child}")));
             }
         }
         None
