@@ -19,7 +19,10 @@ use rsnet_tests::{tempdir, wait_for};
 use serde_json::Value;
 
 fn start(tag: &str, spec: &Spec) -> Tree {
-    Tree::start(&tempdir(tag), spec).unwrap_or_else(|e| panic!("tree did not start: {e}"))
+    let mut t =
+        Tree::start(&tempdir(tag), spec).unwrap_or_else(|e| panic!("tree did not start: {e}"));
+    t.remove_on_drop = true;
+    t
 }
 
 /// Counts stored alarms of subclass `sub` by message ID.

@@ -16,8 +16,10 @@ use serde_json::{json, Value};
 const LONG: Duration = Duration::from_secs(90);
 
 fn start(tag: &str, spec: &Spec) -> Tree {
-    tokio::task::block_in_place(|| Tree::start(&tempdir(tag), spec))
-        .unwrap_or_else(|e| panic!("tree did not start: {e}"))
+    let mut t = tokio::task::block_in_place(|| Tree::start(&tempdir(tag), spec))
+        .unwrap_or_else(|e| panic!("tree did not start: {e}"));
+    t.remove_on_drop = true;
+    t
 }
 
 fn event(from: &RawChild, text: &str, expired: bool) -> Message {

@@ -13,8 +13,10 @@ use rsnet_tests::tempdir;
 use sha2::{Digest, Sha256};
 
 fn start(tag: &str, spec: &Spec) -> Tree {
-    tokio::task::block_in_place(|| Tree::start(&tempdir(tag), spec))
-        .unwrap_or_else(|e| panic!("tree did not start: {e}"))
+    let mut t = tokio::task::block_in_place(|| Tree::start(&tempdir(tag), spec))
+        .unwrap_or_else(|e| panic!("tree did not start: {e}"));
+    t.remove_on_drop = true;
+    t
 }
 
 /// The signed manifest `GET /api/v1/releases/ID` returns.

@@ -32,8 +32,10 @@ use sha2::{Digest, Sha256};
 const LONG: Duration = Duration::from_secs(180);
 
 fn start(tag: &str, spec: &Spec) -> Tree {
-    tokio::task::block_in_place(|| Tree::start(&tempdir(tag), spec))
-        .unwrap_or_else(|e| panic!("tree did not start: {e}"))
+    let mut t = tokio::task::block_in_place(|| Tree::start(&tempdir(tag), spec))
+        .unwrap_or_else(|e| panic!("tree did not start: {e}"));
+    t.remove_on_drop = true;
+    t
 }
 
 fn write_file(path: &Path, size: usize) -> String {

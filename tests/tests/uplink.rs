@@ -13,7 +13,10 @@ use rsnet_tests::{tempdir, wait_for, ConnectProxy};
 use serde_json::Value;
 
 fn start(tag: &str, spec: &Spec) -> Tree {
-    Tree::start(&tempdir(tag), spec).unwrap_or_else(|e| panic!("tree did not start: {e}"))
+    let mut t =
+        Tree::start(&tempdir(tag), spec).unwrap_or_else(|e| panic!("tree did not start: {e}"));
+    t.remove_on_drop = true;
+    t
 }
 
 fn alarms(n: usize, sub: &str) -> Vec<Value> {

@@ -119,6 +119,10 @@ pub struct Tree {
     pub nodes: Vec<Node>,
     /// Operator credential for rsnet-ctl / the operator API.
     pub operator: TlsPaths,
+    /// Remove `dir` when the tree is dropped (unless a thread is
+    /// panicking: a failed test keeps its logs). Tests set it; the demo
+    /// keeps its directory.
+    pub remove_on_drop: bool,
     bin_dir: PathBuf,
 }
 
@@ -174,6 +178,7 @@ impl Tree {
             dir: dir.to_path_buf(),
             operator,
             nodes: Vec::new(),
+            remove_on_drop: false,
             bin_dir: bin_dir(),
             pki: Pki::open(&dir.join("pki"))?,
         };
@@ -518,6 +523,9 @@ impl Drop for Tree {
     fn drop(&mut self) {
         for i in (0..self.nodes.len()).rev() {
             self.kill9(i);
+        }
+        if self.remove_on_drop && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
