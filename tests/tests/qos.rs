@@ -306,3 +306,94 @@ async fn alarms_keep_flowing_while_a_bulk_upload_waits_for_its_window() {
         "the request did not pass the MLM: {requests:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_pruned_from_a_full_spool_is_reported_and_never_stored() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        proxy_uplink_extra: "exchange_timeout_ms = 2000".into(),
+        ..Spec::demo()
+    };
+    let mut tree = start("qos-pruned", &spec);
+    let op = tree.operator_target().unwrap();
+    let (mlm, p1) = (
+        tree.index("acme.mlm1").unwrap(),
+        tree.index("acme.p1").unwrap(),
+    );
+    // A 1 MiB spool, and the MLM down while it fills.
+    let cfg = tree.nodes[p1].config.clone();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("spool_capacity_bytes = 1048576\n{text}")).unwrap();
+    tokio::task::block_in_place(|| {
+        tree.stop(mlm, Duration::from_secs(10));
+        tree.stop(p1, Duration::from_secs(10));
+        tree.restart(p1)
+    })
+    .unwrap();
+    let addr = tree.nodes[p1].addr.unwrap();
+    let filler = |persistent: bool, precedence: u8, n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| {
+                json!({ "kind": "event", "class": "event", "subclass": if persistent { "keep" } else { "spare" },
+                        "text": format!("{i} {}", "x".repeat(60_000)), "persistent": persistent,
+                        "precedence": precedence })
+            })
+            .collect()
+    };
+    // Non-persistent, low precedence: what may be pruned.
+    let spare = send(addr, &filler(false, 1, 10)).await.unwrap();
+    // Important ones, until the spare ones had to make room.
+    for _ in 0..4 {
+        let _ = send(addr, &filler(true, 8, 2)).await;
+    }
+    let pruned = wait_for("some spare messages pruned", LONG, || async {
+        let (_, v) = json_call(
+            &tree.node_target(p1).unwrap(),
+            Method::GET,
+            "/v1/status",
+            None,
+        )
+        .await
+        .ok()?;
+        let n = v["spool"]["evicted"].as_u64()?;
+        (n >= 1).then_some(n)
+    })
+    .await;
+    tokio::task::block_in_place(|| tree.restart(mlm)).unwrap();
+    let named = wait_for("the pruning reported", LONG, || async {
+        let r: Vec<String> = stored(&op, "class=infrastructure&subclass=pruned")
+            .await
+            .ok()?
+            .iter()
+            .filter(|m| m["source"] == "acme.p1")
+            .flat_map(|m| {
+                let p: Value = m["content"]["data"]["payload"]
+                    .as_str()
+                    .and_then(|p| serde_json::from_str(p).ok())
+                    .unwrap_or_default();
+                p["messages"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|x| x["id"].as_str().map(str::to_string))
+            })
+            .collect();
+        (r.len() as u64 >= pruned).then_some(r)
+    })
+    .await;
+    assert!(
+        named.iter().all(|id| spare.contains(id)),
+        "only spare ones pruned: {named:?}"
+    );
+    let spares = stored(&op, "subclass=spare").await.unwrap();
+    for id in &named {
+        assert!(
+            !spares.iter().any(|m| m["id"] == id.as_str()),
+            "pruned {id} was stored"
+        );
+    }
+    tree.shutdown();
+}
