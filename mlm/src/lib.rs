@@ -77,6 +77,9 @@ pub struct Config {
     /// Rates and time windows of what passes upward.
     #[serde(default)]
     pub throttle: pipeline::throttle::ThrottleConfig,
+    /// Rules (`[[rule]]`), in order: the first that matches a message decides.
+    #[serde(default)]
+    pub rule: Vec<pipeline::rules::RuleConfig>,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -100,6 +103,7 @@ impl Config {
         c.store.validate(&mut errors);
         c.bulk.validate(&mut errors);
         c.throttle.validate(&mut errors);
+        pipeline::rules::validate(&c.rule, &mut errors);
         if c.heartbeat_interval_s == 0 {
             errors.push("heartbeat_interval_s: must be at least 1".into());
         }
@@ -149,8 +153,8 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     )?;
     tokio::spawn(cache.clone().run(shutdown.clone()));
     let pipeline = Pipeline::new(
-        // Service modules (filter, modify, aggregate) are not built yet; in
-        // their place: expiry, the watch that frees cached releases as
+        // Service modules: expiry, the rules (filter is built; modify and
+        // aggregate are not yet), the watch that frees cached releases as
         // reports pass, and this MLM's limit on uploads.
         Arc::new(pipeline::Chain(
             "modules",
@@ -164,6 +168,8 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
                         "forward messages dropped here as expired",
                     ),
                 }),
+                // The operator's rules ([[rule]]; filter is built).
+                Arc::new(pipeline::rules::Rules::new(&cfg.rule, &metrics)),
                 Arc::new(releases::ReleaseWatch(cache.clone())),
                 Arc::new(bulk::BulkGate {
                     me: me.id.clone(),

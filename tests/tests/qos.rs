@@ -397,3 +397,65 @@ async fn a_message_pruned_from_a_full_spool_is_reported_and_never_stored() {
     }
     tree.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mlm_filter_rule_drops_the_noise_it_names_and_passes_the_rest() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        mlm_extra: "[[rule]]\nname = \"drop-noise\"\naction = \"filter\"\n[rule.match]\nclass = \"alarm\"\nsubclass = \"noise\"\nseverity = [\"info\", \"clear\"]\n".into(),
+        ..Spec::demo()
+    };
+    let tree = start("qos-rules", &spec);
+    let op = tree.operator_target().unwrap();
+    let (mlm, p1) = (
+        tree.index("acme.mlm1").unwrap(),
+        tree.index("acme.p1").unwrap(),
+    );
+    let msgs: Vec<Value> = (0..30)
+        .map(|i| {
+            let (sub, sev) = match i % 3 {
+                0 => ("noise", "info"),  // filtered
+                1 => ("noise", "major"), // a real problem in a noisy subclass: kept
+                _ => ("disk", "info"),   // another subclass: kept
+            };
+            json!({ "kind": "alarm", "class": "alarm", "subclass": sub, "severity": sev, "text": format!("{i}") })
+        })
+        .collect();
+    let ids = send(tree.nodes[p1].addr.unwrap(), &msgs).await.unwrap();
+    let kept: Vec<&String> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, id)| id)
+        .collect();
+    let all = wait_for("the kept alarms stored", LONG, || async {
+        let all = stored(&op, "class=alarm").await.ok()?;
+        kept.iter()
+            .all(|id| all.iter().any(|m| m["id"] == id.as_str()))
+            .then_some(all)
+    })
+    .await;
+    assert_eq!(all.len(), 20, "only the 10 filtered ones are missing");
+    // Filtered ones were answered accepted: the proxy's spool drains.
+    wait_for("the proxy's spool empty", LONG, || async {
+        let (_, v) = json_call(
+            &tree.node_target(p1).unwrap(),
+            Method::GET,
+            "/v1/status",
+            None,
+        )
+        .await
+        .ok()?;
+        (v["spool"]["messages"].as_u64()? == 0).then_some(())
+    })
+    .await;
+    let n = rsnet_demo::metric(
+        &tree.node_target(mlm).unwrap(),
+        "rsnet_rules_filtered_total",
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 10.0);
+}

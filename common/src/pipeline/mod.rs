@@ -27,6 +27,7 @@
 
 pub mod exchange;
 pub mod expiry;
+pub mod rules;
 mod screen;
 mod service;
 pub mod throttle;
