@@ -99,6 +99,10 @@ pub struct Config {
     /// Releases (signed files from the provider).
     #[serde(default)]
     pub releases: releases::ReleasesConfig,
+    /// Rules (`[[rule]]`) applied before spooling: filtered messages are
+    /// answered 202 and never leave the host.
+    #[serde(default)]
+    pub rule: Vec<rsnet_common::pipeline::rules::RuleConfig>,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -141,6 +145,7 @@ impl Config {
         c.uplink.validate(&mut errors);
         c.store.validate(&mut errors);
         c.bulk.validate(&mut errors);
+        rsnet_common::pipeline::rules::validate(&c.rule, &mut errors);
         match c.local_api.listen.parse::<SocketAddr>() {
             Ok(a) if a.ip().is_loopback() => {}
             Ok(_) => errors.push("local_api.listen: must be a loopback address (the local API has no authentication)".into()),
@@ -273,6 +278,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         inbox,
         bulk: bulk.clone(),
         releases: rels.clone(),
+        rules: rsnet_common::pipeline::rules::Rules::new(&cfg.rule, &metrics),
         metrics: metrics.clone(),
         parent: Arc::new(move || l2.current_parent().to_string()),
         key_window: Duration::from_secs(cfg.local_api.key_window_s),

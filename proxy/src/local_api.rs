@@ -120,6 +120,8 @@ pub struct LocalApi {
     pub bulk: Arc<crate::bulk::Bulk>,
     /// Releases delivered here.
     pub releases: Arc<crate::releases::Releases>,
+    /// Local filtering before the WAN.
+    pub rules: rsnet_common::pipeline::rules::Rules,
     /// Metrics.
     pub metrics: Registry,
     /// Parent URL in use, for status.
@@ -311,6 +313,10 @@ impl LocalApi {
         }
         let mut msgs = Vec::with_capacity(inputs.len());
         let mut records = Vec::with_capacity(inputs.len());
+        // Messages a local rule filters: answered with their ID, never spooled.
+        let mut filtered: Vec<(usize, String)> = Vec::new();
+        // The input index of each message kept.
+        let mut kept: Vec<usize> = Vec::with_capacity(inputs.len());
         let until = Timestamp::now().after(self.key_window);
         for (i, (input, key)) in inputs.iter().enumerate() {
             let m = match self.build(input, i).await {
@@ -326,7 +332,12 @@ impl LocalApi {
                     format!("messages[{i}]: too large for an exchange: {e}; files and large payloads go as bulk transfers (POST /v1/bulk)"),
                 );
             }
+            if self.rules.filters(&rsnet_common::envelope::Item::new(&m)) {
+                filtered.push((i, m.header.id.to_string()));
+                continue;
+            }
             msgs.push(m);
+            kept.push(i);
             let key = key.clone().map(|key| ClientKey { key, until });
             records.push((r, key));
         }
@@ -339,8 +350,8 @@ impl LocalApi {
                 return error(
                     StatusCode::CONFLICT,
                     format!(
-                        "messages[{i}]: support instance {} is disabled by the operator",
-                        s.origin
+                        "messages[{}]: support instance {} is disabled by the operator",
+                        kept[i], s.origin
                     ),
                 );
             }
@@ -356,25 +367,31 @@ impl LocalApi {
                         Ok(Pushed::New(_)) => ids.push(m.header.id.to_string()),
                         Ok(Pushed::Repeat(first)) => {
                             ids.push(first.to_string());
-                            repeated.push(i);
+                            repeated.push(kept[i]);
                         }
                         Err(e @ StoreError::Full { .. }) => full = Some(e),
                         Err(e) => return rsnet_common::Error::from(e).response(),
                     }
                 }
+                // Filtered messages take their places in the answer.
+                for (i, id) in &filtered {
+                    ids.insert((*i).min(ids.len()), id.clone());
+                }
+                let filtered: Vec<usize> = filtered.iter().map(|(i, _)| *i).collect();
                 match full {
                     // Some may have been spooled; their IDs are listed so nothing is sent twice by mistake.
                     Some(e) => {
                         let e = rsnet_common::Error::from(e);
                         json(e.status(), &json!({ "error": e.to_string(), "ids": ids }))
                     }
-                    None if repeated.is_empty() => {
+                    None if repeated.is_empty() && filtered.is_empty() => {
                         json(StatusCode::ACCEPTED, &json!({ "ids": ids }))
                     }
-                    // Resends under a known key: answered with the first message's ID, not spooled again.
+                    // Resends under a known key: answered with the first
+                    // message's ID, not spooled again; filtered ones: their ID.
                     None => json(
                         StatusCode::ACCEPTED,
-                        &json!({ "ids": ids, "repeated": repeated }),
+                        &json!({ "ids": ids, "repeated": repeated, "filtered": filtered }),
                     ),
                 }
             }

@@ -459,3 +459,58 @@ async fn an_mlm_filter_rule_drops_the_noise_it_names_and_passes_the_rest() {
     .unwrap();
     assert_eq!(n, 10.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_filter_rule_keeps_noise_on_the_host() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        proxy_extra: "[[rule]]\nname = \"local-noise\"\naction = \"filter\"\n[rule.match]\nsubclass = \"noise\"\n".into(),
+        ..Spec::demo()
+    };
+    let tree = start("qos-proxy-rules", &spec);
+    let op = tree.operator_target().unwrap();
+    let p1 = tree.index("acme.p1").unwrap();
+    let msgs: Vec<Value> = (0..6)
+        .map(|i| {
+            json!({ "kind": "alarm", "class": "alarm", "subclass": if i % 2 == 0 { "noise" } else { "disk" },
+                    "severity": "minor", "text": format!("{i}") })
+        })
+        .collect();
+    let (s, v) = json_call(
+        &tree.node_target(p1).unwrap(),
+        Method::POST,
+        "/v1/messages",
+        Some(json!({ "messages": msgs })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, http::StatusCode::ACCEPTED, "{v}");
+    let ids: Vec<String> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 6, "every message answered, in order: {v}");
+    assert_eq!(v["filtered"], json!([0, 2, 4]), "{v}");
+    wait_for("the kept alarms stored", LONG, || async {
+        let all = stored(&op, "subclass=disk").await.ok()?;
+        (all.len() == 3).then_some(())
+    })
+    .await;
+    let all = stored(&op, "class=alarm").await.unwrap();
+    for i in [0, 2, 4] {
+        assert!(
+            !all.iter().any(|m| m["id"] == ids[i].as_str()),
+            "noise {i} left the host"
+        );
+    }
+    for i in [1, 3, 5] {
+        assert!(
+            all.iter().any(|m| m["id"] == ids[i].as_str()),
+            "alarm {i} stored under its answered ID"
+        );
+    }
+}

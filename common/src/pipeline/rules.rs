@@ -14,10 +14,11 @@
 //! ```
 //!
 //! The first rule that matches a message decides. Built today: the
-//! `filter` action, on forward messages. **Not built yet**: `modify` and
-//! `aggregate`, rules on the back-channel, reloading without a restart,
-//! rules from a `config` release, and the same stage at the proxy; a rule
-//! naming one of those is refused at load.
+//! `filter` action, on forward messages, at an MLM (this stage) and at a
+//! proxy before it spools an integrator's message ([`Rules::filters`]).
+//! **Not built yet**: `modify` and `aggregate` (refused at load), rules on
+//! the back-channel, reloading without a restart, rules from a `config`
+//! release.
 
 use serde::Deserialize;
 
@@ -159,6 +160,18 @@ impl Rules {
                     ),
                 })
                 .collect(),
+        }
+    }
+
+    /// True if a filter rule drops `item` (and counts it): what a proxy
+    /// asks before it spools an integrator's message.
+    pub fn filters(&self, item: &Item) -> bool {
+        match self.matching(item) {
+            Some(r) => {
+                r.hits.inc();
+                true
+            }
+            None => false,
         }
     }
 
