@@ -267,7 +267,7 @@ impl Releases {
             ));
         }
         f.sync_all().await.map_err(io)?;
-        let sha: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let sha = rsnet_common::bulk::hex(&h.finalize());
         Ok((size, sha))
     }
 

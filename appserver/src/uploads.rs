@@ -47,10 +47,6 @@ pub const PREFIX: &str = "upload/";
 const TOKENS: &str = "upload-token/";
 /// A body chunk must arrive within this of the last one.
 const IDLE: Duration = Duration::from_secs(60);
-/// A body refused before it was read is drained up to this much, for
-/// this long, so the refusal reaches a sender still writing it.
-const DRAIN_BYTES: u64 = 8 << 20;
-const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// How often expired grants are swept.
 const SWEEP: Duration = Duration::from_secs(30);
 
@@ -448,7 +444,7 @@ impl Uploads {
             Err(e) => {
                 // Refused before the body was read: take some of it first.
                 if let Some(b) = body {
-                    drain(b, DRAIN_BYTES, DRAIN_TIME).await;
+                    drain(b, bulk::REFUSAL_DRAIN_BYTES, bulk::REFUSAL_DRAIN_TIME).await;
                 }
                 e.response()
             }

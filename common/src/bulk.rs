@@ -52,6 +52,12 @@ pub const UPLOAD_COMPLETE: &str = "upload-complete";
 pub const ORIGIN: &str = "rsnet-origin";
 /// The class of the `bulk-response` messages the appserver sends down.
 pub const CLASS: &str = "bulk";
+/// A transfer refused before its body was read: up to this much of the
+/// body is read and dropped first, for at most [`REFUSAL_DRAIN_TIME`], so
+/// the refusal reaches a sender still writing instead of a reset.
+pub const REFUSAL_DRAIN_BYTES: u64 = 8 << 20;
+/// See [`REFUSAL_DRAIN_BYTES`].
+pub const REFUSAL_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 /// Chunk size of file bodies.
 const CHUNK: usize = 64 * 1024;
 

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use http::{header, HeaderMap, Method, Response, StatusCode};
-use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -24,9 +23,6 @@ use crate::http_util::{error, stream_body, Body};
 use crate::link::Link;
 use crate::metrics::Counter;
 use crate::release::Manifest;
-
-/// Largest error body read from the parent.
-const MAX_ANSWER: usize = 64 * 1024;
 
 /// The start of a `Range: bytes=N-` header: `Ok(None)` without one.
 ///
@@ -204,19 +200,7 @@ pub async fn fetch(link: &Link, d: &Download<'_>, progress: &AtomicU64) -> Resul
                 hasher = Some(Sha256::new());
             }
             s => {
-                let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER);
-                let why = match tokio::time::timeout(idle, body.collect()).await {
-                    Ok(Ok(b)) => {
-                        let b = b.to_bytes();
-                        serde_json::from_slice::<serde_json::Value>(&b)
-                            .ok()
-                            .and_then(|v| v["error"].as_str().map(str::to_string))
-                            .unwrap_or_else(|| {
-                                String::from_utf8_lossy(&b).chars().take(256).collect()
-                            })
-                    }
-                    _ => String::new(),
-                };
+                let why = crate::http_util::error_text(resp.into_body(), idle).await;
                 return Err(FetchError::Refused(s, why));
             }
         }

@@ -43,6 +43,27 @@ pub fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> R
         .unwrap_or_else(|_| Response::new(full("")))
 }
 
+/// What a peer's error answer says: the `error` of its JSON body, or the
+/// first 256 characters of the body, read at most 64 KiB and for at most
+/// `within` (empty if it does not come).
+pub async fn error_text<B>(body: B, within: Duration) -> String
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let body = http_body_util::Limited::new(body, 64 * 1024);
+    match tokio::time::timeout(within, body.collect()).await {
+        Ok(Ok(b)) => {
+            let b = b.to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&b)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&b).chars().take(256).collect())
+        }
+        _ => String::new(),
+    }
+}
+
 /// Reads and discards up to `max` bytes of a request body that will not be
 /// used, within `within`, so that the refusal sent next reaches a client
 /// still writing it instead of a reset connection. A longer (or slower)

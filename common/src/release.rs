@@ -116,12 +116,7 @@ impl Manifest {
                 "version: 1..={MAX_VERSION_BYTES} visible ASCII bytes"
             ));
         }
-        if self.sha256.len() != 64
-            || !self
-                .sha256
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if !crate::bulk::is_sha256_hex(&self.sha256) {
             return bad("sha256: 64 lowercase hex digits".into());
         }
         if self.target.is_empty() || self.target.len() > MAX_DESTINATIONS {

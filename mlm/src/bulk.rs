@@ -41,9 +41,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A body chunk must arrive within this of the last one, either way.
 const IDLE: Duration = Duration::from_secs(60);
-/// A body refused before it was relayed is drained up to this much, for this long.
-const DRAIN_BYTES: u64 = 8 << 20;
-const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// `[bulk]`: relaying transfers.
 #[derive(Debug, Clone, Deserialize)]
@@ -128,7 +125,7 @@ impl BulkRelay {
             Err(e) => {
                 // Refused before the body was read: take some of it first,
                 // so the answer reaches a child still writing.
-                drain(body, DRAIN_BYTES, DRAIN_TIME).await;
+                drain(body, bulk::REFUSAL_DRAIN_BYTES, bulk::REFUSAL_DRAIN_TIME).await;
                 e.response()
             }
         }

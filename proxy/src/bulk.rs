@@ -31,10 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rsnet_common::backchannel::Queues;
 use rsnet_common::bulk::{self, Token, UPLOAD_OFFSET};
@@ -61,8 +59,6 @@ const PREFIX: &str = "bulk/";
 const IDLE: Duration = Duration::from_secs(30);
 /// A transfer whose bytes stop moving for this long is abandoned and resumed.
 const STALL: Duration = Duration::from_secs(60);
-/// Largest error body read from the parent.
-const MAX_ANSWER: usize = 64 * 1024;
 /// Requests sent again for one upload after the receiver disputed its hash.
 const MAX_HASH_RETRIES: u32 = 2;
 
@@ -822,7 +818,9 @@ impl Bulk {
                 .sent
                 .add(progress.load(Ordering::Relaxed).saturating_sub(before));
             let status = resp.status();
-            let why = answer_text(resp).await;
+            let why =
+                rsnet_common::http_util::error_text(resp.into_body(), Duration::from_secs(10))
+                    .await;
             match status {
                 StatusCode::CREATED => return Outcome::Done,
                 StatusCode::ACCEPTED | StatusCode::CONFLICT => continue,
@@ -935,21 +933,6 @@ where
                 }
             }
         }
-    }
-}
-
-/// The `error` of a parent's JSON answer (bounded), or its status text.
-async fn answer_text(resp: http::Response<Incoming>) -> String {
-    let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER);
-    match tokio::time::timeout(Duration::from_secs(10), body.collect()).await {
-        Ok(Ok(b)) => {
-            let b: Bytes = b.to_bytes();
-            serde_json::from_slice::<serde_json::Value>(&b)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&b).chars().take(256).collect())
-        }
-        _ => String::new(),
     }
 }
 

@@ -520,12 +520,7 @@ pub fn decode_content(xml: &[u8], expected: ContentKind) -> Result<Content, Inva
         }
         ContentKind::BulkRequest => {
             let w: WireBulkRequest = from_xml(s, "content")?;
-            if w.sha256.len() != 64
-                || !w
-                    .sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
+            if !crate::bulk::is_sha256_hex(&w.sha256) {
                 return Err(field(
                     "bulk-request/@sha256",
                     "must be 64 lowercase hex digits",
