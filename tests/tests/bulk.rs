@@ -388,6 +388,10 @@ async fn hostile_transfers_are_refused_wrong_hash_reused_expired_and_foreign_tok
     let path = granted_path(&p8.request(10, &sha(&data[..10])).await);
     let (s, why) = p8.put(&path, 0, data[..20_000].to_vec(), &[]).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{why}");
+    // The smallest upload: zero bytes, stored at once.
+    let path = granted_path(&p8.request(0, &sha(b"")).await);
+    let (s, why) = p8.put(&path, 0, Vec::new(), &[]).await;
+    assert_eq!(s, StatusCode::CREATED, "{why}");
     // Tokens nobody granted, and paths that are no token.
     let fake = format!("{}{}", bulk::BULK_PREFIX, "ab".repeat(32));
     assert_eq!(p8.head(&fake).await.0, StatusCode::NOT_FOUND);
@@ -416,7 +420,7 @@ async fn hostile_transfers_are_refused_wrong_hash_reused_expired_and_foreign_tok
         .iter()
         .filter_map(|u| u["state"].as_str())
         .collect();
-    assert_eq!(states.iter().filter(|s| **s == "stored").count(), 1, "{v}");
+    assert_eq!(states.iter().filter(|s| **s == "stored").count(), 2, "{v}");
     assert_eq!(states.iter().filter(|s| **s == "failed").count(), 3, "{v}");
     assert!(
         !v.to_string().contains(&expiring[bulk::BULK_PREFIX.len()..]),
