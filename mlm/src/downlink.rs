@@ -9,6 +9,10 @@
 //! ([`rsnet_common::control::run_pending`]). Release offers go to the
 //! `^release` pseudo-queue instead, in that commit too: they are offered
 //! below only once this MLM holds the file ([`crate::releases`]).
+//!
+//! Rules that apply to the back-channel (`applies = "back"` or `"both"`)
+//! run first: a message a filter rule drops is acknowledged upward and goes
+//! no further; a modified one is routed and queued as modified.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +38,10 @@ pub struct Downlink {
     pub outbox: Arc<Outbox>,
     /// Release offers are fetched here before they go below.
     pub releases: Arc<crate::releases::ReleaseCache>,
+    /// The MLM's rules (those for the back-channel apply here).
+    pub rules: Arc<rsnet_common::pipeline::rules::Rules>,
+    /// Messages a back-channel rule dropped.
+    pub filtered: Counter,
 }
 
 impl Downlink {
@@ -45,8 +53,19 @@ impl Downlink {
         let mut ids = Vec::with_capacity(items.len());
         let mut releases = false;
         let mut cancels = Vec::new();
-        for item in &items {
+        for item in items {
             let id = item.header.id;
+            if backchannel::screen(queues, &item).is_none() {
+                acks.push(id);
+                continue;
+            }
+            let Some(item) = self.rules.back(item) else {
+                tracing::info!(message = %id, "back-channel message dropped by a rule");
+                self.filtered.inc();
+                acks.push(id);
+                continue;
+            };
+            let item = &item;
             let Some(d) = backchannel::screen(queues, item) else {
                 acks.push(id);
                 continue;

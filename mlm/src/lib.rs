@@ -33,7 +33,7 @@ use rsnet_common::forward;
 use rsnet_common::heartbeat::{self, StatusTree};
 use rsnet_common::http_util::{error, text};
 use rsnet_common::metrics::Registry;
-use rsnet_common::pipeline::{self, ExchangeService, Pipeline};
+use rsnet_common::pipeline::{self, rules, ExchangeService, Pipeline};
 use rsnet_common::ready;
 use rsnet_common::server::{self, Shutdown};
 use rsnet_common::store::{self, KvStore, Spool, StoreConfig};
@@ -80,6 +80,10 @@ pub struct Config {
     /// Rules (`[[rule]]`), in order: the first that matches a message decides.
     #[serde(default)]
     pub rule: Vec<pipeline::rules::RuleConfig>,
+    /// A file of `[[rule]]`s instead (relative to this file), reloaded on
+    /// SIGHUP and when it changes.
+    #[serde(default)]
+    pub rules_file: Option<PathBuf>,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -103,7 +107,13 @@ impl Config {
         c.store.validate(&mut errors);
         c.bulk.validate(&mut errors);
         c.throttle.validate(&mut errors);
-        pipeline::rules::validate(&c.rule, &mut errors);
+        rules::check_config(
+            path,
+            c.rules_file.as_deref(),
+            &c.rule,
+            rules::NodeKind::Mlm,
+            &mut errors,
+        );
         if c.heartbeat_interval_s == 0 {
             errors.push("heartbeat_interval_s: must be at least 1".into());
         }
@@ -152,10 +162,22 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         &metrics,
     )?;
     tokio::spawn(cache.clone().run(shutdown.clone()));
+    // The operator's rules ([[rule]] or rules_file), reloaded on SIGHUP and
+    // on a change; aggregates are held in this MLM's store.
+    let aggregator = rules::Aggregator::open(me.id.clone(), kv.clone(), outbox.clone(), &metrics)?;
+    let rules = rules::Rules::open(
+        rules::RuleSource::of(cfg.source.as_deref(), cfg.rules_file.as_deref(), &cfg.rule),
+        rules::NodeKind::Mlm,
+        Some(aggregator.clone()),
+        &metrics,
+    )
+    .map_err(|e| rsnet_common::Error::Setup(format!("rules: {e}")))?;
+    tokio::spawn(aggregator.run(shutdown.clone()));
+    tokio::spawn(rules.clone().watch(shutdown.clone()));
     let pipeline = Pipeline::new(
-        // Service modules: expiry, the rules (filter is built; modify and
-        // aggregate are not yet), the watch that frees cached releases as
-        // reports pass, and this MLM's limit on uploads.
+        // Service modules: expiry, the rules (filter, modify, aggregate),
+        // the watch that frees cached releases as reports pass, and this
+        // MLM's limit on uploads.
         Arc::new(pipeline::Chain(
             "modules",
             vec![
@@ -168,8 +190,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
                         "forward messages dropped here as expired",
                     ),
                 }),
-                // The operator's rules ([[rule]]; filter is built).
-                Arc::new(pipeline::rules::Rules::new(&cfg.rule, &metrics)),
+                rules.clone(),
                 Arc::new(releases::ReleaseWatch(cache.clone())),
                 Arc::new(bulk::BulkGate {
                     me: me.id.clone(),
@@ -221,6 +242,11 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     rsnet_common::control::run_pending(bc.queues(), node.as_ref(), &outbox).await;
     uplink.set_receiver(Arc::new(downlink::Downlink {
         releases: cache.clone(),
+        rules,
+        filtered: metrics.counter(
+            "rsnet_backchannel_filtered_total",
+            "back-channel messages from the parent dropped by a rule",
+        ),
         backchannel: bc.clone(),
         received: metrics.counter(
             "rsnet_backchannel_received_total",

@@ -28,6 +28,7 @@ use rsnet_common::control::NodeBase;
 use rsnet_common::forward;
 use rsnet_common::heartbeat::{self, StatusTree};
 use rsnet_common::metrics::Registry;
+use rsnet_common::pipeline::rules;
 use rsnet_common::ready;
 use rsnet_common::server::{self, Shutdown};
 use rsnet_common::store::{self, KvStore, Spool, StoreConfig};
@@ -100,9 +101,14 @@ pub struct Config {
     #[serde(default)]
     pub releases: releases::ReleasesConfig,
     /// Rules (`[[rule]]`) applied before spooling: filtered messages are
-    /// answered 202 and never leave the host.
+    /// answered 202 and never leave the host; modified ones are spooled as
+    /// modified.
     #[serde(default)]
     pub rule: Vec<rsnet_common::pipeline::rules::RuleConfig>,
+    /// A file of `[[rule]]`s instead (relative to this file), reloaded on
+    /// SIGHUP and when it changes.
+    #[serde(default)]
+    pub rules_file: Option<PathBuf>,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -145,7 +151,13 @@ impl Config {
         c.uplink.validate(&mut errors);
         c.store.validate(&mut errors);
         c.bulk.validate(&mut errors);
-        rsnet_common::pipeline::rules::validate(&c.rule, &mut errors);
+        rules::check_config(
+            path,
+            c.rules_file.as_deref(),
+            &c.rule,
+            rules::NodeKind::Proxy,
+            &mut errors,
+        );
         match c.local_api.listen.parse::<SocketAddr>() {
             Ok(a) if a.ip().is_loopback() => {}
             Ok(_) => errors.push("local_api.listen: must be a loopback address (the local API has no authentication)".into()),
@@ -269,6 +281,14 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     // Control actions left pending by a crash are carried out now (see control docs).
     inbox.resume().await;
     uplink.set_receiver(inbox.clone());
+    let rules = rules::Rules::open(
+        rules::RuleSource::of(cfg.source.as_deref(), cfg.rules_file.as_deref(), &cfg.rule),
+        rules::NodeKind::Proxy,
+        None,
+        &metrics,
+    )
+    .map_err(|e| rsnet_common::Error::Setup(format!("rules: {e}")))?;
+    tokio::spawn(rules.clone().watch(shutdown.clone()));
     let l2 = uplink.link().clone();
     let api = Arc::new(local_api::LocalApi {
         me: me.id.clone(),
@@ -278,7 +298,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         inbox,
         bulk: bulk.clone(),
         releases: rels.clone(),
-        rules: rsnet_common::pipeline::rules::Rules::new(&cfg.rule, &metrics),
+        rules: rules.clone(),
         metrics: metrics.clone(),
         parent: Arc::new(move || l2.current_parent().to_string()),
         key_window: Duration::from_secs(cfg.local_api.key_window_s),

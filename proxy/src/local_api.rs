@@ -121,7 +121,7 @@ pub struct LocalApi {
     /// Releases delivered here.
     pub releases: Arc<crate::releases::Releases>,
     /// Local filtering before the WAN.
-    pub rules: rsnet_common::pipeline::rules::Rules,
+    pub rules: Arc<rsnet_common::pipeline::rules::Rules>,
     /// Metrics.
     pub metrics: Registry,
     /// Parent URL in use, for status.
@@ -323,6 +323,13 @@ impl LocalApi {
                 Ok(m) => m,
                 Err(e) => return error(StatusCode::BAD_REQUEST, e),
             };
+            // Local rules first: a filtered message is answered with its ID
+            // and never spooled; a modified one travels as modified.
+            let id = m.header.id;
+            let Some(m) = self.rules.local(m) else {
+                filtered.push((i, id.to_string()));
+                continue;
+            };
             // Refused now, or it travels: nothing spooled can stall the forwarder.
             let r = forward::record(&m);
             if let Err(e) = budget::check(r.header.len(), r.content.len(), m.header.routing.len()) {
@@ -331,10 +338,6 @@ impl LocalApi {
                     e.status(),
                     format!("messages[{i}]: too large for an exchange: {e}; files and large payloads go as bulk transfers (POST /v1/bulk)"),
                 );
-            }
-            if self.rules.filters(&rsnet_common::envelope::Item::new(&m)) {
-                filtered.push((i, m.header.id.to_string()));
-                continue;
             }
             msgs.push(m);
             kept.push(i);

@@ -175,13 +175,10 @@ mod tests {
         fn get(&self, _: &str) -> crate::store::Result<Option<Vec<u8>>> {
             Ok(None)
         }
-        fn put(&self, _: Vec<(String, Vec<u8>)>) -> crate::store::Result<()> {
-            Ok(())
-        }
         fn list(&self, _: &str) -> crate::store::Result<Vec<(String, Vec<u8>)>> {
             Ok(Vec::new())
         }
-        fn delete(&self, _: &[String]) -> crate::store::Result<()> {
+        fn commit(&self, _: Vec<(String, Vec<u8>)>, _: &[String]) -> crate::store::Result<()> {
             Ok(())
         }
     }

@@ -185,6 +185,23 @@ pub fn kv_lists_by_prefix(open: &Open) {
     let l = kv.list("si/").unwrap();
     assert_eq!(l.len(), 2);
     assert_eq!(kv.get("nope").unwrap(), None);
+    // One commit removes and writes; a key both removed and written is written.
+    kv.commit(
+        vec![
+            ("si/c".into(), b"4".to_vec()),
+            ("si/a".into(), b"5".to_vec()),
+        ],
+        &["si/a".to_string(), "si/b".to_string()],
+    )
+    .unwrap();
+    let l = kv.list("si/").unwrap();
+    assert_eq!(
+        l,
+        vec![
+            ("si/a".to_string(), b"5".to_vec()),
+            ("si/c".to_string(), b"4".to_vec())
+        ]
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

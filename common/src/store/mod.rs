@@ -587,7 +587,24 @@ pub async fn delete_async(kv: &std::sync::Arc<dyn KvStore>, keys: Vec<String>) -
     r.map_err(|e| StoreError::Backend(e.to_string()))?
 }
 
+/// [`KvStore::commit`] on a blocking thread, for async code.
+///
+/// # Errors
+/// As [`KvStore::commit`].
+pub async fn commit_async(
+    kv: &std::sync::Arc<dyn KvStore>,
+    put: Vec<(String, Vec<u8>)>,
+    delete: Vec<String>,
+) -> Result<()> {
+    let kv = kv.clone();
+    #[allow(clippy::disallowed_methods)] // in spawn_blocking
+    let r = tokio::task::spawn_blocking(move || kv.commit(put, &delete)).await;
+    r.map_err(|e| StoreError::Backend(e.to_string()))?
+}
+
 /// Small durable key/value state.
+// The provided methods delegate to `commit`; callers are checked.
+#[allow(clippy::disallowed_methods)]
 pub trait KvStore: Send + Sync + 'static {
     /// The value at `key`.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
@@ -595,17 +612,28 @@ pub trait KvStore: Send + Sync + 'static {
     ///
     /// # Durability
     /// Returns after fsync.
-    fn put(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()>;
+    fn put(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()> {
+        self.commit(pairs, &[])
+    }
     /// Every pair whose key starts with `prefix`.
     fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
     /// Removes keys in one durable commit; unknown keys are ignored.
     ///
     /// # Durability
     /// Returns after fsync.
-    fn delete(&self, keys: &[String]) -> Result<()>;
+    fn delete(&self, keys: &[String]) -> Result<()> {
+        self.commit(Vec::new(), keys)
+    }
+    /// Removes `delete`, then writes `put`, in one durable commit: after a
+    /// crash either all of it happened or none (how held messages become
+    /// one aggregate, [`crate::pipeline::rules`]).
+    ///
+    /// # Durability
+    /// Returns after fsync.
+    fn commit(&self, put: Vec<(String, Vec<u8>)>, delete: &[String]) -> Result<()>;
 }
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 #[cfg(test)]
 mod tests;

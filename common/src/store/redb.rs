@@ -658,23 +658,15 @@ impl KvStore for RedbKv {
         Ok(t.get(key).map_err(be)?.map(|v| v.value().to_vec()))
     }
 
-    fn put(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()> {
+    fn commit(&self, put: Vec<(String, Vec<u8>)>, delete: &[String]) -> Result<()> {
         let w = self.db.begin_write().map_err(be)?;
         {
             let mut t = w.open_table(STATE).map_err(be)?;
-            for (k, v) in &pairs {
-                t.insert(k.as_str(), v.as_slice()).map_err(be)?;
-            }
-        }
-        w.commit().map_err(be)
-    }
-
-    fn delete(&self, keys: &[String]) -> Result<()> {
-        let w = self.db.begin_write().map_err(be)?;
-        {
-            let mut t = w.open_table(STATE).map_err(be)?;
-            for k in keys {
+            for k in delete {
                 t.remove(k.as_str()).map_err(be)?;
+            }
+            for (k, v) in &put {
+                t.insert(k.as_str(), v.as_slice()).map_err(be)?;
             }
         }
         w.commit().map_err(be)
