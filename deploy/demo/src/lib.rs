@@ -53,6 +53,8 @@ pub struct Spec {
     pub proxy_releases_extra: String,
     /// Extra sections for every MLM (e.g. `[backchannel]`).
     pub mlm_extra: String,
+    /// Extra top-level lines for every MLM, before any section (e.g. `rules_file`).
+    pub mlm_top: String,
     /// Extra sections for the appserver (e.g. `[backchannel]`).
     pub appserver_extra: String,
     /// `[releases] max_bytes` of the appserver (default: the appserver's own).
@@ -77,6 +79,7 @@ impl Spec {
             proxy_releases_extra: String::new(),
             mlm_uplink_extra: String::new(),
             mlm_extra: String::new(),
+            mlm_top: String::new(),
             appserver_extra: String::new(),
             release_max_bytes: None,
         }
@@ -213,9 +216,9 @@ impl Tree {
             let url = tree.url_of(&parent_id)?;
             let t = tls_for(&mlm_ids[i], Role::Mlm)?;
             let hb = spec.heartbeat_s;
-            let (up, extra) = (&spec.mlm_uplink_extra, &spec.mlm_extra);
+            let (up, extra, top) = (&spec.mlm_uplink_extra, &spec.mlm_extra, &spec.mlm_top);
             tree.add(mlm_ids[i].clone(), Role::Mlm, Some(parent_id), |data| {
-                format!("data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\nheartbeat_interval_s = {hb}\n{}\n[uplink]\nparents = [\"{url}\"]\n{up}\n{extra}\n", tls_toml(&t))
+                format!("data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\nheartbeat_interval_s = {hb}\n{top}\n{}\n[uplink]\nparents = [\"{url}\"]\n{up}\n{extra}\n", tls_toml(&t))
             })?;
             let n = tree.nodes.len() - 1;
             tree.launch(n)?;

@@ -328,12 +328,13 @@ impl Rules {
                 ),
             },
         };
-        let n = r.current().rules.len();
-        r.metrics
-            .gauge("rsnet_rules_in_force", "rules in force now", move || {
-                n as f64
-            });
-        Ok(Arc::new(r))
+        let r = Arc::new(r);
+        let weak = Arc::downgrade(&r);
+        metrics.gauge("rsnet_rules_in_force", "rules in force now", move || {
+            weak.upgrade()
+                .map_or(f64::NAN, |r| r.current().rules.len() as f64)
+        });
+        Ok(r)
     }
 
     fn current(&self) -> Arc<RuleSet> {
