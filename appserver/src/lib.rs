@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rsnet_common::backchannel::BackChannel;
-use rsnet_common::pipeline::{ExchangeService, PassThrough, Pipeline};
+use rsnet_common::pipeline::{ExchangeService, Pipeline};
 
 use crate::deliveries::{Deliveries, QueueEvents};
 use crate::groups::Groups;
@@ -70,6 +70,9 @@ pub struct Config {
     /// Granting and receiving uploads.
     #[serde(default)]
     pub uploads: uploads::UploadsConfig,
+    /// Rates, windows and the free-disk floor of what is stored.
+    #[serde(default)]
+    pub throttle: rsnet_common::pipeline::throttle::ThrottleConfig,
 }
 
 impl Config {
@@ -86,6 +89,7 @@ impl Config {
         c.backchannel.validate(&mut errors);
         c.store.validate(&mut errors);
         c.uploads.validate(&mut errors);
+        c.throttle.validate(&mut errors);
         ConfigError::check(path, errors)?;
         Ok(c)
     }
@@ -153,8 +157,11 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
                 "forward messages dropped here as expired",
             ),
         }),
-        // Throttle (not built yet).
-        Arc::new(PassThrough("throttle")),
+        // Throttle: rates, windows, and the free-disk floor under the store.
+        Arc::new(
+            rsnet_common::pipeline::throttle::Throttle::new(me.id.clone(), &cfg.throttle, &metrics)
+                .on_disk(&cfg.data_dir),
+        ),
         // Terminal: validate content, store once.
         ingest,
     );

@@ -21,6 +21,7 @@ pub mod bulk;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod disk;
 pub mod download;
 pub mod envelope;
 pub mod error;

@@ -111,6 +111,11 @@ impl BulkRelay {
         }
     }
 
+    /// How many transfers are being relayed now (the throttle's probe).
+    pub fn in_progress(&self) -> usize {
+        self.max.saturating_sub(self.slots.available_permits())
+    }
+
     /// `HEAD` or `PUT /rs/v1/bulk/TOKEN` from a child.
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let (parts, body) = req.into_parts();

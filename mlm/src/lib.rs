@@ -174,6 +174,11 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     .map_err(|e| rsnet_common::Error::Setup(format!("rules: {e}")))?;
     tokio::spawn(aggregator.run(shutdown.clone()));
     tokio::spawn(rules.clone().watch(shutdown.clone()));
+    let transfers = Arc::new(bulk::BulkRelay::new(
+        uplink.link().clone(),
+        &cfg.bulk,
+        &metrics,
+    ));
     let pipeline = Pipeline::new(
         // Service modules: expiry, the rules (filter, modify, aggregate),
         // the watch that frees cached releases as reports pass, and this
@@ -199,13 +204,16 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
                 }),
             ],
         )),
-        // Throttle: rates and time windows ([throttle]; a free-disk floor
-        // and a cap on concurrent bulk transfers by class are not built yet).
-        Arc::new(pipeline::throttle::Throttle::new(
-            me.id.clone(),
-            &cfg.throttle,
-            &metrics,
-        )),
+        // Throttle: rates, time windows, a free-disk floor and a cap on
+        // the uploads passing here ([throttle]).
+        Arc::new(
+            pipeline::throttle::Throttle::new(me.id.clone(), &cfg.throttle, &metrics)
+                .on_disk(&cfg.data_dir)
+                .with_bulk({
+                    let t = transfers.clone();
+                    Arc::new(move || t.in_progress())
+                }),
+        ),
         // Terminal: the hop, the budget, the parent.
         Arc::new(relay::Relay::start(
             me.id.clone(),
@@ -216,11 +224,6 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         )),
     );
     let exchange = Arc::new(ExchangeService::new(pipeline, bc.clone(), &metrics));
-    let transfers = Arc::new(bulk::BulkRelay::new(
-        uplink.link().clone(),
-        &cfg.bulk,
-        &metrics,
-    ));
     let tree = {
         let (id, spool) = (me.id.clone(), spool.clone());
         move || StatusTree {

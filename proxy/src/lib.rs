@@ -109,6 +109,10 @@ pub struct Config {
     /// SIGHUP and when it changes.
     #[serde(default)]
     pub rules_file: Option<PathBuf>,
+    /// This proxy's own throttle: rates and windows hold messages in the
+    /// spool; below the free-disk floor integrators are refused (507).
+    #[serde(default)]
+    pub throttle: rsnet_common::pipeline::throttle::ThrottleConfig,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -151,6 +155,7 @@ impl Config {
         c.uplink.validate(&mut errors);
         c.store.validate(&mut errors);
         c.bulk.validate(&mut errors);
+        c.throttle.validate_sender(&mut errors);
         rules::check_config(
             path,
             c.rules_file.as_deref(),
@@ -302,6 +307,9 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         metrics: metrics.clone(),
         parent: Arc::new(move || l2.current_parent().to_string()),
         key_window: Duration::from_secs(cfg.local_api.key_window_s),
+        disk: (cfg.throttle.min_free_disk_bytes > 0).then(|| {
+            rsnet_common::disk::DiskFloor::new(&cfg.data_dir, cfg.throttle.min_free_disk_bytes)
+        }),
     });
     let listener = server::bind(&cfg.local_api.listen).await?;
     let addr = listener.local_addr()?;
@@ -317,6 +325,11 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
             "proxy started",
         )])
         .await?;
+    forwarder.set_throttle(Arc::new(rsnet_common::pipeline::throttle::Throttle::new(
+        me.id.clone(),
+        &cfg.throttle,
+        &metrics,
+    )));
     let fwd = tokio::spawn(forwarder.clone().run(shutdown.clone()));
     tokio::spawn(bulk.run(shutdown.clone()));
     tokio::spawn(rels.run(shutdown.clone()));

@@ -128,9 +128,23 @@ pub struct LocalApi {
     pub parent: Arc<dyn Fn() -> String + Send + Sync>,
     /// How long a client key is remembered.
     pub key_window: Duration,
+    /// Free disk that must stay under the data directory (`[throttle]
+    /// min_free_disk_bytes`); below it, messages and files are refused.
+    pub disk: Option<rsnet_common::disk::DiskFloor>,
 }
 
 impl LocalApi {
+    /// Why nothing can be spooled now, if free disk is below the floor.
+    fn disk_low(&self) -> Option<String> {
+        let d = self.disk.as_ref()?;
+        let free = d.below()?;
+        Some(format!(
+            "free disk under the proxy's data directory is {} MiB, below the floor of {} MiB (throttle.min_free_disk_bytes): not spooled; free some space",
+            free >> 20,
+            d.floor() >> 20
+        ))
+    }
+
     /// Turns an integrator's input into a message (allocating its support instance).
     ///
     /// # Errors
@@ -161,6 +175,12 @@ impl LocalApi {
 
     /// Routes one request.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() == Method::POST && matches!(req.uri().path(), "/v1/messages" | "/v1/bulk") {
+            // Refused at once rather than spooled onto a full disk.
+            if let Some(why) = self.disk_low() {
+                return error(StatusCode::INSUFFICIENT_STORAGE, why);
+            }
+        }
         match (req.method().clone(), req.uri().path()) {
             (Method::POST, "/v1/messages") => self.post_messages(req).await,
             (Method::POST, "/v1/bulk") => {

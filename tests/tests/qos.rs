@@ -514,3 +514,137 @@ async fn a_proxy_filter_rule_keeps_noise_on_the_host() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_s_own_throttle_keeps_messages_spooled_and_sends_them_at_its_rate() {
+    const RATE: u64 = 20;
+    const N: usize = 60;
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        proxy_extra: format!("[throttle]\nmessages_per_s = {RATE}\nburst_ms = 100\n"),
+        ..Spec::demo()
+    };
+    let tree = start("qos-sender-throttle", &spec);
+    let op = tree.operator_target().unwrap();
+    let p1 = tree.index("acme.p1").unwrap();
+    let batch: Vec<Value> = (0..N)
+        .map(|i| json!({ "kind": "event", "class": "event", "subclass": "paced", "text": format!("{i}") }))
+        .collect();
+    send(tree.nodes[p1].addr.unwrap(), &batch).await.unwrap();
+    let all = wait_for("every event stored", LONG, || async {
+        let all = stored(&op, "subclass=paced").await.ok()?;
+        (all.len() >= N).then_some(all)
+    })
+    .await;
+    assert_eq!(all.len(), N, "each stored once");
+    let mut at: Vec<u64> = all
+        .iter()
+        .filter_map(|m| Timestamp::parse_rfc3339(m["received"].as_str()?).map(|t| t.0))
+        .collect();
+    at.sort();
+    // After a burst of 2, no faster than the rate (a slow machine only
+    // spreads them further).
+    let span_ms = at[N - 1] - at[0];
+    let least_ms = (N as u64 - 2) * 1000 / RATE;
+    assert!(
+        span_ms * 10 >= least_ms * 9,
+        "{N} events over {span_ms} ms through a {RATE}/s sender throttle"
+    );
+    let held = rsnet_demo::metric(
+        &tree.node_target(p1).unwrap(),
+        "rsnet_throttle_deferred_rate_total",
+    )
+    .await
+    .unwrap();
+    assert!(held > 0.0, "the proxy's throttle held some back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_free_disk_floor_a_proxy_refuses_and_an_mlm_defers_until_there_is_room() {
+    // A floor no disk can meet (1 EiB): the proxy refuses its integrator at
+    // once, with a reason.
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0)), ("p2".into(), Some(0))],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let mut tree = start("qos-disk-floor", &spec);
+    let op = tree.operator_target().unwrap();
+    let (mlm, p1, p2) = (
+        tree.index("acme.mlm1").unwrap(),
+        tree.index("acme.p1").unwrap(),
+        tree.index("acme.p2").unwrap(),
+    );
+    let floor = "[throttle]\nmin_free_disk_bytes = 1152921504606846976\n";
+    let set_floor = |tree: &mut Tree, i: usize, on: bool| {
+        let path = tree.nodes[i].config.clone();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = if on {
+            format!("{text}\n{floor}")
+        } else {
+            text.replace(floor, "")
+        };
+        std::fs::write(&path, text).unwrap();
+        tokio::task::block_in_place(|| tree.restart(i)).unwrap();
+    };
+    tokio::task::block_in_place(|| tree.stop(p1, Duration::from_secs(10)));
+    set_floor(&mut tree, p1, true);
+    let ev =
+        |t: &str| json!({ "kind": "event", "class": "event", "subclass": "disk-floor", "text": t });
+    let (s, v) = json_call(
+        &tree.node_target(p1).unwrap(),
+        Method::POST,
+        "/v1/messages",
+        Some(json!({ "messages": [ev("refused")] })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, http::StatusCode::INSUFFICIENT_STORAGE, "{v}");
+    let why = v.to_string();
+    assert!(
+        why.contains("below the floor") && why.contains("min_free_disk_bytes"),
+        "{why}"
+    );
+
+    // At the MLM the same floor defers what passes: p2 keeps its messages
+    // spooled, and they go once the MLM has room again.
+    tokio::task::block_in_place(|| tree.stop(mlm, Duration::from_secs(10)));
+    set_floor(&mut tree, mlm, true);
+    let ids = send(tree.nodes[p2].addr.unwrap(), &[ev("a"), ev("b")])
+        .await
+        .unwrap();
+    let mlm_t = tree.node_target(mlm).unwrap();
+    wait_for("the MLM defers for disk", LONG, || async {
+        let n = rsnet_demo::metric(&mlm_t, "rsnet_throttle_deferred_disk_total")
+            .await
+            .ok()?;
+        (n >= 2.0).then_some(())
+    })
+    .await;
+    let (_, st) = json_call(
+        &tree.node_target(p2).unwrap(),
+        Method::GET,
+        "/v1/status",
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        st["spool"]["messages"].as_u64().unwrap() >= 2,
+        "held at the proxy: {st}"
+    );
+    assert!(stored(&op, "subclass=disk-floor").await.unwrap().is_empty());
+    tokio::task::block_in_place(|| tree.stop(mlm, Duration::from_secs(10)));
+    set_floor(&mut tree, mlm, false);
+    wait_for("both stored once there is room", LONG, || async {
+        let all = stored(&op, "subclass=disk-floor").await.ok()?;
+        ids.iter()
+            .all(|id| all.iter().any(|m| m["id"] == id.as_str()))
+            .then_some(())
+    })
+    .await;
+    tree.shutdown();
+}

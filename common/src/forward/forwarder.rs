@@ -1,8 +1,8 @@
 //! The [`Forwarder`]: spool → parent, until every message is answered.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -71,6 +71,8 @@ struct State {
     /// After "retry after" answers: messages of this precedence or lower
     /// wait until then; more important ones keep flowing.
     holds: Vec<(u8, Instant)>,
+    /// Held by this sender's own throttle for a closed window, until it opens.
+    parked: HashMap<SpoolKey, Instant>,
     backoff: Backoff,
 }
 
@@ -95,6 +97,8 @@ pub struct Forwarder {
     state: Mutex<State>,
     slots: Arc<Semaphore>,
     enabled: AtomicBool,
+    /// This sender's own throttle (a proxy's `[throttle]`), if it has one.
+    throttle: OnceLock<Arc<crate::pipeline::throttle::Throttle>>,
 }
 
 impl Forwarder {
@@ -119,10 +123,63 @@ impl Forwarder {
                 inflight: HashSet::new(),
                 pause_until: None,
                 holds: Vec::new(),
+                parked: HashMap::new(),
                 backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
             }),
             enabled: AtomicBool::new(true),
+            throttle: OnceLock::new(),
         })
+    }
+
+    /// Gives this sender its own throttle: what its rates and windows hold
+    /// back stays spooled (set once; later calls are ignored).
+    pub fn set_throttle(&self, t: Arc<crate::pipeline::throttle::Throttle>) {
+        let _ = self.throttle.set(t);
+    }
+
+    /// Applies this sender's own throttle to `entries` (in send order):
+    /// returns those that may go now, or how long to wait if none may.
+    fn throttled(
+        &self,
+        entries: Vec<(SpoolKey, SpoolRecord)>,
+    ) -> (Vec<(SpoolKey, SpoolRecord)>, Option<Duration>) {
+        let Some(t) = self.throttle.get() else {
+            return (entries, None);
+        };
+        let classes: Vec<Option<String>> = entries
+            .iter()
+            .map(|(_, r)| {
+                t.has_windows()
+                    .then(|| crate::envelope::wire::decode_header(&r.header).ok())
+                    .flatten()
+                    .map(|h| h.class)
+            })
+            .collect();
+        let asks: Vec<(Option<&str>, usize)> = entries
+            .iter()
+            .zip(&classes)
+            .map(|((_, r), c)| (c.as_deref(), r.header.len() + r.content.len()))
+            .collect();
+        let a = t.admit(&asks);
+        if !a.parked.is_empty() {
+            if let Ok(mut s) = self.state.lock() {
+                let now = Instant::now();
+                for (i, after) in &a.parked {
+                    s.parked.insert(entries[*i].0, now + *after);
+                }
+            }
+        }
+        let go: Vec<_> = entries
+            .into_iter()
+            .zip(a.send)
+            .filter_map(|(e, ok)| ok.then_some(e))
+            .collect();
+        let wait = if go.is_empty() {
+            Some(a.wait.unwrap_or(IDLE_TICK))
+        } else {
+            None
+        };
+        (go, wait)
     }
 
     /// A second forwarder over the same spool, link and dead letters with
@@ -231,7 +288,13 @@ impl Forwarder {
             let skip = self
                 .state
                 .lock()
-                .map(|s| s.inflight.clone())
+                .map(|mut s| {
+                    let now = Instant::now();
+                    s.parked.retain(|_, until| *until > now);
+                    let mut skip = s.inflight.clone();
+                    skip.extend(s.parked.keys().copied());
+                    skip
+                })
                 .unwrap_or_default();
             let peeked = match self
                 .outbox
@@ -274,6 +337,17 @@ impl Forwarder {
                 drop(permit);
                 if self.idle(&mut shutdown).await {
                     return;
+                }
+                continue;
+            }
+            let (entries, wait) = self.throttled(peeked.entries);
+            peeked.entries = entries;
+            if let Some(wait) = wait {
+                // This sender's own throttle: the rest stays spooled.
+                drop(permit);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {},
+                    _ = shutdown.wait() => return,
                 }
                 continue;
             }

@@ -9,6 +9,13 @@
 //! * **Windows**: a class (`bulk`, say) let through only between two times
 //!   of day (UTC); outside, its messages are deferred until the window
 //!   opens, and other classes flow.
+//! * **Free disk** ([`crate::disk`]): below `min_free_disk_bytes` under the
+//!   node's data directory, every forward message is deferred.
+//! * **Concurrent bulk transfers**: while `max_bulk_transfers` uploads
+//!   pass this node, further bulk requests are deferred (alarms flow).
+//!
+//! A sender runs the same rates and windows on itself ([`Throttle::admit`]):
+//! what they hold back stays in its spool instead of being sent.
 //!
 //! Every decision is counted by reason in `/metrics`. The clock of the
 //! windows is injected ([`Throttle::with_clock`]) so tests need no wall clock.
@@ -35,8 +42,15 @@ const HEADER_ALLOWANCE: usize = 256;
 /// A byte limiter always admits one whole message.
 const MIN_BYTE_BURST: u32 = 2 << 20;
 
+/// Default `min_free_disk_bytes`: 64 MiB.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 64 << 20;
+/// What a sender is told to wait while free disk is below the floor.
+const DISK_RETRY: Duration = Duration::from_secs(5);
+/// What a bulk request is told to wait while the transfer cap is reached.
+const BULK_RETRY: Duration = Duration::from_secs(10);
+
 /// `[throttle]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ThrottleConfig {
     /// Messages per second, all children together.
@@ -51,6 +65,29 @@ pub struct ThrottleConfig {
     pub burst_ms: Option<u32>,
     /// Time-of-day windows per class.
     pub window: Vec<WindowConfig>,
+    /// Free bytes that must stay on the disk of the data directory; below,
+    /// forward messages are deferred (at a proxy: refused to integrators).
+    /// Default 64 MiB; 0 turns it off.
+    pub min_free_disk_bytes: u64,
+    /// Uploads passing this node at once; past it, bulk requests are
+    /// deferred. Default: no cap here (an MLM's `[bulk] max_transfers`
+    /// still refuses transfers past its own cap).
+    pub max_bulk_transfers: Option<usize>,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            messages_per_s: None,
+            bytes_per_s: None,
+            child_messages_per_s: None,
+            child_bytes_per_s: None,
+            burst_ms: None,
+            window: Vec::new(),
+            min_free_disk_bytes: DEFAULT_MIN_FREE_DISK,
+            max_bulk_transfers: None,
+        }
+    }
 }
 
 /// `[[throttle.window]]`: `class` passes only from `from` to `to` (UTC, `HH:MM`;
@@ -73,6 +110,23 @@ fn minutes(s: &str) -> Option<u32> {
 }
 
 impl ThrottleConfig {
+    /// Checks a sender's own `[throttle]` (a proxy's): the per-child limits
+    /// and the bulk cap are a parent's. Adds every problem to `errors`.
+    pub fn validate_sender(&self, errors: &mut Vec<String>) {
+        self.validate(errors);
+        for (k, set) in [
+            ("child_messages_per_s", self.child_messages_per_s.is_some()),
+            ("child_bytes_per_s", self.child_bytes_per_s.is_some()),
+            ("max_bulk_transfers", self.max_bulk_transfers.is_some()),
+        ] {
+            if set {
+                errors.push(format!(
+                    "throttle.{k}: applies at a parent (an MLM), not at a proxy"
+                ));
+            }
+        }
+    }
+
     /// Adds every problem to `errors`.
     pub fn validate(&self, errors: &mut Vec<String>) {
         for (k, v) in [
@@ -87,6 +141,11 @@ impl ThrottleConfig {
                     "throttle.{k}: must be at least 1 (leave it out for no limit)"
                 ));
             }
+        }
+        if self.max_bulk_transfers == Some(0) {
+            errors.push(
+                "throttle.max_bulk_transfers: must be at least 1 (leave it out for no cap)".into(),
+            );
         }
         for (i, w) in self.window.iter().enumerate() {
             if !crate::model::valid_class(&w.class) {
@@ -137,6 +196,22 @@ struct Counters {
     passed: Counter,
     rate: Counter,
     window: Counter,
+    disk: Counter,
+    bulk: Counter,
+}
+
+/// How many uploads pass this node now (an MLM's [`crate::bulk`] relay).
+pub type BulkProbe = Arc<dyn Fn() -> usize + Send + Sync>;
+
+/// What [`Throttle::admit`] lets a sender send now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Admitted {
+    /// Per entry, in order: may it go now?
+    pub send: Vec<bool>,
+    /// Entries held for a window, with how long until it opens.
+    pub parked: Vec<(usize, Duration)>,
+    /// When nothing may go: how long a rate says to wait.
+    pub wait: Option<Duration>,
 }
 
 /// See the module docs.
@@ -149,6 +224,10 @@ pub struct Throttle {
     windows: Vec<Window>,
     clock: DayClock,
     counters: Counters,
+    min_free: u64,
+    disk: Option<crate::disk::DiskFloor>,
+    bulk: Option<(usize, BulkProbe)>,
+    max_bulk: Option<usize>,
 }
 
 fn quota(per_s: u32, burst_ms: u32, min_burst: u32) -> Option<Quota> {
@@ -211,8 +290,92 @@ impl Throttle {
                     "rsnet_throttle_deferred_window_total",
                     "messages deferred until their class's time window opens",
                 ),
+                disk: c(
+                    "rsnet_throttle_deferred_disk_total",
+                    "messages deferred while free disk was below the floor",
+                ),
+                bulk: c(
+                    "rsnet_throttle_deferred_bulk_total",
+                    "bulk requests deferred while the cap on concurrent transfers was reached",
+                ),
             },
+            min_free: cfg.min_free_disk_bytes,
+            disk: None,
+            bulk: None,
+            max_bulk: cfg.max_bulk_transfers,
         }
+    }
+
+    /// Watches free disk under `dir` against the configured floor.
+    pub fn on_disk(self, dir: &std::path::Path) -> Throttle {
+        let floor = crate::disk::DiskFloor::new(dir, self.min_free);
+        self.with_disk(floor)
+    }
+
+    /// Watches free disk with `floor` (tests inject a probe).
+    pub fn with_disk(mut self, floor: crate::disk::DiskFloor) -> Throttle {
+        if floor.floor() > 0 {
+            self.disk = Some(floor);
+        }
+        self
+    }
+
+    /// Counts the uploads passing this node with `probe`, against the
+    /// configured cap.
+    pub fn with_bulk(mut self, probe: BulkProbe) -> Throttle {
+        if let Some(max) = self.max_bulk {
+            self.bulk = Some((max, probe));
+        }
+        self
+    }
+
+    /// Free disk below the floor: the reason, if so.
+    fn disk_low(&self) -> Option<String> {
+        let d = self.disk.as_ref()?;
+        let free = d.below()?;
+        Some(format!(
+            "throttled at {}: free disk {} MiB is below the floor of {} MiB",
+            self.me,
+            free >> 20,
+            d.floor() >> 20
+        ))
+    }
+
+    /// True if [`Throttle::admit`] looks at classes (some window is set).
+    pub fn has_windows(&self) -> bool {
+        !self.windows.is_empty()
+    }
+
+    /// A sender's own throttle on what it is about to send, in send order:
+    /// each entry is its class (if known) and size. An entry whose class's
+    /// window is closed waits (parked) and the others may still go; the
+    /// first entry over a rate, and every one after it, waits.
+    pub fn admit(&self, entries: &[(Option<&str>, usize)]) -> Admitted {
+        let me = self.me.clone();
+        let now = (self.clock)();
+        let mut out = Admitted {
+            send: vec![false; entries.len()],
+            ..Admitted::default()
+        };
+        for (i, (class, size)) in entries.iter().enumerate() {
+            if let Some(w) =
+                class.and_then(|c| self.windows.iter().find(|w| w.class == c && !w.open(now)))
+            {
+                self.counters.window.inc();
+                let after = Duration::from_secs(u64::from(w.until_open(now)) * 60).max(MIN_RETRY);
+                out.parked.push((i, after));
+                continue;
+            }
+            let size = u32::try_from(size + HEADER_ALLOWANCE).unwrap_or(u32::MAX);
+            if let Some((after, _)) = self.over_rate(&me, size) {
+                self.counters.rate.add((entries.len() - i) as u64);
+                out.wait = Some(after);
+                break;
+            }
+            self.counters.passed.inc();
+            out.send[i] = true;
+        }
+        out
     }
 
     /// The wait a rate imposes on a message of `size` bytes from `child`, if any.
@@ -257,9 +420,34 @@ impl Stage for Throttle {
             decided: Vec::new(),
         };
         let mut rest: Option<(Duration, String)> = None;
+        let disk = self.disk_low();
+        let bulk_full = self.bulk.as_ref().and_then(|(max, probe)| {
+            let n = probe();
+            (n >= *max).then(|| {
+                format!(
+                    "throttled at {}: {n} bulk transfers in progress (at most {max})",
+                    self.me
+                )
+            })
+        });
         for item in items {
             if !matches!(item.header.direction, Direction::Source(_)) {
                 out.forward.push(item);
+                continue;
+            }
+            if let Some(why) = &disk {
+                self.counters.disk.inc();
+                out.decided
+                    .push((item.header.id, Verdict::defer(why.clone(), DISK_RETRY)));
+                continue;
+            }
+            if let Some(why) = bulk_full
+                .as_ref()
+                .filter(|_| item.header.kind == crate::model::ContentKind::BulkRequest)
+            {
+                self.counters.bulk.inc();
+                out.decided
+                    .push((item.header.id, Verdict::defer(why.clone(), BULK_RETRY)));
                 continue;
             }
             if let Some(w) = self
@@ -434,6 +622,82 @@ mod tests {
             0,
             "closed at 06:00"
         );
+    }
+
+    #[tokio::test]
+    async fn free_disk_below_the_floor_defers_everything_and_above_it_nothing() {
+        let free = Arc::new(std::sync::atomic::AtomicU64::new(10 << 20));
+        let f = free.clone();
+        let t = Throttle::new(
+            "acme.mlm1".parse().unwrap(),
+            &cfg("min_free_disk_bytes = 67108864\n"),
+            &Registry::default(),
+        )
+        .with_disk(crate::disk::DiskFloor::with_probe(
+            64 << 20,
+            Arc::new(move || Ok(f.load(Ordering::Relaxed))),
+        ));
+        let j = t
+            .judge(&ex("acme.p1"), vec![item("acme.p1", &["acme.p1"])])
+            .await;
+        assert_eq!(j.forward.len(), 0);
+        assert!(deferred(&j)[0].contains("free disk 10 MiB is below the floor of 64 MiB"));
+        // A fresh throttle reads again (a reading lasts a second).
+        free.store(100 << 20, Ordering::Relaxed);
+        let f = free.clone();
+        let t = Throttle::new("acme.mlm1".parse().unwrap(), &cfg(""), &Registry::default())
+            .with_disk(crate::disk::DiskFloor::with_probe(
+                64 << 20,
+                Arc::new(move || Ok(f.load(Ordering::Relaxed))),
+            ));
+        let j = t
+            .judge(&ex("acme.p1"), vec![item("acme.p1", &["acme.p1"])])
+            .await;
+        assert_eq!(j.forward.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_bulk_cap_defers_bulk_requests_and_nothing_else() {
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(2));
+        let a = active.clone();
+        let t = Throttle::new(
+            "acme.mlm1".parse().unwrap(),
+            &cfg("max_bulk_transfers = 2\n"),
+            &Registry::default(),
+        )
+        .with_bulk(Arc::new(move || a.load(Ordering::Relaxed)));
+        let mut req = item("acme.p1", &["acme.p1"]);
+        req.header.kind = crate::model::ContentKind::BulkRequest;
+        let alarm = item("acme.p1", &["acme.p1"]);
+        let j = t.judge(&ex("acme.p1"), vec![req.clone(), alarm]).await;
+        assert_eq!(j.forward.len(), 1, "the alarm flows");
+        assert!(deferred(&j)[0].contains("2 bulk transfers in progress (at most 2)"));
+        active.store(1, Ordering::Relaxed);
+        assert_eq!(t.judge(&ex("acme.p1"), vec![req]).await.forward.len(), 1);
+    }
+
+    #[test]
+    fn a_sender_parks_a_closed_window_and_stops_at_its_rate() {
+        let t = Throttle::with_clock(
+            "acme.p1".parse().unwrap(),
+            &cfg("messages_per_s = 10\nburst_ms = 300\n[[window]]\nclass = \"bulk\"\nfrom = \"22:00\"\nto = \"06:00\"\n"),
+            &Registry::default(),
+            Arc::new(|| 12 * 60),
+        );
+        let entries: Vec<(Option<&str>, usize)> = vec![
+            (Some("alarm"), 100),
+            (Some("bulk"), 100),
+            (Some("alarm"), 100),
+            (Some("alarm"), 100),
+            (Some("alarm"), 100),
+        ];
+        let a = t.admit(&entries);
+        assert_eq!(a.send, vec![true, false, true, true, false], "{a:?}");
+        assert_eq!(a.parked, vec![(1, Duration::from_secs(10 * 3600))]);
+        assert!(a.wait.is_some_and(|w| w >= MIN_RETRY));
+        let mut e = Vec::new();
+        cfg("child_messages_per_s = 1\nmax_bulk_transfers = 3\n").validate_sender(&mut e);
+        assert_eq!(e.len(), 2, "{e:?}");
     }
 
     #[test]
