@@ -93,9 +93,11 @@ fn each_once(aggs: &[(String, Value)], sent: &HashSet<String>) -> Result<(), Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_storm_of_ten_thousand_is_folded_into_a_few_aggregates_naming_each_alarm_once() {
-    // The demo tree: 2 MLMs, 4 proxies; 5 support instances per proxy.
+    // One MLM with one aggregate rule, 4 proxies, 50 support instances.
     let window_s = 4;
     let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: (1..=4).map(|i| (format!("p{i}"), Some(0))).collect(),
         heartbeat_s: 3600,
         mlm_extra: aggregate_rule(1000, window_s),
         ..Spec::demo()
@@ -103,13 +105,18 @@ async fn an_alarm_storm_of_ten_thousand_is_folded_into_a_few_aggregates_naming_e
     let tree = start("rules-storm", &spec);
     let op = tree.operator_target().unwrap();
     let mut sent = HashSet::new();
-    let sends = tree.proxies().into_iter().map(|p| {
+    let sends = tree.proxies().into_iter().enumerate().map(|(k, p)| {
         let (addr, id) = (tree.nodes[p].addr.unwrap(), tree.nodes[p].id.clone());
+        // Instance j of the 50 lives on proxy j % 4.
+        let instances: Vec<String> = (0..50)
+            .filter(|j| j % 4 == k)
+            .map(|j| format!("{id}.si{j}"))
+            .collect();
         async move {
             let mut ids = Vec::new();
             for round in 0..5 {
                 let batch: Vec<Value> = (0..500)
-                    .map(|i| link_alarm(round * 500 + i, &format!("{id}.si{}", i % 5)))
+                    .map(|i| link_alarm(round * 500 + i, &instances[i % instances.len()]))
                     .collect();
                 ids.extend(send(addr, &batch).await.unwrap());
             }
@@ -127,8 +134,7 @@ async fn an_alarm_storm_of_ten_thousand_is_folded_into_a_few_aggregates_naming_e
     })
     .await;
     each_once(&aggs, &sent).unwrap();
-    // At most 50 aggregates in any window: one per key (4 proxies × 5
-    // instances) and window here.
+    // At most 50 aggregates in any window: one per key (instance) and window.
     let mut made: Vec<u64> = Vec::new();
     for (_, v) in &aggs {
         assert_eq!(v["rule"], "fold-link");
