@@ -90,7 +90,7 @@ impl Downlink {
             let is_control = !mine.is_empty() && item.header.class == control::CLASS;
             if is_control {
                 push.push((control::CONTROL.to_string(), control::pending_record(item)));
-            } else if !mine.is_empty() {
+            } else if !mine.is_empty() && !is_release {
                 tracing::warn!(message = %id, "back-channel message for the MLM itself that is not a control action; dropped");
             }
             offers.push(Offer {

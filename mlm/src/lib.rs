@@ -151,17 +151,6 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         &metrics,
         None,
     )?;
-    let cache = releases::ReleaseCache::open(
-        me.id.clone(),
-        &cfg.releases,
-        &cfg.data_dir,
-        kv.clone(),
-        uplink.link().clone(),
-        bc.clone(),
-        outbox.clone(),
-        &metrics,
-    )?;
-    tokio::spawn(cache.clone().run(shutdown.clone()));
     // The operator's rules ([[rule]] or rules_file), reloaded on SIGHUP and
     // on a change; aggregates are held in this MLM's store.
     let aggregator = rules::Aggregator::open(me.id.clone(), kv.clone(), outbox.clone(), &metrics)?;
@@ -174,6 +163,18 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     .map_err(|e| rsnet_common::Error::Setup(format!("rules: {e}")))?;
     tokio::spawn(aggregator.run(shutdown.clone()));
     tokio::spawn(rules.clone().watch(shutdown.clone()));
+    let cache = releases::ReleaseCache::open(
+        me.id.clone(),
+        &cfg.releases,
+        &cfg.data_dir,
+        kv.clone(),
+        uplink.link().clone(),
+        bc.clone(),
+        outbox.clone(),
+        rules.clone(),
+        &metrics,
+    )?;
+    tokio::spawn(cache.clone().run(shutdown.clone()));
     let transfers = Arc::new(bulk::BulkRelay::new(
         uplink.link().clone(),
         &cfg.bulk,

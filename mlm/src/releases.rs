@@ -22,6 +22,13 @@
 //! stage of a staged release reuse the copy), or at once when the release
 //! is cancelled (the cancellation is passed on below like any back-channel
 //! message).
+//!
+//! A release of kind `config` addressed to the MLM itself carries its
+//! rules: the MLM checks the manifest's signature (`[releases] public_key`),
+//! fetches and checks the file like any other, then checks the rules in it
+//! and puts them in force (written over its `rules_file`), reporting
+//! `applied`, or `failed` with the reason (a bad signature, a mistake in
+//! the rules: the rules in force stay).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -60,6 +67,9 @@ pub struct ReleasesConfig {
     /// has reported a final state, in seconds (a staged release offers the
     /// next stage later). Default 86400.
     pub keep_s: u64,
+    /// The release public key, for `config` releases addressed to the MLM
+    /// itself (its rules). Without it such a release fails, named.
+    pub public_key: Option<PathBuf>,
 }
 
 impl Default for ReleasesConfig {
@@ -67,6 +77,7 @@ impl Default for ReleasesConfig {
         ReleasesConfig {
             capacity_bytes: 16 << 30,
             keep_s: 86_400,
+            public_key: None,
         }
     }
 }
@@ -99,6 +110,8 @@ pub struct ReleaseCache {
     served: Counter,
     fetched: Counter,
     settle: tokio::sync::Mutex<()>,
+    key: Option<release::ReleasePublicKey>,
+    rules: Arc<rsnet_common::pipeline::rules::Rules>,
 }
 
 impl ReleaseCache {
@@ -115,8 +128,13 @@ impl ReleaseCache {
         link: Arc<Link>,
         backchannel: Arc<BackChannel>,
         outbox: Arc<Outbox>,
+        rules: Arc<rsnet_common::pipeline::rules::Rules>,
         metrics: &Registry,
     ) -> rsnet_common::Result<Arc<ReleaseCache>> {
+        let key = match &cfg.public_key {
+            Some(p) => Some(release::ReleasePublicKey::load(p).map_err(|e| e.to_string())?),
+            None => None,
+        };
         let dir = data_dir.join("releases");
         std::fs::create_dir_all(&dir)?;
         Ok(Arc::new(ReleaseCache {
@@ -137,7 +155,39 @@ impl ReleaseCache {
                 "release files fetched from the parent and checked",
             ),
             settle: tokio::sync::Mutex::new(()),
+            key,
+            rules,
         }))
+    }
+
+    /// Why a release for the MLM itself cannot be applied before it is
+    /// fetched (its signature, its kind), if it cannot.
+    fn refuse_own(&self, signed: &release::SignedManifest) -> Option<String> {
+        let Some(key) = &self.key else {
+            return Some(format!(
+                "{} has no release public key ([releases] public_key)",
+                self.me
+            ));
+        };
+        if let Err(e) = key.verify(signed) {
+            return Some(e.to_string());
+        }
+        (signed.manifest.kind != release::ReleaseKind::Config).then(|| {
+            format!(
+                "{} applies config releases (its rules) only, not {:?}",
+                self.me, signed.manifest.kind
+            )
+        })
+    }
+
+    /// Puts the rules in the fetched, checked file `file` in force.
+    async fn apply_own(&self, file: &std::path::Path) -> Result<usize, String> {
+        let text = tokio::fs::read_to_string(file)
+            .await
+            .map_err(|e| format!("release file: {e}"))?;
+        let rules = self.rules.clone();
+        let r = tokio::task::spawn_blocking(move || rules.install(&text)).await;
+        r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
     }
 
     /// Offers are waiting (called after the downlink's commit).
@@ -240,6 +290,17 @@ impl ReleaseCache {
             return Ok(());
         }
         let below: Vec<ComponentId> = d.ids.iter().filter(|x| **x != self.me).cloned().collect();
+        let mut mine = below.len() < d.ids.len();
+        if mine {
+            if let Some(why) = self.refuse_own(&signed) {
+                tracing::warn!(release = %id, reason = %why, "release for this MLM refused");
+                self.report(&id, DestState::Failed, Some(why)).await;
+                mine = false;
+                if below.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
         let file = self.dir.join(format!("{id}.bin"));
         if self.cached(&id).is_none() || !file.exists() {
             let size = signed.manifest.size;
@@ -274,6 +335,22 @@ impl ReleaseCache {
                 Err(e) => return Err(e.to_string()),
             }
             tracing::info!(release = %id, size, "release fetched and checked");
+        }
+        if mine {
+            match self.apply_own(&file).await {
+                Ok(n) => {
+                    tracing::info!(release = %id, rules = n, "config release applied: new rules in force");
+                    self.report(&id, DestState::Applied, None).await;
+                }
+                Err(why) => {
+                    tracing::warn!(release = %id, reason = %why, "config release refused; the rules in force stay");
+                    self.report(&id, DestState::Failed, Some(why)).await;
+                }
+            }
+            if below.is_empty() {
+                let _ = tokio::fs::remove_file(&file).await;
+                return Ok(());
+            }
         }
         let routed = self.backchannel.route(&below);
         let mut record = self.cached(&id).unwrap_or(Cached {

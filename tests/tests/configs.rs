@@ -19,3 +19,18 @@ fn example_configs_load() {
     let a = rsnet_appserver::Config::load(&file("appserver.toml")).expect("appserver.toml");
     assert_eq!(a.backchannel.max_wait_ms, 30_000);
 }
+
+#[test]
+fn the_example_rules_file_loads_at_an_mlm_and_not_at_a_proxy() {
+    use rsnet_common::pipeline::rules::{load, NodeKind, RuleSource};
+    let src = RuleSource::File(file("rules.toml"));
+    let rules = load(&src, NodeKind::Mlm).expect("rules.toml");
+    let actions: Vec<&str> = rules.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["filter", "modify", "aggregate", "filter"]);
+    // A proxy runs neither aggregates nor back-channel rules: refused, named.
+    let e = load(&src, NodeKind::Proxy).unwrap_err().to_string();
+    assert!(
+        e.contains("rules.toml:") && e.contains("runs at an MLM"),
+        "{e}"
+    );
+}

@@ -329,3 +329,142 @@ async fn rules_reload_on_change_and_on_sighup_and_a_mistake_keeps_the_previous_r
     assert!(tree.nodes[mlm].pid().is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn ctl(tree: &Tree, args: &[&str]) -> String {
+    let out = std::process::Command::new(rsnet_demo::bin_dir().join("rsnet-ctl"))
+        .arg("--tree")
+        .arg(tree.dir.join("tree.json"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rsnet-ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The state of `dest` in release `id`, once it is final.
+async fn final_state(op: &rsnet_common::client::Target, id: &str, dest: &str) -> Value {
+    wait_for(&format!("{dest} final in {id}"), LONG, || async {
+        let (_, v) = rsnet_demo::json_call(
+            op,
+            http::Method::GET,
+            &format!("/api/v1/releases/{id}"),
+            None,
+        )
+        .await
+        .ok()?;
+        let d = v["status"]["destinations"][dest].clone();
+        matches!(d["state"].as_str(), Some("applied" | "failed")).then_some(d)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_arrive_as_a_config_release_and_a_bad_one_fails_named_keeping_the_rules() {
+    let dir = tempdir("rules-release");
+    let rules = dir.join("rules.toml");
+    write_rules(
+        &rules,
+        "[[rule]]\nname = \"drop-noise\"\naction = \"filter\"\n[rule.match]\nsubclass = \"noise\"\n",
+    );
+    let tree_dir = tempdir("rules-release-tree");
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        mlm_top: format!("rules_file = {:?}\n", rules.display().to_string()),
+        mlm_extra: format!(
+            "[releases]\npublic_key = {:?}\n",
+            tree_dir
+                .join("pki")
+                .join("release.pub")
+                .display()
+                .to_string()
+        ),
+        ..Spec::demo()
+    };
+    let mut tree = tokio::task::block_in_place(|| Tree::start(&tree_dir, &spec))
+        .unwrap_or_else(|e| panic!("tree did not start: {e}"));
+    tree.remove_on_drop = true;
+    let op = tree.operator_target().unwrap();
+    let mlm = tree.index("acme.mlm1").unwrap();
+    let mlm_t = tree.node_target(mlm).unwrap();
+    let p1 = tree.nodes[tree.index("acme.p1").unwrap()].addr.unwrap();
+    wait_for("the MLM known at the appserver", LONG, || async {
+        let (_, v) = rsnet_demo::json_call(&op, http::Method::GET, "/api/v1/components", None)
+            .await
+            .ok()?;
+        v["components"]
+            .as_array()?
+            .iter()
+            .any(|c| c["id"] == "acme.mlm1")
+            .then_some(())
+    })
+    .await;
+
+    // A bad rules file as a release: failed, named; the rules in force stay.
+    let bad = tree.dir.join("bad-rules.toml");
+    std::fs::write(&bad, "[[rule]]\nname = \"x\"\naction = \"explode\"\n").unwrap();
+    let publish = |file: &Path, version: &str| {
+        ctl(
+            &tree,
+            &[
+                "releases",
+                "publish",
+                file.to_str().unwrap(),
+                "--kind",
+                "config",
+                "--version",
+                version,
+                "--to",
+                "acme.mlm1",
+            ],
+        )
+        .trim()
+        .to_string()
+    };
+    let id = publish(&bad, "1");
+    let d = final_state(&op, &id, "acme.mlm1").await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(
+        d["reason"].as_str().unwrap().contains("action \"explode\""),
+        "the reason names the mistake: {d}"
+    );
+    assert!(std::fs::read_to_string(&rules)
+        .unwrap()
+        .contains("drop-noise"));
+
+    // A good one: applied, written over the rules file, in force.
+    let good = tree.dir.join("good-rules.toml");
+    std::fs::write(
+        &good,
+        "[[rule]]\nname = \"drop-chatter\"\naction = \"filter\"\n[rule.match]\nsubclass = \"chatter\"\n",
+    )
+    .unwrap();
+    let id = publish(&good, "2");
+    let d = final_state(&op, &id, "acme.mlm1").await;
+    assert_eq!(d["state"], "applied", "{d}");
+    assert!(std::fs::read_to_string(&rules)
+        .unwrap()
+        .contains("drop-chatter"));
+    let ev = |sub: &str| json!({ "kind": "event", "class": "event", "subclass": sub, "text": "x" });
+    let ids = send(p1, &[ev("chatter"), ev("noise")]).await.unwrap();
+    wait_for("noise passes now", LONG, || async {
+        let all = stored(&op, "subclass=noise").await.ok()?;
+        all.iter().any(|m| m["id"] == ids[1].as_str()).then_some(())
+    })
+    .await;
+    let chatter = stored(&op, "subclass=chatter").await.unwrap();
+    assert!(chatter.is_empty(), "chatter is filtered: {chatter:?}");
+    let n = metric(
+        &mlm_t,
+        "rsnet_rule_matches_total{rule=\"drop-chatter\",action=\"filter\"}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

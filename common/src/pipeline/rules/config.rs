@@ -167,26 +167,53 @@ struct RulesFile {
 /// # Errors
 /// Every problem, each naming the file and line.
 pub fn load(source: &RuleSource, node: NodeKind) -> Result<Vec<RuleConfig>, RulesError> {
-    let (path, text) = match source {
+    let (path, text) = match read(source, node)? {
+        Ok(x) => x,
+        Err(rules) => return Ok(rules),
+    };
+    load_text(source, path, &text, node)
+}
+
+/// The file's text, or (for [`RuleSource::Fixed`]) the checked rules.
+#[allow(clippy::type_complexity)]
+fn read(
+    source: &RuleSource,
+    node: NodeKind,
+) -> Result<Result<(&Path, String), Vec<RuleConfig>>, RulesError> {
+    Ok(Ok(match source {
         RuleSource::Fixed(rules) => {
             let mut problems = Vec::new();
             let named: Vec<_> = rules.iter().map(|r| (String::new(), r)).collect();
             validate(&named, node, &mut problems);
             return if problems.is_empty() {
-                Ok(rules.clone())
+                Ok(Err(rules.clone()))
             } else {
                 Err(RulesError { problems })
             };
         }
         RuleSource::Inline(p) | RuleSource::File(p) => match std::fs::read_to_string(p) {
-            Ok(t) => (p, t),
+            Ok(t) => (p.as_path(), t),
             Err(e) => {
                 return Err(RulesError {
                     problems: vec![format!("{}: {e}", p.display())],
                 })
             }
         },
-    };
+    }))
+}
+
+/// Checks rules written as `text`, as if read from `path` (a node config
+/// or a rules file, as `source` says), naming `path` in every problem.
+///
+/// # Errors
+/// Every problem, each naming the file and line.
+pub fn load_text(
+    source: &RuleSource,
+    path: &Path,
+    text: &str,
+    node: NodeKind,
+) -> Result<Vec<RuleConfig>, RulesError> {
+    let text = text.to_string();
     let parsed = match source {
         RuleSource::File(_) => toml::from_str::<RulesFile>(&text).map(|f| f.rule),
         _ => toml::from_str::<Inline>(&text).map(|f| f.rule),

@@ -54,7 +54,8 @@ use crate::server::Shutdown;
 
 pub use aggregate::{AggregateConfig, Aggregator};
 pub use config::{
-    check_config, load, MatchConfig, NodeKind, RuleConfig, RuleSource, RulesError, SetConfig,
+    check_config, load, load_text, MatchConfig, NodeKind, RuleConfig, RuleSource, RulesError,
+    SetConfig,
 };
 
 use super::{Exchange, Judged, Stage, StageFuture, Verdict};
@@ -368,6 +369,39 @@ impl Rules {
         }
         self.c.reloads.inc();
         Ok(n)
+    }
+
+    /// Puts `text` in force as the new rules file (a `config` release at
+    /// an MLM): checked first, then written over the rules file (aside and
+    /// renamed, so a crash leaves the old file or the new one) and loaded.
+    /// Returns how many rules are now in force.
+    ///
+    /// # Errors
+    /// The rules come from the node's config, not a rules file; the text
+    /// has mistakes (nothing is written); the file cannot be written.
+    pub fn install(&self, text: &str) -> Result<usize, RulesError> {
+        let one = |p: String| RulesError { problems: vec![p] };
+        let RuleSource::File(path) = &self.source else {
+            return Err(one(
+                "rules are given in the node's config; set rules_file to take rules from a release"
+                    .into(),
+            ));
+        };
+        load_text(&self.source, path, text, self.node)?;
+        let tmp = path.with_extension("new");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| one(format!("{}: {e}", path.display())))?;
+        self.reload()
     }
 
     fn reload_logged(&self, why: &str) {

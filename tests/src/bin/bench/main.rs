@@ -16,9 +16,10 @@
 //!
 //! Then the back-channel figures ([`backchannel`]), bulk relay throughput
 //! against a direct transfer and nginx ([`bulk`]), and a release to 1,000
-//! simulated proxies under 10 MLMs ([`release`]).
+//! simulated proxies under 10 MLMs ([`release`]), and relay throughput
+//! with 20 rules at the MLM against none ([`rules`]).
 //!
-//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|backchannel|bulk|release` runs one part.
+//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|backchannel|bulk|release|rules` runs one part.
 
 mod backchannel;
 mod bulk;
@@ -26,6 +27,7 @@ mod mqtt;
 mod nats;
 mod peer;
 mod release;
+mod rules;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -94,6 +96,10 @@ async fn main() {
         println!();
         release::run(&root.join("release")).await;
     }
+    if want("rules") {
+        println!();
+        rules::run(&root.join("rules")).await;
+    }
     let _ = std::fs::remove_dir_all(root);
 }
 
@@ -127,15 +133,15 @@ pub fn two_hop_tree(dir: &std::path::Path) -> Tree {
     tokio::task::block_in_place(|| Tree::start(dir, &spec)).expect("tree")
 }
 
-async fn rsnet(dir: &std::path::Path) -> peer::Figures {
-    let tree = two_hop_tree(dir);
+/// `CLIENTS` integrators post batches of 512-byte alarms to the tree's
+/// first proxy for `secs`; returns (messages accepted, seconds the proxy
+/// took to accept them, seconds until the appserver stored them all).
+pub async fn throughput(tree: &Tree, secs: u64) -> (usize, f64, f64) {
     let op = tree.operator_target().expect("operator");
     let proxy = tree.nodes[tree.proxies()[0]].addr.expect("proxy addr");
-
-    // ---- throughput
     let start_seq = last_seq(&op).await;
     let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs(THROUGHPUT_SECS);
+    let deadline = t0 + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
         tasks.push(tokio::spawn(async move {
@@ -160,7 +166,16 @@ async fn rsnet(dir: &std::path::Path) -> peer::Figures {
     while last_seq(&op).await < target {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let stored_secs = t0.elapsed().as_secs_f64();
+    (accepted, accept_secs, t0.elapsed().as_secs_f64())
+}
+
+async fn rsnet(dir: &std::path::Path) -> peer::Figures {
+    let tree = two_hop_tree(dir);
+    let op = tree.operator_target().expect("operator");
+    let proxy = tree.nodes[tree.proxies()[0]].addr.expect("proxy addr");
+
+    // ---- throughput
+    let (accepted, accept_secs, stored_secs) = throughput(&tree, THROUGHPUT_SECS).await;
     let throughput = accepted as f64 / stored_secs;
 
     // ---- latency at a fixed offered load
