@@ -277,6 +277,9 @@ pub struct Response {
     pub retry_after: Option<Duration>,
     /// The receiver's own ID for the message.
     pub correlation: Option<String>,
+    /// With a retry-after: it concerns only messages of this class (a
+    /// class's time window), so the sender holds back that class alone.
+    pub retry_class: Option<String>,
 }
 
 impl Response {
@@ -288,6 +291,7 @@ impl Response {
             reason: None,
             retry_after: None,
             correlation,
+            retry_class: None,
         }
     }
     /// Rejected for good: the sender must not retry (invalid, not allowed).
@@ -298,6 +302,7 @@ impl Response {
             reason: Some(reason.into()),
             retry_after: None,
             correlation: None,
+            retry_class: None,
         }
     }
     /// Rejected for now: retry after `after` (throttled, parent down).
@@ -308,6 +313,7 @@ impl Response {
             reason: Some(reason.into()),
             retry_after: Some(after),
             correlation: None,
+            retry_class: None,
         }
     }
 }

@@ -223,7 +223,7 @@ async fn an_mlm_limited_to_n_messages_a_second_makes_proxies_spool_and_passes_ev
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alarms_keep_flowing_while_a_bulk_upload_waits_for_its_window() {
+async fn alarms_and_other_classes_keep_flowing_while_a_bulk_upload_waits_for_its_window() {
     // A window for class `bulk` that is closed now: it opens in two hours.
     let now = (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -283,9 +283,23 @@ async fn alarms_keep_flowing_while_a_bulk_upload_waits_for_its_window() {
         })
         .collect();
     send(addr, &burst).await.unwrap();
+    // And messages no more important than the bulk request (precedence 0
+    // and 2, as bulk is): the deferral names class `bulk`, so they flow too.
+    let low: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({ "kind": "event", "class": "event", "subclass": "low", "text": format!("{i}"),
+                    "precedence": if i % 2 == 0 { 0 } else { 2 } })
+        })
+        .collect();
+    send(addr, &low).await.unwrap();
     wait_for("the burst stored", LONG, || async {
         let all = stored(&op, "subclass=burst").await.ok()?;
         (all.len() == 100).then_some(())
+    })
+    .await;
+    wait_for("the low-precedence events stored", LONG, || async {
+        let all = stored(&op, "subclass=low").await.ok()?;
+        (all.len() == 20).then_some(())
     })
     .await;
     let (_, u) = json_call(

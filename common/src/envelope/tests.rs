@@ -49,12 +49,17 @@ fn reply_answers_round_trip_compactly() {
     let ok: Vec<MessageId> = (0..1000).map(|_| MessageId::new()).collect();
     let later = Response::retry(MessageId::new(), "throttled", Duration::from_millis(1500));
     let never = Response::rejected(MessageId::new(), "source outside subtree");
+    let window = Response {
+        retry_class: Some("bulk".into()),
+        ..Response::retry(MessageId::new(), "bulk window", Duration::from_secs(60))
+    };
     let mut c = Control::default();
     for id in &ok {
         c.answer(Response::accepted(*id, None));
     }
     c.answer(later.clone());
     c.answer(never.clone());
+    c.answer(window.clone());
     let mut w = EnvelopeWriter::new();
     w.control(&c);
     let (ct, body) = w.finish();
@@ -62,10 +67,16 @@ fn reply_answers_round_trip_compactly() {
     assert!(body.len() < 1000 * 37 + 600, "{} bytes", body.len());
     let d = rt(decode_bytes(&ct, body)).unwrap();
     let answers = d.control.answers();
-    assert_eq!(answers.len(), 1002);
+    assert_eq!(answers.len(), 1003);
     assert!(ok.iter().all(|id| answers[id].status == Status::Accepted));
     assert_eq!(answers[&later.request], later);
     assert_eq!(answers[&never.request], never);
+    assert_eq!(answers[&window.request], window, "retry-class travels");
+    // A retry-class that is not a class label is refused, named.
+    let id = MessageId::new();
+    let xml = format!("<exchange><response request=\"{id}\" status=\"rejected\" retry-after-ms=\"5\" retry-class=\"Not A Class\"/></exchange>");
+    let e = crate::envelope::wire::decode_control(xml.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("retry-class"), "{e}");
 }
 
 #[test]

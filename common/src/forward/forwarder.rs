@@ -71,8 +71,11 @@ struct State {
     /// After "retry after" answers: messages of this precedence or lower
     /// wait until then; more important ones keep flowing.
     holds: Vec<(u8, Instant)>,
-    /// Held by this sender's own throttle for a closed window, until it opens.
+    /// Held for a closed window (this sender's own throttle, or a parent's
+    /// answer scoped to a class), until it opens.
     parked: HashMap<SpoolKey, Instant>,
+    /// Classes a parent deferred by class (`retry-class`), until when.
+    class_holds: HashMap<String, Instant>,
     backoff: Backoff,
 }
 
@@ -124,6 +127,7 @@ impl Forwarder {
                 pause_until: None,
                 holds: Vec::new(),
                 parked: HashMap::new(),
+                class_holds: HashMap::new(),
                 backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
             }),
             enabled: AtomicBool::new(true),
@@ -143,18 +147,53 @@ impl Forwarder {
         &self,
         entries: Vec<(SpoolKey, SpoolRecord)>,
     ) -> (Vec<(SpoolKey, SpoolRecord)>, Option<Duration>) {
-        let Some(t) = self.throttle.get() else {
+        let holds: HashMap<String, Instant> = self
+            .state
+            .lock()
+            .map(|mut s| {
+                let now = Instant::now();
+                s.class_holds.retain(|_, until| *until > now);
+                s.class_holds.clone()
+            })
+            .unwrap_or_default();
+        let t = self.throttle.get();
+        if t.is_none() && holds.is_empty() {
             return (entries, None);
-        };
+        }
+        let want_class = !holds.is_empty() || t.is_some_and(|t| t.has_windows());
         let classes: Vec<Option<String>> = entries
             .iter()
             .map(|(_, r)| {
-                t.has_windows()
+                want_class
                     .then(|| crate::envelope::wire::decode_header(&r.header).ok())
                     .flatten()
                     .map(|h| h.class)
             })
             .collect();
+        // A parent deferred these classes: they wait, the others go on.
+        let (entries, classes): (Vec<_>, Vec<_>) = if holds.is_empty() {
+            (entries, classes)
+        } else {
+            let mut keep = (Vec::new(), Vec::new());
+            let mut parked = Vec::new();
+            for (e, c) in entries.into_iter().zip(classes) {
+                match c.as_ref().and_then(|c| holds.get(c)) {
+                    Some(until) => parked.push((e.0, *until)),
+                    None => {
+                        keep.0.push(e);
+                        keep.1.push(c);
+                    }
+                }
+            }
+            if let Ok(mut s) = self.state.lock() {
+                s.parked.extend(parked);
+            }
+            keep
+        };
+        let Some(t) = t else {
+            let wait = entries.is_empty().then_some(IDLE_TICK);
+            return (entries, wait);
+        };
         let asks: Vec<(Option<&str>, usize)> = entries
             .iter()
             .zip(&classes)
@@ -400,6 +439,7 @@ impl Forwarder {
         let mut done = Vec::new();
         let mut dead = Vec::new();
         let mut retry_after: Option<Duration> = None;
+        let mut by_class: Vec<(SpoolKey, String, Duration)> = Vec::new();
         for (k, r) in &entries {
             match delivery.answers.get(&r.id) {
                 Some(a) if a.status == Status::Accepted => {
@@ -419,9 +459,24 @@ impl Forwarder {
                 }
                 Some(a) => {
                     self.counters.deferred.inc();
-                    retry_after = retry_after.max(a.retry_after);
+                    match (&a.retry_class, a.retry_after) {
+                        (Some(c), Some(d)) => by_class.push((*k, c.clone(), d)),
+                        _ => retry_after = retry_after.max(a.retry_after),
+                    }
                 }
                 None => {}
+            }
+        }
+        if !by_class.is_empty() {
+            // Deferred for a class's window: that class waits, nothing else.
+            if let Ok(mut s) = self.state.lock() {
+                let now = Instant::now();
+                for (k, c, d) in by_class {
+                    let until = now + d;
+                    s.parked.insert(k, until);
+                    let h = s.class_holds.entry(c).or_insert(until);
+                    *h = (*h).max(until);
+                }
             }
         }
         if let Some(d) = retry_after {
@@ -430,10 +485,11 @@ impl Forwarder {
             let p = entries
                 .iter()
                 .filter(|(_, r)| {
-                    delivery
-                        .answers
-                        .get(&r.id)
-                        .is_some_and(|a| a.status != Status::Accepted && a.retry_after.is_some())
+                    delivery.answers.get(&r.id).is_some_and(|a| {
+                        a.status != Status::Accepted
+                            && a.retry_after.is_some()
+                            && a.retry_class.is_none()
+                    })
                 })
                 .map(|(_, r)| r.precedence)
                 .max()

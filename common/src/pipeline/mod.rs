@@ -66,6 +66,9 @@ pub enum Verdict {
         reason: String,
         /// When to try again.
         retry_after: Duration,
+        /// The deferral concerns only this class (its time window is
+        /// closed): the sender holds back that class alone.
+        class: Option<String>,
     },
     /// Never (invalid, not allowed, too large): the sender gives it up.
     Reject {
@@ -87,6 +90,16 @@ impl Verdict {
         Verdict::Defer {
             reason: reason.into(),
             retry_after,
+            class: None,
+        }
+    }
+
+    /// A deferral of one class only (a closed time window).
+    pub fn defer_class(reason: impl Into<String>, retry_after: Duration, class: &str) -> Verdict {
+        Verdict::Defer {
+            reason: reason.into(),
+            retry_after,
+            class: Some(class.to_string()),
         }
     }
 
@@ -98,7 +111,11 @@ impl Verdict {
             Verdict::Defer {
                 reason,
                 retry_after,
-            } => Response::retry(id, reason, retry_after),
+                class,
+            } => Response {
+                retry_class: class,
+                ..Response::retry(id, reason, retry_after)
+            },
             Verdict::Reject { reason } => Response::rejected(id, reason),
         }
     }
@@ -110,7 +127,11 @@ impl Verdict {
             (Status::Accepted, _) => Verdict::Absorb {
                 correlation: r.correlation,
             },
-            (Status::Rejected, Some(after)) => Verdict::defer(r.reason.unwrap_or_default(), after),
+            (Status::Rejected, Some(after)) => Verdict::Defer {
+                reason: r.reason.unwrap_or_default(),
+                retry_after: after,
+                class: r.retry_class,
+            },
             (Status::Rejected, None) => Verdict::reject(r.reason.unwrap_or_default()),
         }
     }

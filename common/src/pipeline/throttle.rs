@@ -459,12 +459,13 @@ impl Stage for Throttle {
                 let after = Duration::from_secs(u64::from(w.until_open(now)) * 60).max(MIN_RETRY);
                 out.decided.push((
                     item.header.id,
-                    Verdict::defer(
+                    Verdict::defer_class(
                         format!(
                             "throttled at {}: class {} passes only from {}",
                             self.me, w.class, w.text
                         ),
                         after,
+                        &w.class,
                     ),
                 ));
                 continue;
@@ -605,8 +606,10 @@ mod tests {
             Verdict::Defer {
                 reason,
                 retry_after,
+                class,
             } => {
                 assert!(reason.contains("22:00 to 06:00"), "{reason}");
+                assert_eq!(class.as_deref(), Some("bulk"), "only bulk is held back");
                 assert_eq!(*retry_after, Duration::from_secs(10 * 3600), "until 22:00");
             }
             other => panic!("{other:?}"),

@@ -318,6 +318,12 @@ struct WireResponse {
         default
     )]
     correlation: Option<String>,
+    #[serde(
+        rename = "@retry-class",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    retry_class: Option<String>,
 }
 
 fn response_to_wire(r: &Response) -> WireResponse {
@@ -327,6 +333,7 @@ fn response_to_wire(r: &Response) -> WireResponse {
         reason: r.reason.clone(),
         retry_after_ms: r.retry_after.map(|d| d.as_millis() as u64),
         correlation: r.correlation.clone(),
+        retry_class: r.retry_class.clone().filter(|_| r.retry_after.is_some()),
     }
 }
 
@@ -347,6 +354,16 @@ fn response_from_wire(w: WireResponse, path: &str) -> Result<Response, InvalidMe
             .correlation
             .map(|c| text(&format!("{path}/@correlation"), c))
             .transpose()?,
+        retry_class: match w.retry_class {
+            Some(c) if crate::model::valid_class(&c) && w.retry_after_ms.is_some() => Some(c),
+            Some(c) => {
+                return Err(field(
+                    &format!("{path}/@retry-class"),
+                    format!("{c:?}: not a class label, or without retry-after-ms"),
+                ))
+            }
+            None => None,
+        },
     })
 }
 
