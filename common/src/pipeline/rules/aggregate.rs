@@ -68,6 +68,13 @@ pub const MAX_COUNT: u32 = 1000;
 pub const MAX_WINDOW_S: u64 = 24 * 3600;
 /// The MIME type of an aggregate's summary.
 pub const MIME: &str = "application/vnd.rsnet.aggregate+json";
+/// The most messages held at once by all aggregate rules of an MLM; past
+/// it, further matches are deferred (the sender keeps them).
+pub const MAX_HELD: usize = 100_000;
+/// The most bytes (headers and contents) held at once.
+pub const MAX_HELD_BYTES: u64 = 256 << 20;
+/// What a sender is told to wait when the holding area is full.
+pub const FULL_RETRY: Duration = Duration::from_secs(5);
 /// How often the emitter looks without being woken.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -241,7 +248,12 @@ struct Held {
     store_key: String,
     received: Timestamp,
     item: Item,
+    /// Bytes it counts against [`MAX_HELD_BYTES`].
+    size: u64,
 }
+
+/// Bytes counted for a header before it is encoded.
+const HEADER_ESTIMATE: usize = 512;
 
 struct Group {
     rule: String,
@@ -253,6 +265,8 @@ struct Group {
 struct State {
     groups: BTreeMap<String, Group>,
     held: HashSet<MessageId>,
+    /// Bytes of the held messages (headers and contents).
+    held_bytes: u64,
     replaced: HashMap<MessageId, Timestamp>,
     /// `agg/o` keys whose aggregate is not yet spooled.
     out: Vec<String>,
@@ -276,6 +290,8 @@ pub struct Aggregator {
     specs: Mutex<HashMap<String, Spec>>,
     wake: Notify,
     c: Counters,
+    /// ([`MAX_HELD`], [`MAX_HELD_BYTES`]); smaller in tests.
+    limits: Mutex<(usize, u64)>,
 }
 
 /// The group a (rule, key) lives in, as a store-key segment.
@@ -320,6 +336,7 @@ impl Aggregator {
             };
             let gid = group_id(&r.rule, &r.key);
             st.held.insert(header.id);
+            st.held_bytes += (r.header.len() + r.content.len()) as u64;
             st.groups
                 .entry(gid)
                 .or_insert_with(|| Group {
@@ -331,6 +348,7 @@ impl Aggregator {
                 .push(Held {
                     store_key: k,
                     received: Timestamp(r.received),
+                    size: (r.header.len() + r.content.len()) as u64,
                     item: Item {
                         header,
                         content: Bytes::from(r.content),
@@ -375,6 +393,7 @@ impl Aggregator {
             specs: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             c,
+            limits: Mutex::new((MAX_HELD, MAX_HELD_BYTES)),
         });
         let weak = Arc::downgrade(&a);
         metrics.gauge(
@@ -401,17 +420,34 @@ impl Aggregator {
         self.specs.lock().ok()?.get(rule).cloned()
     }
 
-    /// Holds `items` (each with its rule and key) durably. Returns, per
-    /// item, `Ok` once it is held (or was already held or replaced).
+    /// Holds `items` (each with its rule and key) durably: `Ok` once all
+    /// are held (or were already held or replaced).
     ///
     /// # Errors
-    /// The store failed; nothing was held.
+    /// The holding area is full ([`MAX_HELD`], [`MAX_HELD_BYTES`]) or the
+    /// store failed; nothing was held.
     pub async fn hold(
         &self,
         items: Vec<(String, Key, Item)>,
         received: Timestamp,
     ) -> Result<(), StoreError> {
         let mut st = self.state.lock().await;
+        let bytes: u64 = items
+            .iter()
+            .map(|(_, _, i)| (i.content.len() + HEADER_ESTIMATE) as u64)
+            .sum();
+        let (max_held, max_bytes) = self
+            .limits
+            .lock()
+            .map_or((MAX_HELD, MAX_HELD_BYTES), |l| *l);
+        if st.held.len() + items.len() > max_held || st.held_bytes + bytes > max_bytes {
+            self.wake.notify_one();
+            return Err(StoreError::Full {
+                needed: bytes,
+                free: max_bytes.saturating_sub(st.held_bytes),
+                capacity: max_bytes,
+            });
+        }
         let mut puts = Vec::with_capacity(items.len());
         let mut fresh = Vec::with_capacity(items.len());
         let mut seen = HashSet::new();
@@ -430,16 +466,18 @@ impl Aggregator {
                 header: encode_header(&item.header),
                 content: String::from_utf8_lossy(&item.content).into_owned(),
             };
+            let size = (rec.header.len() + rec.content.len()) as u64;
             puts.push((store_key.clone(), json(&rec)));
-            fresh.push((gid, rule, key, store_key, item));
+            fresh.push((gid, rule, key, store_key, item, size));
         }
         if puts.is_empty() {
             return Ok(());
         }
         commit_async(&self.kv, puts, Vec::new()).await?;
         let mut full = false;
-        for (gid, rule, key, store_key, item) in fresh {
+        for (gid, rule, key, store_key, item, size) in fresh {
             st.held.insert(item.header.id);
+            st.held_bytes += size;
             let g = st.groups.entry(gid).or_insert_with(|| Group {
                 rule,
                 key,
@@ -449,6 +487,7 @@ impl Aggregator {
                 store_key,
                 received,
                 item,
+                size,
             });
             self.c.held.inc();
             full |= self
@@ -525,6 +564,7 @@ impl Aggregator {
                 }
                 for m in gone {
                     st.held.remove(&m.item.header.id);
+                    st.held_bytes = st.held_bytes.saturating_sub(m.size);
                     st.replaced.insert(m.item.header.id, now);
                 }
                 self.c.replaced.add(n as u64);
@@ -723,6 +763,13 @@ impl Aggregator {
 #[cfg(test)]
 pub(super) mod tests_support {
     use super::*;
+
+    /// Smaller limits of the holding area.
+    pub fn set_limits(a: &Aggregator, max_held: usize, max_bytes: u64) {
+        if let Ok(mut l) = a.limits.lock() {
+            *l = (max_held, max_bytes);
+        }
+    }
 
     /// The `agg/o` record of an aggregate (to stage a crash between its
     /// spooling and its record's removal).

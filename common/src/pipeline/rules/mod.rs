@@ -534,6 +534,13 @@ impl Stage for Rules {
             let ids: Vec<_> = hold.iter().map(|(_, _, i)| i.header.id).collect();
             let v = match a.hold(hold, ex.received).await {
                 Ok(()) => Verdict::Absorb { correlation: None },
+                Err(e @ crate::store::StoreError::Full { .. }) => {
+                    tracing::warn!(error = %e, "aggregate holding area full; sender retries");
+                    Verdict::defer(
+                        format!("aggregate holding area full: {e}"),
+                        aggregate::FULL_RETRY,
+                    )
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "messages not held for aggregation; sender retries");
                     Verdict::defer(format!("aggregate store: {e}"), STORE_RETRY)

@@ -543,3 +543,32 @@ async fn a_reload_that_drops_an_aggregate_rule_sends_its_groups_at_once() {
     assert_eq!(spooled(&m)[0].1["count"], 1);
     std::fs::remove_dir_all(&m.dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_full_holding_area_defers_and_holds_nothing_of_that_post() {
+    let m = mlm(&dir());
+    aggregate::tests_support::set_limits(&m.agg, 3, u64::MAX);
+    let e = ex();
+    let batch = |n: usize| -> Vec<Item> {
+        (0..n)
+            .map(|_| alarm("acme.p1", "link", Severity::Minor, None, "x"))
+            .collect()
+    };
+    let j = m.rules.judge(&e, batch(2)).await;
+    assert!(j
+        .decided
+        .iter()
+        .all(|(_, v)| matches!(v, Verdict::Absorb { .. })));
+    let j = m.rules.judge(&e, batch(2)).await;
+    assert_eq!(j.decided.len(), 2);
+    for (_, v) in &j.decided {
+        match v {
+            Verdict::Defer { reason, .. } => {
+                assert!(reason.contains("holding area full"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(m.store.kv().list("agg/h/").unwrap().len(), 2);
+    std::fs::remove_dir_all(&m.dir).unwrap();
+}
