@@ -56,6 +56,9 @@ pub struct Config {
     /// Cap on open connections. Default 20000.
     #[serde(default = "config::default_max_connections")]
     pub max_connections: usize,
+    /// Caps per peer identity and on body memory.
+    #[serde(default)]
+    pub limits: config::ParentLimits,
     /// TLS material.
     pub tls: TlsPaths,
     /// Back-channel queues toward the children.
@@ -83,6 +86,7 @@ impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         let c: Config = config::load(path)?;
         let mut errors = Vec::new();
+        c.limits.validate(&mut errors);
         if c.max_connections == 0 {
             errors.push("max_connections: must be at least 1".into());
         }
@@ -169,7 +173,12 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     let api = Arc::new(api::Api {
         releases,
         uploads,
-        exchange: ExchangeService::new(pipeline, backchannel, &metrics),
+        exchange: ExchangeService::new(
+            pipeline,
+            backchannel,
+            rsnet_common::memory::BodyBudget::new(cfg.limits.max_body_memory_bytes, &metrics),
+            &metrics,
+        ),
         messages,
         committed,
         topology,
@@ -184,10 +193,10 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         let api = api.clone();
         async move { api.handle(req, peer).await }
     };
-    let task = server::serve(
+    let task = server::serve_with(
         listener,
         Some(tls),
-        cfg.max_connections,
+        cfg.limits.connections(cfg.max_connections),
         handler,
         shutdown.clone(),
     );

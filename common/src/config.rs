@@ -233,6 +233,50 @@ pub fn default_listen() -> String {
     "0.0.0.0:8443".into()
 }
 
+/// `[limits]` of a parent (MLM, appserver): what one peer identity, and all
+/// peers together, may hold there at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParentLimits {
+    /// Open connections from one peer identity. Default 64.
+    pub max_connections_per_peer: usize,
+    /// Bytes of request bodies held in memory at once, all peers together
+    /// (one peer may hold a quarter). Default 64 MiB; at least 16 MiB.
+    pub max_body_memory_bytes: u64,
+}
+
+impl Default for ParentLimits {
+    fn default() -> Self {
+        ParentLimits {
+            max_connections_per_peer: 64,
+            max_body_memory_bytes: crate::memory::DEFAULT_BODY_MEMORY,
+        }
+    }
+}
+
+impl ParentLimits {
+    /// Adds every problem to `errors`.
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        if self.max_connections_per_peer == 0 {
+            errors.push("limits.max_connections_per_peer: must be at least 1".into());
+        }
+        if self.max_body_memory_bytes < crate::limits::MAX_ENVELOPE_BYTES {
+            errors.push(format!(
+                "limits.max_body_memory_bytes: at least {} (one whole envelope)",
+                crate::limits::MAX_ENVELOPE_BYTES
+            ));
+        }
+    }
+
+    /// The listener's caps with `max_connections` in all.
+    pub fn connections(&self, max_connections: usize) -> crate::server::ConnLimits {
+        crate::server::ConnLimits {
+            max_connections,
+            per_peer: self.max_connections_per_peer,
+        }
+    }
+}
+
 /// Default cap on open connections of the TLS nodes.
 pub fn default_max_connections() -> usize {
     crate::server::DEFAULT_MAX_CONNECTIONS

@@ -32,6 +32,7 @@ pub mod id;
 pub mod json;
 pub mod limits;
 pub mod link;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -74,11 +74,78 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
 }
 
 /// Serves HTTP/1.1 on `listener` until shutdown; with `tls`, requires a
-/// client certificate and resolves each peer's identity.
+/// client certificate and resolves each peer's identity. At most
+/// `max_connections` at once (no limit per peer: [`serve_with`]).
 pub fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<ReloadingServerConfig>,
     max_connections: usize,
+    handler: F,
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Request<Incoming>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let limits = ConnLimits {
+        max_connections,
+        per_peer: max_connections,
+    };
+    serve_with(listener, tls, limits, handler, shutdown)
+}
+
+/// Caps on a listener's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Open connections at once.
+    pub max_connections: usize,
+    /// Open connections at once from one peer identity (TLS listeners):
+    /// one leaked key cannot take every slot.
+    pub per_peer: usize,
+}
+
+/// Counts a peer identity's open connections; one less on drop.
+struct PeerSlot {
+    peers: Arc<std::sync::Mutex<std::collections::HashMap<crate::id::ComponentId, usize>>>,
+    id: crate::id::ComponentId,
+}
+
+impl PeerSlot {
+    fn take(
+        peers: &Arc<std::sync::Mutex<std::collections::HashMap<crate::id::ComponentId, usize>>>,
+        id: &crate::id::ComponentId,
+        max: usize,
+    ) -> Option<PeerSlot> {
+        let mut m = peers.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(id.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: peers.clone(),
+            id: id.clone(),
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// [`serve`] with a cap per peer identity too.
+pub fn serve_with<F, Fut>(
+    listener: TcpListener,
+    tls: Option<ReloadingServerConfig>,
+    limits: ConnLimits,
     handler: F,
     mut shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<()>
@@ -86,6 +153,9 @@ where
     F: Fn(Request<Incoming>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    let max_connections = limits.max_connections;
+    let per_peer = limits.per_peer.max(1);
+    let peers = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let slots = Arc::new(Semaphore::new(max_connections));
     tokio::spawn(async move {
         loop {
@@ -107,6 +177,7 @@ where
             };
             let _ = tcp.set_nodelay(true);
             let handler = handler.clone();
+            let peers = peers.clone();
             let tls = tls.as_ref().map(|t| t.get());
             tokio::spawn(async move {
                 let _permit = permit;
@@ -153,6 +224,10 @@ where
                                 return;
                             }
                             None => return,
+                        };
+                        let Some(_slot) = PeerSlot::take(&peers, &identity.id, per_peer) else {
+                            tracing::warn!(%addr, peer = %identity.id, per_peer, "connection limit per peer reached; dropping connection");
+                            return;
                         };
                         serve_conn(
                             TokioIo::new(stream),

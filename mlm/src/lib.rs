@@ -52,6 +52,9 @@ pub struct Config {
     /// Cap on open connections. Default 20000.
     #[serde(default = "config::default_max_connections")]
     pub max_connections: usize,
+    /// Caps per peer identity and on body memory.
+    #[serde(default)]
+    pub limits: config::ParentLimits,
     /// Heartbeat interval in seconds. Default 60.
     #[serde(default = "config::default_heartbeat_secs")]
     pub heartbeat_interval_s: u64,
@@ -117,6 +120,7 @@ impl Config {
         if c.heartbeat_interval_s == 0 {
             errors.push("heartbeat_interval_s: must be at least 1".into());
         }
+        c.limits.validate(&mut errors);
         if c.max_connections == 0 {
             errors.push("max_connections: must be at least 1".into());
         }
@@ -224,7 +228,12 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
             &metrics,
         )),
     );
-    let exchange = Arc::new(ExchangeService::new(pipeline, bc.clone(), &metrics));
+    let exchange = Arc::new(ExchangeService::new(
+        pipeline,
+        bc.clone(),
+        rsnet_common::memory::BodyBudget::new(cfg.limits.max_body_memory_bytes, &metrics),
+        &metrics,
+    ));
     let tree = {
         let (id, spool) = (me.id.clone(), spool.clone());
         move || StatusTree {
@@ -296,10 +305,10 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
             }
         }
     };
-    let task = server::serve(
+    let task = server::serve_with(
         listener,
         Some(server_tls),
-        cfg.max_connections,
+        cfg.limits.connections(cfg.max_connections),
         handler,
         shutdown.clone(),
     );

@@ -4,7 +4,9 @@
 //! control part, the items that decoded, and a `rejected` answer for each
 //! that did not. Whole-POST refusals happen here and only here, as HTTP
 //! errors: not a POST to [`EXCHANGE_PATH`], no proxy or mlm certificate, an
-//! envelope that breaks a limit or does not parse. Everything after this is
+//! envelope that breaks a limit or does not parse, a body that does not
+//! fit the memory budget ([`crate::memory`]: reserved before a byte of it
+//! is read, refused with 503 and a retry-after). Everything after this is
 //! per message ([`super::Screen`] and the stages behind it).
 
 use http::{header, Method, Response, StatusCode};
@@ -13,6 +15,7 @@ use hyper::body::Incoming;
 use crate::envelope::{self, Control, EnvelopeWriter, Item, EXCHANGE_PATH};
 use crate::http_util::{error, full, Body};
 use crate::limits::BODY_READ_TIMEOUT;
+use crate::memory::{self, BodyBudget, Refused, Reservation};
 use crate::model::Response as Answer;
 use crate::server::Peer;
 use crate::store::SpoolRecord;
@@ -28,6 +31,8 @@ pub struct Inbound {
     pub items: Vec<Item>,
     /// Answers for messages that did not.
     pub rejected: Vec<Answer>,
+    /// The body's room in the memory budget: hold it until answered.
+    pub reservation: Reservation,
 }
 
 /// True if this request is an exchange POST.
@@ -39,7 +44,11 @@ pub fn is_exchange(req: &http::Request<Incoming>) -> bool {
 ///
 /// # Errors
 /// A ready HTTP error response when the POST as a whole is refused.
-pub async fn receive(req: http::Request<Incoming>, peer: &Peer) -> Result<Inbound, Response<Body>> {
+pub async fn receive(
+    req: http::Request<Incoming>,
+    peer: &Peer,
+    budget: &BodyBudget,
+) -> Result<Inbound, Response<Body>> {
     if req.method() != Method::POST {
         return Err(error(StatusCode::METHOD_NOT_ALLOWED, "exchange takes POST"));
     }
@@ -59,6 +68,25 @@ pub async fn receive(req: http::Request<Incoming>, peer: &Peer) -> Result<Inboun
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let reservation = match budget.reserve(&identity.id, len).await {
+        Ok(r) => r,
+        Err(e @ Refused::TooLarge(_)) => {
+            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
+        }
+        Err(e @ Refused::Busy(_)) => {
+            tracing::info!(peer = %identity.id, "exchange refused: body memory budget full");
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            if let Ok(v) = http::HeaderValue::from_str(&memory::RETRY_AFTER.as_secs().to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Err(r);
+        }
+    };
     let body = http_body_util::BodyExt::into_data_stream(req.into_body());
     let decoded = match tokio::time::timeout(BODY_READ_TIMEOUT, envelope::decode(&ct, body)).await {
         Err(_) => {
@@ -82,6 +110,7 @@ pub async fn receive(req: http::Request<Incoming>, peer: &Peer) -> Result<Inboun
             .into_iter()
             .map(|r| Answer::rejected(r.id, r.error.to_string()))
             .collect(),
+        reservation,
     })
 }
 

@@ -19,15 +19,23 @@ use super::{Exchange, Pipeline, Screen, Stage};
 pub struct ExchangeService {
     pipeline: Pipeline,
     backchannel: Arc<BackChannel>,
+    budget: Arc<crate::memory::BodyBudget>,
     rejected: Counter,
 }
 
 impl ExchangeService {
-    /// A service running `pipeline` behind the screen, with `backchannel` beside it.
-    pub fn new(pipeline: Pipeline, backchannel: Arc<BackChannel>, metrics: &Registry) -> Self {
+    /// A service running `pipeline` behind the screen, with `backchannel`
+    /// beside it; bodies are held within `budget`.
+    pub fn new(
+        pipeline: Pipeline,
+        backchannel: Arc<BackChannel>,
+        budget: Arc<crate::memory::BodyBudget>,
+        metrics: &Registry,
+    ) -> Self {
         ExchangeService {
             pipeline,
             backchannel,
+            budget,
             rejected: metrics.counter(
                 "rsnet_exchange_screened_out_total",
                 "messages the screen rejected (undecodable, spoofed source or routing hop)",
@@ -42,7 +50,8 @@ impl ExchangeService {
             mut control,
             items,
             rejected,
-        } = match exchange::receive(req, peer).await {
+            reservation,
+        } = match exchange::receive(req, peer, &self.budget).await {
             Ok(i) => i,
             Err(resp) => return resp,
         };
@@ -71,6 +80,9 @@ impl ExchangeService {
             .backchannel
             .reply_for(&ex.peer.id, control.wait(), busy)
             .await;
-        exchange::reply(answers, &down)
+        let reply = exchange::reply(answers, &down);
+        // The body's items are answered: its memory goes back to the budget.
+        drop(reservation);
+        reply
     }
 }
