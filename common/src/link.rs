@@ -159,6 +159,10 @@ pub struct Link {
     proxy: Option<ForwardProxy>,
     idle: Mutex<Vec<SendRequest<UplinkBody>>>,
     connect_timeout: Duration,
+    /// The node's CRL: a revoked parent is refused when connecting, and
+    /// pooled connections are dropped when the list changes.
+    revocations: std::sync::OnceLock<crate::tls::Revocations>,
+    pool_version: std::sync::atomic::AtomicU64,
 }
 
 impl Link {
@@ -202,7 +206,14 @@ impl Link {
             proxy,
             idle: Mutex::new(Vec::new()),
             connect_timeout: DEFAULT_LINK_CONNECT_TIMEOUT,
+            revocations: std::sync::OnceLock::new(),
+            pool_version: std::sync::atomic::AtomicU64::new(0),
         }))
+    }
+
+    /// Checks parents against `r` from now on (set once).
+    pub fn set_revocations(&self, r: crate::tls::Revocations) {
+        let _ = self.revocations.set(r);
     }
 
     /// The parent URL in use.
@@ -261,6 +272,14 @@ impl Link {
             .and_then(|c| c.first())
             .ok_or_else(|| LinkErrorKind::Tls("parent sent no certificate".into()))?;
         let who = Identity::from_der(cert).map_err(|e| LinkErrorKind::Tls(e.to_string()))?;
+        if let Some(r) = self.revocations.get() {
+            if crate::tls::serial_of(cert).is_some_and(|s| r.is_revoked(&s)) {
+                return Err(LinkErrorKind::Tls(format!(
+                    "parent {}'s certificate is revoked (CRL)",
+                    who.id
+                )));
+            }
+        }
         if !matches!(who.role, Role::Mlm | Role::Appserver) {
             return Err(LinkErrorKind::Tls(format!(
                 "parent {} has role {}, not mlm or appserver",
@@ -376,6 +395,15 @@ impl Link {
         content_type: &str,
         body: Bytes,
     ) -> Result<Decoded, LinkErrorKind> {
+        if let Some(r) = self.revocations.get() {
+            // The CRL changed: connections made before are checked again.
+            let v = r.version();
+            if self.pool_version.swap(v, Ordering::Relaxed) != v {
+                if let Ok(mut idle) = self.idle.lock() {
+                    idle.clear();
+                }
+            }
+        }
         let pooled = self.idle.lock().ok().and_then(|mut v| {
             while let Some(s) = v.pop() {
                 if !s.is_closed() {

@@ -31,6 +31,18 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The verified identity (mTLS listeners only).
     pub identity: Option<Identity>,
+    /// Its certificate's serial number and the CRL's list, to refuse it on
+    /// this connection once it is revoked (mTLS listeners only).
+    pub revocation: Option<(Vec<u8>, crate::tls::Revocations)>,
+}
+
+impl Peer {
+    /// True if the peer's certificate has been revoked since it connected.
+    pub fn is_revoked(&self) -> bool {
+        self.revocation
+            .as_ref()
+            .is_some_and(|(serial, r)| r.is_revoked(serial))
+    }
 }
 
 /// A signal that tells servers and loops to stop.
@@ -178,6 +190,7 @@ where
             let _ = tcp.set_nodelay(true);
             let handler = handler.clone();
             let peers = peers.clone();
+            let revocations = tls.as_ref().map(|t| t.revocations().clone());
             let tls = tls.as_ref().map(|t| t.get());
             tokio::spawn(async move {
                 let _permit = permit;
@@ -188,6 +201,7 @@ where
                             Arc::new(Peer {
                                 addr,
                                 identity: None,
+                                revocation: None,
                             }),
                             handler,
                         )
@@ -211,12 +225,14 @@ where
                                 return;
                             }
                         };
-                        let identity = stream
+                        let cert = stream
                             .get_ref()
                             .1
                             .peer_certificates()
                             .and_then(|c| c.first())
-                            .map(|c| Identity::from_der(c));
+                            .cloned();
+                        let serial = cert.as_ref().and_then(|c| crate::tls::serial_of(c));
+                        let identity = cert.as_ref().map(|c| Identity::from_der(c));
                         let identity = match identity {
                             Some(Ok(i)) => i,
                             Some(Err(e)) => {
@@ -234,6 +250,7 @@ where
                             Arc::new(Peer {
                                 addr,
                                 identity: Some(identity),
+                                revocation: serial.zip(revocations),
                             }),
                             handler,
                         )
@@ -252,8 +269,24 @@ where
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let svc = service_fn(move |req| {
-        let fut = handler(req, peer.clone());
-        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+        // Every request on an established connection is checked against the
+        // CRL as it is now: a revoked peer is refused and the connection closed.
+        let revoked = peer.is_revoked();
+        let fut = (!revoked).then(|| handler(req, peer.clone()));
+        let who = peer.identity.as_ref().map(|i| i.id.to_string());
+        async move {
+            let Some(fut) = fut else {
+                tracing::warn!(peer = ?who, "request from a revoked certificate refused; connection closed");
+                let mut r =
+                    crate::http_util::error(http::StatusCode::FORBIDDEN, "certificate revoked");
+                r.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                return Ok::<_, std::convert::Infallible>(r);
+            };
+            Ok::<_, std::convert::Infallible>(fut.await)
+        }
     });
     let r = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

@@ -11,9 +11,13 @@
 //! source of "who is this child" a hop trusts; [`Identity::may_send_as`] is the
 //! anti-spoofing rule.
 //!
-//! The CRL is re-read when its file changes ([`ReloadingServerConfig`]): a
-//! revocation takes effect for new connections within one poll interval,
-//! without a restart.
+//! The CRL is re-read when its file changes ([`ReloadingServerConfig`],
+//! [`Revocations`]), without a restart: within one poll interval a revoked
+//! child is refused on new connections by the handshake and on connections
+//! it already holds at its next request ([`crate::server`] asks
+//! [`Revocations`] on every request), and a child refuses a revoked parent
+//! when it connects ([`crate::link`]; pooled connections are dropped when
+//! the CRL changes).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -257,10 +261,97 @@ pub fn client_config(p: &TlsPaths) -> Result<ClientConfig, TlsError> {
     Ok(cfg)
 }
 
+/// The serial numbers a CRL revokes, re-read when its file changes.
+#[derive(Clone, Default)]
+pub struct Revocations {
+    inner: Arc<RwLock<(std::collections::HashSet<Vec<u8>>, u64)>>,
+}
+
+/// The serial number of a DER certificate (`None` if it does not parse).
+pub fn serial_of(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(c.raw_serial().to_vec())
+}
+
+fn read_crl(path: &Path) -> Result<std::collections::HashSet<Vec<u8>>, TlsError> {
+    let der = CertificateRevocationListDer::from_pem_file(path).map_err(|e| file_err(path, e))?;
+    let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
+        .map_err(|e| file_err(path, format!("CRL does not parse: {e}")))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect())
+}
+
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Revocations(v{})", self.version())
+    }
+}
+
+impl Revocations {
+    /// What `crl` revokes (nothing if absent), re-read every
+    /// [`CRL_POLL_INTERVAL`] when its file changed. A CRL that does not
+    /// read keeps the previous list and logs why.
+    pub fn watch(crl: Option<PathBuf>) -> Revocations {
+        let r = Revocations::default();
+        let Some(path) = crl else { return r };
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if path.exists() {
+            match read_crl(&path) {
+                Ok(set) => r.set(set),
+                Err(e) => tracing::error!(error = %e, "CRL not read"),
+            }
+        }
+        let weak = Arc::downgrade(&r.inner);
+        let mut seen = mtime(&path);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CRL_POLL_INTERVAL).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let now = mtime(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match read_crl(&path) {
+                    Ok(set) => {
+                        let r = Revocations { inner };
+                        tracing::info!(revoked = set.len(), "CRL reloaded");
+                        r.set(set);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "CRL reload failed; keeping the previous list")
+                    }
+                }
+            }
+        });
+        r
+    }
+
+    fn set(&self, set: std::collections::HashSet<Vec<u8>>) {
+        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        g.0 = set;
+        g.1 += 1;
+    }
+
+    /// True if the certificate with this serial is revoked.
+    pub fn is_revoked(&self, serial: &[u8]) -> bool {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        g.0.contains(serial)
+    }
+
+    /// Bumped on every change of the list.
+    pub fn version(&self) -> u64 {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).1
+    }
+}
+
 /// A server config that rebuilds itself when the CRL (or cert) files change.
 #[derive(Clone)]
 pub struct ReloadingServerConfig {
     current: Arc<RwLock<Arc<ServerConfig>>>,
+    revocations: Revocations,
 }
 
 fn mtimes(p: &TlsPaths) -> Vec<Option<SystemTime>> {
@@ -277,6 +368,7 @@ impl ReloadingServerConfig {
     /// # Errors
     /// If the initial load fails.
     pub fn start(p: TlsPaths) -> Result<Self, TlsError> {
+        let revocations = Revocations::watch(p.crl.clone());
         let current = Arc::new(RwLock::new(Arc::new(server_config(&p, true)?)));
         let weak = Arc::downgrade(&current);
         tokio::spawn(async move {
@@ -304,7 +396,15 @@ impl ReloadingServerConfig {
                 }
             }
         });
-        Ok(ReloadingServerConfig { current })
+        Ok(ReloadingServerConfig {
+            current,
+            revocations,
+        })
+    }
+
+    /// What the CRL revokes now, for checks on established connections.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// The config to use for the next connection.

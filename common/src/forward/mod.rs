@@ -243,6 +243,7 @@ impl Sender {
             crate::tls::client_config(tls)?,
             uplink.proxy()?,
         )?;
+        link.set_revocations(crate::tls::Revocations::watch(tls.crl.clone()));
         let s = spool.clone();
         metrics.gauge("rsnet_spool_messages", "messages in the spool", move || {
             s.stats().messages as f64

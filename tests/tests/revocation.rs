@@ -1,0 +1,164 @@
+//! End-to-end: revocation reaches established connections and both ends.
+//! A proxy revoked while it holds a keep-alive connection to its MLM is
+//! refused on that same connection at its next request, within seconds;
+//! and a revoked MLM is refused by the children that connect to it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rsnet_common::envelope::{Control, EnvelopeWriter};
+use rsnet_common::link::Link;
+use rsnet_common::model::*;
+use rsnet_common::tls::{Role, TlsPaths};
+use rsnet_common::Message;
+use rsnet_demo::{send, stored, Spec, Tree};
+use rsnet_tests::{tempdir, wait_for};
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn start(tag: &str, spec: &Spec) -> Tree {
+    let mut t = tokio::task::block_in_place(|| Tree::start(&tempdir(tag), spec))
+        .unwrap_or_else(|e| panic!("tree did not start: {e}"));
+    t.remove_on_drop = true;
+    t
+}
+
+fn revoke(tree: &Tree, id: &str) {
+    let out = std::process::Command::new(rsnet_demo::bin_dir().join("rsnet-certs"))
+        .args(["revoke", "--dir"])
+        .arg(tree.dir.join("pki"))
+        .args(["--id", id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn event(from: &rsnet_common::id::ComponentId, text: &str) -> Message {
+    Message::forward(
+        from.clone(),
+        "event",
+        Some("revocation"),
+        Content::Event(Event {
+            support_instance: None,
+            text: text.into(),
+            data: None,
+        }),
+    )
+    .with_hop(from)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_proxy_is_cut_off_on_the_connection_it_holds_within_seconds() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let tree = start("revoke-proxy", &spec);
+    let op = tree.operator_target().unwrap();
+    let mlm = tree.index("acme.mlm1").unwrap();
+    // A child that keeps one connection open (its own Link, which is not
+    // told of the CRL: only the MLM's check can stop it).
+    let f = tree.pki.issue("acme.p7", Role::Proxy, &[], &[]).unwrap();
+    let tls = rsnet_common::tls::client_config(&TlsPaths {
+        ca: tree.pki.ca(),
+        cert: f.cert,
+        key: f.key,
+        crl: None,
+    })
+    .unwrap();
+    let url = format!("https://127.0.0.1:{}", tree.nodes[mlm].addr.unwrap().port());
+    let link: Arc<Link> = Link::new(&[url], tls, None).unwrap();
+    let me: rsnet_common::id::ComponentId = "acme.p7".parse().unwrap();
+    let exchange = |text: String| {
+        let (link, me) = (link.clone(), me.clone());
+        async move {
+            let mut w = EnvelopeWriter::new();
+            w.control(&Control::default());
+            let m = event(&me, &text);
+            w.message(&m);
+            link.exchange(w, Duration::from_secs(10))
+                .await
+                .map(|_| m.header.id.to_string())
+        }
+    };
+    let first = exchange("before".into()).await.expect("accepted before");
+    wait_for("the first event stored", LONG, || async {
+        let all = stored(&op, "subclass=revocation").await.ok()?;
+        all.iter().any(|m| m["id"] == first.as_str()).then_some(())
+    })
+    .await;
+
+    revoke(&tree, "acme.p7");
+    let t0 = Instant::now();
+    // It keeps sending, on its open connection; within seconds it is refused.
+    let mut i = 0;
+    let refused = wait_for("the revoked proxy refused", LONG, || {
+        i += 1;
+        let e = exchange(format!("after {i}"));
+        async move { e.await.err() }
+    })
+    .await;
+    let took = t0.elapsed();
+    eprintln!("refused {took:?} after the revocation: {refused}");
+    assert!(refused.to_string().contains("revoked"), "{refused}");
+    assert!(took < Duration::from_secs(5), "cut off after {took:?}");
+    // Nothing it sends now is stored.
+    assert!(exchange("later".into()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_mlm_is_refused_by_its_children() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let tree = start("revoke-mlm", &spec);
+    let op = tree.operator_target().unwrap();
+    let p1 = tree.index("acme.p1").unwrap();
+    let addr = tree.nodes[p1].addr.unwrap();
+    let ev =
+        |t: &str| json!({ "kind": "event", "class": "event", "subclass": "revocation", "text": t });
+    let ids = send(addr, &[ev("before")]).await.unwrap();
+    wait_for("stored before", LONG, || async {
+        let all = stored(&op, "subclass=revocation").await.ok()?;
+        all.iter().any(|m| m["id"] == ids[0].as_str()).then_some(())
+    })
+    .await;
+    revoke(&tree, "acme.mlm1");
+    // The proxy keeps sending; it refuses its parent once the CRL names it.
+    let log = tree.nodes[p1].log.clone();
+    let mut n = 0;
+    wait_for("the proxy refuses its revoked parent", LONG, || {
+        n += 1;
+        let text = format!("after {n}");
+        let log = log.clone();
+        async move {
+            send(addr, &[ev(&text)]).await.ok()?;
+            let l = std::fs::read_to_string(&log).ok()?;
+            l.contains("acme.mlm1's certificate is revoked")
+                .then_some(())
+        }
+    })
+    .await;
+    let (_, st) = rsnet_demo::json_call(
+        &tree.node_target(p1).unwrap(),
+        http::Method::GET,
+        "/v1/status",
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        st["spool"]["messages"].as_u64().unwrap() >= 1,
+        "what it could not send stays spooled: {st}"
+    );
+}
