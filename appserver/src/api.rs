@@ -34,11 +34,11 @@ use rsnet_common::model::Timestamp;
 use rsnet_common::pipeline::{exchange, ExchangeService};
 use rsnet_common::server::Peer;
 use rsnet_common::store::{MessageFilter, MessageStore, StoredMessage};
-use rsnet_common::tls::Role;
+use rsnet_common::tls::{Identity, Perm, Role};
 use serde_json::{json, Value};
 
 use rsnet_common::http_util::read_body;
-use rsnet_common::id::{GroupName, MessageId};
+use rsnet_common::id::{ComponentId, GroupName, MessageId};
 use rsnet_common::json::MessageInput;
 use rsnet_common::limits::{BODY_READ_TIMEOUT, MAX_API_BODY_BYTES};
 
@@ -198,18 +198,58 @@ impl Api {
         if !path.starts_with("/api/v1/") {
             return error(StatusCode::NOT_FOUND, format!("no such path {path}"));
         }
-        if peer.identity.as_ref().map(|i| i.role) != Some(Role::Operator) {
+        let Some(op) = peer.identity.clone().filter(|i| i.role == Role::Operator) else {
             return error(
                 StatusCode::FORBIDDEN,
                 "the operator API needs an operator certificate",
             );
-        }
+        };
         let q = query_pairs(req.uri().query());
         let method = req.method().clone();
+        // What the request needs, checked against the certificate's
+        // permissions; a customer-scoped credential sees only its customers.
+        let needs = match (&method, path.as_str()) {
+            (&Method::GET, _) => Perm::Read,
+            (_, p) if p.starts_with("/api/v1/releases") => Perm::Release,
+            _ => Perm::Send,
+        };
+        if !op.may(needs) {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "operator {} may not {} {path}: it needs permission {:?} (it has: {})",
+                    op.id,
+                    method,
+                    needs.as_str(),
+                    if op.perms.is_empty() {
+                        "read".to_string()
+                    } else {
+                        op.perms
+                            .iter()
+                            .map(|p| p.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            );
+        }
+        if !op.scopes.is_empty() && path.starts_with("/api/v1/releases") {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "releases span customers: operator {} is limited to {}; releases need a credential for every customer",
+                    op.id,
+                    scopes_text(&op)
+                ),
+            );
+        }
+        let sees = |id: &ComponentId| op.sees(id);
         if let Some(rest) = path.strip_prefix("/api/v1/groups/") {
             let name = format!("group:{rest}");
             return match method {
-                Method::GET | Method::PUT | Method::DELETE => self.group(method, &name, req).await,
+                Method::GET | Method::PUT | Method::DELETE => {
+                    self.group(method, &name, req, &op).await
+                }
                 m => error(StatusCode::METHOD_NOT_ALLOWED, format!("{m} {path}")),
             };
         }
@@ -220,7 +260,7 @@ impl Api {
             if method != Method::GET {
                 return error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {path}"));
             }
-            return self.deliveries(id);
+            return self.deliveries(id, &op);
         }
         let by = peer
             .identity
@@ -241,24 +281,37 @@ impl Api {
             if method != Method::GET {
                 return error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {path}"));
             }
-            return self.uploads.get(rest).await;
+            return self.uploads.get(rest, sees).await;
         }
         if method == Method::POST && path == "/api/v1/messages" {
-            return self.send(req).await;
+            return self.send(req, &op).await;
         }
         if method != Method::GET {
             return error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {path}"));
         }
         match path.as_str() {
-            "/api/v1/messages" => self.messages(&q).await,
+            "/api/v1/messages" => self.messages(&q, &op).await,
             "/api/v1/releases" => self.releases.list(),
-            "/api/v1/uploads" => self.uploads.list(&q).await,
+            "/api/v1/uploads" => self.uploads.list(&q, sees).await,
             "/api/v1/groups" => match self.outbound.groups.list() {
-                Ok(g) => json(StatusCode::OK, &json!({ "groups": g })),
+                Ok(g) => {
+                    let g: Vec<_> = g
+                        .into_iter()
+                        .filter(|g| all_seen(&op, &g.members))
+                        .collect();
+                    json(StatusCode::OK, &json!({ "groups": g }))
+                }
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
             },
             "/api/v1/components" => {
-                let list = self.topology.lock().map(|t| t.list()).unwrap_or_default();
+                let list: Vec<_> = self
+                    .topology
+                    .lock()
+                    .map(|t| t.list())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| c.id.parse::<ComponentId>().is_ok_and(|id| op.sees(&id)))
+                    .collect();
                 json(StatusCode::OK, &json!({ "components": list }))
             }
             "/api/v1/stream" => {
@@ -267,13 +320,13 @@ impl Api {
                     .get("last-event-id")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                self.stream(&q, last)
+                self.stream(&q, last, &op)
             }
             _ => error(StatusCode::NOT_FOUND, format!("no such path {path}")),
         }
     }
 
-    async fn send(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn send(&self, req: Request<Incoming>, op: &Identity) -> Response<Body> {
         let body = match read_body(req.into_body(), MAX_API_BODY_BYTES, BODY_READ_TIMEOUT).await {
             Ok(b) => b,
             Err(resp) => return resp,
@@ -282,6 +335,24 @@ impl Api {
             Ok(x) => x,
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
+        if !op.scopes.is_empty() {
+            // Every destination, groups expanded, inside the operator's customers.
+            match self.outbound.expand(&to) {
+                Ok((dests, _)) => {
+                    if let Some(d) = dests.iter().find(|d| !op.sees(d)) {
+                        return error(
+                            StatusCode::FORBIDDEN,
+                            format!(
+                                "operator {} is limited to {}: it may not send to {d}",
+                                op.id,
+                                scopes_text(op)
+                            ),
+                        );
+                    }
+                }
+                Err(e) => return e.response(),
+            }
+        }
         match self.outbound.send(to, &input).await {
             Ok(d) => json(
                 StatusCode::ACCEPTED,
@@ -291,14 +362,19 @@ impl Api {
         }
     }
 
-    fn deliveries(&self, id: &str) -> Response<Body> {
+    fn deliveries(&self, id: &str, op: &Identity) -> Response<Body> {
         let Ok(id) = id.parse::<MessageId>() else {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!("{id:?} is not a message ID"),
             );
         };
-        match self.deliveries.get(&id) {
+        let visible = self.deliveries.get(&id).and_then(|mut d| {
+            d.destinations
+                .retain(|dest, _| dest.parse::<ComponentId>().is_ok_and(|x| op.sees(&x)));
+            (!d.destinations.is_empty()).then_some(d)
+        });
+        match visible {
             Some(d) => json(
                 StatusCode::OK,
                 &json!({ "summary": d.summary(), "delivery": d }),
@@ -310,12 +386,25 @@ impl Api {
         }
     }
 
-    async fn group(&self, method: Method, name: &str, req: Request<Incoming>) -> Response<Body> {
+    async fn group(
+        &self,
+        method: Method,
+        name: &str,
+        req: Request<Incoming>,
+        op: &Identity,
+    ) -> Response<Body> {
         let name: GroupName = match name.parse() {
             Ok(n) => n,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("group name: {e}")),
         };
         let groups = &self.outbound.groups;
+        // A scoped operator sees and changes only groups all of whose
+        // members are its customers'.
+        if let Ok(Some(g)) = groups.get(&name) {
+            if !all_seen(op, &g.members) {
+                return error(StatusCode::NOT_FOUND, format!("no such group {name}"));
+            }
+        }
         match method {
             Method::PUT => {
                 let body =
@@ -332,6 +421,16 @@ impl Api {
                     Ok(p) => p,
                     Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
                 };
+                if !all_seen(op, &put.members) {
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "operator {} is limited to {}: members outside it",
+                            op.id,
+                            scopes_text(op)
+                        ),
+                    );
+                }
                 match groups.put(&name, &put.members).await {
                     Ok(g) => json(StatusCode::OK, &g),
                     Err(e) => e.response(),
@@ -350,7 +449,7 @@ impl Api {
         }
     }
 
-    async fn messages(&self, q: &[(String, String)]) -> Response<Body> {
+    async fn messages(&self, q: &[(String, String)], op: &Identity) -> Response<Body> {
         let (filter, after, limit) = match parse_filter(q) {
             Ok(x) => x,
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -361,7 +460,11 @@ impl Api {
             tokio::task::spawn_blocking(move || store.scan(after, limit, MAX_SCAN, &filter)).await;
         match r {
             Ok(Ok((msgs, next))) => {
-                let items: Vec<Value> = msgs.iter().map(|(s, m)| message_json(*s, m)).collect();
+                let items: Vec<Value> = msgs
+                    .iter()
+                    .filter(|(_, m)| op.sees(&m.source))
+                    .map(|(s, m)| message_json(*s, m))
+                    .collect();
                 json(
                     StatusCode::OK,
                     &json!({ "messages": items, "next": next, "last": last }),
@@ -372,7 +475,13 @@ impl Api {
         }
     }
 
-    fn stream(&self, q: &[(String, String)], last_event_id: Option<String>) -> Response<Body> {
+    fn stream(
+        &self,
+        q: &[(String, String)],
+        last_event_id: Option<String>,
+        op: &Identity,
+    ) -> Response<Body> {
+        let op = op.clone();
         let mut filter = MessageFilter::default();
         let mut after = None;
         for (k, v) in q {
@@ -414,7 +523,7 @@ impl Api {
                 let page =
                     tokio::task::spawn_blocking(move || s.scan(cursor, 256, MAX_SCAN, &f)).await;
                 let Ok(Ok((msgs, next))) = page else { return };
-                for (seq, m) in &msgs {
+                for (seq, m) in msgs.iter().filter(|(_, m)| op.sees(&m.source)) {
                     let ev = format!(
                         "id: {seq}\nevent: message\ndata: {}\n\n",
                         message_json(*seq, m)
@@ -450,4 +559,21 @@ impl Api {
             .body(StreamBody::new(stream).boxed())
             .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "stream"))
     }
+}
+
+/// An operator's scopes, for errors.
+fn scopes_text(op: &Identity) -> String {
+    op.scopes
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// True if `op` sees every one of `members` (IDs; a member that does not
+/// parse is not seen).
+fn all_seen(op: &Identity, members: &[String]) -> bool {
+    members
+        .iter()
+        .all(|m| m.parse::<ComponentId>().is_ok_and(|id| op.sees(&id)))
 }

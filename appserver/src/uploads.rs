@@ -605,7 +605,12 @@ impl Uploads {
     }
 
     /// `GET /api/v1/uploads[?source=ID]`: every upload, newest first.
-    pub async fn list(&self, q: &[(String, String)]) -> Response<Body> {
+    /// Only uploads whose source `sees` accepts are listed (an operator's scope).
+    pub async fn list(
+        &self,
+        q: &[(String, String)],
+        sees: impl Fn(&ComponentId) -> bool,
+    ) -> Response<Body> {
         let mut source = None;
         for (k, v) in q {
             match k.as_str() {
@@ -629,6 +634,7 @@ impl Uploads {
             .iter()
             .filter_map(|(_, v)| serde_json::from_slice(v).ok())
             .filter(|u: &Upload| source.as_ref().is_none_or(|s| u.source.is_within(s)))
+            .filter(|u: &Upload| sees(&u.source))
             .collect();
         all.sort_by_key(|u| std::cmp::Reverse(u.granted));
         let mut out = Vec::with_capacity(all.len());
@@ -644,7 +650,8 @@ impl Uploads {
     }
 
     /// `GET /api/v1/uploads/ID` and `GET /api/v1/uploads/ID/file`.
-    pub async fn get(&self, rest: &str) -> Response<Body> {
+    /// An upload whose source `sees` refuses is answered as unknown.
+    pub async fn get(&self, rest: &str, sees: impl Fn(&ComponentId) -> bool) -> Response<Body> {
         let (id, file) = match rest.strip_suffix("/file") {
             Some(id) => (id, true),
             None => (rest, false),
@@ -656,8 +663,8 @@ impl Uploads {
             );
         };
         let up = match self.load(&id) {
-            Ok(Some(u)) => u,
-            Ok(None) => return error(StatusCode::NOT_FOUND, format!("no upload {id}")),
+            Ok(Some(u)) if sees(&u.source) => u,
+            Ok(_) => return error(StatusCode::NOT_FOUND, format!("no upload {id}")),
             Err(e) => return e.response(),
         };
         if !file {

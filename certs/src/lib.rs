@@ -240,6 +240,34 @@ impl Pki {
         hosts: &[String],
         scopes: &[String],
     ) -> Result<IssuedFiles> {
+        self.issue_with(id, role, hosts, scopes, &[])
+    }
+
+    /// [`Pki::issue`] with an operator's permissions (`read`, `send`,
+    /// `release`, `admin`; none: read only).
+    ///
+    /// # Errors
+    /// As [`Pki::issue`]; a permission that is unknown or not for an operator.
+    pub fn issue_with(
+        &self,
+        id: &str,
+        role: Role,
+        hosts: &[String],
+        scopes: &[String],
+        perms: &[String],
+    ) -> Result<IssuedFiles> {
+        if !perms.is_empty() && role != Role::Operator {
+            return Err(PkiError::Usage(
+                "--perm is for operator certificates".into(),
+            ));
+        }
+        for p in perms {
+            if rsnet_common::tls::Perm::parse(p).is_none() {
+                return Err(PkiError::Usage(format!(
+                    "--perm {p:?}: expected read, send, release or admin"
+                )));
+            }
+        }
         let cid: ComponentId = id
             .parse()
             .map_err(|e| PkiError::Usage(format!("--id: {e}")))?;
@@ -275,6 +303,10 @@ impl Pki {
                 .parse()
                 .map_err(|e| PkiError::Usage(format!("--scope: {e}")))?;
             p.subject_alt_names.push(uri(format!("{SAN_SCOPE}{scope}")));
+        }
+        for perm in perms {
+            p.subject_alt_names
+                .push(uri(format!("{}{perm}", rsnet_common::tls::SAN_PERM)));
         }
         if matches!(role, Role::Mlm | Role::Appserver) {
             p.extended_key_usages

@@ -49,9 +49,14 @@ enum Cmd {
         /// DNS name or IP for server roles (repeatable; default localhost, 127.0.0.1, ::1).
         #[arg(long = "host")]
         hosts: Vec<String>,
-        /// Subtree an MLM may relay for (repeatable; default its customer).
+        /// Subtree an MLM may relay for (default its customer), or an
+        /// operator may see and act on (default all); repeatable.
         #[arg(long = "scope")]
         scopes: Vec<String>,
+        /// An operator's permission: read, send, release or admin
+        /// (repeatable; none: read only).
+        #[arg(long = "perm")]
+        perms: Vec<String>,
     },
     /// Revoke every certificate of ID and rewrite DIR/crl.pem.
     Revoke {
@@ -79,11 +84,11 @@ fn main() -> ExitCode {
                 println!("release key: {} (0600; the appserver's only)", p.release_key().display());
                 println!("release pub: {} (give it to every proxy)", p.release_pub().display());
             }),
-        Cmd::Issue { dir, id, role, hosts, scopes } => match Role::parse(&role) {
+        Cmd::Issue { dir, id, role, hosts, scopes, perms } => match Role::parse(&role) {
             None => Err(rsnet_certs::PkiError::Usage(format!(
                 "--role {role:?}: expected proxy, mlm, appserver or operator"
             ))),
-            Some(role) => Pki::open(&dir).and_then(|p| p.issue(&id, role, &hosts, &scopes)).map(|f| {
+            Some(role) => Pki::open(&dir).and_then(|p| p.issue_with(&id, role, &hosts, &scopes, &perms)).map(|f| {
                 println!("certificate: {}", f.cert.display());
                 println!("key:         {} (0600)", f.key.display());
             }),

@@ -403,6 +403,7 @@ mod tests {
                 id: id.parse().unwrap(),
                 role,
                 scopes: scopes.iter().map(|s| s.parse().unwrap()).collect(),
+                perms: vec![],
             }),
             revocation: None,
         }

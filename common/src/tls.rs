@@ -5,7 +5,10 @@
 //!
 //! * `urn:rsnet:id:acme.p7`: the component ID (exactly one);
 //! * `urn:rsnet:role:proxy`: `proxy`, `mlm`, `appserver` or `operator`;
-//! * `urn:rsnet:scope:acme`: subtrees an MLM may relay for (default: its customer).
+//! * `urn:rsnet:scope:acme`: subtrees an MLM may relay for (default: its
+//!   customer), or an operator may see and act on (default: all);
+//! * `urn:rsnet:perm:send`: what an operator may do ([`Perm`]: `read`,
+//!   `send`, `release`, `admin`; none listed: read only).
 //!
 //! [`Identity`] is read from the verified peer certificate and is the only
 //! source of "who is this child" a hop trusts; [`Identity::may_send_as`] is the
@@ -96,6 +99,40 @@ pub const SAN_ROLE: &str = "urn:rsnet:role:";
 /// See [`SAN_ID`].
 pub const SAN_SCOPE: &str = "urn:rsnet:scope:";
 
+/// See [`SAN_ID`].
+pub const SAN_PERM: &str = "urn:rsnet:perm:";
+
+/// What an operator certificate allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Perm {
+    /// Read messages, components, deliveries, uploads, releases.
+    Read,
+    /// Send back-channel messages and control actions; manage groups.
+    Send,
+    /// Publish releases and resume, cancel or pin them.
+    Release,
+    /// Everything, and the audit log.
+    Admin,
+}
+
+impl Perm {
+    /// Every permission.
+    pub const ALL: [Perm; 4] = [Perm::Read, Perm::Send, Perm::Release, Perm::Admin];
+    /// Its name in certificates and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Perm::Read => "read",
+            Perm::Send => "send",
+            Perm::Release => "release",
+            Perm::Admin => "admin",
+        }
+    }
+    /// The inverse of [`Perm::as_str`].
+    pub fn parse(s: &str) -> Option<Perm> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
 /// Who an authenticated peer is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -103,8 +140,11 @@ pub struct Identity {
     pub id: ComponentId,
     /// Its role.
     pub role: Role,
-    /// Subtrees it may relay for (MLMs).
+    /// Subtrees it may relay for (MLMs), or see and act on (operators;
+    /// empty: all).
     pub scopes: Vec<ComponentId>,
+    /// What it may do (operators; none listed: read only).
+    pub perms: Vec<Perm>,
 }
 
 impl Identity {
@@ -119,7 +159,7 @@ impl Identity {
             .subject_alternative_name()
             .map_err(|e| bad(e.to_string()))?
             .ok_or_else(|| bad("no subjectAltName".into()))?;
-        let (mut id, mut role, mut scopes) = (None, None, Vec::new());
+        let (mut id, mut role, mut scopes, mut perms) = (None, None, Vec::new(), Vec::new());
         for name in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::URI(u) = name {
                 if let Some(v) = u.strip_prefix(SAN_ID) {
@@ -128,6 +168,10 @@ impl Identity {
                     role = Some(Role::parse(v).ok_or_else(|| bad(format!("unknown role {v:?}")))?);
                 } else if let Some(v) = u.strip_prefix(SAN_SCOPE) {
                     scopes.push(v.parse::<ComponentId>().map_err(|e| bad(e.to_string()))?);
+                } else if let Some(v) = u.strip_prefix(SAN_PERM) {
+                    perms.push(
+                        Perm::parse(v).ok_or_else(|| bad(format!("unknown permission {v:?}")))?,
+                    );
                 }
             }
         }
@@ -140,7 +184,26 @@ impl Identity {
                     .map_err(|e: crate::id::IdError| bad(e.to_string()))?,
             );
         }
-        Ok(Identity { id, role, scopes })
+        Ok(Identity {
+            id,
+            role,
+            scopes,
+            perms,
+        })
+    }
+
+    /// May this operator do what needs `p`? Every operator may read; `admin`
+    /// may do everything.
+    pub fn may(&self, p: Perm) -> bool {
+        self.role == Role::Operator
+            && (p == Perm::Read || self.perms.contains(&p) || self.perms.contains(&Perm::Admin))
+    }
+
+    /// May this operator see or act on component `id` (its customer
+    /// scopes; none: every customer)?
+    pub fn sees(&self, id: &ComponentId) -> bool {
+        self.role == Role::Operator
+            && (self.scopes.is_empty() || self.scopes.iter().any(|s| id.is_within(s)))
     }
 
     /// Anti-spoofing (DESIGN.md §9): may this peer send messages whose source is `origin`?

@@ -7,6 +7,7 @@ fn peer(id: &str, role: Role, scopes: &[&str]) -> Identity {
         id: id.parse().unwrap(),
         role,
         scopes: scopes.iter().map(|s| s.parse().unwrap()).collect(),
+        perms: vec![],
     }
 }
 

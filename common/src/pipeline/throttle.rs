@@ -507,6 +507,7 @@ mod tests {
                 id: child.parse().unwrap(),
                 role: Role::Proxy,
                 scopes: vec![],
+                perms: vec![],
             },
             received: Timestamp::now(),
             persist: Vec::new(),

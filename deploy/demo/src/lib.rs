@@ -176,7 +176,20 @@ impl Tree {
                 crl: Some(pki.crl()),
             })
         };
-        let operator = tls_for("provider.operator", Role::Operator)?;
+        // The demo's operator may do everything (`--perm admin`).
+        let f = pki.issue_with(
+            "provider.operator",
+            Role::Operator,
+            &[],
+            &[],
+            &["admin".to_string()],
+        )?;
+        let operator = TlsPaths {
+            ca: pki.ca(),
+            cert: f.cert,
+            key: f.key,
+            crl: Some(pki.crl()),
+        };
         let mut tree = Tree {
             dir: dir.to_path_buf(),
             operator,

@@ -29,6 +29,7 @@ fn ex() -> Exchange {
             id: "acme.p1".parse().unwrap(),
             role: Role::Proxy,
             scopes: vec![],
+            perms: vec![],
         },
         received: Timestamp::now(),
         persist: Vec::new(),
