@@ -35,6 +35,8 @@ use rsnet_common::pipeline::{exchange, ExchangeService};
 use rsnet_common::server::Peer;
 use rsnet_common::store::{MessageFilter, MessageStore, StoredMessage};
 use rsnet_common::tls::{Identity, Perm, Role};
+
+use crate::audit::Audit;
 use serde_json::{json, Value};
 
 use rsnet_common::http_util::read_body;
@@ -77,6 +79,8 @@ pub struct Api {
     pub releases: Arc<crate::releases::Releases>,
     /// Uploads: grants and bytes.
     pub uploads: Arc<crate::uploads::Uploads>,
+    /// The operators' audit log.
+    pub audit: Audit,
     /// Metrics.
     pub metrics: Registry,
 }
@@ -204,11 +208,35 @@ impl Api {
                 "the operator API needs an operator certificate",
             );
         };
+        let method = req.method().clone();
+        let what = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| path.clone(), |p| p.to_string());
+        let resp = self.operator(req, &op, path.clone()).await;
+        let status = resp.status();
+        if Audit::records(&method, &path) || status == StatusCode::FORBIDDEN {
+            self.audit
+                .record(&op, &method, &what, status.as_u16())
+                .await;
+        }
+        resp
+    }
+
+    /// One call to the operator API by `op`.
+    async fn operator(
+        &self,
+        req: Request<Incoming>,
+        op: &Identity,
+        path: String,
+    ) -> Response<Body> {
+        let op = op.clone();
         let q = query_pairs(req.uri().query());
         let method = req.method().clone();
         // What the request needs, checked against the certificate's
         // permissions; a customer-scoped credential sees only its customers.
         let needs = match (&method, path.as_str()) {
+            (_, "/api/v1/audit") => Perm::Admin,
             (&Method::GET, _) => Perm::Read,
             (_, p) if p.starts_with("/api/v1/releases") => Perm::Release,
             _ => Perm::Send,
@@ -262,11 +290,7 @@ impl Api {
             }
             return self.deliveries(id, &op);
         }
-        let by = peer
-            .identity
-            .as_ref()
-            .map(|i| i.id.to_string())
-            .unwrap_or_default();
+        let by = op.id.to_string();
         if path == "/api/v1/releases" && method == Method::POST {
             return self.releases.publish(req, &q, &by).await;
         }
@@ -290,6 +314,17 @@ impl Api {
             return error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {path}"));
         }
         match path.as_str() {
+            "/api/v1/audit" => {
+                let limit = q
+                    .iter()
+                    .find(|(k, _)| k == "limit")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(100);
+                match self.audit.last(limit).await {
+                    Ok(e) => json(StatusCode::OK, &json!({ "entries": e })),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("audit log: {e}")),
+                }
+            }
             "/api/v1/messages" => self.messages(&q, &op).await,
             "/api/v1/releases" => self.releases.list(),
             "/api/v1/uploads" => self.uploads.list(&q, sees).await,

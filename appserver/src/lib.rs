@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod deliveries;
 pub mod error;
 pub mod groups;
@@ -184,6 +185,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         topology,
         outbound,
         deliveries,
+        audit: audit::Audit::open(&cfg.data_dir)?,
         metrics: metrics.clone(),
     });
     let tls = ReloadingServerConfig::start(cfg.tls.clone())?;

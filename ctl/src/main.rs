@@ -46,6 +46,13 @@ struct Cli {
 enum Cmd {
     /// Every component seen: parent path, last seen, last heartbeat.
     Components,
+    /// The operators' audit log: who did what, when, and the answer
+    /// (needs an `admin` operator certificate).
+    Audit {
+        /// The last this many entries (1..=10000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Stored messages, oldest first.
     Messages {
         /// Source ID (includes its subtree).
@@ -379,6 +386,33 @@ fn print_json(v: &Value) {
 async fn run(cli: Cli) -> Result<(), String> {
     let t = target(&cli)?;
     match &cli.cmd {
+        Cmd::Audit { limit } => {
+            let v = call_json(
+                &t,
+                Method::GET,
+                &format!("/api/v1/audit?limit={limit}"),
+                None,
+            )
+            .await?;
+            if cli.json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!(
+                "{:<26} {:<22} {:<7} {:>6}  WHAT",
+                "AT", "WHO", "METHOD", "STATUS"
+            );
+            for e in v["entries"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<26} {:<22} {:<7} {:>6}  {}",
+                    e["at"].as_str().unwrap_or(""),
+                    e["who"].as_str().unwrap_or(""),
+                    e["method"].as_str().unwrap_or(""),
+                    e["status"],
+                    e["what"].as_str().unwrap_or("")
+                );
+            }
+        }
         Cmd::Components => {
             let v = call_json(&t, Method::GET, "/api/v1/components", None).await?;
             if cli.json {

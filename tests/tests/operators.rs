@@ -171,4 +171,41 @@ async fn a_customer_scoped_operator_sees_only_its_customer_and_a_reader_cannot_a
     .unwrap();
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert!(v.to_string().contains("release"), "{v}");
+
+    // Every action is in the audit log, with who, what, when and the answer;
+    // only admin reads it.
+    let (s, _) = json_call(&reader, Method::GET, "/api/v1/audit", None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let out = std::process::Command::new(rsnet_demo::bin_dir().join("rsnet-ctl"))
+        .arg("--tree")
+        .arg(tree.dir.join("tree.json"))
+        .args(["audit", "--limit", "50"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stdout);
+    for (who, method, status) in [
+        ("acme.ops", "POST", "403"),
+        ("acme.ops", "POST", "202"),
+        ("provider.operator", "POST", "202"),
+        ("provider.viewer", "POST", "403"),
+        ("provider.viewer", "GET", "403"),
+    ] {
+        assert!(
+            log.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() >= 5 && f[1] == who && f[2] == method && f[3] == status
+            }),
+            "{who} {method} {status} in:\n{log}"
+        );
+    }
+    assert!(log.contains("/api/v1/messages"), "{log}");
+    let audit = std::fs::read_to_string(tree.nodes[0].data_dir.join("audit.log")).unwrap();
+    assert!(audit.lines().count() >= 6, "{audit}");
 }
