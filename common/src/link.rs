@@ -163,6 +163,8 @@ pub struct Link {
     /// pooled connections are dropped when the list changes.
     revocations: std::sync::OnceLock<crate::tls::Revocations>,
     pool_version: std::sync::atomic::AtomicU64,
+    /// This node: an MLM parent's scopes must cover it.
+    me: std::sync::OnceLock<crate::id::ComponentId>,
 }
 
 impl Link {
@@ -208,7 +210,14 @@ impl Link {
             connect_timeout: DEFAULT_LINK_CONNECT_TIMEOUT,
             revocations: std::sync::OnceLock::new(),
             pool_version: std::sync::atomic::AtomicU64::new(0),
+            me: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// This node is `me`: from now on an MLM is accepted as its parent
+    /// only if the MLM's certificate scopes cover `me` (set once).
+    pub fn set_me(&self, me: crate::id::ComponentId) {
+        let _ = self.me.set(me);
     }
 
     /// Checks parents against `r` from now on (set once).
@@ -286,6 +295,19 @@ impl Link {
                 who.id,
                 who.role.as_str()
             )));
+        }
+        if let Some(me) = self.me.get() {
+            if who.role == Role::Mlm && !who.may_send_as(me) {
+                return Err(LinkErrorKind::Tls(format!(
+                    "parent {}'s scopes ({}) do not cover {me}",
+                    who.id,
+                    who.scopes
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
         }
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await

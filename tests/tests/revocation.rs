@@ -162,3 +162,59 @@ async fn a_revoked_mlm_is_refused_by_its_children() {
         "what it could not send stays spooled: {st}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_refuses_a_parent_whose_scope_does_not_cover_it() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let mut tree = start("scope-parent", &spec);
+    let op = tree.operator_target().unwrap();
+    let (mlm, p1) = (
+        tree.index("acme.mlm1").unwrap(),
+        tree.index("acme.p1").unwrap(),
+    );
+    let addr = tree.nodes[p1].addr.unwrap();
+    let ev = |t: &str| json!({ "kind": "event", "class": "event", "subclass": "scope", "text": t });
+    let ids = send(addr, &[ev("before")]).await.unwrap();
+    wait_for("stored before", LONG, || async {
+        let all = stored(&op, "subclass=scope").await.ok()?;
+        all.iter().any(|m| m["id"] == ids[0].as_str()).then_some(())
+    })
+    .await;
+    // The MLM now holds a certificate for customer beta only (a provider
+    // MLM of another customer, or a stolen one): acme.p1 must not use it.
+    tree.pki
+        .issue("acme.mlm1", Role::Mlm, &[], &["beta".to_string()])
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        tree.stop(mlm, Duration::from_secs(10));
+        tree.restart(mlm)
+    })
+    .unwrap();
+    let log = tree.nodes[p1].log.clone();
+    let later = send(addr, &[ev("after")]).await.unwrap();
+    wait_for("the proxy refuses the parent", LONG, || {
+        let log = log.clone();
+        async move {
+            let l = std::fs::read_to_string(&log).ok()?;
+            l.contains("acme.mlm1's scopes (beta) do not cover acme.p1")
+                .then_some(())
+        }
+    })
+    .await;
+    let (_, st) = rsnet_demo::json_call(
+        &tree.node_target(p1).unwrap(),
+        http::Method::GET,
+        "/v1/status",
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(st["spool"]["messages"].as_u64().unwrap() >= 1, "{st}");
+    let all = stored(&op, "subclass=scope").await.unwrap();
+    assert!(!all.iter().any(|m| m["id"] == later[0].as_str()));
+}
