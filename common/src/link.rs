@@ -151,6 +151,9 @@ struct Parent {
     port: u16,
 }
 
+/// How long a parent's error body may take to arrive.
+const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
+
 /// The uplink: parents, TLS, proxy and a connection pool.
 pub struct Link {
     parents: Vec<Parent>,
@@ -460,13 +463,8 @@ impl Link {
             .unwrap_or("")
             .to_string();
         if !status.is_success() {
-            let b = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            let reason = String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned();
+            // Bounded in size and time: a parent's error body is peer input.
+            let reason = crate::http_util::error_text(resp.into_body(), ERROR_BODY_WAIT).await;
             return Err(LinkErrorKind::Refused(status, reason));
         }
         let decoded = envelope::decode(&ct, resp.into_body().into_data_stream())
