@@ -240,14 +240,16 @@ impl Pki {
         hosts: &[String],
         scopes: &[String],
     ) -> Result<IssuedFiles> {
-        self.issue_with(id, role, hosts, scopes, &[])
+        self.issue_with(id, role, hosts, scopes, &[], &[])
     }
 
     /// [`Pki::issue`] with an operator's permissions (`read`, `send`,
-    /// `release`, `admin`; none: read only).
+    /// `release`, `admin`; none: read only) and the message classes a
+    /// proxy or MLM may send (none: every class).
     ///
     /// # Errors
-    /// As [`Pki::issue`]; a permission that is unknown or not for an operator.
+    /// As [`Pki::issue`]; a permission that is unknown or not for an
+    /// operator; a class that is not a class label.
     pub fn issue_with(
         &self,
         id: &str,
@@ -255,7 +257,20 @@ impl Pki {
         hosts: &[String],
         scopes: &[String],
         perms: &[String],
+        classes: &[String],
     ) -> Result<IssuedFiles> {
+        for c in classes {
+            if !rsnet_common::model::valid_class(c) {
+                return Err(PkiError::Usage(format!(
+                    "--class {c:?} is not a class label"
+                )));
+            }
+        }
+        if !classes.is_empty() && !matches!(role, Role::Proxy | Role::Mlm) {
+            return Err(PkiError::Usage(
+                "--class is for proxy and mlm certificates".into(),
+            ));
+        }
         if !perms.is_empty() && role != Role::Operator {
             return Err(PkiError::Usage(
                 "--perm is for operator certificates".into(),
@@ -307,6 +322,10 @@ impl Pki {
         for perm in perms {
             p.subject_alt_names
                 .push(uri(format!("{}{perm}", rsnet_common::tls::SAN_PERM)));
+        }
+        for c in classes {
+            p.subject_alt_names
+                .push(uri(format!("{}{c}", rsnet_common::tls::SAN_CLASS)));
         }
         if matches!(role, Role::Mlm | Role::Appserver) {
             p.extended_key_usages

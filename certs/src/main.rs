@@ -57,6 +57,10 @@ enum Cmd {
         /// (repeatable; none: read only).
         #[arg(long = "perm")]
         perms: Vec<String>,
+        /// A message class a proxy or MLM may send (repeatable; none: every
+        /// class; heartbeats, reports, bulk requests and responses always may).
+        #[arg(long = "class")]
+        classes: Vec<String>,
     },
     /// Revoke every certificate of ID and rewrite DIR/crl.pem.
     Revoke {
@@ -84,11 +88,11 @@ fn main() -> ExitCode {
                 println!("release key: {} (0600; the appserver's only)", p.release_key().display());
                 println!("release pub: {} (give it to every proxy)", p.release_pub().display());
             }),
-        Cmd::Issue { dir, id, role, hosts, scopes, perms } => match Role::parse(&role) {
+        Cmd::Issue { dir, id, role, hosts, scopes, perms, classes } => match Role::parse(&role) {
             None => Err(rsnet_certs::PkiError::Usage(format!(
                 "--role {role:?}: expected proxy, mlm, appserver or operator"
             ))),
-            Some(role) => Pki::open(&dir).and_then(|p| p.issue_with(&id, role, &hosts, &scopes, &perms)).map(|f| {
+            Some(role) => Pki::open(&dir).and_then(|p| p.issue_with(&id, role, &hosts, &scopes, &perms, &classes)).map(|f| {
                 println!("certificate: {}", f.cert.display());
                 println!("key:         {} (0600)", f.key.display());
             }),

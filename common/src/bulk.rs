@@ -404,6 +404,7 @@ mod tests {
                 role,
                 scopes: scopes.iter().map(|s| s.parse().unwrap()).collect(),
                 perms: vec![],
+                classes: vec![],
             }),
             revocation: None,
         }

@@ -8,7 +8,10 @@
 //! * `urn:rsnet:scope:acme`: subtrees an MLM may relay for (default: its
 //!   customer), or an operator may see and act on (default: all);
 //! * `urn:rsnet:perm:send`: what an operator may do ([`Perm`]: `read`,
-//!   `send`, `release`, `admin`; none listed: read only).
+//!   `send`, `release`, `admin`; none listed: read only);
+//! * `urn:rsnet:class:alarm`: a message class a proxy or MLM may send
+//!   (none listed: every class); the protocol's own classes
+//!   ([`PROTOCOL_CLASSES`]) are always allowed.
 //!
 //! [`Identity`] is read from the verified peer certificate and is the only
 //! source of "who is this child" a hop trusts; [`Identity::may_send_as`] is the
@@ -101,6 +104,13 @@ pub const SAN_SCOPE: &str = "urn:rsnet:scope:";
 
 /// See [`SAN_ID`].
 pub const SAN_PERM: &str = "urn:rsnet:perm:";
+/// See [`SAN_ID`].
+pub const SAN_CLASS: &str = "urn:rsnet:class:";
+
+/// Classes every node sends whatever its certificate lists: heartbeats and
+/// reports, control results, release reports, bulk requests, responses.
+pub const PROTOCOL_CLASSES: [&str; 5] =
+    ["infrastructure", "control", "release", "bulk", "response"];
 
 /// What an operator certificate allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -145,6 +155,8 @@ pub struct Identity {
     pub scopes: Vec<ComponentId>,
     /// What it may do (operators; none listed: read only).
     pub perms: Vec<Perm>,
+    /// The message classes it may send (none listed: every class).
+    pub classes: Vec<String>,
 }
 
 impl Identity {
@@ -160,6 +172,7 @@ impl Identity {
             .map_err(|e| bad(e.to_string()))?
             .ok_or_else(|| bad("no subjectAltName".into()))?;
         let (mut id, mut role, mut scopes, mut perms) = (None, None, Vec::new(), Vec::new());
+        let mut classes = Vec::new();
         for name in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::URI(u) = name {
                 if let Some(v) = u.strip_prefix(SAN_ID) {
@@ -168,6 +181,11 @@ impl Identity {
                     role = Some(Role::parse(v).ok_or_else(|| bad(format!("unknown role {v:?}")))?);
                 } else if let Some(v) = u.strip_prefix(SAN_SCOPE) {
                     scopes.push(v.parse::<ComponentId>().map_err(|e| bad(e.to_string()))?);
+                } else if let Some(v) = u.strip_prefix(SAN_CLASS) {
+                    if !crate::model::valid_class(v) {
+                        return Err(bad(format!("{v:?} is not a class label")));
+                    }
+                    classes.push(v.to_string());
                 } else if let Some(v) = u.strip_prefix(SAN_PERM) {
                     perms.push(
                         Perm::parse(v).ok_or_else(|| bad(format!("unknown permission {v:?}")))?,
@@ -189,7 +207,15 @@ impl Identity {
             role,
             scopes,
             perms,
+            classes,
         })
+    }
+
+    /// May this peer send messages of `class`?
+    pub fn may_send_class(&self, class: &str) -> bool {
+        self.classes.is_empty()
+            || PROTOCOL_CLASSES.contains(&class)
+            || self.classes.iter().any(|c| c == class)
     }
 
     /// May this operator do what needs `p`? Every operator may read; `admin`

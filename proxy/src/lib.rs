@@ -307,6 +307,10 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         metrics: metrics.clone(),
         parent: Arc::new(move || l2.current_parent().to_string()),
         key_window: Duration::from_secs(cfg.local_api.key_window_s),
+        parked: {
+            let f = forwarder.clone();
+            Arc::new(move || f.parked_classes())
+        },
         disk: (cfg.throttle.min_free_disk_bytes > 0).then(|| {
             rsnet_common::disk::DiskFloor::new(&cfg.data_dir, cfg.throttle.min_free_disk_bytes)
         }),

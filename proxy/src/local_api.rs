@@ -131,6 +131,8 @@ pub struct LocalApi {
     /// Free disk that must stay under the data directory (`[throttle]
     /// min_free_disk_bytes`); below it, messages and files are refused.
     pub disk: Option<rsnet_common::disk::DiskFloor>,
+    /// Classes the parent had the forwarder park: (class, seconds left, why).
+    pub parked: Arc<dyn Fn() -> Vec<(String, u64, String)> + Send + Sync>,
 }
 
 impl LocalApi {
@@ -222,6 +224,10 @@ impl LocalApi {
                         "inbox": self.inbox.queues.stats(),
                         "forwarding": self.inbox.node_forwarding(),
                         "dead_letters": self.dead_letters.view(),
+                        "parked": (self.parked)()
+                            .into_iter()
+                            .map(|(class, left_s, reason)| json!({ "class": class, "retry_in_s": left_s, "reason": reason }))
+                            .collect::<Vec<_>>(),
                     }),
                 )
             }

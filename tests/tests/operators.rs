@@ -22,7 +22,7 @@ fn operator(tree: &Tree, id: &str, scopes: &[&str], perms: &[&str]) -> Target {
     let p: Vec<String> = perms.iter().map(|x| x.to_string()).collect();
     let f = tree
         .pki
-        .issue_with(id, Role::Operator, &[], &s, &p)
+        .issue_with(id, Role::Operator, &[], &s, &p, &[])
         .unwrap();
     let config = rsnet_common::tls::client_config(&TlsPaths {
         ca: tree.pki.ca(),

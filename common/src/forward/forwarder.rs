@@ -74,8 +74,8 @@ struct State {
     /// Held for a closed window (this sender's own throttle, or a parent's
     /// answer scoped to a class), until it opens.
     parked: HashMap<SpoolKey, Instant>,
-    /// Classes a parent deferred by class (`retry-class`), until when.
-    class_holds: HashMap<String, Instant>,
+    /// Classes a parent deferred by class (`retry-class`): until when, and why.
+    class_holds: HashMap<String, (Instant, String)>,
     backoff: Backoff,
 }
 
@@ -135,6 +135,24 @@ impl Forwarder {
         })
     }
 
+    /// Classes held back because a parent deferred them by class (a closed
+    /// window, a class the certificate does not allow): (class, seconds
+    /// left, the parent's reason).
+    pub fn parked_classes(&self) -> Vec<(String, u64, String)> {
+        let Ok(s) = self.state.lock() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut v: Vec<_> = s
+            .class_holds
+            .iter()
+            .filter(|(_, (u, _))| *u > now)
+            .map(|(c, (u, why))| (c.clone(), u.duration_since(now).as_secs(), why.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Gives this sender its own throttle: what its rates and windows hold
     /// back stays spooled (set once; later calls are ignored).
     pub fn set_throttle(&self, t: Arc<crate::pipeline::throttle::Throttle>) {
@@ -152,8 +170,11 @@ impl Forwarder {
             .lock()
             .map(|mut s| {
                 let now = Instant::now();
-                s.class_holds.retain(|_, until| *until > now);
-                s.class_holds.clone()
+                s.class_holds.retain(|_, (until, _)| *until > now);
+                s.class_holds
+                    .iter()
+                    .map(|(c, (u, _))| (c.clone(), *u))
+                    .collect()
             })
             .unwrap_or_default();
         let t = self.throttle.get();
@@ -439,7 +460,7 @@ impl Forwarder {
         let mut done = Vec::new();
         let mut dead = Vec::new();
         let mut retry_after: Option<Duration> = None;
-        let mut by_class: Vec<(SpoolKey, String, Duration)> = Vec::new();
+        let mut by_class: Vec<(SpoolKey, String, Duration, String)> = Vec::new();
         for (k, r) in &entries {
             match delivery.answers.get(&r.id) {
                 Some(a) if a.status == Status::Accepted => {
@@ -460,7 +481,9 @@ impl Forwarder {
                 Some(a) => {
                     self.counters.deferred.inc();
                     match (&a.retry_class, a.retry_after) {
-                        (Some(c), Some(d)) => by_class.push((*k, c.clone(), d)),
+                        (Some(c), Some(d)) => {
+                            by_class.push((*k, c.clone(), d, a.reason.clone().unwrap_or_default()))
+                        }
                         _ => retry_after = retry_after.max(a.retry_after),
                     }
                 }
@@ -471,11 +494,11 @@ impl Forwarder {
             // Deferred for a class's window: that class waits, nothing else.
             if let Ok(mut s) = self.state.lock() {
                 let now = Instant::now();
-                for (k, c, d) in by_class {
+                for (k, c, d, why) in by_class {
                     let until = now + d;
                     s.parked.insert(k, until);
-                    let h = s.class_holds.entry(c).or_insert(until);
-                    *h = (*h).max(until);
+                    let h = s.class_holds.entry(c).or_insert((until, why.clone()));
+                    *h = (h.0.max(until), why);
                 }
             }
         }

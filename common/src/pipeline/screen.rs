@@ -12,13 +12,21 @@
 //!   learned from those hops, so a hop outside the child's subtree would let
 //!   one proxy pull another's back-channel traffic to itself. Such a message
 //!   is rejected whole, never stripped and passed on: a sender that writes
-//!   foreign hops is broken or hostile, and a rejection tells it so.
+//!   foreign hops is broken or hostile, and a rejection tells it so;
+//! * its class is one the peer's certificate allows
+//!   ([`Identity::may_send_class`]). A class it may not send is deferred
+//!   for [`CLASS_PARKED`] with `retry-class`, naming the class: the sender
+//!   parks that class and keeps the others flowing (and sends it once its
+//!   certificate allows it).
 
 use crate::envelope::Item;
 use crate::model::Direction;
 use crate::tls::Identity;
 
 use super::{Exchange, Judged, Stage, StageFuture, Verdict};
+
+/// How long a sender parks a class its certificate does not allow.
+pub const CLASS_PARKED: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// See the module docs.
 #[derive(Debug, Default, Clone, Copy)]
@@ -49,6 +57,18 @@ impl Screen {
                 "routing hop {} is outside the subtree of authenticated peer {}",
                 hop.id, peer.id
             )));
+        }
+        let class = &item.header.class;
+        if !peer.may_send_class(class) {
+            return Some(Verdict::defer_class(
+                format!(
+                    "class {class} is not allowed for {} (its certificate allows: {})",
+                    peer.id,
+                    peer.classes.join(", ")
+                ),
+                CLASS_PARKED,
+                class,
+            ));
         }
         None
     }

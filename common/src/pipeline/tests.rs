@@ -8,6 +8,7 @@ fn peer(id: &str, role: Role, scopes: &[&str]) -> Identity {
         role,
         scopes: scopes.iter().map(|s| s.parse().unwrap()).collect(),
         perms: vec![],
+        classes: vec![],
     }
 }
 

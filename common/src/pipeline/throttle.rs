@@ -508,6 +508,7 @@ mod tests {
                 role: Role::Proxy,
                 scopes: vec![],
                 perms: vec![],
+                classes: vec![],
             },
             received: Timestamp::now(),
             persist: Vec::new(),

@@ -183,6 +183,7 @@ impl Tree {
             &[],
             &[],
             &["admin".to_string()],
+            &[],
         )?;
         let operator = TlsPaths {
             ca: pki.ca(),

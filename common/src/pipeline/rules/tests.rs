@@ -30,6 +30,7 @@ fn ex() -> Exchange {
             role: Role::Proxy,
             scopes: vec![],
             perms: vec![],
+            classes: vec![],
         },
         received: Timestamp::now(),
         persist: Vec::new(),

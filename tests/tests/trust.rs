@@ -1,7 +1,8 @@
-//! End-to-end: revocation reaches established connections and both ends.
-//! A proxy revoked while it holds a keep-alive connection to its MLM is
-//! refused on that same connection at its next request, within seconds;
-//! and a revoked MLM is refused by the children that connect to it.
+//! End-to-end: trust that is scoped and revocable. A proxy revoked while it
+//! holds a keep-alive connection to its MLM is refused on that same
+//! connection at its next request, within seconds; a revoked MLM, or one
+//! whose scopes do not cover the child, is refused by the child; a class
+//! the proxy's certificate does not allow is parked while the others flow.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,4 +218,81 @@ async fn a_child_refuses_a_parent_whose_scope_does_not_cover_it() {
     assert!(st["spool"]["messages"].as_u64().unwrap() >= 1, "{st}");
     let all = stored(&op, "subclass=scope").await.unwrap();
     assert!(!all.iter().any(|m| m["id"] == later[0].as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_outside_the_certificate_is_parked_while_the_others_flow() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let mut tree = start("class-perm", &spec);
+    let op = tree.operator_target().unwrap();
+    let p1 = tree.index("acme.p1").unwrap();
+    // acme.p1 may send alarms only (and the protocol's own classes).
+    tokio::task::block_in_place(|| tree.stop(p1, Duration::from_secs(10)));
+    tree.pki
+        .issue_with(
+            "acme.p1",
+            Role::Proxy,
+            &[],
+            &[],
+            &[],
+            &["alarm".to_string()],
+        )
+        .unwrap();
+    tokio::task::block_in_place(|| tree.restart(p1)).unwrap();
+    let addr = tree.nodes[p1].addr.unwrap();
+    let ids = send(
+        addr,
+        &[
+            json!({ "kind": "event", "class": "event", "subclass": "perm", "text": "not allowed" }),
+            json!({ "kind": "alarm", "class": "alarm", "subclass": "perm", "severity": "major", "text": "allowed" }),
+        ],
+    )
+    .await
+    .unwrap();
+    wait_for("the alarm stored", LONG, || async {
+        let all = stored(&op, "subclass=perm").await.ok()?;
+        all.iter().any(|m| m["id"] == ids[1].as_str()).then_some(())
+    })
+    .await;
+    // The event is parked at the proxy, with the reason, and never stored.
+    let st = wait_for("the event's class parked", LONG, || async {
+        let (_, st) = rsnet_demo::json_call(
+            &tree.node_target(p1).ok()?,
+            http::Method::GET,
+            "/v1/status",
+            None,
+        )
+        .await
+        .ok()?;
+        (st["parked"][0]["class"] == "event").then_some(st)
+    })
+    .await;
+    let why = st["parked"][0]["reason"].as_str().unwrap();
+    assert!(
+        why.contains("class event is not allowed for acme.p1") && why.contains("alarm"),
+        "{st}"
+    );
+    assert!(st["spool"]["messages"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(st["dead_letters"]["count"].as_u64().unwrap_or(0), 0, "{st}");
+    let all = stored(&op, "subclass=perm").await.unwrap();
+    assert!(!all.iter().any(|m| m["id"] == ids[0].as_str()));
+    // More alarms keep flowing while the event waits.
+    let more = send(
+        addr,
+        &[json!({ "kind": "alarm", "class": "alarm", "subclass": "perm", "severity": "minor", "text": "still" })],
+    )
+    .await
+    .unwrap();
+    wait_for("the next alarm stored", LONG, || async {
+        let all = stored(&op, "subclass=perm").await.ok()?;
+        all.iter()
+            .any(|m| m["id"] == more[0].as_str())
+            .then_some(())
+    })
+    .await;
 }
