@@ -2,16 +2,18 @@
 //!
 //! ```text
 //!  POST /rs/v1/exchange
-//!    │ exchange::receive   whole-POST limits, certificate role, decode   → HTTP 4xx
+//!    │ exchange::receive   whole-POST limits, body memory budget,        → HTTP 4xx/503
+//!    │                     certificate role, decode
 //!    ▼
 //!  Screen                  identity: sources and routing hops inside the
 //!    │                     peer's subtree; nothing sent the wrong way     → Reject
+//!    │                     a class the peer's certificate does not allow  → Defer (class)
 //!    ├──────────────► BackChannel (beside the stages): learn routes from the
 //!    │                screened items, apply the child's acks
 //!    ▼
-//!  service modules         MLM rules (pass-through today)                  → Drop / Absorb
+//!  service modules         expiry; MLM: rules, release watch, bulk gate    → Drop / Absorb
 //!    ▼
-//!  throttle                rates, windows, disk (pass-through today)       → Defer
+//!  throttle                rates, windows, free disk, bulk cap             → Defer
 //!    ▼
 //!  terminal                relay upward (MLM) or ingest (appserver)        → Absorb / Defer / Reject
 //!    ▼
