@@ -216,6 +216,9 @@ impl BackChannelClient {
             })
         };
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        // The first failure of a run is a warning (a refused parent shows
+        // even when nothing is spooled); its repeats are debug.
+        let mut failing = false;
         loop {
             let out = self.outgoing(Some(wait));
             let r = tokio::select! {
@@ -224,12 +227,21 @@ impl BackChannelClient {
             };
             if let Err(e) = r {
                 let d = backoff.next_delay();
-                tracing::debug!(error = %e, retry_in = ?d, "long-poll failed");
+                if failing {
+                    tracing::debug!(error = %e, retry_in = ?d, "long-poll failed");
+                } else {
+                    tracing::warn!(error = %e, retry_in = ?d, "long-poll failed; retrying with backoff");
+                }
+                failing = true;
                 tokio::select! {
                     _ = tokio::time::sleep(d) => {}
                     _ = shutdown.wait() => break,
                 }
             } else {
+                if failing {
+                    tracing::info!("long-poll works again");
+                }
+                failing = false;
                 backoff.reset();
             }
         }
