@@ -26,6 +26,7 @@ pub mod download;
 pub mod envelope;
 pub mod error;
 pub mod forward;
+pub mod fuzzing;
 pub mod heartbeat;
 pub mod http_util;
 pub mod id;

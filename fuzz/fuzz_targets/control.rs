@@ -1,11 +1,5 @@
-//! The control part `<exchange>`: acks, wait hint and hop answers.
+//! See [`rsnet_common::fuzzing::control`]: the property, shared with the CI smoke test.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use rsnet_common::envelope::wire::{decode_control, encode_control};
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(c) = decode_control(data) {
-        let xml = encode_control(&c);
-        assert_eq!(decode_control(xml.as_bytes()).as_ref(), Ok(&c), "{xml}");
-    }
-});
+fuzz_target!(|data: &[u8]| rsnet_common::fuzzing::control(data));

@@ -1,0 +1,132 @@
+//! The properties the fuzz targets check (`fuzz/fuzz_targets/`), in one
+//! place: the fuzz targets call them under libFuzzer (nightly, long runs),
+//! and the smoke test (`common/tests/fuzz_smoke.rs`) runs them in CI over
+//! the seed corpora and their random mutations. Each takes arbitrary
+//! bytes and panics only if a parser breaks its contract: a parser must
+//! never panic, and whatever it accepts must survive a round trip.
+
+use crate::envelope::wire::{
+    decode_content, decode_control, decode_header, encode_content, encode_control, encode_header,
+};
+use crate::envelope::{decode_bytes, EnvelopeWriter};
+use crate::model::{Content, ContentKind, Data, Encoding};
+use crate::release::{self, Report};
+
+/// A message header: decodes, or is refused; re-encodes to the same header.
+pub fn header(data: &[u8]) {
+    if let Ok(h) = decode_header(data) {
+        let xml = encode_header(&h);
+        assert_eq!(decode_header(xml.as_bytes()).as_ref(), Ok(&h), "{xml}");
+    }
+}
+
+/// The control part `<exchange>`: acks, wait hint, hop answers.
+pub fn control(data: &[u8]) {
+    if let Ok(c) = decode_control(data) {
+        let xml = encode_control(&c);
+        assert_eq!(decode_control(xml.as_bytes()).as_ref(), Ok(&c), "{xml}");
+    }
+}
+
+/// A content element of the kind the first byte picks.
+pub fn content(data: &[u8]) {
+    let Some((&k, xml)) = data.split_first() else {
+        return;
+    };
+    let kind = ContentKind::ALL[k as usize % ContentKind::ALL.len()];
+    if let Ok(c) = decode_content(xml, kind) {
+        let again = encode_content(&c);
+        assert_eq!(
+            decode_content(again.as_bytes(), kind).as_ref(),
+            Ok(&c),
+            "{again}"
+        );
+    }
+}
+
+/// A whole envelope body (boundary `B`): what decodes re-encodes and
+/// decodes to the same control part and items.
+pub fn envelope(data: &[u8]) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    let body = bytes::Bytes::copy_from_slice(data);
+    let Ok(d) = rt.block_on(decode_bytes("multipart/related; boundary=B", body)) else {
+        return;
+    };
+    let mut w = EnvelopeWriter::new();
+    w.control(&d.control);
+    for i in &d.items {
+        let _ = i.content();
+        w.item(i);
+    }
+    let (ct, body) = w.finish();
+    let again = rt
+        .block_on(decode_bytes(&ct, body))
+        .expect("re-encoded envelope decodes");
+    assert_eq!(again.control, d.control);
+    assert_eq!(again.items, d.items);
+    for (a, b) in again.items.iter().zip(&d.items) {
+        assert_eq!(encode_header(&a.header), encode_header(&b.header));
+    }
+}
+
+/// Transfers: release offers, reports, cancellations, paths and the
+/// upload and range headers.
+pub fn transfer(data: &[u8]) {
+    let Some((&k, rest)) = data.split_first() else {
+        return;
+    };
+    let mime = [
+        release::OFFER_MIME,
+        release::REPORT_MIME,
+        release::CANCEL_MIME,
+    ][k as usize % 3];
+    let c = Content::Data(Data {
+        mime: mime.into(),
+        encoding: Encoding::Text,
+        payload: bytes::Bytes::copy_from_slice(rest),
+    });
+    if let Ok((id, signed)) = release::offer_of(&c) {
+        assert_eq!(id.to_string(), signed.manifest.id);
+        assert!(signed.manifest.validate().is_ok());
+    }
+    if let Some(r) = Report::of(&c) {
+        assert!(r.release.parse::<crate::id::MessageId>().is_ok());
+        if let Ok(from) = "acme.p1".parse() {
+            let again = Report::of(&r.message(&from).content);
+            assert_eq!(again.as_ref(), Some(&r));
+        }
+    }
+    let _ = release::cancel_of(&c);
+    let s = String::from_utf8_lossy(rest);
+    let _ = release::id_of_path(&s);
+    let _ = crate::bulk::Token::of_path(&s);
+    if let Ok(v) = http::HeaderValue::from_bytes(rest) {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::RANGE, v.clone());
+        h.insert(crate::bulk::UPLOAD_OFFSET, v);
+        let _ = crate::download::range_start(&h);
+        let _ = crate::bulk::offset(&h);
+        let _ = crate::bulk::held(&h);
+    }
+}
+
+/// A rules file: checked with every problem naming `rules.toml:LINE`,
+/// never a panic, for both node kinds.
+pub fn rules(data: &[u8]) {
+    use crate::pipeline::rules::{load_text, NodeKind, RuleSource};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = std::path::Path::new("rules.toml");
+    let src = RuleSource::File(path.to_path_buf());
+    for node in [NodeKind::Mlm, NodeKind::Proxy] {
+        if let Err(e) = load_text(&src, path, text, node) {
+            assert!(
+                e.problems.iter().all(|p| p.starts_with("rules.toml:")),
+                "{e}"
+            );
+        }
+    }
+}
