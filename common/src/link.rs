@@ -158,9 +158,14 @@ const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
 pub struct Link {
     parents: Vec<Parent>,
     current: AtomicUsize,
-    tls: tokio_rustls::TlsConnector,
+    /// Replaced when the node's certificate is renewed ([`Link::reload_tls`]).
+    tls: std::sync::RwLock<tokio_rustls::TlsConnector>,
     proxy: Option<ForwardProxy>,
-    idle: Mutex<Vec<SendRequest<UplinkBody>>>,
+    /// Idle connections, each with the TLS generation it was made under.
+    idle: Mutex<Vec<(SendRequest<UplinkBody>, u64)>>,
+    /// Bumped when the own certificate is renewed: older connections are
+    /// not pooled again.
+    tls_generation: std::sync::atomic::AtomicU64,
     connect_timeout: Duration,
     /// The node's CRL: a revoked parent is refused when connecting, and
     /// pooled connections are dropped when the list changes.
@@ -207,9 +212,10 @@ impl Link {
         Ok(Arc::new(Link {
             parents,
             current: AtomicUsize::new(0),
-            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            tls: std::sync::RwLock::new(tokio_rustls::TlsConnector::from(Arc::new(tls))),
             proxy,
             idle: Mutex::new(Vec::new()),
+            tls_generation: std::sync::atomic::AtomicU64::new(0),
             connect_timeout: DEFAULT_LINK_CONNECT_TIMEOUT,
             revocations: std::sync::OnceLock::new(),
             pool_version: std::sync::atomic::AtomicU64::new(0),
@@ -221,6 +227,44 @@ impl Link {
     /// only if the MLM's certificate scopes cover `me` (set once).
     pub fn set_me(&self, me: crate::id::ComponentId) {
         let _ = self.me.set(me);
+    }
+
+    /// Rebuilds the client TLS config from `paths` whenever its certificate
+    /// or key file changes (looked at every [`crate::tls::CRL_POLL_INTERVAL`]),
+    /// so a renewed certificate is used without a restart: new connections
+    /// present it, pooled ones are dropped. A config that does not load
+    /// keeps the previous one and logs why.
+    pub fn reload_tls(self: &Arc<Self>, paths: crate::tls::TlsPaths) {
+        let weak = Arc::downgrade(self);
+        let mtimes = |p: &crate::tls::TlsPaths| {
+            [&p.cert, &p.key].map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        };
+        let mut seen = mtimes(&paths);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::tls::CRL_POLL_INTERVAL).await;
+                let Some(link) = weak.upgrade() else { return };
+                let now = mtimes(&paths);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match crate::tls::client_config(&paths) {
+                    Ok(cfg) => {
+                        *link.tls.write().unwrap_or_else(|p| p.into_inner()) =
+                            tokio_rustls::TlsConnector::from(Arc::new(cfg));
+                        link.tls_generation.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut idle) = link.idle.lock() {
+                            idle.clear();
+                        }
+                        tracing::info!("own certificate renewed: new connections use it");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "renewed certificate not loaded; keeping the previous one")
+                    }
+                }
+            }
+        });
     }
 
     /// Checks parents against `r` from now on (set once).
@@ -273,7 +317,8 @@ impl Link {
             .map_err(|_| LinkErrorKind::ConnectTimeout(self.connect_timeout))??;
         let name =
             ServerName::try_from(p.host.clone()).map_err(|e| LinkErrorKind::Tls(e.to_string()))?;
-        let tls = tokio::time::timeout(self.connect_timeout, self.tls.connect(name, tcp))
+        let connector = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp))
             .await
             .map_err(|_| LinkErrorKind::ConnectTimeout(self.connect_timeout))?
             .map_err(|e| LinkErrorKind::Tls(e.to_string()))?;
@@ -429,17 +474,18 @@ impl Link {
                 }
             }
         }
+        let current = self.tls_generation.load(Ordering::Relaxed);
         let pooled = self.idle.lock().ok().and_then(|mut v| {
-            while let Some(s) = v.pop() {
-                if !s.is_closed() {
-                    return Some(s);
+            while let Some((s, g)) = v.pop() {
+                if !s.is_closed() && g == current {
+                    return Some((s, g));
                 }
             }
             None
         });
-        let mut send = match pooled {
+        let (mut send, generation) = match pooled {
             Some(s) => s,
-            None => self.connect(p).await?,
+            None => (self.connect(p).await?, current),
         };
         send.ready()
             .await
@@ -471,8 +517,8 @@ impl Link {
             .await
             .map_err(|e| LinkErrorKind::BadReply(e.to_string()))?;
         if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < MAX_IDLE {
-                idle.push(send);
+            if idle.len() < MAX_IDLE && generation == self.tls_generation.load(Ordering::Relaxed) {
+                idle.push((send, generation));
             }
         }
         Ok(decoded)

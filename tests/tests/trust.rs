@@ -296,3 +296,57 @@ async fn a_class_outside_the_certificate_is_parked_while_the_others_flow() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_used_without_a_restart() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let tree = start("renew", &spec);
+    let op = tree.operator_target().unwrap();
+    let p1 = tree.index("acme.p1").unwrap();
+    let addr = tree.nodes[p1].addr.unwrap();
+    let pid = tree.nodes[p1].pid();
+    let ev = |t: &str| json!({ "kind": "event", "class": "event", "subclass": "renew", "text": t });
+    let ids = send(addr, &[ev("old certificate")]).await.unwrap();
+    wait_for("stored under the old certificate", LONG, || async {
+        let all = stored(&op, "subclass=renew").await.ok()?;
+        all.iter().any(|m| m["id"] == ids[0].as_str()).then_some(())
+    })
+    .await;
+    // Renewed in place (the same files), now for alarms only: the running
+    // proxy picks it up and the MLM sees the new certificate.
+    tree.pki
+        .issue_with(
+            "acme.p1",
+            Role::Proxy,
+            &[],
+            &[],
+            &[],
+            &["alarm".to_string()],
+        )
+        .unwrap();
+    wait_for(
+        "the proxy presents the renewed certificate",
+        LONG,
+        || async {
+            send(addr, &[ev("new certificate")]).await.ok()?;
+            let (_, st) = rsnet_demo::json_call(
+                &tree.node_target(p1).ok()?,
+                http::Method::GET,
+                "/v1/status",
+                None,
+            )
+            .await
+            .ok()?;
+            (st["parked"][0]["class"] == "event").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(tree.nodes[p1].pid(), pid, "no restart");
+    let log = std::fs::read_to_string(&tree.nodes[p1].log).unwrap();
+    assert!(log.contains("own certificate renewed"), "the proxy says so");
+}

@@ -245,6 +245,7 @@ impl Sender {
         )?;
         link.set_revocations(crate::tls::Revocations::watch(tls.crl.clone()));
         link.set_me(crate::tls::own_identity(tls)?.id);
+        link.reload_tls(tls.clone());
         let s = spool.clone();
         metrics.gauge("rsnet_spool_messages", "messages in the spool", move || {
             s.stats().messages as f64
