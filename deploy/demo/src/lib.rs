@@ -438,11 +438,14 @@ impl Tree {
     }
 
     /// Restarts node `i` from its config file, which holds the port it was
-    /// given at its first start (so its children reconnect).
+    /// given at its first start (so its children reconnect). A node still
+    /// running is stopped first (SIGTERM, up to 10 s); one that was killed
+    /// or stopped is just started.
     ///
     /// # Errors
     /// Start-up failure.
     pub fn restart(&mut self, i: usize) -> Result<(), Error> {
+        self.stop(i, Duration::from_secs(10));
         self.launch(i)
     }
 
