@@ -236,34 +236,26 @@ impl Link {
     /// keeps the previous one and logs why.
     pub fn reload_tls(self: &Arc<Self>, paths: crate::tls::TlsPaths) {
         let weak = Arc::downgrade(self);
-        let mtimes = |p: &crate::tls::TlsPaths| {
-            [&p.cert, &p.key].map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
-        };
-        let mut seen = mtimes(&paths);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(crate::tls::CRL_POLL_INTERVAL).await;
-                let Some(link) = weak.upgrade() else { return };
-                let now = mtimes(&paths);
-                if now == seen {
-                    continue;
+        let files = vec![paths.cert.clone(), paths.key.clone()];
+        crate::tls::watch_files(files, move || {
+            let Some(link) = weak.upgrade() else {
+                return false;
+            };
+            match crate::tls::client_config(&paths) {
+                Ok(cfg) => {
+                    *link.tls.write().unwrap_or_else(|p| p.into_inner()) =
+                        tokio_rustls::TlsConnector::from(Arc::new(cfg));
+                    link.tls_generation.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut idle) = link.idle.lock() {
+                        idle.clear();
+                    }
+                    tracing::info!("own certificate renewed: new connections use it");
                 }
-                seen = now;
-                match crate::tls::client_config(&paths) {
-                    Ok(cfg) => {
-                        *link.tls.write().unwrap_or_else(|p| p.into_inner()) =
-                            tokio_rustls::TlsConnector::from(Arc::new(cfg));
-                        link.tls_generation.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut idle) = link.idle.lock() {
-                            idle.clear();
-                        }
-                        tracing::info!("own certificate renewed: new connections use it");
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "renewed certificate not loaded; keeping the previous one")
-                    }
+                Err(e) => {
+                    tracing::error!(error = %e, "renewed certificate not loaded; keeping the previous one")
                 }
             }
+            true
         });
     }
 

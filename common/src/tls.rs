@@ -350,6 +350,32 @@ pub fn client_config(p: &TlsPaths) -> Result<ClientConfig, TlsError> {
     Ok(cfg)
 }
 
+/// Calls `changed` each time one of `files` gets a new modification time
+/// (or appears, or goes), looked at every [`CRL_POLL_INTERVAL`], until it
+/// returns `false` (its owner is gone). One watcher for every reloadable
+/// file: TLS material, the CRL, a child's own certificate.
+pub(crate) fn watch_files(files: Vec<PathBuf>, mut changed: impl FnMut() -> bool + Send + 'static) {
+    let stamp = move || -> Vec<Option<SystemTime>> {
+        files
+            .iter()
+            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let mut seen = stamp();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(CRL_POLL_INTERVAL).await;
+            let now = stamp();
+            if now != seen {
+                seen = now;
+                if !changed() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
 /// The serial numbers a CRL revokes, re-read when its file changes.
 #[derive(Clone, Default)]
 pub struct Revocations {
@@ -383,39 +409,38 @@ impl Revocations {
     /// [`CRL_POLL_INTERVAL`] when its file changed. A CRL that does not
     /// read keeps the previous list and logs why.
     pub fn watch(crl: Option<PathBuf>) -> Revocations {
-        let r = Revocations::default();
-        let Some(path) = crl else { return r };
-        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        if path.exists() {
-            match read_crl(&path) {
-                Ok(set) => r.set(set),
-                Err(e) => tracing::error!(error = %e, "CRL not read"),
-            }
+        let r = Revocations::read(crl.as_deref());
+        if let Some(path) = crl {
+            let weak = Arc::downgrade(&r.inner);
+            watch_files(vec![path.clone()], move || {
+                let Some(inner) = weak.upgrade() else {
+                    return false;
+                };
+                Revocations { inner }.reload(&path);
+                true
+            });
         }
-        let weak = Arc::downgrade(&r.inner);
-        let mut seen = mtime(&path);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(CRL_POLL_INTERVAL).await;
-                let Some(inner) = weak.upgrade() else { return };
-                let now = mtime(&path);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                match read_crl(&path) {
-                    Ok(set) => {
-                        let r = Revocations { inner };
-                        tracing::info!(revoked = set.len(), "CRL reloaded");
-                        r.set(set);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "CRL reload failed; keeping the previous list")
-                    }
-                }
-            }
-        });
         r
+    }
+
+    /// What `crl` revokes now (nothing if absent or unreadable), not watched.
+    fn read(crl: Option<&Path>) -> Revocations {
+        let r = Revocations::default();
+        if let Some(path) = crl.filter(|p| p.exists()) {
+            r.reload(path);
+        }
+        r
+    }
+
+    /// Reads `path` again; a CRL that does not read keeps the previous list.
+    fn reload(&self, path: &Path) {
+        match read_crl(path) {
+            Ok(set) => {
+                tracing::info!(revoked = set.len(), "CRL read");
+                self.set(set);
+            }
+            Err(e) => tracing::error!(error = %e, "CRL not read; keeping the previous list"),
+        }
     }
 
     fn set(&self, set: std::collections::HashSet<Vec<u8>>) {
@@ -443,13 +468,6 @@ pub struct ReloadingServerConfig {
     revocations: Revocations,
 }
 
-fn mtimes(p: &TlsPaths) -> Vec<Option<SystemTime>> {
-    [Some(&p.cert), Some(&p.key), p.crl.as_ref()]
-        .into_iter()
-        .map(|f| f.and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok()))
-        .collect()
-}
-
 impl ReloadingServerConfig {
     /// Loads the config and starts a task that reloads it when the files change.
     /// A reload that fails keeps the previous config and logs the error.
@@ -457,33 +475,35 @@ impl ReloadingServerConfig {
     /// # Errors
     /// If the initial load fails.
     pub fn start(p: TlsPaths) -> Result<Self, TlsError> {
-        let revocations = Revocations::watch(p.crl.clone());
+        let revocations = Revocations::read(p.crl.as_deref());
         let current = Arc::new(RwLock::new(Arc::new(server_config(&p, true)?)));
-        let weak = Arc::downgrade(&current);
-        tokio::spawn(async move {
-            let mut seen = mtimes(&p);
-            loop {
-                tokio::time::sleep(CRL_POLL_INTERVAL).await;
-                let Some(current) = weak.upgrade() else {
-                    return;
-                };
-                let now = mtimes(&p);
-                if now == seen {
-                    continue;
+        let (weak, revoked) = (Arc::downgrade(&current), revocations.clone());
+        let files = [Some(&p.cert), Some(&p.key), p.crl.as_ref()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        watch_files(files, move || {
+            let Some(current) = weak.upgrade() else {
+                return false;
+            };
+            // One pass for both: the handshake's verifier and the list asked
+            // on every request of an established connection.
+            if let Some(crl) = p.crl.as_deref().filter(|c| c.exists()) {
+                revoked.reload(crl);
+            }
+            match server_config(&p, true) {
+                Ok(cfg) => {
+                    if let Ok(mut g) = current.write() {
+                        *g = Arc::new(cfg);
+                    }
+                    tracing::info!("TLS material reloaded (certificate or CRL changed)");
                 }
-                seen = now;
-                match server_config(&p, true) {
-                    Ok(cfg) => {
-                        if let Ok(mut g) = current.write() {
-                            *g = Arc::new(cfg);
-                        }
-                        tracing::info!("TLS material reloaded (certificate or CRL changed)");
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "TLS reload failed; keeping the previous config")
-                    }
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the previous config")
                 }
             }
+            true
         });
         Ok(ReloadingServerConfig {
             current,

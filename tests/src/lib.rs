@@ -554,3 +554,28 @@ impl FakeParent {
             .push(rsnet_common::forward::record(m));
     }
 }
+
+/// `rsnet-ctl --tree DIR/tree.json ARGS…` against `tree`: its standard
+/// output. Panics with its standard error if it fails.
+pub fn ctl(tree: &Tree, args: &[&str]) -> String {
+    let out = std::process::Command::new(rsnet_demo::bin_dir().join("rsnet-ctl"))
+        .arg("--tree")
+        .arg(tree.dir.join("tree.json"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rsnet-ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Proxy `i`'s `GET /v1/status`, or `None` while it does not answer.
+pub async fn proxy_status(tree: &Tree, i: usize) -> Option<serde_json::Value> {
+    let (_, v) = rsnet_demo::json_call(&tree.node_target(i).ok()?, Method::GET, "/v1/status", None)
+        .await
+        .ok()?;
+    Some(v)
+}

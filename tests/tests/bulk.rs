@@ -23,7 +23,7 @@ use rsnet_common::http_util::stream_body;
 use rsnet_common::model::*;
 use rsnet_common::tls::Role;
 use rsnet_demo::{json_call, metric, Spec, Tree};
-use rsnet_tests::{tempdir, wait_for, RawChild};
+use rsnet_tests::{ctl, tempdir, wait_for, RawChild};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -289,28 +289,14 @@ async fn an_upload_cut_off_half_way_resumes_where_it_was_and_completes() {
     let u = stored_upload(&op, &up).await;
     assert_eq!(u["state"], "stored", "{u}");
     // Operators list and download it with rsnet-ctl (the hash is checked there too).
-    let ctl = |args: &[&str]| {
-        let out = std::process::Command::new(rsnet_demo::bin_dir().join("rsnet-ctl"))
-            .arg("--tree")
-            .arg(tree.dir.join("tree.json"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let list = tokio::task::block_in_place(|| ctl(&["uploads", "--source", "acme.p1"]));
+    let list = tokio::task::block_in_place(|| ctl(&tree, &["uploads", "--source", "acme.p1"]));
     assert!(
         list.lines()
             .any(|l| l.contains(&up) && l.contains("stored")),
         "{list}"
     );
     let copy = tree.dir.join("downloaded");
-    tokio::task::block_in_place(|| ctl(&["uploads", &up, "--out", copy.to_str().unwrap()]));
+    tokio::task::block_in_place(|| ctl(&tree, &["uploads", &up, "--out", copy.to_str().unwrap()]));
     let got = bulk::hex(&Sha256::digest(std::fs::read(&copy).unwrap()));
     assert_eq!(got, want);
     tree.shutdown();

@@ -12,7 +12,7 @@ use rsnet_common::model::*;
 use rsnet_common::tls::{Role, TlsPaths};
 use rsnet_common::Message;
 use rsnet_demo::{json_call, send, stored, Spec, Tree};
-use rsnet_tests::{tempdir, wait_for, RawChild};
+use rsnet_tests::{ctl, tempdir, wait_for, RawChild};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -178,18 +178,7 @@ async fn a_customer_scoped_operator_sees_only_its_customer_and_a_reader_cannot_a
         .await
         .unwrap();
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let out = std::process::Command::new(rsnet_demo::bin_dir().join("rsnet-ctl"))
-        .arg("--tree")
-        .arg(tree.dir.join("tree.json"))
-        .args(["audit", "--limit", "50"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let log = String::from_utf8_lossy(&out.stdout);
+    let log = ctl(&tree, &["audit", "--limit", "50"]);
     for (who, method, status) in [
         ("acme.ops", "POST", "403"),
         ("acme.ops", "POST", "202"),

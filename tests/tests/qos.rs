@@ -10,7 +10,7 @@ use rsnet_common::model::*;
 use rsnet_common::tls::Role;
 use rsnet_common::Message;
 use rsnet_demo::{json_call, send, stored, Spec, Tree};
-use rsnet_tests::{tempdir, wait_for, RawChild};
+use rsnet_tests::{proxy_status, tempdir, wait_for, RawChild};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(90);
@@ -103,14 +103,7 @@ async fn an_expired_message_is_never_stored_and_its_expiry_is_reported_where_it_
     .unwrap();
     let p1_expired = ids[0].clone();
     wait_for("the alarm to expire in p1's spool", LONG, || async {
-        let (_, v) = json_call(
-            &tree.node_target(p1).unwrap(),
-            Method::GET,
-            "/v1/status",
-            None,
-        )
-        .await
-        .ok()?;
+        let v = proxy_status(&tree, p1).await?;
         (v["spool"]["expired"].as_u64()? >= 1).then_some(())
     })
     .await;
@@ -363,14 +356,7 @@ async fn a_message_pruned_from_a_full_spool_is_reported_and_never_stored() {
         let _ = send(addr, &filler(true, 8, 2)).await;
     }
     let pruned = wait_for("some spare messages pruned", LONG, || async {
-        let (_, v) = json_call(
-            &tree.node_target(p1).unwrap(),
-            Method::GET,
-            "/v1/status",
-            None,
-        )
-        .await
-        .ok()?;
+        let v = proxy_status(&tree, p1).await?;
         let n = v["spool"]["evicted"].as_u64()?;
         (n >= 1).then_some(n)
     })
@@ -454,14 +440,7 @@ async fn an_mlm_filter_rule_drops_the_noise_it_names_and_passes_the_rest() {
     assert_eq!(all.len(), 20, "only the 10 filtered ones are missing");
     // Filtered ones were answered accepted: the proxy's spool drains.
     wait_for("the proxy's spool empty", LONG, || async {
-        let (_, v) = json_call(
-            &tree.node_target(p1).unwrap(),
-            Method::GET,
-            "/v1/status",
-            None,
-        )
-        .await
-        .ok()?;
+        let v = proxy_status(&tree, p1).await?;
         (v["spool"]["messages"].as_u64()? == 0).then_some(())
     })
     .await;
@@ -638,14 +617,7 @@ async fn below_the_free_disk_floor_a_proxy_refuses_and_an_mlm_defers_until_there
         (n >= 2.0).then_some(())
     })
     .await;
-    let (_, st) = json_call(
-        &tree.node_target(p2).unwrap(),
-        Method::GET,
-        "/v1/status",
-        None,
-    )
-    .await
-    .unwrap();
+    let st = proxy_status(&tree, p2).await.unwrap();
     assert!(
         st["spool"]["messages"].as_u64().unwrap() >= 2,
         "held at the proxy: {st}"

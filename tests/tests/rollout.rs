@@ -25,7 +25,7 @@ use http::{Method, StatusCode};
 use rsnet_common::bulk;
 use rsnet_common::client::Target;
 use rsnet_demo::{json_call, metric, Spec, Tree};
-use rsnet_tests::{tempdir, wait_for};
+use rsnet_tests::{ctl, tempdir, wait_for};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -67,21 +67,6 @@ async fn all_known(tree: &Tree, op: &Target) {
             .then_some(())
     })
     .await;
-}
-
-fn ctl(tree: &Tree, args: &[&str]) -> String {
-    let out = std::process::Command::new(rsnet_demo::bin_dir().join("rsnet-ctl"))
-        .arg("--tree")
-        .arg(tree.dir.join("tree.json"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rsnet-ctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn status(op: &Target, id: &str) -> Value {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rsnet_demo::{metric, send, stored, Spec, Tree};
-use rsnet_tests::{tempdir, wait_for};
+use rsnet_tests::{ctl, tempdir, wait_for};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -328,21 +328,6 @@ async fn rules_reload_on_change_and_on_sighup_and_a_mistake_keeps_the_previous_r
     .await;
     assert!(tree.nodes[mlm].pid().is_some());
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn ctl(tree: &Tree, args: &[&str]) -> String {
-    let out = std::process::Command::new(rsnet_demo::bin_dir().join("rsnet-ctl"))
-        .arg("--tree")
-        .arg(tree.dir.join("tree.json"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rsnet-ctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The state of `dest` in release `id`, once it is final.

@@ -13,7 +13,7 @@ use rsnet_common::model::*;
 use rsnet_common::tls::{Role, TlsPaths};
 use rsnet_common::Message;
 use rsnet_demo::{send, stored, Spec, Tree};
-use rsnet_tests::{tempdir, wait_for};
+use rsnet_tests::{proxy_status, tempdir, wait_for};
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -150,14 +150,7 @@ async fn a_revoked_mlm_is_refused_by_its_children() {
         }
     })
     .await;
-    let (_, st) = rsnet_demo::json_call(
-        &tree.node_target(p1).unwrap(),
-        http::Method::GET,
-        "/v1/status",
-        None,
-    )
-    .await
-    .unwrap();
+    let st = proxy_status(&tree, p1).await.unwrap();
     assert!(
         st["spool"]["messages"].as_u64().unwrap() >= 1,
         "what it could not send stays spooled: {st}"
@@ -207,14 +200,7 @@ async fn a_child_refuses_a_parent_whose_scope_does_not_cover_it() {
         }
     })
     .await;
-    let (_, st) = rsnet_demo::json_call(
-        &tree.node_target(p1).unwrap(),
-        http::Method::GET,
-        "/v1/status",
-        None,
-    )
-    .await
-    .unwrap();
+    let st = proxy_status(&tree, p1).await.unwrap();
     assert!(st["spool"]["messages"].as_u64().unwrap() >= 1, "{st}");
     let all = stored(&op, "subclass=scope").await.unwrap();
     assert!(!all.iter().any(|m| m["id"] == later[0].as_str()));
@@ -261,14 +247,7 @@ async fn a_class_outside_the_certificate_is_parked_while_the_others_flow() {
     .await;
     // The event is parked at the proxy, with the reason, and never stored.
     let st = wait_for("the event's class parked", LONG, || async {
-        let (_, st) = rsnet_demo::json_call(
-            &tree.node_target(p1).ok()?,
-            http::Method::GET,
-            "/v1/status",
-            None,
-        )
-        .await
-        .ok()?;
+        let st = proxy_status(&tree, p1).await?;
         (st["parked"][0]["class"] == "event").then_some(st)
     })
     .await;
@@ -334,14 +313,7 @@ async fn a_renewed_certificate_is_used_without_a_restart() {
         LONG,
         || async {
             send(addr, &[ev("new certificate")]).await.ok()?;
-            let (_, st) = rsnet_demo::json_call(
-                &tree.node_target(p1).ok()?,
-                http::Method::GET,
-                "/v1/status",
-                None,
-            )
-            .await
-            .ok()?;
+            let st = proxy_status(&tree, p1).await?;
             (st["parked"][0]["class"] == "event").then_some(())
         },
     )

@@ -261,6 +261,21 @@ struct Group {
     members: Vec<Held>,
 }
 
+impl Group {
+    /// Due at `now`: full, past its window, or left without its rule
+    /// (`spec` is `None`: a reload removed it).
+    fn ripe(&self, spec: Option<&Spec>, now: Timestamp) -> bool {
+        !self.members.is_empty()
+            && spec.is_none_or(|s| {
+                self.members.len() >= s.count
+                    || self
+                        .members
+                        .first()
+                        .is_some_and(|m| m.received.after(s.window) <= now)
+            })
+    }
+}
+
 #[derive(Default)]
 struct State {
     groups: BTreeMap<String, Group>,
@@ -507,34 +522,15 @@ impl Aggregator {
     pub async fn emit_due(&self, now: Timestamp) -> usize {
         let mut made = 0;
         let mut st = self.state.lock().await;
-        let due: Vec<String> = st
-            .groups
-            .iter()
-            .filter(|(_, g)| match self.spec(&g.rule) {
-                None => true,
-                Some(s) => {
-                    g.members.len() >= s.count
-                        || g.members
-                            .first()
-                            .is_some_and(|m| m.received.after(s.window) <= now)
-                }
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for gid in due {
+        let gids: Vec<String> = st.groups.keys().cloned().collect();
+        for gid in gids {
             // A full group is sent `count` at a time; what is left stays.
             while let Some(g) = st.groups.get(&gid) {
                 let spec = self.spec(&g.rule);
-                let take = spec.as_ref().map_or(g.members.len(), |s| s.count);
-                let ripe = spec.as_ref().is_none_or(|s| {
-                    g.members.len() >= s.count
-                        || g.members
-                            .first()
-                            .is_some_and(|m| m.received.after(s.window) <= now)
-                });
-                if g.members.is_empty() || !ripe {
+                if !g.ripe(spec.as_ref(), now) {
                     break;
                 }
+                let take = spec.as_ref().map_or(g.members.len(), |s| s.count);
                 let n = take.min(g.members.len()).min(MAX_COUNT as usize);
                 let agg = self.aggregate(g, n, now);
                 let out_key = format!("{OUT}{}", agg.header.id);
