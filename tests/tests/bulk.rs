@@ -494,8 +494,11 @@ async fn a_request_denied_for_now_is_asked_again_until_granted_and_one_denied_fo
         assert_eq!(u["state"], "stored", "{u}");
         assert_eq!(u["sha256"], sha.as_str());
     }
+    // The appserver denied the second at least once (the third, 9 MB, was
+    // denied by the MLM's own 8.5 MB limit before it got there); how often
+    // depends on how long the first takes, so no more is asserted.
     let denials = metric(&op, "rsnet_bulk_denied_total").await.unwrap();
-    assert!(denials >= 2.0, "{denials}");
+    assert!(denials >= 1.0, "{denials}");
     tree.shutdown();
 }
 
