@@ -18,6 +18,9 @@
 //! | `POST /api/v1/releases` | operator | publish a release (see `releases`) |
 //! | `GET /api/v1/releases[/ID]` | operator | signed release manifests; with an ID, each destination's state and the rollout |
 //! | `POST /api/v1/releases/ID/resume\|cancel\|pin` | operator | move a rollout on, withdraw it, or offer it again (`to=`) |
+//! | `POST /rs/v1/enroll` | proxy, mlm, or no certificate (enrollment) | a certificate for a CSR (see `enrollments`) |
+//! | `POST, GET /api/v1/enrollments` | admin operator | make a one-time token (shown once); list tokens and enrolled components |
+//! | `POST /api/v1/revocations` | admin operator | revoke an ID: certificates, enrollment, tokens, upload grants |
 //! | `GET /metrics` | any certificate | Prometheus text |
 
 use std::sync::Arc;
@@ -63,6 +66,8 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// The appserver's request router.
 pub struct Api {
+    /// Enrollment: tokens, signing, renewal, revocation.
+    pub enrollments: Arc<crate::enrollments::Enrollments>,
     /// Children's POSTs: the exchange pipeline.
     pub exchange: ExchangeService,
     /// Stored messages (read side).
@@ -180,6 +185,9 @@ impl Api {
             return self.exchange.handle(req, &peer).await;
         }
         let path = req.uri().path().to_string();
+        if path == rsnet_common::enroll::ENROLL_PATH {
+            return self.enrollments.handle(req, &peer).await;
+        }
         if path.starts_with(rsnet_common::bulk::BULK_PREFIX) {
             return self.uploads.transfer(req, &peer).await;
         }
@@ -223,6 +231,38 @@ impl Api {
         resp
     }
 
+    /// `POST /api/v1/revocations` `{"id": ID}`: the certificates, the
+    /// enrollment, open tokens and upload grants of ID, all at once.
+    async fn revoke(&self, req: Request<Incoming>, op: &Identity) -> Response<Body> {
+        let body = match read_body(req.into_body(), MAX_API_BODY_BYTES, BODY_READ_TIMEOUT).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let id = match serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("id")?.as_str()?.parse::<ComponentId>().ok())
+        {
+            Some(id) => id,
+            None => return error(StatusCode::BAD_REQUEST, "expected {\"id\": COMPONENT_ID}"),
+        };
+        if !op.sees(&id) {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "operator {} may not revoke {id} (outside its scopes)",
+                    op.id
+                ),
+            );
+        }
+        match self.enrollments.revoke(&id).await {
+            Ok(mut v) => {
+                v["uploads_withdrawn"] = json!(self.uploads.withdraw(&id).await);
+                json(StatusCode::OK, &v)
+            }
+            Err(rsnet_common::enroll::Refusal(s, m)) => error(s, m),
+        }
+    }
+
     /// One call to the operator API by `op`.
     async fn operator(
         &self,
@@ -236,7 +276,7 @@ impl Api {
         // What the request needs, checked against the certificate's
         // permissions; a customer-scoped credential sees only its customers.
         let needs = match (&method, path.as_str()) {
-            (_, "/api/v1/audit") => Perm::Admin,
+            (_, "/api/v1/audit" | "/api/v1/enrollments" | "/api/v1/revocations") => Perm::Admin,
             (&Method::GET, _) => Perm::Read,
             (_, p) if p.starts_with("/api/v1/releases") => Perm::Release,
             _ => Perm::Send,
@@ -310,6 +350,12 @@ impl Api {
         if method == Method::POST && path == "/api/v1/messages" {
             return self.send(req, &op).await;
         }
+        if method == Method::POST && path == "/api/v1/enrollments" {
+            return self.enrollments.create(req, &op).await;
+        }
+        if method == Method::POST && path == "/api/v1/revocations" {
+            return self.revoke(req, &op).await;
+        }
         if method != Method::GET {
             return error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {path}"));
         }
@@ -326,6 +372,7 @@ impl Api {
                 }
             }
             "/api/v1/messages" => self.messages(&q, &op).await,
+            "/api/v1/enrollments" => self.enrollments.list(&op),
             "/api/v1/releases" => self.releases.list(),
             "/api/v1/uploads" => self.uploads.list(&q, sees).await,
             "/api/v1/groups" => match self.outbound.groups.list() {

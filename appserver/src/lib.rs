@@ -16,6 +16,7 @@
 pub mod api;
 pub mod audit;
 pub mod deliveries;
+pub mod enrollments;
 pub mod error;
 pub mod groups;
 pub mod ingest;
@@ -77,6 +78,9 @@ pub struct Config {
     /// Rates, windows and the free-disk floor of what is stored.
     #[serde(default)]
     pub throttle: rsnet_common::pipeline::throttle::ThrottleConfig,
+    /// Signing certificates for enrolling nodes.
+    #[serde(default)]
+    pub enrollment: enrollments::EnrollmentConfig,
 }
 
 impl Config {
@@ -95,6 +99,7 @@ impl Config {
         c.store.validate(&mut errors);
         c.uploads.validate(&mut errors);
         c.throttle.validate(&mut errors);
+        c.enrollment.validate(&mut errors);
         ConfigError::check(path, errors)?;
         Ok(c)
     }
@@ -171,7 +176,18 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         ingest,
     );
     releases.resume().await;
+    // Clients without a certificate get a TLS session only where this
+    // appserver signs for enrolling nodes, and then only that path.
+    let tls = ReloadingServerConfig::start_with(cfg.tls.clone(), cfg.enrollment.pki_dir.is_some())?;
+    let enrollments = enrollments::Enrollments::open(
+        &cfg.enrollment,
+        kv.clone(),
+        me.clone(),
+        tls.revocations().clone(),
+        &metrics,
+    )?;
     let api = Arc::new(api::Api {
+        enrollments,
         releases,
         uploads,
         exchange: ExchangeService::new(
@@ -188,7 +204,6 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         audit: audit::Audit::open(&cfg.data_dir)?,
         metrics: metrics.clone(),
     });
-    let tls = ReloadingServerConfig::start(cfg.tls.clone())?;
     let listener = server::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
     let handler = move |req, peer| {

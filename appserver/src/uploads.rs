@@ -604,6 +604,26 @@ impl Uploads {
         }
     }
 
+    /// Withdraws every open grant of `source` and below (its certificate
+    /// was revoked): their tokens are refused from now on. Returns how many.
+    pub async fn withdraw(&self, source: &ComponentId) -> usize {
+        let open: Vec<MessageId> = self
+            .open
+            .lock()
+            .map(|o| o.keys().copied().collect())
+            .unwrap_or_default();
+        let mut n = 0;
+        for id in open {
+            if let Ok(Some(up)) = self.load(&id) {
+                if up.state == UploadState::Granted && up.source.is_within(source) {
+                    self.fail(up, "the source's certificate was revoked").await;
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// `GET /api/v1/uploads[?source=ID]`: every upload, newest first.
     /// Only uploads whose source `sees` accepts are listed (an operator's scope).
     pub async fn list(

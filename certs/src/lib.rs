@@ -102,7 +102,27 @@ struct Index {
     crl_number: u64,
 }
 
+/// What a certificate says: who, in which role, and what it may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant<'a> {
+    /// Component ID.
+    pub id: &'a str,
+    /// Role.
+    pub role: Role,
+    /// DNS names or IPs (mlm, appserver; default localhost, 127.0.0.1, ::1).
+    pub hosts: &'a [String],
+    /// Subtrees an MLM relays for, or an operator sees.
+    pub scopes: &'a [String],
+    /// An operator's permissions.
+    pub perms: &'a [String],
+    /// Message classes a proxy or MLM may send (none: every class).
+    pub classes: &'a [String],
+    /// How long from now it is valid.
+    pub valid_for: std::time::Duration,
+}
+
 /// A PKI directory.
+#[derive(Debug, Clone)]
 pub struct Pki {
     dir: PathBuf,
 }
@@ -259,6 +279,63 @@ impl Pki {
         perms: &[String],
         classes: &[String],
     ) -> Result<IssuedFiles> {
+        let key = KeyPair::generate()?;
+        let grant = Grant {
+            id,
+            role,
+            hosts,
+            scopes,
+            perms,
+            classes,
+            valid_for: std::time::Duration::from_secs(CERT_VALIDITY.whole_seconds().unsigned_abs()),
+        };
+        let (cert, _) = self.sign(&grant, |p, issuer| Ok(p.signed_by(&key, issuer)?))?;
+        let files = IssuedFiles {
+            cert: self.dir.join("issued").join(format!("{id}.pem")),
+            key: self.dir.join("issued").join(format!("{id}.key")),
+        };
+        write(&files.key, &key.serialize_pem(), true)?;
+        write(&files.cert, &cert, false)?;
+        Ok(files)
+    }
+
+    /// Issues a certificate for the public key of `csr_pem` (a PKCS#10
+    /// request whose signature is checked; its subject and extensions are
+    /// ignored: everything the certificate says comes from `grant`).
+    /// Returns the certificate PEM and its serial (hex). The key never
+    /// reaches this host: this is how enrollment and renewal issue.
+    ///
+    /// # Errors
+    /// As [`Pki::issue_with`]; a CSR that does not parse or whose
+    /// signature is wrong.
+    pub fn issue_csr(&self, grant: &Grant<'_>, csr_pem: &str) -> Result<(String, String)> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Usage(format!("certificate request: {e}")))?;
+        self.sign(grant, |p, issuer| {
+            let req = rcgen::CertificateSigningRequestParams {
+                params: p,
+                public_key: csr.public_key.clone(),
+            };
+            Ok(req.signed_by(issuer)?)
+        })
+    }
+
+    /// Checks `grant`, builds its certificate parameters, has `signer`
+    /// sign them, and records the serial in the index (under the lock).
+    fn sign(
+        &self,
+        grant: &Grant<'_>,
+        signer: impl FnOnce(CertificateParams, &Issuer<'static, KeyPair>) -> Result<rcgen::Certificate>,
+    ) -> Result<(String, String)> {
+        let Grant {
+            id,
+            role,
+            hosts,
+            scopes,
+            perms,
+            classes,
+            valid_for,
+        } = *grant;
         for c in classes {
             if !rsnet_common::model::valid_class(c) {
                 return Err(PkiError::Usage(format!(
@@ -286,6 +363,7 @@ impl Pki {
         let cid: ComponentId = id
             .parse()
             .map_err(|e| PkiError::Usage(format!("--id: {e}")))?;
+        let _lock = self.lock()?;
         let mut index = self.index()?;
         if let Some(c) = &index.customer {
             if role == Role::Proxy && cid.customer() != c {
@@ -294,13 +372,14 @@ impl Pki {
                 )));
             }
         }
-        let key = KeyPair::generate()?;
         let mut p = CertificateParams::default();
         p.distinguished_name.push(DnType::CommonName, id);
         let serial: [u8; 16] = *rsnet_common::MessageId::new().as_bytes();
         p.serial_number = Some(SerialNumber::from_slice(&serial[..]));
-        p.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
-        p.not_after = OffsetDateTime::now_utc() + CERT_VALIDITY;
+        // Backdated a little for clocks that lag the CA's.
+        p.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
+        p.not_after = OffsetDateTime::now_utc()
+            + Duration::seconds(i64::try_from(valid_for.as_secs()).unwrap_or(i64::MAX / 2));
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let uri = |s: String| {
@@ -352,13 +431,7 @@ impl Pki {
             }
         }
         p.use_authority_key_identifier_extension = true;
-        let cert = p.signed_by(&key, &self.issuer()?)?;
-        let files = IssuedFiles {
-            cert: self.dir.join("issued").join(format!("{id}.pem")),
-            key: self.dir.join("issued").join(format!("{id}.key")),
-        };
-        write(&files.key, &key.serialize_pem(), true)?;
-        write(&files.cert, &cert.pem(), false)?;
+        let cert = signer(p, &self.issuer()?)?;
         index.issued.push(Issued {
             id: id.to_string(),
             role,
@@ -366,11 +439,44 @@ impl Pki {
             revoked: false,
         });
         self.save_index(&index)?;
-        Ok(files)
+        Ok((cert.pem(), hex(&serial)))
+    }
+
+    /// Holds the PKI's lock (`PKI/index.lock`, an advisory `flock`) while
+    /// it lives: `rsnet-certs` and an appserver that enrolls may share one
+    /// directory, and the index is read, changed and written whole.
+    fn lock(&self) -> Result<fs::File> {
+        let p = self.dir.join("index.lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io(&p))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            PkiError::Io {
+                path: p.clone(),
+                source: e.into(),
+            }
+        })?;
+        Ok(f)
+    }
+
+    /// Is the certificate with this serial (hex) revoked, or unknown here?
+    ///
+    /// # Errors
+    /// If the index cannot be read.
+    pub fn is_revoked(&self, serial: &str) -> Result<bool> {
+        Ok(!self
+            .index()?
+            .issued
+            .iter()
+            .any(|i| i.serial == serial && !i.revoked))
     }
 
     /// Revokes every certificate issued to `id` and rewrites the CRL.
     pub fn revoke(&self, id: &str) -> Result<usize> {
+        let _lock = self.lock()?;
         let mut index = self.index()?;
         let mut n = 0;
         for i in index.issued.iter_mut().filter(|i| i.id == id && !i.revoked) {
@@ -416,14 +522,10 @@ impl Pki {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use rsnet_common::enroll::hex;
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
+    rsnet_common::enroll::unhex(s).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -407,6 +407,7 @@ mod tests {
                 classes: vec![],
             }),
             revocation: None,
+            anonymous: false,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod disk;
 pub mod download;
+pub mod enroll;
 pub mod envelope;
 pub mod error;
 pub mod forward;

@@ -34,6 +34,9 @@ pub struct Peer {
     /// Its certificate's serial number and the CRL's list, to refuse it on
     /// this connection once it is revoked (mTLS listeners only).
     pub revocation: Option<(Vec<u8>, crate::tls::Revocations)>,
+    /// Connected over TLS without a client certificate (a listener that
+    /// lets nodes enroll): only [`crate::enroll::ENROLL_PATH`] is served.
+    pub anonymous: bool,
 }
 
 impl Peer {
@@ -118,14 +121,16 @@ pub struct ConnLimits {
 
 /// Counts a peer identity's open connections; one less on drop.
 struct PeerSlot {
-    peers: Arc<std::sync::Mutex<std::collections::HashMap<crate::id::ComponentId, usize>>>,
-    id: crate::id::ComponentId,
+    peers: Arc<std::sync::Mutex<std::collections::HashMap<Option<crate::id::ComponentId>, usize>>>,
+    id: Option<crate::id::ComponentId>,
 }
 
 impl PeerSlot {
     fn take(
-        peers: &Arc<std::sync::Mutex<std::collections::HashMap<crate::id::ComponentId, usize>>>,
-        id: &crate::id::ComponentId,
+        peers: &Arc<
+            std::sync::Mutex<std::collections::HashMap<Option<crate::id::ComponentId>, usize>>,
+        >,
+        id: &Option<crate::id::ComponentId>,
         max: usize,
     ) -> Option<PeerSlot> {
         let mut m = peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -191,6 +196,7 @@ where
             let handler = handler.clone();
             let peers = peers.clone();
             let revocations = tls.as_ref().map(|t| t.revocations().clone());
+            let anonymous = tls.as_ref().is_some_and(|t| t.anonymous());
             let tls = tls.as_ref().map(|t| t.get());
             tokio::spawn(async move {
                 let _permit = permit;
@@ -202,6 +208,7 @@ where
                                 addr,
                                 identity: None,
                                 revocation: None,
+                                anonymous: false,
                             }),
                             handler,
                         )
@@ -234,22 +241,27 @@ where
                         let serial = cert.as_ref().and_then(|c| crate::tls::serial_of(c));
                         let identity = cert.as_ref().map(|c| Identity::from_der(c));
                         let identity = match identity {
-                            Some(Ok(i)) => i,
+                            Some(Ok(i)) => Some(i),
                             Some(Err(e)) => {
                                 tracing::info!(%addr, error = %e, "peer certificate has no rsnet identity");
                                 return;
                             }
+                            // Only where the config lets clients in without one.
+                            None if anonymous => None,
                             None => return,
                         };
-                        let Some(_slot) = PeerSlot::take(&peers, &identity.id, per_peer) else {
-                            tracing::warn!(%addr, peer = %identity.id, per_peer, "connection limit per peer reached; dropping connection");
+                        // Clients without a certificate share one peer's cap.
+                        let key = identity.as_ref().map(|i| i.id.clone());
+                        let Some(_slot) = PeerSlot::take(&peers, &key, per_peer) else {
+                            tracing::warn!(%addr, peer = ?key, per_peer, "connection limit per peer reached; dropping connection");
                             return;
                         };
                         serve_conn(
                             TokioIo::new(stream),
                             Arc::new(Peer {
                                 addr,
-                                identity: Some(identity),
+                                anonymous: identity.is_none(),
+                                identity,
                                 revocation: serial.zip(revocations),
                             }),
                             handler,
@@ -272,9 +284,22 @@ where
         // Every request on an established connection is checked against the
         // CRL as it is now: a revoked peer is refused and the connection closed.
         let revoked = peer.is_revoked();
-        let fut = (!revoked).then(|| handler(req, peer.clone()));
+        // A client without a certificate may enroll, and do nothing else.
+        let stranger = peer.anonymous && req.uri().path() != crate::enroll::ENROLL_PATH;
+        let fut = (!revoked && !stranger).then(|| handler(req, peer.clone()));
         let who = peer.identity.as_ref().map(|i| i.id.to_string());
         async move {
+            if stranger {
+                let mut r = crate::http_util::error(
+                    http::StatusCode::FORBIDDEN,
+                    "a client certificate is needed (without one, only enrollment is served)",
+                );
+                r.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                return Ok::<_, std::convert::Infallible>(r);
+            }
             let Some(fut) = fut else {
                 tracing::warn!(peer = ?who, "request from a revoked certificate refused; connection closed");
                 let mut r =

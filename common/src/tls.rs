@@ -310,8 +310,25 @@ pub fn own_identity(p: &TlsPaths) -> Result<Identity, TlsError> {
 /// # Errors
 /// If any file is missing or invalid.
 pub fn server_config(p: &TlsPaths, alpn_http1: bool) -> Result<ServerConfig, TlsError> {
+    server_config_with(p, alpn_http1, false)
+}
+
+/// [`server_config`]; with `anonymous`, a client may also connect without
+/// a certificate (a certificate it shows is still verified). The server
+/// serves such a connection the enrollment path only (`server`).
+///
+/// # Errors
+/// If any file is missing or invalid.
+pub fn server_config_with(
+    p: &TlsPaths,
+    alpn_http1: bool,
+    anonymous: bool,
+) -> Result<ServerConfig, TlsError> {
     let roots = roots(&p.ca)?;
     let mut vb = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    if anonymous {
+        vb = vb.allow_unauthenticated();
+    }
     if let Some(crl) = &p.crl {
         if crl.exists() {
             let der =
@@ -346,6 +363,21 @@ pub fn client_config(p: &TlsPaths) -> Result<ClientConfig, TlsError> {
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// A client config that trusts only the CA at `ca` and shows no
+/// certificate: for a node that enrolls and has none yet.
+///
+/// # Errors
+/// If the file is missing or invalid.
+pub fn anonymous_client_config(ca: &Path) -> Result<ClientConfig, TlsError> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots(ca)?)
+        .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -466,6 +498,7 @@ impl Revocations {
 pub struct ReloadingServerConfig {
     current: Arc<RwLock<Arc<ServerConfig>>>,
     revocations: Revocations,
+    anonymous: bool,
 }
 
 impl ReloadingServerConfig {
@@ -475,8 +508,19 @@ impl ReloadingServerConfig {
     /// # Errors
     /// If the initial load fails.
     pub fn start(p: TlsPaths) -> Result<Self, TlsError> {
+        Self::start_with(p, false)
+    }
+
+    /// [`ReloadingServerConfig::start`]; with `anonymous`, clients without a
+    /// certificate may connect for enrollment ([`server_config_with`]).
+    ///
+    /// # Errors
+    /// If the initial load fails.
+    pub fn start_with(p: TlsPaths, anonymous: bool) -> Result<Self, TlsError> {
         let revocations = Revocations::read(p.crl.as_deref());
-        let current = Arc::new(RwLock::new(Arc::new(server_config(&p, true)?)));
+        let current = Arc::new(RwLock::new(Arc::new(server_config_with(
+            &p, true, anonymous,
+        )?)));
         let (weak, revoked) = (Arc::downgrade(&current), revocations.clone());
         let files = [Some(&p.cert), Some(&p.key), p.crl.as_ref()]
             .into_iter()
@@ -492,7 +536,7 @@ impl ReloadingServerConfig {
             if let Some(crl) = p.crl.as_deref().filter(|c| c.exists()) {
                 revoked.reload(crl);
             }
-            match server_config(&p, true) {
+            match server_config_with(&p, true, anonymous) {
                 Ok(cfg) => {
                     if let Ok(mut g) = current.write() {
                         *g = Arc::new(cfg);
@@ -508,7 +552,13 @@ impl ReloadingServerConfig {
         Ok(ReloadingServerConfig {
             current,
             revocations,
+            anonymous,
         })
+    }
+
+    /// Are clients without a certificate let in (for enrollment only)?
+    pub fn anonymous(&self) -> bool {
+        self.anonymous
     }
 
     /// What the CRL revokes now, for checks on established connections.

@@ -53,6 +53,41 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// Make a one-time enrollment token for a new proxy or MLM (needs an
+    /// `admin` operator certificate); the token is printed once, give it
+    /// to `rsnet-proxy enroll` (or `rsnet-mlm enroll`) on that host.
+    /// With --list: every token's state and every enrolled component.
+    Enroll {
+        /// The component ID to enroll (e.g. acme.p9).
+        #[arg(long, required_unless_present = "list")]
+        id: Option<String>,
+        /// proxy or mlm.
+        #[arg(long, default_value = "proxy")]
+        role: String,
+        /// A message class it may send (repeatable; none: every class).
+        #[arg(long = "class")]
+        classes: Vec<String>,
+        /// An MLM's scope (repeatable; default its customer).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Seconds the token may wait to be used (default a day).
+        #[arg(long)]
+        expires_s: Option<u64>,
+        /// Seconds each certificate lasts (default 365 days); it is renewed
+        /// before it ends.
+        #[arg(long)]
+        cert_valid_s: Option<u64>,
+        /// List tokens and enrolled components instead.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Revoke a component (needs `admin`): its certificates (every hop
+    /// refuses it within seconds), its enrollment, open tokens and upload
+    /// grants.
+    Revoke {
+        /// The component ID.
+        id: String,
+    },
     /// Stored messages, oldest first.
     Messages {
         /// Source ID (includes its subtree).
@@ -386,6 +421,88 @@ fn print_json(v: &Value) {
 async fn run(cli: Cli) -> Result<(), String> {
     let t = target(&cli)?;
     match &cli.cmd {
+        Cmd::Enroll { list: true, .. } => {
+            let v = call_json(&t, Method::GET, "/api/v1/enrollments", None).await?;
+            if cli.json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<6} {:<10} {:<26} CLASSES",
+                "TOKEN FOR", "ROLE", "STATE", "EXPIRES"
+            );
+            for e in v["tokens"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<6} {:<10} {:<26} {}",
+                    e["id"].as_str().unwrap_or(""),
+                    e["role"].as_str().unwrap_or(""),
+                    e["state"].as_str().unwrap_or(""),
+                    e["expires"].as_str().unwrap_or(""),
+                    classes_text(&e["classes"])
+                );
+            }
+            println!();
+            println!(
+                "{:<24} {:<6} {:<8} {:<34} CLASSES",
+                "ENROLLED", "ROLE", "REVOKED", "SERIAL"
+            );
+            for e in v["components"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<6} {:<8} {:<34} {}",
+                    e["id"].as_str().unwrap_or(""),
+                    e["role"].as_str().unwrap_or(""),
+                    e["revoked"],
+                    e["serial"].as_str().unwrap_or(""),
+                    classes_text(&e["classes"])
+                );
+            }
+        }
+        Cmd::Enroll {
+            id,
+            role,
+            classes,
+            scopes,
+            expires_s,
+            cert_valid_s,
+            ..
+        } => {
+            let mut body = json!({ "id": id, "role": role, "classes": classes, "scopes": scopes });
+            if let Some(e) = expires_s {
+                body["expires_s"] = json!(e);
+            }
+            if let Some(c) = cert_valid_s {
+                body["cert_valid_s"] = json!(c);
+            }
+            let v = call_json(&t, Method::POST, "/api/v1/enrollments", Some(body)).await?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                println!("{}", v["token"].as_str().unwrap_or(""));
+                eprintln!(
+                    "token for {} ({}), usable once until {}; it is not shown again",
+                    v["id"].as_str().unwrap_or(""),
+                    v["role"].as_str().unwrap_or(""),
+                    v["expires"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Cmd::Revoke { id } => {
+            let v = call_json(
+                &t,
+                Method::POST,
+                "/api/v1/revocations",
+                Some(json!({ "id": id })),
+            )
+            .await?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "revoked {}: {} certificate(s), enrollment ended: {}, {} token(s) and {} upload grant(s) withdrawn",
+                    id, v["certificates"], v["enrollment_ended"], v["tokens_withdrawn"], v["uploads_withdrawn"]
+                );
+            }
+        }
         Cmd::Audit { limit } => {
             let v = call_json(
                 &t,
@@ -826,5 +943,19 @@ async fn main() -> ExitCode {
             eprintln!("rsnet-ctl: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn classes_text(v: &Value) -> String {
+    let c: Vec<&str> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.as_str())
+        .collect();
+    if c.is_empty() {
+        "(every class)".into()
+    } else {
+        c.join(",")
     }
 }

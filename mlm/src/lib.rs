@@ -17,6 +17,7 @@
 
 pub mod bulk;
 pub mod downlink;
+pub mod enroll;
 pub mod relay;
 pub mod releases;
 
@@ -87,9 +88,32 @@ pub struct Config {
     /// SIGHUP and when it changes.
     #[serde(default)]
     pub rules_file: Option<PathBuf>,
+    /// Relaying enrollments of nodes below.
+    #[serde(default)]
+    pub enrollment: enroll::EnrollmentRelayConfig,
+    /// Renewing this MLM's own certificate.
+    #[serde(default)]
+    pub renewal: rsnet_common::enroll::RenewalConfig,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// The config `rsnet-mlm enroll` writes: everything else defaults.
+pub fn enrolled_config(
+    data_dir: &std::path::Path,
+    listen: &str,
+    tls: &TlsPaths,
+    parents: &[String],
+) -> String {
+    use rsnet_common::enroll::{node_config, toml_str};
+    node_config(
+        "rsnet-mlm",
+        data_dir,
+        &format!("listen = {}\n", toml_str(listen)),
+        tls,
+        parents,
+    )
 }
 
 fn default_spool() -> u64 {
@@ -110,6 +134,7 @@ impl Config {
         c.store.validate(&mut errors);
         c.bulk.validate(&mut errors);
         c.throttle.validate(&mut errors);
+        c.renewal.validate(&mut errors);
         rules::check_config(
             path,
             c.rules_file.as_deref(),
@@ -269,20 +294,28 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         outbox: outbox.clone(),
     }));
 
-    let server_tls = ReloadingServerConfig::start(cfg.tls.clone())?;
+    let server_tls = ReloadingServerConfig::start_with(cfg.tls.clone(), cfg.enrollment.accept)?;
+    let enrolls = Arc::new(enroll::EnrollRelay {
+        me: me.clone(),
+        link: uplink.link().clone(),
+    });
     let listener = server::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
     let m2 = metrics.clone();
     let handler = move |req: http::Request<hyper::body::Incoming>, peer: Arc<server::Peer>| {
-        let (exchange, metrics, transfers, cache) = (
+        let (exchange, metrics, transfers, cache, enrolls) = (
             exchange.clone(),
             m2.clone(),
             transfers.clone(),
             cache.clone(),
+            enrolls.clone(),
         );
         async move {
             if pipeline::exchange::is_exchange(&req) {
                 return exchange.handle(req, &peer).await;
+            }
+            if req.uri().path() == rsnet_common::enroll::ENROLL_PATH {
+                return enrolls.handle(req, &peer).await;
             }
             if req
                 .uri()
@@ -326,6 +359,16 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         )])
         .await?;
     let fwd = tokio::spawn(forwarder.clone().run(shutdown.clone()));
+    tokio::spawn(rsnet_common::enroll::renew_until_shutdown(
+        uplink.link().clone(),
+        cfg.tls.clone(),
+        cfg.renewal.clone(),
+        metrics.counter(
+            "rsnet_certificate_renewals_total",
+            "own certificate renewed",
+        ),
+        shutdown.clone(),
+    ));
     tokio::spawn(uplink.clone().poll_until_shutdown(
         cfg.uplink.poll_wait(),
         fwd_cfg.exchange_timeout,

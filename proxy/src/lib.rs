@@ -113,9 +113,29 @@ pub struct Config {
     /// spool; below the free-disk floor integrators are refused (507).
     #[serde(default)]
     pub throttle: rsnet_common::pipeline::throttle::ThrottleConfig,
+    /// Renewing this proxy's own certificate before it expires.
+    #[serde(default)]
+    pub renewal: rsnet_common::enroll::RenewalConfig,
     /// The file this was loaded from (for the `get-config` control action).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// The config `rsnet-proxy enroll` writes: everything else defaults.
+pub fn enrolled_config(
+    data_dir: &std::path::Path,
+    local_api: &str,
+    tls: &TlsPaths,
+    parents: &[String],
+) -> String {
+    use rsnet_common::enroll::{node_config, toml_str};
+    node_config(
+        "rsnet-proxy",
+        data_dir,
+        &format!("\n[local_api]\nlisten = {}\n", toml_str(local_api)),
+        tls,
+        parents,
+    )
 }
 
 /// `[inbox]`.
@@ -156,6 +176,7 @@ impl Config {
         c.store.validate(&mut errors);
         c.bulk.validate(&mut errors);
         c.throttle.validate_sender(&mut errors);
+        c.renewal.validate(&mut errors);
         rules::check_config(
             path,
             c.rules_file.as_deref(),
@@ -335,6 +356,16 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         &metrics,
     )));
     let fwd = tokio::spawn(forwarder.clone().run(shutdown.clone()));
+    tokio::spawn(rsnet_common::enroll::renew_until_shutdown(
+        uplink.link().clone(),
+        cfg.tls.clone(),
+        cfg.renewal.clone(),
+        metrics.counter(
+            "rsnet_certificate_renewals_total",
+            "own certificate renewed",
+        ),
+        shutdown.clone(),
+    ));
     tokio::spawn(bulk.run(shutdown.clone()));
     tokio::spawn(rels.run(shutdown.clone()));
     tokio::spawn(uplink.clone().poll_until_shutdown(

@@ -123,6 +123,33 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Enroll this host as a proxy with a one-time token (`rsnet-ctl
+    /// enroll`): its key is made here and never leaves it; the certificate
+    /// comes back through the parent. Writes DIR/tls and a ready config.
+    Enroll {
+        /// Parent URL (repeatable, failover order; the first is asked).
+        #[arg(long = "parent", required = true)]
+        parents: Vec<String>,
+        /// The token (`ID:SECRET`).
+        #[arg(long)]
+        token: String,
+        /// The provider CA certificate (PEM), to know the parent.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Directory for TLS material and data.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The config file to write (default DIR/proxy.toml; never replaced).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The provider's CRL, as this host receives it (written into the
+        /// config: a revoked parent is refused).
+        #[arg(long)]
+        crl: Option<PathBuf>,
+        /// The local API's address in the config.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        local_api: String,
+    },
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -185,6 +212,43 @@ async fn send_with_retry(
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Enroll {
+            parents,
+            token,
+            ca,
+            dir,
+            config,
+            crl,
+            local_api,
+        } => {
+            let config = config.unwrap_or_else(|| dir.join("proxy.toml"));
+            let setup = rsnet_common::enroll::Setup {
+                parents: &parents,
+                token: &token,
+                ca: &ca,
+                dir: &dir,
+                role: rsnet_common::tls::Role::Proxy,
+                hosts: &[],
+                config: &config,
+                crl: crl.as_deref(),
+            };
+            let data = dir.join("data");
+            let r = rsnet_common::enroll::setup(setup, |tls| {
+                rsnet_proxy::enrolled_config(&data, &local_api, tls, &parents)
+            })
+            .await;
+            match r {
+                Ok(id) => {
+                    println!("enrolled as {} ({})", id.id, config.display());
+                    println!("run: rsnet-proxy run --config {}", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rsnet-proxy: enroll: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Run { config } => {
             rsnet_common::server::daemon_main("rsnet-proxy", &config, Config::load, run).await
         }

@@ -209,9 +209,11 @@ impl Tree {
                 .map(|n| format!("max_bytes = {n}\n"))
                 .unwrap_or_default()
         );
+        // The appserver signs for nodes that enroll with a token.
+        let enrollment = format!("[enrollment]\npki_dir = {:?}\n", dir.join("pki"));
         tree.add(app_id.clone(), Role::Appserver, None, |data| {
             format!(
-                "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\n{}\n{releases}\n{}\n",
+                "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\n{}\n{releases}\n{enrollment}\n{}\n",
                 tls_toml(&t),
                 spec.appserver_extra
             )
@@ -314,6 +316,39 @@ impl Tree {
             child: None,
         });
         Ok(())
+    }
+
+    /// Takes in a node configured elsewhere (an enrolled one, with the
+    /// config its `enroll` wrote); returns its index. Start it with
+    /// [`Tree::launch`].
+    pub fn adopt(
+        &mut self,
+        id: &str,
+        role: Role,
+        parent: &str,
+        config: PathBuf,
+        data_dir: PathBuf,
+    ) -> usize {
+        let log = self.dir.join("logs").join(format!("{id}.log"));
+        self.nodes.push(Node {
+            id: id.to_string(),
+            role,
+            parent: Some(parent.to_string()),
+            config,
+            data_dir,
+            log,
+            addr: None,
+            child: None,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// The `https://` URL children use to reach node `id`.
+    ///
+    /// # Errors
+    /// If there is no such node or it does not listen.
+    pub fn url(&self, id: &str) -> Result<String, Error> {
+        self.url_of(id)
     }
 
     /// Index of the node with `id`.
