@@ -348,6 +348,23 @@ pub fn shutdown_on_signals() -> Shutdown {
     shutdown
 }
 
+/// Raises the soft limit on open files to the hard one: a parent holds a
+/// socket per child (`max_connections` defaults to 20,000), and the
+/// common soft default of 1,024 would make `accept` fail for everyone
+/// long before the connection caps apply.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        let from = l.current;
+        l.current = l.maximum;
+        match setrlimit(Resource::Nofile, l) {
+            Ok(()) => tracing::debug!(?from, to = ?l.current, "open files limit raised"),
+            Err(e) => tracing::warn!(error = %e, "open files limit not raised"),
+        }
+    }
+}
+
 /// The body of every daemon's `main`: logging, config, signals, run.
 /// Exits 2 for a config error, 1 for a start-up or run failure, 0 after a
 /// clean shutdown; errors are printed as `NAME: error`.
@@ -361,6 +378,7 @@ where
     Fut: Future<Output = crate::Result<()>>,
 {
     crate::init_logging();
+    raise_open_files_limit();
     let cfg = match load(config) {
         Ok(c) => c,
         Err(e) => {

@@ -2,6 +2,9 @@
 //! with large bodies at once stay within the MLM's memory budget for bodies
 //! (reserved before a byte is read; what does not fit is refused with 503
 //! and a retry-after), and a well-behaved proxy's traffic keeps flowing.
+//! 1,000 slowloris connections (cut at the handshake timeout, and opened
+//! again) and a flood of malformed envelopes over keep-alive connections
+//! leave a good proxy most of its rate, and the MLM's memory bounded.
 
 use std::time::Duration;
 
@@ -18,6 +21,10 @@ use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(120);
 
+/// The tests here measure an MLM under load: one at a time, so that one's
+/// flood is not the other's baseline.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Resident memory now and at its peak, in bytes, of process `pid`.
 fn rss(pid: u32) -> (u64, u64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -33,6 +40,7 @@ fn rss(pid: u32) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forty_eight_large_bodies_at_once_stay_in_the_budget_and_good_traffic_flows() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let spec = Spec {
         mlms: vec![("mlm1".into(), None)],
         proxies: vec![("p1".into(), Some(0))],
@@ -122,5 +130,221 @@ async fn forty_eight_large_bodies_at_once_stay_in_the_budget_and_good_traffic_fl
     .await
     .unwrap();
     assert_eq!(refused as usize, busy);
+    tree.shutdown();
+}
+
+/// `n` alarms through the good proxy at `addr` (batches of 100, one after
+/// the other), and the time until the appserver stored them all.
+async fn move_alarms(
+    op: &rsnet_common::client::Target,
+    addr: std::net::SocketAddr,
+    tag: &str,
+    n: usize,
+) -> Duration {
+    let t0 = std::time::Instant::now();
+    for b in 0..n / 100 {
+        let batch: Vec<Value> = (0..100)
+            .map(|i| json!({ "kind": "alarm", "class": "alarm", "subclass": tag, "severity": "minor", "text": format!("{b}.{i}") }))
+            .collect();
+        send(addr, &batch).await.unwrap();
+    }
+    wait_for(&format!("{n} {tag} alarms stored"), LONG, || async {
+        (stored(op, &format!("subclass={tag}")).await.ok()?.len() >= n).then_some(())
+    })
+    .await;
+    t0.elapsed()
+}
+
+/// One keep-alive TLS connection with a leaked proxy key, posting
+/// malformed envelopes back to back until `stop`; returns how many were
+/// answered, and with which statuses outside 4xx.
+async fn malformed_flood(
+    at: std::net::SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, Vec<u16>) {
+    use std::sync::atomic::Ordering;
+    let (mut answered, mut odd) = (0u64, Vec::new());
+    let bodies: [(&str, &[u8]); 4] = [
+        ("multipart/related; boundary=b", b"--b\r\nContent-Type: application/xml\r\n\r\n<control><<<\r\n--b--\r\n"),
+        ("multipart/related; boundary=b", b"not multipart at all"),
+        ("application/json", b"{}"),
+        ("multipart/related; boundary=b", b"--b\r\nContent-Type: application/xml\r\n\r\n<control/>\r\n--b\r\nContent-Type: application/xml\r\n\r\n<header><id>zz</id></header>\r\n--b--\r\n"),
+    ];
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(tcp) = tokio::net::TcpStream::connect(at).await else {
+            continue;
+        };
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let Ok(tls) = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+        else {
+            continue;
+        };
+        let Ok((mut send, conn)) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await
+        else {
+            continue;
+        };
+        tokio::spawn(conn);
+        let mut i = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let (ct, body) = bodies[i % bodies.len()];
+            i += 1;
+            let req = http::Request::post("/rs/v1/exchange")
+                .header("host", at.to_string())
+                .header("content-type", ct)
+                .body(http_body_util::Full::new(Bytes::from_static(body)))
+                .unwrap();
+            if send.ready().await.is_err() {
+                break;
+            }
+            match send.send_request(req).await {
+                Ok(r) => {
+                    answered += 1;
+                    if !r.status().is_client_error() {
+                        odd.push(r.status().as_u16());
+                    }
+                    let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    (answered, odd)
+}
+
+/// A slowloris connection: a TLS record header, then one byte a second,
+/// opened again whenever the MLM closes it; `open` counts those open now.
+async fn slowloris(
+    at: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut tcp) = tokio::net::TcpStream::connect(at).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        open.fetch_add(1, Ordering::Relaxed);
+        // A ClientHello record that claims 512 bytes and never brings them.
+        let mut ok = tcp
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            .await
+            .is_ok();
+        while ok && !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            ok = tcp.write_all(&[0]).await.is_ok();
+        }
+        open.fetch_sub(1, Ordering::Relaxed);
+        if !ok {
+            closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_slow_connections_and_a_malformed_flood_leave_a_good_proxy_most_of_its_rate() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let mut tree = tokio::task::block_in_place(|| Tree::start(&tempdir("hardening-abuse"), &spec))
+        .unwrap_or_else(|e| panic!("tree did not start: {e}"));
+    tree.remove_on_drop = true;
+    let op = tree.operator_target().unwrap();
+    let mlm = tree.index("acme.mlm1").unwrap();
+    let at = tree.nodes[mlm].addr.unwrap();
+    let pid = tree.nodes[mlm].pid().unwrap();
+    let p1 = tree.nodes[tree.index("acme.p1").unwrap()].addr.unwrap();
+    const N: usize = 2000;
+
+    // The good proxy's rate (alarms stored per second, in rounds of N),
+    // alone and then under attack for longer than the MLM's handshake
+    // timeout, so that the slow connections are cut and come back.
+    move_alarms(&op, p1, "warmup", 200).await;
+    let rate = |rounds: usize, took: Duration| (rounds * N) as f64 / took.as_secs_f64();
+    let mut alone = Duration::ZERO;
+    for r in 0..3 {
+        alone += move_alarms(&op, p1, &format!("alone{r}"), N).await;
+    }
+    let alone = rate(3, alone);
+    let (_, before) = rss(pid);
+
+    // 1,000 slow connections, and a flood of malformed envelopes over four
+    // keep-alive connections of one leaked proxy key.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (open, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let slow: Vec<_> = (0..1000)
+        .map(|_| tokio::spawn(slowloris(at, open.clone(), closed.clone(), stop.clone())))
+        .collect();
+    let leaked = RawChild::new(&tree, "acme.p9", Role::Proxy, at);
+    let rsnet_common::client::Target::Tls { config, .. } = leaked.target.clone() else {
+        unreachable!()
+    };
+    let flood: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(malformed_flood(at, config.clone(), stop.clone())))
+        .collect();
+    wait_for("1,000 slow connections open", LONG, || async {
+        (open.load(Ordering::Relaxed) >= 1000).then_some(())
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    let mut rounds = 0;
+    while t0.elapsed() < rsnet_common::limits::HANDSHAKE_TIMEOUT + Duration::from_secs(3) {
+        move_alarms(&op, p1, &format!("attacked{rounds}"), N).await;
+        rounds += 1;
+    }
+    let attacked = rate(rounds, t0.elapsed());
+    let (_, peak) = rss(pid);
+    stop.store(true, Ordering::Relaxed);
+    let mut answered = 0;
+    for f in flood {
+        let (n, odd) = f.await.unwrap();
+        assert!(
+            odd.is_empty(),
+            "malformed envelopes answered outside 4xx: {odd:?}"
+        );
+        answered += n;
+    }
+    for s in slow {
+        s.abort();
+    }
+    let ratio = attacked / alone;
+    eprintln!(
+        "good proxy: {alone:.0} alarms/s alone, {attacked:.0} alarms/s under attack ({:.0} %); \
+         malformed envelopes answered meanwhile: {answered}; slow connections closed by the MLM: {}; \
+         MLM resident peak {} MiB before the attack, {} MiB during it",
+        ratio * 100.0,
+        closed.load(Ordering::Relaxed),
+        before >> 20,
+        peak >> 20
+    );
+    assert!(answered > 0, "the flood never got an answer");
+    // The MLM cut the slow handshakes (they came back and were cut again).
+    assert!(
+        closed.load(Ordering::Relaxed) >= 500,
+        "slow connections cut: {}",
+        closed.load(Ordering::Relaxed)
+    );
+    assert!(
+        ratio >= 0.5,
+        "the good proxy kept {:.0} % of its rate",
+        ratio * 100.0
+    );
+    assert!(
+        peak < 256 << 20,
+        "MLM peak resident memory {} MiB",
+        peak >> 20
+    );
     tree.shutdown();
 }
