@@ -290,6 +290,16 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The copy for `child` could not be queued (its queue is at its
+    /// quota): the destinations behind it fail with `reason`.
+    NotQueuedVia {
+        /// The message.
+        id: MessageId,
+        /// The appserver's child.
+        child: ComponentId,
+        /// Why.
+        reason: String,
+    },
     /// `child` acknowledged these copies: they are held below it.
     Acked {
         /// The appserver's child.
@@ -333,6 +343,19 @@ fn apply_one(map: &mut HashMap<MessageId, Delivery>, e: Event, now: &str) -> Vec
                 t.state = State::Failed;
                 t.reason = Some(reason.clone());
                 t.at = now.to_string();
+            }
+            vec![id]
+        }
+        Event::NotQueuedVia { id, child, reason } => {
+            let Some(d) = map.get_mut(&id) else {
+                return Vec::new();
+            };
+            for t in d.destinations.values_mut() {
+                if t.via.as_deref() == Some(child.as_str()) && !t.state.is_final() {
+                    t.state = State::Failed;
+                    t.reason = Some(reason.clone());
+                    t.at = now.to_string();
+                }
             }
             vec![id]
         }

@@ -110,11 +110,31 @@ impl Outbound {
         self.deliveries
             .apply(vec![Event::Sent(record.clone())])
             .await?;
-        if let Err(e) = self
+        let dispatched = self
             .backchannel
             .dispatch(&header, content, &routed, None)
-            .await
-        {
+            .await;
+        if let Ok(o) = &dispatched {
+            // Children at their quota: their destinations fail, with why;
+            // the other children's copies are queued.
+            let events: Vec<Event> = o
+                .over_quota()
+                .iter()
+                .filter_map(|child| {
+                    Some(Event::NotQueuedVia {
+                        id: header.id,
+                        child: child.parse().ok()?,
+                        reason: self.backchannel.over_quota_reason(child),
+                    })
+                })
+                .collect();
+            if !events.is_empty() {
+                if let Err(e) = self.deliveries.apply(events).await {
+                    tracing::warn!(error = %e, "delivery state not persisted");
+                }
+            }
+        }
+        if let Err(e) = dispatched {
             let failed = Event::NotQueued {
                 id: header.id,
                 reason: format!("not queued: {e}"),

@@ -166,6 +166,9 @@ pub struct BackChannelSection {
     pub lease_ms: u64,
     /// Bytes all back-channel queues may hold. Default 256 MiB.
     pub capacity_bytes: u64,
+    /// Bytes the queue of one child may hold: a child that never polls
+    /// fills its own share, not its siblings'. Default 32 MiB.
+    pub child_capacity_bytes: u64,
     /// Bytes of back-channel messages per reply. Default 4 MiB.
     pub reply_bytes: usize,
     /// How long received message IDs are remembered to drop resends, in
@@ -181,6 +184,7 @@ impl Default for BackChannelSection {
             max_wait_ms: c.max_wait.as_millis() as u64,
             lease_ms: c.queues.lease.as_millis() as u64,
             capacity_bytes: c.queues.capacity_bytes,
+            child_capacity_bytes: c.queues.queue_capacity_bytes,
             reply_bytes: c.reply_bytes,
             remember_s: c.queues.remember.as_secs(),
         }
@@ -200,6 +204,14 @@ impl BackChannelSection {
         if self.capacity_bytes < 1 << 20 {
             errors.push("backchannel.capacity_bytes: must be at least 1 MiB".into());
         }
+        // One child's queue must take a whole reply's worth.
+        let least = (self.reply_bytes as u64).max(64 << 10);
+        if self.child_capacity_bytes < least || self.child_capacity_bytes > self.capacity_bytes {
+            errors.push(format!(
+                "backchannel.child_capacity_bytes: must be {least}..=capacity_bytes ({})",
+                self.capacity_bytes
+            ));
+        }
         let env = crate::limits::MAX_ENVELOPE_BYTES as usize / 2;
         if self.reply_bytes < 4096 || self.reply_bytes > env {
             errors.push(format!("backchannel.reply_bytes: must be 4096..={env}"));
@@ -216,6 +228,7 @@ impl BackChannelSection {
             reply_bytes: self.reply_bytes,
             queues: crate::backchannel::QueuesConfig {
                 capacity_bytes: self.capacity_bytes,
+                queue_capacity_bytes: self.child_capacity_bytes,
                 lease: Duration::from_millis(self.lease_ms),
                 remember: Duration::from_secs(self.remember_s),
             },

@@ -72,11 +72,11 @@ impl Downlink {
             };
             let (mine, below): (Vec<_>, Vec<_>) = d.ids.iter().cloned().partition(|x| *x == me);
             let is_release = release::is_offer(&item.header);
+            let routed = self.backchannel.route(&below);
             let mut push = if is_release {
                 // Fetched first, offered below after (crate::releases).
                 vec![(release::PENDING.to_string(), control::pending_record(item))]
             } else {
-                let routed = self.backchannel.route(&below);
                 self.backchannel
                     .copies(&item.header, item.content.clone(), &routed)
             };
@@ -97,17 +97,29 @@ impl Downlink {
                 push,
                 received: Some(id),
             });
-            ids.push((id, is_control, is_release));
+            ids.push((id, is_control, is_release, routed));
         }
         let results = queues.offer_many(offers).await;
         let mut controls = false;
-        for ((id, is_control, is_release), r) in ids.into_iter().zip(results) {
+        let mut reports = Vec::new();
+        for ((id, is_control, is_release, routed), r) in ids.into_iter().zip(results) {
             // Entries in pseudo-queues are not copies for children.
             let pseudo = usize::from(is_control) + usize::from(is_release);
             match r {
-                Ok(Offered::Queued(n)) => {
-                    self.backchannel
-                        .queued(&Offered::Queued(n.saturating_sub(pseudo)));
+                Ok(o @ (Offered::Queued(_) | Offered::Partly { .. })) => {
+                    let copies = Offered::Partly {
+                        queued: o.queued().saturating_sub(pseudo),
+                        over_quota: o.over_quota().to_vec(),
+                    };
+                    self.backchannel.queued(&copies);
+                    // A child at its quota does not hold up its siblings:
+                    // the message is taken, and its destinations behind
+                    // that child are reported as not reached.
+                    reports.extend(self.backchannel.over_quota_reports(
+                        id,
+                        &routed,
+                        o.over_quota(),
+                    ));
                     self.received.inc();
                     controls |= is_control;
                     acks.push(id);
@@ -116,6 +128,11 @@ impl Downlink {
                 Err(e) => {
                     tracing::warn!(message = %id, error = %e, "back-channel message not queued; parent resends it");
                 }
+            }
+        }
+        if !reports.is_empty() {
+            if let Err(e) = self.outbox.push(&reports).await {
+                tracing::warn!(error = %e, "over-quota reports not spooled");
             }
         }
         if controls {

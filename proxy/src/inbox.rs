@@ -163,15 +163,23 @@ impl Inbox {
         let mut offers = offers_seen;
         for ((id, mine, is_control, is_bulk), r) in taken.into_iter().zip(results) {
             match r {
-                Ok(Offered::Queued(_)) => {
+                Ok(o @ (Offered::Queued(_) | Offered::Partly { .. })) => {
                     self.received.inc();
                     acks.push(id);
                     controls |= is_control;
                     grants |= is_bulk;
                     if !is_control && !is_bulk {
                         let corr = format!("{}/inbox/{id}", self.me);
+                        // A destination whose inbox is at its quota is told
+                        // so; the others have it.
                         reports.extend(mine.iter().map(|dest| {
-                            self.report(dest, DELIVERED, Response::accepted(id, Some(corr.clone())))
+                            if o.over_quota().iter().any(|q| q == dest.as_str()) {
+                                tracing::warn!(message = %id, %dest, "inbox of a destination at its quota; message not kept for it");
+                                let why = format!("the inbox of {dest} at {} is full (nothing takes what is sent to it)", self.me);
+                                self.report(dest, DELIVERED, Response::rejected(id, why))
+                            } else {
+                                self.report(dest, DELIVERED, Response::accepted(id, Some(corr.clone())))
+                            }
                         }));
                     }
                 }

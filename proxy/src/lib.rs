@@ -268,6 +268,8 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         store.queues()?,
         QueuesConfig {
             capacity_bytes: cfg.inbox.capacity_bytes,
+            // One destination may use the whole inbox (its integrators are local).
+            queue_capacity_bytes: cfg.inbox.capacity_bytes,
             lease: Duration::from_secs(cfg.inbox.lease_s),
             ..Default::default()
         },

@@ -733,3 +733,64 @@ async fn kill9_between_a_control_action_and_its_ack_runs_it_once() {
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert!(instance_refused().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_child_that_never_polls_fills_only_its_own_quota_and_its_sibling_gets_everything() {
+    // Small per-child queues at the MLM: 64 KiB each.
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0)), ("p2".into(), Some(0))],
+        heartbeat_s: 1,
+        mlm_extra: "[backchannel]\nreply_bytes = 65536\nchild_capacity_bytes = 65536\n".into(),
+        ..Spec::demo()
+    };
+    let mut tree = start("bc-quota", &spec);
+    wait_topology(&tree).await;
+    let op = tree.operator_target().unwrap();
+    let (p1, p2) = (
+        tree.index("acme.p1").unwrap(),
+        tree.index("acme.p2").unwrap(),
+    );
+    let mlm = tree.index("acme.mlm1").unwrap();
+    // p1 goes silent; everything sent to both is ~8 KiB a copy.
+    tree.kill9(p1);
+    let payload = "x".repeat(8 * 1024);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(
+            send_to(
+                &op,
+                json!(["acme.p1", "acme.p2"]),
+                json!({ "payload": payload }),
+            )
+            .await,
+        );
+    }
+    // p2 gets all twenty, once each.
+    let got = take_at_least(&tree, p2, 20).await;
+    for id in &ids {
+        assert_eq!(
+            got.iter().filter(|m| m["id"] == id.as_str()).count(),
+            1,
+            "{id}"
+        );
+    }
+    ack(&tree, p2, &got).await;
+    // The later ones are not queued for p1: failed, saying where and why.
+    let last = ids.last().unwrap();
+    let failed = wait_for("the last message failed for p1", LONG, || async {
+        let d = deliveries(&op, last).await;
+        let t = d["destinations"]["acme.p1"].clone();
+        (t["state"] == "failed").then_some(t)
+    })
+    .await;
+    let why = failed["reason"].as_str().unwrap_or("");
+    assert!(
+        why.contains("acme.mlm1") && why.contains("quota"),
+        "{failed}"
+    );
+    assert!(counter(&tree, mlm, "rsnet_backchannel_over_quota_total").await >= 1.0);
+    // p1's queue holds only its quota.
+    let queued = counter(&tree, mlm, "rsnet_backchannel_queued_total").await;
+    assert!(queued < 40.0, "copies queued at the MLM: {queued}");
+}

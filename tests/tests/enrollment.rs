@@ -326,7 +326,30 @@ async fn tokens_that_are_expired_mis_scoped_or_for_another_role_are_refused() {
             .unwrap();
         assert_eq!(r.status(), http::StatusCode::FORBIDDEN, "{path}");
     }
-    // A scoped operator cannot make tokens; a reader cannot either.
+    // A certificate from another CA is refused at the handshake, even
+    // where clients without one may enroll.
+    let other = rsnet_certs::Pki::init(&dir("other-ca"), None).unwrap();
+    let f = other.issue("acme.p1", Role::Proxy, &[], &[]).unwrap();
+    let stranger = rsnet_common::client::Target::Tls {
+        base: mlm_url.clone(),
+        config: std::sync::Arc::new(
+            rsnet_common::tls::client_config(&TlsPaths {
+                ca: tree.pki.ca(),
+                cert: f.cert,
+                key: f.key,
+                crl: None,
+            })
+            .unwrap(),
+        ),
+    };
+    let r = rsnet_common::client::send(&stranger, http::Method::POST, "/rs/v1/exchange", None, &[])
+        .await;
+    assert!(
+        r.is_err(),
+        "a certificate of another CA got {:?}",
+        r.map(|r| r.status())
+    );
+    // A reader cannot make tokens.
     let f = tree
         .pki
         .issue_with("provider.reader", Role::Operator, &[], &[], &[], &[])

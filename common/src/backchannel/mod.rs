@@ -91,6 +91,7 @@ struct Counters {
     acked: Counter,
     expired: Counter,
     unroutable: Counter,
+    over_quota: Counter,
 }
 
 /// The parent side of the back-channel; see the module docs.
@@ -132,6 +133,10 @@ impl BackChannel {
             acked: c("acked", "copies children acknowledged"),
             expired: c("expired", "copies that expired in a queue"),
             unroutable: c("unroutable", "destinations with no known route"),
+            over_quota: c(
+                "over_quota",
+                "copies not queued: their child's queue was at its child_capacity_bytes",
+            ),
         };
         queues.register_commits(metrics);
         let q = queues.clone();
@@ -258,11 +263,48 @@ impl BackChannel {
         Ok(r)
     }
 
-    /// Counts what an offer of [`BackChannel::copies`] queued.
+    /// Counts what an offer of [`BackChannel::copies`] queued, and what it
+    /// left out for children at their quota.
     pub fn queued(&self, r: &Offered) {
-        if let Offered::Queued(n) = r {
-            self.counters.queued.add(*n as u64);
+        self.counters.queued.add(r.queued() as u64);
+        self.counters.over_quota.add(r.over_quota().len() as u64);
+    }
+
+    /// Why a copy for `child` was not queued, for reports and delivery views.
+    pub fn over_quota_reason(&self, child: &str) -> String {
+        format!(
+            "not queued at {}: the queue for {child} is at its quota ({} bytes; the child does not take what is sent)",
+            self.me, self.cfg.queues.queue_capacity_bytes
+        )
+    }
+
+    /// The reports an MLM sends up for a message whose copies for the
+    /// `over` children were not queued: a rejected `response` for each
+    /// final destination behind them (in the MLM's scope), so that the
+    /// appserver's delivery view says where and why it stopped.
+    pub fn over_quota_reports(
+        &self,
+        id: MessageId,
+        routed: &Routed,
+        over: &[String],
+    ) -> Vec<crate::Message> {
+        let mut out = Vec::new();
+        for (child, dests) in &routed.copies {
+            if !over.iter().any(|o| o == child.as_str()) {
+                continue;
+            }
+            let reason = self.over_quota_reason(child.as_str());
+            tracing::warn!(message = %id, %child, "back-channel copy not queued: the child's queue is at its quota");
+            out.extend(dests.iter().map(|d| {
+                crate::Message::response(
+                    d,
+                    crate::model::DELIVERED,
+                    crate::model::Response::rejected(id, reason.clone()),
+                    &self.me,
+                )
+            }));
         }
+        out
     }
 
     /// The copies [`BackChannel::dispatch`] would queue, one per child with

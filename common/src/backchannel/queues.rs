@@ -50,6 +50,10 @@ pub struct QueuesConfig {
     /// Bytes all queues together may hold; an offer beyond fails with
     /// [`StoreError::Full`] (and is not acknowledged, so the sender keeps it).
     pub capacity_bytes: u64,
+    /// Bytes one queue (one child, one destination) may hold; its entries
+    /// beyond are left out of an offer ([`Offered::Partly`]) while the
+    /// other queues' are taken.
+    pub queue_capacity_bytes: u64,
     /// How long a taken entry waits for its ack before it is sent again.
     pub lease: Duration,
     /// How long a received message ID is remembered for dropping resends.
@@ -60,6 +64,7 @@ impl Default for QueuesConfig {
     fn default() -> Self {
         QueuesConfig {
             capacity_bytes: 256 << 20,
+            queue_capacity_bytes: 32 << 20,
             lease: Duration::from_secs(30),
             remember: Duration::from_secs(24 * 3600),
         }
@@ -112,7 +117,7 @@ impl Queues {
                 Ok(mut outs) => {
                     // Count the commits that wrote: repeats and empty acks write nothing.
                     let wrote = outs.iter().any(|o| match o {
-                        QueueOutcome::Offered(Ok(Offered::Queued(n))) => *n > 0,
+                        QueueOutcome::Offered(Ok(o)) => o.queued() > 0,
                         QueueOutcome::Acked(ids) => !ids.is_empty(),
                         QueueOutcome::Removed => true,
                         QueueOutcome::Offered(_) => false,
@@ -210,6 +215,7 @@ impl Queues {
                 push: o.push,
                 received: o.received.map(|id| (id, until)),
                 capacity: self.cfg.capacity_bytes,
+                queue_capacity: self.cfg.queue_capacity_bytes,
             })
             .collect();
         let outcomes = match self.commit(ops).await {
@@ -225,7 +231,7 @@ impl Queues {
             .collect();
         if answers
             .iter()
-            .any(|a| matches!(a, Ok(Offered::Queued(n)) if *n > 0))
+            .any(|a| a.as_ref().is_ok_and(|o| o.queued() > 0))
         {
             self.wake(&touched);
         }
@@ -403,6 +409,7 @@ mod tests {
     fn cfg(lease: Duration) -> QueuesConfig {
         QueuesConfig {
             capacity_bytes: 1 << 20,
+            queue_capacity_bytes: 1 << 20,
             lease,
             remember: Duration::from_secs(60),
         }

@@ -276,6 +276,7 @@ pub fn queue_store_applies_writes_durably_and_forgets_old_marks(open: &Open) {
             push,
             received,
             capacity: 1 << 20,
+            queue_capacity: u64::MAX,
         }
     };
     {
@@ -376,6 +377,7 @@ pub fn queue_store_applies_writes_durably_and_forgets_old_marks(open: &Open) {
                 push: vec![("acme.p2".into(), big)],
                 received: Some((MessageId::new(), Timestamp(t0.0 + 60_000))),
                 capacity: 1000,
+                queue_capacity: u64::MAX,
             }],
             later,
         )
@@ -385,6 +387,94 @@ pub fn queue_store_applies_writes_durably_and_forgets_old_marks(open: &Open) {
         "{out:?}"
     );
     assert!(q.names().is_empty());
+    // A queue at its own capacity: its entries are left out, named, and
+    // the other queues' taken, in the same offer and in later ones.
+    let one = rec(4, true, "y");
+    let quota = one.size() * 2;
+    let per_queue = |push: Vec<(String, SpoolRecord)>| QueueOp::Offer {
+        push,
+        received: None,
+        capacity: 1 << 20,
+        queue_capacity: quota,
+    };
+    let fill: Vec<_> = (0..3)
+        .map(|_| ("acme.slow".to_string(), rec(4, true, "y")))
+        .chain([("acme.fast".to_string(), rec(4, true, "y"))])
+        .collect();
+    let out = q.commit(vec![per_queue(fill)], later).unwrap();
+    assert!(
+        matches!(&out[0], QueueOutcome::Offered(Ok(Offered::Partly { queued: 1, over_quota })) if over_quota == &["acme.slow".to_string()]),
+        "{out:?}"
+    );
+    // (A record that alone would pass the quota but whose queue took others
+    // in this offer is left out whole, with the rest of that queue's.)
+    let out = q
+        .commit(
+            vec![
+                per_queue(vec![("acme.slow".into(), rec(4, true, "y"))]),
+                per_queue(vec![("acme.fast".into(), rec(4, true, "y"))]),
+                per_queue(vec![
+                    ("^quota".into(), rec(4, true, "y")),
+                    ("^quota".into(), rec(4, true, "z")),
+                ]),
+            ],
+            later,
+        )
+        .unwrap();
+    assert!(
+        matches!(&out[0], QueueOutcome::Offered(Ok(Offered::Queued(1)))),
+        "the slow queue had room for one: {out:?}"
+    );
+    assert!(
+        matches!(&out[1], QueueOutcome::Offered(Ok(Offered::Queued(1)))),
+        "{out:?}"
+    );
+    assert!(
+        matches!(&out[2], QueueOutcome::Offered(Ok(Offered::Queued(2)))),
+        "pseudo-queues have no quota: {out:?}"
+    );
+    let out = q
+        .commit(
+            vec![per_queue(vec![
+                ("acme.slow".into(), rec(4, true, "y")),
+                ("acme.fast".into(), rec(4, true, "y")),
+            ])],
+            later,
+        )
+        .unwrap();
+    assert!(
+        matches!(&out[0], QueueOutcome::Offered(Ok(Offered::Partly { queued: 1, over_quota })) if over_quota == &["acme.fast".to_string()]),
+        "the slow queue's second fits, the fast queue is at its two: {out:?}"
+    );
+    let out = q
+        .commit(
+            vec![per_queue(vec![
+                ("acme.slow".into(), rec(4, true, "y")),
+                ("acme.fast".into(), rec(4, true, "y")),
+            ])],
+            later,
+        )
+        .unwrap();
+    assert!(
+        matches!(&out[0], QueueOutcome::Offered(Ok(Offered::Partly { queued: 0, over_quota })) if over_quota.len() == 2),
+        "{out:?}"
+    );
+    for name in ["acme.slow", "acme.fast", "^quota"] {
+        let l = q
+            .lease(&[name], usize::MAX, 10, later, Timestamp(later.0 + 1000))
+            .unwrap();
+        let keys: Vec<_> = l.records.iter().map(|r| r.id).collect();
+        let ids: Vec<_> = keys.clone();
+        q.commit(
+            vec![QueueOp::Ack {
+                queue: name.into(),
+                ids,
+            }],
+            later,
+        )
+        .unwrap();
+    }
+    assert!(q.names().is_empty(), "{:?}", q.names());
     // Expired entries are reported by a lease and removed by the caller.
     let mut old = rec(4, true, "old");
     old.expiry = Some(Timestamp(t0.0 + 10));

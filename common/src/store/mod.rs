@@ -424,7 +424,10 @@ pub enum QueueOp {
     /// its time), or marked earlier in the same commit, makes the whole
     /// offer [`Offered::Duplicate`]; an entry whose ID is already in its
     /// queue is skipped. An offer that would take all queues past
-    /// `capacity` bytes fails whole with [`StoreError::Full`].
+    /// `capacity` bytes fails whole with [`StoreError::Full`]. A record that
+    /// would take its own (named, not pseudo) queue past `queue_capacity`
+    /// is left out, and the offer answers [`Offered::Partly`] naming that
+    /// queue: one child that never polls cannot fill what its siblings share.
     Offer {
         /// Records to queue.
         push: Vec<(String, SpoolRecord)>,
@@ -432,6 +435,8 @@ pub enum QueueOp {
         received: Option<(MessageId, Timestamp)>,
         /// Bytes all queues together may hold.
         capacity: u64,
+        /// Bytes one named queue may hold.
+        queue_capacity: u64,
     },
     /// Removes these messages from `queue` (acknowledged); unknown IDs are ignored.
     Ack {
@@ -456,12 +461,38 @@ pub enum QueueOutcome {
 }
 
 /// What an offer did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Offered {
     /// Queued (durably) this many new entries.
     Queued(usize),
+    /// Queued (durably) this many new entries, and left out the entries
+    /// for these queues: each was at its `queue_capacity`.
+    Partly {
+        /// Entries queued.
+        queued: usize,
+        /// Queues that were full, sorted, once each.
+        over_quota: Vec<String>,
+    },
     /// The received ID was seen before; nothing queued.
     Duplicate,
+}
+
+impl Offered {
+    /// Entries queued.
+    pub fn queued(&self) -> usize {
+        match self {
+            Offered::Queued(n) | Offered::Partly { queued: n, .. } => *n,
+            Offered::Duplicate => 0,
+        }
+    }
+
+    /// Queues whose entries were left out (at their `queue_capacity`).
+    pub fn over_quota(&self) -> &[String] {
+        match self {
+            Offered::Partly { over_quota, .. } => over_quota,
+            _ => &[],
+        }
+    }
 }
 
 /// What [`QueueStore::lease`] handed out.

@@ -19,6 +19,7 @@ struct Slot {
 struct Queue {
     entries: BTreeMap<SpoolKey, Slot>,
     by_id: HashMap<MessageId, SpoolKey>,
+    bytes: u64,
 }
 
 impl Queue {
@@ -39,8 +40,9 @@ pub(super) struct QueueIndex {
 
 /// An offer checked against the index: what to write, or why not.
 pub(super) enum Planned {
-    /// Write these records (and the mark).
-    Write(Vec<(String, SpoolRecord)>),
+    /// Write these records (and the mark); the queues named were at
+    /// their capacity, their records are left out.
+    Write(Vec<(String, SpoolRecord)>, Vec<String>),
     /// Already received.
     Duplicate,
     /// Over capacity.
@@ -54,12 +56,14 @@ pub(super) struct Pending {
     marked: HashSet<MessageId>,
     pushed: HashSet<(String, MessageId)>,
     bytes: u64,
+    per_queue: HashMap<String, u64>,
 }
 
 impl QueueIndex {
     pub(super) fn insert(&mut self, queue: String, key: SpoolKey, record: SpoolRecord) {
         self.bytes += record.size();
         let q = self.queues.entry(queue).or_default();
+        q.bytes += record.size();
         q.by_id.insert(record.id, key);
         q.entries.insert(
             key,
@@ -80,6 +84,7 @@ impl QueueIndex {
         let key = q.by_id.remove(id)?;
         if let Some(slot) = q.entries.remove(&key) {
             self.bytes -= slot.record.size();
+            q.bytes -= slot.record.size();
         }
         if q.entries.is_empty() {
             self.queues.remove(queue);
@@ -105,6 +110,7 @@ impl QueueIndex {
         push: Vec<(String, SpoolRecord)>,
         received: Option<MessageId>,
         capacity: u64,
+        queue_capacity: u64,
         now: Timestamp,
         pending: &mut Pending,
     ) -> Planned {
@@ -114,18 +120,41 @@ impl QueueIndex {
             }
         }
         let mut mine = Vec::with_capacity(push.len());
+        let mut over = Vec::new();
         let mut size = 0u64;
+        let mut per_queue: HashMap<&str, u64> = HashMap::new();
+        for (q, r) in &push {
+            let held = self
+                .queues
+                .get(q)
+                .is_some_and(|x| x.by_id.contains_key(&r.id));
+            if held || pending.pushed.contains(&(q.clone(), r.id)) {
+                continue;
+            }
+            if !is_pseudo(q) {
+                let now_held = self.queues.get(q).map_or(0, |x| x.bytes)
+                    + pending.per_queue.get(q).copied().unwrap_or(0)
+                    + per_queue.get(q.as_str()).copied().unwrap_or(0);
+                if now_held + r.size() > queue_capacity {
+                    over.push(q.clone());
+                    continue;
+                }
+                *per_queue.entry(q).or_default() += r.size();
+            }
+            size += r.size();
+        }
         for (q, r) in push {
             let held = self
                 .queues
                 .get(&q)
                 .is_some_and(|x| x.by_id.contains_key(&r.id));
-            if held || pending.pushed.contains(&(q.clone(), r.id)) {
+            if held || pending.pushed.contains(&(q.clone(), r.id)) || over.contains(&q) {
                 continue;
             }
-            size += r.size();
             mine.push((q, r));
         }
+        over.sort_unstable();
+        over.dedup();
         let used = self.bytes + pending.bytes;
         if used + size > capacity {
             return Planned::Full(StoreError::Full {
@@ -135,13 +164,18 @@ impl QueueIndex {
             });
         }
         pending.bytes += size;
+        for (q, r) in &mine {
+            if !is_pseudo(q) {
+                *pending.per_queue.entry(q.clone()).or_default() += r.size();
+            }
+        }
         pending
             .pushed
             .extend(mine.iter().map(|(q, r)| (q.clone(), r.id)));
         if let Some(id) = received {
             pending.marked.insert(id);
         }
-        Planned::Write(mine)
+        Planned::Write(mine, over)
     }
 
     pub(super) fn lease(

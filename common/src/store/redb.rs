@@ -782,7 +782,7 @@ impl QueueStore for RedbQueues {
         let mut outcomes = Vec::with_capacity(ops.len());
         let (mut push, mut remove, mut mark) = (Vec::new(), Vec::new(), Vec::new());
         // Per offer that will be written: its outcome slot and its pushes.
-        let mut offers: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        let mut offers: Vec<(usize, std::ops::Range<usize>, Vec<String>)> = Vec::new();
         {
             let mut index = self.index();
             let mut pending = Pending::default();
@@ -792,16 +792,24 @@ impl QueueStore for RedbQueues {
                         push: p,
                         received,
                         capacity,
-                    } => match index.plan(p, received.map(|r| r.0), capacity, now, &mut pending) {
+                        queue_capacity,
+                    } => match index.plan(
+                        p,
+                        received.map(|r| r.0),
+                        capacity,
+                        queue_capacity,
+                        now,
+                        &mut pending,
+                    ) {
                         Planned::Duplicate => {
                             outcomes.push(QueueOutcome::Offered(Ok(Offered::Duplicate)))
                         }
                         Planned::Full(e) => outcomes.push(QueueOutcome::Offered(Err(e))),
-                        Planned::Write(mine) => {
+                        Planned::Write(mine, over) => {
                             let start = push.len();
                             push.extend(mine);
                             mark.extend(received);
-                            offers.push((outcomes.len(), start..push.len()));
+                            offers.push((outcomes.len(), start..push.len(), over));
                             outcomes.push(QueueOutcome::Offered(Ok(Offered::Queued(0))));
                         }
                     },
@@ -831,8 +839,15 @@ impl QueueStore for RedbQueues {
         for (id, until) in mark {
             index.mark(id, until);
         }
-        for (slot, range) in offers {
-            outcomes[slot] = QueueOutcome::Offered(Ok(Offered::Queued(range.len())));
+        for (slot, range, over_quota) in offers {
+            outcomes[slot] = QueueOutcome::Offered(Ok(if over_quota.is_empty() {
+                Offered::Queued(range.len())
+            } else {
+                Offered::Partly {
+                    queued: range.len(),
+                    over_quota,
+                }
+            }));
         }
         for ((q, r), k) in push.into_iter().zip(keys) {
             index.insert(q, k, r);
