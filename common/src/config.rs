@@ -44,12 +44,41 @@ impl ConfigError {
 /// # Errors
 /// Unreadable file, TOML syntax, unknown or missing keys (with line numbers).
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    parse(path, &read(path)?)
+}
+
+/// Reads a config file's text.
+///
+/// # Errors
+/// An unreadable file, or one larger than 1 MiB (no config is).
+pub fn read(path: &Path) -> Result<String, ConfigError> {
     let err = |reason: String| ConfigError {
         path: path.to_path_buf(),
         reason,
     };
-    let s = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    toml::from_str(&s).map_err(|e| err(e.to_string()))
+    let len = std::fs::metadata(path)
+        .map_err(|e| err(e.to_string()))?
+        .len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(err(format!(
+            "{len} bytes; a config is at most {MAX_CONFIG_BYTES}"
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| err(e.to_string()))
+}
+
+/// Largest config file.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Parses the TOML `text` of the config file at `path` (named in errors).
+///
+/// # Errors
+/// TOML syntax, unknown or missing keys (with line numbers).
+pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// `[uplink]`: how a child reaches its parent.

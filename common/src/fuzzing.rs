@@ -130,3 +130,85 @@ pub fn rules(data: &[u8]) {
         }
     }
 }
+
+/// Mutations [`smoke`] tries.
+pub const MUTATIONS: usize = 3000;
+
+fn seeds(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v.truncate(200);
+    assert!(!v.is_empty(), "no seeds in {}", dir.display());
+    v
+}
+
+fn mutate(rng: &mut fastrand::Rng, pool: &[Vec<u8>]) -> Vec<u8> {
+    let mut b = pool[rng.usize(..pool.len())].clone();
+    for _ in 0..rng.usize(1..6) {
+        match rng.u8(..5) {
+            0 if !b.is_empty() => {
+                let i = rng.usize(..b.len());
+                b[i] = rng.u8(..);
+            }
+            1 if !b.is_empty() => {
+                let i = rng.usize(..b.len());
+                b.truncate(i);
+            }
+            2 if !b.is_empty() => {
+                let (i, j) = (rng.usize(..b.len()), rng.usize(..b.len()));
+                let (lo, hi) = (i.min(j), i.max(j));
+                let chunk = b[lo..hi].to_vec();
+                b.splice(hi..hi, chunk);
+            }
+            3 => {
+                let other = &pool[rng.usize(..pool.len())];
+                if !other.is_empty() {
+                    let i = rng.usize(..other.len());
+                    b.extend_from_slice(&other[i..]);
+                }
+            }
+            _ => b.insert(rng.usize(..=b.len()), rng.u8(..)),
+        }
+    }
+    b
+}
+
+/// Runs `property` over the seed corpus in `dir` and [`MUTATIONS`]
+/// mutations of it (bytes flipped, cut, repeated and spliced, from a fixed
+/// seed, so a failure repeats): the CI smoke run of a fuzz target, on
+/// stable Rust.
+///
+/// # Panics
+/// If `dir` has no seeds, or `property` panics.
+pub fn smoke(dir: &std::path::Path, property: impl Fn(&[u8])) {
+    let pool = seeds(dir);
+    for s in &pool {
+        property(s);
+    }
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    for _ in 0..MUTATIONS {
+        property(&mutate(&mut rng, &pool));
+    }
+}
+
+/// A node's config file: parsed and checked with every problem naming the
+/// file, never a panic. `parse` is the node's `Config::parse`.
+pub fn config<T, E: std::fmt::Display>(
+    data: &[u8],
+    parse: impl Fn(&std::path::Path, &str) -> Result<T, E>,
+) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = std::path::Path::new("node.toml");
+    if let Err(e) = parse(path, text) {
+        let e = e.to_string();
+        assert!(e.starts_with("node.toml: "), "{e}");
+    }
+}

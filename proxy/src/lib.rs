@@ -169,7 +169,16 @@ impl Config {
     /// # Errors
     /// Every problem, with the file name.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let mut c: Config = config::load(path)?;
+        Self::parse(path, &config::read(path)?)
+    }
+
+    /// [`Config::load`] of the text of the file at `path` (named in
+    /// errors; files it names are read relative to it).
+    ///
+    /// # Errors
+    /// Every problem, with the file name.
+    pub fn parse(path: &std::path::Path, text: &str) -> Result<Config, ConfigError> {
+        let mut c: Config = config::parse(path, text)?;
         c.source = Some(path.to_path_buf());
         let mut errors = Vec::new();
         c.uplink.validate(&mut errors);
