@@ -138,6 +138,14 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         backchannel: backchannel.clone(),
         groups: Arc::new(Groups::new(kv.clone())),
         deliveries: deliveries.clone(),
+        control_key: cfg
+            .releases
+            .key
+            .as_deref()
+            .map(rsnet_common::release::ReleaseKey::load)
+            .transpose()
+            .map_err(|e| rsnet_common::Error::Setup(e.to_string()))?
+            .map(Arc::new),
     });
     let uploads = uploads::Uploads::open(
         &cfg.uploads,

@@ -29,6 +29,9 @@ pub struct Outbound {
     pub groups: Arc<Groups>,
     /// Delivery records.
     pub deliveries: Arc<Deliveries>,
+    /// The release key, which seals control actions ([`rsnet_common::seal`]);
+    /// without it control actions are refused.
+    pub control_key: Option<Arc<rsnet_common::release::ReleaseKey>>,
 }
 
 impl Outbound {
@@ -100,7 +103,21 @@ impl Outbound {
             qos,
             routing: Vec::new(),
         };
-        let content = Bytes::from(wire::encode_content(&built.content));
+        let mut header = header;
+        let content = if header.class == rsnet_common::control::CLASS {
+            // Sealed for exactly these destinations: no MLM can make one up,
+            // change it, or hand it to another node.
+            let Some(key) = &self.control_key else {
+                return Err(Error::Invalid(
+                    "control actions are signed with the release key, and this appserver has none ([releases] key)".into(),
+                ));
+            };
+            let sealed = rsnet_common::seal::seal(key, &mut header, &built.content, &dests)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            Bytes::from(wire::encode_content(&sealed))
+        } else {
+            Bytes::from(wire::encode_content(&built.content))
+        };
         // Refused now, or it travels: a copy too large for a reply's part
         // would make every reply to that child undecodable.
         budget::check(wire::encode_header(&header).len(), content.len(), 0)?;

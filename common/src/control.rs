@@ -94,7 +94,28 @@ pub async fn run_pending(
             crate::model::Direction::Source(_) => Vec::new(),
         };
         for dest in &dests {
-            let answer = act(node, dest, &item).await;
+            // Carried out only as the appserver sealed it, for this destination.
+            let opened = crate::seal::open(
+                node.control_key(),
+                &item.header,
+                &item.content,
+                dest,
+                crate::model::Timestamp::now(),
+            );
+            let answer = match opened {
+                Ok((kind, content)) => {
+                    let mut header = item.header.clone();
+                    header.kind = kind;
+                    act(node, dest, &Item { header, content }).await
+                }
+                Err(e) => {
+                    tracing::warn!(message = %item.header.id, %dest, reason = %e, "control action refused");
+                    Response::rejected(
+                        item.header.id,
+                        format!("control action not carried out: {e}"),
+                    )
+                }
+            };
             reports.push(crate::model::Message::response(
                 dest,
                 crate::model::PROCESSED,
@@ -118,6 +139,11 @@ pub async fn run_pending(
 pub trait Controlled: Send + Sync + 'static {
     /// This node's ID.
     fn id(&self) -> &ComponentId;
+    /// The key the appserver's seal on a control action is checked with
+    /// (none: every control action is refused).
+    fn control_key(&self) -> Option<&crate::release::ReleasePublicKey> {
+        None
+    }
     /// Spools a heartbeat now; returns a one-line summary.
     fn heartbeat_now(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
     /// The node's config file as text.
@@ -160,6 +186,9 @@ pub struct NodeBase {
     pub tree: Box<dyn Fn() -> crate::heartbeat::StatusTree + Send + Sync>,
     /// Its config loader, run on a candidate file before `set-config` saves it.
     pub validate: fn(&Path) -> Result<(), String>,
+    /// The release public key: a control action is carried out only if
+    /// the appserver sealed it with the release key ([`crate::seal`]).
+    pub control_key: Option<crate::release::ReleasePublicKey>,
 }
 
 impl NodeBase {
@@ -188,6 +217,9 @@ impl NodeBase {
 impl Controlled for NodeBase {
     fn id(&self) -> &ComponentId {
         &self.me
+    }
+    fn control_key(&self) -> Option<&crate::release::ReleasePublicKey> {
+        self.control_key.as_ref()
     }
     fn heartbeat_now(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
         Box::pin(self.heartbeat(""))

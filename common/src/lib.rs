@@ -41,6 +41,7 @@ pub mod pipeline;
 pub mod qos;
 pub mod ready;
 pub mod release;
+pub mod seal;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -226,6 +226,11 @@ impl ReleaseKey {
         ReleasePublicKey(k)
     }
 
+    /// Signs `msg` (the caller puts a domain of its own in front).
+    pub fn sign_bytes(&self, msg: &[u8]) -> Vec<u8> {
+        self.0.sign(msg).as_ref().to_vec()
+    }
+
     /// Signs a manifest after checking it.
     ///
     /// # Errors
@@ -281,6 +286,13 @@ impl ReleasePublicKey {
         Self::from_text(&t).map_err(|e| ReleaseError::Key(format!("{}: {e}", path.display())))
     }
 
+    /// Does `sig` verify `msg` ([`ReleaseKey::sign_bytes`])?
+    pub fn verify_bytes(&self, msg: &[u8], sig: &[u8]) -> bool {
+        UnparsedPublicKey::new(&ED25519, &self.0)
+            .verify(msg, sig)
+            .is_ok()
+    }
+
     /// The manifest, if the signature verifies and the manifest keeps every rule.
     ///
     /// # Errors
@@ -295,6 +307,14 @@ impl ReleasePublicKey {
         signed.manifest.validate()?;
         Ok(&signed.manifest)
     }
+}
+
+/// Reads `[releases] public_key`, if set.
+///
+/// # Errors
+/// [`ReleaseError::Key`], naming the file.
+pub fn load_public(path: Option<&Path>) -> Result<Option<ReleasePublicKey>, ReleaseError> {
+    path.map(ReleasePublicKey::load).transpose()
 }
 
 /// The class of release offers and reports.

@@ -284,6 +284,8 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         config: cfg.source.clone(),
         tree: Box::new(tree.clone()),
         validate: |f| Config::load(f).map(|_| ()).map_err(|e| e.to_string()),
+        control_key: rsnet_common::release::load_public(cfg.releases.public_key.as_deref())
+            .map_err(|e| rsnet_common::Error::Setup(e.to_string()))?,
     });
     // Control actions left pending by a crash are carried out now (see control docs).
     rsnet_common::control::run_pending(bc.queues(), node.as_ref(), &outbox).await;

@@ -131,10 +131,7 @@ impl ReleaseCache {
         rules: Arc<rsnet_common::pipeline::rules::Rules>,
         metrics: &Registry,
     ) -> rsnet_common::Result<Arc<ReleaseCache>> {
-        let key = match &cfg.public_key {
-            Some(p) => Some(release::ReleasePublicKey::load(p).map_err(|e| e.to_string())?),
-            None => None,
-        };
+        let key = release::load_public(cfg.public_key.as_deref()).map_err(|e| e.to_string())?;
         let dir = data_dir.join("releases");
         std::fs::create_dir_all(&dir)?;
         Ok(Arc::new(ReleaseCache {

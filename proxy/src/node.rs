@@ -51,6 +51,9 @@ impl Controlled for ProxyNode {
     fn id(&self) -> &ComponentId {
         self.base.id()
     }
+    fn control_key(&self) -> Option<&rsnet_common::release::ReleasePublicKey> {
+        self.base.control_key()
+    }
 
     fn heartbeat_now(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
         Box::pin(async move {

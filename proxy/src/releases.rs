@@ -134,10 +134,8 @@ impl Releases {
         outbox: Arc<Outbox>,
         queues: Arc<Queues>,
     ) -> rsnet_common::Result<Arc<Releases>> {
-        let key = match &cfg.public_key {
-            Some(p) => Some(ReleasePublicKey::load(p).map_err(|e| e.to_string())?),
-            None => None,
-        };
+        let key = rsnet_common::release::load_public(cfg.public_key.as_deref())
+            .map_err(|e| e.to_string())?;
         let dir = data_dir.join("releases");
         std::fs::create_dir_all(&dir)?;
         Ok(Arc::new(Releases {

@@ -451,6 +451,8 @@ pub struct FakeParent {
     pub addr: std::net::SocketAddr,
     /// Release reports received: (origin, report).
     pub reports: Arc<std::sync::Mutex<Vec<(String, rsnet_common::release::Report)>>>,
+    /// Delivery and processing reports received: (origin, response).
+    pub responses: Arc<std::sync::Mutex<Vec<(String, rsnet_common::model::Response)>>>,
     down: Arc<
         std::sync::Mutex<std::collections::HashMap<String, Vec<rsnet_common::store::SpoolRecord>>>,
     >,
@@ -469,12 +471,13 @@ impl FakeParent {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let reports: Arc<Mutex<Vec<_>>> = Arc::default();
+        let responses: Arc<Mutex<Vec<_>>> = Arc::default();
         let down: Arc<Mutex<std::collections::HashMap<String, Vec<_>>>> = Arc::default();
         let file = Bytes::from(file);
-        let (reps, dn) = (reports.clone(), down.clone());
+        let (reps, resps, dn) = (reports.clone(), responses.clone(), down.clone());
         let handler = move |req: http::Request<hyper::body::Incoming>,
                             peer: Arc<rsnet_common::server::Peer>| {
-            let (reps, dn, file) = (reps.clone(), dn.clone(), file.clone());
+            let (reps, resps, dn, file) = (reps.clone(), resps.clone(), dn.clone(), file.clone());
             async move {
                 let who = peer
                     .identity
@@ -500,6 +503,14 @@ impl FakeParent {
                     Err(e) => return error(e.status(), e),
                 };
                 for i in &d.items {
+                    if let (Ok(rsnet_common::model::Content::Response(r)), Some(src)) =
+                        (i.content(), i.header.source())
+                    {
+                        resps
+                            .lock()
+                            .expect("lock")
+                            .push((src.origin.to_string(), r));
+                    }
                     if i.header.class == rsnet_common::release::CLASS {
                         if let (Ok(c), Some(src)) = (i.content(), i.header.source()) {
                             if let Some(r) = rsnet_common::release::Report::of(&c) {
@@ -539,6 +550,7 @@ impl FakeParent {
         FakeParent {
             addr,
             reports,
+            responses,
             down,
             _stop: stop,
         }

@@ -117,7 +117,7 @@ async fn a_50_mb_release_to_20_proxies_under_2_mlms_is_served_twice_by_the_appse
             .map(|i| (format!("p{i}"), Some(usize::from(i > 10))))
             .collect(),
         heartbeat_s: 3600,
-        mlm_extra: "[releases]\nkeep_s = 0\n".into(),
+        mlm_releases_extra: "keep_s = 0\n".into(),
         ..Spec::demo()
     };
     let tree = start("rollout-20", &spec);

@@ -322,3 +322,128 @@ async fn a_renewed_certificate_is_used_without_a_restart() {
     let log = std::fs::read_to_string(&tree.nodes[p1].log).unwrap();
     assert!(log.contains("own certificate renewed"), "the proxy says so");
 }
+
+/// A control action `action` for `to`, as a hostile MLM would hand it down.
+fn control_for(to: &str, action: &str) -> Message {
+    use rsnet_common::model::{Destination, Direction};
+    let mut m = Message::forward(
+        "acme.evil".parse().unwrap(),
+        rsnet_common::control::CLASS,
+        Some(action),
+        Content::Data(Data {
+            mime: "text/plain".into(),
+            encoding: Encoding::Text,
+            payload: bytes::Bytes::new(),
+        }),
+    );
+    m.header.direction = Direction::Destination(Destination {
+        ids: vec![to.parse().unwrap()],
+        group: None,
+    });
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_action_is_carried_out_only_as_the_appserver_sealed_it() {
+    let spec = Spec {
+        mlms: vec![],
+        proxies: vec![],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let mut tree = start("trust-sealed-control", &spec);
+    // A compromised MLM above two proxies.
+    let f = tree.pki.issue("acme.evil", Role::Mlm, &[], &[]).unwrap();
+    let fake = rsnet_tests::FakeParent::start(
+        TlsPaths {
+            ca: tree.pki.ca(),
+            cert: f.cert,
+            key: f.key,
+            crl: None,
+        },
+        Vec::new(),
+    )
+    .await;
+    let url = format!("https://127.0.0.1:{}", fake.addr.port());
+    let mut idx = Vec::new();
+    for p in ["p1", "p2"] {
+        let i = tokio::task::block_in_place(|| {
+            let i = tree.add_proxy(&spec, p, "acme.evil", &url)?;
+            tree.launch(i).map(|_| i)
+        })
+        .unwrap();
+        idx.push(i);
+    }
+    let answer = |from: &'static str, id: rsnet_common::id::MessageId| {
+        let fake = &fake;
+        async move {
+            wait_for(&format!("{from}'s answer to {id}"), LONG, || async {
+                let r = fake.responses.lock().unwrap().clone();
+                r.into_iter()
+                    .find(|(o, r)| o == from && r.request == id)
+                    .map(|(_, r)| r)
+            })
+            .await
+        }
+    };
+    let forwarding = |i: usize| {
+        let tree = &tree;
+        async move { proxy_status(tree, i).await.unwrap()["forwarding"].clone() }
+    };
+    // 1. Made up by the MLM: refused, and nothing changes.
+    let made_up = control_for("acme.p1", "disable-forwarding");
+    fake.offer("acme.p1", &made_up);
+    let r = answer("acme.p1", made_up.header.id).await;
+    assert_eq!(r.status, Status::Rejected, "{r:?}");
+    assert!(
+        r.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("not signed by the appserver"),
+        "{r:?}"
+    );
+    assert_eq!(forwarding(idx[0]).await, "on");
+    // 2. Sealed by the appserver for acme.p1, handed to acme.p2: refused.
+    let key = rsnet_common::release::ReleaseKey::load(&tree.pki.release_key()).unwrap();
+    let mut genuine = control_for("acme.p1", "disable-forwarding");
+    let original = genuine.content.clone();
+    let sealed = rsnet_common::seal::seal(
+        &key,
+        &mut genuine.header,
+        &original,
+        &["acme.p1".parse().unwrap()],
+    )
+    .unwrap();
+    genuine.content = sealed;
+    let mut replayed = genuine.clone();
+    replayed.header.direction =
+        rsnet_common::model::Direction::Destination(rsnet_common::model::Destination {
+            ids: vec!["acme.p2".parse().unwrap()],
+            group: None,
+        });
+    fake.offer("acme.p2", &replayed);
+    let r = answer("acme.p2", replayed.header.id).await;
+    assert_eq!(r.status, Status::Rejected, "{r:?}");
+    assert!(
+        r.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("did not address it to acme.p2"),
+        "{r:?}"
+    );
+    assert_eq!(forwarding(idx[1]).await, "on");
+    // 3. Changed on the way (another action under the same seal): refused.
+    let mut changed = genuine.clone();
+    changed.header.subclass = Some("enable-forwarding".into());
+    changed.header.id = rsnet_common::id::MessageId::new();
+    fake.offer("acme.p1", &changed);
+    let r = answer("acme.p1", changed.header.id).await;
+    assert_eq!(r.status, Status::Rejected, "{r:?}");
+    // 4. As sealed, to whom it was sealed for: carried out (and its report
+    // waits in the spool, as forwarding is off now).
+    fake.offer("acme.p1", &genuine);
+    wait_for("acme.p1 to stop forwarding", LONG, || async {
+        (forwarding(idx[0]).await == "off").then_some(())
+    })
+    .await;
+}

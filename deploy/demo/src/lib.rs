@@ -55,6 +55,8 @@ pub struct Spec {
     pub mlm_extra: String,
     /// Extra top-level lines for every MLM, before any section (e.g. `rules_file`).
     pub mlm_top: String,
+    /// Extra `[releases]` lines for MLMs (the section holds the public key).
+    pub mlm_releases_extra: String,
     /// Extra sections for the appserver (e.g. `[backchannel]`).
     pub appserver_extra: String,
     /// `[releases] max_bytes` of the appserver (default: the appserver's own).
@@ -80,6 +82,7 @@ impl Spec {
             mlm_uplink_extra: String::new(),
             mlm_extra: String::new(),
             mlm_top: String::new(),
+            mlm_releases_extra: String::new(),
             appserver_extra: String::new(),
             release_max_bytes: None,
         }
@@ -233,8 +236,11 @@ impl Tree {
             let t = tls_for(&mlm_ids[i], Role::Mlm)?;
             let hb = spec.heartbeat_s;
             let (up, extra, top) = (&spec.mlm_uplink_extra, &spec.mlm_extra, &spec.mlm_top);
+            // `[releases]` last (the release public key checks releases and
+            // sealed control actions), so a test may append keys to it.
+            let (public, rel) = (tree.pki.release_pub(), &spec.mlm_releases_extra);
             tree.add(mlm_ids[i].clone(), Role::Mlm, Some(parent_id), |data| {
-                format!("data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\nheartbeat_interval_s = {hb}\n{top}\n{}\n[uplink]\nparents = [\"{url}\"]\n{up}\n{extra}\n", tls_toml(&t))
+                format!("data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\nheartbeat_interval_s = {hb}\n{top}\n{}\n[uplink]\nparents = [\"{url}\"]\n{up}\n{extra}\n[releases]\npublic_key = {public:?}\n{rel}\n", tls_toml(&t))
             })?;
             let n = tree.nodes.len() - 1;
             tree.launch(n)?;
