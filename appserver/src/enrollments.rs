@@ -140,6 +140,10 @@ pub struct Enrolled {
     pub cert_valid_s: u64,
     /// Serials (hex) of its latest certificates, newest last.
     pub serials: Vec<String>,
+    /// SHA-256 (hex) of its latest certificates, newest last: a renewal
+    /// must prove it holds the key of one of these.
+    #[serde(default)]
+    pub certs: Vec<String>,
     /// When enrolled and last renewed.
     pub enrolled: Timestamp,
     /// When last renewed.
@@ -311,7 +315,11 @@ impl Enrollments {
                     scopes: tok.scopes.clone(),
                     hosts: r.hosts.clone(),
                     cert_valid_s: tok.cert_valid_s,
-                    serials: prior.map(|p| p.serials).unwrap_or_default(),
+                    serials: prior
+                        .as_ref()
+                        .map(|p| p.serials.clone())
+                        .unwrap_or_default(),
+                    certs: prior.map(|p| p.certs).unwrap_or_default(),
                     enrolled: now,
                     renewed: None,
                     revoked: false,
@@ -319,12 +327,27 @@ impl Enrollments {
                 (record, Some(key), Some(tok))
             }
             None => {
-                let Some(serial) = r.serial.clone() else {
+                let Some(proof) = &r.proof else {
                     return Err(Refusal(
                         StatusCode::BAD_REQUEST,
-                        "a renewal needs the serial of the certificate it renews".into(),
+                        "a renewal carries a proof signed with the key of the certificate it renews".into(),
                     ));
                 };
+                let proven = enroll::check_proof(proof, &r.csr).map_err(forbidden)?;
+                if proven.identity.id != r.id || proven.identity.role != r.role {
+                    return Err(forbidden(format!(
+                        "the proof's certificate is for {}, not {}",
+                        proven.identity.id, r.id
+                    )));
+                }
+                // The first hop saw the node connect with this certificate.
+                if r.serial.as_ref().is_some_and(|s| *s != proven.serial) {
+                    return Err(forbidden(
+                        "the certificate in the proof is not the one the node connected with"
+                            .into(),
+                    ));
+                }
+                let serial = proven.serial.clone();
                 let Some(mut record) = prior else {
                     return Err(forbidden(format!(
                         "{} was not enrolled here (its certificate came from rsnet-certs issue): renew it with rsnet-certs, or enroll it with a token",
@@ -346,7 +369,7 @@ impl Enrollments {
                 let revoked_in_pki = pki
                     .is_revoked(&serial)
                     .map_err(|e| internal(e.to_string()))?;
-                if !record.serials.contains(&serial) || revoked_here || revoked_in_pki {
+                if !record.certs.contains(&proven.sha256) || revoked_here || revoked_in_pki {
                     return Err(forbidden(format!(
                         "certificate {serial} is not a current certificate of {}",
                         r.id
@@ -378,6 +401,11 @@ impl Enrollments {
         record.serials.push(serial.clone());
         let drop = record.serials.len().saturating_sub(KEEP_SERIALS);
         record.serials.drain(..drop);
+        record
+            .certs
+            .push(enroll::cert_sha256(&cert).map_err(internal)?);
+        let drop = record.certs.len().saturating_sub(KEEP_SERIALS);
+        record.certs.drain(..drop);
         let mut puts = vec![(enrolled_key, to_vec(&record)?)];
         if let (Some(k), Some(mut tok)) = (token_key, token) {
             tok.used = Some(now);

@@ -66,6 +66,108 @@ pub struct Request {
     /// with, written by the first hop (a node's own value is replaced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+    /// A renewal: the certificate being renewed, and a signature by its
+    /// key over the CSR ([`prove`]), so that no hop can renew on a node's
+    /// behalf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proof>,
+}
+
+/// Proof that a renewal comes from the holder of the certificate it renews.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proof {
+    /// The current certificate (PEM).
+    pub cert: String,
+    /// Its key's signature (ECDSA P-256, ASN.1, base64) over
+    /// [`PROOF_DOMAIN`] followed by the CSR's PEM text.
+    pub signature: String,
+}
+
+/// What a renewal proof's signature covers first.
+pub const PROOF_DOMAIN: &[u8] = b"rsnet-renewal-v1\n";
+
+/// A proof for `csr` by the holder of `cert_pem` and `key_pem`.
+///
+/// # Errors
+/// A key that cannot sign.
+pub fn prove(key_pem: &str, cert_pem: &str, csr: &str) -> Result<Proof, String> {
+    use base64::Engine;
+    let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| format!("key: {e}"))?;
+    let mut msg = PROOF_DOMAIN.to_vec();
+    msg.extend_from_slice(csr.as_bytes());
+    let sig = rcgen::SigningKey::sign(&key, &msg).map_err(|e| format!("key: {e}"))?;
+    Ok(Proof {
+        cert: cert_pem.to_string(),
+        signature: base64::engine::general_purpose::STANDARD.encode(sig),
+    })
+}
+
+/// What a checked proof shows: the certificate's SHA-256 (hex), its
+/// serial (hex) and the identity in it.
+#[derive(Debug, Clone)]
+pub struct Proven {
+    /// SHA-256 of the certificate's DER, hex.
+    pub sha256: String,
+    /// Its serial, hex.
+    pub serial: String,
+    /// Whom it names.
+    pub identity: Identity,
+}
+
+/// Checks `proof` for `csr`: the signature verifies under the key of the
+/// certificate it carries. (Whether that certificate is a current one of
+/// the component is the caller's question: compare [`Proven::sha256`].)
+///
+/// # Errors
+/// Why the proof does not hold.
+pub fn check_proof(proof: &Proof, csr: &str) -> Result<Proven, String> {
+    use base64::Engine;
+    use rustls_pki_types::pem::PemObject;
+    if proof.cert.len() > MAX_CSR_BYTES {
+        return Err("proof: the certificate is too large".into());
+    }
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(proof.cert.as_bytes())
+        .map_err(|e| format!("proof: certificate: {e}"))?;
+    let identity = Identity::from_der(&der).map_err(|e| format!("proof: certificate: {e}"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| format!("proof: certificate: {e}"))?;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(&proof.signature)
+        .map_err(|_| "proof: the signature is not base64".to_string())?;
+    let mut msg = PROOF_DOMAIN.to_vec();
+    msg.extend_from_slice(csr.as_bytes());
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        cert.public_key().subject_public_key.data.as_ref(),
+    )
+    .verify(&msg, &sig)
+    .map_err(|_| "proof: the signature does not verify with the certificate's key".to_string())?;
+    let sha = {
+        let mut h = sha2::Sha256::default();
+        sha2::Digest::update(&mut h, der.as_ref());
+        hex(&sha2::Digest::finalize(h))
+    };
+    Ok(Proven {
+        sha256: sha,
+        serial: crate::tls::serial_of(&der)
+            .map(|s| hex(&s))
+            .unwrap_or_default(),
+        identity,
+    })
+}
+
+/// SHA-256 (hex) of a certificate PEM's DER, as [`Proven::sha256`].
+///
+/// # Errors
+/// If it is not a certificate PEM.
+pub fn cert_sha256(cert_pem: &str) -> Result<String, String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| format!("certificate: {e}"))?;
+    let mut h = sha2::Sha256::default();
+    sha2::Digest::update(&mut h, der.as_ref());
+    Ok(hex(&sha2::Digest::finalize(h)))
 }
 
 /// The appserver's answer.
@@ -446,7 +548,10 @@ pub async fn renew_until_shutdown(
 /// Why it did not happen, as text.
 pub async fn renew_once(link: &crate::link::Link, paths: &TlsPaths) -> Result<ComponentId, String> {
     let me = crate::tls::own_identity(paths).map_err(|e| e.to_string())?;
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    let (current_key, current_cert) = (read(&paths.key)?, read(&paths.cert)?);
     let (key, csr) = new_key_and_csr(&me.id)?;
+    let proof = prove(&current_key, &current_cert, &csr)?;
     let req = Request {
         id: me.id.clone(),
         role: me.role,
@@ -454,6 +559,7 @@ pub async fn renew_once(link: &crate::link::Link, paths: &TlsPaths) -> Result<Co
         token: None,
         hosts: vec![],
         serial: None,
+        proof: Some(proof),
     };
     let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
     let resp = tokio::time::timeout(
@@ -498,6 +604,7 @@ pub async fn enroll(
         token: Some(token.to_string()),
         hosts: hosts.to_vec(),
         serial: None,
+        proof: None,
     };
     let config = crate::tls::anonymous_client_config(ca).map_err(|e| e.to_string())?;
     let target = crate::client::Target::Tls {
@@ -651,6 +758,7 @@ mod tests {
             csr: "csr".into(),
             hosts: vec![],
             serial: Some("ff".into()),
+            proof: None,
         }
     }
 

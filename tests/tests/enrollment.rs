@@ -216,6 +216,59 @@ async fn a_proxy_enrolls_with_a_token_sends_renews_in_place_and_is_revoked() {
     })
     .await;
 
+    // Its MLM cannot renew it on its behalf: it has not the proxy's key.
+    let mlm_tls = TlsPaths {
+        ca: tree.pki.ca(),
+        cert: tree.dir.join("pki/issued/acme.mlm1.pem"),
+        key: tree.dir.join("pki/issued/acme.mlm1.key"),
+        crl: None,
+    };
+    let as_mlm = rsnet_common::client::Target::Tls {
+        base: tree.url("provider.app").unwrap(),
+        config: std::sync::Arc::new(rsnet_common::tls::client_config(&mlm_tls).unwrap()),
+    };
+    let id: rsnet_common::id::ComponentId = "acme.p9".parse().unwrap();
+    let (_, csr) = rsnet_common::enroll::new_key_and_csr(&id).unwrap();
+    let serial = rsnet_common::enroll::hex(&serial_of(&home.join("tls/cert.pem")));
+    let mlm_key = std::fs::read_to_string(&mlm_tls.key).unwrap();
+    let mlm_cert = std::fs::read_to_string(&mlm_tls.cert).unwrap();
+    let proxy_cert = std::fs::read_to_string(home.join("tls/cert.pem")).unwrap();
+    for (proof, why) in [
+        (None, "a renewal carries a proof"),
+        (
+            Some(rsnet_common::enroll::prove(&mlm_key, &mlm_cert, &csr).unwrap()),
+            "is for acme.mlm1",
+        ),
+        // The proxy's certificate with a signature by another key.
+        (
+            Some(rsnet_common::enroll::prove(&mlm_key, &proxy_cert, &csr).unwrap()),
+            "does not verify",
+        ),
+    ] {
+        let req = rsnet_common::enroll::Request {
+            id: id.clone(),
+            role: Role::Proxy,
+            csr: csr.clone(),
+            token: None,
+            hosts: vec![],
+            serial: Some(serial.clone()),
+            proof,
+        };
+        let (status, body) = rsnet_common::client::call(
+            &as_mlm,
+            http::Method::POST,
+            rsnet_common::enroll::ENROLL_PATH,
+            Some(("application/json", serde_json::to_vec(&req).unwrap().into())),
+        )
+        .await
+        .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            status.is_client_error() && body.contains(why),
+            "{status} {body}"
+        );
+    }
+
     // Revocation through the operator API: certificates, enrollment, the
     // open token made for a re-install.
     let spare = token(&tree, &["--id", "acme.p9"]);
