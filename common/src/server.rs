@@ -2,7 +2,8 @@
 //!
 //! Each accepted connection gets a [`Peer`] (address and, under mTLS, the
 //! verified [`Identity`]) that is handed to every request on it; handlers
-//! never look at certificates themselves. Slow peers are bounded here:
+//! never look at certificates themselves. Every request is checked against
+//! the CRL as it is now, and one in progress ends when its peer is revoked. Slow peers are bounded here:
 //! the TLS handshake by [`HANDSHAKE_TIMEOUT`], request heads by
 //! [`HEADER_READ_TIMEOUT`], and the number of open connections by a semaphore.
 
@@ -46,6 +47,24 @@ impl Peer {
             .as_ref()
             .is_some_and(|(serial, r)| r.is_revoked(serial))
     }
+
+    /// Resolves once the peer's certificate is revoked (never, without one).
+    pub async fn until_revoked(&self) {
+        match &self.revocation {
+            Some((serial, r)) => r.until_revoked(serial).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The answer to a revoked peer: 403, and the connection closed.
+fn revoked_response() -> Response<Body> {
+    let mut r = crate::http_util::error(http::StatusCode::FORBIDDEN, "certificate revoked");
+    r.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    r
 }
 
 /// A signal that tells servers and loops to stop.
@@ -288,6 +307,7 @@ where
         let stranger = peer.anonymous && req.uri().path() != crate::enroll::ENROLL_PATH;
         let fut = (!revoked && !stranger).then(|| handler(req, peer.clone()));
         let who = peer.identity.as_ref().map(|i| i.id.to_string());
+        let peer = peer.clone();
         async move {
             if stranger {
                 let mut r = crate::http_util::error(
@@ -302,15 +322,17 @@ where
             }
             let Some(fut) = fut else {
                 tracing::warn!(peer = ?who, "request from a revoked certificate refused; connection closed");
-                let mut r =
-                    crate::http_util::error(http::StatusCode::FORBIDDEN, "certificate revoked");
-                r.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-                return Ok::<_, std::convert::Infallible>(r);
+                return Ok::<_, std::convert::Infallible>(revoked_response());
             };
-            Ok::<_, std::convert::Infallible>(fut.await)
+            // A request in progress (a held long-poll, an upload streaming
+            // in) ends when its peer is revoked, not when it is done.
+            tokio::select! {
+                r = fut => Ok::<_, std::convert::Infallible>(r),
+                _ = peer.until_revoked() => {
+                    tracing::warn!(peer = ?who, "certificate revoked during a request; request ended, connection closed");
+                    Ok(revoked_response())
+                }
+            }
         }
     });
     let r = hyper::server::conn::http1::Builder::new()

@@ -412,6 +412,8 @@ pub(crate) fn watch_files(files: Vec<PathBuf>, mut changed: impl FnMut() -> bool
 #[derive(Clone, Default)]
 pub struct Revocations {
     inner: Arc<RwLock<(std::collections::HashSet<Vec<u8>>, u64)>>,
+    /// Woken on every change of the list.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// The serial number of a DER certificate (`None` if it does not parse).
@@ -444,11 +446,16 @@ impl Revocations {
         let r = Revocations::read(crl.as_deref());
         if let Some(path) = crl {
             let weak = Arc::downgrade(&r.inner);
+            let changed = r.changed.clone();
             watch_files(vec![path.clone()], move || {
                 let Some(inner) = weak.upgrade() else {
                     return false;
                 };
-                Revocations { inner }.reload(&path);
+                Revocations {
+                    inner,
+                    changed: changed.clone(),
+                }
+                .reload(&path);
                 true
             });
         }
@@ -476,9 +483,26 @@ impl Revocations {
     }
 
     fn set(&self, set: std::collections::HashSet<Vec<u8>>) {
-        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        g.0 = set;
-        g.1 += 1;
+        {
+            let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            g.0 = set;
+            g.1 += 1;
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once the certificate with this serial is revoked (never,
+    /// if it is not): costs nothing until the list changes.
+    pub async fn until_revoked(&self, serial: &[u8]) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_revoked(serial) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// True if the certificate with this serial is revoked.

@@ -96,6 +96,26 @@ async fn a_revoked_proxy_is_cut_off_on_the_connection_it_holds_within_seconds() 
     })
     .await;
 
+    // A long-poll it holds open: it must end at the revocation, not at its wait.
+    let held = {
+        let link = link.clone();
+        tokio::spawn(async move {
+            let mut w = EnvelopeWriter::new();
+            w.control(&Control {
+                wait_ms: Some(30_000),
+                ..Control::default()
+            });
+            let r = link.exchange(w, Duration::from_secs(45)).await;
+            (r.map(|_| ()), Instant::now())
+        })
+    };
+    wait_for("the long-poll held at the MLM", LONG, || async {
+        let v = rsnet_demo::metric(&tree.node_target(mlm).ok()?, "rsnet_backchannel_long_polls")
+            .await
+            .ok()?;
+        (v >= 1.0).then_some(())
+    })
+    .await;
     revoke(&tree, "acme.p7");
     let t0 = Instant::now();
     // It keeps sending, on its open connection; within seconds it is refused.
@@ -112,6 +132,15 @@ async fn a_revoked_proxy_is_cut_off_on_the_connection_it_holds_within_seconds() 
     assert!(took < Duration::from_secs(5), "cut off after {took:?}");
     // Nothing it sends now is stored.
     assert!(exchange("later".into()).await.is_err());
+    let (r, ended) = held.await.unwrap();
+    let e = r.expect_err("the held long-poll must be refused");
+    let took = ended.duration_since(t0);
+    eprintln!("held long-poll ended {took:?} after the revocation: {e}");
+    assert!(e.to_string().contains("revoked"), "{e}");
+    assert!(
+        took < Duration::from_secs(5),
+        "long-poll ended after {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,6 +101,8 @@ pub struct BackChannel {
     routes: Routes,
     cfg: BackChannelConfig,
     counters: Counters,
+    /// Long-polls being held now.
+    holding: Arc<std::sync::atomic::AtomicU64>,
     observer: Option<Arc<dyn Observer>>,
 }
 
@@ -139,6 +141,13 @@ impl BackChannel {
             ),
         };
         queues.register_commits(metrics);
+        let holding = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let h = holding.clone();
+        metrics.gauge(
+            "rsnet_backchannel_long_polls",
+            "children's long-polls held now, waiting for something to send them",
+            move || h.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
         let q = queues.clone();
         metrics.gauge(
             "rsnet_backchannel_queued_messages",
@@ -157,6 +166,7 @@ impl BackChannel {
             routes,
             cfg,
             counters,
+            holding,
             observer,
         }))
     }
@@ -203,6 +213,15 @@ impl BackChannel {
     ) -> Vec<SpoolRecord> {
         if let (Some(w), false) = (wait, busy) {
             let w = w.min(self.cfg.max_wait).min(MAX_LONG_POLL);
+            struct Held<'a>(&'a std::sync::atomic::AtomicU64);
+            impl Drop for Held<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            self.holding
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _held = Held(&self.holding);
             self.queues.wait(child.as_str(), Instant::now() + w).await;
         }
         let Taken {
