@@ -185,6 +185,9 @@ pub struct Enrollments {
     issued: Counter,
     renewed: Counter,
     refused: Counter,
+    /// The classes each enrolled component (with a class list) may send,
+    /// for [`EnrolledClasses`].
+    classes: std::sync::RwLock<std::collections::HashMap<ComponentId, Vec<String>>>,
 }
 
 impl Enrollments {
@@ -205,7 +208,21 @@ impl Enrollments {
             ),
             None => None,
         };
+        let mut classes = std::collections::HashMap::new();
+        for (k, v) in kv.list(ENROLLED)? {
+            let (Some(id), Ok(e)) = (
+                k.strip_prefix(ENROLLED)
+                    .and_then(|i| i.parse::<ComponentId>().ok()),
+                serde_json::from_slice::<Enrolled>(&v),
+            ) else {
+                continue;
+            };
+            if !e.classes.is_empty() {
+                classes.insert(id, e.classes);
+            }
+        }
         Ok(Arc::new(Enrollments {
+            classes: std::sync::RwLock::new(classes),
             pki,
             kv,
             me,
@@ -414,6 +431,14 @@ impl Enrollments {
         rsnet_common::store::commit_async(&self.kv, puts, Vec::new())
             .await
             .map_err(|e| internal(e.to_string()))?;
+        {
+            let mut c = self.classes.write().unwrap_or_else(|p| p.into_inner());
+            if record.classes.is_empty() {
+                c.remove(&r.id);
+            } else {
+                c.insert(r.id.clone(), record.classes.clone());
+            }
+        }
         if r.token.is_some() {
             self.issued.inc();
             tracing::info!(id = %r.id, role = r.role.as_str(), %serial, "enrolled");
@@ -660,6 +685,62 @@ impl Enrollments {
             "enrollment_ended": enrolled,
             "tokens_withdrawn": tokens,
         }))
+    }
+}
+
+/// The appserver's check of each message's class against the enrollment
+/// of the component it comes from (the nearest enrolled ancestor of its
+/// origin: a proxy's support instances send under the proxy's). The first
+/// hop checks the class against the sender's certificate; this checks it
+/// again at the top, so an MLM on the path cannot pass on a class its
+/// child may not send. A class outside the enrollment is deferred like the
+/// screen's (`retry-class`, an hour), naming the class.
+pub struct EnrolledClasses(pub Arc<Enrollments>);
+
+impl EnrolledClasses {
+    fn check(
+        &self,
+        item: &rsnet_common::envelope::Item,
+    ) -> Option<rsnet_common::pipeline::Verdict> {
+        let origin = &item.header.source()?.origin;
+        let class = item.header.class.as_str();
+        if rsnet_common::tls::PROTOCOL_CLASSES.contains(&class) {
+            return None;
+        }
+        let c = self.0.classes.read().unwrap_or_else(|p| p.into_inner());
+        let mut at = Some(origin.clone());
+        while let Some(id) = at {
+            if let Some(allowed) = c.get(&id) {
+                if allowed.iter().any(|a| a == class) {
+                    return None;
+                }
+                return Some(rsnet_common::pipeline::Verdict::defer_class(
+                    format!(
+                        "class {class} is not allowed for {id} (its enrollment allows: {})",
+                        allowed.join(", ")
+                    ),
+                    rsnet_common::pipeline::CLASS_PARKED,
+                    class,
+                ));
+            }
+            at = id.parent();
+        }
+        None
+    }
+}
+
+impl rsnet_common::pipeline::Stage for EnrolledClasses {
+    fn name(&self) -> &'static str {
+        "enrolled-classes"
+    }
+
+    fn judge<'a>(
+        &'a self,
+        _ex: &'a rsnet_common::pipeline::Exchange,
+        items: Vec<rsnet_common::envelope::Item>,
+    ) -> rsnet_common::pipeline::StageFuture<'a> {
+        let j = rsnet_common::pipeline::Judged::each(items, |i| self.check(i));
+        Box::pin(async move { j })
     }
 }
 

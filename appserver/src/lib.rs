@@ -173,26 +173,6 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         releases.clone(),
         &metrics,
     )?;
-    let pipeline = Pipeline::new(
-        // Service modules at the top are not built yet; expiry is: an
-        // expired message is never stored, its report is.
-        Arc::new(rsnet_common::pipeline::expiry::Expiry {
-            me: me.id.clone(),
-            notify: rsnet_common::pipeline::expiry::Notify::Inline,
-            dropped: metrics.counter(
-                "rsnet_qos_expired_total",
-                "forward messages dropped here as expired",
-            ),
-        }),
-        // Throttle: rates, windows, and the free-disk floor under the store.
-        Arc::new(
-            rsnet_common::pipeline::throttle::Throttle::new(me.id.clone(), &cfg.throttle, &metrics)
-                .on_disk(&cfg.data_dir),
-        ),
-        // Terminal: validate content, store once.
-        ingest,
-    );
-    releases.resume().await;
     // Clients without a certificate get a TLS session only where this
     // appserver signs for enrolling nodes, and then only that path.
     let tls = ReloadingServerConfig::start_with(cfg.tls.clone(), cfg.enrollment.pki_dir.is_some())?;
@@ -203,6 +183,33 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         tls.revocations().clone(),
         &metrics,
     )?;
+    let pipeline = Pipeline::new(
+        // Modules: each message's class against its component's enrollment
+        // (an MLM cannot pass on a class its child may not send); expiry:
+        // an expired message is never stored, its report is.
+        Arc::new(rsnet_common::pipeline::Chain(
+            "modules",
+            vec![
+                Arc::new(enrollments::EnrolledClasses(enrollments.clone())),
+                Arc::new(rsnet_common::pipeline::expiry::Expiry {
+                    me: me.id.clone(),
+                    notify: rsnet_common::pipeline::expiry::Notify::Inline,
+                    dropped: metrics.counter(
+                        "rsnet_qos_expired_total",
+                        "forward messages dropped here as expired",
+                    ),
+                }),
+            ],
+        )),
+        // Throttle: rates, windows, and the free-disk floor under the store.
+        Arc::new(
+            rsnet_common::pipeline::throttle::Throttle::new(me.id.clone(), &cfg.throttle, &metrics)
+                .on_disk(&cfg.data_dir),
+        ),
+        // Terminal: validate content, store once.
+        ingest,
+    );
+    releases.resume().await;
     let api = Arc::new(api::Api {
         enrollments,
         releases,

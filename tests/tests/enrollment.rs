@@ -182,6 +182,53 @@ async fn a_proxy_enrolls_with_a_token_sends_renews_in_place_and_is_revoked() {
         "{parked}"
     );
 
+    // An MLM on the path cannot pass on a class the enrollment does not
+    // allow: the appserver checks it again, against the enrollment.
+    let mut mlm = rsnet_tests::RawChild::new(
+        &tree,
+        "acme.mlm1",
+        Role::Mlm,
+        tree.nodes[tree.index("provider.app").unwrap()]
+            .addr
+            .unwrap(),
+    );
+    let p9: rsnet_common::id::ComponentId = "acme.p9".parse().unwrap();
+    let mk = |class: &str, si: Option<&str>| {
+        rsnet_common::Message::forward(
+            si.map_or_else(|| p9.clone(), |s| p9.child(s).unwrap()),
+            class,
+            None,
+            rsnet_common::model::Content::Event(rsnet_common::model::Event {
+                support_instance: None,
+                text: "relayed".into(),
+                data: None,
+            }),
+        )
+        .with_hop(&p9)
+        .with_hop(&mlm.id)
+    };
+    let (bad, bad_si, ok) = (
+        mk("event", None),
+        mk("event", Some("si1")),
+        mk("alarm", None),
+    );
+    let d = mlm
+        .exchange(&[bad.clone(), bad_si.clone(), ok.clone()], 0)
+        .await;
+    let answers = d.control.answers();
+    for m in [&bad, &bad_si] {
+        let (_, r) = answers.iter().find(|(id, _)| **id == m.header.id).unwrap();
+        assert_eq!(r.status, rsnet_common::model::Status::Rejected, "{r:?}");
+        let why = r.reason.as_deref().unwrap_or("");
+        assert!(
+            why.contains("class event is not allowed for acme.p9 (its enrollment allows: alarm)"),
+            "{why}"
+        );
+        assert_eq!(r.retry_class.as_deref(), Some("event"), "{r:?}");
+    }
+    let (_, r) = answers.iter().find(|(id, _)| **id == ok.header.id).unwrap();
+    assert_eq!(r.status, rsnet_common::model::Status::Accepted, "{r:?}");
+
     // Renewal: a new certificate, installed and used, same process.
     let before = serial_of(&home.join("tls/cert.pem"));
     let enrolled_before =

@@ -45,7 +45,7 @@ use crate::model::{Response, Status, Timestamp};
 use crate::tls::Identity;
 
 pub use exchange::Inbound;
-pub use screen::Screen;
+pub use screen::{Screen, CLASS_PARKED};
 pub use service::ExchangeService;
 
 /// What a stage decided for one message (passing it on is not a verdict: the
