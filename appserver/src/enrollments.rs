@@ -95,6 +95,9 @@ pub struct TokenRecord {
     pub classes: Vec<String>,
     /// An MLM's scopes (none: its customer).
     pub scopes: Vec<String>,
+    /// The server names an MLM may ask for (none: localhost, 127.0.0.1, ::1).
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// Life of the certificates it leads to, in seconds.
     pub cert_valid_s: u64,
     /// Made then, by whom.
@@ -164,6 +167,11 @@ struct NewToken {
     classes: Vec<String>,
     #[serde(default)]
     scopes: Vec<String>,
+    /// The server names an MLM may ask for (none: only localhost,
+    /// 127.0.0.1, ::1): a token holder cannot get a certificate for
+    /// another host's name.
+    #[serde(default)]
+    hosts: Vec<String>,
     /// Seconds the token may wait to be used. Default one day.
     #[serde(default)]
     expires_s: Option<u64>,
@@ -325,6 +333,16 @@ impl Enrollments {
                         StatusCode::BAD_REQUEST,
                         "hosts are for MLMs".into(),
                     ));
+                }
+                if let Some(h) = r.hosts.iter().find(|h| !tok.hosts.contains(h)) {
+                    return Err(forbidden(format!(
+                        "this token does not allow the server name {h:?} (it allows: {})",
+                        if tok.hosts.is_empty() {
+                            "localhost, 127.0.0.1, ::1".to_string()
+                        } else {
+                            tok.hosts.join(", ")
+                        }
+                    )));
                 }
                 let record = Enrolled {
                     role: tok.role,
@@ -508,8 +526,14 @@ impl Enrollments {
                 format!("classes: {c:?} is not a class label"),
             );
         }
-        if role != Role::Mlm && !n.scopes.is_empty() {
-            return error(StatusCode::BAD_REQUEST, "scopes are for MLMs");
+        if role != Role::Mlm && (!n.scopes.is_empty() || !n.hosts.is_empty()) {
+            return error(StatusCode::BAD_REQUEST, "scopes and hosts are for MLMs");
+        }
+        if n.hosts.len() > 16 || n.hosts.iter().any(|h| h.is_empty() || h.len() > 253) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "hosts: at most 16 names of 1..=253 bytes",
+            );
         }
         for s in &n.scopes {
             match s.parse::<ComponentId>() {
@@ -550,6 +574,7 @@ impl Enrollments {
             role,
             classes: n.classes,
             scopes: n.scopes,
+            hosts: n.hosts,
             cert_valid_s,
             created: now,
             created_by: op.id.to_string(),

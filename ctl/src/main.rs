@@ -70,6 +70,10 @@ enum Cmd {
         /// An MLM's scope (repeatable; default its customer).
         #[arg(long = "scope")]
         scopes: Vec<String>,
+        /// A server name the MLM may ask for (repeatable; none: only
+        /// localhost, 127.0.0.1, ::1).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
         /// Seconds the token may wait to be used (default a day).
         #[arg(long)]
         expires_s: Option<u64>,
@@ -462,11 +466,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             role,
             classes,
             scopes,
+            hosts,
             expires_s,
             cert_valid_s,
             ..
         } => {
-            let mut body = json!({ "id": id, "role": role, "classes": classes, "scopes": scopes });
+            let mut body = json!({ "id": id, "role": role, "classes": classes, "scopes": scopes, "hosts": hosts });
             if let Some(e) = expires_s {
                 body["expires_s"] = json!(e);
             }

@@ -491,8 +491,25 @@ async fn an_mlm_enrolls_at_the_appserver_and_relays_for_its_customer() {
     let mut tree = start("enroll-mlm", &spec);
     let op = tree.operator_target().unwrap();
     let app_url = tree.url("provider.app").unwrap();
-    let t = token(&tree, &["--id", "acme.mlm9", "--role", "mlm"]);
+    let t = token(
+        &tree,
+        &["--id", "acme.mlm9", "--role", "mlm", "--host", "127.0.0.1"],
+    );
     let home = tree.dir.join("acme.mlm9");
+    // A server name the token does not allow: refused, the token kept.
+    let e = enroll(
+        &tree,
+        "rsnet-mlm",
+        &app_url,
+        &t,
+        &tree.dir.join("evil"),
+        &["--host", "appserver.provider.example"],
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("does not allow the server name \"appserver.provider.example\""),
+        "{e}"
+    );
     enroll(
         &tree,
         "rsnet-mlm",
