@@ -86,6 +86,19 @@ pub enum LinkErrorKind {
 }
 
 impl LinkError {
+    /// True if the link was cut (connect, connect timeout, the exchange's
+    /// timeout, a connection that broke): not the parent's answer, so worth
+    /// trying again soon, to use a healed link at once.
+    pub fn is_cut(&self) -> bool {
+        matches!(
+            self.kind,
+            LinkErrorKind::Connect(_)
+                | LinkErrorKind::ConnectTimeout(_)
+                | LinkErrorKind::Timeout(_)
+                | LinkErrorKind::Http(_)
+        )
+    }
+
     /// True if the parent refused this request as malformed (4xx other than
     /// 408/429): resending the same bytes would fail again.
     pub fn is_permanent(&self) -> bool {
@@ -554,6 +567,49 @@ async fn tunnel(tcp: &mut TcpStream, target: &str) -> Result<(), LinkErrorKind> 
     Ok(())
 }
 
+/// Longest wait before trying a cut link again ([`LinkError::is_cut`]):
+/// a link that heals is used within this.
+pub const CUT_RETRY_MAX: Duration = Duration::from_secs(3);
+/// Longest wait before asking a parent again that refused (an HTTP error
+/// status, a certificate it would not take, a reply that did not parse).
+pub const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How a sender waits after a link error: a cut link is tried again soon
+/// (100 ms doubling to [`CUT_RETRY_MAX`]), so an outage costs no more than
+/// a few seconds once it is over; a parent that refused is asked again more
+/// slowly (1 s doubling to [`REFUSED_RETRY_MAX`]), so a busy or throttling
+/// parent is not pressed. Each has its own count of failures in a row.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    cut: Backoff,
+    refused: Backoff,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            cut: Backoff::new(Duration::from_millis(100), CUT_RETRY_MAX),
+            refused: Backoff::new(Duration::from_secs(1), REFUSED_RETRY_MAX),
+        }
+    }
+}
+
+impl Retry {
+    /// The wait after `e`.
+    pub fn next_delay(&mut self, e: &LinkError) -> Duration {
+        if e.is_cut() {
+            self.cut.next_delay()
+        } else {
+            self.refused.next_delay()
+        }
+    }
+    /// Back to the first delays after a success.
+    pub fn reset(&mut self) {
+        self.cut.reset();
+        self.refused.reset();
+    }
+}
+
 /// Exponential backoff with full jitter, for retry loops.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -590,6 +646,49 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_link_is_retried_within_seconds_and_a_refusal_more_slowly() {
+        let err = |kind| LinkError {
+            parent: "https://mlm:8443".into(),
+            kind,
+        };
+        let mut r = Retry::default();
+        let cut = err(LinkErrorKind::Connect("refused".into()));
+        let refused = err(LinkErrorKind::Refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy".into(),
+        ));
+        // However long the outage, the next try is at most CUT_RETRY_MAX away.
+        let waits: Vec<_> = (0..50).map(|_| r.next_delay(&cut)).collect();
+        assert!(waits.iter().all(|d| *d <= CUT_RETRY_MAX), "{waits:?}");
+        assert!(waits[0] <= Duration::from_millis(100));
+        // A refusal waits longer, from its own count.
+        let first = r.next_delay(&refused);
+        assert!(
+            first >= Duration::from_millis(500) && first <= Duration::from_secs(1),
+            "{first:?}"
+        );
+        let late: Vec<_> = (0..20).map(|_| r.next_delay(&refused)).collect();
+        assert!(late.iter().all(|d| *d <= REFUSED_RETRY_MAX));
+        assert!(late.last().is_some_and(|d| *d > CUT_RETRY_MAX), "{late:?}");
+        r.reset();
+        assert!(r.next_delay(&cut) <= Duration::from_millis(100));
+        for k in [
+            LinkErrorKind::ConnectTimeout(Duration::from_secs(5)),
+            LinkErrorKind::Timeout(Duration::from_secs(30)),
+            LinkErrorKind::Http("connection reset".into()),
+        ] {
+            assert!(err(k).is_cut());
+        }
+        for k in [
+            LinkErrorKind::Tls("revoked".into()),
+            LinkErrorKind::BadReply("x".into()),
+            LinkErrorKind::Refused(StatusCode::FORBIDDEN, "revoked".into()),
+        ] {
+            assert!(!err(k).is_cut());
+        }
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

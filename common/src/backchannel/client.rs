@@ -30,7 +30,7 @@ use std::time::Duration;
 use crate::envelope::{Control, Decoded, EnvelopeWriter, Item};
 use crate::id::MessageId;
 use crate::limits::MAX_BATCH_MESSAGES;
-use crate::link::{Backoff, Link, LinkError};
+use crate::link::{Link, LinkError};
 use crate::metrics::{Counter, Registry};
 use crate::server::Shutdown;
 
@@ -215,7 +215,7 @@ impl BackChannelClient {
                 }
             })
         };
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut backoff = crate::link::Retry::default();
         // The first failure of a run is a warning (a refused parent shows
         // even when nothing is spooled); its repeats are debug.
         let mut failing = false;
@@ -226,7 +226,7 @@ impl BackChannelClient {
                 _ = shutdown.wait() => break,
             };
             if let Err(e) = r {
-                let d = backoff.next_delay();
+                let d = backoff.next_delay(&e);
                 if failing {
                     tracing::debug!(error = %e, retry_in = ?d, "long-poll failed");
                 } else {

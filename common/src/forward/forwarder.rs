@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::backchannel::BackChannelClient;
-use crate::link::Backoff;
 use crate::metrics::{Counter, Registry};
 use crate::model::{Status, Timestamp};
 use crate::server::Shutdown;
@@ -76,7 +75,7 @@ struct State {
     parked: HashMap<SpoolKey, Instant>,
     /// Classes a parent deferred by class (`retry-class`): until when, and why.
     class_holds: HashMap<String, (Instant, String)>,
-    backoff: Backoff,
+    backoff: crate::link::Retry,
 }
 
 /// Moves spooled messages to the parent.
@@ -128,7 +127,7 @@ impl Forwarder {
                 holds: Vec::new(),
                 parked: HashMap::new(),
                 class_holds: HashMap::new(),
-                backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+                backoff: crate::link::Retry::default(),
             }),
             enabled: AtomicBool::new(true),
             throttle: OnceLock::new(),
@@ -450,7 +449,7 @@ impl Forwarder {
             let delay = self
                 .state
                 .lock()
-                .map(|mut s| s.backoff.next_delay())
+                .map(|mut s| s.backoff.next_delay(&unsent.error))
                 .unwrap_or(IDLE_TICK);
             tracing::warn!(error = %unsent.error, retry_in = ?delay, n = unsent.parcels.len(), "exchange failed; messages stay spooled");
             self.pause(delay);
