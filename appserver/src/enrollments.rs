@@ -656,6 +656,84 @@ impl Enrollments {
         )
     }
 
+    /// Follows the CRL until `shutdown`: when it changes (`rsnet-certs
+    /// revoke` too), every ID with a revoked certificate in the PKI has its
+    /// enrollment ended, its open tokens withdrawn, and its upload grants
+    /// withdrawn (`uploads`), as a revocation through the API does.
+    pub async fn follow_crl(
+        self: Arc<Self>,
+        uploads: Arc<crate::uploads::Uploads>,
+        mut shutdown: rsnet_common::server::Shutdown,
+    ) {
+        let Some(pki) = self.pki.clone() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = self.revocations.changed() => {}
+                _ = shutdown.wait() => return,
+            }
+            let p = pki.clone();
+            let ids = match tokio::task::spawn_blocking(move || p.revoked_ids()).await {
+                Ok(Ok(ids)) => ids,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "PKI index not read after a CRL change");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for id in ids.iter().filter_map(|i| i.parse::<ComponentId>().ok()) {
+                let ended = {
+                    let _one = self.lock.lock().await;
+                    self.end(&id).await
+                };
+                match ended {
+                    Ok((ended, tokens)) if ended || tokens > 0 => {
+                        let grants = uploads.withdraw(&id).await;
+                        tracing::warn!(%id, tokens, grants, "revoked in the CRL: enrollment ended");
+                    }
+                    Ok(_) => {}
+                    Err(Refusal(_, e)) => tracing::warn!(%id, error = %e, "enrollment not ended"),
+                }
+            }
+        }
+    }
+
+    /// Ends `id`'s enrollment and withdraws its open tokens: whether an
+    /// enrollment was ended, and how many tokens.
+    async fn end(&self, id: &ComponentId) -> Result<(bool, usize), Refusal> {
+        let internal = |e: String| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e);
+        let mut puts = Vec::new();
+        let key = format!("{ENROLLED}{id}");
+        if let Some(mut e) = self.load::<Enrolled>(&key).map_err(internal)? {
+            if !e.revoked {
+                e.revoked = true;
+                puts.push((key, to_vec(&e)?));
+            }
+        }
+        let ended = !puts.is_empty();
+        let mut tokens = 0;
+        for (k, v) in self.kv.list(TOKENS).map_err(|e| internal(e.to_string()))? {
+            if let Ok(mut t) = serde_json::from_slice::<TokenRecord>(&v) {
+                if &t.id == id && t.used.is_none() && !t.withdrawn {
+                    t.withdrawn = true;
+                    tokens += 1;
+                    puts.push((k, to_vec(&t)?));
+                }
+            }
+        }
+        if !puts.is_empty() {
+            rsnet_common::store::commit_async(&self.kv, puts, Vec::new())
+                .await
+                .map_err(|e| internal(e.to_string()))?;
+        }
+        self.classes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok((ended, tokens))
+    }
+
     /// `POST /api/v1/revocations` `{"id": ID}`: revokes every certificate
     /// of ID (the CRL is rewritten; every hop that reads it refuses the
     /// node within seconds, on open connections too), ends its enrollment
@@ -675,24 +753,8 @@ impl Enrollments {
             .await
             .map_err(|e| internal(e.to_string()))?
             .unwrap_or(0);
-        let mut puts = Vec::new();
-        let key = format!("{ENROLLED}{id}");
-        if let Some(mut e) = self.load::<Enrolled>(&key).map_err(internal)? {
-            e.revoked = true;
-            puts.push((key, to_vec(&e)?));
-        }
-        let enrolled = !puts.is_empty();
-        let mut tokens = 0;
-        for (k, v) in self.kv.list(TOKENS).map_err(|e| internal(e.to_string()))? {
-            if let Ok(mut t) = serde_json::from_slice::<TokenRecord>(&v) {
-                if &t.id == id && t.used.is_none() && !t.withdrawn {
-                    t.withdrawn = true;
-                    tokens += 1;
-                    puts.push((k, to_vec(&t)?));
-                }
-            }
-        }
-        if certificates == 0 && puts.is_empty() {
+        let (enrolled, tokens) = self.end(id).await?;
+        if certificates == 0 && !enrolled && tokens == 0 {
             return Err(Refusal(
                 StatusCode::NOT_FOUND,
                 format!(
@@ -700,9 +762,6 @@ impl Enrollments {
                 ),
             ));
         }
-        rsnet_common::store::commit_async(&self.kv, puts, Vec::new())
-            .await
-            .map_err(|e| internal(e.to_string()))?;
         tracing::warn!(%id, certificates, tokens, "revoked");
         Ok(json!({
             "id": id.to_string(),

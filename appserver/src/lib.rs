@@ -210,6 +210,13 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         ingest,
     );
     releases.resume().await;
+    // A revocation in the CRL (`rsnet-certs revoke` too) ends enrollments
+    // and withdraws tokens and upload grants, as one through the API does.
+    tokio::spawn(
+        enrollments
+            .clone()
+            .follow_crl(uploads.clone(), shutdown.clone()),
+    );
     let api = Arc::new(api::Api {
         enrollments,
         releases,

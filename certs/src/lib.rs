@@ -462,6 +462,23 @@ impl Pki {
         Ok(f)
     }
 
+    /// The IDs with a revoked certificate.
+    ///
+    /// # Errors
+    /// If the index cannot be read.
+    pub fn revoked_ids(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = self
+            .index()?
+            .issued
+            .into_iter()
+            .filter(|i| i.revoked)
+            .map(|i| i.id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
     /// Is the certificate with this serial (hex) revoked, or unknown here?
     ///
     /// # Errors

@@ -491,6 +491,11 @@ impl Revocations {
         self.changed.notify_waiters();
     }
 
+    /// Resolves at the next change of the list.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
     /// Resolves once the certificate with this serial is revoked (never,
     /// if it is not): costs nothing until the list changes.
     pub async fn until_revoked(&self, serial: &[u8]) {

@@ -539,4 +539,44 @@ async fn an_mlm_enrolls_at_the_appserver_and_relays_for_its_customer() {
     let out = enroll(&tree, "rsnet-proxy", &url, &pt, &tree.dir.join("p1"), &[])
         .unwrap_or_else(|e| panic!("enroll through the enrolled MLM: {e}"));
     assert!(out.contains("enrolled as acme.p5"), "{out}");
+    // Revoked with rsnet-certs (the CRL only): the appserver follows the
+    // CRL, ends the enrollment and withdraws the open token.
+    let spare = token(&tree, &["--id", "acme.p5"]);
+    let out = Command::new(rsnet_demo::bin_dir().join("rsnet-certs"))
+        .args(["revoke", "--dir"])
+        .arg(tree.dir.join("pki"))
+        .args(["--id", "acme.p5"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the enrollment ended after rsnet-certs revoke",
+        LONG,
+        || async {
+            let (_, v) = rsnet_demo::json_call(&op, http::Method::GET, "/api/v1/enrollments", None)
+                .await
+                .ok()?;
+            let ended = enrolled(&v, "acme.p5")["revoked"] == true;
+            let withdrawn = v["tokens"]
+                .as_array()?
+                .iter()
+                .any(|t| t["id"] == "acme.p5" && t["state"] == "withdrawn");
+            (ended && withdrawn).then_some(())
+        },
+    )
+    .await;
+    let e = enroll(
+        &tree,
+        "rsnet-proxy",
+        &url,
+        &spare,
+        &tree.dir.join("p5b"),
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.contains("withdrawn"), "{e}");
 }
