@@ -455,7 +455,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     "{:<24} {:<6} {:<8} {:<34} {}",
                     e["id"].as_str().unwrap_or(""),
                     e["role"].as_str().unwrap_or(""),
-                    e["revoked"],
+                    if e["revoked"] == true { "yes" } else { "no" },
                     e["serial"].as_str().unwrap_or(""),
                     classes_text(&e["classes"])
                 );
