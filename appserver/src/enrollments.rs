@@ -193,6 +193,8 @@ pub struct Enrollments {
     issued: Counter,
     renewed: Counter,
     refused: Counter,
+    /// The rate limit on enrollment and renewal requests.
+    gate: enroll::Gate,
     /// The classes each enrolled component (with a class list) may send,
     /// for [`EnrolledClasses`].
     classes: std::sync::RwLock<std::collections::HashMap<ComponentId, Vec<String>>>,
@@ -231,6 +233,7 @@ impl Enrollments {
         }
         Ok(Arc::new(Enrollments {
             classes: std::sync::RwLock::new(classes),
+            gate: enroll::Gate::default(),
             pki,
             kv,
             me,
@@ -259,6 +262,10 @@ impl Enrollments {
     pub async fn handle(&self, req: http::Request<Incoming>, peer: &Peer) -> Response<Body> {
         if req.method() != http::Method::POST {
             return error(StatusCode::METHOD_NOT_ALLOWED, "POST only");
+        }
+        if let Err(x) = self.gate.admit() {
+            self.refused.inc();
+            return x.response();
         }
         let mut r = match enroll::read_request(req.into_body()).await {
             Ok(r) => r,

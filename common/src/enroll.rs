@@ -45,6 +45,38 @@ const MAX_HOSTS: usize = 16;
 /// How long a request may take end to end (the hops and the signing).
 pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Enrollment and renewal requests a node takes per second (a burst of
+/// five times that): each costs its parents a connection upward and the
+/// appserver a signature, and nodes without a certificate may send them.
+pub const MAX_PER_S: u32 = 20;
+
+/// The rate limit on enrollment requests at one node ([`MAX_PER_S`]).
+pub struct Gate(governor::DefaultDirectRateLimiter);
+
+impl Default for Gate {
+    fn default() -> Self {
+        let n = |v: u32| std::num::NonZeroU32::new(v).unwrap_or(std::num::NonZeroU32::MIN);
+        let q = governor::Quota::per_second(n(MAX_PER_S)).allow_burst(n(5 * MAX_PER_S));
+        Gate(governor::RateLimiter::direct(q))
+    }
+}
+
+impl Gate {
+    /// `Ok` if a request may go on now.
+    ///
+    /// # Errors
+    /// 429, with a reason, when over the rate: the node asks again later
+    /// (a renewal at its next check).
+    pub fn admit(&self) -> Result<(), Refusal> {
+        self.0.check().map_err(|_| {
+            Refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("more than {MAX_PER_S} enrollment requests a second here; ask again later"),
+            )
+        })
+    }
+}
+
 /// An enrollment or renewal request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -823,6 +855,16 @@ mod tests {
             vouch(&mut r, &peer(None), &mlm).unwrap_err().0,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[test]
+    fn the_gate_takes_a_burst_then_refuses_with_429() {
+        let g = Gate::default();
+        for _ in 0..5 * MAX_PER_S {
+            g.admit().unwrap();
+        }
+        let e = g.admit().unwrap_err();
+        assert_eq!(e.0, StatusCode::TOO_MANY_REQUESTS);
     }
 
     #[test]

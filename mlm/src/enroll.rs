@@ -43,6 +43,8 @@ pub struct EnrollRelay {
     pub me: Identity,
     /// The parent.
     pub link: Arc<Link>,
+    /// The rate limit on requests relayed.
+    pub gate: enroll::Gate,
 }
 
 impl EnrollRelay {
@@ -50,6 +52,9 @@ impl EnrollRelay {
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         if req.method() != http::Method::POST {
             return error(StatusCode::METHOD_NOT_ALLOWED, "POST only");
+        }
+        if let Err(x) = self.gate.admit() {
+            return x.response();
         }
         let mut r = match enroll::read_request(req.into_body()).await {
             Ok(r) => r,

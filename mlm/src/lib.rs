@@ -309,6 +309,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     let enrolls = Arc::new(enroll::EnrollRelay {
         me: me.clone(),
         link: uplink.link().clone(),
+        gate: rsnet_common::enroll::Gate::default(),
     });
     let listener = server::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
