@@ -50,6 +50,7 @@ pub struct ConnectProxy {
     pub tunnels: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     black_hole: std::sync::Arc<std::sync::atomic::AtomicBool>,
     black_hole_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     epoch: tokio::sync::watch::Sender<u64>,
 }
 
@@ -66,16 +67,23 @@ impl ConnectProxy {
         let tunnels = Arc::new(AtomicUsize::new(0));
         let black_hole = Arc::new(AtomicBool::new(false));
         let black_hole_up = Arc::new(AtomicBool::new(false));
+        let down = Arc::new(AtomicBool::new(false));
         let (epoch, _) = tokio::sync::watch::channel(0u64);
-        let (t, bh, bhu, ep) = (
+        let (t, bh, bhu, dn, ep) = (
             tunnels.clone(),
             black_hole.clone(),
             black_hole_up.clone(),
+            down.clone(),
             epoch.clone(),
         );
         tokio::spawn(async move {
             while let Ok((mut c, _)) = l.accept().await {
                 let (t, bh, bhu, mut cut) = (t.clone(), bh.clone(), bhu.clone(), ep.subscribe());
+                if dn.load(Ordering::SeqCst) {
+                    // The link is down: every connection is closed at once.
+                    drop(c);
+                    continue;
+                }
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut b = [0u8; 1];
@@ -152,7 +160,17 @@ impl ConnectProxy {
             tunnels,
             black_hole,
             black_hole_up,
+            down,
             epoch,
+        }
+    }
+
+    /// Takes the link down (true: every tunnel is cut and every new
+    /// connection closed at once, as a cable pulled) or up again.
+    pub fn down(&self, on: bool) {
+        self.down.store(on, std::sync::atomic::Ordering::SeqCst);
+        if on {
+            self.epoch.send_modify(|e| *e += 1);
         }
     }
 
