@@ -492,7 +492,19 @@ async fn an_operator_message_that_could_never_travel_down_is_refused() {
         v["error"].as_str().unwrap_or("").contains("header is"),
         "{v}"
     );
-    // Nothing was queued, and an ordinary message still goes through.
+    // Nothing was queued, and an ordinary message still goes through (once
+    // the appserver has heard of acme.p1: before that it has no route).
+    wait_for("acme.p1 in the topology", LONG, || async {
+        let (_, v) = json_call(&op, Method::GET, "/api/v1/components", None)
+            .await
+            .ok()?;
+        v["components"]
+            .as_array()?
+            .iter()
+            .any(|c| c["id"] == "acme.p1")
+            .then_some(())
+    })
+    .await;
     let (s, v) =
         post(json!({"to": "acme.p1", "kind": "data", "class": "config", "payload": "ok"})).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
