@@ -175,13 +175,8 @@ pub fn check_proof(proof: &Proof, csr: &str) -> Result<Proven, String> {
     )
     .verify(&msg, &sig)
     .map_err(|_| "proof: the signature does not verify with the certificate's key".to_string())?;
-    let sha = {
-        let mut h = sha2::Sha256::default();
-        sha2::Digest::update(&mut h, der.as_ref());
-        hex(&sha2::Digest::finalize(h))
-    };
     Ok(Proven {
-        sha256: sha,
+        sha256: sha256_hex(der.as_ref()),
         serial: crate::tls::serial_of(&der)
             .map(|s| hex(&s))
             .unwrap_or_default(),
@@ -197,9 +192,7 @@ pub fn cert_sha256(cert_pem: &str) -> Result<String, String> {
     use rustls_pki_types::pem::PemObject;
     let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .map_err(|e| format!("certificate: {e}"))?;
-    let mut h = sha2::Sha256::default();
-    sha2::Digest::update(&mut h, der.as_ref());
-    Ok(hex(&sha2::Digest::finalize(h)))
+    Ok(sha256_hex(der.as_ref()))
 }
 
 /// The appserver's answer.
@@ -253,14 +246,16 @@ pub fn parse_token(token: &str) -> Result<(ComponentId, &str), String> {
 
 /// What the appserver stores of a token's secret.
 pub fn token_hash(secret: &str) -> String {
-    let mut h = sha2::Sha256::default();
-    sha2::Digest::update(&mut h, secret.as_bytes());
-    hex(&sha2::Digest::finalize(h))
+    sha256_hex(secret.as_bytes())
 }
 
-/// Lower-case hex.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+pub use crate::bulk::hex;
+
+/// SHA-256 of `bytes`, hex (token secrets; certificates by their DER).
+fn sha256_hex(bytes: &[u8]) -> String {
+    let mut h = sha2::Sha256::default();
+    sha2::Digest::update(&mut h, bytes);
+    hex(&sha2::Digest::finalize(h))
 }
 
 /// Reads lower- or upper-case hex; `None` if it is not hex.

@@ -83,30 +83,6 @@ pub enum SealError {
     TooManyDestinations(usize),
 }
 
-fn kind_name(k: ContentKind) -> &'static str {
-    match k {
-        ContentKind::Alarm => "alarm",
-        ContentKind::Event => "event",
-        ContentKind::Data => "data",
-        ContentKind::Response => "response",
-        ContentKind::BulkRequest => "bulk-request",
-        ContentKind::BulkResponse => "bulk-response",
-    }
-}
-
-fn kind_of(s: &str) -> Option<ContentKind> {
-    [
-        ContentKind::Alarm,
-        ContentKind::Event,
-        ContentKind::Data,
-        ContentKind::Response,
-        ContentKind::BulkRequest,
-        ContentKind::BulkResponse,
-    ]
-    .into_iter()
-    .find(|k| kind_name(*k) == s)
-}
-
 /// Seals `content` (the operator's) of the control action `header` for
 /// `audience`: returns the sealed content, and sets `header.kind` to data.
 ///
@@ -137,7 +113,7 @@ pub fn seal(
                 .min(header.created.after(MAX_AGE))
                 .0,
         ),
-        kind: kind_name(content.kind()).into(),
+        kind: content.kind().as_str().into(),
         content: base64::engine::general_purpose::STANDARD
             .encode(crate::envelope::wire::encode_content(content)),
     };
@@ -203,7 +179,7 @@ pub fn open(
     if st.expiry.is_some_and(|e| e <= now.0) {
         return mismatch("it expired before it could be carried out".into());
     }
-    let kind = kind_of(&st.kind)
+    let kind = ContentKind::parse(&st.kind)
         .ok_or_else(|| SealError::Mismatch(format!("unknown kind {:?}", st.kind)))?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(&st.content)
