@@ -106,6 +106,11 @@ pub struct UplinkConfig {
     /// an empty POST until a back-channel message is queued. Default 25000.
     #[serde(default = "default_poll_wait_ms")]
     pub poll_wait_ms: u64,
+    /// Compress exchanges on this link (zstd, where the parent takes it).
+    /// Default: on at a proxy (customer links are slow), off at an MLM
+    /// (its link is in the data centre, and CPU there is what is short).
+    #[serde(default)]
+    pub compress: Option<bool>,
 }
 
 fn default_poll_wait_ms() -> u64 {

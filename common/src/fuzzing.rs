@@ -71,6 +71,53 @@ pub fn envelope(data: &[u8]) {
     }
 }
 
+/// A zstd-compressed envelope body, as a child or parent may send it: the
+/// decompressing reader never panics and never yields a byte past its
+/// limit, however the bytes are split into chunks (the first byte picks
+/// the chunk size); and any bytes compress and come back as they were.
+pub fn inflate(data: &[u8]) {
+    use crate::envelope::encoding::{compress, Coding, Inflate};
+    use futures_util::StreamExt;
+    const LIMIT: u64 = 256 * 1024;
+    let Some((&k, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    let chunks = |b: &[u8]| {
+        let size = usize::from(k).max(1) * 17;
+        let v: Vec<Result<bytes::Bytes, std::io::Error>> = b
+            .chunks(size)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        futures_util::stream::iter(v)
+    };
+    rt.block_on(async {
+        let _ = crate::envelope::decode_coded(
+            "multipart/related; boundary=B",
+            Coding::Zstd,
+            LIMIT,
+            chunks(rest),
+        )
+        .await;
+        if let Ok(mut s) = Inflate::new(chunks(rest), LIMIT) {
+            let mut n = 0u64;
+            while let Some(Ok(c)) = s.next().await {
+                n += c.len() as u64;
+                assert!(n <= LIMIT, "inflated {n} bytes past the {LIMIT}-byte limit");
+            }
+        }
+        let z = compress(rest).expect("compress");
+        let mut s = Inflate::new(chunks(&z), rest.len() as u64).expect("decoder");
+        let mut back = Vec::new();
+        while let Some(c) = s.next().await {
+            back.extend_from_slice(&c.expect("own frame inflates"));
+        }
+        assert_eq!(back, rest);
+    });
+}
+
 /// Transfers: release offers, reports, cancellations, paths and the
 /// upload and range headers.
 pub fn transfer(data: &[u8]) {

@@ -16,7 +16,7 @@
 //! [`crate::backchannel::BackChannelClient`], through which every exchange
 //! of a node goes.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::envelope::{self, Decoded, EnvelopeWriter, EXCHANGE_PATH};
+use crate::envelope::{self, encoding, Decoded, EnvelopeWriter, EXCHANGE_PATH};
 use crate::limits::DEFAULT_LINK_CONNECT_TIMEOUT;
 use crate::tls::{Identity, Role};
 
@@ -162,6 +162,8 @@ struct Parent {
     url: String,
     host: String,
     port: u16,
+    /// It said (on its last reply) that it reads zstd-compressed requests.
+    takes_zstd: AtomicBool,
 }
 
 /// How long a parent's error body may take to arrive.
@@ -186,6 +188,8 @@ pub struct Link {
     pool_version: std::sync::atomic::AtomicU64,
     /// This node: an MLM parent's scopes must cover it.
     me: std::sync::OnceLock<crate::id::ComponentId>,
+    /// Exchanges travel zstd-compressed where the parent takes it.
+    compress: AtomicBool,
 }
 
 impl Link {
@@ -219,6 +223,7 @@ impl Link {
                     url: u.clone(),
                     host,
                     port: uri.port_u16().unwrap_or(443),
+                    takes_zstd: AtomicBool::new(false),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -233,7 +238,15 @@ impl Link {
             revocations: std::sync::OnceLock::new(),
             pool_version: std::sync::atomic::AtomicU64::new(0),
             me: std::sync::OnceLock::new(),
+            compress: AtomicBool::new(false),
         }))
+    }
+
+    /// Compresses exchanges from now on (`true`): replies are asked for
+    /// compressed, and requests are sent compressed to a parent once it
+    /// has said it reads them ([`crate::envelope::encoding`]). Off by default.
+    pub fn set_compress(&self, on: bool) {
+        self.compress.store(on, Ordering::Relaxed);
     }
 
     /// This node is `me`: from now on an MLM is accepted as its parent
@@ -492,20 +505,53 @@ impl Link {
             Some(s) => s,
             None => (self.connect(p).await?, current),
         };
-        send.ready()
-            .await
-            .map_err(|e| LinkErrorKind::Http(e.to_string()))?;
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(EXCHANGE_PATH)
-            .header(header::HOST, format!("{}:{}", p.host, p.port))
-            .header(header::CONTENT_TYPE, content_type)
-            .body(Either::Left(Full::new(body)))
-            .map_err(|e| LinkErrorKind::Http(e.to_string()))?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| LinkErrorKind::Http(e.to_string()))?;
+        let compress = self.compress.load(Ordering::Relaxed);
+        let mut zstd = compress
+            && p.takes_zstd.load(Ordering::Relaxed)
+            && body.len() >= encoding::MIN_COMPRESS_BYTES;
+        let resp = loop {
+            send.ready()
+                .await
+                .map_err(|e| LinkErrorKind::Http(e.to_string()))?;
+            let mut req = Request::builder()
+                .method(Method::POST)
+                .uri(EXCHANGE_PATH)
+                .header(header::HOST, format!("{}:{}", p.host, p.port))
+                .header(header::CONTENT_TYPE, content_type);
+            if compress {
+                req = req.header(header::ACCEPT_ENCODING, encoding::ZSTD);
+            }
+            let sent = match zstd.then(|| encoding::compress(&body)) {
+                Some(Ok(z)) => {
+                    req = req
+                        .header(header::CONTENT_ENCODING, encoding::ZSTD)
+                        .header(encoding::DECODED_LENGTH, body.len());
+                    z
+                }
+                _ => {
+                    zstd = false;
+                    body.clone()
+                }
+            };
+            let req = req
+                .body(Either::Left(Full::new(sent)))
+                .map_err(|e| LinkErrorKind::Http(e.to_string()))?;
+            let resp = send
+                .send_request(req)
+                .await
+                .map_err(|e| LinkErrorKind::Http(e.to_string()))?;
+            let st = resp.status();
+            if compress && (st.is_success() || st == http::StatusCode::UNSUPPORTED_MEDIA_TYPE) {
+                p.takes_zstd
+                    .store(encoding::accepts_zstd(resp.headers()), Ordering::Relaxed);
+            }
+            if zstd && resp.status() == http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                // It no longer reads them: once more, as it is.
+                zstd = false;
+                continue;
+            }
+            break resp;
+        };
         let status = resp.status();
         let ct = resp
             .headers()
@@ -518,9 +564,16 @@ impl Link {
             let reason = crate::http_util::error_text(resp.into_body(), ERROR_BODY_WAIT).await;
             return Err(LinkErrorKind::Refused(status, reason));
         }
-        let decoded = envelope::decode(&ct, resp.into_body().into_data_stream())
-            .await
+        let coding = encoding::Coding::of(resp.headers())
             .map_err(|e| LinkErrorKind::BadReply(e.to_string()))?;
+        let decoded = envelope::decode_coded(
+            &ct,
+            coding,
+            crate::limits::MAX_ENVELOPE_BYTES,
+            resp.into_body().into_data_stream(),
+        )
+        .await
+        .map_err(|e| LinkErrorKind::BadReply(e.to_string()))?;
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE && generation == self.tls_generation.load(Ordering::Relaxed) {
                 idle.push((send, generation));

@@ -42,3 +42,8 @@ fn transfer() {
 fn rules() {
     smoke("rules", rsnet_common::fuzzing::rules);
 }
+
+#[test]
+fn inflate() {
+    smoke("inflate", rsnet_common::fuzzing::inflate);
+}

@@ -39,25 +39,139 @@ where
 }
 
 /// A minimal HTTP forward proxy for tests: answers `CONNECT host:port` and
-/// splices bytes both ways. It counts the tunnels it opened and can play a
-/// broken network: in black-hole mode every byte from the parent to the
-/// child (or, upward, from the child to the parent) is dropped, and leaving
-/// that mode cuts every tunnel, as a network that recovers would.
+/// splices bytes both ways. It counts the tunnels it opened and the bytes
+/// it carried, and can play a broken or a slow network:
+///
+/// * in black-hole mode every byte from the parent to the child (or,
+///   upward, from the child to the parent) is dropped, and leaving that
+///   mode cuts every tunnel, as a network that recovers would;
+/// * [`ConnectProxy::down`] cuts every tunnel and refuses new ones;
+/// * [`ConnectProxy::start_wan`] makes it a WAN link: every tunnel shares
+///   one bandwidth per direction, and each byte arrives a fixed delay after
+///   its turn on the wire (a user-space stand-in for netem, which this
+///   kernel lacks).
 pub struct ConnectProxy {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
     /// Tunnels opened so far.
     pub tunnels: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Bytes carried toward the parents (TLS records included; the
+    /// CONNECT exchange itself not).
+    pub bytes_up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes carried toward the children.
+    pub bytes_down: std::sync::Arc<std::sync::atomic::AtomicU64>,
     black_hole: std::sync::Arc<std::sync::atomic::AtomicBool>,
     black_hole_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     epoch: tokio::sync::watch::Sender<u64>,
 }
 
+/// One direction of an emulated WAN link, shared by every tunnel.
+#[derive(Clone)]
+struct Wire {
+    /// Bytes per second.
+    rate: f64,
+    delay: Duration,
+    /// When the wire is free again.
+    free_at: std::sync::Arc<std::sync::Mutex<tokio::time::Instant>>,
+}
+
+impl Wire {
+    fn new(rate_bits: u64, delay: Duration) -> Wire {
+        Wire {
+            rate: rate_bits as f64 / 8.0,
+            delay,
+            free_at: std::sync::Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())),
+        }
+    }
+
+    /// When `n` bytes handed over now arrive at the far end.
+    fn arrival(&self, n: usize) -> tokio::time::Instant {
+        let mut f = self.free_at.lock().expect("wire");
+        let start = (*f).max(tokio::time::Instant::now());
+        *f = start + Duration::from_secs_f64(n as f64 / self.rate);
+        *f + self.delay
+    }
+}
+
+/// Copies `r` to `w` until either ends, counting bytes into `count` and
+/// dropping them while `hole` is set; through `wire` if there is one.
+async fn splice(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    hole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    wire: Option<Wire>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A WAN link moves packets: read at most one segment at a time, so
+    // tunnels interleave on the shared wire as they would on a real one.
+    let mut buf = vec![0u8; if wire.is_some() { 1448 } else { 16 * 1024 }];
+    let Some(wire) = wire else {
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if hole.load(Ordering::SeqCst) {
+                continue;
+            }
+            count.fetch_add(n as u64, Ordering::Relaxed);
+            if w.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    // About 0.7 s of the wire's bytes may wait in its queue (a router's
+    // buffer); beyond that the sender is held back by TCP.
+    let depth = ((wire.rate * 0.7) as usize / buf.len()).max(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(depth);
+    let reader = async move {
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if hole.load(Ordering::SeqCst) {
+                continue;
+            }
+            count.fetch_add(n as u64, Ordering::Relaxed);
+            if tx.send((wire.arrival(n), buf[..n].to_vec())).await.is_err() {
+                return;
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((at, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if w.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    // The reader ending (EOF) lets the writer deliver what is on the wire.
+    tokio::join!(reader, writer);
+}
+
 impl ConnectProxy {
     /// Starts listening on a free loopback port.
     pub async fn start() -> ConnectProxy {
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        Self::start_with(None).await
+    }
+
+    /// A WAN link: `rate_bits` per second each way, shared by every tunnel,
+    /// and `delay` each way on top.
+    pub async fn start_wan(rate_bits: u64, delay: Duration) -> ConnectProxy {
+        Self::start_with(Some((
+            Wire::new(rate_bits, delay),
+            Wire::new(rate_bits, delay),
+        )))
+        .await
+    }
+
+    async fn start_with(wires: Option<(Wire, Wire)>) -> ConnectProxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
         use std::sync::Arc;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -65,20 +179,25 @@ impl ConnectProxy {
             .expect("bind");
         let addr = l.local_addr().expect("addr");
         let tunnels = Arc::new(AtomicUsize::new(0));
+        let bytes_up = Arc::new(AtomicU64::new(0));
+        let bytes_down = Arc::new(AtomicU64::new(0));
         let black_hole = Arc::new(AtomicBool::new(false));
         let black_hole_up = Arc::new(AtomicBool::new(false));
         let down = Arc::new(AtomicBool::new(false));
         let (epoch, _) = tokio::sync::watch::channel(0u64);
-        let (t, bh, bhu, dn, ep) = (
+        let (t, bh, bhu, dn, ep, nup, ndown) = (
             tunnels.clone(),
             black_hole.clone(),
             black_hole_up.clone(),
             down.clone(),
             epoch.clone(),
+            bytes_up.clone(),
+            bytes_down.clone(),
         );
         tokio::spawn(async move {
             while let Ok((mut c, _)) = l.accept().await {
                 let (t, bh, bhu, mut cut) = (t.clone(), bh.clone(), bhu.clone(), ep.subscribe());
+                let (nup, ndown, wires) = (nup.clone(), ndown.clone(), wires.clone());
                 if dn.load(Ordering::SeqCst) {
                     // The link is down: every connection is closed at once.
                     drop(c);
@@ -115,41 +234,17 @@ impl ConnectProxy {
                     {
                         return;
                     }
-                    let (mut cr, mut cw) = c.into_split();
-                    let (mut ur, mut uw) = up.into_split();
-                    let upward = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = match cr.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if bhu.load(Ordering::SeqCst) {
-                                continue;
-                            }
-                            if uw.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    };
-                    let downward = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = match ur.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if bh.load(Ordering::SeqCst) {
-                                continue;
-                            }
-                            if cw.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
+                    let _ = c.set_nodelay(true);
+                    let _ = up.set_nodelay(true);
+                    let (cr, cw) = c.into_split();
+                    let (ur, uw) = up.into_split();
+                    let (wu, wd) = match wires {
+                        Some((u, d)) => (Some(u), Some(d)),
+                        None => (None, None),
                     };
                     tokio::select! {
-                        _ = upward => {}
-                        _ = downward => {}
+                        _ = splice(cr, uw, bhu, nup, wu) => {}
+                        _ = splice(ur, cw, bh, ndown, wd) => {}
                         _ = cut.changed() => {}
                     }
                 });
@@ -158,6 +253,8 @@ impl ConnectProxy {
         ConnectProxy {
             addr,
             tunnels,
+            bytes_up,
+            bytes_down,
             black_hole,
             black_hole_up,
             down,
@@ -264,6 +361,7 @@ impl SmallParent {
                         .iter()
                         .map(|id| rsnet_common::model::Response::accepted(*id, None)),
                     &[],
+                    false,
                 )
             }
         };
@@ -560,6 +658,7 @@ impl FakeParent {
                         .iter()
                         .map(|i| rsnet_common::model::Response::accepted(i.header.id, None)),
                     &out,
+                    false,
                 )
             }
         };

@@ -230,3 +230,96 @@ async fn a_healed_link_is_used_within_seconds_however_long_it_was_down() {
         "the healed link was used only after {took:?}"
     );
 }
+
+/// Sends `n` alarms of varied text through a proxy whose uplink runs
+/// through a counting relay (`compress` set or left at its default);
+/// returns the bytes the relay carried upward and the texts as stored.
+async fn upward_bytes(tag: &str, compress: Option<bool>, n: usize) -> (u64, usize, Vec<Value>) {
+    let relay = ConnectProxy::start().await;
+    let mut extra = format!("http_proxy = \"http://{}\"", relay.addr);
+    if let Some(c) = compress {
+        extra.push_str(&format!("\ncompress = {c}"));
+    }
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        proxy_uplink_extra: extra,
+        ..Spec::demo()
+    };
+    let tree = tokio::task::block_in_place(|| start(tag, &spec));
+    // The first exchange teaches the proxy whether its parent reads zstd.
+    send_and_wait(&tree, tree.proxies()[0], 1, &format!("{tag}-first")).await;
+    let before = relay.bytes_up.load(Ordering::SeqCst);
+    let op = tree.operator_target().expect("operator");
+    let addr = tree.nodes[tree.proxies()[0]].addr.expect("proxy addr");
+    let texts: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "{i:05} interface eth{} on host db-{:02} went down at 03:{:02}:{:02}; \
+                 probable cause: link flap on switch port {}; previous state up for {} s; \
+                 ticket INC-{} opened by rule net-{}",
+                i % 8,
+                i % 37,
+                i % 60,
+                (i * 7) % 60,
+                i % 48,
+                1000 + i * 13,
+                40_000 + i,
+                i % 5
+            )
+        })
+        .collect();
+    let payload: usize = texts.iter().map(String::len).sum();
+    let msgs: Vec<Value> = texts
+        .iter()
+        .map(|t| {
+            let mut a = alarm(t, "host1");
+            a["subclass"] = Value::from(tag);
+            a
+        })
+        .collect();
+    let acked = send(addr, &msgs).await.expect("local API accepts");
+    assert_eq!(acked.len(), n);
+    let got = wait_for(
+        &format!("{n} alarms stored"),
+        Duration::from_secs(60),
+        || async {
+            let s = stored(&op, &format!("subclass={tag}"))
+                .await
+                .unwrap_or_default();
+            (s.len() >= n).then_some(s)
+        },
+    )
+    .await;
+    (relay.bytes_up.load(Ordering::SeqCst) - before, payload, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_compresses_its_uplink_by_default_and_not_when_told_not_to() {
+    let n = 300;
+    let (zipped, payload, got) = upward_bytes("zstd", None, n).await;
+    let (plain, _, got_plain) = upward_bytes("plain", Some(false), n).await;
+    eprintln!("{n} alarms, {payload} bytes of text: {zipped} bytes up compressed, {plain} plain");
+    for stored in [&got, &got_plain] {
+        assert_eq!(stored.len(), n, "each stored once");
+        let mut texts: Vec<&str> = stored
+            .iter()
+            .map(|m| m["content"]["text"].as_str().unwrap_or(""))
+            .collect();
+        texts.sort();
+        assert!(
+            texts[0].starts_with("00000 interface eth0 on host db-00"),
+            "{}",
+            texts[0]
+        );
+    }
+    assert!(
+        plain > payload as u64,
+        "uncompressed: every text travels as it is"
+    );
+    assert!(
+        zipped * 3 < payload as u64,
+        "compressed: {zipped} bytes up for {payload} bytes of alarm text"
+    );
+}

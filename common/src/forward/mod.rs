@@ -244,7 +244,13 @@ impl Sender {
             uplink.proxy()?,
         )?;
         link.set_revocations(crate::tls::Revocations::watch(tls.crl.clone()));
-        link.set_me(crate::tls::own_identity(tls)?.id);
+        let own = crate::tls::own_identity(tls)?;
+        link.set_compress(
+            uplink
+                .compress
+                .unwrap_or(own.role == crate::tls::Role::Proxy),
+        );
+        link.set_me(own.id);
         link.reload_tls(tls.clone());
         let s = spool.clone();
         metrics.gauge("rsnet_spool_messages", "messages in the spool", move || {

@@ -12,9 +12,10 @@
 use http::{header, Method, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::envelope::encoding::{self, Coding};
 use crate::envelope::{self, Control, EnvelopeWriter, Item, EXCHANGE_PATH};
 use crate::http_util::{error, full, Body};
-use crate::limits::BODY_READ_TIMEOUT;
+use crate::limits::{BODY_READ_TIMEOUT, MAX_ENVELOPE_BYTES};
 use crate::memory::{self, BodyBudget, Refused, Reservation};
 use crate::model::Response as Answer;
 use crate::server::Peer;
@@ -33,6 +34,8 @@ pub struct Inbound {
     pub rejected: Vec<Answer>,
     /// The body's room in the memory budget: hold it until answered.
     pub reservation: Reservation,
+    /// The child takes a zstd-compressed reply.
+    pub compress_reply: bool,
 }
 
 /// True if this request is an exchange POST.
@@ -68,11 +71,23 @@ pub async fn receive(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let len = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let coding = match Coding::of(req.headers()) {
+        Ok(c) => c,
+        Err(e) => return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string())),
+    };
+    let length_of = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    // What is held in memory is the decoded body: a compressed one
+    // reserves the size it declares it decodes to (and may not exceed).
+    let len = match coding {
+        Coding::Identity => length_of(header::CONTENT_LENGTH.as_str()),
+        Coding::Zstd => length_of(encoding::DECODED_LENGTH),
+    };
+    let compress_reply = encoding::accepts_zstd(req.headers());
     let reservation = match budget.reserve(&identity.id, len).await {
         Ok(r) => r,
         Err(e @ Refused::TooLarge(_)) => {
@@ -88,7 +103,9 @@ pub async fn receive(
         }
     };
     let body = http_body_util::BodyExt::into_data_stream(req.into_body());
-    let decoded = match tokio::time::timeout(BODY_READ_TIMEOUT, envelope::decode(&ct, body)).await {
+    let limit = len.unwrap_or(MAX_ENVELOPE_BYTES);
+    let decoding = envelope::decode_coded(&ct, coding, limit, body);
+    let decoded = match tokio::time::timeout(BODY_READ_TIMEOUT, decoding).await {
         Err(_) => {
             return Err(error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -111,14 +128,27 @@ pub async fn receive(
             .map(|r| Answer::rejected(r.id, r.error.to_string()))
             .collect(),
         reservation,
+        compress_reply,
     })
 }
 
+/// Marks a response as coming from a parent that reads zstd-compressed
+/// requests (RFC 7694): the child may compress its next POSTs.
+pub fn advertise(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut().insert(
+        header::ACCEPT_ENCODING,
+        http::HeaderValue::from_static(encoding::ZSTD),
+    );
+    r
+}
+
 /// Builds a reply envelope: the answers in the control part, then
-/// `downward` back-channel messages (as queued: header and content XML).
+/// `downward` back-channel messages (as queued: header and content XML),
+/// compressed if the child takes it (`compress`) and it is worth it.
 pub fn reply(
     answers: impl IntoIterator<Item = Answer>,
     downward: &[SpoolRecord],
+    compress: bool,
 ) -> Response<Body> {
     let mut control = Control::default();
     for a in answers {
@@ -130,9 +160,16 @@ pub fn reply(
         w.raw(&r.id, &r.header, &r.content);
     }
     let (ct, body) = w.finish();
-    Response::builder()
+    let r = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, ct)
-        .body(full(body))
+        .header(header::CONTENT_TYPE, ct);
+    let (r, body) = match compress && body.len() >= encoding::MIN_COMPRESS_BYTES {
+        true => match encoding::compress(&body) {
+            Ok(z) => (r.header(header::CONTENT_ENCODING, encoding::ZSTD), z),
+            Err(_) => (r, body),
+        },
+        false => (r, body),
+    };
+    r.body(full(body))
         .unwrap_or_else(|_| Response::new(full("")))
 }

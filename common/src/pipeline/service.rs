@@ -43,14 +43,20 @@ impl ExchangeService {
         }
     }
 
-    /// Handles one POST to the exchange path.
+    /// Handles one POST to the exchange path. Every answer, refusals too,
+    /// says that this parent reads compressed requests.
     pub async fn handle(&self, req: http::Request<Incoming>, peer: &Peer) -> Response<Body> {
+        exchange::advertise(self.answer(req, peer).await)
+    }
+
+    async fn answer(&self, req: http::Request<Incoming>, peer: &Peer) -> Response<Body> {
         let Inbound {
             peer,
             mut control,
             items,
             rejected,
             reservation,
+            compress_reply,
         } = match exchange::receive(req, peer, &self.budget).await {
             Ok(i) => i,
             Err(resp) => return resp,
@@ -80,7 +86,7 @@ impl ExchangeService {
             .backchannel
             .reply_for(&ex.peer.id, control.wait(), busy)
             .await;
-        let reply = exchange::reply(answers, &down);
+        let reply = exchange::reply(answers, &down, compress_reply);
         // The body's items are answered: its memory goes back to the budget.
         drop(reservation);
         reply

@@ -19,7 +19,10 @@
 //! simulated proxies under 10 MLMs ([`release`]), and relay throughput
 //! with 20 rules at the MLM against none ([`rules`]).
 //!
-//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|backchannel|bulk|release|rules` runs one part.
+//! and a slow customer WAN link with and without compression ([`wan`]).
+//!
+//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|nats-edge|backchannel|bulk|release|rules|wan`
+//! runs one part (`nats` runs both NATS setups).
 
 mod backchannel;
 mod bulk;
@@ -28,6 +31,7 @@ mod nats;
 mod peer;
 mod release;
 mod rules;
+mod wan;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,7 +55,7 @@ fn alarm_512(i: usize) -> Value {
     json!({ "kind": "alarm", "class": "alarm", "subclass": "bench", "severity": "major", "text": text })
 }
 
-async fn last_seq(op: &Target) -> u64 {
+pub async fn last_seq(op: &Target) -> u64 {
     let (_, b) = call(op, Method::GET, "/api/v1/messages?limit=1", None)
         .await
         .expect("api");
@@ -74,6 +78,11 @@ async fn main() {
         let d = root.join("mosquitto");
         std::fs::create_dir_all(&d).expect("dir");
         figs.push(mqtt::run(&d, CLIENTS, THROUGHPUT_SECS, RATE, LATENCY_SECS).await);
+    }
+    if want("nats") || want("nats-edge") {
+        let d = root.join("nats-edge");
+        std::fs::create_dir_all(&d).expect("dir");
+        figs.push(nats::run_edge(&d, CLIENTS, THROUGHPUT_SECS, RATE, LATENCY_SECS).await);
     }
     if want("nats") {
         let d = root.join("nats");
@@ -99,6 +108,10 @@ async fn main() {
     if want("rules") {
         println!();
         rules::run(&root.join("rules")).await;
+    }
+    if want("wan") {
+        println!();
+        wan::run(&root.join("wan")).await;
     }
     let _ = std::fs::remove_dir_all(root);
 }
