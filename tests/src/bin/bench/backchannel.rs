@@ -40,7 +40,16 @@ async fn post(op: &Target, body: Value) -> String {
 
 /// Runs all three; prints Markdown.
 pub async fn run(dir: &std::path::Path) {
-    let tree = crate::two_hop_tree(dir);
+    // The idle children below share one certificate: the MLM lets that
+    // identity hold more than the default 64 connections.
+    let spec = rsnet_demo::Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        mlm_extra: format!("[limits]\nmax_connections_per_peer = {}\n", IDLE_CHILDREN + 100),
+        ..rsnet_demo::Spec::demo()
+    };
+    let tree = tokio::task::block_in_place(|| rsnet_demo::Tree::start(dir, &spec)).expect("tree");
     let op = tree.operator_target().expect("operator");
     let p1 = tree.index("acme.p1").expect("p1");
     let local = Target::Plain(tree.nodes[p1].addr.expect("addr"));
@@ -262,7 +271,7 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
+pub fn cpu_ticks(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {

@@ -16,16 +16,17 @@
 //!
 //! Then the back-channel figures ([`backchannel`]), bulk relay throughput
 //! against a direct transfer and nginx ([`bulk`]), and a release to 1,000
-//! simulated proxies under 10 MLMs ([`release`]), and relay throughput
-//! with 20 rules at the MLM against none ([`rules`]).
+//! simulated proxies under 10 MLMs ([`release`]), relay throughput
+//! with 20 rules at the MLM against none ([`rules`]), the fan-in of 1,000
+//! children through one MLM ([`fanin`]), and a slow customer WAN link with
+//! and without compression ([`wan`]).
 //!
-//! and a slow customer WAN link with and without compression ([`wan`]).
-//!
-//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|nats-edge|backchannel|bulk|release|rules|wan`
+//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|nats-edge|backchannel|bulk|release|rules|fanin|wan`
 //! runs one part (`nats` runs both NATS setups).
 
 mod backchannel;
 mod bulk;
+mod fanin;
 mod mqtt;
 mod nats;
 mod peer;
@@ -72,7 +73,10 @@ async fn main() {
     let want = |s: &str| only.as_deref().is_none_or(|o| o == s);
     let mut figs = Vec::new();
     if want("rsnet") {
-        figs.push(rsnet(&root.join("rsnet")).await);
+        figs.push(rsnet(&root.join("rsnet"), "").await);
+        // On loopback, bandwidth is free and CPU is what is short: the
+        // case `[uplink] compress = false` is for.
+        figs.push(rsnet(&root.join("rsnet-plain"), "compress = false").await);
     }
     if want("mosquitto") {
         let d = root.join("mosquitto");
@@ -109,6 +113,10 @@ async fn main() {
         println!();
         rules::run(&root.join("rules")).await;
     }
+    if want("fanin") {
+        println!();
+        fanin::run(&root.join("fanin")).await;
+    }
     if want("wan") {
         println!();
         wan::run(&root.join("wan")).await;
@@ -135,12 +143,62 @@ fn print_table(figs: &[peer::Figures], base: Option<(f64, Duration)>) {
     }
 }
 
+/// Follows the appserver's stream of messages of `subclass` from now on;
+/// for each whose ID is in `sent_at`, records the time from then to its
+/// arrival. Returns the reader task and the latencies.
+pub async fn follow_stream(
+    op: &Target,
+    subclass: &str,
+    sent_at: Arc<Mutex<HashMap<String, Instant>>>,
+) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<Duration>>>) {
+    let lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let from = last_seq(op).await;
+    let resp = http_send(
+        op,
+        Method::GET,
+        &format!("/api/v1/stream?subclass={subclass}&after={from}"),
+        None,
+        &[],
+    )
+    .await
+    .expect("stream");
+    let l2 = lat.clone();
+    let reader = tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let mut buf = String::new();
+        while let Some(Ok(f)) = body.frame().await {
+            let Ok(d) = f.into_data() else { continue };
+            let now = Instant::now();
+            buf.push_str(&String::from_utf8_lossy(&d));
+            while let Some(end) = buf.find("\n\n") {
+                let ev: String = buf.drain(..end + 2).collect();
+                if let Some(data) = ev.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    let id = serde_json::from_str::<Value>(data)
+                        .ok()
+                        .and_then(|v| v["id"].as_str().map(str::to_string));
+                    let t = id.and_then(|id| sent_at.lock().ok()?.get(&id).copied());
+                    if let Some(t) = t {
+                        l2.lock().expect("lat").push(now - t);
+                    }
+                }
+            }
+        }
+    });
+    (reader, lat)
+}
+
 /// The benchmarks' tree: appserver ← acme.mlm1 ← acme.p1, heartbeats out of the way.
 pub fn two_hop_tree(dir: &std::path::Path) -> Tree {
+    two_hop_tree_with(dir, "")
+}
+
+/// [`two_hop_tree`] with extra `[uplink]` lines for the proxy.
+pub fn two_hop_tree_with(dir: &std::path::Path, proxy_uplink: &str) -> Tree {
     let spec = Spec {
         mlms: vec![("mlm1".into(), None)],
         proxies: vec![("p1".into(), Some(0))],
         heartbeat_s: 3600,
+        proxy_uplink_extra: proxy_uplink.into(),
         ..Spec::demo()
     };
     tokio::task::block_in_place(|| Tree::start(dir, &spec)).expect("tree")
@@ -182,8 +240,8 @@ pub async fn throughput(tree: &Tree, secs: u64) -> (usize, f64, f64) {
     (accepted, accept_secs, t0.elapsed().as_secs_f64())
 }
 
-async fn rsnet(dir: &std::path::Path) -> peer::Figures {
-    let tree = two_hop_tree(dir);
+async fn rsnet(dir: &std::path::Path, proxy_uplink: &str) -> peer::Figures {
+    let tree = two_hop_tree_with(dir, proxy_uplink);
     let op = tree.operator_target().expect("operator");
     let proxy = tree.nodes[tree.proxies()[0]].addr.expect("proxy addr");
 
@@ -193,39 +251,7 @@ async fn rsnet(dir: &std::path::Path) -> peer::Figures {
 
     // ---- latency at a fixed offered load
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let from = last_seq(&op).await;
-    let resp = http_send(
-        &op,
-        Method::GET,
-        &format!("/api/v1/stream?subclass=bench&after={from}"),
-        None,
-        &[],
-    )
-    .await
-    .expect("stream");
-    let (s2, l2) = (sent_at.clone(), lat.clone());
-    let reader = tokio::spawn(async move {
-        let mut body = resp.into_body();
-        let mut buf = String::new();
-        while let Some(Ok(f)) = body.frame().await {
-            let Ok(d) = f.into_data() else { continue };
-            let now = Instant::now();
-            buf.push_str(&String::from_utf8_lossy(&d));
-            while let Some(end) = buf.find("\n\n") {
-                let ev: String = buf.drain(..end + 2).collect();
-                if let Some(data) = ev.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    let id = serde_json::from_str::<Value>(data)
-                        .ok()
-                        .and_then(|v| v["id"].as_str().map(str::to_string));
-                    let t = id.and_then(|id| s2.lock().ok()?.get(&id).copied());
-                    if let Some(t) = t {
-                        l2.lock().expect("lat").push(now - t);
-                    }
-                }
-            }
-        }
-    });
+    let (reader, lat) = follow_stream(&op, "bench", sent_at.clone()).await;
     let (mut tick, per_tick) = peer::ticker(RATE);
     let lat_deadline = Instant::now() + Duration::from_secs(LATENCY_SECS);
     let mut i = 0;
@@ -262,7 +288,11 @@ async fn rsnet(dir: &std::path::Path) -> peer::Figures {
     drop(tree);
     eprintln!("rsnet: {accepted} msgs accepted by the proxy in {accept_secs:.1} s, all stored after {stored_secs:.1} s");
     peer::Figures {
-        name: "rsnet (proxy → MLM → appserver, mTLS, fsync at proxy and appserver)",
+        name: if proxy_uplink.is_empty() {
+            "rsnet (proxy → MLM → appserver, mTLS, fsync at proxy and appserver; defaults: zstd on the proxy's uplink)"
+        } else {
+            "rsnet, the same with `[uplink] compress = false` at the proxy"
+        },
         throughput,
         p50: peer::quantile(&l, 0.5),
         p99: peer::quantile(&l, 0.99),
