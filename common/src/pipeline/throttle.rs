@@ -223,6 +223,10 @@ pub struct Throttle {
     child_bytes: Option<(DefaultKeyedRateLimiter<ComponentId>, u32)>,
     windows: Vec<Window>,
     clock: DayClock,
+    /// The limiters' clock, made once: making one reads CPUID, which in a
+    /// VM traps to the hypervisor (4 % of an MLM's CPU when it was made
+    /// per message).
+    rate_clock: DefaultClock,
     counters: Counters,
     min_free: u64,
     disk: Option<crate::disk::DiskFloor>,
@@ -277,6 +281,7 @@ impl Throttle {
                 })
                 .collect(),
             clock,
+            rate_clock: DefaultClock::default(),
             counters: Counters {
                 passed: c(
                     "rsnet_throttle_passed_total",
@@ -380,9 +385,9 @@ impl Throttle {
 
     /// The wait a rate imposes on a message of `size` bytes from `child`, if any.
     fn over_rate(&self, child: &ComponentId, size: u32) -> Option<(Duration, String)> {
-        let clock = DefaultClock::default();
         let n = NonZeroU32::new(size.max(1))?;
-        let wait = |e: governor::NotUntil<_>| e.wait_time_from(clock.now()).max(MIN_RETRY);
+        let wait =
+            |e: governor::NotUntil<_>| e.wait_time_from(self.rate_clock.now()).max(MIN_RETRY);
         if let Some((l, r)) = &self.messages {
             if let Err(e) = l.check() {
                 return Some((wait(e), format!("{r} messages/s")));
