@@ -46,7 +46,10 @@ pub async fn run(dir: &std::path::Path) {
         mlms: vec![("mlm1".into(), None)],
         proxies: vec![("p1".into(), Some(0))],
         heartbeat_s: 3600,
-        mlm_extra: format!("[limits]\nmax_connections_per_peer = {}\n", IDLE_CHILDREN + 100),
+        mlm_extra: format!(
+            "[limits]\nmax_connections_per_peer = {}\n",
+            IDLE_CHILDREN + 100
+        ),
         ..rsnet_demo::Spec::demo()
     };
     let tree = tokio::task::block_in_place(|| rsnet_demo::Tree::start(dir, &spec)).expect("tree");

@@ -37,7 +37,10 @@ pub async fn run(dir: &std::path::Path) {
     let op = tree.operator_target().expect("operator");
     let mlm = tree.index("acme.mlm1").expect("mlm");
     let pid = tree.nodes[mlm].pid().expect("pid");
-    let url = format!("https://127.0.0.1:{}", tree.nodes[mlm].addr.expect("addr").port());
+    let url = format!(
+        "https://127.0.0.1:{}",
+        tree.nodes[mlm].addr.expect("addr").port()
+    );
     // One certificate and one connection per child.
     let t0 = Instant::now();
     let mut links = Vec::with_capacity(CHILDREN);
@@ -52,7 +55,10 @@ pub async fn run(dir: &std::path::Path) {
         })
         .expect("tls");
         let link = Link::new(std::slice::from_ref(&url), tls, None).expect("link");
-        links.push((id.parse::<rsnet_common::id::ComponentId>().expect("id"), link));
+        links.push((
+            id.parse::<rsnet_common::id::ComponentId>().expect("id"),
+            link,
+        ));
     }
     // Connect every child (mTLS handshake, one empty exchange) before timing.
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
@@ -61,7 +67,9 @@ pub async fn run(dir: &std::path::Path) {
         let (link, gate) = (link.clone(), gate.clone());
         connecting.push(tokio::spawn(async move {
             let _p = gate.acquire_owned().await;
-            link.exchange(EnvelopeWriter::new(), Duration::from_secs(60)).await.is_ok()
+            link.exchange(EnvelopeWriter::new(), Duration::from_secs(60))
+                .await
+                .is_ok()
         }));
     }
     let mut connected = 0;
