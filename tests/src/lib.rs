@@ -108,35 +108,38 @@ async fn splice(
     // A WAN link moves packets: read at most one segment at a time, so
     // tunnels interleave on the shared wire as they would on a real one.
     let mut buf = vec![0u8; if wire.is_some() { 1448 } else { 16 * 1024 }];
-    let Some(wire) = wire else {
+    // The next bytes that pass (counted), or None at the end.
+    async fn next(
+        r: &mut tokio::net::tcp::OwnedReadHalf,
+        buf: &mut [u8],
+        hole: &std::sync::atomic::AtomicBool,
+        count: &std::sync::atomic::AtomicU64,
+    ) -> Option<usize> {
         loop {
-            let n = match r.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+            let n = match r.read(buf).await {
+                Ok(0) | Err(_) => return None,
                 Ok(n) => n,
             };
-            if hole.load(Ordering::SeqCst) {
-                continue;
+            if !hole.load(Ordering::SeqCst) {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+                return Some(n);
             }
-            count.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+    let Some(wire) = wire else {
+        while let Some(n) = next(&mut r, &mut buf, &hole, &count).await {
             if w.write_all(&buf[..n]).await.is_err() {
                 return;
             }
         }
+        return;
     };
     // About 0.7 s of the wire's bytes may wait in its queue (a router's
     // buffer); beyond that the sender is held back by TCP.
     let depth = ((wire.rate * 0.7) as usize / buf.len()).max(8);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(depth);
     let reader = async move {
-        loop {
-            let n = match r.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if hole.load(Ordering::SeqCst) {
-                continue;
-            }
-            count.fetch_add(n as u64, Ordering::Relaxed);
+        while let Some(n) = next(&mut r, &mut buf, &hole, &count).await {
             if tx.send((wire.arrival(n), buf[..n].to_vec())).await.is_err() {
                 return;
             }

@@ -188,17 +188,7 @@ pub async fn run(dir: &std::path::Path) {
     let mlm = tree.index("acme.mlm1").expect("mlm");
     let pid = tree.nodes[mlm].pid().expect("pid");
     let rss_before = rss_kib(pid);
-    let f = tree
-        .pki
-        .issue("acme.bench", Role::Proxy, &[], &[])
-        .expect("cert");
-    let tls = rsnet_common::tls::client_config(&TlsPaths {
-        ca: tree.pki.ca(),
-        cert: f.cert,
-        key: f.key,
-        crl: None,
-    })
-    .expect("tls");
+    let tls = child_tls(&tree, "acme.bench");
     let url = format!(
         "https://127.0.0.1:{}",
         tree.nodes[mlm].addr.expect("addr").port()
@@ -272,6 +262,18 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// A proxy certificate for `id` from the tree's PKI, as a client TLS config.
+pub fn child_tls(tree: &rsnet_demo::Tree, id: &str) -> rustls::ClientConfig {
+    let f = tree.pki.issue(id, Role::Proxy, &[], &[]).expect("cert");
+    rsnet_common::tls::client_config(&TlsPaths {
+        ca: tree.pki.ca(),
+        cert: f.cert,
+        key: f.key,
+        crl: None,
+    })
+    .expect("tls")
 }
 
 pub fn cpu_ticks(pid: u32) -> u64 {

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use rsnet_common::envelope::EnvelopeWriter;
 use rsnet_common::link::Link;
 use rsnet_common::model::{Alarm, AlarmState, Content, Message, Severity};
-use rsnet_common::tls::{Role, TlsPaths};
 
 use crate::peer::quantile;
 
@@ -46,14 +45,7 @@ pub async fn run(dir: &std::path::Path) {
     let mut links = Vec::with_capacity(CHILDREN);
     for i in 0..CHILDREN {
         let id = format!("acme.f{i}");
-        let f = tree.pki.issue(&id, Role::Proxy, &[], &[]).expect("cert");
-        let tls = rsnet_common::tls::client_config(&TlsPaths {
-            ca: tree.pki.ca(),
-            cert: f.cert,
-            key: f.key,
-            crl: None,
-        })
-        .expect("tls");
+        let tls = crate::backchannel::child_tls(&tree, &id);
         let link = Link::new(std::slice::from_ref(&url), tls, None).expect("link");
         links.push((
             id.parse::<rsnet_common::id::ComponentId>().expect("id"),
