@@ -348,3 +348,149 @@ async fn a_thousand_slow_connections_and_a_malformed_flood_leave_a_good_proxy_mo
     );
     tree.shutdown();
 }
+
+/// POSTs `body` to the exchange path as `attacker` with extra `headers`;
+/// the status, the `Accept-Encoding` answered and the body.
+async fn post_coded(
+    attacker: &RawChild,
+    ct: &str,
+    body: Bytes,
+    headers: &[(&str, String)],
+) -> (http::StatusCode, String, Bytes) {
+    use http_body_util::BodyExt;
+    let r = rsnet_common::client::send(
+        &attacker.target,
+        Method::POST,
+        "/rs/v1/exchange",
+        Some((ct, body)),
+        headers,
+    )
+    .await
+    .expect("exchange");
+    let status = r.status();
+    let accept = r
+        .headers()
+        .get(http::header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let b = r
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    (status, accept, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_bodies_that_lie_about_their_size_or_are_not_zstd_are_refused_and_honest_ones_travel(
+) {
+    use rsnet_common::envelope::encoding::{compress, DECODED_LENGTH};
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let mut tree = tokio::task::block_in_place(|| Tree::start(&tempdir("hardening-zstd"), &spec))
+        .unwrap_or_else(|e| panic!("tree did not start: {e}"));
+    tree.remove_on_drop = true;
+    let op = tree.operator_target().unwrap();
+    let mlm = tree.index("acme.mlm1").unwrap();
+    let attacker = RawChild::new(&tree, "acme.p9", Role::Proxy, tree.nodes[mlm].addr.unwrap());
+    let alarm = |text: &str| {
+        Message::forward(
+            attacker.id.clone(),
+            "alarm",
+            Some("zstd"),
+            Content::Alarm(Alarm {
+                severity: Severity::Major,
+                state: AlarmState::Raised,
+                support_instance: None,
+                text: text.into(),
+                data: None,
+            }),
+        )
+        .with_hop(&attacker.id)
+    };
+    let zstd = |n: usize| {
+        vec![
+            ("content-encoding", "zstd".to_string()),
+            (DECODED_LENGTH, n.to_string()),
+        ]
+    };
+
+    // An encoding it does not read: 415, naming the one it does.
+    let m = alarm("brotli");
+    let mut w = EnvelopeWriter::new();
+    w.message(&m);
+    let (ct, body) = w.finish();
+    let (s, accept, _) = post_coded(
+        &attacker,
+        &ct,
+        body.clone(),
+        &[("content-encoding", "br".into())],
+    )
+    .await;
+    assert_eq!(s, http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(accept, "zstd");
+
+    // Not zstd at all: 400.
+    let (s, _, _) = post_coded(&attacker, &ct, body.clone(), &zstd(body.len())).await;
+    assert_eq!(s, http::StatusCode::BAD_REQUEST);
+
+    // A bomb that declares 4 KiB and decodes to 15 MiB: refused at the
+    // declared size (413), before it is held.
+    let mut w = EnvelopeWriter::new();
+    let mut big = alarm("");
+    big.content = Content::Alarm(Alarm {
+        severity: Severity::Major,
+        state: AlarmState::Raised,
+        support_instance: None,
+        text: "a".repeat(60 * 1024),
+        data: None,
+    });
+    for _ in 0..250 {
+        let mut b = big.clone();
+        b.header.id = rsnet_common::id::MessageId::new();
+        w.message(&b);
+    }
+    let (bct, bbody) = w.finish();
+    assert!(bbody.len() > 14 << 20);
+    let bomb = compress(&bbody).unwrap();
+    assert!(bomb.len() < 64 * 1024, "{} bytes compressed", bomb.len());
+    let (s, _, _) = post_coded(&attacker, &bct, bomb.clone(), &zstd(4096)).await;
+    assert_eq!(s, http::StatusCode::PAYLOAD_TOO_LARGE);
+    // Declaring more than any envelope may hold is refused before a byte is read.
+    let (s, _, _) = post_coded(&attacker, &bct, bomb, &zstd(17 << 20)).await;
+    assert_eq!(s, http::StatusCode::PAYLOAD_TOO_LARGE);
+
+    // An honest compressed POST travels (its short reply is not worth
+    // compressing and comes as it is).
+    let m = alarm("honest and compressed");
+    let mut w = EnvelopeWriter::new();
+    w.message(&m);
+    let (ct, body) = w.finish();
+    let mut headers = zstd(body.len());
+    headers.push(("accept-encoding", "zstd".into()));
+    let (s, accept, reply) = post_coded(&attacker, &ct, compress(&body).unwrap(), &headers).await;
+    assert_eq!(
+        s,
+        http::StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert_eq!(accept, "zstd");
+    assert!(
+        String::from_utf8_lossy(&reply).contains(&format!("<accepted>{}", m.header.id)),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    wait_for("the honest alarm stored", LONG, || async {
+        let all = stored(&op, "subclass=zstd").await.ok()?;
+        let ids: Vec<&str> = all.iter().filter_map(|m| m["id"].as_str()).collect();
+        (ids == [m.header.id.to_string().as_str()]).then_some(())
+    })
+    .await;
+}
