@@ -126,6 +126,9 @@ pub struct Inflate<S> {
     inner: S,
     decoder: Decoder<'static>,
     input: Bytes,
+    /// Where each step decodes to; what it wrote is copied out, so a
+    /// short output does not pin a whole chunk.
+    out: Vec<u8>,
     limit: u64,
     produced: u64,
     /// The last decoder step ended a frame, with no output held back.
@@ -147,6 +150,7 @@ impl<S> Inflate<S> {
             inner,
             decoder,
             input: Bytes::new(),
+            out: vec![0u8; OUT_CHUNK],
             limit,
             produced: 0,
             at_frame_end: false,
@@ -157,9 +161,8 @@ impl<S> Inflate<S> {
 
     /// One decoder step over what input is held; `Some` if it produced bytes.
     fn step(&mut self) -> Option<Result<Bytes, InflateError>> {
-        let mut out = vec![0u8; OUT_CHUNK];
         let mut inb = InBuffer::around(&self.input);
-        let mut outb = OutBuffer::around(&mut out[..]);
+        let mut outb = OutBuffer::around(&mut self.out[..]);
         let hint = match self.decoder.run(&mut inb, &mut outb) {
             Ok(h) => h,
             Err(e) => return Some(Err(InflateError::Corrupt(e.to_string()))),
@@ -175,8 +178,7 @@ impl<S> Inflate<S> {
         if self.produced > self.limit {
             return Some(Err(InflateError::TooLarge(self.limit)));
         }
-        out.truncate(written);
-        Some(Ok(Bytes::from(out)))
+        Some(Ok(Bytes::copy_from_slice(&self.out[..written])))
     }
 }
 
