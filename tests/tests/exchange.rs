@@ -297,6 +297,22 @@ fn rejected_because(a: &std::collections::HashMap<MessageId, Response>, m: &Mess
     assert!(why.contains(needle), "{why}");
 }
 
+/// Waits until the appserver's topology lists `id` (before that it has no
+/// route to it).
+async fn heard_of(op: &Target, id: &str) {
+    wait_for(&format!("{id} in the topology"), LONG, || async {
+        let (_, v) = json_call(op, Method::GET, "/api/v1/components", None)
+            .await
+            .ok()?;
+        v["components"]
+            .as_array()?
+            .iter()
+            .any(|c| c["id"] == id)
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_hops_outside_the_senders_subtree_cannot_pull_back_channel_traffic() {
     let tree = start("hijack", &Spec::demo());
@@ -304,17 +320,7 @@ async fn routing_hops_outside_the_senders_subtree_cannot_pull_back_channel_traff
     let (app, mlm2) = (tree.nodes[0].addr.unwrap(), tree.nodes[2].addr.unwrap());
     let p1 = tree.index("acme.p1").unwrap();
     // Every proxy has been heard (cold-start notices).
-    wait_for("acme.p1 in the topology", LONG, || async {
-        let (_, v) = json_call(&op, Method::GET, "/api/v1/components", None)
-            .await
-            .ok()?;
-        v["components"]
-            .as_array()?
-            .iter()
-            .any(|c| c["id"] == "acme.p1")
-            .then_some(())
-    })
-    .await;
+    heard_of(&op, "acme.p1").await;
 
     // acme.p4 (under acme.mlm2) names acme.p1 in its routing list: at its MLM,
     // and straight at the appserver; then a proxy of another customer.
@@ -500,17 +506,7 @@ async fn an_operator_message_that_could_never_travel_down_is_refused() {
     );
     // Nothing was queued, and an ordinary message still goes through (once
     // the appserver has heard of acme.p1: before that it has no route).
-    wait_for("acme.p1 in the topology", LONG, || async {
-        let (_, v) = json_call(&op, Method::GET, "/api/v1/components", None)
-            .await
-            .ok()?;
-        v["components"]
-            .as_array()?
-            .iter()
-            .any(|c| c["id"] == "acme.p1")
-            .then_some(())
-    })
-    .await;
+    heard_of(&op, "acme.p1").await;
     let (s, v) =
         post(json!({"to": "acme.p1", "kind": "data", "class": "config", "payload": "ok"})).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");

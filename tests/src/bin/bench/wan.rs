@@ -99,13 +99,9 @@ fn alarm(text: String) -> Value {
     json!({ "kind": "alarm", "class": "alarm", "subclass": "wan", "severity": "major", "text": text })
 }
 
-async fn stored(op: &Target) -> u64 {
-    crate::last_seq(op).await
-}
-
 async fn wait_stored(op: &Target, target: u64, timeout: Duration) -> Option<Duration> {
     let t0 = Instant::now();
-    while stored(op).await < target {
+    while crate::last_seq(op).await < target {
         if t0.elapsed() > timeout {
             return None;
         }
@@ -145,7 +141,7 @@ async fn one(dir: &std::path::Path, compress: bool, outage: bool) -> Figures {
 
     // Warm up: one alarm from each proxy, so links are up (and have
     // negotiated compression) before counting.
-    let base = stored(&op).await;
+    let base = crate::last_seq(&op).await;
     for p in &proxies {
         send(*p, &[alarm(realistic_text(0, &mut rng))])
             .await
@@ -156,7 +152,7 @@ async fn one(dir: &std::path::Path, compress: bool, outage: bool) -> Figures {
         .expect("warm-up stored");
 
     // ---- 2,000 alarms, 500 posted at each proxy at once.
-    let base = stored(&op).await;
+    let base = crate::last_seq(&op).await;
     let (up0, down0) = (
         relay.bytes_up.load(Ordering::Relaxed),
         relay.bytes_down.load(Ordering::Relaxed),
@@ -194,7 +190,7 @@ async fn one(dir: &std::path::Path, compress: bool, outage: bool) -> Figures {
     let (mut heal_first, mut heal_all) = (None, None);
     if outage {
         relay.down(true);
-        let base = stored(&op).await;
+        let base = crate::last_seq(&op).await;
         for p in &proxies {
             let batch: Vec<Value> = (0..10)
                 .map(|i| alarm(realistic_text(i, &mut rng)))
