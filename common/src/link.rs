@@ -506,9 +506,7 @@ impl Link {
             None => (self.connect(p).await?, current),
         };
         let compress = self.compress.load(Ordering::Relaxed);
-        let mut zstd = compress
-            && p.takes_zstd.load(Ordering::Relaxed)
-            && body.len() >= encoding::MIN_COMPRESS_BYTES;
+        let mut zstd = compress && p.takes_zstd.load(Ordering::Relaxed);
         let resp = loop {
             send.ready()
                 .await
@@ -521,8 +519,8 @@ impl Link {
             if compress {
                 req = req.header(header::ACCEPT_ENCODING, encoding::ZSTD);
             }
-            let sent = match zstd.then(|| encoding::compress(&body)) {
-                Some(Ok(z)) => {
+            let sent = match zstd.then(|| encoding::compressed(&body)).flatten() {
+                Some(z) => {
                     req = req
                         .header(header::CONTENT_ENCODING, encoding::ZSTD)
                         .header(encoding::DECODED_LENGTH, body.len());
@@ -545,8 +543,10 @@ impl Link {
                 p.takes_zstd
                     .store(encoding::accepts_zstd(resp.headers()), Ordering::Relaxed);
             }
-            if zstd && resp.status() == http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
-                // It no longer reads them: once more, as it is.
+            if zstd && st == http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                // It no longer reads them: once more, as it is, on the same
+                // connection (its error body read first, bounded).
+                let _ = crate::http_util::error_text(resp.into_body(), ERROR_BODY_WAIT).await;
                 zstd = false;
                 continue;
             }

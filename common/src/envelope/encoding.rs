@@ -107,6 +107,15 @@ pub fn compress(body: &[u8]) -> std::io::Result<Bytes> {
     Ok(Bytes::from(c.compress(body)?))
 }
 
+/// `body` compressed, if it is long enough to be worth it (and zstd could
+/// set up); `None`: send it as it is.
+pub fn compressed(body: &[u8]) -> Option<Bytes> {
+    if body.len() < MIN_COMPRESS_BYTES {
+        return None;
+    }
+    compress(body).ok()
+}
+
 /// Why a compressed body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum InflateError {

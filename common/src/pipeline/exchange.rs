@@ -163,12 +163,9 @@ pub fn reply(
     let r = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, ct);
-    let (r, body) = match compress && body.len() >= encoding::MIN_COMPRESS_BYTES {
-        true => match encoding::compress(&body) {
-            Ok(z) => (r.header(header::CONTENT_ENCODING, encoding::ZSTD), z),
-            Err(_) => (r, body),
-        },
-        false => (r, body),
+    let (r, body) = match compress.then(|| encoding::compressed(&body)).flatten() {
+        Some(z) => (r.header(header::CONTENT_ENCODING, encoding::ZSTD), z),
+        None => (r, body),
     };
     r.body(full(body))
         .unwrap_or_else(|_| Response::new(full("")))
