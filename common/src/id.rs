@@ -146,6 +146,15 @@ impl MessageId {
     pub fn from_bytes(b: [u8; 16]) -> Self {
         MessageId(uuid::Uuid::from_bytes(b))
     }
+    /// The time a v7 ID was made, in milliseconds since the Unix epoch
+    /// (its first 48 bits); `None` for any other kind of UUID.
+    pub fn millis(&self) -> Option<u64> {
+        if self.0.get_version_num() != 7 {
+            return None;
+        }
+        let b = self.0.as_bytes();
+        Some(b[..6].iter().fold(0u64, |t, x| (t << 8) | u64::from(*x)))
+    }
 }
 
 impl Default for MessageId {

@@ -117,7 +117,7 @@ mod tests {
         let one = budget::message_cost(header, MAX_PART_BYTES as usize, 1);
         assert!(one <= ENVELOPE_BUDGET_BYTES, "{one}");
         assert!(ENVELOPE_BUDGET_BYTES + CONTROL_RESERVE_BYTES <= MAX_ENVELOPE_BYTES as usize);
-        assert!(budget::hop_reserve(hops) == 0);
+        assert!(budget::hop_reserve(hops) == budget::COMPACT_EXPANSION_BYTES);
         assert!(budget::hop_reserve(1) < MAX_HEADER_BYTES / 4);
         // Parts: a full batch plus the control part.
         assert_eq!(MAX_PARTS, 2 * MAX_BATCH_MESSAGES + 1);

@@ -83,12 +83,18 @@ pub enum LinkErrorKind {
     /// The reply was not a valid envelope.
     #[error("bad reply: {0}")]
     BadReply(String),
+    /// A compact envelope was refused by a parent that no longer says it
+    /// reads the compact form (it was replaced by an older version): the
+    /// same messages go again in the full form.
+    #[error("parent no longer reads the compact form: HTTP {0}")]
+    FormWithdrawn(StatusCode),
 }
 
 impl LinkError {
     /// True if the link was cut (connect, connect timeout, the exchange's
-    /// timeout, a connection that broke): not the parent's answer, so worth
-    /// trying again soon, to use a healed link at once.
+    /// timeout, a connection that broke), or the parent stopped reading the
+    /// compact form: not an answer to the messages, so worth trying again
+    /// soon, to use a healed link (or the full form) at once.
     pub fn is_cut(&self) -> bool {
         matches!(
             self.kind,
@@ -96,6 +102,7 @@ impl LinkError {
                 | LinkErrorKind::ConnectTimeout(_)
                 | LinkErrorKind::Timeout(_)
                 | LinkErrorKind::Http(_)
+                | LinkErrorKind::FormWithdrawn(_)
         )
     }
 
@@ -164,6 +171,8 @@ struct Parent {
     port: u16,
     /// It said (on its last reply) that it reads zstd-compressed requests.
     takes_zstd: AtomicBool,
+    /// It said (on its last answer) that it reads the compact form.
+    takes_compact: AtomicBool,
 }
 
 /// How long a parent's error body may take to arrive.
@@ -224,6 +233,7 @@ impl Link {
                     host,
                     port: uri.port_u16().unwrap_or(443),
                     takes_zstd: AtomicBool::new(false),
+                    takes_compact: AtomicBool::new(false),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -247,6 +257,17 @@ impl Link {
     /// has said it reads them ([`crate::envelope::encoding`]). Off by default.
     pub fn set_compress(&self, on: bool) {
         self.compress.store(on, Ordering::Relaxed);
+    }
+
+    /// The form to write the next envelope in: compact once the parent in
+    /// use has said it reads it ([`crate::envelope::Form`]).
+    pub fn form(&self) -> envelope::Form {
+        let p = &self.parents[self.current.load(Ordering::Relaxed) % self.parents.len()];
+        if p.takes_compact.load(Ordering::Relaxed) {
+            envelope::Form::Compact
+        } else {
+            envelope::Form::Full
+        }
     }
 
     /// This node is `me`: from now on an MLM is accepted as its parent
@@ -399,6 +420,7 @@ impl Link {
         envelope: EnvelopeWriter,
         timeout: Duration,
     ) -> Result<Decoded, LinkError> {
+        let form = envelope.form();
         let (content_type, body) = envelope.finish();
         let idx = self.current.load(Ordering::Relaxed) % self.parents.len();
         let p = &self.parents[idx];
@@ -406,12 +428,14 @@ impl Link {
             parent: p.url.clone(),
             kind,
         };
-        match tokio::time::timeout(timeout, self.exchange_on(p, &content_type, body)).await {
+        match tokio::time::timeout(timeout, self.exchange_on(p, form, &content_type, body)).await {
             Err(_) => Err(err(LinkErrorKind::Timeout(timeout))),
             Ok(Err(kind)) => {
                 if !matches!(
                     kind,
-                    LinkErrorKind::Refused(..) | LinkErrorKind::BadReply(_)
+                    LinkErrorKind::Refused(..)
+                        | LinkErrorKind::BadReply(_)
+                        | LinkErrorKind::FormWithdrawn(_)
                 ) {
                     self.fail_over(idx);
                 }
@@ -480,6 +504,7 @@ impl Link {
     async fn exchange_on(
         &self,
         p: &Parent,
+        form: envelope::Form,
         content_type: &str,
         body: Bytes,
     ) -> Result<Decoded, LinkErrorKind> {
@@ -553,6 +578,12 @@ impl Link {
             break resp;
         };
         let status = resp.status();
+        let compact = envelope::accepts_compact(resp.headers());
+        p.takes_compact.store(compact, Ordering::Relaxed);
+        if form == envelope::Form::Compact && !compact && status.is_client_error() {
+            let _ = crate::http_util::error_text(resp.into_body(), ERROR_BODY_WAIT).await;
+            return Err(LinkErrorKind::FormWithdrawn(status));
+        }
         let ct = resp
             .headers()
             .get(header::CONTENT_TYPE)

@@ -412,20 +412,23 @@ pub struct Message {
 }
 
 impl Message {
-    /// A new forward message from `origin`, stamped now, with default QoS.
+    /// A new forward message from `origin`, stamped now (`created` is the
+    /// time in its v7 ID), with default QoS.
     pub fn forward(
         origin: ComponentId,
         class: &str,
         subclass: Option<&str>,
         content: Content,
     ) -> Self {
+        let id = MessageId::new();
         Message {
             header: Header {
-                id: MessageId::new(),
+                id,
                 class: class.to_string(),
                 subclass: subclass.map(str::to_string),
                 kind: content.kind(),
-                created: Timestamp::now(),
+                // The ID's own time: a compact header leaves it out.
+                created: id.millis().map_or_else(Timestamp::now, Timestamp),
                 direction: Direction::Source(Source {
                     origin,
                     version: None,

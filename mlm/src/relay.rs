@@ -97,7 +97,7 @@ impl Relay {
     fn parcel(&self, mut item: Item, hop: &Hop) -> Result<Parcel, (MessageId, Verdict)> {
         let id = item.header.id;
         item.header.routing.push(hop.clone());
-        let header = wire::encode_header(&item.header);
+        let header = wire::encode_header_compact(&item.header);
         let hops = item.header.routing.len();
         if let Err(e) = budget::check(header.len(), item.content.len(), hops) {
             self.counters.too_large.inc();

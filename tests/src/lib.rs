@@ -302,6 +302,10 @@ impl ConnectProxy {
 /// and accepts every message of any other envelope. It keeps the IDs it
 /// accepted. A proxy must isolate the message such a parent cannot take
 /// and keep everything else flowing.
+///
+/// It reads the compact form only while `compact` is on (off at first),
+/// and says so in its answers then; while off it refuses an envelope with
+/// a compact message part with 400, as a version before that form does.
 pub struct SmallParent {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
@@ -309,6 +313,13 @@ pub struct SmallParent {
     pub accepted: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Envelopes refused so far.
     pub refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Reads (and advertises) the compact form.
+    pub compact: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Envelopes that held compact message parts: (accepted, refused).
+    pub compact_envelopes: std::sync::Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
     _stop: rsnet_common::server::ShutdownTrigger,
 }
 
@@ -326,9 +337,16 @@ impl SmallParent {
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(Mutex::new(std::collections::HashSet::new()));
         let refused = Arc::new(AtomicUsize::new(0));
-        let (acc, refs) = (accepted.clone(), refused.clone());
+        let compact = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let compact_envelopes = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let (acc, refs, form, seen) = (
+            accepted.clone(),
+            refused.clone(),
+            compact.clone(),
+            compact_envelopes.clone(),
+        );
         let handler = move |req: http::Request<_>, _peer| {
-            let (acc, refs) = (acc.clone(), refs.clone());
+            let (acc, refs, form, seen) = (acc.clone(), refs.clone(), form.clone(), seen.clone());
             async move {
                 let ct = req
                     .headers()
@@ -336,11 +354,23 @@ impl SmallParent {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_string();
-                let body = http_body_util::BodyExt::into_data_stream(req.into_body());
-                let d = match envelope::decode(&ct, body).await {
+                let Ok(body) = http_body_util::BodyExt::collect(req.into_body()).await else {
+                    return error(http::StatusCode::BAD_REQUEST, "body");
+                };
+                let body = body.to_bytes();
+                let d = match envelope::decode_bytes(&ct, body.clone()).await {
                     Ok(d) => d,
                     Err(e) => return error(e.status(), e),
                 };
+                // A message in the full form has a `<ID.header>` part.
+                let named = body.windows(8).filter(|w| w == b".header>").count();
+                if d.items.len() + d.rejected.len() > named {
+                    if !form.load(Ordering::SeqCst) {
+                        seen.1.fetch_add(1, Ordering::SeqCst);
+                        return error(http::StatusCode::BAD_REQUEST, "part 1 has no Content-ID");
+                    }
+                    seen.0.fetch_add(1, Ordering::SeqCst);
+                }
                 if let (true, Some(w)) = (d.items.is_empty(), d.control.wait()) {
                     // A long-poll: hold it as a real parent would (nothing is ever queued here).
                     tokio::time::sleep(w.min(std::time::Duration::from_secs(5))).await;
@@ -359,13 +389,20 @@ impl SmallParent {
                     c.accepted.push(i.header.id);
                 }
                 drop(a);
-                rsnet_common::pipeline::exchange::reply(
+                let mut r = rsnet_common::pipeline::exchange::reply(
                     c.accepted
                         .iter()
                         .map(|id| rsnet_common::model::Response::accepted(*id, None)),
                     &[],
                     false,
-                )
+                );
+                if form.load(Ordering::SeqCst) {
+                    r.headers_mut().insert(
+                        envelope::ACCEPT_FORM,
+                        http::HeaderValue::from_static(envelope::COMPACT),
+                    );
+                }
+                r
             }
         };
         let tls = rsnet_common::tls::ReloadingServerConfig::start(tls).expect("tls");
@@ -374,6 +411,8 @@ impl SmallParent {
             addr,
             accepted,
             refused,
+            compact,
+            compact_envelopes,
             _stop: stop,
         }
     }

@@ -199,6 +199,21 @@ async fn a_message_a_parent_refuses_for_size_becomes_a_dead_letter_while_the_res
     )
     .await;
     assert!(!parent.accepted.lock().unwrap().contains(&big_id));
+    // It never said it reads the compact form, so it was never sent it.
+    assert_eq!(
+        parent
+            .compact_envelopes
+            .0
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert_eq!(
+        parent
+            .compact_envelopes
+            .1
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
     spool_drains(&tree, p).await;
     let st = status(&tree, p).await;
     let dead = &st["dead_letters"];
@@ -221,6 +236,78 @@ async fn a_message_a_parent_refuses_for_size_becomes_a_dead_letter_while_the_res
     })
     .unwrap();
     assert_eq!(status(&tree, p).await["dead_letters"]["count"], json!(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_that_stops_reading_the_compact_form_is_sent_the_full_one_and_nothing_is_lost() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let spec = Spec {
+        mlms: vec![],
+        proxies: vec![],
+        ..Spec::demo()
+    };
+    let mut tree = start("form", &spec);
+    let f = tree.pki.issue("acme.mlmx", Role::Mlm, &[], &[]).unwrap();
+    let parent = SmallParent::start(
+        TlsPaths {
+            ca: tree.pki.ca(),
+            cert: f.cert,
+            key: f.key,
+            crl: None,
+        },
+        1 << 20,
+    )
+    .await;
+    parent.compact.store(true, SeqCst);
+    let url = format!("https://127.0.0.1:{}", parent.addr.port());
+    let p = tokio::task::block_in_place(|| {
+        let p = tree.add_proxy(&spec, "p1", "acme.mlmx", &url)?;
+        tree.launch(p).map(|_| p)
+    })
+    .expect("proxy under the test parent");
+    let addr = tree.nodes[p].addr.unwrap();
+    let arrived = |ids: HashSet<String>| {
+        let accepted = parent.accepted.clone();
+        async move {
+            wait_for("the messages at the parent", LONG, || async {
+                let a = accepted.lock().unwrap();
+                ids.iter().all(|i| a.contains(i)).then_some(())
+            })
+            .await
+        }
+    };
+    // It says it reads the compact form: after the first answer, that is what comes.
+    let first: HashSet<String> = send(addr, &alarms("first", 1, 1))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    arrived(first).await;
+    let compact: HashSet<String> = send(addr, &alarms("compact", 50, 10))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    arrived(compact).await;
+    assert!(
+        parent.compact_envelopes.0.load(SeqCst) >= 1,
+        "compact envelopes accepted"
+    );
+    // Replaced by an older version: it refuses compact parts (400) and no
+    // longer advertises. The proxy must send the same messages in full,
+    // not halve them into dead letters.
+    parent.compact.store(false, SeqCst);
+    let after: HashSet<String> = send(addr, &alarms("after", 50, 10))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    arrived(after).await;
+    spool_drains(&tree, p).await;
+    let st = status(&tree, p).await;
+    assert_eq!(st["dead_letters"]["count"], json!(0), "{st}");
+    // Only envelopes already on their way were refused before the proxy learned.
+    assert!(parent.compact_envelopes.1.load(SeqCst) <= 4);
 }
 
 /// An alarm from `origin` with `hops` in its routing list.

@@ -50,7 +50,8 @@ pub trait Receiver: Send + Sync + 'static {
 }
 
 /// An envelope being built for [`BackChannelClient::exchange`]: the control
-/// part (pending acks, wait hint) is already written; add messages to `writer`.
+/// part (pending acks, wait hint) is already written; add messages to
+/// `writer`, in its form (the one the parent reads).
 pub struct Outgoing {
     /// The envelope; add messages with `raw`, `item` or `message`.
     pub writer: EnvelopeWriter,
@@ -103,7 +104,7 @@ impl BackChannelClient {
             let n = a.len().min(MAX_BATCH_MESSAGES);
             a.drain(..n).collect()
         };
-        let mut writer = EnvelopeWriter::new();
+        let mut writer = EnvelopeWriter::in_form(self.link.form());
         writer.control(&Control {
             wait_ms: wait.map(|w| w.as_millis() as u64),
             acks: acks.clone(),

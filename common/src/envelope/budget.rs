@@ -8,7 +8,8 @@
 //!
 //! * **A message enters only if it can reach the top** ([`check`]): its
 //!   content fits one part, and its header still fits one header part once
-//!   every hop it may yet collect has added itself ([`hop_reserve`]). The
+//!   every hop it may yet collect has added itself, and written in the
+//!   full form if it is compact ([`hop_reserve`]). The
 //!   proxy's local API refuses anything else at once (413).
 //! * **Envelopes are filled by bytes** ([`Budget`]): each message costs its
 //!   encoded header and content, its part framing, and the header room
@@ -37,9 +38,15 @@ pub const CONTROL_RESERVE_BYTES: usize = 128 * 1024;
 /// What the messages of one envelope may cost together.
 pub const ENVELOPE_BUDGET_BYTES: usize = MAX_ENVELOPE_BYTES as usize - CONTROL_RESERVE_BYTES;
 
-/// Header room for the hops a message carrying `hops` may still collect.
+/// The most a compact header grows when written in the full form (for a
+/// parent that does not read the compact one): `created`, the `<source>`
+/// with the longest origin, and a `time` on every hop.
+pub const COMPACT_EXPANSION_BYTES: usize = 40 + 20 + MAX_ID_BYTES + 32 * MAX_ROUTING_HOPS;
+
+/// Header room for the hops a message carrying `hops` may still collect,
+/// and for writing it in the full form ([`COMPACT_EXPANSION_BYTES`]).
 pub fn hop_reserve(hops: usize) -> usize {
-    MAX_ROUTING_HOPS.saturating_sub(hops) * MAX_HOP_BYTES
+    MAX_ROUTING_HOPS.saturating_sub(hops) * MAX_HOP_BYTES + COMPACT_EXPANSION_BYTES
 }
 
 /// What a message costs in an envelope: encoded header and content, their

@@ -246,3 +246,140 @@ fn hop_reasons_are_cut_at_a_character_boundary_both_ways() {
         d
     );
 }
+
+/// A proxy's alarm as it is spooled: its own hop, stamped at creation.
+fn spooled(text: &str) -> Message {
+    alarm(text).with_hop(&"acme.p7".parse().unwrap())
+}
+
+#[test]
+fn the_compact_form_carries_the_same_messages_in_fewer_bytes() {
+    let msgs: Vec<Message> = (0..20)
+        .map(|i| spooled(&format!("disk {i} full")))
+        .collect();
+    let control = Control {
+        wait_ms: Some(10),
+        acks: vec![MessageId::new()],
+        ..Default::default()
+    };
+    let write = |form| {
+        let mut w = EnvelopeWriter::in_form(form);
+        w.control(&control);
+        for m in &msgs {
+            w.message(m);
+        }
+        w.finish()
+    };
+    let (ct_full, full) = write(Form::Full);
+    let (ct, compact) = write(Form::Compact);
+    for (ct, body) in [(ct_full, full.clone()), (ct, compact.clone())] {
+        let d = rt(decode_bytes(&ct, body)).unwrap();
+        assert_eq!(d.control, control);
+        assert!(d.rejected.is_empty(), "{:?}", d.rejected);
+        let back: Vec<Message> = d.items.iter().map(|i| i.message().unwrap()).collect();
+        assert_eq!(back, msgs);
+    }
+    // No Content-ID but the control part's, no created, no hop time, no source.
+    let text = String::from_utf8_lossy(&compact);
+    assert_eq!(text.matches("Content-ID").count(), 1, "{text}");
+    for absent in ["created=", "time=", "<source"] {
+        assert!(!text.contains(absent), "{absent} in {text}");
+    }
+    let saved = (full.len() - compact.len()) / msgs.len();
+    assert!(saved >= 230, "{saved} bytes a message saved");
+}
+
+#[test]
+fn a_compact_header_keeps_what_cannot_be_derived() {
+    let mut m = spooled("x");
+    // Created later than its ID, from a support instance, one more hop.
+    m.header.created = Timestamp(m.header.created.0 + 5);
+    m.header.direction = Direction::Source(Source {
+        origin: "acme.p7.si3".parse().unwrap(),
+        version: None,
+    });
+    m.header.routing.push(Hop {
+        id: "acme.mlm1".parse().unwrap(),
+        time: Timestamp(m.header.created.0 + 9),
+    });
+    let xml = wire::encode_header_compact(&m.header);
+    assert!(xml.contains("created=") && xml.contains("<source origin=\"acme.p7.si3\""));
+    assert_eq!(xml.matches("time=").count(), 2, "{xml}");
+    assert_eq!(wire::decode_header(xml.as_bytes()).unwrap(), m.header);
+    // Written out in full for a parent of an older version: the same header.
+    let compact = spooled("y");
+    let c = Bytes::from(wire::encode_header_compact(&compact.header));
+    assert_eq!(
+        wire::full_header(&c),
+        Bytes::from(wire::encode_header(&compact.header))
+    );
+}
+
+#[test]
+fn hostile_compact_parts_are_answered_by_id_or_refuse_the_envelope() {
+    let good = spooled("good");
+    let ct = "multipart/related; boundary=x";
+    let part = |body: &str| format!("--x\r\n\r\n\r\n{body}\r\n");
+    let good_part = part(&format!(
+        "{}{}",
+        wire::encode_header_compact(&good.header),
+        wire::encode_content(&good.content)
+    ));
+    // An ID that is not v7 cannot give `created`; a header with neither a
+    // source nor a hop names no origin; a bad class. Each is rejected by
+    // its ID while the good message travels.
+    let v4 = "2f1e6a8c-1b2d-4c3e-8f4a-5b6c7d8e9f01";
+    let no_origin = MessageId::new();
+    let bad_class = MessageId::new();
+    let body = format!(
+        "{good_part}{}{}{}--x--\r\n",
+        part(&format!("<header id=\"{v4}\" class=\"alarm\" content=\"alarm\"><routing><hop id=\"acme.p7\"/></routing></header><alarm severity=\"minor\" state=\"raised\"><text>t</text></alarm>")),
+        part(&format!("<header id=\"{no_origin}\" class=\"alarm\" content=\"alarm\"/><alarm severity=\"minor\" state=\"raised\"><text>t</text></alarm>")),
+        part(&format!("<header id=\"{bad_class}\" class=\"NOPE\" content=\"alarm\"><routing><hop id=\"acme.p7\"/></routing></header>")),
+    );
+    let d = rt(decode_bytes(ct, body.into())).unwrap();
+    assert_eq!(d.items.len(), 1);
+    assert_eq!(d.items[0].message().unwrap(), good);
+    let mut rejected: Vec<String> = d.rejected.iter().map(|r| r.id.to_string()).collect();
+    rejected.sort();
+    let mut want = vec![v4.to_string(), no_origin.to_string(), bad_class.to_string()];
+    want.sort();
+    assert_eq!(rejected, want);
+    assert!(d
+        .rejected
+        .iter()
+        .any(|r| r.error.to_string().contains("v7")));
+    // A part that is not a header at all, or whose header never ends and
+    // has no readable ID, cannot be answered: the envelope is refused.
+    for junk in [
+        "not xml at all",
+        "<alarm/>",
+        "<header class=\"alarm\"><routing>",
+    ] {
+        let body = format!("{good_part}{}--x--\r\n", part(junk));
+        let e = rt(decode_bytes(ct, body.into())).unwrap_err();
+        assert_eq!(e.status(), http::StatusCode::BAD_REQUEST, "{junk}: {e}");
+    }
+    // A compact part after a header that waits for its content.
+    let body = format!(
+        "--x\r\nContent-ID: <{id}.header>\r\n\r\n{h}\r\n{good_part}--x--\r\n",
+        id = good.header.id,
+        h = wire::encode_header(&good.header)
+    );
+    assert!(rt(decode_bytes(ct, body.into())).is_err());
+}
+
+#[test]
+fn a_message_too_large_for_one_compact_part_travels_in_two() {
+    let big = spooled(&"b".repeat(MAX_PART_BYTES as usize - 80));
+    let small = spooled("s");
+    let mut w = EnvelopeWriter::in_form(Form::Compact);
+    w.message(&big).message(&small);
+    let (ct, body) = w.finish();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(text.matches("Content-ID").count(), 2);
+    let d = rt(decode_bytes(&ct, body)).unwrap();
+    // (Its text is over the text limit: the content is compared as bytes.)
+    let back: Vec<Item> = d.items;
+    assert_eq!(back, vec![Item::new(&big), Item::new(&small)]);
+}

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::backchannel::BackChannelClient;
-use crate::envelope::budget;
+use crate::envelope::{budget, wire, Form};
 use crate::id::MessageId;
 use crate::link::LinkError;
 use crate::model::Response;
@@ -28,7 +28,7 @@ use crate::model::Response;
 pub struct Parcel {
     /// Message ID.
     pub id: MessageId,
-    /// Header XML.
+    /// Header XML, compact or full ([`wire::encode_header_compact`]).
     pub header: Bytes,
     /// Content XML.
     pub content: Bytes,
@@ -114,8 +114,15 @@ async fn send(
     let mut todo = vec![parcels];
     while let Some(batch) = todo.pop() {
         let mut out = uplink.outgoing(None);
+        let full = out.writer.form() == Form::Full;
         for p in batch {
-            out.writer.raw(&p.id, &p.header, &p.content);
+            // Parcels are compact; a parent that does not read that gets them spelled out.
+            let header = if full {
+                wire::full_header(&p.header)
+            } else {
+                p.header.clone()
+            };
+            out.writer.raw(&p.id, &header, &p.content);
         }
         d.posts += 1;
         match uplink.exchange(out, timeout).await {

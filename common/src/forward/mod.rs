@@ -48,14 +48,15 @@ pub use forwarder::{ForwardConfig, Forwarder};
 
 type PushResult = Result<Vec<Result<Pushed, StoreError>>, StoreError>;
 
-/// Encodes a message as a spool record.
+/// Encodes a message as a spool record, its header compact (written out
+/// in full for a parent that does not read that: [`deliver`]).
 pub fn record(m: &Message) -> SpoolRecord {
     SpoolRecord {
         id: m.header.id,
         precedence: m.header.qos.precedence,
         persistent: m.header.qos.persistence,
         expiry: m.header.qos.expiry,
-        header: Bytes::from(wire::encode_header(&m.header)),
+        header: Bytes::from(wire::encode_header_compact(&m.header)),
         content: Bytes::from(wire::encode_content(&m.content)),
     }
 }

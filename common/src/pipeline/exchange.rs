@@ -133,11 +133,17 @@ pub async fn receive(
 }
 
 /// Marks a response as coming from a parent that reads zstd-compressed
-/// requests (RFC 7694): the child may compress its next POSTs.
+/// requests (RFC 7694) and the compact envelope form: the child may send
+/// its next POSTs so.
 pub fn advertise(mut r: Response<Body>) -> Response<Body> {
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(
         header::ACCEPT_ENCODING,
         http::HeaderValue::from_static(encoding::ZSTD),
+    );
+    h.insert(
+        envelope::ACCEPT_FORM,
+        http::HeaderValue::from_static(envelope::COMPACT),
     );
     r
 }

@@ -254,7 +254,9 @@ pub fn decode_control(xml: &[u8]) -> Result<crate::envelope::Control, InvalidMes
 // ---------------------------------------------------------------- header
 
 mod header;
-pub use header::{decode_header, encode_header};
+pub use header::{
+    decode_header, decode_leading_header, encode_header, encode_header_compact, full_header,
+};
 
 // ---------------------------------------------------------------- contents
 

@@ -232,10 +232,9 @@ pub async fn run(dir: &std::path::Path) {
     let ramp = t0.elapsed();
     let connected = polls.load(std::sync::atomic::Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (cpu0, at0) = (cpu_ticks(pid), Instant::now());
+    let (meter, at0) = (crate::peer::CpuMeter::start(vec![pid]), Instant::now());
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let (cpu1, at1) = (cpu_ticks(pid), Instant::now());
-    let cpu = (cpu1 - cpu0) as f64 / 100.0 / (at1 - at0).as_secs_f64() * 100.0;
+    let cpu = meter.secs() / at0.elapsed().as_secs_f64() * 100.0;
     let rss = rss_kib(pid);
     let open = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
     println!("### One MLM holding {IDLE_CHILDREN} idle long-polling children (mTLS)\n");
@@ -274,15 +273,4 @@ pub fn child_tls(tree: &rsnet_demo::Tree, id: &str) -> rustls::ClientConfig {
         crl: None,
     })
     .expect("tls")
-}
-
-pub fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
 }

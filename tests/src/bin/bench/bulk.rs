@@ -29,7 +29,7 @@ use rsnet_demo::{Spec, Tree};
 use rsnet_tests::RawChild;
 use sha2::{Digest, Sha256};
 
-use crate::peer;
+use crate::peer::{self, cpu_secs};
 
 const SIZE: u64 = 256 << 20;
 const BIG: u64 = 1 << 30;
@@ -63,29 +63,6 @@ fn peak_rss(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .unwrap_or(0)
-}
-
-/// CPU seconds (user + system) process `pid` has used so far.
-fn cpu_secs(pid: u32) -> f64 {
-    let tck = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(100.0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / tck
 }
 
 fn with_base(t: &Target, base: String) -> Target {

@@ -78,7 +78,7 @@ pub async fn run(dir: &std::path::Path) {
         let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let (reader, lat) = crate::follow_stream(&op, "fanin", sent_at.clone()).await;
         let base = crate::last_seq(&op).await;
-        let cpu0 = crate::backchannel::cpu_ticks(pid);
+        let meter = crate::peer::CpuMeter::start(vec![pid]);
         let end = Instant::now() + Duration::from_secs(STEP_SECS);
         let every = Duration::from_secs_f64(1.0 / per_child);
         let mut kids = Vec::new();
@@ -128,7 +128,7 @@ pub async fn run(dir: &std::path::Path) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let stored = (crate::last_seq(&op).await - base) as usize;
-        let cpu = crate::backchannel::cpu_ticks(pid) - cpu0;
+        let mlm_cpu_us = meter.us_per(stored as f64);
         let wait_until = Instant::now() + Duration::from_secs(5);
         while lat.lock().expect("lat").len() < stored && Instant::now() < wait_until {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -142,7 +142,7 @@ pub async fn run(dir: &std::path::Path) {
             stored,
             p50: quantile(&l, 0.5),
             p99: quantile(&l, 0.99),
-            mlm_cpu_us: cpu as f64 * 10_000.0 / stored.max(1) as f64,
+            mlm_cpu_us,
         });
     }
     println!("### Fan-in: {CHILDREN} children (own certificate and mTLS connection each) → one MLM → appserver\n");

@@ -18,14 +18,16 @@
 //! against a direct transfer and nginx ([`bulk`]), and a release to 1,000
 //! simulated proxies under 10 MLMs ([`release`]), relay throughput
 //! with 20 rules at the MLM against none ([`rules`]), the fan-in of 1,000
-//! children through one MLM ([`fanin`]), and a slow customer WAN link with
-//! and without compression ([`wan`]).
+//! children through one MLM ([`fanin`]), a slow customer WAN link with
+//! and without compression ([`wan`]), and kill -9 of every tier at the
+//! maximum rate ([`crash`]).
 //!
-//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|nats-edge|backchannel|bulk|release|rules|fanin|wan`
+//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|nats-edge|backchannel|bulk|release|rules|fanin|wan|crash`
 //! runs one part (`nats` runs both NATS setups).
 
 mod backchannel;
 mod bulk;
+mod crash;
 mod fanin;
 mod mqtt;
 mod nats;
@@ -44,8 +46,8 @@ use rsnet_common::client::{call, send as http_send, Target};
 use rsnet_demo::{send, Spec, Tree};
 use serde_json::{json, Value};
 
-const CLIENTS: usize = 8;
-const BATCH: usize = 200;
+pub const CLIENTS: usize = 8;
+pub const BATCH: usize = 200;
 const THROUGHPUT_SECS: u64 = 10;
 const RATE: usize = 5_000;
 const LATENCY_SECS: u64 = 10;
@@ -121,20 +123,26 @@ async fn main() {
         println!();
         wan::run(&root.join("wan")).await;
     }
+    if want("crash") {
+        println!();
+        crash::run(&root.join("crash")).await;
+    }
     let _ = std::fs::remove_dir_all(root);
 }
 
 fn print_table(figs: &[peer::Figures], base: Option<(f64, Duration)>) {
-    println!("| system | throughput (msg/s) | p50 at {RATE}/s | p99 at {RATE}/s | latency samples | rsnet ÷ system, throughput | system p99 ÷ rsnet p99 |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| system | throughput (msg/s) | server CPU per message | p50 at {RATE}/s | p99 at {RATE}/s | p99.9 | latency samples | rsnet ÷ system, throughput | system p99 ÷ rsnet p99 |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for f in figs {
         let (rt, rp) = base.unwrap_or((f.throughput, f.p99));
         println!(
-            "| {} | {:.0} | {:.2} ms | {:.2} ms | {} of {} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {:.1} µs | {:.2} ms | {:.2} ms | {:.2} ms | {} of {} | {:.2} | {:.2} |",
             f.name,
             f.throughput,
+            f.cpu_us,
             f.p50.as_secs_f64() * 1e3,
             f.p99.as_secs_f64() * 1e3,
+            f.p999.as_secs_f64() * 1e3,
             f.samples,
             f.offered,
             rt / f.throughput.max(1.0),
@@ -245,9 +253,11 @@ async fn rsnet(dir: &std::path::Path, proxy_uplink: &str) -> peer::Figures {
     let op = tree.operator_target().expect("operator");
     let proxy = tree.nodes[tree.proxies()[0]].addr.expect("proxy addr");
 
-    // ---- throughput
+    // ---- throughput, and the CPU all three processes spend on it
+    let cpu = peer::CpuMeter::start(tree.nodes.iter().filter_map(|n| n.pid()).collect());
     let (accepted, accept_secs, stored_secs) = throughput(&tree, THROUGHPUT_SECS).await;
     let throughput = accepted as f64 / stored_secs;
+    let cpu_us = cpu.us_per(accepted as f64);
 
     // ---- latency at a fixed offered load
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -294,8 +304,10 @@ async fn rsnet(dir: &std::path::Path, proxy_uplink: &str) -> peer::Figures {
             "rsnet, the same with `[uplink] compress = false` at the proxy"
         },
         throughput,
+        cpu_us,
         p50: peer::quantile(&l, 0.5),
         p99: peer::quantile(&l, 0.99),
+        p999: peer::quantile(&l, 0.999),
         samples: l.len(),
         offered,
     }

@@ -214,7 +214,8 @@ pub async fn run(dir: &Path, clients: usize, secs: u64, rate: usize, lat_secs: u
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Throughput.
+    // Throughput, and the CPU both brokers spend on it.
+    let cpu = CpuMeter::start(vec![_core.pid(), _edge.pid()]);
     let start = arrived.load(Ordering::Relaxed);
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs(secs);
@@ -239,6 +240,7 @@ pub async fn run(dir: &Path, clients: usize, secs: u64, rate: usize, lat_secs: u
     }
     let got = arrived.load(Ordering::Relaxed) - start;
     let throughput = got as f64 / t0.elapsed().as_secs_f64();
+    let cpu_us = cpu.us_per(got as f64);
 
     // Latency at a fixed offered load.
     *lat.lock().expect("lat") = Some(Vec::new());
@@ -269,8 +271,10 @@ pub async fn run(dir: &Path, clients: usize, secs: u64, rate: usize, lat_secs: u
     Figures {
         name: "Mosquitto 2.0 bridge (edge → core, TLS, QoS 1, persistence)",
         throughput,
+        cpu_us,
         p50: quantile(&l, 0.5),
         p99: quantile(&l, 0.99),
+        p999: quantile(&l, 0.999),
         samples: l.len(),
         offered,
     }

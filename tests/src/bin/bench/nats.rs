@@ -203,7 +203,7 @@ async fn publisher(
 
 /// Runs the leaf + hub pair and measures it.
 pub async fn run(dir: &Path, clients: usize, secs: u64, rate: usize, lat_secs: u64) -> Figures {
-    let (hub_port, edge_port, _servers) = start_pair(dir, false);
+    let (hub_port, edge_port, servers) = start_pair(dir, false);
     let created = request(
         hub_port,
         "$JS.API.STREAM.CREATE.BENCH",
@@ -230,7 +230,8 @@ pub async fn run(dir: &Path, clients: usize, secs: u64, rate: usize, lat_secs: u
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Throughput.
+    // Throughput, and the CPU both servers spend on it.
+    let cpu = CpuMeter::start(servers.iter().map(Proc::pid).collect());
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs(secs);
     let pubs: Vec<_> = (0..clients)
@@ -243,6 +244,7 @@ pub async fn run(dir: &Path, clients: usize, secs: u64, rate: usize, lat_secs: u
         failed += f;
     }
     let throughput = ok as f64 / t0.elapsed().as_secs_f64();
+    let cpu_us = cpu.us_per(ok as f64);
     if failed > 0 {
         eprintln!("nats: {failed} publishes not acked");
     }
@@ -253,8 +255,10 @@ pub async fn run(dir: &Path, clients: usize, secs: u64, rate: usize, lat_secs: u
     Figures {
         name: "NATS 2.9 leaf → hub (TLS, JetStream file storage, publish acks)",
         throughput,
+        cpu_us,
         p50: quantile(&l, 0.5),
         p99: quantile(&l, 0.99),
+        p999: quantile(&l, 0.999),
         samples: l.len(),
         offered,
     }
@@ -313,7 +317,7 @@ pub async fn run_edge(
     rate: usize,
     lat_secs: u64,
 ) -> Figures {
-    let (hub_port, edge_port, _servers) = start_pair(dir, true);
+    let (hub_port, edge_port, servers) = start_pair(dir, true);
     let created = request(
         edge_port,
         "$JS.API.STREAM.CREATE.EDGE",
@@ -359,7 +363,9 @@ pub async fn run_edge(
     }
     let base = stream_messages(hub_port, "HUB").await;
 
-    // Throughput: publish (acked by the edge) for `secs`, then until the hub has it all.
+    // Throughput: publish (acked by the edge) for `secs`, then until the
+    // hub has it all; and the CPU both servers spend on it.
+    let cpu = CpuMeter::start(servers.iter().map(Proc::pid).collect());
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs(secs);
     let pubs: Vec<_> = (0..clients)
@@ -379,6 +385,7 @@ pub async fn run_edge(
     }
     let stored_secs = t0.elapsed().as_secs_f64();
     let throughput = (at_hub - base) as f64 / stored_secs;
+    let cpu_us = cpu.us_per((at_hub - base) as f64);
     eprintln!(
         "nats edge: {ok} msgs acked by the edge in {edge_secs:.1} s, {} in the hub after {stored_secs:.1} s",
         at_hub - base
@@ -392,8 +399,10 @@ pub async fn run_edge(
     Figures {
         name: "NATS 2.9 leaf JetStream → sourced into hub JetStream (TLS, file storage, acks from the edge's store)",
         throughput,
+        cpu_us,
         p50: quantile(&l, 0.5),
         p99: quantile(&l, 0.99),
+        p999: quantile(&l, 0.999),
         samples: l.len(),
         offered,
     }

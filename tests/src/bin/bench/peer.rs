@@ -32,6 +32,11 @@ pub fn free_port() -> u16 {
 pub struct Proc(Child);
 
 impl Proc {
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Starts `bin args…`, logging to `log`.
     pub fn start(bin: &str, args: &[&str], log: &Path) -> Proc {
         let out = std::fs::File::create(log).expect("log file");
@@ -110,12 +115,51 @@ pub fn peer_tls(dir: &Path) -> PeerTls {
     }
 }
 
+/// CPU seconds (user + system) process `pid` has used so far (0 once it is gone).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line (11 and 12 after
+    // ')'), in clock ticks: 100 a second on Linux (USER_HZ).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The CPU a system's server processes spend over a stretch of a run.
+pub struct CpuMeter {
+    pids: Vec<u32>,
+    start: f64,
+}
+
+impl CpuMeter {
+    /// Starts counting for `pids` now.
+    pub fn start(pids: Vec<u32>) -> CpuMeter {
+        let start = pids.iter().map(|p| cpu_secs(*p)).sum();
+        CpuMeter { pids, start }
+    }
+
+    /// CPU seconds spent since [`CpuMeter::start`], all processes together.
+    pub fn secs(&self) -> f64 {
+        self.pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - self.start
+    }
+
+    /// Microseconds of CPU per message for `messages` handled since the start.
+    pub fn us_per(&self, messages: f64) -> f64 {
+        self.secs() * 1e6 / messages.max(1.0)
+    }
+}
+
 /// One system's figures.
 pub struct Figures {
     pub name: &'static str,
     pub throughput: f64,
+    /// Server CPU (all the system's processes) per stored message in the throughput run, µs.
+    pub cpu_us: f64,
     pub p50: Duration,
     pub p99: Duration,
+    pub p999: Duration,
     pub samples: usize,
     pub offered: usize,
 }

@@ -8,6 +8,8 @@
 
 use rsnet_demo::{Spec, Tree};
 
+use crate::peer::cpu_secs;
+
 const SECS: u64 = 8;
 const ROUNDS: usize = 2;
 
@@ -29,17 +31,6 @@ pub fn twenty_rules() -> String {
     }
     s += "[[rule]]\nname = \"raise-bench\"\naction = \"modify\"\n[rule.match]\nclass = \"alarm\"\nsubclass = \"bench\"\n[rule.set]\nprecedence = 6\n";
     s
-}
-
-/// CPU seconds (user + system) process `pid` has used.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line: 11 and 12 after ')'.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 struct Row {
