@@ -116,10 +116,19 @@ impl Ingest {
         let mut bulk = Vec::new();
         // Release reports, likewise.
         let mut rel = Vec::new();
+        // Content checks and encoding first, outside the topology lock, so
+        // that concurrent exchanges do this work on every core at once.
+        let checked: Vec<_> = items
+            .into_iter()
+            .map(|item| {
+                let s = stored(&item, &self.me, now);
+                (item, s)
+            })
+            .collect();
         {
             let mut topo = self.topology.lock().unwrap_or_else(|p| p.into_inner());
-            for item in items {
-                match stored(&item, &self.me, now) {
+            for (item, checked) in checked {
+                match checked {
                     Ok((s, content)) => {
                         match (content, item.header.source()) {
                             (Content::Response(r), Some(src)) => reports.push(Event::Reported {

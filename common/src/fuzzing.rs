@@ -7,16 +7,19 @@
 
 use crate::envelope::wire::{
     decode_content, decode_control, decode_header, encode_content, encode_control, encode_header,
+    encode_header_compact,
 };
-use crate::envelope::{decode_bytes, EnvelopeWriter};
+use crate::envelope::{decode_bytes, EnvelopeWriter, Form};
 use crate::model::{Content, ContentKind, Data, Encoding};
 use crate::release::{self, Report};
 
-/// A message header: decodes, or is refused; re-encodes to the same header.
+/// A message header (full or compact): decodes, or is refused; re-encodes
+/// in either form to the same header.
 pub fn header(data: &[u8]) {
     if let Ok(h) = decode_header(data) {
-        let xml = encode_header(&h);
-        assert_eq!(decode_header(xml.as_bytes()).as_ref(), Ok(&h), "{xml}");
+        for xml in [encode_header(&h), encode_header_compact(&h)] {
+            assert_eq!(decode_header(xml.as_bytes()).as_ref(), Ok(&h), "{xml}");
+        }
     }
 }
 
@@ -44,8 +47,9 @@ pub fn content(data: &[u8]) {
     }
 }
 
-/// A whole envelope body (boundary `B`): what decodes re-encodes and
-/// decodes to the same control part and items.
+/// A whole envelope body (boundary `B`, either form or both mixed): what
+/// decodes re-encodes in each form and decodes to the same control part
+/// and items.
 pub fn envelope(data: &[u8]) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
         return;
@@ -54,20 +58,24 @@ pub fn envelope(data: &[u8]) {
     let Ok(d) = rt.block_on(decode_bytes("multipart/related; boundary=B", body)) else {
         return;
     };
-    let mut w = EnvelopeWriter::new();
-    w.control(&d.control);
     for i in &d.items {
         let _ = i.content();
-        w.item(i);
     }
-    let (ct, body) = w.finish();
-    let again = rt
-        .block_on(decode_bytes(&ct, body))
-        .expect("re-encoded envelope decodes");
-    assert_eq!(again.control, d.control);
-    assert_eq!(again.items, d.items);
-    for (a, b) in again.items.iter().zip(&d.items) {
-        assert_eq!(encode_header(&a.header), encode_header(&b.header));
+    for form in [Form::Full, Form::Compact] {
+        let mut w = EnvelopeWriter::in_form(form);
+        w.control(&d.control);
+        for i in &d.items {
+            w.item(i);
+        }
+        let (ct, body) = w.finish();
+        let again = rt
+            .block_on(decode_bytes(&ct, body))
+            .expect("re-encoded envelope decodes");
+        assert_eq!(again.control, d.control);
+        assert_eq!(again.items, d.items, "{form:?}");
+        for (a, b) in again.items.iter().zip(&d.items) {
+            assert_eq!(encode_header(&a.header), encode_header(&b.header));
+        }
     }
 }
 

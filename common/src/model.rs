@@ -36,17 +36,124 @@ impl Timestamp {
     }
     /// RFC 3339 with milliseconds, UTC (`2026-11-22T15:33:00.123Z`); a time
     /// past [`Timestamp::MAX`] is written as that.
+    ///
+    /// Written by hand (every hop writes several per message): the same
+    /// text as `humantime::format_rfc3339_millis`, which a test holds it to.
     pub fn to_rfc3339(self) -> String {
         let ms = self.0.min(Self::MAX.0);
-        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+        let (days, rest) = ((ms / 86_400_000) as i64, ms % 86_400_000);
+        let (y, m, d) = civil_from_days(days);
+        let (h, min, sec, milli) = (
+            rest / 3_600_000,
+            rest / 60_000 % 60,
+            rest / 1000 % 60,
+            rest % 1000,
+        );
+        let mut b = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, v: u64, width: usize| {
+            let mut v = v;
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, y as u64, 4);
+        put(5, u64::from(m), 2);
+        put(8, u64::from(d), 2);
+        put(11, h, 2);
+        put(14, min, 2);
+        put(17, sec, 2);
+        put(20, milli, 3);
+        b.iter().map(|c| *c as char).collect()
     }
-    /// Parses RFC 3339 (UTC, `Z` suffix).
+    /// Parses RFC 3339 (UTC, `Z` suffix). The form [`Timestamp::to_rfc3339`]
+    /// writes is read by hand; any other goes to humantime.
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
+        if let Some(t) = parse_millis_form(s.as_bytes()) {
+            return t;
+        }
         let t = humantime::parse_rfc3339(s).ok()?;
         Some(Timestamp(
             t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64
         ))
     }
+}
+
+/// Year, month, day of the `days`-th day after 1970-01-01 (H. Hinnant's
+/// `civil_from_days`, proleptic Gregorian).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Days from 1970-01-01 to `y-m-d` (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` exactly: `Some(result)`; any other shape: `None`
+/// (for the general parser to decide).
+fn parse_millis_form(b: &[u8]) -> Option<Option<Timestamp>> {
+    if b.len() != 24
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'.'
+        || b[23] != b'Z'
+    {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<u64> {
+        b[from..to].iter().try_fold(0u64, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
+        })
+    };
+    let fields = (|| {
+        Some((
+            num(0, 4)?,
+            num(5, 7)?,
+            num(8, 10)?,
+            num(11, 13)?,
+            num(14, 16)?,
+            num(17, 19)?,
+            num(20, 23)?,
+        ))
+    })();
+    // Digits where digits belong, or the general parser decides.
+    let (y, mo, d, h, mi, s, ms) = fields?;
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = match mo {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if y < 1970 || d == 0 || d > month_days || h > 23 || mi > 59 || s > 59 {
+        // Before the epoch, or not a time of day; humantime's answer for
+        // these (a leap second 60 included) is taken as it is.
+        return None;
+    }
+    let days = days_from_civil(y as i64, mo as u32, d as u32) as u64;
+    Some(Some(Timestamp(
+        days * 86_400_000 + h * 3_600_000 + mi * 60_000 + s * 1000 + ms,
+    )))
 }
 
 /// Quality of service carried by every message (DESIGN.md §3).
@@ -463,4 +570,64 @@ pub fn valid_class(s: &str) -> bool {
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by_humantime(s: &str) -> Option<Timestamp> {
+        let t = humantime::parse_rfc3339(s).ok()?;
+        Some(Timestamp(
+            t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64
+        ))
+    }
+
+    #[test]
+    fn timestamps_are_written_and_read_as_humantime_does() {
+        let mut rng = fastrand::Rng::with_seed(13);
+        let mut cases: Vec<u64> = vec![0, 1, 999, 86_399_999, 951_782_400_000, Timestamp::MAX.0];
+        cases.extend((0..20_000).map(|_| rng.u64(0..=Timestamp::MAX.0)));
+        for ms in cases {
+            let t = Timestamp(ms);
+            let want = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string();
+            assert_eq!(t.to_rfc3339(), want);
+            assert_eq!(Timestamp::parse_rfc3339(&want), Some(t), "{want}");
+        }
+        // Past the end is written as the end.
+        assert_eq!(Timestamp(u64::MAX).to_rfc3339(), "9999-12-31T23:59:59.999Z");
+        // Strings of the same shape with any digits (bad dates, leap days,
+        // second 60, before 1970) and other shapes: the same answer.
+        for _ in 0..20_000 {
+            let d = |n: usize, rng: &mut fastrand::Rng| -> String {
+                (0..n).map(|_| char::from(b'0' + rng.u8(0..10))).collect()
+            };
+            let s = format!(
+                "{}-{}-{}T{}:{}:{}.{}Z",
+                d(4, &mut rng),
+                d(2, &mut rng),
+                d(2, &mut rng),
+                d(2, &mut rng),
+                d(2, &mut rng),
+                d(2, &mut rng),
+                d(3, &mut rng)
+            );
+            assert_eq!(Timestamp::parse_rfc3339(&s), by_humantime(&s), "{s}");
+        }
+        for s in [
+            "2026-02-29T00:00:00.000Z",
+            "2024-02-29T23:59:59.999Z",
+            "1969-12-31T23:59:59.999Z",
+            "2026-12-02T01:54:22Z",
+            "2026-12-02T01:54:22.5Z",
+            "2026-12-02T01:54:22.531+01:00",
+            "2026-12-02 01:54:22.531Z",
+            "2026-12-02T01:54:60.000Z",
+            "2026-1a-02T01:54:22.531Z",
+            "",
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(s), by_humantime(s), "{s}");
+        }
+    }
 }

@@ -204,10 +204,12 @@ fn print_example_for_docs() {
         id: "acme.p7".parse().unwrap(),
         time: m.header.created,
     });
-    let mut w = EnvelopeWriter::new();
-    w.message(&m);
-    let (ct, body) = w.finish();
-    println!("Content-Type: {ct}\n\n{}", String::from_utf8_lossy(&body));
+    for form in [Form::Full, Form::Compact] {
+        let mut w = EnvelopeWriter::in_form(form);
+        w.message(&m);
+        let (ct, body) = w.finish();
+        println!("Content-Type: {ct}\n\n{}", String::from_utf8_lossy(&body));
+    }
     let mut r = EnvelopeWriter::new();
     let mut answers = Control::default();
     answers.answer(Response::accepted(m.header.id, None));

@@ -27,7 +27,7 @@ use std::fmt::Write as _;
 use quick_xml::events::{BytesStart, Event as XmlEvent};
 
 use super::{field, parse_id, parse_ts, InvalidMessage};
-use crate::id::MessageId;
+use crate::id::{ComponentId, MessageId};
 use crate::limits::{MAX_DESTINATIONS, MAX_ROUTING_HOPS, MAX_XML_ATTRIBUTES, MAX_XML_DEPTH};
 use crate::model::*;
 
@@ -141,15 +141,33 @@ enum At {
 /// The header's fields as found, before validation.
 #[derive(Default)]
 struct Found {
-    id: Option<String>,
+    // Parsed as read (no copy of the text), reported in `validate`'s order.
+    id: Option<Result<MessageId, InvalidMessage>>,
     class: Option<String>,
     subclass: Option<String>,
     content: Option<String>,
-    created: Option<String>,
+    created: Option<Result<Timestamp, InvalidMessage>>,
     source: Option<(Option<String>, Option<String>)>,
     destination: Option<(Option<String>, Vec<String>)>,
     qos: Option<(Option<String>, Option<String>, Option<String>)>,
-    routing: Vec<(Option<String>, Option<String>)>,
+    routing: Vec<Hopping>,
+}
+
+/// A hop's `id` and `time`, parsed as read.
+type Hopping = (
+    Option<Result<ComponentId, InvalidMessage>>,
+    Option<Result<Timestamp, InvalidMessage>>,
+);
+
+/// Sets `slot` to `parse(v)` if it was not set (the first of repeated attributes wins).
+fn first<T>(slot: &mut Option<T>, v: &str, parse: impl FnOnce(&str) -> T) {
+    if slot.is_none() {
+        *slot = Some(parse(v));
+    }
+}
+
+fn message_id(v: &str) -> Result<MessageId, InvalidMessage> {
+    v.parse().map_err(|e| field("header/@id", e))
 }
 
 fn xml_err(reason: impl ToString) -> InvalidMessage {
@@ -212,7 +230,7 @@ pub fn decode_leading_header(
 ) -> Result<(Header, usize), (Option<MessageId>, InvalidMessage)> {
     let mut f = Found::default();
     let end = read(xml, &mut f, true);
-    let id = f.id.as_deref().and_then(|i| i.parse().ok());
+    let id = f.id.as_ref().and_then(|i| i.as_ref().ok().copied());
     match end {
         Ok(end) => validate(f).map(|h| (h, end)).map_err(|e| (id, e)),
         Err(e) => Err((id, e)),
@@ -265,11 +283,11 @@ fn read(xml: &[u8], f: &mut Found, leading: bool) -> Result<usize, InvalidMessag
                 seen_root = true;
                 attrs(e, |k, v| {
                     match k {
-                        "id" => once(&mut f.id, v),
+                        "id" => first(&mut f.id, &v, message_id),
                         "class" => once(&mut f.class, v),
                         "subclass" => once(&mut f.subclass, v),
                         "content" => once(&mut f.content, v),
-                        "created" => once(&mut f.created, v),
+                        "created" => first(&mut f.created, &v, |c| parse_ts("header/@created", c)),
                         _ => {}
                     }
                     Ok(())
@@ -353,8 +371,8 @@ fn read(xml: &[u8], f: &mut Found, leading: bool) -> Result<usize, InvalidMessag
                 let (mut id, mut time) = (None, None);
                 attrs(e, |k, v| {
                     match k {
-                        "id" => once(&mut id, v),
-                        "time" => once(&mut time, v),
+                        "id" => first(&mut id, &v, |i| parse_id("header/routing/hop/@id", i)),
+                        "time" => first(&mut time, &v, |t| parse_ts("header/routing/hop/@time", t)),
                         _ => {}
                     }
                     Ok(())
@@ -388,9 +406,7 @@ fn required(v: Option<String>, path: &str) -> Result<String, InvalidMessage> {
 }
 
 fn validate(f: Found) -> Result<Header, InvalidMessage> {
-    let id: MessageId = required(f.id, "header/@id")?
-        .parse()
-        .map_err(|e| field("header/@id", e))?;
+    let id: MessageId = f.id.ok_or_else(|| field("header/@id", "missing"))??;
     let class = required(f.class, "header/@class")?;
     if !valid_class(&class) {
         return Err(field(
@@ -409,7 +425,7 @@ fn validate(f: Found) -> Result<Header, InvalidMessage> {
     let content = required(f.content, "header/@content")?;
     let kind = ContentKind::parse(&content).ok_or(InvalidMessage::UnknownKind(content))?;
     let created = match f.created {
-        Some(c) => parse_ts("header/@created", &c)?,
+        Some(c) => c?,
         None => Timestamp(id.millis().ok_or_else(|| {
             field(
                 "header/@created",
@@ -422,12 +438,9 @@ fn validate(f: Found) -> Result<Header, InvalidMessage> {
         .into_iter()
         .map(|(id, time)| {
             Ok(Hop {
-                id: parse_id(
-                    "header/routing/hop/@id",
-                    &required(id, "header/routing/hop/@id")?,
-                )?,
+                id: id.ok_or_else(|| field("header/routing/hop/@id", "missing"))??,
                 time: match time {
-                    Some(t) => parse_ts("header/routing/hop/@time", &t)?,
+                    Some(t) => t?,
                     None => created,
                 },
             })
