@@ -47,15 +47,40 @@ pub fn content(data: &[u8]) {
     }
 }
 
-/// A whole envelope body (boundary `B`, either form or both mixed): what
-/// decodes re-encodes in each form and decodes to the same control part
-/// and items.
+/// A whole envelope body (boundary `B`, either form or both mixed): it is
+/// read the same whole and in chunks, and what decodes re-encodes in each
+/// form and decodes to the same control part and items.
 pub fn envelope(data: &[u8]) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
         return;
     };
     let body = bytes::Bytes::copy_from_slice(data);
-    let Ok(d) = rt.block_on(decode_bytes("multipart/related; boundary=B", body)) else {
+    let whole = rt.block_on(decode_bytes("multipart/related; boundary=B", body));
+    // The framing reader gives the same answer however the body arrives
+    // (the first byte picks the chunk size).
+    let chunk = data.first().map_or(1, |b| usize::from(*b % 17) + 1);
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = data
+        .chunks(chunk)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let chunked = rt.block_on(crate::envelope::decode(
+        "multipart/related; boundary=B",
+        futures_util::stream::iter(chunks),
+    ));
+    match (&whole, &chunked) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.control, b.control);
+            assert_eq!(a.items, b.items);
+            assert_eq!(a.rejected.len(), b.rejected.len());
+        }
+        (Err(a), Err(b)) => assert_eq!(a.status(), b.status(), "{a} / {b}"),
+        (a, b) => panic!(
+            "whole: {:?}, in chunks of {chunk}: {:?}",
+            a.is_ok(),
+            b.is_ok()
+        ),
+    }
+    let Ok(d) = whole else {
         return;
     };
     for i in &d.items {

@@ -50,12 +50,13 @@
 //! comes back as [`Decoded::rejected`] and is answered with a `rejected`
 //! response while the rest of the batch proceeds.
 //!
-//! Parsing is streaming (multer) and bounded: [`MAX_ENVELOPE_BYTES`],
+//! Parsing is streaming ([`framing`]) and bounded: [`MAX_ENVELOPE_BYTES`],
 //! [`MAX_PART_BYTES`], [`MAX_HEADER_BYTES`] and [`MAX_PARTS`] are checked as
 //! bytes arrive, before anything is buffered past them.
 
 pub mod budget;
 pub mod encoding;
+pub mod framing;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -333,9 +334,10 @@ impl EnvelopeWriter {
             && header_xml.len() + content_xml.len() <= MAX_PART_BYTES as usize
         {
             // No part headers. The empty header section is followed by one
-            // more line break, which is where multer (and readers like it)
-            // look for the end of part headers; to a reader by the RFC the
-            // body starts with that line break, which XML ignores.
+            // more line break, which is where some multipart readers (multer
+            // among them) look for the end of part headers; to a reader by
+            // the RFC, as [`framing`] is, the body starts with that line
+            // break, which XML ignores.
             self.buf.put_slice(b"--");
             self.buf.put_slice(self.boundary.as_bytes());
             self.buf.put_slice(b"\r\n\r\n\r\n");
@@ -453,49 +455,6 @@ pub fn boundary(content_type: &str) -> Result<String, EnvelopeError> {
     Ok(b.as_str().to_string())
 }
 
-fn map_multer(e: multer::Error) -> EnvelopeError {
-    match e {
-        multer::Error::StreamReadFailed(inner) => {
-            match inner.downcast::<encoding::InflateError>() {
-                Ok(i) => match *i {
-                    encoding::InflateError::TooLarge(limit) => EnvelopeError::TooLarge {
-                        what: "decoded body",
-                        limit,
-                    },
-                    other => EnvelopeError::Malformed(other.to_string()),
-                },
-                Err(other) => EnvelopeError::Malformed(other.to_string()),
-            }
-        }
-        multer::Error::StreamSizeExceeded { limit } => EnvelopeError::TooLarge {
-            what: "body",
-            limit,
-        },
-        multer::Error::FieldSizeExceeded { limit, .. } => EnvelopeError::TooLarge {
-            what: "part",
-            limit,
-        },
-        other => EnvelopeError::Malformed(other.to_string()),
-    }
-}
-
-/// The part's `Content-ID` without its brackets; `None` for a part
-/// without one (a compact message).
-fn content_id(field: &multer::Field<'_>) -> Result<Option<String>, EnvelopeError> {
-    let Some(v) = field.headers().get("content-id") else {
-        return Ok(None);
-    };
-    let s = v
-        .to_str()
-        .map_err(|_| EnvelopeError::Malformed("Content-ID is not ASCII".into()))?;
-    Ok(Some(
-        s.trim()
-            .trim_start_matches('<')
-            .trim_end_matches('>')
-            .to_string(),
-    ))
-}
-
 /// Reads a compact message part (module docs) into `out`.
 fn compact_message(index: usize, bytes: Bytes, out: &mut Decoded) -> Result<(), EnvelopeError> {
     match wire::decode_leading_header(&bytes) {
@@ -547,25 +506,21 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
     let boundary = boundary(content_type)?;
-    let limits = multer::SizeLimit::new()
-        .whole_stream(MAX_ENVELOPE_BYTES)
-        .per_field(MAX_PART_BYTES);
-    let mut mp = multer::Multipart::with_constraints(
-        body,
-        boundary,
-        multer::Constraints::new().size_limit(limits),
+    let mut reader = framing::Parts::new(
+        Box::pin(body),
+        &boundary,
+        MAX_ENVELOPE_BYTES,
+        MAX_PART_BYTES as usize,
     );
     let mut out = Decoded::default();
     let mut pending: Option<(MessageId, Result<Header, InvalidMessage>)> = None;
     let mut parts = 0usize;
-    while let Some(field) = mp.next_field().await.map_err(map_multer)? {
+    while let Some(part) = reader.next().await? {
         parts += 1;
         if parts > MAX_PARTS {
             return Err(EnvelopeError::TooManyParts(MAX_PARTS));
         }
-        let index = field.index();
-        let cid = content_id(&field)?;
-        let bytes = field.bytes().await.map_err(map_multer)?;
+        let (index, cid, bytes) = (part.index, part.content_id, part.body);
         let Some(cid) = cid else {
             if let Some((prev, _)) = pending {
                 return Err(EnvelopeError::Malformed(format!(

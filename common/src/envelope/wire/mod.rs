@@ -456,8 +456,110 @@ fn opt_si(path: &str, si: Option<String>) -> Result<Option<ComponentId>, Invalid
     si.map(|s| parse_id(path, &s)).transpose()
 }
 
-/// Writes a content element as XML.
+/// Writes a content element as XML. Alarms and events (what a proxy
+/// writes for every message) are written by hand; a test holds them to
+/// the serde writer used for the rest.
 pub fn encode_content(c: &Content) -> String {
+    match c {
+        Content::Alarm(a) => {
+            let mut s = String::with_capacity(96 + a.text.len());
+            s.push_str("<alarm severity=\"");
+            s.push_str(severity_str(a.severity));
+            s.push_str("\" state=\"");
+            s.push_str(state_str(a.state));
+            s.push('"');
+            body_by_hand(
+                &mut s,
+                "alarm",
+                a.support_instance.as_ref(),
+                &a.text,
+                a.data.as_ref(),
+            );
+            s
+        }
+        Content::Event(e) => {
+            let mut s = String::with_capacity(64 + e.text.len());
+            s.push_str("<event");
+            body_by_hand(
+                &mut s,
+                "event",
+                e.support_instance.as_ref(),
+                &e.text,
+                e.data.as_ref(),
+            );
+            s
+        }
+        other => encode_content_serde(other),
+    }
+}
+
+fn severity_str(s: Severity) -> &'static str {
+    match s {
+        Severity::Clear => "clear",
+        Severity::Info => "info",
+        Severity::Warning => "warning",
+        Severity::Minor => "minor",
+        Severity::Major => "major",
+        Severity::Critical => "critical",
+    }
+}
+
+fn state_str(s: AlarmState) -> &'static str {
+    match s {
+        AlarmState::Raised => "raised",
+        AlarmState::Updated => "updated",
+        AlarmState::Cleared => "cleared",
+    }
+}
+
+/// The rest of an alarm or event after its own attributes: `si`, then
+/// `<text>` and `<data>` as children.
+fn body_by_hand(
+    s: &mut String,
+    root: &str,
+    si: Option<&ComponentId>,
+    text: &str,
+    data: Option<&Data>,
+) {
+    use quick_xml::escape::{escape, partial_escape};
+    if let Some(si) = si {
+        s.push_str(" si=\"");
+        s.push_str(&escape(si.as_str()));
+        s.push('"');
+    }
+    if text.is_empty() {
+        s.push_str("><text/>");
+    } else {
+        s.push_str("><text>");
+        s.push_str(&partial_escape(text));
+        s.push_str("</text>");
+    }
+    if let Some(d) = data {
+        let w = data_to_wire(d);
+        s.push_str("<data mime=\"");
+        s.push_str(&escape(w.mime.as_str()));
+        s.push_str("\" encoding=\"");
+        s.push_str(match w.encoding {
+            Encoding::Text => "text",
+            Encoding::Base64 => "base64",
+        });
+        s.push_str("\" size=\"");
+        s.push_str(&w.size.to_string());
+        if w.payload.is_empty() {
+            s.push_str("\"/>");
+        } else {
+            s.push_str("\">");
+            s.push_str(&partial_escape(&w.payload));
+            s.push_str("</data>");
+        }
+    }
+    s.push_str("</");
+    s.push_str(root);
+    s.push('>');
+}
+
+/// [`encode_content`] through serde, for every kind.
+fn encode_content_serde(c: &Content) -> String {
     match c {
         Content::Alarm(a) => to_xml(&WireAlarm {
             severity: a.severity,
@@ -756,6 +858,66 @@ mod tests {
                 c,
                 "{xml}"
             );
+        }
+    }
+
+    #[test]
+    fn alarms_and_events_are_written_by_hand_as_serde_writes_them() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let texts = [
+            "",
+            "disk full",
+            "a <b> & \"c\" 'd' é",
+            "  spaced  ",
+            "line\nbreak\ttab",
+        ];
+        for i in 0..2000 {
+            let text: String = if i < texts.len() {
+                texts[i].to_string()
+            } else {
+                (0..rng.usize(0..40))
+                    .map(|_| *rng.choice(b"ab <>&\"' \n\t\r\xc3").unwrap_or(&b'a') as char)
+                    .collect()
+            };
+            let si = rng.bool().then(|| "acme.p7.si1".parse().unwrap());
+            let data = rng.bool().then(|| Data {
+                mime: "text/plain; charset=\"utf-8\"".into(),
+                encoding: if rng.bool() {
+                    Encoding::Text
+                } else {
+                    Encoding::Base64
+                },
+                payload: Bytes::from(text.clone().into_bytes()),
+            });
+            let severity = *rng
+                .choice(&[
+                    Severity::Clear,
+                    Severity::Info,
+                    Severity::Warning,
+                    Severity::Minor,
+                    Severity::Major,
+                    Severity::Critical,
+                ])
+                .unwrap();
+            let state = *rng
+                .choice(&[AlarmState::Raised, AlarmState::Updated, AlarmState::Cleared])
+                .unwrap();
+            for c in [
+                Content::Alarm(Alarm {
+                    severity,
+                    state,
+                    support_instance: si.clone(),
+                    text: text.clone(),
+                    data: data.clone(),
+                }),
+                Content::Event(Event {
+                    support_instance: si.clone(),
+                    text: text.clone(),
+                    data: data.clone(),
+                }),
+            ] {
+                assert_eq!(encode_content(&c), encode_content_serde(&c), "{c:?}");
+            }
         }
     }
 
