@@ -136,6 +136,9 @@ fn parse_send(body: &[u8]) -> Result<(Vec<String>, MessageInput), String> {
         _ => return Err("to: must be a string or a list of strings".into()),
     };
     let input: MessageInput = serde_json::from_value(v).map_err(|e| format!("message: {e}"))?;
+    if input.key.is_some() {
+        return Err("key: client keys are for a proxy's local API".into());
+    }
     Ok((to, input))
 }
 
@@ -658,4 +661,20 @@ fn all_seen(op: &Identity, members: &[String]) -> bool {
     members
         .iter()
         .all(|m| m.parse::<ComponentId>().is_ok_and(|id| op.sees(&id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_send;
+
+    #[test]
+    fn an_operator_message_names_its_destinations_and_takes_no_client_key() {
+        let (to, input) =
+            parse_send(br#"{"to": ["acme.p1", "group:edge"], "kind": "data", "payload": "x"}"#)
+                .unwrap();
+        assert_eq!(to, ["acme.p1", "group:edge"]);
+        assert_eq!(input.kind, "data");
+        let e = parse_send(br#"{"to": "acme.p1", "kind": "data", "key": "k"}"#).unwrap_err();
+        assert!(e.starts_with("key:"), "{e}");
+    }
 }

@@ -108,6 +108,10 @@ pub fn header(h: &Header) -> Map<String, Value> {
 pub struct MessageInput {
     /// `alarm`, `event` or `data`.
     pub kind: String,
+    /// The integrator's client key: the proxy's local API only (the
+    /// operator API refuses it).
+    #[serde(default)]
+    pub key: Option<String>,
     /// Class; default: the kind.
     #[serde(default)]
     pub class: Option<String>,

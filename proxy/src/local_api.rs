@@ -45,20 +45,33 @@ use crate::instances::Instances;
 /// `{"messages": [...]}` or a single message object, each with an optional
 /// client `key`; for a single message the key may come as the
 /// `Idempotency-Key` header instead. Errors name the field.
+///
+/// Each message is read straight into a [`MessageInput`] from its slice
+/// of the body (no JSON tree in between: this runs for every message).
 fn parse_inputs(
     body: &[u8],
     header_key: Option<&str>,
 ) -> Result<Vec<(MessageInput, Option<String>)>, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
-    let (list, single) = match v {
-        serde_json::Value::Object(mut o) if o.contains_key("messages") => {
-            match o.remove("messages") {
-                Some(serde_json::Value::Array(a)) => (a, false),
-                _ => return Err("messages: must be a list".into()),
-            }
-        }
-        other => (vec![other], true),
+    /// The body's top level: only `messages` is looked at.
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow, default)]
+        messages: Option<&'a serde_json::value::RawValue>,
+    }
+    let top: Top<'_> = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let (list, single): (Vec<&str>, bool) = match top.messages {
+        Some(m) => (
+            serde_json::from_str::<Vec<&serde_json::value::RawValue>>(m.get())
+                .map_err(|_| "messages: must be a list".to_string())?
+                .into_iter()
+                .map(|r| r.get())
+                .collect(),
+            false,
+        ),
+        None => (
+            vec![std::str::from_utf8(body).map_err(|e| format!("invalid JSON: {e}"))?],
+            true,
+        ),
     };
     if header_key.is_some() && (!single || list.len() != 1) {
         return Err(
@@ -68,26 +81,26 @@ fn parse_inputs(
     }
     list.into_iter()
         .enumerate()
-        .map(|(i, mut m)| {
+        .map(|(i, m)| {
             let at = if single {
                 "message".to_string()
             } else {
                 format!("messages[{i}]")
             };
-            let key = match m.as_object_mut().and_then(|o| o.remove("key")) {
-                None => header_key.map(str::to_string),
-                Some(serde_json::Value::String(k)) if header_key.is_none() => Some(k),
-                Some(serde_json::Value::String(_)) => {
+            let mut input: MessageInput =
+                serde_json::from_str(m).map_err(|e| format!("{at}: {e}"))?;
+            let key = match (input.key.take(), header_key) {
+                (None, h) => h.map(str::to_string),
+                (Some(k), None) => Some(k),
+                (Some(_), Some(_)) => {
                     return Err(format!(
                         "{at}.key: given both as a field and as Idempotency-Key"
                     ))
                 }
-                Some(_) => return Err(format!("{at}.key: must be a string")),
             };
             if let Some(k) = &key {
                 check_key(k).map_err(|e| format!("{at}.key: {e}"))?;
             }
-            let input = serde_json::from_value(m).map_err(|e| format!("{at}: {e}"))?;
             Ok((input, key))
         })
         .collect()
@@ -424,6 +437,66 @@ impl LocalApi {
                     ),
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_inputs;
+
+    fn keys(body: &str, header: Option<&str>) -> Result<Vec<Option<String>>, String> {
+        parse_inputs(body.as_bytes(), header).map(|v| v.into_iter().map(|(_, k)| k).collect())
+    }
+
+    #[test]
+    fn inputs_are_read_with_their_keys_and_errors_name_the_field() {
+        let batch =
+            r#"{"messages": [{"kind": "alarm", "text": "a", "key": "k1"}, {"kind": "event"}]}"#;
+        assert_eq!(keys(batch, None).unwrap(), vec![Some("k1".into()), None]);
+        let one = r#"{"kind": "alarm", "text": "a", "severity": "major"}"#;
+        assert_eq!(keys(one, Some("h1")).unwrap(), vec![Some("h1".into())]);
+        let (input, _) = parse_inputs(one.as_bytes(), None).unwrap().remove(0);
+        assert_eq!(
+            (input.kind.as_str(), input.severity.as_deref()),
+            ("alarm", Some("major"))
+        );
+        assert!(
+            input.key.is_none(),
+            "the key is handed out beside the input"
+        );
+        for (body, header, want) in [
+            (batch, Some("h"), "Idempotency-Key is for a single message"),
+            (
+                r#"{"kind": "alarm", "key": "k"}"#,
+                Some("h"),
+                "message.key: given both",
+            ),
+            (
+                r#"{"messages": {"kind": "alarm"}}"#,
+                None,
+                "messages: must be a list",
+            ),
+            (
+                r#"{"messages": [{"kind": "alarm"}, {"kind": "alarm", "colour": 1}]}"#,
+                None,
+                "messages[1]: unknown field `colour`",
+            ),
+            (
+                r#"{"messages": [{"kind": "alarm", "key": 7}]}"#,
+                None,
+                "messages[0]: invalid type",
+            ),
+            (
+                r#"{"messages": [{"kind": "alarm", "key": ""}]}"#,
+                None,
+                "messages[0].key: 1..=",
+            ),
+            ("[1, 2]", None, "invalid JSON"),
+            ("{", None, "invalid JSON"),
+        ] {
+            let e = keys(body, header).unwrap_err();
+            assert!(e.starts_with(want), "{body}: {e}");
         }
     }
 }
