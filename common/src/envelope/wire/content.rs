@@ -1,0 +1,183 @@
+//! Alarms and events read by hand, in the shape [`super::encode_content`]
+//! writes them: the appserver checks the content of every message it
+//! stores, and serde over quick-xml was the larger part of that.
+//!
+//! The reader is deliberately narrow. It takes the root's known attributes,
+//! a `<text>` and an optional `<data>`, plain text and the predefined and
+//! character references in them. Anything else (another child, CDATA, a
+//! comment, a carriage return, text with white space at either end, an
+//! attribute it does not know, a value it does not recognise) makes it
+//! answer `None`, and [`super::decode_content`] reads the part the general
+//! way (limits scan, then serde). A test holds it to serde's result on
+//! both sides of that line.
+
+use quick_xml::events::{BytesStart, Event as XmlEvent};
+
+use super::{WireAlarm, WireData, WireEvent};
+use crate::model::{AlarmState, Encoding, Severity};
+
+/// An alarm in the written shape, or `None` for the general reader.
+pub(super) fn alarm(xml: &[u8]) -> Option<WireAlarm> {
+    let r = read(xml, "alarm")?;
+    Some(WireAlarm {
+        severity: r.severity?,
+        state: r.state?,
+        si: r.si,
+        text: r.text,
+        data: r.data,
+    })
+}
+
+/// An event in the written shape, or `None` for the general reader.
+pub(super) fn event(xml: &[u8]) -> Option<WireEvent> {
+    let r = read(xml, "event")?;
+    if r.severity.is_some() || r.state.is_some() {
+        return None;
+    }
+    Some(WireEvent {
+        si: r.si,
+        text: r.text,
+        data: r.data,
+    })
+}
+
+#[derive(Default)]
+struct Read {
+    severity: Option<Severity>,
+    state: Option<AlarmState>,
+    si: Option<String>,
+    text: String,
+    data: Option<WireData>,
+}
+
+/// Calls `f` with each attribute's name and unescaped value; `None` if one
+/// does not parse or `f` refuses it.
+fn attributes(e: &BytesStart<'_>, mut f: impl FnMut(&str, String) -> Option<()>) -> Option<()> {
+    for a in e.attributes() {
+        let a = a.ok()?;
+        // Line breaks and tabs in a value are normalised differently by
+        // readers: the general one decides.
+        if a.value.contains(['\t', '\n', '\r']) {
+            return None;
+        }
+        let v = a
+            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            .ok()?;
+        f(a.key.as_ref(), v.into_owned())?;
+    }
+    Some(())
+}
+
+fn set<T>(slot: &mut Option<T>, v: Option<T>) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(v?);
+    Some(())
+}
+
+fn severity(v: &str) -> Option<Severity> {
+    Some(match v {
+        "clear" => Severity::Clear,
+        "info" => Severity::Info,
+        "warning" => Severity::Warning,
+        "minor" => Severity::Minor,
+        "major" => Severity::Major,
+        "critical" => Severity::Critical,
+        _ => return None,
+    })
+}
+
+fn state(v: &str) -> Option<AlarmState> {
+    Some(match v {
+        "raised" => AlarmState::Raised,
+        "updated" => AlarmState::Updated,
+        "cleared" => AlarmState::Cleared,
+        _ => return None,
+    })
+}
+
+/// The text of an element up to its end tag: plain text and references only.
+fn text_until_end(r: &mut quick_xml::Reader<&[u8]>) -> Option<String> {
+    let mut s = String::new();
+    loop {
+        match r.read_event().ok()? {
+            XmlEvent::Text(t) => s.push_str(&t),
+            XmlEvent::GeneralRef(g) => match g.resolve_char_ref().ok()? {
+                Some(c) => s.push(c),
+                None => s.push_str(quick_xml::escape::resolve_predefined_entity(&g)?),
+            },
+            XmlEvent::End(_) => break,
+            _ => return None,
+        }
+    }
+    // The general reader's treatment of these is its own.
+    let plain =
+        !s.contains('\r') && s.trim_matches(|c: char| c.is_ascii_whitespace()).len() == s.len();
+    plain.then_some(s)
+}
+
+fn read(xml: &[u8], root: &str) -> Option<Read> {
+    let mut r = quick_xml::Reader::from_reader(xml);
+    let mut out = Read::default();
+    let XmlEvent::Start(e) = r.read_event().ok()? else {
+        return None;
+    };
+    if AsRef::<str>::as_ref(&e.name()) != root {
+        return None;
+    }
+    attributes(&e, |k, v| match k {
+        "severity" if root == "alarm" => set(&mut out.severity, severity(&v)),
+        "state" if root == "alarm" => set(&mut out.state, state(&v)),
+        "si" => set(&mut out.si, Some(v)),
+        _ => None,
+    })?;
+    let (mut text, mut data) = (false, false);
+    loop {
+        let (e, empty) = match r.read_event().ok()? {
+            XmlEvent::Start(e) => (e, false),
+            XmlEvent::Empty(e) => (e, true),
+            XmlEvent::End(_) => break,
+            _ => return None,
+        };
+        match AsRef::<str>::as_ref(&e.name()) {
+            "text" if !text && !data => {
+                text = true;
+                if !empty {
+                    out.text = text_until_end(&mut r)?;
+                }
+            }
+            "data" if !data => {
+                data = true;
+                let (mut mime, mut encoding, mut size) = (None, None, None);
+                attributes(&e, |k, v| match k {
+                    "mime" => set(&mut mime, Some(v)),
+                    "encoding" => set(
+                        &mut encoding,
+                        match v.as_str() {
+                            "text" => Some(Encoding::Text),
+                            "base64" => Some(Encoding::Base64),
+                            _ => None,
+                        },
+                    ),
+                    "size" => set(&mut size, v.parse::<u64>().ok()),
+                    _ => None,
+                })?;
+                let payload = if empty {
+                    String::new()
+                } else {
+                    text_until_end(&mut r)?
+                };
+                out.data = Some(WireData {
+                    mime: mime?,
+                    encoding: encoding?,
+                    size: size?,
+                    payload,
+                });
+            }
+            _ => return None,
+        }
+    }
+    // Nothing after the root's end.
+    matches!(r.read_event().ok()?, XmlEvent::Eof).then_some(out)
+}
