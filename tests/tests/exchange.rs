@@ -151,32 +151,49 @@ async fn a_batch_larger_than_one_envelope_is_cut_by_bytes() {
     spool_drains(&tree, p).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_a_parent_refuses_for_size_becomes_a_dead_letter_while_the_rest_flows() {
+/// A tree of an appserver alone and one proxy, `acme.p1`, under a
+/// [`SmallParent`] with the MLM identity `parent` and the part limit
+/// `max_part`, reading the compact form from the start if `compact`.
+async fn proxy_under_small_parent(
+    tag: &str,
+    parent: &str,
+    max_part: usize,
+    compact: bool,
+) -> (Tree, SmallParent, usize) {
     let spec = Spec {
         mlms: vec![],
         proxies: vec![],
         ..Spec::demo()
     };
-    let mut tree = start("dead", &spec);
-    // A parent whose part limit (64 KiB) is below this version's.
-    let f = tree.pki.issue("acme.old", Role::Mlm, &[], &[]).unwrap();
-    let parent = SmallParent::start(
+    let mut tree = start(tag, &spec);
+    let f = tree.pki.issue(parent, Role::Mlm, &[], &[]).unwrap();
+    let small = SmallParent::start(
         TlsPaths {
             ca: tree.pki.ca(),
             cert: f.cert,
             key: f.key,
             crl: None,
         },
-        64 * 1024,
+        max_part,
     )
     .await;
-    let url = format!("https://127.0.0.1:{}", parent.addr.port());
+    small
+        .compact
+        .store(compact, std::sync::atomic::Ordering::SeqCst);
+    let url = format!("https://127.0.0.1:{}", small.addr.port());
     let p = tokio::task::block_in_place(|| {
-        let p = tree.add_proxy(&spec, "p1", "acme.old", &url)?;
+        let p = tree.add_proxy(&spec, "p1", parent, &url)?;
         tree.launch(p).map(|_| p)
     })
     .expect("proxy under the small parent");
+    (tree, small, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_a_parent_refuses_for_size_becomes_a_dead_letter_while_the_rest_flows() {
+    // A parent whose part limit (64 KiB) is below this version's.
+    let (mut tree, parent, p) =
+        proxy_under_small_parent("dead", "acme.old", 64 * 1024, false).await;
     let addr = tree.nodes[p].addr.unwrap();
     let (s, v) = post_data(addr, "z".repeat(200 * 1024)).await;
     assert_eq!(s, StatusCode::ACCEPTED, "it travels in this version: {v}");
@@ -241,30 +258,7 @@ async fn a_message_a_parent_refuses_for_size_becomes_a_dead_letter_while_the_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parent_that_stops_reading_the_compact_form_is_sent_the_full_one_and_nothing_is_lost() {
     use std::sync::atomic::Ordering::SeqCst;
-    let spec = Spec {
-        mlms: vec![],
-        proxies: vec![],
-        ..Spec::demo()
-    };
-    let mut tree = start("form", &spec);
-    let f = tree.pki.issue("acme.mlmx", Role::Mlm, &[], &[]).unwrap();
-    let parent = SmallParent::start(
-        TlsPaths {
-            ca: tree.pki.ca(),
-            cert: f.cert,
-            key: f.key,
-            crl: None,
-        },
-        1 << 20,
-    )
-    .await;
-    parent.compact.store(true, SeqCst);
-    let url = format!("https://127.0.0.1:{}", parent.addr.port());
-    let p = tokio::task::block_in_place(|| {
-        let p = tree.add_proxy(&spec, "p1", "acme.mlmx", &url)?;
-        tree.launch(p).map(|_| p)
-    })
-    .expect("proxy under the test parent");
+    let (tree, parent, p) = proxy_under_small_parent("form", "acme.mlmx", 1 << 20, true).await;
     let addr = tree.nodes[p].addr.unwrap();
     let arrived = |ids: HashSet<String>| {
         let accepted = parent.accepted.clone();
