@@ -141,7 +141,8 @@ fn read(xml: &[u8], root: &str) -> Option<Read> {
             _ => return None,
         };
         match AsRef::<str>::as_ref(&e.name()) {
-            "text" if !text && !data => {
+            // `<text>` has no attributes (the general reader bounds their number).
+            "text" if !text && !data && e.attributes().next().is_none() => {
                 text = true;
                 if !empty {
                     out.text = text_until_end(&mut r)?;

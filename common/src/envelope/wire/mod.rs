@@ -642,8 +642,12 @@ fn event_from_wire(w: WireEvent) -> Result<Content, InvalidMessage> {
     }))
 }
 
-/// [`decode_content`] the general way: the limits scan, then serde.
-fn decode_content_serde(xml: &[u8], expected: ContentKind) -> Result<Content, InvalidMessage> {
+/// [`decode_content`] the general way: the limits scan, then serde (the
+/// hand reader is held to it by a test and the `content` fuzz target).
+pub(crate) fn decode_content_serde(
+    xml: &[u8],
+    expected: ContentKind,
+) -> Result<Content, InvalidMessage> {
     let root = scan(xml, "content")?;
     let kind =
         ContentKind::parse(&root).ok_or_else(|| InvalidMessage::UnknownKind(root.clone()))?;
@@ -1011,6 +1015,7 @@ mod tests {
             (ContentKind::Event, r#"<event><text>t</text>"#),
             (ContentKind::Event, r#"<!DOCTYPE x><event><text>t</text></event>"#),
             (ContentKind::Event, "<event>\u{0}</event>"),
+            (ContentKind::Event, r#"<event><text a1="1" a2="2" a3="3" a4="4" a5="5" a6="6" a7="7" a8="8" a9="9" b1="1" b2="2" b3="3" b4="4" b5="5" b6="6" b7="7" b8="8">t</text></event>"#),
             (ContentKind::Alarm, "<alarm severity=\"major\" state=\"raised\"><data mime=\"text/plain;\tcharset=utf-8\" encoding=\"text\" size=\"1\">x</data></alarm>"),
             (ContentKind::Alarm, "<alarm severity=\"major\" state=\"raised\" si=\"acme.p7.si1\n\"><text>t</text></alarm>"),
         ] {
