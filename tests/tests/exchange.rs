@@ -260,9 +260,15 @@ async fn a_parent_that_stops_reading_the_compact_form_is_sent_the_full_one_and_n
     use std::sync::atomic::Ordering::SeqCst;
     let (tree, parent, p) = proxy_under_small_parent("form", "acme.mlmx", 1 << 20, true).await;
     let addr = tree.nodes[p].addr.unwrap();
-    let arrived = |ids: HashSet<String>| {
+    // Sends `n` alarms and waits until the parent accepted every one.
+    let travels = |tag: &'static str, n: usize| {
         let accepted = parent.accepted.clone();
         async move {
+            let ids: HashSet<String> = send(addr, &alarms(tag, n, 10))
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
             wait_for("the messages at the parent", LONG, || async {
                 let a = accepted.lock().unwrap();
                 ids.iter().all(|i| a.contains(i)).then_some(())
@@ -271,18 +277,8 @@ async fn a_parent_that_stops_reading_the_compact_form_is_sent_the_full_one_and_n
         }
     };
     // It says it reads the compact form: after the first answer, that is what comes.
-    let first: HashSet<String> = send(addr, &alarms("first", 1, 1))
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    arrived(first).await;
-    let compact: HashSet<String> = send(addr, &alarms("compact", 50, 10))
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    arrived(compact).await;
+    travels("first", 1).await;
+    travels("compact", 50).await;
     assert!(
         parent.compact_envelopes.0.load(SeqCst) >= 1,
         "compact envelopes accepted"
@@ -291,12 +287,7 @@ async fn a_parent_that_stops_reading_the_compact_form_is_sent_the_full_one_and_n
     // longer advertises. The proxy must send the same messages in full,
     // not halve them into dead letters.
     parent.compact.store(false, SeqCst);
-    let after: HashSet<String> = send(addr, &alarms("after", 50, 10))
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    arrived(after).await;
+    travels("after", 50).await;
     spool_drains(&tree, p).await;
     let st = status(&tree, p).await;
     assert_eq!(st["dead_letters"]["count"], json!(0), "{st}");
