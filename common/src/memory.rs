@@ -6,9 +6,11 @@
 //! send a large body at once: 48 bodies of 13 MiB took an MLM from 16 MiB
 //! to 1.1 GiB of resident memory. A parent therefore **reserves** a body's
 //! bytes before it reads any of it, from a budget for all peers and from a
-//! share for this peer identity, and holds the reservation until it has
-//! answered. A request that does not fit waits a little (in arrival order),
-//! then is refused with 503 and a retry-after; nothing of it is read.
+//! share for this peer identity, and holds the reservation until the
+//! body's messages have been through its stages. A long-poll's wait holds
+//! none: idle children waiting by the thousand hold no body memory. A
+//! request that does not fit waits a little (in arrival order), then is
+//! refused with 503 and a retry-after; nothing of it is read.
 //!
 //! A body with a `Content-Length` reserves that; one without (chunked)
 //! reserves the largest an envelope may be.

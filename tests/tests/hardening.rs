@@ -494,3 +494,48 @@ async fn compressed_bodies_that_lie_about_their_size_or_are_not_zstd_are_refused
     })
     .await;
 }
+
+/// A long-poll's wait holds no request-body memory: children waiting by the
+/// thousand must not fill the budget that bodies in flight need (each held
+/// poll used to keep at least 1 KiB of it, so 65,536 waiting children filled
+/// the default 64 MiB, and 16,384 of one identity its share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_waiting_in_long_polls_hold_no_body_memory() {
+    const WAITING: usize = 24;
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![],
+        heartbeat_s: 3600,
+        ..Spec::demo()
+    };
+    let mut tree = tokio::task::block_in_place(|| Tree::start(&tempdir("hardening-polls"), &spec))
+        .unwrap_or_else(|e| panic!("tree did not start: {e}"));
+    tree.remove_on_drop = true;
+    let mlm = tree.index("acme.mlm1").unwrap();
+    let at = tree.nodes[mlm].addr.unwrap();
+    let node = tree.node_target(mlm).unwrap();
+    let mut polls = Vec::new();
+    for i in 0..WAITING {
+        let mut child = RawChild::new(&tree, &format!("acme.w{i}"), Role::Proxy, at);
+        polls.push(tokio::spawn(
+            async move { child.exchange(&[], 30_000).await },
+        ));
+    }
+    wait_for("every child's long-poll held at the MLM", LONG, || async {
+        let n = rsnet_demo::metric(&node, "rsnet_backchannel_long_polls")
+            .await
+            .ok()?;
+        (n >= WAITING as f64).then_some(())
+    })
+    .await;
+    let held = rsnet_demo::metric(&node, "rsnet_body_budget_held_bytes")
+        .await
+        .expect("metric");
+    assert_eq!(
+        held, 0.0,
+        "{WAITING} waiting long-polls hold {held} bytes of the body budget"
+    );
+    for p in polls {
+        p.abort();
+    }
+}

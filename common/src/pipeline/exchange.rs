@@ -32,7 +32,8 @@ pub struct Inbound {
     pub items: Vec<Item>,
     /// Answers for messages that did not.
     pub rejected: Vec<Answer>,
-    /// The body's room in the memory budget: hold it until answered.
+    /// The body's room in the memory budget: hold it until the items have
+    /// been through the stages (a long-poll's wait need not hold it).
     pub reservation: Reservation,
     /// The child takes a zstd-compressed reply.
     pub compress_reply: bool,

@@ -82,13 +82,14 @@ impl ExchangeService {
             .inbound(&ex.peer.id, &acks, &screened.forward)
             .await;
         answers.extend(self.pipeline.run(&ex, screened.forward).await);
+        // The body's items have been through the stages: its memory goes
+        // back to the budget now, not after a long-poll (a held poll
+        // holding it capped how many children could wait at once).
+        drop(reservation);
         let down = self
             .backchannel
             .reply_for(&ex.peer.id, control.wait(), busy)
             .await;
-        let reply = exchange::reply(answers, &down, compress_reply);
-        // The body's items are answered: its memory goes back to the budget.
-        drop(reservation);
-        reply
+        exchange::reply(answers, &down, compress_reply)
     }
 }

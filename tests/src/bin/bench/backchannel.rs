@@ -7,18 +7,14 @@
 //! 2. Bytes on the appserver → MLM link per group message as the group
 //!    grows from 1 to 1,000 destinations behind that one MLM (support
 //!    instances of one proxy), read from the appserver's own counter.
-//! 3. 10,000 idle children long-polling one MLM over mTLS (simulated in
-//!    this process, one `Link` each): the MLM's RSS and CPU at rest.
+//!
+//! The idle children on one MLM are `idle.rs`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Method;
-use rsnet_common::backchannel::BackChannelClient;
 use rsnet_common::client::{call, Target};
-use rsnet_common::link::Link;
-use rsnet_common::metrics::Registry;
 use rsnet_common::tls::{Role, TlsPaths};
 use rsnet_demo::{json_call, metric};
 
@@ -27,7 +23,6 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 const LATENCY_SAMPLES: usize = 1000;
-const IDLE_CHILDREN: usize = 10_000;
 const PAYLOAD: usize = 1024;
 
 async fn post(op: &Target, body: Value) -> String {
@@ -38,18 +33,12 @@ async fn post(op: &Target, body: Value) -> String {
     v["id"].as_str().expect("id").to_string()
 }
 
-/// Runs all three; prints Markdown.
+/// Runs both; prints Markdown.
 pub async fn run(dir: &std::path::Path) {
-    // The idle children below share one certificate: the MLM lets that
-    // identity hold more than the default 64 connections.
     let spec = rsnet_demo::Spec {
         mlms: vec![("mlm1".into(), None)],
         proxies: vec![("p1".into(), Some(0))],
         heartbeat_s: 3600,
-        mlm_extra: format!(
-            "[limits]\nmax_connections_per_peer = {}\n",
-            IDLE_CHILDREN + 100
-        ),
         ..rsnet_demo::Spec::demo()
     };
     let tree = tokio::task::block_in_place(|| rsnet_demo::Tree::start(dir, &spec)).expect("tree");
@@ -183,76 +172,9 @@ pub async fn run(dir: &std::path::Path) {
         println!("| {n} | {} | {bytes:.0} | {per} |", c1 - c0);
     }
     println!();
-
-    // ---- 3. 10,000 idle long-polling children on one MLM
-    let mlm = tree.index("acme.mlm1").expect("mlm");
-    let pid = tree.nodes[mlm].pid().expect("pid");
-    let rss_before = rss_kib(pid);
-    let tls = child_tls(&tree, "acme.bench");
-    let url = format!(
-        "https://127.0.0.1:{}",
-        tree.nodes[mlm].addr.expect("addr").port()
-    );
-    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let t0 = Instant::now();
-    let gate = Arc::new(tokio::sync::Semaphore::new(256));
-    let mut kids = Vec::with_capacity(IDLE_CHILDREN);
-    for _ in 0..IDLE_CHILDREN {
-        let link = BackChannelClient::new(
-            Link::new(std::slice::from_ref(&url), tls.clone(), None).expect("link"),
-            &Registry::default(),
-        );
-        let (polls, gate) = (polls.clone(), gate.clone());
-        kids.push(tokio::spawn(async move {
-            let wait = Duration::from_secs(25);
-            // Connect (mTLS) with one immediate exchange, a few hundred at a
-            // time; then keep a long-poll outstanding on that connection.
-            let permit = gate.acquire_owned().await;
-            if link
-                .exchange(link.outgoing(None), Duration::from_secs(60))
-                .await
-                .is_ok()
-            {
-                polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            drop(permit);
-            loop {
-                let _ = link
-                    .exchange(link.outgoing(Some(wait)), wait + Duration::from_secs(30))
-                    .await;
-            }
-        }));
-    }
-    while polls.load(std::sync::atomic::Ordering::SeqCst) < IDLE_CHILDREN {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if t0.elapsed() > Duration::from_secs(300) {
-            break;
-        }
-    }
-    let ramp = t0.elapsed();
-    let connected = polls.load(std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let (meter, at0) = (crate::peer::CpuMeter::start(vec![pid]), Instant::now());
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    let cpu = meter.secs() / at0.elapsed().as_secs_f64() * 100.0;
-    let rss = rss_kib(pid);
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-    println!("### One MLM holding {IDLE_CHILDREN} idle long-polling children (mTLS)\n");
-    println!("| children polling | open file descriptors (MLM) | ramp-up | MLM RSS before | MLM RSS at rest | per child | MLM CPU at rest |");
-    println!("|---|---|---|---|---|---|---|");
-    println!(
-        "| {connected} | {open} | {:.1} s | {:.1} MiB | {:.1} MiB | {:.1} KiB | {cpu:.1} % of one core |",
-        ramp.as_secs_f64(),
-        rss_before as f64 / 1024.0,
-        rss as f64 / 1024.0,
-        (rss.saturating_sub(rss_before)) as f64 / connected.max(1) as f64,
-    );
-    for k in kids {
-        k.abort();
-    }
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -14,7 +14,8 @@
 //!   rsnet from the start of the POST to the message's arrival on the
 //!   appserver's SSE stream (same machine, same clock).
 //!
-//! Then the back-channel figures ([`backchannel`]), bulk relay throughput
+//! Then the back-channel figures ([`backchannel`]), idle children on one
+//! MLM ([`idle`]), bulk relay throughput
 //! against a direct transfer and nginx ([`bulk`]), and a release to 1,000
 //! simulated proxies under 10 MLMs ([`release`]), relay throughput
 //! with 20 rules at the MLM against none ([`rules`]), the fan-in of 1,000
@@ -22,13 +23,14 @@
 //! and without compression ([`wan`]), and kill -9 of every tier at the
 //! maximum rate ([`crash`]).
 //!
-//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|nats-edge|backchannel|bulk|release|rules|fanin|wan|crash`
+//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|nats-edge|backchannel|idle|bulk|release|rules|fanin|wan|crash`
 //! runs one part (`nats` runs both NATS setups).
 
 mod backchannel;
 mod bulk;
 mod crash;
 mod fanin;
+mod idle;
 mod mqtt;
 mod nats;
 mod peer;
@@ -102,6 +104,10 @@ async fn main() {
     if want("backchannel") {
         println!();
         backchannel::run(&root.join("backchannel")).await;
+    }
+    if want("idle") {
+        println!();
+        idle::run(&root.join("idle")).await;
     }
     if want("bulk") {
         println!();
