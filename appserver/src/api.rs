@@ -182,17 +182,19 @@ fn parse_filter(q: &[(String, String)]) -> Result<(MessageFilter, u64, usize), S
 }
 
 impl Api {
-    /// Routes one request.
+    /// Routes one request. Each route's future is boxed: this one is then
+    /// as small as its own state, and a held long-poll does not carry the
+    /// room the largest route (an upload) needs.
     pub async fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
         if exchange::is_exchange(&req) {
-            return self.exchange.handle(req, &peer).await;
+            return Box::pin(self.exchange.handle(req, &peer)).await;
         }
         let path = req.uri().path().to_string();
         if path == rsnet_common::enroll::ENROLL_PATH {
-            return self.enrollments.handle(req, &peer).await;
+            return Box::pin(self.enrollments.handle(req, &peer)).await;
         }
         if path.starts_with(rsnet_common::bulk::BULK_PREFIX) {
-            return self.uploads.transfer(req, &peer).await;
+            return Box::pin(self.uploads.transfer(req, &peer)).await;
         }
         if path.starts_with("/rs/v1/releases/") {
             if req.method() != Method::GET {
@@ -201,7 +203,7 @@ impl Api {
                     format!("{} {path}", req.method()),
                 );
             }
-            return self.releases.serve(req, &peer).await;
+            return Box::pin(self.releases.serve(req, &peer)).await;
         }
         if path == "/metrics" {
             return text(
@@ -224,7 +226,7 @@ impl Api {
             .uri()
             .path_and_query()
             .map_or_else(|| path.clone(), |p| p.to_string());
-        let resp = self.operator(req, &op, path.clone()).await;
+        let resp = Box::pin(self.operator(req, &op, path.clone())).await;
         let status = resp.status();
         if Audit::records(&method, &path) || status == StatusCode::FORBIDDEN {
             self.audit

@@ -322,23 +322,27 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
             cache.clone(),
             enrolls.clone(),
         );
+        // Each route's future is boxed, so that this one, which hyper keeps
+        // for every connection, is small: 100k idle children each hold one
+        // long-poll, and without the boxes each also held room for the
+        // largest route (a bulk relay), about 11 KiB.
         async move {
             if pipeline::exchange::is_exchange(&req) {
-                return exchange.handle(req, &peer).await;
+                return Box::pin(exchange.handle(req, &peer)).await;
             }
             if req.uri().path() == rsnet_common::enroll::ENROLL_PATH {
-                return enrolls.handle(req, &peer).await;
+                return Box::pin(enrolls.handle(req, &peer)).await;
             }
             if req
                 .uri()
                 .path()
                 .starts_with(rsnet_common::bulk::BULK_PREFIX)
             {
-                return transfers.handle(req, &peer).await;
+                return Box::pin(transfers.handle(req, &peer)).await;
             }
             if req.uri().path().starts_with("/rs/v1/releases/") && req.method() == http::Method::GET
             {
-                return cache.serve(req, &peer).await;
+                return Box::pin(cache.serve(req, &peer)).await;
             }
             match req.uri().path() {
                 "/metrics" => text(

@@ -49,6 +49,9 @@ impl ExchangeService {
         exchange::advertise(self.answer(req, peer).await)
     }
 
+    // The stages before the long-poll are boxed: their futures are large
+    // (the body's decoding above all) and are done before it waits, so a
+    // held poll keeps only its own small state.
     async fn answer(&self, req: http::Request<Incoming>, peer: &Peer) -> Response<Body> {
         let Inbound {
             peer,
@@ -57,7 +60,7 @@ impl ExchangeService {
             rejected,
             reservation,
             compress_reply,
-        } = match exchange::receive(req, peer, &self.budget).await {
+        } = match Box::pin(exchange::receive(req, peer, &self.budget)).await {
             Ok(i) => i,
             Err(resp) => return resp,
         };
@@ -77,10 +80,11 @@ impl ExchangeService {
         // Beside the stages: what the screened traffic teaches about routes,
         // and what the child acknowledged.
         let acks = std::mem::take(&mut control.acks);
-        ex.persist = self
-            .backchannel
-            .inbound(&ex.peer.id, &acks, &screened.forward)
-            .await;
+        ex.persist = Box::pin(
+            self.backchannel
+                .inbound(&ex.peer.id, &acks, &screened.forward),
+        )
+        .await;
         answers.extend(self.pipeline.run(&ex, screened.forward).await);
         // The body's items have been through the stages: its memory goes
         // back to the budget now, not after a long-poll (a held poll

@@ -37,7 +37,8 @@ fn nofile_limit() -> usize {
 /// Runs it; prints Markdown.
 pub async fn run(dir: &std::path::Path) {
     let limit = nofile_limit();
-    let mut children = GOAL_CHILDREN.min(limit.saturating_sub(SPARE_FDS));
+    let most = GOAL_CHILDREN.min(limit.saturating_sub(SPARE_FDS));
+    let mut children = most;
     if let Some(n) = std::env::var("RSNET_BENCH_IDLE_CHILDREN")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -108,9 +109,9 @@ pub async fn run(dir: &std::path::Path) {
     let per_child = rss.saturating_sub(rss_before) as f64 / connected.max(1) as f64;
     let projected = (rss_before as f64 + per_child * GOAL_CHILDREN as f64) / 1024.0 / 1024.0;
     println!("### One MLM holding {connected} idle long-polling children (mTLS)\n");
-    if children < GOAL_CHILDREN {
+    if most < GOAL_CHILDREN {
         println!(
-            "This machine's open-file limit ({limit}, hard) caps the run at {children} children; \
+            "This machine's open-file limit ({limit}) caps a run at {most} children; \
              the last column carries the per-child figure to {GOAL_CHILDREN}.\n"
         );
     }
