@@ -421,6 +421,7 @@ impl Link {
         timeout: Duration,
     ) -> Result<Decoded, LinkError> {
         let form = envelope.form();
+        let carries = !envelope.is_empty();
         let (content_type, body) = envelope.finish();
         let idx = self.current.load(Ordering::Relaxed) % self.parents.len();
         let p = &self.parents[idx];
@@ -428,7 +429,12 @@ impl Link {
             parent: p.url.clone(),
             kind,
         };
-        match tokio::time::timeout(timeout, self.exchange_on(p, form, &content_type, body)).await {
+        match tokio::time::timeout(
+            timeout,
+            self.exchange_on(p, form, carries, &content_type, body),
+        )
+        .await
+        {
             Err(_) => Err(err(LinkErrorKind::Timeout(timeout))),
             Ok(Err(kind)) => {
                 if !matches!(
@@ -505,6 +511,7 @@ impl Link {
         &self,
         p: &Parent,
         form: envelope::Form,
+        carries: bool,
         content_type: &str,
         body: Bytes,
     ) -> Result<Decoded, LinkErrorKind> {
@@ -543,6 +550,11 @@ impl Link {
                 .header(header::CONTENT_TYPE, content_type);
             if compress {
                 req = req.header(header::ACCEPT_ENCODING, encoding::ZSTD);
+            }
+            // Its answers may then say "the rest accepted" rather than list
+            // every ID (only a POST with messages has answers to shorten).
+            if carries {
+                req = req.header(envelope::ACCEPT_FORM, envelope::COMPACT);
             }
             let sent = match zstd.then(|| encoding::compressed(&body)).flatten() {
                 Some(z) => {

@@ -395,6 +395,7 @@ impl SmallParent {
                         .map(|id| rsnet_common::model::Response::accepted(*id, None)),
                     &[],
                     false,
+                    false,
                 );
                 if form.load(Ordering::SeqCst) {
                     r.headers_mut().insert(
@@ -700,6 +701,7 @@ impl FakeParent {
                         .iter()
                         .map(|i| rsnet_common::model::Response::accepted(i.header.id, None)),
                     &out,
+                    false,
                     false,
                 )
             }

@@ -326,6 +326,22 @@ async fn post_as(
     addr: std::net::SocketAddr,
     msgs: &[Message],
 ) -> std::collections::HashMap<MessageId, Response> {
+    post_as_reading(tree, who, addr, msgs, false)
+        .await
+        .0
+        .answers()
+}
+
+/// [`post_as`], saying it reads compact replies if `compact`; the reply's
+/// control part and the reply body's length.
+async fn post_as_reading(
+    tree: &Tree,
+    who: &str,
+    addr: std::net::SocketAddr,
+    msgs: &[Message],
+    compact: bool,
+) -> (rsnet_common::envelope::Control, usize) {
+    use http_body_util::BodyExt;
     let f = tree.pki.issue(who, Role::Proxy, &[], &[]).unwrap();
     let t = Target::Tls {
         base: format!("https://127.0.0.1:{}", addr.port()),
@@ -344,9 +360,25 @@ async fn post_as(
         w.message(m);
     }
     let (ct, body) = w.finish();
-    let (s, b) = call(&t, Method::POST, "/rs/v1/exchange", Some((&ct, body)))
-        .await
-        .unwrap();
+    let headers = if compact {
+        vec![(
+            rsnet_common::envelope::ACCEPT_FORM,
+            rsnet_common::envelope::COMPACT.to_string(),
+        )]
+    } else {
+        Vec::new()
+    };
+    let r = rsnet_common::client::send(
+        &t,
+        Method::POST,
+        "/rs/v1/exchange",
+        Some((&ct, body)),
+        &headers,
+    )
+    .await
+    .unwrap();
+    let s = r.status();
+    let b = r.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     let boundary = String::from_utf8_lossy(&b)
         .lines()
@@ -354,11 +386,65 @@ async fn post_as(
         .unwrap_or("")
         .trim_start_matches("--")
         .to_string();
-    decode_bytes(&format!("multipart/related; boundary={boundary}"), b)
+    let len = b.len();
+    let control = decode_bytes(&format!("multipart/related; boundary={boundary}"), b)
         .await
         .unwrap()
-        .control
-        .answers()
+        .control;
+    (control, len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_reads_compact_replies_is_told_the_rest_was_accepted_and_the_exceptions_by_id()
+{
+    let tree = start("compact-replies", &one_mlm_one_proxy());
+    let op = tree.operator_target().unwrap();
+    let mlm = tree.nodes[tree.index("acme.mlm1").unwrap()].addr.unwrap();
+    let batch = || {
+        let mut msgs: Vec<Message> = (0..100)
+            .map(|_| alarm_msg("acme.p9", &["acme.p9"]))
+            .collect();
+        // One message whose source is another proxy: rejected for good.
+        msgs.insert(40, alarm_msg("acme.p1", &["acme.p9"]));
+        msgs
+    };
+    let ids = |msgs: &[Message]| msgs.iter().map(|m| m.header.id).collect::<Vec<_>>();
+
+    let listed = batch();
+    let (full, full_len) = post_as_reading(&tree, "acme.p9", mlm, &listed, false).await;
+    assert!(!full.accepted_rest);
+    assert_eq!(full.accepted.len(), 100, "an older child gets every ID");
+
+    let short = batch();
+    let (compact, compact_len) = post_as_reading(&tree, "acme.p9", mlm, &short, true).await;
+    assert!(compact.accepted_rest, "{compact:?}");
+    assert!(compact.accepted.is_empty(), "no acceptance listed by ID");
+    let answers = compact.answers_for(ids(&short));
+    assert_eq!(answers.len(), 101);
+    rejected_because(&answers, &short[40], "source");
+    for (i, m) in short.iter().enumerate() {
+        if i != 40 {
+            assert_eq!(answers[&m.header.id].status, Status::Accepted, "{i}");
+        }
+    }
+    assert!(
+        compact_len + 100 * 36 < full_len,
+        "compact reply {compact_len} B, listed {full_len} B"
+    );
+    // What the reply calls accepted was stored: both batches but the two
+    // spoofed messages.
+    let want: HashSet<String> = listed
+        .iter()
+        .chain(short.iter())
+        .filter(|m| {
+            m.header
+                .source()
+                .is_some_and(|s| s.origin.as_str() == "acme.p9")
+        })
+        .map(|m| m.header.id.to_string())
+        .collect();
+    assert_eq!(want.len(), 200);
+    wait_stored(&op, "hijack", &want).await;
 }
 
 fn rejected_because(a: &std::collections::HashMap<MessageId, Response>, m: &Message, needle: &str) {

@@ -39,9 +39,10 @@ pub const CONTROL_RESERVE_BYTES: usize = 128 * 1024;
 pub const ENVELOPE_BUDGET_BYTES: usize = MAX_ENVELOPE_BYTES as usize - CONTROL_RESERVE_BYTES;
 
 /// The most a compact header grows when written in the full form (for a
-/// parent that does not read the compact one): `created`, the `<source>`
-/// with the longest origin, and a `time` on every hop.
-pub const COMPACT_EXPANSION_BYTES: usize = 40 + 20 + MAX_ID_BYTES + 32 * MAX_ROUTING_HOPS;
+/// parent that does not read the compact one): `created`, `content` with
+/// the longest kind name, the `<source>` with the longest origin, and a
+/// `time` on every hop.
+pub const COMPACT_EXPANSION_BYTES: usize = 40 + 24 + 20 + MAX_ID_BYTES + 32 * MAX_ROUTING_HOPS;
 
 /// Header room for the hops a message carrying `hops` may still collect,
 /// and for writing it in the full form ([`COMPACT_EXPANSION_BYTES`]).

@@ -72,6 +72,29 @@ fn reply_answers_round_trip_compactly() {
     assert_eq!(answers[&later.request], later);
     assert_eq!(answers[&never.request], never);
     assert_eq!(answers[&window.request], window, "retry-class travels");
+    // To a child that reads compact replies: no acceptance by ID, the same
+    // answers for the messages it sent.
+    let mut short = c.clone();
+    short.accept_rest();
+    let mut w = EnvelopeWriter::new();
+    w.control(&short);
+    let (ct, body) = w.finish();
+    assert!(body.len() < 600, "{} bytes", body.len());
+    let d = rt(decode_bytes(&ct, body)).unwrap();
+    assert!(d.control.accepted_rest && d.control.accepted.is_empty());
+    let sent = ok
+        .iter()
+        .copied()
+        .chain([later.request, never.request, window.request]);
+    assert_eq!(d.control.answers_for(sent), answers);
+    // "The rest" is the messages the sender says it sent, no others.
+    assert_eq!(d.control.answers_for([]).len(), 3);
+    // Without the shorthand, a message the reply does not name stays unanswered.
+    let stranger = MessageId::new();
+    assert!(!c.answers_for([stranger]).contains_key(&stranger));
+    // `accepted` takes one value.
+    let e = crate::envelope::wire::decode_control(br#"<exchange accepted="all"/>"#).unwrap_err();
+    assert!(e.to_string().contains("exchange/@accepted"), "{e}");
     // A retry-class that is not a class label is refused, named.
     let id = MessageId::new();
     let xml = format!("<exchange><response request=\"{id}\" status=\"rejected\" retry-after-ms=\"5\" retry-class=\"Not A Class\"/></exchange>");
@@ -155,6 +178,7 @@ fn random_input_never_panics() {
         wait_ms: Some(1),
         acks: vec![MessageId::new()],
         accepted: vec![MessageId::new(), MessageId::new()],
+        accepted_rest: false,
         responses: vec![Response::retry(
             MessageId::new(),
             "busy",
@@ -213,6 +237,12 @@ fn print_example_for_docs() {
     let mut r = EnvelopeWriter::new();
     let mut answers = Control::default();
     answers.answer(Response::accepted(m.header.id, None));
+    r.control(&answers);
+    let (ct, body) = r.finish();
+    println!("Content-Type: {ct}\n\n{}", String::from_utf8_lossy(&body));
+    // The reply to a child that reads compact replies.
+    let mut r = EnvelopeWriter::new();
+    answers.accept_rest();
     r.control(&answers);
     let (ct, body) = r.finish();
     println!("Content-Type: {ct}\n\n{}", String::from_utf8_lossy(&body));
@@ -284,7 +314,7 @@ fn the_compact_form_carries_the_same_messages_in_fewer_bytes() {
     // No Content-ID but the control part's, no created, no hop time, no source.
     let text = String::from_utf8_lossy(&compact);
     assert_eq!(text.matches("Content-ID").count(), 1, "{text}");
-    for absent in ["created=", "time=", "<source"] {
+    for absent in ["created=", "time=", "<source", "content="] {
         assert!(!text.contains(absent), "{absent} in {text}");
     }
     let saved = (full.len() - compact.len()) / msgs.len();
@@ -304,8 +334,11 @@ fn a_compact_header_keeps_what_cannot_be_derived() {
         id: "acme.mlm1".parse().unwrap(),
         time: Timestamp(m.header.created.0 + 9),
     });
+    // A class that is not the content kind's name.
+    m.header.class = "infrastructure".into();
     let xml = wire::encode_header_compact(&m.header);
     assert!(xml.contains("created=") && xml.contains("<source origin=\"acme.p7.si3\""));
+    assert!(xml.contains("content=\"alarm\""), "{xml}");
     assert_eq!(xml.matches("time=").count(), 2, "{xml}");
     assert_eq!(wire::decode_header(xml.as_bytes()).unwrap(), m.header);
     // Written out in full for a parent of an older version: the same header.
@@ -333,8 +366,11 @@ fn hostile_compact_parts_are_answered_by_id_or_refuse_the_envelope() {
     let v4 = "2f1e6a8c-1b2d-4c3e-8f4a-5b6c7d8e9f01";
     let no_origin = MessageId::new();
     let bad_class = MessageId::new();
+    // No `content`, and a class that names no kind to take it from.
+    let no_kind = MessageId::new();
     let body = format!(
-        "{good_part}{}{}{}--x--\r\n",
+        "{good_part}{}{}{}{}--x--\r\n",
+        part(&format!("<header id=\"{no_kind}\" class=\"disk\"><routing><hop id=\"acme.p7\"/></routing></header><alarm severity=\"minor\" state=\"raised\"><text>t</text></alarm>")),
         part(&format!("<header id=\"{v4}\" class=\"alarm\" content=\"alarm\"><routing><hop id=\"acme.p7\"/></routing></header><alarm severity=\"minor\" state=\"raised\"><text>t</text></alarm>")),
         part(&format!("<header id=\"{no_origin}\" class=\"alarm\" content=\"alarm\"/><alarm severity=\"minor\" state=\"raised\"><text>t</text></alarm>")),
         part(&format!("<header id=\"{bad_class}\" class=\"NOPE\" content=\"alarm\"><routing><hop id=\"acme.p7\"/></routing></header>")),
@@ -344,13 +380,22 @@ fn hostile_compact_parts_are_answered_by_id_or_refuse_the_envelope() {
     assert_eq!(d.items[0].message().unwrap(), good);
     let mut rejected: Vec<String> = d.rejected.iter().map(|r| r.id.to_string()).collect();
     rejected.sort();
-    let mut want = vec![v4.to_string(), no_origin.to_string(), bad_class.to_string()];
+    let mut want = vec![
+        v4.to_string(),
+        no_origin.to_string(),
+        bad_class.to_string(),
+        no_kind.to_string(),
+    ];
     want.sort();
     assert_eq!(rejected, want);
     assert!(d
         .rejected
         .iter()
         .any(|r| r.error.to_string().contains("v7")));
+    assert!(d
+        .rejected
+        .iter()
+        .any(|r| r.id == no_kind && r.error.to_string().contains("header/@content")));
     // A part that is not a header at all, or whose header never ends and
     // has no readable ID, cannot be answered: the envelope is refused.
     for junk in [

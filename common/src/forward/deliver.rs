@@ -126,7 +126,9 @@ async fn send(
         }
         d.posts += 1;
         match uplink.exchange(out, timeout).await {
-            Ok(reply) => d.answers.extend(reply.control.answers()),
+            Ok(reply) => d
+                .answers
+                .extend(reply.control.answers_for(batch.iter().map(|p| p.id))),
             Err(e) if e.is_permanent() && batch.len() > 1 => {
                 let (a, b) = batch.split_at(batch.len() / 2);
                 tracing::info!(error = %e, n = batch.len(), "parent refused an envelope; sending it in halves");

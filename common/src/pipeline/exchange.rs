@@ -37,6 +37,8 @@ pub struct Inbound {
     pub reservation: Reservation,
     /// The child takes a zstd-compressed reply.
     pub compress_reply: bool,
+    /// The child reads compact replies ([`Control::accepted_rest`]).
+    pub compact_reply: bool,
 }
 
 /// True if this request is an exchange POST.
@@ -89,6 +91,7 @@ pub async fn receive(
         Coding::Zstd => length_of(encoding::DECODED_LENGTH),
     };
     let compress_reply = encoding::accepts_zstd(req.headers());
+    let compact_reply = envelope::accepts_compact(req.headers());
     let reservation = match budget.reserve(&identity.id, len).await {
         Ok(r) => r,
         Err(e @ Refused::TooLarge(_)) => {
@@ -130,6 +133,7 @@ pub async fn receive(
             .collect(),
         reservation,
         compress_reply,
+        compact_reply,
     })
 }
 
@@ -151,15 +155,21 @@ pub fn advertise(mut r: Response<Body>) -> Response<Body> {
 
 /// Builds a reply envelope: the answers in the control part, then
 /// `downward` back-channel messages (as queued: header and content XML),
-/// compressed if the child takes it (`compress`) and it is worth it.
+/// compressed if the child takes it (`compress`) and it is worth it. With
+/// `accept_rest` (the child reads compact replies, and `answers` answer
+/// every message of its request) plain acceptances are not listed by ID.
 pub fn reply(
     answers: impl IntoIterator<Item = Answer>,
     downward: &[SpoolRecord],
     compress: bool,
+    accept_rest: bool,
 ) -> Response<Body> {
     let mut control = Control::default();
     for a in answers {
         control.answer(a);
+    }
+    if accept_rest && !control.accepted.is_empty() {
+        control.accept_rest();
     }
     let mut w = EnvelopeWriter::new();
     w.control(&control);

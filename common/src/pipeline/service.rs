@@ -60,11 +60,13 @@ impl ExchangeService {
             rejected,
             reservation,
             compress_reply,
+            compact_reply,
         } = match Box::pin(exchange::receive(req, peer, &self.budget)).await {
             Ok(i) => i,
             Err(resp) => return resp,
         };
         let busy = !items.is_empty() || !rejected.is_empty();
+        let sent = items.len() + rejected.len();
         let mut ex = Exchange {
             peer,
             received: Timestamp::now(),
@@ -94,6 +96,10 @@ impl ExchangeService {
             .backchannel
             .reply_for(&ex.peer.id, control.wait(), busy)
             .await;
-        exchange::reply(answers, &down, compress_reply)
+        // "The rest accepted" only when every message has its answer (the
+        // stages give each one exactly one): a message left unanswered must
+        // stay unanswered for the child, which then sends it again.
+        let accept_rest = compact_reply && answers.len() == sent;
+        exchange::reply(answers, &down, compress_reply, accept_rest)
     }
 }

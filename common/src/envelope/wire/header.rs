@@ -13,6 +13,8 @@
 //! [`encode_header_compact`] leaves out what the reader derives, and
 //! [`decode_header`] always derives it when it is missing:
 //!
+//! * `content`, when the class is the name of the content kind (an alarm
+//!   of class `alarm`);
 //! * `created`, when it is the time in the message's v7 ID;
 //! * a hop's `time`, when it equals `created`;
 //! * `<source origin=".."/>` (with no `version`), when the origin is the
@@ -61,7 +63,9 @@ fn encode(h: &Header, compact: bool) -> String {
     if let Some(sc) = &h.subclass {
         attr(&mut s, "subclass", sc);
     }
-    attr(&mut s, "content", h.kind.as_str());
+    if !(compact && h.kind.as_str() == h.class) {
+        attr(&mut s, "content", h.kind.as_str());
+    }
     if !(compact && h.id.millis() == Some(h.created.0)) {
         attr(&mut s, "created", &h.created.to_rfc3339());
     }
@@ -422,8 +426,18 @@ fn validate(f: Found) -> Result<Header, InvalidMessage> {
             ));
         }
     }
-    let content = required(f.content, "header/@content")?;
-    let kind = ContentKind::parse(&content).ok_or(InvalidMessage::UnknownKind(content))?;
+    let kind = match f.content {
+        Some(content) => {
+            ContentKind::parse(&content).ok_or(InvalidMessage::UnknownKind(content))?
+        }
+        // Left out (compact form) when the class names the kind.
+        None => ContentKind::parse(&class).ok_or_else(|| {
+            field(
+                "header/@content",
+                "missing, and the class names no content kind to take it from",
+            )
+        })?,
+    };
     let created = match f.created {
         Some(c) => c?,
         None => Timestamp(id.millis().ok_or_else(|| {

@@ -154,6 +154,9 @@ fn text(path: &str, s: String) -> Result<String, InvalidMessage> {
 struct WireControl {
     #[serde(rename = "@wait-ms", skip_serializing_if = "Option::is_none", default)]
     wait_ms: Option<u64>,
+    /// `rest`: [`crate::envelope::Control::accepted_rest`].
+    #[serde(rename = "@accepted", skip_serializing_if = "Option::is_none", default)]
+    accepted_rest: Option<String>,
     #[serde(rename = "ack", skip_serializing_if = "Vec::is_empty", default)]
     acks: Vec<String>,
     #[serde(rename = "accepted", skip_serializing_if = "Option::is_none", default)]
@@ -161,6 +164,9 @@ struct WireControl {
     #[serde(rename = "response", skip_serializing_if = "Vec::is_empty", default)]
     responses: Vec<WireResponse>,
 }
+
+/// The value of `<exchange accepted="…">`.
+const ACCEPTED_REST: &str = "rest";
 
 /// Writes the control part `<exchange>`.
 pub fn encode_control(c: &crate::envelope::Control) -> String {
@@ -176,6 +182,7 @@ pub fn encode_control(c: &crate::envelope::Control) -> String {
     });
     to_xml(&WireControl {
         wait_ms: c.wait_ms,
+        accepted_rest: c.accepted_rest.then(|| ACCEPTED_REST.to_string()),
         acks: c.acks.iter().map(MessageId::to_string).collect(),
         accepted,
         // A hop's reasons are cut so a reply answering a whole batch fits one part.
@@ -225,8 +232,19 @@ pub fn decode_control(xml: &[u8]) -> Result<crate::envelope::Control, InvalidMes
             return Err(e);
         }
     }
+    let accepted_rest = match w.accepted_rest.as_deref() {
+        None => false,
+        Some(ACCEPTED_REST) => true,
+        Some(other) => {
+            return Err(field(
+                "exchange/@accepted",
+                format!("{other:?}: the only value is {ACCEPTED_REST:?}"),
+            ))
+        }
+    };
     Ok(crate::envelope::Control {
         wait_ms: w.wait_ms,
+        accepted_rest,
         acks: w
             .acks
             .iter()
