@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use rsnet_common::client::{call, Target};
+use rsnet_common::client::Target;
 use rsnet_common::envelope::{decode_bytes, EnvelopeWriter};
 use rsnet_common::model::*;
 use rsnet_common::tls::{Role, TlsPaths};
