@@ -8,6 +8,18 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// A memory field of process `pid` (`"self"` for this one) in bytes:
+/// `VmRSS` (resident now) or `VmHWM` (resident at its peak); 0 once it is
+/// gone.
+pub fn memory_bytes(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// A fresh directory under the system temp dir.
 pub fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(

@@ -27,15 +27,11 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// Resident memory now and at its peak, in bytes, of process `pid`.
 fn rss(pid: u32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    (kb("VmRSS:"), kb("VmHWM:"))
+    let pid = pid.to_string();
+    (
+        rsnet_tests::memory_bytes(&pid, "VmRSS"),
+        rsnet_tests::memory_bytes(&pid, "VmHWM"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -39,15 +39,6 @@ fn expected_sha() -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-fn rss_bytes() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_body_of_any_length_crosses_the_link_with_bounded_memory() {
     let dir = tempdir("stream");
@@ -102,13 +93,16 @@ async fn a_streamed_body_of_any_length_crosses_the_link_with_bounded_memory() {
     )
     .unwrap();
     // Resident memory, sampled while the transfer runs.
-    let base = rss_bytes();
+    let base = rsnet_tests::memory_bytes("self", "VmRSS");
     let peak = Arc::new(AtomicU64::new(base));
     let sampler = {
         let peak = peak.clone();
         tokio::spawn(async move {
             loop {
-                peak.fetch_max(rss_bytes(), Ordering::Relaxed);
+                peak.fetch_max(
+                    rsnet_tests::memory_bytes("self", "VmRSS"),
+                    Ordering::Relaxed,
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use rsnet_common::client::{call, Target};
-use rsnet_common::tls::{Role, TlsPaths};
 use rsnet_demo::{json_call, metric};
 
 use crate::peer::quantile;
@@ -172,27 +171,4 @@ pub async fn run(dir: &std::path::Path) {
         println!("| {n} | {} | {bytes:.0} | {per} |", c1 - c0);
     }
     println!();
-}
-
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// A proxy certificate for `id` from the tree's PKI, as a client TLS config.
-pub fn child_tls(tree: &rsnet_demo::Tree, id: &str) -> rustls::ClientConfig {
-    let f = tree.pki.issue(id, Role::Proxy, &[], &[]).expect("cert");
-    rsnet_common::tls::client_config(&TlsPaths {
-        ca: tree.pki.ca(),
-        cert: f.cert,
-        key: f.key,
-        crl: None,
-    })
-    .expect("tls")
 }

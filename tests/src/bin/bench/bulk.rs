@@ -55,16 +55,6 @@ fn sha(size: u64) -> String {
     bulk::hex(&h.finalize())
 }
 
-fn peak_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
 fn with_base(t: &Target, base: String) -> Target {
     match t {
         Target::Tls { config, .. } => Target::Tls {
@@ -173,12 +163,12 @@ pub async fn run(dir: &Path) {
     }
     let pid = tree.nodes[mlm_i].pid().expect("mlm pid");
     let app_pid = tree.nodes[0].pid().expect("appserver pid");
-    let rss_small = peak_rss(pid);
+    let rss_small = rsnet_tests::memory_bytes(&pid.to_string(), "VmHWM");
     let want_big = sha(BIG);
     let (mlm_cpu, app_cpu) = (cpu_secs(pid), cpu_secs(app_pid));
     let big = once(&mut child, &via_mlm, BIG, &want_big).await;
     let (mlm_cpu, app_cpu) = (cpu_secs(pid) - mlm_cpu, cpu_secs(app_pid) - app_cpu);
-    let rss_big = peak_rss(pid);
+    let rss_big = rsnet_tests::memory_bytes(&pid.to_string(), "VmHWM");
     let (d, m, n) = (median(d), median(m), median(n));
     eprintln!(
         "bulk: direct {d:.0} MB/s, MLM {m:.0} MB/s, nginx {n:.0} MB/s; 1 GiB via MLM {big:.0} MB/s"

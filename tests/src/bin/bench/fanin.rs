@@ -45,7 +45,7 @@ pub async fn run(dir: &std::path::Path) {
     let mut links = Vec::with_capacity(CHILDREN);
     for i in 0..CHILDREN {
         let id = format!("acme.f{i}");
-        let tls = crate::backchannel::child_tls(&tree, &id);
+        let tls = crate::peer::child_tls(&tree, &id);
         let link = Link::new(std::slice::from_ref(&url), tls, None).expect("link");
         links.push((
             id.parse::<rsnet_common::id::ComponentId>().expect("id"),

@@ -16,7 +16,7 @@ use rsnet_common::backchannel::BackChannelClient;
 use rsnet_common::link::Link;
 use rsnet_common::metrics::Registry;
 
-use crate::backchannel::{child_tls, rss_kib};
+use crate::peer::child_tls;
 
 /// The goal.
 const GOAL_CHILDREN: usize = 100_000;
@@ -58,7 +58,7 @@ pub async fn run(dir: &std::path::Path) {
     let tree = tokio::task::block_in_place(|| rsnet_demo::Tree::start(dir, &spec)).expect("tree");
     let mlm = tree.index("acme.mlm1").expect("mlm");
     let pid = tree.nodes[mlm].pid().expect("pid");
-    let rss_before = rss_kib(pid);
+    let rss_before = rsnet_tests::memory_bytes(&pid.to_string(), "VmRSS") / 1024;
     let tls = child_tls(&tree, "acme.bench");
     let url = format!(
         "https://127.0.0.1:{}",
@@ -104,7 +104,7 @@ pub async fn run(dir: &std::path::Path) {
     let (meter, at0) = (crate::peer::CpuMeter::start(vec![pid]), Instant::now());
     tokio::time::sleep(Duration::from_secs(20)).await;
     let cpu = meter.secs() / at0.elapsed().as_secs_f64() * 100.0;
-    let rss = rss_kib(pid);
+    let rss = rsnet_tests::memory_bytes(&pid.to_string(), "VmRSS") / 1024;
     let open = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
     let per_child = rss.saturating_sub(rss_before) as f64 / connected.max(1) as f64;
     let projected = (rss_before as f64 + per_child * GOAL_CHILDREN as f64) / 1024.0 / 1024.0;

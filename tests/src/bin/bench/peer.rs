@@ -127,6 +127,22 @@ pub fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// A proxy certificate for `id` from the tree's PKI, as a client TLS config
+/// (the simulated children of the idle and fan-in runs).
+pub fn child_tls(tree: &rsnet_demo::Tree, id: &str) -> rustls::ClientConfig {
+    let f = tree
+        .pki
+        .issue(id, rsnet_common::tls::Role::Proxy, &[], &[])
+        .expect("cert");
+    rsnet_common::tls::client_config(&rsnet_common::tls::TlsPaths {
+        ca: tree.pki.ca(),
+        cert: f.cert,
+        key: f.key,
+        crl: None,
+    })
+    .expect("tls")
+}
+
 /// The CPU a system's server processes spend over a stretch of a run.
 pub struct CpuMeter {
     pids: Vec<u32>,
