@@ -13,7 +13,8 @@
 //! # Durability
 //!
 //! Every write method returns only after its data is on disk (redb commits
-//! with `fdatasync`). Throughput comes from group commit: [`GroupCommit`]
+//! with `fdatasync`; the spool's segment files are `fdatasync`ed after each
+//! frame). Throughput comes from group commit: [`GroupCommit`]
 //! funnels concurrent callers' writes into one transaction, so one fsync
 //! covers a whole burst. A caller that was answered `Ok` may tell its peer
 //! "accepted"; a kill -9 at any moment loses nothing so acknowledged.
@@ -24,7 +25,8 @@
 //! ([`StoreConfig`]), and sees only the [`Backend`] trait and the four store
 //! traits: no backend type appears outside this module. The one backend
 //! today is the embedded [`redb`](self::redb) (`backend = "redb"`, the
-//! default). A PostgreSQL backend for farms is **not built yet**; it is to
+//! default), whose spool is kept beside the redb file in append-only
+//! segments ([`segment`](self::segment)). A PostgreSQL backend for farms is **not built yet**; it is to
 //! implement the same traits and pass the same conformance suite
 //! (`conformance.rs`, run per backend by `tests.rs`) unchanged.
 //!
@@ -36,6 +38,7 @@
 mod committer;
 mod queue_index;
 mod redb;
+mod segment;
 
 use std::path::Path;
 use std::sync::Arc;

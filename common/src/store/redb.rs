@@ -1,11 +1,13 @@
-//! The embedded backend: one redb file per node (`DIR/store.redb`).
+//! The embedded backend: one redb file per node (`DIR/store.redb`), and
+//! the spool beside it in segment files (`DIR/spool/`, [`super::segment`]).
 //!
 //! # On-disk layout
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `spool` | `(rank u8, seq u64)` | `persistent u8, expiry u64 (0 = none), id [16], hlen u32, header, content` |
-//! | `spool_meta` | `"next_seq"` | `u64` |
+//! | `spool` | `(rank u8, seq u64)` | `persistent u8, expiry u64 (0 = none), id [16], hlen u32, header, content`: left by older versions, moved into segments at open ([`RedbStore::move_spool_into`]) |
+//! | `client_keys`, `client_key_expiry` | key; `(until, key)` | the old spool's client keys, moved with it |
+//! | `spool_meta` | `"next_seq"` | `u64` (the old spool's) |
 //! | `messages` | `seq u64` | see [`encode_stored`] |
 //! | `message_ids` | `id [16]` | `seq u64` |
 //! | `state` | `&str` | bytes |
@@ -21,7 +23,6 @@
 //! number) live in memory and are recomputed by a scan at open, so they can
 //! never disagree with the tables.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,7 @@ use ::redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, T
 use bytes::Bytes;
 
 use super::queue_index::{Pending, Planned, QueueIndex};
+use super::segment::SegmentSpool;
 use super::*;
 use crate::model::MAX_PRECEDENCE;
 
@@ -46,13 +48,9 @@ const CLIENT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("client_k
 /// (until, key): the order in which client keys are forgotten.
 const CLIENT_KEY_EXPIRY: TableDefinition<(u64, &str), ()> =
     TableDefinition::new("client_key_expiry");
-/// Expired client keys forgotten per commit at most (keeps each commit short).
-const CLIENT_KEY_PRUNE: usize = 256;
 
 /// Fixed part of an encoded spool value (flags, expiry, id, header length).
 const SPOOL_VALUE_FIXED: usize = 1 + 8 + 16 + 4;
-/// Key bytes counted against the capacity along with the value.
-const SPOOL_KEY_BYTES: u64 = 16;
 
 fn be<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -84,6 +82,7 @@ fn init_tables(db: &Database) -> Result<()> {
 #[derive(Clone)]
 pub struct RedbStore {
     db: Arc<Database>,
+    dir: std::path::PathBuf,
 }
 
 impl RedbStore {
@@ -114,35 +113,70 @@ impl RedbStore {
         let db = Database::create(&path)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         init_tables(&db)?;
-        Ok(RedbStore { db: Arc::new(db) })
+        Ok(RedbStore {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+        })
     }
 
-    /// The spool view, bounded to `capacity` bytes.
+    /// Moves a spool kept here by an older version (the `spool` table and
+    /// its client keys) into the segment spool, then empties those tables.
+    /// The segments are durable before the tables are emptied; a crash in
+    /// between moves the same entries again under the same keys, which the
+    /// segment spool takes as replacements, not as new messages.
     ///
     /// # Errors
-    /// If the recovery scan fails.
-    fn redb_spool(&self, capacity: u64) -> Result<RedbSpool> {
+    /// If the tables cannot be read or emptied, or the segments written.
+    fn move_spool_into(&self, seg: &SegmentSpool) -> Result<()> {
         let r = self.db.begin_read().map_err(be)?;
         let t = r.open_table(SPOOL).map_err(be)?;
-        let mut st = SpoolState {
-            capacity,
-            ..Default::default()
-        };
+        let k = r.open_table(CLIENT_KEYS).map_err(be)?;
+        if t.is_empty().map_err(be)? && k.is_empty().map_err(be)? {
+            return Ok(());
+        }
+        let mut entries = Vec::new();
         for e in t.iter().map_err(be)? {
-            let (_, v) = e.map_err(be)?;
-            st.bytes += v.value().len() as u64 + SPOOL_KEY_BYTES;
-            st.count += 1;
+            let (key, v) = e.map_err(be)?;
+            let (rank, seq) = key.value();
+            entries.push((SpoolKey { rank, seq }, decode_spool(rank, v.value())?));
+        }
+        let now = Timestamp::now();
+        let mut keys = Vec::new();
+        for e in k.iter().map_err(be)? {
+            let (key, v) = e.map_err(be)?;
+            let v = v.value();
+            let (Some(id), Some(until)) = (v.get(..16), v.get(16..24)) else {
+                return Err(corrupt("client key value"));
+            };
+            let id: [u8; 16] = id.try_into().map_err(|_| corrupt("client key id"))?;
+            let until: [u8; 8] = until.try_into().map_err(|_| corrupt("client key until"))?;
+            let until = Timestamp(u64::from_be_bytes(until));
+            if until > now {
+                keys.push((key.value().to_string(), MessageId::from_bytes(id), until));
+            }
         }
         let m = r.open_table(SPOOL_META).map_err(be)?;
-        st.next_seq = m
+        let next_seq = m
             .get("next_seq")
             .map_err(be)?
             .map(|v| v.value())
             .unwrap_or(1);
-        Ok(RedbSpool {
-            db: self.db.clone(),
-            st: Mutex::new(st),
-        })
+        drop((t, k, m, r));
+        let moved = entries.len();
+        seg.import(entries, keys, next_seq)?;
+        let w = self.db.begin_write().map_err(be)?;
+        w.delete_table(SPOOL).map_err(be)?;
+        w.delete_table(CLIENT_KEYS).map_err(be)?;
+        w.delete_table(CLIENT_KEY_EXPIRY).map_err(be)?;
+        w.open_table(SPOOL).map_err(be)?;
+        w.open_table(CLIENT_KEYS).map_err(be)?;
+        w.open_table(CLIENT_KEY_EXPIRY).map_err(be)?;
+        w.commit().map_err(be)?;
+        tracing::info!(
+            messages = moved,
+            "spool moved from the redb file into segments"
+        );
+        Ok(())
     }
 
     /// The message-store view.
@@ -189,7 +223,9 @@ impl RedbStore {
 
 impl Backend for RedbStore {
     fn spool(&self, capacity: u64) -> Result<Arc<dyn Spool>> {
-        Ok(Arc::new(self.redb_spool(capacity)?))
+        let seg = SegmentSpool::open(&self.dir.join("spool"), capacity)?;
+        self.move_spool_into(&seg)?;
+        Ok(Arc::new(seg))
     }
     fn messages(&self) -> Result<Arc<dyn MessageStore>> {
         Ok(Arc::new(self.redb_messages()?))
@@ -202,29 +238,7 @@ impl Backend for RedbStore {
     }
 }
 
-// ---------------------------------------------------------------- spool
-
-#[derive(Default)]
-struct SpoolState {
-    capacity: u64,
-    bytes: u64,
-    count: u64,
-    next_seq: u64,
-    evicted: u64,
-    expired: u64,
-    /// Headers of messages evicted since [`Spool::take_evicted`] last ran
-    /// (bounded: the oldest are forgotten past [`MAX_EVICTED_KEPT`]).
-    evicted_headers: std::collections::VecDeque<bytes::Bytes>,
-}
-
-/// Evicted messages remembered for their report.
-const MAX_EVICTED_KEPT: usize = 10_000;
-
-/// [`Spool`] on redb.
-pub struct RedbSpool {
-    db: Arc<Database>,
-    st: Mutex<SpoolState>,
-}
+// ---------------------------------------------------------------- spool records
 
 fn encode_spool(r: &SpoolRecord) -> Vec<u8> {
     let mut v = Vec::with_capacity(SPOOL_VALUE_FIXED + r.header.len() + r.content.len());
@@ -261,233 +275,6 @@ fn decode_spool(rank: u8, v: &[u8]) -> Result<SpoolRecord> {
         header: Bytes::copy_from_slice(&rest[..hlen]),
         content: Bytes::copy_from_slice(&rest[hlen..]),
     })
-}
-
-/// The remembered message of `key` at `now`, if any.
-fn client_key(
-    t: &::redb::Table<'_, &str, &[u8]>,
-    key: &str,
-    now: Timestamp,
-) -> Result<Option<MessageId>> {
-    let Some(v) = t.get(key).map_err(be)? else {
-        return Ok(None);
-    };
-    let v = v.value();
-    let (id, until) = (v.get(..16), v.get(16..24));
-    let (Some(id), Some(until)) = (id, until) else {
-        return Err(corrupt("client key value"));
-    };
-    let until = u64::from_be_bytes(until.try_into().map_err(|_| corrupt("client key until"))?);
-    if until <= now.0 {
-        return Ok(None);
-    }
-    let id: [u8; 16] = id.try_into().map_err(|_| corrupt("client key id"))?;
-    Ok(Some(MessageId::from_bytes(id)))
-}
-
-impl Spool for RedbSpool {
-    fn write_keyed(
-        &self,
-        records: Vec<(SpoolRecord, Option<ClientKey>)>,
-        remove: &[SpoolKey],
-        now: Timestamp,
-    ) -> Result<Vec<Result<Pushed>>> {
-        if records.is_empty() && remove.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keyed = records.iter().any(|(_, k)| k.is_some());
-        let mut st = self.st.lock().map_err(|_| StoreError::Closed)?;
-        let w = self.db.begin_write().map_err(be)?;
-        let mut out = Vec::with_capacity(records.len());
-        let (mut bytes, mut count, mut seq, mut evicted) = (st.bytes, st.count, st.next_seq, 0u64);
-        let mut gone: Vec<bytes::Bytes> = Vec::new();
-        {
-            let mut t = w.open_table(SPOOL).map_err(be)?;
-            // The key tables are opened only for a keyed write: the hot path stays as it was.
-            let mut key_tables = if keyed {
-                Some((
-                    w.open_table(CLIENT_KEYS).map_err(be)?,
-                    w.open_table(CLIENT_KEY_EXPIRY).map_err(be)?,
-                ))
-            } else {
-                None
-            };
-            if let Some((keys, expiry)) = key_tables.as_mut() {
-                let old: Vec<(u64, String)> = expiry
-                    .range(..(now.0, ""))
-                    .map_err(be)?
-                    .take(CLIENT_KEY_PRUNE)
-                    .map(|e| e.map(|(k, _)| (k.value().0, k.value().1.to_string())))
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(be)?;
-                for (until, key) in old {
-                    expiry.remove((until, key.as_str())).map_err(be)?;
-                    if client_key(keys, &key, now)?.is_none() {
-                        keys.remove(key.as_str()).map_err(be)?;
-                    }
-                }
-            }
-            for k in remove {
-                if let Some(v) = t.remove((k.rank, k.seq)).map_err(be)? {
-                    bytes -= v.value().len() as u64 + SPOOL_KEY_BYTES;
-                    count -= 1;
-                }
-            }
-            for (r, key) in records {
-                if let (Some(k), Some((keys, _))) = (&key, key_tables.as_ref()) {
-                    if let Some(first) = client_key(keys, &k.key, now)? {
-                        out.push(Ok(Pushed::Repeat(first)));
-                        continue;
-                    }
-                }
-                let size = r.size();
-                let rank = MAX_PRECEDENCE - r.precedence.min(MAX_PRECEDENCE);
-                if bytes + size > st.capacity {
-                    // Evict non-persistent messages of lower precedence (or
-                    // equal, for a persistent newcomer), lowest and oldest first.
-                    let mut victims = Vec::new();
-                    let mut headers = Vec::new();
-                    let mut freed = 0u64;
-                    let need = bytes + size - st.capacity;
-                    let lowest_first = (rank + 1..=MAX_PRECEDENCE)
-                        .rev()
-                        .chain(r.persistent.then_some(rank));
-                    'scan: for vrank in lowest_first {
-                        for e in t.range((vrank, 0)..=(vrank, u64::MAX)).map_err(be)? {
-                            let (k, v) = e.map_err(be)?;
-                            let v = v.value();
-                            if v.first() == Some(&0) {
-                                if let Ok(rec) = decode_spool(k.value().0, v) {
-                                    headers.push(rec.header);
-                                }
-                                victims.push(k.value());
-                                freed += v.len() as u64 + SPOOL_KEY_BYTES;
-                                if freed >= need {
-                                    break 'scan;
-                                }
-                            }
-                        }
-                    }
-                    if freed < need {
-                        out.push(Err(StoreError::Full {
-                            needed: size,
-                            free: st.capacity.saturating_sub(bytes),
-                            capacity: st.capacity,
-                        }));
-                        continue;
-                    }
-                    for k in victims {
-                        t.remove(k).map_err(be)?;
-                        count -= 1;
-                        evicted += 1;
-                    }
-                    gone.extend(headers);
-                    bytes -= freed;
-                }
-                t.insert((rank, seq), encode_spool(&r).as_slice())
-                    .map_err(be)?;
-                if let (Some(k), Some((keys, expiry))) = (key, key_tables.as_mut()) {
-                    let mut v = Vec::with_capacity(24);
-                    v.extend_from_slice(r.id.as_bytes());
-                    v.extend_from_slice(&k.until.0.to_be_bytes());
-                    keys.insert(k.key.as_str(), v.as_slice()).map_err(be)?;
-                    expiry.insert((k.until.0, k.key.as_str()), ()).map_err(be)?;
-                }
-                out.push(Ok(Pushed::New(SpoolKey { rank, seq })));
-                seq += 1;
-                bytes += size;
-                count += 1;
-            }
-            if seq != st.next_seq {
-                let mut m = w.open_table(SPOOL_META).map_err(be)?;
-                m.insert("next_seq", seq).map_err(be)?;
-            }
-        }
-        w.commit().map_err(be)?;
-        if evicted > 0 {
-            tracing::warn!(
-                evicted,
-                "spool full: evicted non-persistent messages of lower precedence"
-            );
-        }
-        st.bytes = bytes;
-        st.count = count;
-        st.next_seq = seq;
-        st.evicted += evicted;
-        for h in gone {
-            if st.evicted_headers.len() >= MAX_EVICTED_KEPT {
-                st.evicted_headers.pop_front();
-            }
-            st.evicted_headers.push_back(h);
-        }
-        Ok(out)
-    }
-
-    fn peek(&self, limit: usize, skip: &HashSet<SpoolKey>, now: Timestamp) -> Result<Peeked> {
-        let mut out = Peeked::default();
-        let mut expired_keys = Vec::new();
-        {
-            let r = self.db.begin_read().map_err(be)?;
-            let t = r.open_table(SPOOL).map_err(be)?;
-            for e in t.iter().map_err(be)? {
-                if out.entries.len() >= limit {
-                    break;
-                }
-                let (k, v) = e.map_err(be)?;
-                let (rank, seq) = k.value();
-                let key = SpoolKey { rank, seq };
-                if skip.contains(&key) {
-                    continue;
-                }
-                let v = v.value();
-                if spool_expiry(v).is_some_and(|e| e <= now) {
-                    expired_keys.push(key);
-                    continue;
-                }
-                out.entries.push((key, decode_spool(rank, v)?));
-            }
-        }
-        if !expired_keys.is_empty() {
-            let mut st = self.st.lock().map_err(|_| StoreError::Closed)?;
-            let w = self.db.begin_write().map_err(be)?;
-            {
-                let mut t = w.open_table(SPOOL).map_err(be)?;
-                for k in &expired_keys {
-                    if let Some(v) = t.remove((k.rank, k.seq)).map_err(be)? {
-                        let v = v.value();
-                        st.bytes -= v.len() as u64 + SPOOL_KEY_BYTES;
-                        st.count -= 1;
-                        st.expired += 1;
-                        if let Some(id) = v.get(9..25).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
-                            out.expired.push(MessageId::from_bytes(id));
-                        }
-                    }
-                }
-            }
-            w.commit().map_err(be)?;
-        }
-        Ok(out)
-    }
-
-    fn take_evicted(&self) -> Vec<bytes::Bytes> {
-        self.st
-            .lock()
-            .map(|mut st| st.evicted_headers.drain(..).collect())
-            .unwrap_or_default()
-    }
-
-    fn stats(&self) -> SpoolStats {
-        match self.st.lock() {
-            Ok(st) => SpoolStats {
-                messages: st.count,
-                bytes: st.bytes,
-                capacity: st.capacity,
-                evicted: st.evicted,
-                expired: st.expired,
-            },
-            Err(_) => SpoolStats::default(),
-        }
-    }
 }
 
 // ---------------------------------------------------------------- messages
@@ -893,5 +680,87 @@ impl QueueStore for RedbQueues {
         };
         w.commit().map_err(be)?;
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)]
+    use super::*;
+
+    /// A spool an older version kept in the redb file moves into segments
+    /// at open: every entry in its order, the client keys with them, once.
+    #[test]
+    fn a_spool_left_in_the_redb_file_by_an_older_version_moves_into_segments_once() {
+        let dir = super::super::conformance::tmp();
+        let now = Timestamp::now();
+        let recs: Vec<SpoolRecord> = (0..5u8)
+            .map(|i| SpoolRecord {
+                id: MessageId::new(),
+                precedence: i % 2 * 5,
+                persistent: true,
+                expiry: None,
+                header: Bytes::from_static(b"<header/>"),
+                content: Bytes::from(vec![b'a' + i; 10]),
+            })
+            .collect();
+        {
+            // What an older version left: rows in `spool`, a client key, its counter.
+            let store = RedbStore::open(&dir).unwrap();
+            let w = store.db.begin_write().unwrap();
+            {
+                let mut t = w.open_table(SPOOL).unwrap();
+                for (seq, r) in recs.iter().enumerate() {
+                    let rank = MAX_PRECEDENCE - r.precedence;
+                    t.insert((rank, seq as u64 + 1), encode_spool(r).as_slice())
+                        .unwrap();
+                }
+                let mut k = w.open_table(CLIENT_KEYS).unwrap();
+                let mut v = recs[0].id.as_bytes().to_vec();
+                v.extend_from_slice(&(now.0 + 3_600_000).to_be_bytes());
+                k.insert("order-7", v.as_slice()).unwrap();
+                let mut m = w.open_table(SPOOL_META).unwrap();
+                m.insert("next_seq", 6).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let order = |s: &Arc<dyn Spool>| -> Vec<MessageId> {
+            s.peek(100, &HashSet::new(), Timestamp::now())
+                .unwrap()
+                .entries
+                .into_iter()
+                .map(|(_, r)| r.id)
+                .collect()
+        };
+        let mut expect: Vec<&SpoolRecord> = recs.iter().collect();
+        expect.sort_by_key(|r| std::cmp::Reverse(r.precedence));
+        let expect: Vec<MessageId> = expect.into_iter().map(|r| r.id).collect();
+        for _ in 0..2 {
+            let store = RedbStore::open(&dir).unwrap();
+            let s = store.spool(1 << 20).unwrap();
+            assert_eq!(order(&s), expect);
+            assert_eq!(s.stats().messages, 5);
+            // The key came along; new entries sort after the moved ones.
+            let r = s
+                .write_keyed(
+                    vec![(
+                        recs[1].clone(),
+                        Some(ClientKey {
+                            key: "order-7".into(),
+                            until: now.after(std::time::Duration::from_secs(60)),
+                        }),
+                    )],
+                    &[],
+                    now,
+                )
+                .unwrap();
+            assert_eq!(r[0].as_ref().unwrap(), &Pushed::Repeat(recs[0].id));
+            let r = store.db.begin_read().unwrap();
+            assert!(
+                r.open_table(SPOOL).unwrap().is_empty().unwrap(),
+                "moved, not copied"
+            );
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

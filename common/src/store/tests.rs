@@ -83,3 +83,244 @@ fn group_commit_answers_each_caller() {
         }
     });
 }
+
+/// The segment spool's own promises: what a crash, a torn write, a pinned
+/// old message or a second process can do to it.
+mod segment {
+    use std::collections::HashSet;
+    use std::path::{Path, PathBuf};
+
+    use bytes::Bytes;
+
+    use super::super::conformance::tmp;
+    use super::super::segment::SegmentSpool;
+    use super::super::*;
+
+    fn rec(precedence: u8, persistent: bool, body: &[u8]) -> SpoolRecord {
+        SpoolRecord {
+            id: MessageId::new(),
+            precedence,
+            persistent,
+            expiry: None,
+            header: Bytes::from_static(b"<header/>"),
+            content: Bytes::copy_from_slice(body),
+        }
+    }
+
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn all(s: &SegmentSpool) -> Vec<(SpoolKey, SpoolRecord)> {
+        s.peek(usize::MAX, &HashSet::new(), Timestamp::now())
+            .unwrap()
+            .entries
+    }
+
+    /// Every cut of the file after a series of commits, as a crash at that
+    /// byte would leave it: the spool opens with exactly the commits whose
+    /// frame was whole, and takes new ones after.
+    #[test]
+    fn a_crash_at_any_byte_keeps_exactly_the_whole_commits() {
+        let dir = tmp();
+        // After each commit: where its frame ends, and what the spool holds.
+        let mut after: Vec<(u64, HashSet<MessageId>)> = Vec::new();
+        {
+            let s = SegmentSpool::open(&dir, 1 << 20).unwrap();
+            let mut snapshot = |s: &SegmentSpool| {
+                let end = std::fs::metadata(&segments(&dir)[0]).unwrap().len();
+                after.push((end, all(s).into_iter().map(|(_, r)| r.id).collect()));
+            };
+            for i in 0..6u8 {
+                let r: Vec<_> = (0..3)
+                    .map(|k| rec(i % 3, true, &[b'a' + i, b'0' + k]))
+                    .collect();
+                let keys = s.push(r).unwrap();
+                assert!(keys.iter().all(|k| k.is_ok()));
+                snapshot(&s);
+                if i == 3 {
+                    // A commit that removes, and one that removes and pushes.
+                    let held = all(&s);
+                    s.remove(&[held[0].0, held[4].0]).unwrap();
+                    snapshot(&s);
+                    s.write(vec![rec(9, false, b"urgent")], &[held[1].0])
+                        .unwrap();
+                    snapshot(&s);
+                }
+            }
+        }
+        assert_eq!(segments(&dir).len(), 1);
+        let file = segments(&dir)[0].clone();
+        let whole = std::fs::read(&file).unwrap();
+        assert_eq!(after.last().unwrap().0, whole.len() as u64);
+        for cut in 0..=whole.len() as u64 {
+            let copy = tmp();
+            std::fs::write(copy.join(file.file_name().unwrap()), &whole[..cut as usize]).unwrap();
+            let s = SegmentSpool::open(&copy, 1 << 20).unwrap();
+            let expect = after
+                .iter()
+                .rev()
+                .find(|(end, _)| *end <= cut)
+                .map(|(_, ids)| ids.clone())
+                .unwrap_or_default();
+            let got: HashSet<MessageId> = all(&s).into_iter().map(|(_, r)| r.id).collect();
+            assert_eq!(got, expect, "cut at {cut} of {}", whole.len());
+            assert_eq!(s.stats().messages as usize, expect.len());
+            // It takes new commits after the cut, and keeps them.
+            let r = rec(5, true, b"after");
+            let id = r.id;
+            s.push(vec![r]).unwrap();
+            drop(s);
+            let s = SegmentSpool::open(&copy, 1 << 20).unwrap();
+            let got: HashSet<MessageId> = all(&s).into_iter().map(|(_, r)| r.id).collect();
+            assert!(
+                got.contains(&id) && got.len() == expect.len() + 1,
+                "cut at {cut}"
+            );
+            drop(s);
+            std::fs::remove_dir_all(copy).unwrap();
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn damage_in_a_segment_other_than_the_last_is_refused_by_name() {
+        let dir = tmp();
+        {
+            let s = SegmentSpool::open_sized(&dir, 1 << 30, 4096).unwrap();
+            for _ in 0..4 {
+                s.push(vec![rec(4, true, &[b'x'; 3000])]).unwrap();
+            }
+        }
+        let segs = segments(&dir);
+        assert!(segs.len() >= 3, "{segs:?}");
+        let mut bytes = std::fs::read(&segs[0]).unwrap();
+        let n = bytes.len();
+        bytes[n - 10] ^= 0xff;
+        std::fs::write(&segs[0], bytes).unwrap();
+        let err = SegmentSpool::open_sized(&dir, 1 << 30, 4096)
+            .err()
+            .expect("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&*segs[0].file_name().unwrap().to_string_lossy()),
+            "{msg}"
+        );
+        assert!(msg.contains("corrupt"), "{msg}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_a_spool_in_use() {
+        let dir = tmp();
+        let s = SegmentSpool::open(&dir, 1 << 20).unwrap();
+        let err = SegmentSpool::open(&dir, 1 << 20).err().expect("refused");
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(s);
+        SegmentSpool::open(&dir, 1 << 20).expect("free again");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Spent segments are deleted; a few long-lived messages in the oldest
+    /// one are copied forward rather than keep every later segment alive;
+    /// a client key outlives the segment of its message. All of it holds
+    /// across a reopen.
+    #[test]
+    fn spent_segments_go_and_a_pinned_one_is_compacted_keeping_its_messages_and_keys() {
+        let dir = tmp();
+        let seg = 64 * 1024;
+        let now = Timestamp::now();
+        let (pinned_id, keyed_id);
+        {
+            let s = SegmentSpool::open_sized(&dir, 1 << 30, seg).unwrap();
+            // A message that stays (a throttle holds it) and a keyed one that is delivered.
+            let pinned = rec(0, true, b"pinned");
+            pinned_id = pinned.id;
+            let keyed = rec(4, true, b"keyed");
+            keyed_id = keyed.id;
+            let key = ClientKey {
+                key: "order-1".into(),
+                until: now.after(std::time::Duration::from_secs(3600)),
+            };
+            let r = s
+                .write_keyed(vec![(pinned, None), (keyed, Some(key))], &[], now)
+                .unwrap();
+            let Ok(Pushed::New(keyed_key)) = r[1] else {
+                panic!("{r:?}")
+            };
+            s.remove(&[keyed_key]).unwrap();
+            // Traffic that comes and goes: 40 segments' worth.
+            for i in 0..400u32 {
+                let r = s.push(vec![rec(5, true, &[b'y'; 6000])]).unwrap();
+                let Ok(k) = r[0] else { panic!("{r:?}") };
+                s.remove(&[k]).unwrap();
+                assert!(segments(&dir).len() <= 4, "after {i}: {:?}", segments(&dir));
+            }
+            let first = segments(&dir)[0].clone();
+            assert_ne!(
+                first.file_name().unwrap(),
+                "0000000000000001.seg",
+                "compacted away"
+            );
+        }
+        let s = SegmentSpool::open_sized(&dir, 1 << 30, seg).unwrap();
+        let left = all(&s);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1.id, pinned_id);
+        assert_eq!(&left[0].1.content[..], b"pinned");
+        let r = s
+            .write_keyed(
+                vec![(
+                    rec(4, true, b"resent"),
+                    Some(ClientKey {
+                        key: "order-1".into(),
+                        until: now.after(std::time::Duration::from_secs(3600)),
+                    }),
+                )],
+                &[],
+                now,
+            )
+            .unwrap();
+        assert_eq!(r[0].as_ref().unwrap(), &Pushed::Repeat(keyed_id));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// More than the memory cache holds: bodies come back from the files,
+    /// the same bytes, in order, before and after a reopen.
+    #[test]
+    fn bodies_beyond_the_cache_are_read_back_from_disk() {
+        let dir = tmp();
+        let body = |i: u32| format!("{i:08}").repeat(1 << 14).into_bytes(); // 128 KiB
+        let n = (super::super::segment::CACHE_BYTES / (128 << 10)) as u32 + 40;
+        {
+            let s = SegmentSpool::open(&dir, 1 << 34).unwrap();
+            for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+                s.push(chunk.iter().map(|i| rec(4, true, &body(*i))).collect())
+                    .unwrap();
+            }
+            let got = all(&s);
+            assert_eq!(got.len(), n as usize);
+            for (i, (_, r)) in got.iter().enumerate() {
+                assert!(r.content[..] == body(i as u32)[..], "{i}");
+            }
+        }
+        let s = SegmentSpool::open(&dir, 1 << 34).unwrap();
+        // A limit counts what is read from disk like what is in memory.
+        let skip: HashSet<SpoolKey> = all(&s).into_iter().take(250).map(|(k, _)| k).collect();
+        let some = s.peek(10, &skip, Timestamp::now()).unwrap().entries;
+        assert_eq!(some.len(), 10);
+        assert!(some[9].1.content[..] == body(259)[..]);
+        let got = all(&s);
+        assert_eq!(got.len(), n as usize);
+        for (i, (_, r)) in got.iter().enumerate() {
+            assert!(r.content[..] == body(i as u32)[..], "{i}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
