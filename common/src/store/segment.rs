@@ -73,10 +73,18 @@ pub const SEGMENT_BYTES: u64 = 16 << 20;
 pub const CACHE_BYTES: u64 = 32 << 20;
 /// Bytes of messages copied out of a mostly dead oldest segment per commit.
 pub const RELOCATE_BYTES: u64 = 4 << 20;
+/// Old segments (besides the active one) kept before the oldest, if mostly
+/// dead, is compacted: room for what is in flight.
+const COMPACT_AFTER_SEGMENTS: usize = 4;
 /// Client keys copied forward per commit at most.
 const KEYS_CARRIED: usize = 4096;
 /// Expired client keys forgotten per commit at most.
 const KEYS_PRUNED: usize = 256;
+/// Reads of neighbouring bodies are joined across gaps up to this (the
+/// next put's fixed part, a few removal marks)…
+const READ_GAP: u64 = 256;
+/// …into runs of at most this.
+const READ_RUN: u64 = 1 << 20;
 /// Evicted messages remembered for their report.
 const MAX_EVICTED_KEPT: usize = 10_000;
 
@@ -86,6 +94,8 @@ const OP_REMOVE: u8 = 3;
 const OP_KEY: u8 = 4;
 /// Bytes of a put before its header.
 const PUT_FIXED: usize = 1 + 1 + 8 + 1 + 8 + 16 + 4 + 4;
+/// Bytes of a removal mark.
+const REMOVE_BYTES: usize = 1 + 1 + 8;
 
 fn io_err(what: &Path, e: std::io::Error) -> StoreError {
     StoreError::Backend(format!("{}: {e}", what.display()))
@@ -122,6 +132,21 @@ struct Segment {
     len: u64,
     live: u64,
     live_bytes: u64,
+    /// Keys put here (some since removed or moved on): what compaction
+    /// looks through.
+    puts: Vec<SpoolKey>,
+}
+
+impl Segment {
+    fn new(file: Arc<File>, len: u64) -> Segment {
+        Segment {
+            file,
+            len,
+            live: 0,
+            live_bytes: 0,
+            puts: Vec::new(),
+        }
+    }
 }
 
 struct KeyEntry {
@@ -135,7 +160,6 @@ struct KeyEntry {
 struct Index {
     capacity: u64,
     entries: BTreeMap<SpoolKey, Entry>,
-    by_seg: BTreeSet<(u64, SpoolKey)>,
     segs: BTreeMap<u64, Segment>,
     keys: HashMap<String, KeyEntry>,
     key_expiry: BTreeSet<(u64, String)>,
@@ -156,18 +180,17 @@ impl Index {
         if let Some(s) = self.segs.get_mut(&e.seg) {
             s.live += 1;
             s.live_bytes += e.size();
+            s.puts.push(key);
         }
         self.bytes += e.size();
         if e.body.is_some() {
             self.cached += e.hlen as u64 + e.clen as u64;
         }
-        self.by_seg.insert((e.seg, key));
         self.entries.insert(key, e);
     }
 
     fn take(&mut self, key: SpoolKey) -> Option<Entry> {
         let e = self.entries.remove(&key)?;
-        self.by_seg.remove(&(e.seg, key));
         if let Some(s) = self.segs.get_mut(&e.seg) {
             s.live -= 1;
             s.live_bytes -= e.size();
@@ -242,8 +265,9 @@ struct Frame {
 }
 
 impl Frame {
-    fn new(base: u64) -> Frame {
-        let mut buf = Vec::with_capacity(4096);
+    /// A frame to be written at `base`, with room for about `size` bytes.
+    fn new(base: u64, size: usize) -> Frame {
+        let mut buf = Vec::with_capacity(FRAME_HEADER + size.max(64));
         buf.extend_from_slice(&[0; FRAME_HEADER]);
         Frame { buf, base }
     }
@@ -409,15 +433,7 @@ impl SegmentSpool {
                 .open(&path)
                 .map_err(|e| io_err(&path, e))?;
             let file = Arc::new(file);
-            ix.segs.insert(
-                n,
-                Segment {
-                    file: file.clone(),
-                    len: 0,
-                    live: 0,
-                    live_bytes: 0,
-                },
-            );
+            ix.segs.insert(n, Segment::new(file.clone(), 0));
             let (end, stop) = replay(&file, n, &mut ix).map_err(|e| io_err(&path, e))?;
             match stop {
                 Stop::End => {}
@@ -454,15 +470,7 @@ impl SegmentSpool {
             }
             None => {
                 let (file, len) = create_segment(dir, 1, ix.next_seq)?;
-                ix.segs.insert(
-                    1,
-                    Segment {
-                        file: file.clone(),
-                        len,
-                        live: 0,
-                        live_bytes: 0,
-                    },
-                );
+                ix.segs.insert(1, Segment::new(file.clone(), len));
                 Log {
                     active: 1,
                     file,
@@ -494,7 +502,12 @@ impl SegmentSpool {
         next_seq: u64,
     ) -> Result<()> {
         let mut log = lock(&self.log)?;
-        let mut frame = Frame::new(log.len);
+        let size = entries
+            .iter()
+            .map(|(_, r)| PUT_FIXED + r.header.len() + r.content.len())
+            .sum::<usize>()
+            + keys.len() * (1 + 1 + MAX_CLIENT_KEY_BYTES + 16 + 8);
+        let mut frame = Frame::new(log.len, size + 9);
         let mut added = Vec::new();
         {
             let mut ix = lock(&self.index)?;
@@ -600,15 +613,7 @@ impl SegmentSpool {
         match create_segment(&self.dir, next, floor) {
             Ok((file, len)) => {
                 if let Ok(mut ix) = self.index.lock() {
-                    ix.segs.insert(
-                        next,
-                        Segment {
-                            file: file.clone(),
-                            len,
-                            live: 0,
-                            live_bytes: 0,
-                        },
-                    );
+                    ix.segs.insert(next, Segment::new(file.clone(), len));
                 }
                 *log = Log {
                     active: next,
@@ -633,37 +638,30 @@ impl SegmentSpool {
     ) -> Result<Vec<u64>> {
         let mut retire = Vec::new();
         let mut keys_left = KEYS_CARRIED;
-        let olds: Vec<u64> = ix.segs.keys().copied().filter(|n| *n != active).collect();
-        for n in olds {
-            let (live, live_bytes, len) = match ix.segs.get(&n) {
-                Some(s) => (s.live, s.live_bytes, s.len),
-                None => break,
-            };
-            if live > 0 {
-                // Mostly dead and not the only old one: move its messages on.
-                let worth = live_bytes * 4 < len && ix.segs.len() > 2;
+        let mut after = 0;
+        while let Some((&n, seg)) = ix.segs.range(after..active).next() {
+            after = n + 1;
+            if seg.live > 0 {
+                // Messages in flight keep the last few segments; only a
+                // mostly dead segment behind several others is worth a copy.
+                let worth = seg.live_bytes * 4 < seg.len && ix.segs.len() > COMPACT_AFTER_SEGMENTS;
                 if !worth {
                     break;
                 }
-                let keys: Vec<SpoolKey> = ix
-                    .by_seg
-                    .range((n, SpoolKey { rank: 0, seq: 0 })..)
-                    .take_while(|(s, _)| *s == n)
-                    .map(|(_, k)| *k)
-                    .collect();
+                let keys = seg.puts.clone();
                 let mut budget = RELOCATE_BYTES;
                 for k in keys {
                     let Some(e) = ix.entries.get(&k) else {
                         continue;
                     };
-                    if e.pending {
+                    if e.pending || e.seg != n {
                         continue;
                     }
                     let size = e.size();
-                    if size > budget {
+                    if size > budget && budget < RELOCATE_BYTES {
                         break;
                     }
-                    budget -= size;
+                    budget = budget.saturating_sub(size);
                     let (h, c) = ix.read(e)?;
                     let at = frame.put(k, &e.id, e.persistent, e.expiry, &h, &c);
                     let Some(mut e) = ix.take(k) else { continue };
@@ -677,6 +675,8 @@ impl SegmentSpool {
                     break;
                 }
             }
+            // A scan of every key per spent segment: cheap while keys
+            // number in the tens of thousands.
             let carried: Vec<String> = ix
                 .keys
                 .iter()
@@ -747,7 +747,7 @@ fn create_segment(dir: &Path, n: u64, floor: u64) -> Result<(Arc<File>, u64)> {
         .truncate(true)
         .open(&path)
         .map_err(|e| io_err(&path, e))?;
-    let mut frame = Frame::new(0);
+    let mut frame = Frame::new(0, 9);
     frame.floor(floor);
     let bytes = frame.seal();
     file.write_all_at(&bytes, 0)
@@ -902,7 +902,17 @@ impl Spool for SegmentSpool {
         }
         let mut log = lock(&self.log)?;
         let active = log.active;
-        let mut frame = Frame::new(log.len);
+        let size = records
+            .iter()
+            .map(|(r, k)| {
+                PUT_FIXED
+                    + r.header.len()
+                    + r.content.len()
+                    + k.as_ref().map_or(0, |k| 1 + 1 + k.key.len() + 16 + 8)
+            })
+            .sum::<usize>()
+            + remove.len() * REMOVE_BYTES;
+        let mut frame = Frame::new(log.len, size);
         let mut out = Vec::with_capacity(records.len());
         let mut undo = Undo::default();
         let mut gone = 0u64;
@@ -1135,13 +1145,37 @@ impl Spool for SegmentSpool {
                 }
             }
         }
-        // Read what is not in memory without holding the index.
-        for (slot, file, at, hlen, clen) in unread {
-            let (h, c) = read_body(&file, at, hlen, clen)?;
-            if let Some((_, r)) = out.entries.get_mut(slot) {
-                r.header = h;
-                r.content = c;
+        // Read what is not in memory without holding the index, neighbours
+        // in one read: entries in send order usually sit in file order.
+        let mut i = 0;
+        while i < unread.len() {
+            let (_, file, start, _, _) = &unread[i];
+            let mut end = i + 1;
+            let mut until = unread[i].2 + unread[i].3 as u64 + unread[i].4 as u64;
+            while let Some((_, f, at, h, c)) = unread.get(end) {
+                let near = Arc::ptr_eq(f, file)
+                    && *at >= until
+                    && *at - until <= READ_GAP
+                    && *at + (*h as u64 + *c as u64) - start <= READ_RUN;
+                if !near {
+                    break;
+                }
+                until = *at + *h as u64 + *c as u64;
+                end += 1;
             }
+            let mut buf = vec![0u8; (until - start) as usize];
+            file.read_exact_at(&mut buf, *start)
+                .map_err(|e| StoreError::Backend(format!("spool read: {e}")))?;
+            let run = Bytes::from(buf);
+            for (slot, _, at, h, c) in &unread[i..end] {
+                let off = (*at - *start) as usize;
+                let (h, c) = (*h as usize, *c as usize);
+                if let Some((_, r)) = out.entries.get_mut(*slot) {
+                    r.header = run.slice(off..off + h);
+                    r.content = run.slice(off + h..off + h + c);
+                }
+            }
+            i = end;
         }
         Ok(out)
     }
