@@ -38,10 +38,12 @@
 //!   is live: a removal mark in a kept segment can thus only name a message
 //!   of a kept or deleted segment, never resurrect one.
 //! * A segment pinned by a few long-lived messages (held by a throttle, say)
-//!   would keep every later segment alive. When the oldest segment is less
-//!   than a quarter live, each commit copies up to [`RELOCATE_BYTES`] of its
-//!   messages forward under their own keys (a later put of the same key
-//!   replaces the earlier one on replay), until it can go.
+//!   would keep every later segment alive. When the dead bytes on disk
+//!   outweigh the live ones and pass four segments' worth, and the oldest
+//!   segment is less than a quarter live, each commit copies up to
+//!   [`RELOCATE_BYTES`] of its messages forward under their own keys (a
+//!   later put of the same key replaces the earlier one on replay), until
+//!   it can go. A backlog drained in order is never copied.
 //! * A client key is written with its message; when its segment is deleted
 //!   and the key is still within its window, the key is copied forward in
 //!   that same commit first.
@@ -73,8 +75,8 @@ pub const SEGMENT_BYTES: u64 = 16 << 20;
 pub const CACHE_BYTES: u64 = 32 << 20;
 /// Bytes of messages copied out of a mostly dead oldest segment per commit.
 pub const RELOCATE_BYTES: u64 = 4 << 20;
-/// Old segments (besides the active one) kept before the oldest, if mostly
-/// dead, is compacted: room for what is in flight.
+/// Segments' worth of dead bytes kept before a mostly dead oldest segment
+/// is compacted (and only while the dead outweigh the live).
 const COMPACT_AFTER_SEGMENTS: usize = 4;
 /// Client keys copied forward per commit at most.
 const KEYS_CARRIED: usize = 4096;
@@ -632,19 +634,27 @@ impl SegmentSpool {
     fn plan_retirement(
         ix: &mut Index,
         active: u64,
+        segment_bytes: u64,
         frame: &mut Frame,
         undo: &mut Undo,
         now: Timestamp,
     ) -> Result<Vec<u64>> {
         let mut retire = Vec::new();
         let mut keys_left = KEYS_CARRIED;
+        // Dead bytes on disk: copying live messages forward is worth it only
+        // when they keep a lot of them (more than a few segments' worth and
+        // more than is live). A backlog draining in order never qualifies.
+        let (on_disk, live_total) = ix
+            .segs
+            .values()
+            .fold((0, 0), |(d, l), s| (d + s.len, l + s.live_bytes));
+        let dead = on_disk.saturating_sub(live_total);
+        let wasteful = dead > COMPACT_AFTER_SEGMENTS as u64 * segment_bytes && dead > live_total;
         let mut after = 0;
         while let Some((&n, seg)) = ix.segs.range(after..active).next() {
             after = n + 1;
             if seg.live > 0 {
-                // Messages in flight keep the last few segments; only a
-                // mostly dead segment behind several others is worth a copy.
-                let worth = seg.live_bytes * 4 < seg.len && ix.segs.len() > COMPACT_AFTER_SEGMENTS;
+                let worth = wasteful && seg.live_bytes * 4 < seg.len;
                 if !worth {
                     break;
                 }
@@ -1038,7 +1048,14 @@ impl Spool for SegmentSpool {
                 undo.added.push(sk);
                 out.push(Ok(Pushed::New(sk)));
             }
-            match Self::plan_retirement(&mut ix, active, &mut frame, &mut undo, now) {
+            match Self::plan_retirement(
+                &mut ix,
+                active,
+                self.segment_bytes,
+                &mut frame,
+                &mut undo,
+                now,
+            ) {
                 Ok(r) => r,
                 Err(e) => {
                     Self::undo(&mut ix, undo);

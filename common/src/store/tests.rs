@@ -291,6 +291,37 @@ mod segment {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A backlog of several segments sent and removed in order: every
+    /// commit only adds removal marks, nothing is copied forward.
+    #[test]
+    fn a_backlog_drained_in_order_is_never_copied() {
+        let dir = tmp();
+        let s = SegmentSpool::open_sized(&dir, 1 << 30, 64 * 1024).unwrap();
+        for _ in 0..60 {
+            s.push((0..10).map(|_| rec(4, true, &[b'z'; 1000])).collect())
+                .unwrap();
+        }
+        let disk = |d: &Path| -> u64 {
+            segments(d)
+                .iter()
+                .map(|p| std::fs::metadata(p).unwrap().len())
+                .sum()
+        };
+        assert!(segments(&dir).len() >= 8, "{:?}", segments(&dir));
+        let mut before = disk(&dir);
+        let held = all(&s);
+        for chunk in held.chunks(20) {
+            let keys: Vec<SpoolKey> = chunk.iter().map(|(k, _)| *k).collect();
+            s.remove(&keys).unwrap();
+            let now = disk(&dir);
+            assert!(now <= before + 20 * 10 + 12, "{now} after {before}: copied");
+            before = now;
+        }
+        assert_eq!(s.stats().messages, 0);
+        assert!(segments(&dir).len() <= 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// More than the memory cache holds: bodies come back from the files,
     /// the same bytes, in order, before and after a reopen.
     #[test]
