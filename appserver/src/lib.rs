@@ -237,15 +237,24 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     });
     let listener = server::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
+    // Children's exchanges (long-polls above all) take the lean loop.
+    let lean = {
+        let api = api.clone();
+        rsnet_common::lean_h1::handler(move |req, peer| {
+            let api = api.clone();
+            async move { api.exchange.handle(req, &peer).await }
+        })
+    };
     let handler = move |req, peer| {
         let api = api.clone();
         async move { api.handle(req, peer).await }
     };
-    let task = server::serve_with(
+    let task = server::serve_children(
         listener,
-        Some(tls),
+        tls,
         cfg.limits.connections(cfg.max_connections),
         handler,
+        (rsnet_common::envelope::EXCHANGE_PATH, lean),
         shutdown.clone(),
     );
     rsnet_common::ready::write(

@@ -267,6 +267,83 @@ fn mutate(rng: &mut fastrand::Rng, pool: &[Vec<u8>]) -> Vec<u8> {
     b
 }
 
+/// The lean HTTP/1.1 loop ([`crate::lean_h1`]) on a connection whose
+/// client sends these bytes and closes: it never panics and always ends
+/// (every path out of it is a close or a hand-over to hyper, here a
+/// reader that drains what is left). Whatever the lean handler answered,
+/// it answered with a whole body of the length it declared.
+pub fn lean_h1(data: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let peer = std::sync::Arc::new(crate::server::Peer {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+            identity: None,
+            revocation: None,
+            anonymous: false,
+        });
+        let h = crate::lean_h1::handler(
+            |req: http::Request<http_body_util::Full<bytes::Bytes>>, _| async move {
+                use http_body_util::BodyExt;
+                let n = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes().len())
+                    .unwrap_or(0);
+                crate::http_util::text(http::StatusCode::OK, "text/plain", format!("{n}"))
+            },
+        );
+        let conn = tokio::spawn(crate::lean_h1::serve(
+            server,
+            peer,
+            crate::envelope::EXCHANGE_PATH,
+            h,
+            |mut rest| async move {
+                let mut sink = Vec::new();
+                let _ = rest.read_to_end(&mut sink).await;
+            },
+        ));
+        let input = data.to_vec();
+        let reader = tokio::spawn(async move {
+            let _ = client.write_all(&input).await;
+            let _ = client.shutdown().await;
+            let mut out = Vec::new();
+            let _ = client.read_to_end(&mut out).await;
+            out
+        });
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+        assert!(matches!(ended, Ok(Ok(()))), "the lean loop did not end");
+        let out = reader.await.unwrap_or_default();
+        // Every response it wrote is whole: head, then the declared body.
+        let mut at = 0;
+        while at < out.len() {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut r = httparse::Response::new(&mut headers);
+            let Ok(httparse::Status::Complete(n)) = r.parse(&out[at..]) else {
+                panic!(
+                    "a broken response head at {at}: {:?}",
+                    String::from_utf8_lossy(&out[at..])
+                );
+            };
+            let len: usize = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .expect("a content-length");
+            assert!(at + n + len <= out.len(), "a body shorter than declared");
+            at += n + len;
+        }
+    });
+}
+
 /// Runs `property` over the seed corpus in `dir` and [`MUTATIONS`]
 /// mutations of it (bytes flipped, cut, repeated and spliced, from a fixed
 /// seed, so a failure repeats): the CI smoke run of a fuzz target, on

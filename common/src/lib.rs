@@ -32,6 +32,7 @@ pub mod heartbeat;
 pub mod http_util;
 pub mod id;
 pub mod json;
+pub mod lean_h1;
 pub mod limits;
 pub mod link;
 pub mod memory;

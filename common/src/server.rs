@@ -58,7 +58,7 @@ impl Peer {
 }
 
 /// The answer to a revoked peer: 403, and the connection closed.
-fn revoked_response() -> Response<Body> {
+pub(crate) fn revoked_response() -> Response<Body> {
     let mut r = crate::http_util::error(http::StatusCode::FORBIDDEN, "certificate revoked");
     r.headers_mut().insert(
         http::header::CONNECTION,
@@ -183,6 +183,40 @@ pub fn serve_with<F, Fut>(
     tls: Option<ReloadingServerConfig>,
     limits: ConnLimits,
     handler: F,
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Request<Incoming>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    serve_inner(listener, tls, limits, handler, None, shutdown)
+}
+
+/// [`serve_with`] for a listener that children connect to: their exchange
+/// POSTs at `path` are answered by `lean` in the lean HTTP/1.1 loop
+/// ([`crate::lean_h1`]), which holds far less per connection while a
+/// long-poll waits; every other request goes to `handler` as before.
+pub fn serve_children<F, Fut>(
+    listener: TcpListener,
+    tls: ReloadingServerConfig,
+    limits: ConnLimits,
+    handler: F,
+    lean: (&'static str, crate::lean_h1::LeanHandler),
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Request<Incoming>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    serve_inner(listener, Some(tls), limits, handler, Some(lean), shutdown)
+}
+
+fn serve_inner<F, Fut>(
+    listener: TcpListener,
+    tls: Option<ReloadingServerConfig>,
+    limits: ConnLimits,
+    handler: F,
+    lean: Option<(&'static str, crate::lean_h1::LeanHandler)>,
     mut shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -213,6 +247,7 @@ where
             };
             let _ = tcp.set_nodelay(true);
             let handler = handler.clone();
+            let lean = lean.clone();
             let peers = peers.clone();
             let revocations = tls.as_ref().map(|t| t.revocations().clone());
             let anonymous = tls.as_ref().is_some_and(|t| t.anonymous());
@@ -275,17 +310,22 @@ where
                             tracing::warn!(%addr, peer = ?key, per_peer, "connection limit per peer reached; dropping connection");
                             return;
                         };
-                        serve_conn(
-                            TokioIo::new(stream),
-                            Arc::new(Peer {
-                                addr,
-                                anonymous: identity.is_none(),
-                                identity,
-                                revocation: serial.zip(revocations),
-                            }),
-                            handler,
-                        )
-                        .await
+                        let peer = Arc::new(Peer {
+                            addr,
+                            anonymous: identity.is_none(),
+                            identity,
+                            revocation: serial.zip(revocations),
+                        });
+                        match lean {
+                            Some((path, lean)) => {
+                                let p = peer.clone();
+                                crate::lean_h1::serve(stream, peer, path, lean, |rest| {
+                                    serve_conn(TokioIo::new(rest), p, handler)
+                                })
+                                .await
+                            }
+                            None => serve_conn(TokioIo::new(stream), peer, handler).await,
+                        }
                     }
                 }
             });

@@ -47,3 +47,8 @@ fn rules() {
 fn inflate() {
     smoke("inflate", rsnet_common::fuzzing::inflate);
 }
+
+#[test]
+fn lean_h1() {
+    smoke("lean_h1", rsnet_common::fuzzing::lean_h1);
+}

@@ -313,6 +313,14 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     });
     let listener = server::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
+    // Children's exchanges (long-polls above all) take the lean loop.
+    let lean = {
+        let exchange = exchange.clone();
+        rsnet_common::lean_h1::handler(move |req, peer| {
+            let exchange = exchange.clone();
+            async move { exchange.handle(req, &peer).await }
+        })
+    };
     let m2 = metrics.clone();
     let handler = move |req: http::Request<hyper::body::Incoming>, peer: Arc<server::Peer>| {
         let (exchange, metrics, transfers, cache, enrolls) = (
@@ -354,11 +362,12 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
             }
         }
     };
-    let task = server::serve_with(
+    let task = server::serve_children(
         listener,
-        Some(server_tls),
+        server_tls,
         cfg.limits.connections(cfg.max_connections),
         handler,
+        (rsnet_common::envelope::EXCHANGE_PATH, lean),
         shutdown.clone(),
     );
     ready::write(

@@ -10,7 +10,6 @@
 //! per message ([`super::Screen`] and the stages behind it).
 
 use http::{header, Method, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::envelope::encoding::{self, Coding};
 use crate::envelope::{self, Control, EnvelopeWriter, Item, EXCHANGE_PATH};
@@ -42,7 +41,7 @@ pub struct Inbound {
 }
 
 /// True if this request is an exchange POST.
-pub fn is_exchange(req: &http::Request<Incoming>) -> bool {
+pub fn is_exchange<B>(req: &http::Request<B>) -> bool {
     req.uri().path() == EXCHANGE_PATH
 }
 
@@ -50,11 +49,15 @@ pub fn is_exchange(req: &http::Request<Incoming>) -> bool {
 ///
 /// # Errors
 /// A ready HTTP error response when the POST as a whole is refused.
-pub async fn receive(
-    req: http::Request<Incoming>,
+pub async fn receive<B>(
+    req: http::Request<B>,
     peer: &Peer,
     budget: &BodyBudget,
-) -> Result<Inbound, Response<Body>> {
+) -> Result<Inbound, Response<Body>>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
     if req.method() != Method::POST {
         return Err(error(StatusCode::METHOD_NOT_ALLOWED, "exchange takes POST"));
     }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use http::Response;
-use hyper::body::Incoming;
 
 use crate::backchannel::BackChannel;
 use crate::http_util::Body;
@@ -45,14 +44,22 @@ impl ExchangeService {
 
     /// Handles one POST to the exchange path. Every answer, refusals too,
     /// says that this parent reads compressed requests.
-    pub async fn handle(&self, req: http::Request<Incoming>, peer: &Peer) -> Response<Body> {
+    pub async fn handle<B>(&self, req: http::Request<B>, peer: &Peer) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
         exchange::advertise(self.answer(req, peer).await)
     }
 
     // The stages before the long-poll are boxed: their futures are large
     // (the body's decoding above all) and are done before it waits, so a
     // held poll keeps only its own small state.
-    async fn answer(&self, req: http::Request<Incoming>, peer: &Peer) -> Response<Body> {
+    async fn answer<B>(&self, req: http::Request<B>, peer: &Peer) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
         let Inbound {
             peer,
             mut control,
