@@ -14,21 +14,22 @@
 //!   rsnet from the start of the POST to the message's arrival on the
 //!   appserver's SSE stream (same machine, same clock).
 //!
-//! Then the back-channel figures ([`backchannel`]), idle children on one
-//! MLM ([`idle`]), bulk relay throughput
-//! against a direct transfer and nginx ([`bulk`]), and a release to 1,000
-//! simulated proxies under 10 MLMs ([`release`]), relay throughput
-//! with 20 rules at the MLM against none ([`rules`]), the fan-in of 1,000
-//! children through one MLM ([`fanin`]), a slow customer WAN link with
-//! and without compression ([`wan`]), and kill -9 of every tier at the
-//! maximum rate ([`crash`]).
+//! First the disk's own floor, one `fdatasync` ([`disk`]). Then the
+//! back-channel figures ([`backchannel`]), idle children on one MLM
+//! ([`idle`]), bulk relay throughput against a direct transfer and nginx
+//! ([`bulk`]), and a release to 1,000 simulated proxies under 10 MLMs
+//! ([`release`]), relay throughput with 20 rules at the MLM against none
+//! ([`rules`]), the fan-in of 1,000 children through one MLM ([`fanin`]),
+//! a slow customer WAN link with and without compression ([`wan`]), and
+//! kill -9 of every tier at the maximum rate ([`crash`]).
 //!
-//! `RSNET_BENCH_ONLY=rsnet|mosquitto|nats|nats-edge|backchannel|idle|bulk|release|rules|fanin|wan|crash`
+//! `RSNET_BENCH_ONLY=disk|rsnet|mosquitto|nats|nats-edge|backchannel|idle|bulk|release|rules|fanin|wan|crash`
 //! runs one part (`nats` runs both NATS setups).
 
 mod backchannel;
 mod bulk;
 mod crash;
+mod disk;
 mod fanin;
 mod idle;
 mod mqtt;
@@ -76,6 +77,10 @@ async fn main() {
     let only = std::env::var("RSNET_BENCH_ONLY").ok();
     let want = |s: &str| only.as_deref().is_none_or(|o| o == s);
     let mut figs = Vec::new();
+    if want("disk") {
+        disk::run(&root.join("disk")).await;
+        println!();
+    }
     if want("rsnet") {
         figs.push(rsnet(&root.join("rsnet"), "").await);
         // On loopback, bandwidth is free and CPU is what is short: the
