@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::*;
 
-fn rec(precedence: u8, persistent: bool, body: &str) -> SpoolRecord {
+pub fn rec(precedence: u8, persistent: bool, body: &str) -> SpoolRecord {
     SpoolRecord {
         id: MessageId::new(),
         precedence,

@@ -124,6 +124,27 @@ struct Entry {
 }
 
 impl Entry {
+    /// The entry of `r`, put at `at` in segment `seg`.
+    fn of(
+        r: &SpoolRecord,
+        seg: u64,
+        at: u64,
+        pending: bool,
+        body: Option<(Bytes, Bytes)>,
+    ) -> Entry {
+        Entry {
+            seg,
+            at,
+            hlen: r.header.len() as u32,
+            clen: r.content.len() as u32,
+            id: r.id,
+            persistent: r.persistent,
+            expiry: r.expiry,
+            pending,
+            body,
+        }
+    }
+
     fn size(&self) -> u64 {
         self.hlen as u64 + self.clen as u64 + SPOOL_RECORD_OVERHEAD as u64
     }
@@ -536,20 +557,7 @@ impl SegmentSpool {
         self.append(&mut log, frame)?;
         let mut ix = lock(&self.index)?;
         for ((k, r), (_, at)) in entries.into_iter().zip(added) {
-            ix.insert(
-                k,
-                Entry {
-                    seg: active,
-                    at,
-                    hlen: r.header.len() as u32,
-                    clen: r.content.len() as u32,
-                    id: r.id,
-                    persistent: r.persistent,
-                    expiry: r.expiry,
-                    pending: false,
-                    body: None,
-                },
-            );
+            ix.insert(k, Entry::of(&r, active, at, false, None));
         }
         for (key, id, until) in keys {
             if key.len() <= MAX_CLIENT_KEY_BYTES {
@@ -1031,20 +1039,7 @@ impl Spool for SegmentSpool {
                     );
                     undo.keys.push((k.key, prev));
                 }
-                ix.insert(
-                    sk,
-                    Entry {
-                        seg: active,
-                        at,
-                        hlen: r.header.len() as u32,
-                        clen: r.content.len() as u32,
-                        id: r.id,
-                        persistent: r.persistent,
-                        expiry: r.expiry,
-                        pending: true,
-                        body,
-                    },
-                );
+                ix.insert(sk, Entry::of(&r, active, at, true, body));
                 undo.added.push(sk);
                 out.push(Ok(Pushed::New(sk)));
             }

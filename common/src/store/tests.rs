@@ -96,14 +96,11 @@ mod segment {
     use super::super::segment::SegmentSpool;
     use super::super::*;
 
+    /// A record whose content is `body` (bytes, not only text).
     fn rec(precedence: u8, persistent: bool, body: &[u8]) -> SpoolRecord {
         SpoolRecord {
-            id: MessageId::new(),
-            precedence,
-            persistent,
-            expiry: None,
-            header: Bytes::from_static(b"<header/>"),
             content: Bytes::copy_from_slice(body),
+            ..super::super::conformance::rec(precedence, persistent, "")
         }
     }
 
