@@ -82,24 +82,28 @@ fn parse_inputs(
     list.into_iter()
         .enumerate()
         .map(|(i, m)| {
-            let at = if single {
-                "message".to_string()
-            } else {
-                format!("messages[{i}]")
+            // The label is made only for an error: not an allocation per message.
+            let at = || {
+                if single {
+                    "message".to_string()
+                } else {
+                    format!("messages[{i}]")
+                }
             };
             let mut input: MessageInput =
-                serde_json::from_str(m).map_err(|e| format!("{at}: {e}"))?;
+                serde_json::from_str(m).map_err(|e| format!("{}: {e}", at()))?;
             let key = match (input.key.take(), header_key) {
                 (None, h) => h.map(str::to_string),
                 (Some(k), None) => Some(k),
                 (Some(_), Some(_)) => {
                     return Err(format!(
-                        "{at}.key: given both as a field and as Idempotency-Key"
+                        "{}.key: given both as a field and as Idempotency-Key",
+                        at()
                     ))
                 }
             };
             if let Some(k) = &key {
-                check_key(k).map_err(|e| format!("{at}.key: {e}"))?;
+                check_key(k).map_err(|e| format!("{}.key: {e}", at()))?;
             }
             Ok((input, key))
         })
