@@ -52,3 +52,8 @@ fn inflate() {
 fn lean_h1() {
     smoke("lean_h1", rsnet_common::fuzzing::lean_h1);
 }
+
+#[test]
+fn segment() {
+    smoke("segment", rsnet_common::fuzzing::segment);
+}

@@ -38,7 +38,7 @@
 mod committer;
 mod queue_index;
 mod redb;
-mod segment;
+pub(crate) mod segment;
 
 use std::path::Path;
 use std::sync::Arc;
