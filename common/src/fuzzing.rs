@@ -314,6 +314,7 @@ pub fn segment(data: &[u8]) {
 /// reader that drains what is left). Whatever the lean handler answered,
 /// it answered with a whole body of the length it declared.
 pub fn lean_h1(data: &[u8]) {
+    const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -331,13 +332,9 @@ pub fn lean_h1(data: &[u8]) {
         });
         let h = crate::lean_h1::handler(
             |req: http::Request<http_body_util::Full<bytes::Bytes>>, _| async move {
-                use http_body_util::BodyExt;
-                let n = req
-                    .into_body()
-                    .collect()
+                let n = crate::http_util::read_body(req.into_body(), usize::MAX, BODY_WAIT)
                     .await
-                    .map(|b| b.to_bytes().len())
-                    .unwrap_or(0);
+                    .map_or(0, |b| b.len());
                 crate::http_util::text(http::StatusCode::OK, "text/plain", format!("{n}"))
             },
         );

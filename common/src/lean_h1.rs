@@ -63,14 +63,12 @@ where
     Arc::new(move |req, peer| Box::pin(f(req, peer)))
 }
 
-/// What to do with a connection after a request head.
+/// What to do with a connection after a request served here.
 enum Next {
     /// Served here; read the next request.
     KeepAlive,
     /// Served here, and the connection is done.
     Close,
-    /// Not ours: hyper takes the connection with the bytes read so far.
-    Hyper,
 }
 
 /// Serves `io` until it closes; `path` is the exchange path. Requests that
@@ -89,9 +87,16 @@ pub async fn serve<IO, F, Fut>(
     // Bytes read and not yet used (a head, or the start of the next one).
     let mut pending = BytesMut::new();
     loop {
-        let head = tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut io, &mut pending));
-        let end = match head.await {
-            Ok(Ok(Some(end))) => end,
+        if peer.anonymous {
+            // A peer without a certificate may only enroll: hyper's path says so.
+            break;
+        }
+        let head =
+            tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut io, &mut pending, path));
+        let (end, lean) = match head.await {
+            Ok(Ok(Some((end, Some(lean))))) => (end, lean),
+            // A whole head this loop does not answer.
+            Ok(Ok(Some((_, None)))) => break,
             // Closed between requests: done.
             Ok(Ok(None)) => return,
             // Too long, malformed, a read error: hyper's to answer.
@@ -101,13 +106,12 @@ pub async fn serve<IO, F, Fut>(
             // as hyper closes it.
             Err(_) => return,
         };
-        match serve_one(&mut io, &mut pending, end, &peer, path, &handler).await {
+        match serve_one(&mut io, &mut pending, end, lean, &peer, &handler).await {
             Next::KeepAlive => continue,
             Next::Close => {
                 let _ = io.shutdown().await;
                 return;
             }
-            Next::Hyper => break,
         }
     }
     fallback(Rewind {
@@ -124,18 +128,20 @@ enum HeadError {
     Io,
 }
 
-/// Reads until `pending` holds a whole head; returns its length, or
-/// `None` if the peer closed cleanly before sending anything.
+/// Reads until `pending` holds a whole head; returns its length and, if
+/// it is a lean exchange POST, what it says (one parse per head). `None`
+/// if the peer closed cleanly before sending anything.
 async fn read_head<IO: AsyncRead + Unpin>(
     io: &mut IO,
     pending: &mut BytesMut,
-) -> Result<Option<usize>, HeadError> {
+    path: &str,
+) -> Result<Option<(usize, Option<Lean>)>, HeadError> {
     loop {
         if !pending.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(pending) {
-                Ok(httparse::Status::Complete(n)) => return Ok(Some(n)),
+                Ok(httparse::Status::Complete(n)) => return Ok(Some((n, lean(&req, path)))),
                 Ok(httparse::Status::Partial) if pending.len() < MAX_HEAD_BYTES => {}
                 // Too long, too many headers, malformed.
                 _ => return Err(HeadError::Hyper),
@@ -159,14 +165,8 @@ struct Lean {
     close: bool,
 }
 
-/// The head in `pending[..end]` as a lean exchange POST, or `None`.
-fn lean(pending: &[u8], end: usize, path: &str) -> Option<Lean> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(&pending[..end]) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return None,
-    }
+/// A parsed head as a lean exchange POST, or `None`.
+fn lean(req: &httparse::Request<'_, '_>, path: &str) -> Option<Lean> {
     if req.method != Some("POST") || req.version != Some(1) {
         return None;
     }
@@ -217,19 +217,13 @@ async fn serve_one<IO>(
     io: &mut IO,
     pending: &mut BytesMut,
     end: usize,
+    lean: Lean,
     peer: &Arc<Peer>,
-    path: &str,
     handler: &LeanHandler,
 ) -> Next
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    if peer.anonymous {
-        return Next::Hyper;
-    }
-    let Some(lean) = lean(pending, end, path) else {
-        return Next::Hyper;
-    };
     // The body: what came with the head, then the rest.
     let need = end + lean.length;
     let read = tokio::time::timeout(BODY_READ_TIMEOUT, async {
@@ -407,12 +401,25 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
 
     const PATH: &str = "/rs/v1/exchange";
+
+    async fn body_len<B>(b: B) -> usize
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display
+            + Send
+            + Sync
+            + 'static
+            + Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        crate::http_util::read_body(b, usize::MAX, std::time::Duration::from_secs(10))
+            .await
+            .map_or(0, |b| b.len())
+    }
 
     fn peer() -> Arc<Peer> {
         Arc::new(Peer {
@@ -430,12 +437,7 @@ mod tests {
         let h = handler(move |req: Request<Full<Bytes>>, _| {
             lean_calls.fetch_add(1, Ordering::SeqCst);
             async move {
-                let n = req
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes().len())
-                    .unwrap_or(0);
+                let n = body_len(req.into_body()).await;
                 crate::http_util::text(StatusCode::OK, "text/plain", format!("lean {n}"))
             }
         });
@@ -443,12 +445,7 @@ mod tests {
             let svc =
                 hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
                     let path = req.uri().path().to_string();
-                    let n = req
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes().len())
-                        .unwrap_or(0);
+                    let n = body_len(req.into_body()).await;
                     Ok::<_, std::convert::Infallible>(crate::http_util::text(
                         StatusCode::OK,
                         "text/plain",
