@@ -173,6 +173,66 @@ pub fn message_store_is_exactly_once(open: &Open) {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A scan may start after any sequence number, whatever commits the
+/// messages came in (one, several, or one larger than a backend's unit of
+/// storage), and stops at its limits with a cursor to resume from.
+pub fn message_scans_resume_after_any_sequence_number(open: &Open) {
+    let dir = tmp();
+    let mut all = Vec::new();
+    {
+        let m = open(&dir).messages().unwrap();
+        // Commits of 1, 3 and 40 messages, then three of 600 KiB in one.
+        for n in [1usize, 3, 40] {
+            let batch: Vec<_> = (0..n).map(|_| stored("acme.p1", "alarm")).collect();
+            m.append(batch.clone(), vec![]).unwrap();
+            all.extend(batch);
+        }
+        let big: Vec<_> = (0..3u8)
+            .map(|i| StoredMessage {
+                content: Bytes::from(vec![b'a' + i; 600 << 10]),
+                ..stored("acme.p2", "event")
+            })
+            .collect();
+        m.append(big.clone(), vec![]).unwrap();
+        all.extend(big);
+        let tail: Vec<_> = (0..5).map(|_| stored("acme.p1", "alarm")).collect();
+        m.append(tail.clone(), vec![]).unwrap();
+        all.extend(tail);
+    }
+    let m = open(&dir).messages().unwrap();
+    let last = all.len() as u64;
+    assert_eq!(m.last_seq(), last);
+    assert_eq!(m.count().unwrap(), last);
+    let any = MessageFilter::default();
+    for after in 0..=last {
+        let (got, cursor) = m.scan(after, 2, 100, &any).unwrap();
+        let want: Vec<u64> = (after + 1..=last).take(2).collect();
+        assert_eq!(
+            got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            want,
+            "after {after}"
+        );
+        for (s, x) in &got {
+            assert_eq!(x, &all[*s as usize - 1], "seq {s}");
+        }
+        assert_eq!(cursor, want.last().copied().unwrap_or(after));
+    }
+    // The scan limit bounds what is read, and the cursor says how far it got.
+    let p2 = MessageFilter {
+        source: Some("acme.p2".parse().unwrap()),
+        ..Default::default()
+    };
+    let (got, cursor) = m.scan(0, 10, 20, &p2).unwrap();
+    assert!(got.is_empty());
+    assert_eq!(cursor, 20);
+    let (got, _) = m.scan(cursor, 10, 100, &p2).unwrap();
+    assert_eq!(
+        got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [45, 46, 47]
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 pub fn kv_lists_by_prefix(open: &Open) {
     let dir = tmp();
     let kv = open(&dir).kv();

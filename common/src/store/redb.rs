@@ -8,12 +8,24 @@
 //! | `spool` | `(rank u8, seq u64)` | `persistent u8, expiry u64 (0 = none), id [16], hlen u32, header, content`: left by older versions, moved into segments at open ([`RedbStore::move_spool_into`]) |
 //! | `client_keys`, `client_key_expiry` | key; `(until, key)` | the old spool's client keys, moved with it |
 //! | `spool_meta` | `"next_seq"` | `u64` (the old spool's) |
-//! | `messages` | `seq u64` | see [`encode_stored`] |
+//! | `message_runs` | first `seq u64` of the run | `count u32`, then per message `len u32` and [`encode_stored`] |
+//! | `messages` | `seq u64` | [`encode_stored`]: left by older versions, moved into runs at open ([`RedbStore::move_messages_into_runs`]) |
 //! | `message_ids` | `id [16]` | `seq u64` |
 //! | `state` | `&str` | bytes |
 //! | `queue` | `(queue &str, rank u8, seq u64)` | as `spool` |
 //! | `queue_seen` | `(queue &str, id [16])` | seen until, ms |
 //! | `spool_meta` | `"queue_next_seq"` | `u64` |
+//! | `spool_meta` | `"message_count"` | `u64`: the messages in `message_runs` |
+//!
+//! # Message runs
+//!
+//! The appserver stores what one group commit brings as one row, a *run* of
+//! messages with consecutive sequence numbers, keyed by the first. One
+//! B-tree insert per commit instead of one per message: a row per message
+//! made redb's copy-on-write of branch pages the largest cost of ingest. A
+//! run holds at most [`RUN_BYTES`] (a larger commit makes several runs), so
+//! a scan that starts inside a run reads a bounded row. Message IDs stay
+//! one row each in `message_ids`, which exactly-once storage looks up.
 //!
 //! # Invariants and recovery
 //!
@@ -38,6 +50,14 @@ use crate::model::MAX_PRECEDENCE;
 const SPOOL: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("spool");
 const SPOOL_META: TableDefinition<&str, u64> = TableDefinition::new("spool_meta");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+const MESSAGE_RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("message_runs");
+/// The `spool_meta` key counting the messages in `message_runs`.
+const MESSAGE_COUNT: &str = "message_count";
+/// The most a run of messages holds (a single larger message makes a run
+/// of its own).
+pub(crate) const RUN_BYTES: usize = 1 << 20;
+/// Old `messages` rows moved into runs per transaction at open.
+const MOVE_CHUNK: usize = 4096;
 const MESSAGE_IDS: TableDefinition<&[u8], u64> = TableDefinition::new("message_ids");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const QUEUE: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("queue");
@@ -67,6 +87,7 @@ fn init_tables(db: &Database) -> Result<()> {
         w.open_table(SPOOL).map_err(be)?;
         w.open_table(SPOOL_META).map_err(be)?;
         w.open_table(MESSAGES).map_err(be)?;
+        w.open_table(MESSAGE_RUNS).map_err(be)?;
         w.open_table(MESSAGE_IDS).map_err(be)?;
         w.open_table(STATE).map_err(be)?;
         w.open_table(QUEUE).map_err(be)?;
@@ -179,17 +200,80 @@ impl RedbStore {
         Ok(())
     }
 
+    /// Moves messages kept one row each by an older version (the
+    /// `messages` table) into runs, [`MOVE_CHUNK`] rows per transaction:
+    /// each transaction writes the runs and removes the rows it moved, so a
+    /// crash part-way leaves every message in exactly one of the two tables.
+    ///
+    /// # Errors
+    /// If the tables cannot be read or written, or a row does not decode.
+    fn move_messages_into_runs(&self) -> Result<()> {
+        let mut moved = 0u64;
+        loop {
+            let w = self.db.begin_write().map_err(be)?;
+            let n = {
+                let mut old = w.open_table(MESSAGES).map_err(be)?;
+                let mut rows = Vec::new();
+                for e in old.iter().map_err(be)?.take(MOVE_CHUNK) {
+                    let (k, v) = e.map_err(be)?;
+                    // Decoded to check, so that a bad row stops the move by name.
+                    decode_stored(v.value())?;
+                    rows.push((k.value(), v.value().to_vec()));
+                }
+                if rows.is_empty() {
+                    break;
+                }
+                let mut runs = w.open_table(MESSAGE_RUNS).map_err(be)?;
+                let mut run = Run::default();
+                for (seq, rec) in &rows {
+                    if !run.takes(*seq, rec.len()) {
+                        run.write(&mut runs)?;
+                    }
+                    run.push(*seq, rec);
+                }
+                run.write(&mut runs)?;
+                for (seq, _) in &rows {
+                    old.remove(*seq).map_err(be)?;
+                }
+                let mut meta = w.open_table(SPOOL_META).map_err(be)?;
+                let count = meta
+                    .get(MESSAGE_COUNT)
+                    .map_err(be)?
+                    .map_or(0, |v| v.value());
+                meta.insert(MESSAGE_COUNT, count + rows.len() as u64)
+                    .map_err(be)?;
+                rows.len() as u64
+            };
+            w.commit().map_err(be)?;
+            moved += n;
+        }
+        if moved > 0 {
+            tracing::info!(messages = moved, "messages moved from rows into runs");
+        }
+        Ok(())
+    }
+
     /// The message-store view.
     ///
     /// # Errors
-    /// If the last sequence number cannot be read.
+    /// If the old rows cannot be moved or the last run cannot be read.
     fn redb_messages(&self) -> Result<RedbMessages> {
+        self.move_messages_into_runs()?;
         let r = self.db.begin_read().map_err(be)?;
-        let t = r.open_table(MESSAGES).map_err(be)?;
-        let last = t.last().map_err(be)?.map(|(k, _)| k.value()).unwrap_or(0);
+        let t = r.open_table(MESSAGE_RUNS).map_err(be)?;
+        let last = match t.last().map_err(be)? {
+            Some((k, v)) => k.value() + u64::from(run_count(v.value())?) - 1,
+            None => 0,
+        };
+        let meta = r.open_table(SPOOL_META).map_err(be)?;
+        let count = meta
+            .get(MESSAGE_COUNT)
+            .map_err(be)?
+            .map_or(0, |v| v.value());
         Ok(RedbMessages {
             db: self.db.clone(),
             last: AtomicU64::new(last),
+            count: AtomicU64::new(count),
         })
     }
 
@@ -279,10 +363,62 @@ fn decode_spool(rank: u8, v: &[u8]) -> Result<SpoolRecord> {
 
 // ---------------------------------------------------------------- messages
 
-/// [`MessageStore`] on redb.
+/// [`MessageStore`] on redb, in runs (see "Message runs" above).
 pub struct RedbMessages {
     db: Arc<Database>,
     last: AtomicU64,
+    count: AtomicU64,
+}
+
+/// The number of messages in a run's value.
+fn run_count(v: &[u8]) -> Result<u32> {
+    let n = Cursor(v).u32()?;
+    if n == 0 {
+        return Err(corrupt("empty run"));
+    }
+    Ok(n)
+}
+
+/// A run being built: consecutive sequence numbers from `first`.
+#[derive(Default)]
+struct Run {
+    first: u64,
+    count: u32,
+    buf: Vec<u8>,
+}
+
+impl Run {
+    /// Whether a record of `len` bytes with sequence number `seq` may join:
+    /// it follows the last and the run stays within [`RUN_BYTES`].
+    fn takes(&self, seq: u64, len: usize) -> bool {
+        self.count == 0
+            || (seq == self.first + u64::from(self.count)
+                && self.buf.len() + 4 + len <= RUN_BYTES
+                && self.count < u32::MAX)
+    }
+
+    fn push(&mut self, seq: u64, rec: &[u8]) {
+        if self.count == 0 {
+            self.first = seq;
+            self.buf.clear();
+            self.buf.extend_from_slice(&[0; 4]);
+        }
+        self.count += 1;
+        self.buf
+            .extend_from_slice(&(rec.len() as u32).to_be_bytes());
+        self.buf.extend_from_slice(rec);
+    }
+
+    /// Inserts the run (if any) and starts a new one.
+    fn write(&mut self, t: &mut ::redb::Table<u64, &[u8]>) -> Result<()> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        self.buf[..4].copy_from_slice(&self.count.to_be_bytes());
+        t.insert(self.first, self.buf.as_slice()).map_err(be)?;
+        self.count = 0;
+        Ok(())
+    }
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -315,8 +451,16 @@ impl<'a> Cursor<'a> {
 /// source (u8 len + bytes), class (u8 len + bytes), subclass (u8 len + bytes,
 /// 0 = none), hlen u32, header, content`. The index fields come first so a
 /// filtered scan never parses XML.
+#[cfg(test)]
 fn encode_stored(m: &StoredMessage) -> Vec<u8> {
     let mut v = Vec::with_capacity(64 + m.header.len() + m.content.len());
+    encode_stored_into(m, &mut v);
+    v
+}
+
+/// [`encode_stored`], appended to `v`.
+fn encode_stored_into(m: &StoredMessage, v: &mut Vec<u8>) {
+    v.reserve(64 + m.header.len() + m.content.len());
     v.extend_from_slice(&m.created.0.to_be_bytes());
     v.extend_from_slice(&m.received.0.to_be_bytes());
     v.push(m.kind as u8);
@@ -333,7 +477,6 @@ fn encode_stored(m: &StoredMessage) -> Vec<u8> {
     v.extend_from_slice(&(m.header.len() as u32).to_be_bytes());
     v.extend_from_slice(&m.header);
     v.extend_from_slice(&m.content);
-    v
 }
 
 fn decode_stored(v: &[u8]) -> Result<StoredMessage> {
@@ -373,18 +516,33 @@ impl MessageStore for RedbMessages {
         let w = self.db.begin_write().map_err(be)?;
         let mut out = Vec::with_capacity(messages.len());
         let mut last = self.last.load(Ordering::Acquire);
+        let mut stored = 0u64;
         {
-            let mut t = w.open_table(MESSAGES).map_err(be)?;
+            let mut runs = w.open_table(MESSAGE_RUNS).map_err(be)?;
             let mut ids = w.open_table(MESSAGE_IDS).map_err(be)?;
+            let mut run = Run::default();
+            let mut rec = Vec::new();
             for m in &messages {
                 if let Some(seq) = ids.get(m.id.as_bytes().as_slice()).map_err(be)? {
                     out.push(Appended::Duplicate(seq.value()));
                     continue;
                 }
                 last += 1;
+                stored += 1;
                 ids.insert(m.id.as_bytes().as_slice(), last).map_err(be)?;
-                t.insert(last, encode_stored(m).as_slice()).map_err(be)?;
+                rec.clear();
+                encode_stored_into(m, &mut rec);
+                if !run.takes(last, rec.len()) {
+                    run.write(&mut runs)?;
+                }
+                run.push(last, &rec);
                 out.push(Appended::Stored(last));
+            }
+            run.write(&mut runs)?;
+            if stored > 0 {
+                let mut meta = w.open_table(SPOOL_META).map_err(be)?;
+                meta.insert(MESSAGE_COUNT, self.count.load(Ordering::Acquire) + stored)
+                    .map_err(be)?;
             }
             let mut s = w.open_table(STATE).map_err(be)?;
             for (k, v) in &state {
@@ -392,6 +550,7 @@ impl MessageStore for RedbMessages {
             }
         }
         w.commit().map_err(be)?;
+        self.count.fetch_add(stored, Ordering::AcqRel);
         self.last.store(last, Ordering::Release);
         Ok(out)
     }
@@ -404,18 +563,39 @@ impl MessageStore for RedbMessages {
         filter: &MessageFilter,
     ) -> Result<(Vec<(u64, StoredMessage)>, u64)> {
         let r = self.db.begin_read().map_err(be)?;
-        let t = r.open_table(MESSAGES).map_err(be)?;
+        let t = r.open_table(MESSAGE_RUNS).map_err(be)?;
+        let next = after.saturating_add(1);
+        // The run holding `next`, if one does: the last that starts at or before it.
+        let from = match t.range(..=next).map_err(be)?.next_back() {
+            Some(e) => e.map_err(be)?.0.value(),
+            None => next,
+        };
         let mut out = Vec::new();
         let mut cursor = after;
-        for (n, e) in t.range(after.saturating_add(1)..).map_err(be)?.enumerate() {
-            if out.len() >= limit || n >= scan_limit {
-                break;
-            }
+        let mut scanned = 0usize;
+        'runs: for e in t.range(from..).map_err(be)? {
             let (k, v) = e.map_err(be)?;
-            cursor = k.value();
-            let m = decode_stored(v.value())?;
-            if filter.matches(&m) {
-                out.push((cursor, m));
+            let mut c = Cursor(v.value());
+            let count = c.u32()?;
+            let first = k.value();
+            for seq in first..first.saturating_add(u64::from(count)) {
+                let len = c.u32()? as usize;
+                let rec = c.take(len)?;
+                if seq < next {
+                    continue;
+                }
+                if out.len() >= limit || scanned >= scan_limit {
+                    break 'runs;
+                }
+                scanned += 1;
+                cursor = seq;
+                let m = decode_stored(rec)?;
+                if filter.matches(&m) {
+                    out.push((seq, m));
+                }
+            }
+            if !c.0.is_empty() {
+                return Err(corrupt("run longer than its count"));
             }
         }
         Ok((out, cursor))
@@ -426,8 +606,7 @@ impl MessageStore for RedbMessages {
     }
 
     fn count(&self) -> Result<u64> {
-        let r = self.db.begin_read().map_err(be)?;
-        r.open_table(MESSAGES).map_err(be)?.len().map_err(be)
+        Ok(self.count.load(Ordering::Acquire))
     }
 }
 
@@ -758,6 +937,70 @@ mod tests {
             let r = store.db.begin_read().unwrap();
             assert!(
                 r.open_table(SPOOL).unwrap().is_empty().unwrap(),
+                "moved, not copied"
+            );
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Messages an older version kept one row each move into runs at open,
+    /// in chunks, keeping their sequence numbers, count and exactly-once
+    /// index; storing goes on after them.
+    #[test]
+    fn messages_left_one_row_each_by_an_older_version_move_into_runs() {
+        let dir = super::super::conformance::tmp();
+        let msg = |i: usize| StoredMessage {
+            id: MessageId::new(),
+            source: "acme.p1".parse().unwrap(),
+            class: "alarm".into(),
+            subclass: None,
+            kind: crate::model::ContentKind::Alarm,
+            created: Timestamp(1_000 + i as u64),
+            received: Timestamp(2_000 + i as u64),
+            header: Bytes::from_static(b"<header/>"),
+            content: Bytes::from(format!("<alarm>{i}</alarm>")),
+        };
+        // More than one chunk's worth, as an older version wrote them.
+        let old: Vec<StoredMessage> = (0..MOVE_CHUNK + 10).map(msg).collect();
+        {
+            let store = RedbStore::open(&dir).unwrap();
+            let w = store.db.begin_write().unwrap();
+            {
+                let mut t = w.open_table(MESSAGES).unwrap();
+                let mut ids = w.open_table(MESSAGE_IDS).unwrap();
+                for (i, m) in old.iter().enumerate() {
+                    t.insert(i as u64 + 1, encode_stored(m).as_slice()).unwrap();
+                    ids.insert(m.id.as_bytes().as_slice(), i as u64 + 1)
+                        .unwrap();
+                }
+            }
+            w.commit().unwrap();
+        }
+        let n = old.len() as u64;
+        for round in 0..2u64 {
+            let store = RedbStore::open(&dir).unwrap();
+            let m = store.messages().unwrap();
+            assert_eq!(m.last_seq(), n + round);
+            assert_eq!(m.count().unwrap(), n + round);
+            let (got, _) = m
+                .scan(0, usize::MAX, usize::MAX, &MessageFilter::default())
+                .unwrap();
+            assert_eq!(got.len() as u64, n + round);
+            for (seq, x) in got.iter().take(old.len()) {
+                assert_eq!(x, &old[*seq as usize - 1]);
+            }
+            // An old message's ID is still known; a new one follows the old.
+            assert_eq!(
+                m.append(vec![old[7].clone()], vec![]).unwrap(),
+                [Appended::Duplicate(8)]
+            );
+            assert_eq!(
+                m.append(vec![msg(0)], vec![]).unwrap(),
+                [Appended::Stored(n + round + 1)]
+            );
+            let r = store.db.begin_read().unwrap();
+            assert!(
+                r.open_table(MESSAGES).unwrap().is_empty().unwrap(),
                 "moved, not copied"
             );
         }

@@ -25,6 +25,10 @@ macro_rules! conformance {
                 c::message_store_is_exactly_once(&$open)
             }
             #[test]
+            fn message_scans_resume_after_any_sequence_number() {
+                c::message_scans_resume_after_any_sequence_number(&$open)
+            }
+            #[test]
             fn kv_lists_by_prefix() {
                 c::kv_lists_by_prefix(&$open)
             }
