@@ -48,6 +48,16 @@ pub mod store;
 pub mod tls;
 
 pub use error::{Error, Result};
+
+/// The memory allocator the three node binaries install as their global
+/// allocator (`#[global_allocator]` in each `main.rs`).
+///
+/// mimalloc, not the system's: a message is allocated on one thread (a
+/// connection's task) and freed on another (the store writer, the
+/// forwarder), and glibc's malloc spent a third of the proxy's CPU on that
+/// traffic under load (`docs/BENCHMARKS.md`, "Issue 13, session 6").
+/// Libraries, tests and fuzz targets keep the system allocator.
+pub type Allocator = mimalloc::MiMalloc;
 pub use id::{ComponentId, GroupName, MessageId};
 pub use model::{Content, Header, Message};
 

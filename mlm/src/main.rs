@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use rsnet_mlm::{run, Config};
 
+/// See [`rsnet_common::Allocator`].
+#[global_allocator]
+static ALLOCATOR: rsnet_common::Allocator = rsnet_common::Allocator {};
+
 #[derive(Parser)]
 #[command(
     name = "rsnet-mlm",

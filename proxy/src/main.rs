@@ -10,6 +10,10 @@ use rsnet_common::client::{call, Target};
 use rsnet_proxy::{run, Config};
 use serde_json::{json, Value};
 
+/// See [`rsnet_common::Allocator`].
+#[global_allocator]
+static ALLOCATOR: rsnet_common::Allocator = rsnet_common::Allocator {};
+
 #[derive(Parser)]
 #[command(
     name = "rsnet-proxy",
