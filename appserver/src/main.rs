@@ -23,6 +23,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    rsnet_common::no_huge_pages();
     let cli = Cli::parse();
     rsnet_common::server::daemon_main("rsnet-appserver", &cli.config, Config::load, run).await
 }

@@ -61,6 +61,7 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    rsnet_common::no_huge_pages();
     let cli = Cli::parse();
     match (cli.cmd, cli.config) {
         (None, Some(config)) => {

@@ -214,6 +214,7 @@ async fn send_with_retry(
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    rsnet_common::no_huge_pages();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Enroll {
