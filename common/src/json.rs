@@ -170,27 +170,30 @@ fn named<T: serde::de::DeserializeOwned>(
     field: &str,
     i: usize,
 ) -> Result<Option<T>, String> {
-    v.as_ref()
+    use serde::de::IntoDeserializer;
+    v.as_deref()
         .map(|s| {
-            serde_json::from_value(serde_json::Value::String(s.clone()))
-                .map_err(|e| format!("messages[{i}].{field}: {e}"))
+            let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+                s.into_deserializer();
+            T::deserialize(d).map_err(|e| format!("messages[{i}].{field}: {e}"))
         })
         .transpose()
 }
 
-fn data(input: &MessageInput, i: usize) -> Result<Option<Data>, String> {
-    let mime = input.mime.clone().unwrap_or_else(|| "text/plain".into());
+/// The payload of `input` (taken out of it), with its MIME type.
+fn data(input: &mut MessageInput, i: usize) -> Result<Option<Data>, String> {
+    let mime = input.mime.take().unwrap_or_else(|| "text/plain".into());
     if mime.parse::<mime::Mime>().is_err() {
         return Err(format!("messages[{i}].mime: {mime:?} is not a MIME type"));
     }
-    match (&input.payload, &input.payload_base64) {
+    match (input.payload.take(), input.payload_base64.take()) {
         (Some(_), Some(_)) => Err(format!(
             "messages[{i}]: give payload or payload_base64, not both"
         )),
         (Some(p), None) => Ok(Some(Data {
             mime,
             encoding: Encoding::Text,
-            payload: Bytes::from(p.clone()),
+            payload: Bytes::from(p),
         })),
         (None, Some(b)) => {
             let payload = base64::engine::general_purpose::STANDARD
@@ -214,28 +217,36 @@ impl MessageInput {
     /// # Errors
     /// A message naming the field.
     pub fn build(&self, i: usize, si: Option<ComponentId>) -> Result<Built, String> {
-        let input = self;
-        let text = input.text.clone().unwrap_or_default();
+        self.clone().into_built(i, si)
+    }
+
+    /// [`MessageInput::build`], moving the input's strings into what it
+    /// builds (the proxy's local API, for every message).
+    ///
+    /// # Errors
+    /// A message naming the field.
+    pub fn into_built(mut self, i: usize, si: Option<ComponentId>) -> Result<Built, String> {
+        let text = self.text.take().unwrap_or_default();
         if text.len() > MAX_TEXT_BYTES {
             return Err(format!(
                 "messages[{i}].text: longer than {MAX_TEXT_BYTES} bytes"
             ));
         }
         let content =
-            match input.kind.as_str() {
+            match self.kind.as_str() {
                 "alarm" => Content::Alarm(Alarm {
-                    severity: named(&input.severity, "severity", i)?.unwrap_or(Severity::Warning),
-                    state: named(&input.state, "state", i)?.unwrap_or(AlarmState::Raised),
-                    support_instance: si.clone(),
+                    severity: named(&self.severity, "severity", i)?.unwrap_or(Severity::Warning),
+                    state: named(&self.state, "state", i)?.unwrap_or(AlarmState::Raised),
+                    support_instance: si,
                     text,
-                    data: data(input, i)?,
+                    data: data(&mut self, i)?,
                 }),
                 "event" => Content::Event(Event {
                     support_instance: si,
                     text,
-                    data: data(input, i)?,
+                    data: data(&mut self, i)?,
                 }),
-                "data" => Content::Data(data(input, i)?.ok_or_else(|| {
+                "data" => Content::Data(data(&mut self, i)?.ok_or_else(|| {
                     format!("messages[{i}]: data needs payload or payload_base64")
                 })?),
                 k => {
@@ -244,13 +255,13 @@ impl MessageInput {
                     ))
                 }
             };
-        let class = input.class.clone().unwrap_or_else(|| input.kind.clone());
+        let class = self.class.take().unwrap_or(self.kind);
         if !valid_class(&class) {
             return Err(format!(
                 "messages[{i}].class: {class:?} is not a class label ([a-z0-9_.-], 1-64)"
             ));
         }
-        if let Some(s) = &input.subclass {
+        if let Some(s) = &self.subclass {
             if !valid_class(s) {
                 return Err(format!(
                     "messages[{i}].subclass: {s:?} is not a class label ([a-z0-9_.-], 1-64)"
@@ -258,7 +269,7 @@ impl MessageInput {
             }
         }
         let mut qos = Qos::default();
-        if let Some(p) = input.precedence {
+        if let Some(p) = self.precedence {
             if p > MAX_PRECEDENCE {
                 return Err(format!(
                     "messages[{i}].precedence: {p} is above {MAX_PRECEDENCE}"
@@ -266,11 +277,11 @@ impl MessageInput {
             }
             qos.precedence = p;
         }
-        qos.persistence = input.persistent.unwrap_or(true);
+        qos.persistence = self.persistent.unwrap_or(true);
         Ok(Built {
             content,
             class,
-            subclass: input.subclass.clone(),
+            subclass: self.subclass,
             qos,
         })
     }

@@ -46,32 +46,26 @@ use crate::instances::Instances;
 /// client `key`; for a single message the key may come as the
 /// `Idempotency-Key` header instead. Errors name the field.
 ///
-/// Each message is read straight into a [`MessageInput`] from its slice
-/// of the body (no JSON tree in between: this runs for every message).
+/// A batch is read in one pass, each message straight into a
+/// [`MessageInput`] (no JSON tree, no second look at the bytes: this runs
+/// for every message); a batch over [`MAX_BATCH_MESSAGES`] is refused as
+/// soon as the reader gets there.
 fn parse_inputs(
     body: &[u8],
     header_key: Option<&str>,
 ) -> Result<Vec<(MessageInput, Option<String>)>, String> {
-    /// The body's top level: only `messages` is looked at.
-    #[derive(serde::Deserialize)]
-    struct Top<'a> {
-        #[serde(borrow, default)]
-        messages: Option<&'a serde_json::value::RawValue>,
-    }
-    let top: Top<'_> = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
-    let (list, single): (Vec<&str>, bool) = match top.messages {
-        Some(m) => (
-            serde_json::from_str::<Vec<&serde_json::value::RawValue>>(m.get())
-                .map_err(|_| "messages: must be a list".to_string())?
-                .into_iter()
-                .map(|r| r.get())
-                .collect(),
-            false,
-        ),
-        None => (
-            vec![std::str::from_utf8(body).map_err(|e| format!("invalid JSON: {e}"))?],
-            true,
-        ),
+    let mut why = None;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let batch = serde::de::DeserializeSeed::deserialize(Top { why: &mut why }, &mut de)
+        .and_then(|b| de.end().map(|()| b))
+        .map_err(|e| why.take().unwrap_or_else(|| format!("invalid JSON: {e}")))?;
+    let (list, single) = match batch {
+        Some(list) => (list, false),
+        None => {
+            let one: MessageInput =
+                serde_json::from_slice(body).map_err(|e| format!("message: {e}"))?;
+            (vec![one], true)
+        }
     };
     if header_key.is_some() && (!single || list.len() != 1) {
         return Err(
@@ -81,7 +75,7 @@ fn parse_inputs(
     }
     list.into_iter()
         .enumerate()
-        .map(|(i, m)| {
+        .map(|(i, mut input)| {
             // The label is made only for an error: not an allocation per message.
             let at = || {
                 if single {
@@ -90,8 +84,6 @@ fn parse_inputs(
                     format!("messages[{i}]")
                 }
             };
-            let mut input: MessageInput =
-                serde_json::from_str(m).map_err(|e| format!("{}: {e}", at()))?;
             let key = match (input.key.take(), header_key) {
                 (None, h) => h.map(str::to_string),
                 (Some(k), None) => Some(k),
@@ -108,6 +100,88 @@ fn parse_inputs(
             Ok((input, key))
         })
         .collect()
+}
+
+/// The body's top level, read for its `messages` list (other fields are
+/// skipped: a single message is read again as one). `why` gets the error
+/// to answer when the list is not what it must be.
+struct Top<'w> {
+    why: &'w mut Option<String>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Top<'_> {
+    type Value = Option<Vec<MessageInput>>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Top<'_> {
+    type Value = Option<Vec<MessageInput>>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a message object, or {\"messages\": [...]}")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut list = None;
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if k == "messages" {
+                if list.is_some() {
+                    *self.why = Some("messages: given twice".into());
+                    return Err(serde::de::Error::duplicate_field("messages"));
+                }
+                list = Some(map.next_value_seed(Batch {
+                    why: &mut *self.why,
+                })?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(list)
+    }
+}
+
+/// The `messages` list: each element read as a [`MessageInput`], its
+/// index in the error.
+struct Batch<'w> {
+    why: &'w mut Option<String>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Batch<'_> {
+    type Value = Vec<MessageInput>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let why = self.why;
+        d.deserialize_seq(Batch { why: &mut *why })
+            .inspect_err(|_| {
+                // Every error inside the list is named by the visitor; one
+                // without a name is a `messages` that is no list at all.
+                why.get_or_insert_with(|| "messages: must be a list".into());
+            })
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Batch<'_> {
+    type Value = Vec<MessageInput>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of messages")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_BATCH_MESSAGES));
+        loop {
+            if list.len() > MAX_BATCH_MESSAGES {
+                *self.why = Some(format!("messages: give 1..={MAX_BATCH_MESSAGES}"));
+                return Err(A::Error::custom("too many messages"));
+            }
+            match seq.next_element::<MessageInput>() {
+                Ok(Some(m)) => list.push(m),
+                Ok(None) => return Ok(list),
+                Err(e) => {
+                    *self.why = Some(format!("messages[{}]: {e}", list.len()));
+                    return Err(e);
+                }
+            }
+        }
+    }
 }
 
 /// A client key: 1..=128 visible ASCII bytes.
@@ -168,23 +242,22 @@ impl LocalApi {
     ///
     /// # Errors
     /// A message naming the field.
-    pub async fn build(&self, input: &MessageInput, i: usize) -> Result<Message, String> {
+    pub async fn build(&self, input: MessageInput, i: usize) -> Result<Message, String> {
         let si = match input.support_instance.as_deref() {
             Some(k) => Some(self.instances.id_for(k).await?),
             None => None,
         };
+        let expiry_s = input.expiry_s;
         let Built {
             content,
             class,
             subclass,
             qos,
-        } = input.build(i, si.clone())?;
+        } = input.into_built(i, si.clone())?;
         let origin = si.unwrap_or_else(|| self.me.clone());
         let mut m = Message::forward(origin, &class, subclass.as_deref(), content);
         m.header.qos = qos;
-        m.header.qos.expiry = input
-            .expiry_s
-            .map(|s| m.header.created.after(Duration::from_secs(s)));
+        m.header.qos.expiry = expiry_s.map(|s| m.header.created.after(Duration::from_secs(s)));
         m.header.routing.push(Hop {
             id: self.me.clone(),
             time: m.header.created,
@@ -361,7 +434,7 @@ impl LocalApi {
         // The input index of each message kept.
         let mut kept: Vec<usize> = Vec::with_capacity(inputs.len());
         let until = Timestamp::now().after(self.key_window);
-        for (i, (input, key)) in inputs.iter().enumerate() {
+        for (i, (input, key)) in inputs.into_iter().enumerate() {
             let m = match self.build(input, i).await {
                 Ok(m) => m,
                 Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -384,7 +457,7 @@ impl LocalApi {
             }
             msgs.push(m);
             kept.push(i);
-            let key = key.clone().map(|key| ClientKey { key, until });
+            let key = key.map(|key| ClientKey { key, until });
             records.push((r, key));
         }
         for (i, m) in msgs.iter().enumerate() {
@@ -496,11 +569,44 @@ mod tests {
                 None,
                 "messages[0].key: 1..=",
             ),
+            (
+                r#"{"messages": [{"kind": "alarm"}, {"kind": "alarm"]}"#,
+                None,
+                "messages[1]: ",
+            ),
+            (
+                r#"{"messages": [{"kind": "alarm"}], "messages": []}"#,
+                None,
+                "messages: given twice",
+            ),
+            (r#"{"messages": [{"kind": "alarm"}]"#, None, "invalid JSON"),
+            (r#"{"messages": []} x"#, None, "invalid JSON"),
+            (
+                r#"{"kind": "alarm", "colour": 1}"#,
+                None,
+                "message: unknown field `colour`",
+            ),
             ("[1, 2]", None, "invalid JSON"),
             ("{", None, "invalid JSON"),
         ] {
             let e = keys(body, header).unwrap_err();
             assert!(e.starts_with(want), "{body}: {e}");
         }
+        // A batch over the limit is refused where the reader gets past it.
+        let one = r#"{"kind": "event"},"#;
+        let many = format!(
+            r#"{{"messages": [{}{{"kind": "event"}}, not json]}}"#,
+            one.repeat(rsnet_common::limits::MAX_BATCH_MESSAGES)
+        );
+        let e = keys(&many, None).unwrap_err();
+        assert!(e.starts_with("messages: give 1..="), "{e}");
+        let full = format!(
+            r#"{{"messages": [{}{{"kind": "event"}}]}}"#,
+            one.repeat(rsnet_common::limits::MAX_BATCH_MESSAGES - 1)
+        );
+        assert_eq!(
+            keys(&full, None).unwrap().len(),
+            rsnet_common::limits::MAX_BATCH_MESSAGES
+        );
     }
 }
