@@ -400,6 +400,60 @@ pub fn smoke(dir: &std::path::Path, property: impl Fn(&[u8])) {
     }
 }
 
+/// What reads a local API `POST /v1/messages` body (the proxy's
+/// `local_api::parse_inputs`): the body and an `Idempotency-Key` header.
+pub type ReadInputs =
+    fn(&[u8], Option<&str>) -> Result<Vec<(crate::json::MessageInput, Option<String>)>, String>;
+
+/// A local API `POST /v1/messages` body, read by `read` (the one-pass
+/// reader of the proxy): never a panic; an error says what is wrong; a
+/// batch it takes is within [`crate::limits::MAX_BATCH_MESSAGES`], every
+/// key it hands out is 1..=128 visible ASCII bytes, and it reads the same
+/// messages as a plain read through a JSON tree. Each input then builds
+/// a message or says why not.
+pub fn local_messages(data: &[u8], read: ReadInputs) {
+    use crate::json::MessageInput;
+    for header in [None, Some("h-1")] {
+        let got = match read(data, header) {
+            Err(e) => {
+                assert!(!e.is_empty());
+                continue;
+            }
+            Ok(v) => v,
+        };
+        assert!(got.len() <= crate::limits::MAX_BATCH_MESSAGES);
+        for (_, k) in &got {
+            if let Some(k) = k {
+                assert!(
+                    !k.is_empty()
+                        && k.len() <= crate::store::MAX_CLIENT_KEY_BYTES
+                        && k.bytes().all(|b| b.is_ascii_graphic()),
+                    "{k:?}"
+                );
+            }
+        }
+        // The same messages through a JSON tree.
+        let tree: serde_json::Value = match serde_json::from_slice(data) {
+            Ok(t) => t,
+            Err(e) => panic!(
+                "read took invalid JSON ({e}): {:?}",
+                String::from_utf8_lossy(data)
+            ),
+        };
+        let plain: Vec<MessageInput> = match tree.get("messages") {
+            Some(list) => serde_json::from_value(list.clone()).expect("read took a bad list"),
+            None => vec![serde_json::from_value(tree).expect("read took a bad message")],
+        };
+        assert_eq!(plain.len(), got.len());
+        for (mut p, (g, k)) in plain.into_iter().zip(got) {
+            let key = p.key.take().or(header.map(str::to_string));
+            assert_eq!(key, k);
+            assert_eq!(format!("{p:?}"), format!("{g:?}"));
+            let _ = g.into_built(0, None);
+        }
+    }
+}
+
 /// A node's config file: parsed and checked with every problem naming the
 /// file, never a panic. `parse` is the node's `Config::parse`.
 pub fn config<T, E: std::fmt::Display>(

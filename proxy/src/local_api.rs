@@ -49,13 +49,20 @@ use crate::instances::Instances;
 /// A batch is read in one pass, each message straight into a
 /// [`MessageInput`] (no JSON tree, no second look at the bytes: this runs
 /// for every message); a batch over [`MAX_BATCH_MESSAGES`] is refused as
-/// soon as the reader gets there.
-fn parse_inputs(
+/// soon as the reader gets there. Public for the `local_messages` fuzz
+/// target ([`rsnet_common::fuzzing::local_messages`]).
+///
+/// # Errors
+/// What is wrong, naming the message and field.
+pub fn parse_inputs(
     body: &[u8],
     header_key: Option<&str>,
 ) -> Result<Vec<(MessageInput, Option<String>)>, String> {
+    // UTF-8 checked whole (fast), so that fields the reader skips are held
+    // to it too: a body is JSON or refused.
+    let body = std::str::from_utf8(body).map_err(|e| format!("invalid JSON: {e}"))?;
     let mut why = None;
-    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut de = serde_json::Deserializer::from_str(body);
     let batch = serde::de::DeserializeSeed::deserialize(Top { why: &mut why }, &mut de)
         .and_then(|b| de.end().map(|()| b))
         .map_err(|e| why.take().unwrap_or_else(|| format!("invalid JSON: {e}")))?;
@@ -63,7 +70,7 @@ fn parse_inputs(
         Some(list) => (list, false),
         None => {
             let one: MessageInput =
-                serde_json::from_slice(body).map_err(|e| format!("message: {e}"))?;
+                serde_json::from_str(body).map_err(|e| format!("message: {e}"))?;
             (vec![one], true)
         }
     };
