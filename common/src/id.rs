@@ -198,6 +198,12 @@ impl MessageId {
     pub fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()
     }
+    /// The hyphenated lowercase text of [`fmt::Display`], appended to `s`
+    /// without a formatter (the header encoder, once per message).
+    pub fn push_str_to(&self, s: &mut String) {
+        let mut buf = uuid::Uuid::encode_buffer();
+        s.push_str(self.0.hyphenated().encode_lower(&mut buf));
+    }
     /// From the 16 bytes of [`MessageId::as_bytes`].
     pub fn from_bytes(b: [u8; 16]) -> Self {
         MessageId(uuid::Uuid::from_bytes(b))

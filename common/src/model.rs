@@ -40,6 +40,14 @@ impl Timestamp {
     /// Written by hand (every hop writes several per message): the same
     /// text as `humantime::format_rfc3339_millis`, which a test holds it to.
     pub fn to_rfc3339(self) -> String {
+        let mut s = String::with_capacity(24);
+        self.push_rfc3339(&mut s);
+        s
+    }
+
+    /// [`Timestamp::to_rfc3339`], appended to `s` (the header encoder
+    /// writes several per message: no `String` each).
+    pub fn push_rfc3339(self, s: &mut String) {
         let ms = self.0.min(Self::MAX.0);
         let (days, rest) = ((ms / 86_400_000) as i64, ms % 86_400_000);
         let (y, m, d) = civil_from_days(days);
@@ -64,7 +72,8 @@ impl Timestamp {
         put(14, min, 2);
         put(17, sec, 2);
         put(20, milli, 3);
-        b.iter().map(|c| *c as char).collect()
+        // Digits and separators only: always ASCII.
+        s.push_str(std::str::from_utf8(&b).unwrap_or_default());
     }
     /// Parses RFC 3339 (UTC, `Z` suffix). The form [`Timestamp::to_rfc3339`]
     /// writes is read by hand; any other goes to humantime.

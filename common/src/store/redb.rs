@@ -526,13 +526,18 @@ impl MessageStore for RedbMessages {
             let mut run = Run::default();
             let mut rec = Vec::new();
             for m in &messages {
-                if let Some(seq) = ids.get(m.id.as_bytes().as_slice()).map_err(be)? {
-                    out.push(Appended::Duplicate(seq.value()));
+                let id = m.id.as_bytes().as_slice();
+                // One look into the index per message: the insert answers
+                // whether the ID was there, and a repeat (rare) puts its
+                // first sequence number back.
+                let seen = ids.insert(id, last + 1).map_err(be)?.map(|g| g.value());
+                if let Some(first) = seen {
+                    ids.insert(id, first).map_err(be)?;
+                    out.push(Appended::Duplicate(first));
                     continue;
                 }
                 last += 1;
                 stored += 1;
-                ids.insert(m.id.as_bytes().as_slice(), last).map_err(be)?;
                 rec.clear();
                 encode_stored_into(m, &mut rec);
                 if !run.takes(last, rec.len()) {

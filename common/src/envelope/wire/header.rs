@@ -58,7 +58,9 @@ pub fn full_header(xml: &bytes::Bytes) -> bytes::Bytes {
 fn encode(h: &Header, compact: bool) -> String {
     let mut s = String::with_capacity(256 + 80 * h.routing.len());
     s.push_str("<header");
-    attr(&mut s, "id", &h.id.to_string());
+    s.push_str(" id=\"");
+    h.id.push_str_to(&mut s);
+    s.push('"');
     attr(&mut s, "class", &h.class);
     if let Some(sc) = &h.subclass {
         attr(&mut s, "subclass", sc);
@@ -67,7 +69,7 @@ fn encode(h: &Header, compact: bool) -> String {
         attr(&mut s, "content", h.kind.as_str());
     }
     if !(compact && h.id.millis() == Some(h.created.0)) {
-        attr(&mut s, "created", &h.created.to_rfc3339());
+        attr_time(&mut s, "created", h.created);
     }
     s.push('>');
     match &h.direction {
@@ -103,7 +105,7 @@ fn encode(h: &Header, compact: bool) -> String {
         let _ = write!(s, " precedence=\"{}\"", q.precedence);
         let _ = write!(s, " persistence=\"{}\"", q.persistence);
         if let Some(e) = q.expiry {
-            attr(&mut s, "expiry", &e.to_rfc3339());
+            attr_time(&mut s, "expiry", e);
         }
         s.push_str("/>");
     }
@@ -113,7 +115,7 @@ fn encode(h: &Header, compact: bool) -> String {
             s.push_str("<hop");
             attr(&mut s, "id", hop.id.as_str());
             if !(compact && hop.time == h.created) {
-                attr(&mut s, "time", &hop.time.to_rfc3339());
+                attr_time(&mut s, "time", hop.time);
             }
             s.push_str("/>");
         }
@@ -121,6 +123,15 @@ fn encode(h: &Header, compact: bool) -> String {
     }
     s.push_str("</header>");
     s
+}
+
+/// An attribute holding a time: RFC 3339 text, which needs no escaping.
+fn attr_time(s: &mut String, name: &str, t: Timestamp) {
+    s.push(' ');
+    s.push_str(name);
+    s.push_str("=\"");
+    t.push_rfc3339(s);
+    s.push('"');
 }
 
 fn attr(s: &mut String, name: &str, value: &str) {
