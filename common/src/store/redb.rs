@@ -31,9 +31,10 @@
 //!
 //! Every write is one redb transaction committed with `Durability::Immediate`
 //! (fdatasync), so after kill -9 the file holds exactly the committed
-//! transactions. Derived counters (spool bytes and count, last sequence
-//! number) live in memory and are recomputed by a scan at open, so they can
-//! never disagree with the tables.
+//! transactions. The last message sequence number is read from the last
+//! run at open; the message count is kept in `spool_meta` and written in
+//! the same transaction as the runs it counts, so neither can disagree
+//! with the tables.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
