@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use rsnet_appserver::{run, Config};
 
-/// See [`rsnet_common::Allocator`].
+/// See [`rsnet_common::process`].
 #[global_allocator]
-static ALLOCATOR: rsnet_common::Allocator = rsnet_common::Allocator {};
+static ALLOCATOR: rsnet_common::process::Allocator = rsnet_common::process::Allocator {};
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +23,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    rsnet_common::no_huge_pages();
+    rsnet_common::process::no_huge_pages();
     let cli = Cli::parse();
     rsnet_common::server::daemon_main("rsnet-appserver", &cli.config, Config::load, run).await
 }

@@ -407,7 +407,7 @@ pub type ReadInputs =
 
 /// A local API `POST /v1/messages` body, read by `read` (the one-pass
 /// reader of the proxy): never a panic; an error says what is wrong; a
-/// batch it takes is within [`crate::limits::MAX_BATCH_MESSAGES`], every
+/// batch it takes holds 1..=[`crate::limits::MAX_BATCH_MESSAGES`], every
 /// key it hands out is 1..=128 visible ASCII bytes, and it reads the same
 /// messages as a plain read through a JSON tree. Each input then builds
 /// a message or says why not.
@@ -421,7 +421,7 @@ pub fn local_messages(data: &[u8], read: ReadInputs) {
             }
             Ok(v) => v,
         };
-        assert!(got.len() <= crate::limits::MAX_BATCH_MESSAGES);
+        assert!((1..=crate::limits::MAX_BATCH_MESSAGES).contains(&got.len()));
         for (_, k) in &got {
             if let Some(k) = k {
                 assert!(

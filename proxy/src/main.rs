@@ -10,9 +10,9 @@ use rsnet_common::client::{call, Target};
 use rsnet_proxy::{run, Config};
 use serde_json::{json, Value};
 
-/// See [`rsnet_common::Allocator`].
+/// See [`rsnet_common::process`].
 #[global_allocator]
-static ALLOCATOR: rsnet_common::Allocator = rsnet_common::Allocator {};
+static ALLOCATOR: rsnet_common::process::Allocator = rsnet_common::process::Allocator {};
 
 #[derive(Parser)]
 #[command(
@@ -214,7 +214,7 @@ async fn send_with_retry(
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    rsnet_common::no_huge_pages();
+    rsnet_common::process::no_huge_pages();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Enroll {

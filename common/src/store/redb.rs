@@ -15,7 +15,6 @@
 //! | `queue` | `(queue &str, rank u8, seq u64)` | as `spool` |
 //! | `queue_seen` | `(queue &str, id [16])` | seen until, ms |
 //! | `spool_meta` | `"queue_next_seq"` | `u64` |
-//! | `spool_meta` | `"message_count"` | `u64`: the messages in `message_runs` |
 //!
 //! # Message runs
 //!
@@ -32,9 +31,8 @@
 //! Every write is one redb transaction committed with `Durability::Immediate`
 //! (fdatasync), so after kill -9 the file holds exactly the committed
 //! transactions. The last message sequence number is read from the last
-//! run at open; the message count is kept in `spool_meta` and written in
-//! the same transaction as the runs it counts, so neither can disagree
-//! with the tables.
+//! run at open. Sequence numbers are dense from 1 and nothing is deleted,
+//! so the message count is the last sequence number: no counter to keep.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,8 +50,6 @@ const SPOOL: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("spool");
 const SPOOL_META: TableDefinition<&str, u64> = TableDefinition::new("spool_meta");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const MESSAGE_RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("message_runs");
-/// The `spool_meta` key counting the messages in `message_runs`.
-const MESSAGE_COUNT: &str = "message_count";
 /// The most a run of messages holds (a single larger message makes a run
 /// of its own). Small enough that a run's buffer and redb's page for it
 /// come from the allocator's cache: runs of 1 MiB spent most of their time
@@ -238,13 +234,6 @@ impl RedbStore {
                 for (seq, _) in &rows {
                     old.remove(*seq).map_err(be)?;
                 }
-                let mut meta = w.open_table(SPOOL_META).map_err(be)?;
-                let count = meta
-                    .get(MESSAGE_COUNT)
-                    .map_err(be)?
-                    .map_or(0, |v| v.value());
-                meta.insert(MESSAGE_COUNT, count + rows.len() as u64)
-                    .map_err(be)?;
                 rows.len() as u64
             };
             w.commit().map_err(be)?;
@@ -268,15 +257,9 @@ impl RedbStore {
             Some((k, v)) => k.value() + u64::from(run_count(v.value())?) - 1,
             None => 0,
         };
-        let meta = r.open_table(SPOOL_META).map_err(be)?;
-        let count = meta
-            .get(MESSAGE_COUNT)
-            .map_err(be)?
-            .map_or(0, |v| v.value());
         Ok(RedbMessages {
             db: self.db.clone(),
             last: AtomicU64::new(last),
-            count: AtomicU64::new(count),
         })
     }
 
@@ -370,7 +353,6 @@ fn decode_spool(rank: u8, v: &[u8]) -> Result<SpoolRecord> {
 pub struct RedbMessages {
     db: Arc<Database>,
     last: AtomicU64,
-    count: AtomicU64,
 }
 
 /// The number of messages in a run's value.
@@ -520,7 +502,6 @@ impl MessageStore for RedbMessages {
         let w = self.db.begin_write().map_err(be)?;
         let mut out = Vec::with_capacity(messages.len());
         let mut last = self.last.load(Ordering::Acquire);
-        let mut stored = 0u64;
         {
             let mut runs = w.open_table(MESSAGE_RUNS).map_err(be)?;
             let mut ids = w.open_table(MESSAGE_IDS).map_err(be)?;
@@ -538,7 +519,6 @@ impl MessageStore for RedbMessages {
                     continue;
                 }
                 last += 1;
-                stored += 1;
                 rec.clear();
                 encode_stored_into(m, &mut rec);
                 if !run.takes(last, rec.len()) {
@@ -548,18 +528,12 @@ impl MessageStore for RedbMessages {
                 out.push(Appended::Stored(last));
             }
             run.write(&mut runs)?;
-            if stored > 0 {
-                let mut meta = w.open_table(SPOOL_META).map_err(be)?;
-                meta.insert(MESSAGE_COUNT, self.count.load(Ordering::Acquire) + stored)
-                    .map_err(be)?;
-            }
             let mut s = w.open_table(STATE).map_err(be)?;
             for (k, v) in &state {
                 s.insert(k.as_str(), v.as_slice()).map_err(be)?;
             }
         }
         w.commit().map_err(be)?;
-        self.count.fetch_add(stored, Ordering::AcqRel);
         self.last.store(last, Ordering::Release);
         Ok(out)
     }
@@ -615,7 +589,8 @@ impl MessageStore for RedbMessages {
     }
 
     fn count(&self) -> Result<u64> {
-        Ok(self.count.load(Ordering::Acquire))
+        // Dense from 1, never deleted (see "Invariants and recovery").
+        Ok(self.last.load(Ordering::Acquire))
     }
 }
 
