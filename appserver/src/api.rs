@@ -91,28 +91,25 @@ pub struct Api {
 }
 
 /// A stored message rendered as JSON (with its sequence number).
-pub fn message_json(seq: u64, m: &StoredMessage) -> Value {
+pub fn message_json(seq: u64, m: &StoredMessage) -> String {
     let header = wire::decode_header(&m.header);
     let content = header
         .as_ref()
         .ok()
         .map(|h| wire::decode_content(&m.content, h.kind));
-    let mut obj = match (&header, &content) {
-        (Ok(h), Some(Ok(c))) => {
-            let mut o = rsnet_common::json::header(h);
-            o.insert("content".into(), rsnet_common::json::content(c));
-            o
-        }
-        _ => {
-            let mut o = serde_json::Map::new();
-            o.insert("id".into(), json!(m.id.to_string()));
-            o.insert("error".into(), json!("stored record does not parse"));
-            o
-        }
-    };
-    obj.insert("seq".into(), json!(seq));
-    obj.insert("received".into(), json!(m.received.to_rfc3339()));
-    Value::Object(obj)
+    match (&header, &content) {
+        (Ok(h), Some(Ok(c))) => rsnet_common::json::MessageView::new(h, Ok(c))
+            .with_u64("seq", seq)
+            .with_time("received", m.received)
+            .to_json(),
+        _ => json!({
+            "id": m.id.to_string(),
+            "error": "stored record does not parse",
+            "seq": seq,
+            "received": m.received.to_rfc3339(),
+        })
+        .to_string(),
+    }
 }
 
 /// `POST /api/v1/messages`: `to` (an ID, `group:NAME`, or a list of them)
@@ -547,14 +544,27 @@ impl Api {
             tokio::task::spawn_blocking(move || store.scan(after, limit, MAX_SCAN, &filter)).await;
         match r {
             Ok(Ok((msgs, next))) => {
-                let items: Vec<Value> = msgs
+                // Each message's JSON as written, not parsed back into a tree.
+                let items: Vec<Box<serde_json::value::RawValue>> = msgs
                     .iter()
                     .filter(|(_, m)| op.sees(&m.source))
-                    .map(|(s, m)| message_json(*s, m))
+                    .filter_map(|(s, m)| {
+                        serde_json::value::RawValue::from_string(message_json(*s, m)).ok()
+                    })
                     .collect();
+                #[derive(serde::Serialize)]
+                struct Page {
+                    messages: Vec<Box<serde_json::value::RawValue>>,
+                    next: u64,
+                    last: u64,
+                }
                 json(
                     StatusCode::OK,
-                    &json!({ "messages": items, "next": next, "last": last }),
+                    &Page {
+                        messages: items,
+                        next,
+                        last,
+                    },
                 )
             }
             Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -610,14 +620,18 @@ impl Api {
                 let page =
                     tokio::task::spawn_blocking(move || s.scan(cursor, 256, MAX_SCAN, &f)).await;
                 let Ok(Ok((msgs, next))) = page else { return };
+                // A page's events go out as one chunk (one frame, one TLS
+                // record run), not one each.
+                let mut events = String::new();
                 for (seq, m) in msgs.iter().filter(|(_, m)| op.sees(&m.source)) {
-                    let ev = format!(
-                        "id: {seq}\nevent: message\ndata: {}\n\n",
-                        message_json(*seq, m)
-                    );
-                    if tx.send(Bytes::from(ev)).await.is_err() {
-                        return;
-                    }
+                    events.push_str("id: ");
+                    events.push_str(&seq.to_string());
+                    events.push_str("\nevent: message\ndata: ");
+                    events.push_str(&message_json(*seq, m));
+                    events.push_str("\n\n");
+                }
+                if !events.is_empty() && tx.send(Bytes::from(events)).await.is_err() {
+                    return;
                 }
                 let advanced = next > cursor;
                 cursor = next;

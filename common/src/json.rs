@@ -5,7 +5,7 @@
 //! the data was sent as text, base64 otherwise.
 
 use base64::Engine as _;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use std::time::Duration;
 
@@ -15,88 +15,233 @@ use serde::Deserialize;
 use crate::id::ComponentId;
 use crate::limits::MAX_TEXT_BYTES;
 use crate::model::{
-    valid_class, Alarm, AlarmState, Content, Data, Direction, Encoding, Event, Header, Qos,
-    Severity, MAX_PRECEDENCE,
+    valid_class, Alarm, AlarmState, Content, ContentKind, Data, Direction, Encoding, Event, Header,
+    Hop, Qos, Severity, Timestamp, MAX_PRECEDENCE,
 };
 
-fn data_json(d: &Data) -> Value {
-    let payload = match d.encoding {
-        Encoding::Text => Value::String(String::from_utf8_lossy(&d.payload).into_owned()),
-        Encoding::Base64 => {
-            Value::String(base64::engine::general_purpose::STANDARD.encode(&d.payload))
-        }
-    };
-    json!({ "mime": d.mime, "encoding": d.encoding, "size": d.payload.len(), "payload": payload })
-}
+// ---------------------------------------------------------------- view
 
-/// The content as JSON, tagged with its kind.
-pub fn content(c: &Content) -> Value {
-    match c {
-        Content::Alarm(a) => json!({
-            "severity": a.severity, "state": a.state,
-            "support_instance": a.support_instance.as_ref().map(|s| s.to_string()),
-            "text": a.text, "data": a.data.as_ref().map(data_json),
-        }),
-        Content::Event(e) => json!({
-            "support_instance": e.support_instance.as_ref().map(|s| s.to_string()),
-            "text": e.text, "data": e.data.as_ref().map(data_json),
-        }),
-        Content::Response(r) => json!({
-            "request": r.request.to_string(), "status": r.status, "reason": r.reason,
-            "retry_after_ms": r.retry_after.map(|d| d.as_millis() as u64), "correlation": r.correlation,
-        }),
-        Content::BulkRequest(b) => {
-            json!({ "size": b.size, "sha256": b.sha256, "class": b.class, "filename": b.filename })
+/// A message as every JSON surface shows it (the operator API, the
+/// stream, the proxy's inbox): the header's fields, `content`, and the
+/// fields the caller adds (`seq`, `received`, `destination`), as one
+/// object with its keys in order.
+///
+/// It is written straight to text, borrowing from the message: no JSON
+/// tree in between. The appserver's stream writes one per message per
+/// subscriber, and building a `serde_json::Value` for each was most of the
+/// stream's cost.
+pub struct MessageView<'a>(Fields<'a>);
+
+impl<'a> MessageView<'a> {
+    /// The header's fields, and `content` (or `error` with the text given,
+    /// when the content does not parse).
+    pub fn new(h: &'a Header, content: Result<&'a Content, String>) -> Self {
+        let mut f = header_fields(h);
+        match content {
+            Ok(c) => f.push(("content", content_field(c))),
+            Err(e) => f.push(("error", Field::Text(e))),
         }
-        Content::BulkResponse(b) => json!({
-            "request": b.request.to_string(), "granted": b.granted, "reason": b.reason,
-            "retry_after_ms": b.retry_after.map(|d| d.as_millis() as u64),
-            "expires": b.expires.map(|t| t.to_rfc3339()),
-            // The token is a secret and the URL carries it: neither is shown.
-        }),
-        Content::Data(d) => data_json(d),
+        MessageView(Fields(f))
+    }
+
+    /// Adds a number field.
+    pub fn with_u64(mut self, key: &'static str, v: u64) -> Self {
+        self.0 .0.push((key, Field::U64(v)));
+        self
+    }
+
+    /// Adds a time field (RFC 3339).
+    pub fn with_time(mut self, key: &'static str, t: Timestamp) -> Self {
+        self.0 .0.push((key, Field::Time(t)));
+        self
+    }
+
+    /// Adds a text field.
+    pub fn with_str(mut self, key: &'static str, v: &'a str) -> Self {
+        self.0 .0.push((key, Field::Str(v)));
+        self
+    }
+
+    /// The view as JSON text.
+    pub fn to_json(&self) -> String {
+        // Every field serializes without error (strings, numbers, values).
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
-/// The header fields as a JSON object (to which callers add their own).
-pub fn header(h: &Header) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("id".into(), json!(h.id.to_string()));
-    m.insert("class".into(), json!(h.class));
-    m.insert("subclass".into(), json!(h.subclass));
-    m.insert("kind".into(), json!(h.kind));
-    m.insert("created".into(), json!(h.created.to_rfc3339()));
+impl serde::Serialize for MessageView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// An object's fields, written with their keys sorted (as a
+/// `serde_json::Map` writes them, so the text is the same as it was).
+struct Fields<'a>(Vec<(&'static str, Field<'a>)>);
+
+/// One field's value, borrowed from the message where it can be.
+enum Field<'a> {
+    Str(&'a str),
+    OptStr(Option<&'a str>),
+    Text(String),
+    Id(&'a ComponentId),
+    OptId(Option<&'a ComponentId>),
+    Time(Timestamp),
+    OptTime(Option<Timestamp>),
+    U64(u64),
+    Bool(bool),
+    Kind(ContentKind),
+    Severity(Severity),
+    State(AlarmState),
+    Encoding(Encoding),
+    Ids(&'a [ComponentId]),
+    Routing(&'a [Hop]),
+    Object(Fields<'a>),
+    OptObject(Option<Fields<'a>>),
+    /// The kinds the surfaces show rarely: built as a tree.
+    Value(Value),
+}
+
+impl serde::Serialize for Fields<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut order: Vec<&(&'static str, Field<'_>)> = self.0.iter().collect();
+        order.sort_by_key(|(k, _)| *k);
+        let mut m = s.serialize_map(Some(order.len()))?;
+        for (k, v) in order {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl serde::Serialize for Field<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self {
+            Field::Str(v) => s.serialize_str(v),
+            Field::OptStr(v) => v.serialize(s),
+            Field::Text(v) => s.serialize_str(v),
+            Field::Id(v) => v.serialize(s),
+            Field::OptId(v) => v.serialize(s),
+            Field::Time(t) => s.serialize_str(&t.to_rfc3339()),
+            Field::OptTime(None) => s.serialize_none(),
+            Field::OptTime(Some(t)) => s.serialize_str(&t.to_rfc3339()),
+            Field::U64(v) => s.serialize_u64(*v),
+            Field::Bool(v) => s.serialize_bool(*v),
+            Field::Kind(v) => v.serialize(s),
+            Field::Severity(v) => v.serialize(s),
+            Field::State(v) => v.serialize(s),
+            Field::Encoding(v) => v.serialize(s),
+            Field::Ids(v) => v.serialize(s),
+            Field::Routing(hops) => {
+                let mut q = s.serialize_seq(Some(hops.len()))?;
+                for h in *hops {
+                    q.serialize_element(&Fields(vec![
+                        ("id", Field::Id(&h.id)),
+                        ("time", Field::Time(h.time)),
+                    ]))?;
+                }
+                q.end()
+            }
+            Field::Object(f) => f.serialize(s),
+            Field::OptObject(f) => f.serialize(s),
+            Field::Value(v) => v.serialize(s),
+        }
+    }
+}
+
+fn header_fields(h: &Header) -> Vec<(&'static str, Field<'_>)> {
+    let mut f = Vec::with_capacity(12);
+    f.push(("id", Field::Text(h.id.to_string())));
+    f.push(("class", Field::Str(&h.class)));
+    f.push(("subclass", Field::OptStr(h.subclass.as_deref())));
+    f.push(("kind", Field::Kind(h.kind)));
+    f.push(("created", Field::Time(h.created)));
     match &h.direction {
         Direction::Source(s) => {
-            m.insert("source".into(), json!(s.origin.to_string()));
+            f.push(("source", Field::Id(&s.origin)));
             if let Some(v) = &s.version {
-                m.insert("version".into(), json!(v));
+                f.push(("version", Field::Str(v)));
             }
         }
         Direction::Destination(d) => {
-            m.insert(
-                "destinations".into(),
-                json!(d.ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()),
-            );
-            m.insert(
-                "group".into(),
-                json!(d.group.as_ref().map(|g| g.to_string())),
-            );
+            f.push(("destinations", Field::Ids(&d.ids)));
+            f.push((
+                "group",
+                match &d.group {
+                    Some(g) => Field::Text(g.to_string()),
+                    None => Field::OptStr(None),
+                },
+            ));
         }
     }
-    m.insert(
-        "qos".into(),
-        json!({ "precedence": h.qos.precedence, "persistence": h.qos.persistence, "expiry": h.qos.expiry.map(|e| e.to_rfc3339()) }),
-    );
-    m.insert(
-        "routing".into(),
-        json!(h
-            .routing
-            .iter()
-            .map(|r| json!({"id": r.id.to_string(), "time": r.time.to_rfc3339()}))
-            .collect::<Vec<_>>()),
-    );
-    m
+    f.push((
+        "qos",
+        Field::Object(Fields(vec![
+            ("precedence", Field::U64(u64::from(h.qos.precedence))),
+            ("persistence", Field::Bool(h.qos.persistence)),
+            ("expiry", Field::OptTime(h.qos.expiry)),
+        ])),
+    ));
+    f.push(("routing", Field::Routing(&h.routing)));
+    f
+}
+
+fn data_fields(d: &Data) -> Fields<'_> {
+    let payload = match d.encoding {
+        Encoding::Text => String::from_utf8_lossy(&d.payload).into_owned(),
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(&d.payload),
+    };
+    Fields(vec![
+        ("mime", Field::Str(&d.mime)),
+        ("encoding", Field::Encoding(d.encoding)),
+        ("size", Field::U64(d.payload.len() as u64)),
+        ("payload", Field::Text(payload)),
+    ])
+}
+
+fn content_field(c: &Content) -> Field<'_> {
+    Field::Object(match c {
+        Content::Alarm(a) => Fields(vec![
+            ("severity", Field::Severity(a.severity)),
+            ("state", Field::State(a.state)),
+            (
+                "support_instance",
+                Field::OptId(a.support_instance.as_ref()),
+            ),
+            ("text", Field::Str(&a.text)),
+            ("data", Field::OptObject(a.data.as_ref().map(data_fields))),
+        ]),
+        Content::Event(e) => Fields(vec![
+            (
+                "support_instance",
+                Field::OptId(e.support_instance.as_ref()),
+            ),
+            ("text", Field::Str(&e.text)),
+            ("data", Field::OptObject(e.data.as_ref().map(data_fields))),
+        ]),
+        Content::Data(d) => data_fields(d),
+        Content::Response(r) => {
+            return Field::Value(json!({
+                "request": r.request.to_string(), "status": r.status, "reason": r.reason,
+                "retry_after_ms": r.retry_after.map(|d| d.as_millis() as u64), "correlation": r.correlation,
+            }))
+        }
+        Content::BulkRequest(b) => {
+            return Field::Value(
+                json!({ "size": b.size, "sha256": b.sha256, "class": b.class, "filename": b.filename }),
+            )
+        }
+        Content::BulkResponse(b) => {
+            return Field::Value(json!({
+                "request": b.request.to_string(), "granted": b.granted, "reason": b.reason,
+                "retry_after_ms": b.retry_after.map(|d| d.as_millis() as u64),
+                "expires": b.expires.map(|t| t.to_rfc3339()),
+                // The token is a secret and the URL carries it: neither is shown.
+            }));
+        }
+    })
 }
 
 // ---------------------------------------------------------------- input
@@ -289,5 +434,125 @@ impl MessageInput {
     /// `expiry_s` as a duration.
     pub fn expires_in(&self) -> Option<Duration> {
         self.expiry_s.map(Duration::from_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Destination, Response, Source, Status};
+
+    fn header(direction: Direction, kind: ContentKind) -> Header {
+        let created = Timestamp(1_700_000_000_000);
+        Header {
+            id: "0190a5b2-0000-7000-8000-000000000001".parse().unwrap(),
+            class: kind.as_str().into(),
+            subclass: Some("disk".into()),
+            kind,
+            created,
+            direction,
+            qos: Qos::default(),
+            routing: vec![
+                Hop {
+                    id: "acme.p1".parse().unwrap(),
+                    time: created,
+                },
+                Hop {
+                    id: "acme.mlm1".parse().unwrap(),
+                    time: Timestamp(created.0 + 5),
+                },
+            ],
+        }
+    }
+
+    /// The text, parsed and written again by `serde_json` (whose maps sort
+    /// their keys): the view's keys are in order at every level.
+    fn sorted(text: &str) -> Value {
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_string(&v).unwrap(), text);
+        v
+    }
+
+    #[test]
+    fn a_view_writes_every_field_in_key_order_with_what_the_caller_adds() {
+        let src = Direction::Source(Source {
+            origin: "acme.p1".parse().unwrap(),
+            version: Some("1.2.3".into()),
+        });
+        let h = header(src, ContentKind::Alarm);
+        let c = Content::Alarm(Alarm {
+            severity: Severity::Major,
+            state: AlarmState::Raised,
+            support_instance: Some("db1".parse().unwrap()),
+            text: "disk \"/\" full\n".into(),
+            data: Some(Data {
+                mime: "text/plain".into(),
+                encoding: Encoding::Text,
+                payload: Bytes::from_static(b"97%"),
+            }),
+        });
+        let text = MessageView::new(&h, Ok(&c))
+            .with_u64("seq", 7)
+            .with_time("received", Timestamp(1_700_000_000_009))
+            .to_json();
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"class":"alarm","content":{"data":{"encoding":"text","mime":"text/plain","payload":"97%","size":3},"#,
+                r#""severity":"major","state":"raised","support_instance":"db1","text":"disk \"/\" full\n"},"#,
+                r#""created":"2023-11-14T22:13:20.000Z","id":"0190a5b2-0000-7000-8000-000000000001","kind":"alarm","#,
+                r#""qos":{"expiry":null,"persistence":true,"precedence":4},"received":"2023-11-14T22:13:20.009Z","#,
+                r#""routing":[{"id":"acme.p1","time":"2023-11-14T22:13:20.000Z"},{"id":"acme.mlm1","time":"2023-11-14T22:13:20.005Z"}],"#,
+                r#""seq":7,"source":"acme.p1","subclass":"disk","version":"1.2.3"}"#
+            )
+        );
+        sorted(&text);
+    }
+
+    #[test]
+    fn destinations_binary_data_other_kinds_and_bad_content_are_shown_too() {
+        let to = Direction::Destination(Destination {
+            ids: vec!["acme.p1".parse().unwrap(), "acme.p2".parse().unwrap()],
+            group: Some("group:edge".parse().unwrap()),
+        });
+        let h = header(to.clone(), ContentKind::Event);
+        let c = Content::Event(Event {
+            support_instance: None,
+            text: "hi".into(),
+            data: Some(Data {
+                mime: "application/octet-stream".into(),
+                encoding: Encoding::Base64,
+                payload: Bytes::from_static(&[0, 255]),
+            }),
+        });
+        let v = sorted(
+            &MessageView::new(&h, Ok(&c))
+                .with_str("destination", "inbox")
+                .to_json(),
+        );
+        assert_eq!(v["destinations"], json!(["acme.p1", "acme.p2"]));
+        assert_eq!(v["group"], "group:edge");
+        assert_eq!(v["destination"], "inbox");
+        assert_eq!(v["content"]["data"]["payload"], "AP8=");
+        assert_eq!(v["content"]["support_instance"], Value::Null);
+        assert!(v.get("source").is_none());
+
+        let h = header(to, ContentKind::Response);
+        let c = Content::Response(Response {
+            request: h.id,
+            status: Status::Rejected,
+            reason: Some("full".into()),
+            retry_after: Some(Duration::from_millis(1500)),
+            correlation: None,
+            retry_class: None,
+        });
+        let v = sorted(&MessageView::new(&h, Ok(&c)).to_json());
+        assert_eq!(v["content"]["retry_after_ms"], 1500);
+        assert_eq!(v["content"]["status"], "rejected");
+        assert_eq!(v["content"]["reason"], "full");
+
+        let v = sorted(&MessageView::new(&h, Err("content: bad".into())).to_json());
+        assert_eq!(v["error"], "content: bad");
+        assert!(v.get("content").is_none());
     }
 }

@@ -295,24 +295,24 @@ impl Inbox {
 
 /// One inbox entry as the integrator sees it.
 fn view(r: &SpoolRecord, destination: &str) -> Value {
-    let mut o = match wire::decode_header(&r.header) {
+    let text = match wire::decode_header(&r.header) {
         Ok(h) => {
-            let mut o = rsnet_common::json::header(&h);
-            match wire::decode_content(&r.content, h.kind) {
-                Ok(c) => o.insert("content".into(), rsnet_common::json::content(&c)),
-                Err(e) => o.insert("error".into(), json!(format!("content: {e}"))),
-            };
-            o
+            let content = wire::decode_content(&r.content, h.kind);
+            rsnet_common::json::MessageView::new(
+                &h,
+                content.as_ref().map_err(|e| format!("content: {e}")),
+            )
+            .with_str("destination", destination)
+            .to_json()
         }
-        Err(e) => {
-            let mut o = serde_json::Map::new();
-            o.insert("id".into(), json!(r.id.to_string()));
-            o.insert("error".into(), json!(format!("header: {e}")));
-            o
-        }
+        Err(e) => json!({
+            "id": r.id.to_string(),
+            "error": format!("header: {e}"),
+            "destination": destination,
+        })
+        .to_string(),
     };
-    o.insert("destination".into(), json!(destination));
-    Value::Object(o)
+    serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
 impl Receiver for Inbox {

@@ -162,6 +162,12 @@ fn print_table(figs: &[peer::Figures], base: Option<(f64, Duration)>) {
     }
 }
 
+/// Where a message's time went, in milliseconds of wall clock (the
+/// header's times have millisecond resolution): from the POST's start to
+/// the proxy's `created`, then to each later routing hop's time, then to
+/// the appserver's (its `received`), then to arrival on the stream.
+pub type Legs = Vec<f64>;
+
 /// Follows the appserver's stream of messages of `subclass` from now on;
 /// for each whose ID is in `sent_at`, records the time from then to its
 /// arrival. Returns the reader task and the latencies.
@@ -170,7 +176,34 @@ pub async fn follow_stream(
     subclass: &str,
     sent_at: Arc<Mutex<HashMap<String, Instant>>>,
 ) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<Duration>>>) {
+    let (reader, lat, _) = follow_stream_legs(op, subclass, sent_at).await;
+    (reader, lat)
+}
+
+/// [`follow_stream`], with each message's [`Legs`] too.
+pub async fn follow_stream_legs(
+    op: &Target,
+    subclass: &str,
+    sent_at: Arc<Mutex<HashMap<String, Instant>>>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<Mutex<Vec<Duration>>>,
+    Arc<Mutex<Vec<Legs>>>,
+) {
     let lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let legs: Arc<Mutex<Vec<Legs>>> = Arc::default();
+    // Instants to wall-clock milliseconds, to compare with the header's times.
+    let (i0, w0) = (Instant::now(), std::time::SystemTime::now());
+    let wall_ms = move |t: Instant| {
+        let w = if t >= i0 {
+            w0 + (t - i0)
+        } else {
+            w0 - (i0 - t)
+        };
+        w.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(0.0)
+    };
     let from = last_seq(op).await;
     let resp = http_send(
         op,
@@ -181,7 +214,7 @@ pub async fn follow_stream(
     )
     .await
     .expect("stream");
-    let l2 = lat.clone();
+    let (l2, g2) = (lat.clone(), legs.clone());
     let reader = tokio::spawn(async move {
         let mut body = resp.into_body();
         let mut buf = String::new();
@@ -192,18 +225,57 @@ pub async fn follow_stream(
             while let Some(end) = buf.find("\n\n") {
                 let ev: String = buf.drain(..end + 2).collect();
                 if let Some(data) = ev.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    let id = serde_json::from_str::<Value>(data)
-                        .ok()
-                        .and_then(|v| v["id"].as_str().map(str::to_string));
+                    let v = serde_json::from_str::<Value>(data).unwrap_or_default();
+                    let id = v["id"].as_str().map(str::to_string);
                     let t = id.and_then(|id| sent_at.lock().ok()?.get(&id).copied());
                     if let Some(t) = t {
                         l2.lock().expect("lat").push(now - t);
+                        g2.lock()
+                            .expect("legs")
+                            .push(legs_of(&v, wall_ms(t), wall_ms(now)));
                     }
                 }
             }
         }
     });
-    (reader, lat)
+    (reader, lat, legs)
+}
+
+/// A streamed message's [`Legs`], given the wall-clock milliseconds of
+/// its POST's start and of its arrival.
+fn legs_of(v: &Value, sent: f64, arrived: f64) -> Legs {
+    let ms = |x: &Value| {
+        x.as_str()
+            .and_then(rsnet_common::model::Timestamp::parse_rfc3339)
+            .map(|t| t.0 as f64)
+    };
+    let mut points = vec![sent];
+    points.extend(ms(&v["created"]));
+    if let Some(hops) = v["routing"].as_array() {
+        // The first hop is the proxy, at `created`; the last the
+        // appserver, at `received`.
+        points.extend(hops.iter().skip(1).filter_map(|h| ms(&h["time"])));
+    }
+    points.push(arrived);
+    points.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// Prints the median and p99 of each leg of `legs` under `names`.
+pub fn print_legs(what: &str, names: &[&str], legs: &[Legs]) {
+    let mut parts = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut l: Vec<f64> = legs.iter().filter_map(|x| x.get(i).copied()).collect();
+        if l.is_empty() {
+            continue;
+        }
+        l.sort_by(f64::total_cmp);
+        let q = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
+        parts.push(format!("{name} {:.1} / {:.1}", q(0.5), q(0.99)));
+    }
+    eprintln!(
+        "{what}, by leg (ms, p50 / p99; header times are whole ms): {}",
+        parts.join(", ")
+    );
 }
 
 /// The benchmarks' tree: appserver ← acme.mlm1 ← acme.p1, heartbeats out of the way.
@@ -272,7 +344,7 @@ async fn rsnet(dir: &std::path::Path, proxy_uplink: &str) -> peer::Figures {
 
     // ---- latency at a fixed offered load
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let (reader, lat) = follow_stream(&op, "bench", sent_at.clone()).await;
+    let (reader, lat, legs) = follow_stream_legs(&op, "bench", sent_at.clone()).await;
     let (mut tick, per_tick) = peer::ticker(RATE);
     let lat_deadline = Instant::now() + Duration::from_secs(LATENCY_SECS);
     let mut i = 0;
@@ -308,6 +380,16 @@ async fn rsnet(dir: &std::path::Path, proxy_uplink: &str) -> peer::Figures {
     l.sort();
     drop(tree);
     eprintln!("rsnet: {accepted} msgs accepted by the proxy in {accept_secs:.1} s, all stored after {stored_secs:.1} s");
+    print_legs(
+        "rsnet latency",
+        &[
+            "POST → proxy's created",
+            "→ MLM hop",
+            "→ appserver hop",
+            "→ on the stream",
+        ],
+        &legs.lock().expect("legs"),
+    );
     peer::Figures {
         name: if proxy_uplink.is_empty() {
             "rsnet (proxy → MLM → appserver, mTLS, fsync at proxy and appserver; defaults: zstd on the proxy's uplink)"
