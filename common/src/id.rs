@@ -137,42 +137,13 @@ pub struct MessageId(uuid::Uuid);
 /// process sort in the order they were made, even within a millisecond.
 static LAST_V7: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Random bytes from the OS, drawn 4 KiB at a time per thread: one
-/// `getrandom` call per 512 IDs instead of one per ID (it was 4 % of a
-/// proxy's CPU).
-struct RandomPool {
-    buf: [u8; 4096],
-    at: usize,
-}
-
-thread_local! {
-    static POOL: std::cell::RefCell<RandomPool> = const {
-        std::cell::RefCell::new(RandomPool { buf: [0; 4096], at: 4096 })
-    };
-}
-
-/// Eight bytes of OS randomness, or `None` if the OS gives none.
-fn random_u64() -> Option<u64> {
-    use ring::rand::SecureRandom;
-    POOL.with(|p| {
-        let mut p = p.try_borrow_mut().ok()?;
-        if p.at + 8 > p.buf.len() {
-            ring::rand::SystemRandom::new().fill(&mut p.buf).ok()?;
-            p.at = 0;
-        }
-        let at = p.at;
-        p.at += 8;
-        Some(u64::from_le_bytes(p.buf[at..at + 8].try_into().ok()?))
-    })
-}
-
 impl MessageId {
     /// A fresh, time-ordered ID: a UUIDv7 of the current millisecond, a
     /// 12-bit counter (rand_a) that keeps IDs of one process in order,
     /// and 62 random bits (rand_b) from the OS.
     pub fn new() -> Self {
         use std::sync::atomic::Ordering;
-        let Some(random) = random_u64() else {
+        let Some(random) = crate::random::u64() else {
             return MessageId(uuid::Uuid::now_v7());
         };
         let now_ms = std::time::SystemTime::now()

@@ -1,6 +1,7 @@
 //! rsnet-common: everything the three tiers share.
 //!
 //! * [`id`], [`model`]: identifiers and the message model (DESIGN.md §2–3).
+//! * [`random`]: OS randomness, pooled per thread (IDs, MIME boundaries).
 //! * [`envelope`]: the `multipart/related` exchange format and its XML parts.
 //! * [`store`]: durable embedded storage (redb) behind narrow traits.
 //! * [`tls`]: certificates, identities from certificates, mTLS configs, CRLs.
@@ -43,6 +44,7 @@ pub mod model;
 pub mod pipeline;
 pub mod process;
 pub mod qos;
+pub mod random;
 pub mod ready;
 pub mod release;
 pub mod seal;

@@ -3,14 +3,15 @@
 //! Each child POST that reaches this stage gets the MLM's routing hop on
 //! every message, is checked once more against the envelope budget (a
 //! message that cannot travel further is rejected for good, so it can never
-//! poison an upstream batch), and is handed to the relay task. That task
-//! takes the first waiting batch plus every other batch already queued (up
-//! to `max_batch` messages) and [`deliver`]s them upward, cutting envelopes
-//! by bytes (up to `max_inflight` at once); each child hears the parent's
-//! answers for its own messages. Whatever the parent did not answer, or
-//! could not be reached for, is answered "rejected, retry after": the child
-//! keeps it spooled, so backpressure reaches the edge and the MLM holds
-//! nothing.
+//! poison an upstream batch), and is handed to the relay task. Whenever one
+//! of its `max_inflight` upstream slots is free, that task takes the first
+//! waiting batch plus every other batch already queued (up to `max_batch`
+//! messages) and [`deliver`]s them upward, cutting envelopes by bytes; while
+//! every slot is busy, the children's batches wait and then leave together.
+//! Each child hears the parent's answers for its own messages. Whatever the
+//! parent did not answer, or could not be reached for, is answered
+//! "rejected, retry after": the child keeps it spooled, so backpressure
+//! reaches the edge and the MLM holds nothing.
 //!
 //! Routes the exchange taught ([`Exchange::persist`]) are committed before
 //! the child is answered.
@@ -184,7 +185,17 @@ async fn run(
     c: Arc<Counters>,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_inflight));
-    while let Some(first) = rx.recv().await {
+    loop {
+        // A free slot first, then the batch: while every slot is busy, the
+        // children's batches pile up in the queue and leave as one envelope
+        // (one upstream exchange, one commit at the parent) instead of
+        // one each.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
         let mut n = first.parcels.len();
         let mut jobs = vec![first];
         while n < cfg.max_batch {
@@ -196,9 +207,6 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let (uplink, c, cfg) = (uplink.clone(), c.clone(), cfg.clone());
         tokio::spawn(async move {
             send(jobs, &uplink, &cfg, &c).await;

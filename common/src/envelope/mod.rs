@@ -452,7 +452,7 @@ impl EnvelopeWriter {
 fn fresh_boundary() -> String {
     const ALPHABET: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let mut raw = [0u8; 16];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw).is_err() {
+    if !crate::random::fill(&mut raw) {
         // No system randomness: fall back to a v7 UUID's random bits.
         return format!("rsnet-{}", uuid::Uuid::now_v7().simple());
     }

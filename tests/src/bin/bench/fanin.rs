@@ -29,6 +29,20 @@ struct Step {
     p50: Duration,
     p99: Duration,
     mlm_cpu_us: f64,
+    upstream_posts: u64,
+}
+
+/// The MLM's count of envelopes sent upstream, from its `/metrics`.
+async fn upstream_posts(mlm: &rsnet_common::client::Target) -> u64 {
+    let Ok((_, b)) = rsnet_common::client::call(mlm, http::Method::GET, "/metrics", None).await
+    else {
+        return 0;
+    };
+    String::from_utf8_lossy(&b)
+        .lines()
+        .find_map(|l| l.strip_prefix("rsnet_relay_upstream_posts_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 pub async fn run(dir: &std::path::Path) {
@@ -40,6 +54,10 @@ pub async fn run(dir: &std::path::Path) {
         "https://127.0.0.1:{}",
         tree.nodes[mlm].addr.expect("addr").port()
     );
+    let mlm_metrics = rsnet_common::client::Target::Tls {
+        base: url.clone(),
+        config: Arc::new(crate::peer::child_tls(&tree, "acme.fmetrics")),
+    };
     // One certificate and one connection per child.
     let t0 = Instant::now();
     let mut links = Vec::with_capacity(CHILDREN);
@@ -78,6 +96,7 @@ pub async fn run(dir: &std::path::Path) {
         let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let (reader, lat) = crate::follow_stream(&op, "fanin", sent_at.clone()).await;
         let base = crate::last_seq(&op).await;
+        let posts_before = upstream_posts(&mlm_metrics).await;
         let meter = crate::peer::CpuMeter::start(vec![pid]);
         let end = Instant::now() + Duration::from_secs(STEP_SECS);
         let every = Duration::from_secs_f64(1.0 / per_child);
@@ -129,6 +148,9 @@ pub async fn run(dir: &std::path::Path) {
         }
         let stored = (crate::last_seq(&op).await - base) as usize;
         let mlm_cpu_us = meter.us_per(stored as f64);
+        let upstream_posts = upstream_posts(&mlm_metrics)
+            .await
+            .saturating_sub(posts_before);
         let wait_until = Instant::now() + Duration::from_secs(5);
         while lat.lock().expect("lat").len() < stored && Instant::now() < wait_until {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -143,14 +165,15 @@ pub async fn run(dir: &std::path::Path) {
             p50: quantile(&l, 0.5),
             p99: quantile(&l, 0.99),
             mlm_cpu_us,
+            upstream_posts,
         });
     }
     println!("### Fan-in: {CHILDREN} children (own certificate and mTLS connection each) → one MLM → appserver\n");
-    println!("| per child | offered total | stored | stored per second | p50 send → stream | p99 | MLM CPU per message |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| per child | offered total | stored | stored per second | p50 send → stream | p99 | MLM CPU per message | messages per upstream exchange |");
+    println!("|---|---|---|---|---|---|---|---|");
     for s in &steps {
         println!(
-            "| {} msg/s | {:.0} msg/s | {} of {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} µs |",
+            "| {} msg/s | {:.0} msg/s | {} of {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} µs | {:.1} |",
             s.per_child,
             s.per_child * CHILDREN as f64,
             s.stored,
@@ -159,6 +182,7 @@ pub async fn run(dir: &std::path::Path) {
             s.p50.as_secs_f64() * 1e3,
             s.p99.as_secs_f64() * 1e3,
             s.mlm_cpu_us,
+            s.stored as f64 / s.upstream_posts.max(1) as f64,
         );
     }
     let best = steps
