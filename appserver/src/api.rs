@@ -61,6 +61,8 @@ pub const DEFAULT_PAGE: usize = 100;
 /// Records one query may scan before returning a partial page (bounds the
 /// cost of a filter that matches little); the caller resumes from `next`.
 pub const MAX_SCAN: usize = 100_000;
+/// Messages the stream reads per page (from the feed or the store).
+const STREAM_PAGE: usize = 256;
 /// Comment line sent on an idle stream so proxies keep it open.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
@@ -74,6 +76,8 @@ pub struct Api {
     pub messages: Arc<dyn MessageStore>,
     /// The last committed sequence number, for the stream.
     pub committed: watch::Receiver<u64>,
+    /// The latest stored messages, rendered once for every subscriber.
+    pub feed: Arc<crate::feed::Feed>,
     /// Components (read side; ingest writes it).
     pub topology: Arc<Mutex<Topology>>,
     /// Operator sends and groups.
@@ -612,24 +616,43 @@ impl Api {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
         let store = self.messages.clone();
         let mut committed = self.committed.clone();
+        let feed = self.feed.clone();
         tokio::spawn(async move {
+            let _listening = feed.listen();
             let mut cursor = from;
             let _ = tx.send(Bytes::from_static(b": rsnet stream\n\n")).await;
             loop {
-                let (s, f) = (store.clone(), filter.clone());
-                let page =
-                    tokio::task::spawn_blocking(move || s.scan(cursor, 256, MAX_SCAN, &f)).await;
-                let Ok(Ok((msgs, next))) = page else { return };
                 // A page's events go out as one chunk (one frame, one TLS
-                // record run), not one each.
-                let mut events = String::new();
-                for (seq, m) in msgs.iter().filter(|(_, m)| op.sees(&m.source)) {
-                    events.push_str("id: ");
-                    events.push_str(&seq.to_string());
-                    events.push_str("\nevent: message\ndata: ");
-                    events.push_str(&message_json(*seq, m));
-                    events.push_str("\n\n");
-                }
+                // record run), not one each: from the feed when it holds
+                // what comes next, else read back from the store.
+                let mut events = Vec::new();
+                let next = if let Some(page) = feed.after(cursor, STREAM_PAGE) {
+                    for e in &page {
+                        if op.sees(&e.source)
+                            && filter.admits(&e.source, &e.class, e.subclass.as_deref(), e.created)
+                        {
+                            events.extend_from_slice(&e.text);
+                            feed.from_feed.inc();
+                        }
+                    }
+                    page.last().map_or(cursor, |e| e.seq)
+                } else {
+                    let (s, f) = (store.clone(), filter.clone());
+                    let page = tokio::task::spawn_blocking(move || {
+                        s.scan(cursor, STREAM_PAGE, MAX_SCAN, &f)
+                    })
+                    .await;
+                    let Ok(Ok((msgs, next))) = page else { return };
+                    for (seq, m) in msgs.iter().filter(|(_, m)| op.sees(&m.source)) {
+                        events.extend_from_slice(b"id: ");
+                        events.extend_from_slice(seq.to_string().as_bytes());
+                        events.extend_from_slice(b"\nevent: message\ndata: ");
+                        events.extend_from_slice(message_json(*seq, m).as_bytes());
+                        events.extend_from_slice(b"\n\n");
+                        feed.from_store.inc();
+                    }
+                    next
+                };
                 if !events.is_empty() && tx.send(Bytes::from(events)).await.is_err() {
                     return;
                 }

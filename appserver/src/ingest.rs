@@ -4,7 +4,10 @@
 //! Each exchange POST becomes one request to a [`GroupCommit`] writer, so
 //! concurrent children's batches share one transaction and one fsync. A
 //! message is answered `accepted` only after that commit; a repeated
-//! message ID is answered `accepted` again and not stored twice.
+//! message ID is answered `accepted` again and not stored twice. While a
+//! stream subscriber listens, each message is also rendered for the
+//! stream's [`crate::feed`] here, on the exchange's task, and published by
+//! the writer with its sequence number.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,18 +23,37 @@ use rsnet_common::store::{Appended, GroupCommit, MessageStore, StoreError, Store
 use tokio::sync::watch;
 
 use crate::deliveries::{Deliveries, Event};
+use crate::feed::{Feed, Rendered};
 use crate::topology::Topology;
 use crate::uploads::Uploads;
 
-type Batch = (Vec<StoredMessage>, Vec<(String, Vec<u8>)>);
+/// One exchange's request to the store writer: its messages, each one's
+/// rendering for the stream's feed (empty when nobody listened), and the
+/// state it taught.
+struct Batch {
+    messages: Vec<StoredMessage>,
+    rendered: Vec<Option<Rendered>>,
+    state: Vec<(String, Vec<u8>)>,
+}
+
+/// What ingest tells of the messages it stores, beside the store.
+pub struct Consumers {
+    /// Components, learned from headers.
+    pub topology: Arc<Mutex<Topology>>,
+    /// Delivery records, from reports.
+    pub deliveries: Arc<Deliveries>,
+    /// Bulk grants, from requests.
+    pub uploads: Arc<Uploads>,
+    /// Rollouts, from release reports.
+    pub releases: Arc<crate::releases::Releases>,
+    /// The stream's feed, from everything stored.
+    pub feed: Arc<Feed>,
+}
 
 /// The appserver's terminal stage: validate, store once, answer.
 pub struct Ingest {
     me: ComponentId,
-    topology: Arc<Mutex<Topology>>,
-    deliveries: Arc<Deliveries>,
-    uploads: Arc<Uploads>,
-    releases: Arc<crate::releases::Releases>,
+    to: Consumers,
     writer: GroupCommit<Batch, Result<Vec<Appended>, StoreError>>,
     stored: Counter,
     duplicates: Counter,
@@ -39,32 +61,48 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Starts the store writer over `messages`; returns the stage and the
-    /// last committed sequence number, for subscribers.
+    /// Starts the store writer over `messages`, publishing what it stores
+    /// to the feed; returns the stage and the last committed sequence
+    /// number, for subscribers.
     ///
     /// # Errors
     /// A writer thread that cannot start.
     pub fn start(
         me: ComponentId,
         messages: Arc<dyn MessageStore>,
-        topology: Arc<Mutex<Topology>>,
-        deliveries: Arc<Deliveries>,
-        uploads: Arc<Uploads>,
-        releases: Arc<crate::releases::Releases>,
+        to: Consumers,
         metrics: &Registry,
     ) -> std::io::Result<(Arc<Ingest>, watch::Receiver<u64>)> {
         let (tx, rx) = watch::channel(messages.last_seq());
         let m = messages.clone();
+        let published = to.feed.clone();
         let writer = GroupCommit::spawn("store-writer", move |batches: Vec<Batch>| {
-            let sizes: Vec<usize> = batches.iter().map(|b| b.0.len()).collect();
-            let (mut msgs, mut state) = (Vec::new(), Vec::new());
-            for (m, s) in batches {
-                msgs.extend(m);
-                state.extend(s);
+            let sizes: Vec<usize> = batches.iter().map(|b| b.messages.len()).collect();
+            let (mut msgs, mut rendered, mut state) = (Vec::new(), Vec::new(), Vec::new());
+            // Nothing to carry (or allocate) when nobody listened.
+            let any_rendered = batches.iter().any(|b| !b.rendered.is_empty());
+            for b in batches {
+                if any_rendered && b.rendered.is_empty() {
+                    rendered.extend(b.messages.iter().map(|_| None));
+                } else {
+                    rendered.extend(b.rendered);
+                }
+                msgs.extend(b.messages);
+                state.extend(b.state);
             }
             #[allow(clippy::disallowed_methods)] // on the store writer thread
             match m.append(msgs, state) {
                 Ok(mut all) => {
+                    // The feed first, then the announcement: a subscriber
+                    // woken by it finds the new messages there.
+                    let mut r = rendered.into_iter();
+                    published.publish(all.iter().filter_map(|a| {
+                        let r = r.next().flatten();
+                        match a {
+                            Appended::Stored(seq) => Some((*seq, r)),
+                            Appended::Duplicate(_) => None,
+                        }
+                    }));
                     let _ = tx.send(m.last_seq());
                     sizes
                         .into_iter()
@@ -81,10 +119,7 @@ impl Ingest {
         );
         let ingest = Arc::new(Ingest {
             me,
-            topology,
-            deliveries,
-            uploads,
-            releases,
+            to,
             writer,
             stored: metrics.counter("rsnet_store_stored_total", "messages stored"),
             duplicates: metrics.counter(
@@ -109,6 +144,8 @@ impl Ingest {
         let now = ex.received;
         let mut decided = Vec::new();
         let mut batch = Vec::with_capacity(items.len());
+        let render = self.to.feed.listening();
+        let mut rendered = Vec::with_capacity(if render { items.len() } else { 0 });
         let mut state = ex.persist.clone();
         let mut ids = Vec::with_capacity(items.len());
         let mut reports = Vec::new();
@@ -121,15 +158,15 @@ impl Ingest {
         let checked: Vec<_> = items
             .into_iter()
             .map(|item| {
-                let s = stored(&item, &self.me, now);
+                let s = stored(&item, &self.me, now, render);
                 (item, s)
             })
             .collect();
         {
-            let mut topo = self.topology.lock().unwrap_or_else(|p| p.into_inner());
+            let mut topo = self.to.topology.lock().unwrap_or_else(|p| p.into_inner());
             for (item, checked) in checked {
                 match checked {
-                    Ok((s, content)) => {
+                    Ok((s, content, r)) => {
                         match (content, item.header.source()) {
                             (Content::Response(r), Some(src)) => reports.push(Event::Reported {
                                 origin: src.origin.clone(),
@@ -149,6 +186,9 @@ impl Ingest {
                         topo.learn(&item.header, now, &mut state);
                         ids.push(item.header.id);
                         batch.push(s);
+                        if render {
+                            rendered.push(r);
+                        }
                     }
                     Err(reason) => decided.push((item.header.id, Verdict::reject(reason))),
                 }
@@ -161,8 +201,13 @@ impl Ingest {
                 decided,
             };
         }
-        let delivery = self.deliveries.apply(reports);
-        let (stored, delivery) = tokio::join!(self.writer.submit((batch, state)), delivery);
+        let delivery = self.to.deliveries.apply(reports);
+        let request = Batch {
+            messages: batch,
+            rendered,
+            state,
+        };
+        let (stored, delivery) = tokio::join!(self.writer.submit(request), delivery);
         if let Err(e) = delivery {
             tracing::warn!(error = %e, "delivery state not persisted");
         }
@@ -187,10 +232,10 @@ impl Ingest {
                     decided.push((id, Verdict::Absorb { correlation: None }));
                 }
                 if !fresh.is_empty() {
-                    self.uploads.requested(fresh).await;
+                    self.to.uploads.requested(fresh).await;
                 }
                 if !reports.is_empty() {
-                    let releases = &self.releases;
+                    let releases = &self.to.releases;
                     releases
                         .rollout
                         .reported(reports, |id| releases.signed(id))
@@ -223,11 +268,14 @@ impl Stage for Ingest {
     }
 }
 
+/// A checked item as it is stored, its content, and (if `render`) its
+/// rendering for the stream's feed.
 fn stored(
     item: &Item,
     me: &ComponentId,
     now: Timestamp,
-) -> Result<(StoredMessage, Content), String> {
+    render: bool,
+) -> Result<(StoredMessage, Content, Option<Rendered>), String> {
     // The appserver is a final receiver: it checks the content, not just the header.
     let content = item.content().map_err(|e| e.to_string())?;
     let source = item.header.source().ok_or("no source")?.origin.clone();
@@ -237,6 +285,11 @@ fn stored(
         id: me.clone(),
         time: now,
     });
+    let rendered = if render {
+        Rendered::of(&header, &content, now)
+    } else {
+        None
+    };
     Ok((
         StoredMessage {
             id: item.header.id,
@@ -250,5 +303,6 @@ fn stored(
             content: item.content.clone(),
         },
         content,
+        rendered,
     ))
 }

@@ -18,6 +18,7 @@ pub mod audit;
 pub mod deliveries;
 pub mod enrollments;
 pub mod error;
+pub mod feed;
 pub mod groups;
 pub mod ingest;
 pub mod outbound;
@@ -164,13 +165,17 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     )?);
     let messages = store.messages()?;
     let topology = Arc::new(Mutex::new(Topology::load(kv.list(topology::PREFIX)?)));
+    let feed = feed::Feed::new(feed::FEED_BYTES, &metrics);
     let (ingest, committed) = Ingest::start(
         me.id.clone(),
         messages.clone(),
-        topology.clone(),
-        deliveries.clone(),
-        uploads.clone(),
-        releases.clone(),
+        ingest::Consumers {
+            topology: topology.clone(),
+            deliveries: deliveries.clone(),
+            uploads: uploads.clone(),
+            releases: releases.clone(),
+            feed: feed.clone(),
+        },
         &metrics,
     )?;
     // Clients without a certificate get a TLS session only where this
@@ -229,6 +234,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         ),
         messages,
         committed,
+        feed,
         topology,
         outbound,
         deliveries,

@@ -67,6 +67,40 @@ impl<'a> MessageView<'a> {
         // Every field serializes without error (strings, numbers, values).
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// The view as JSON text in two pieces, around the value of field
+    /// `key`: `before + value + after` is what [`MessageView::to_json`]
+    /// writes with that value. For a value known only later (the
+    /// appserver's stream renders a message before the store gives it its
+    /// sequence number). Without such a field, `after` is empty.
+    pub fn to_json_around(&self, key: &str) -> (String, String) {
+        let mut order: Vec<&(&'static str, Field<'_>)> = self.0 .0.iter().collect();
+        order.sort_by_key(|(k, _)| *k);
+        let mut out: Vec<u8> = Vec::with_capacity(1024);
+        let mut before = None;
+        out.push(b'{');
+        for (i, (k, v)) in order.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // Keys are this module's own names: nothing to escape, but
+            // written as serde_json writes them all the same.
+            let _ = serde_json::to_writer(&mut out, k);
+            out.push(b':');
+            if *k == key && before.is_none() {
+                before = Some(std::mem::take(&mut out));
+                continue;
+            }
+            let _ = serde_json::to_writer(&mut out, v);
+        }
+        out.push(b'}');
+        // serde_json writes UTF-8 only.
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap_or_default();
+        match before {
+            Some(b) => (text(b), text(out)),
+            None => (text(out), String::new()),
+        }
+    }
 }
 
 impl serde::Serialize for MessageView<'_> {
@@ -507,6 +541,14 @@ mod tests {
             )
         );
         sorted(&text);
+        // In two pieces around `seq`, the same text with any value there.
+        let view = MessageView::new(&h, Ok(&c))
+            .with_u64("seq", 0)
+            .with_time("received", Timestamp(1_700_000_000_009));
+        let (before, after) = view.to_json_around("seq");
+        assert!(before.ends_with(r#","seq":"#), "{before}");
+        assert_eq!(format!("{before}7{after}"), text);
+        assert_eq!(view.to_json_around("nope"), (view.to_json(), String::new()));
     }
 
     #[test]

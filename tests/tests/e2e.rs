@@ -472,6 +472,81 @@ async fn hostile_input_gets_clear_errors_and_nothing_stored_is_lost() {
     assert!(!seen.contains_key(&spoof.header.id.to_string()));
 }
 
+/// A subscription to the appserver's stream, as a client reads it.
+struct Sse {
+    body: hyper::body::Incoming,
+    buf: String,
+}
+
+impl Sse {
+    /// Subscribes with `query` (and `Last-Event-ID: last`); returns once the
+    /// stream's opening comment arrived, so the subscriber is registered.
+    async fn open(op: &Target, query: &str, last: Option<u64>) -> Sse {
+        let extra: Vec<(&str, String)> = last
+            .map(|l| ("last-event-id", l.to_string()))
+            .into_iter()
+            .collect();
+        let resp = rsnet_common::client::send(
+            op,
+            Method::GET,
+            &format!("/api/v1/stream?{query}"),
+            None,
+            &extra,
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut sse = Sse {
+            body: resp.into_body(),
+            buf: String::new(),
+        };
+        while !sse.buf.contains(": rsnet stream\n\n") {
+            sse.more().await;
+        }
+        let at = sse.buf.find(": rsnet stream\n\n").unwrap_or(0);
+        sse.buf.drain(..at + ": rsnet stream\n\n".len());
+        sse
+    }
+
+    async fn more(&mut self) {
+        use http_body_util::BodyExt;
+        let f = tokio::time::timeout(Duration::from_secs(30), self.body.frame())
+            .await
+            .expect("stream data in time")
+            .unwrap()
+            .unwrap();
+        self.buf
+            .push_str(&String::from_utf8_lossy(&f.into_data().unwrap_or_default()));
+    }
+
+    /// The next `n` events: (sequence number, data line). A chunk may hold
+    /// many events: the reader stops after the `n`th, as a client that goes
+    /// away then would.
+    async fn events(&mut self, n: usize) -> Vec<(u64, String)> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            while let Some(end) = self.buf.find("\n\n").filter(|_| got.len() < n) {
+                let ev: String = self.buf.drain(..end + 2).collect();
+                if let (Some(id), Some(data)) = (
+                    ev.lines().find_map(|l| l.strip_prefix("id: ")),
+                    ev.lines().find_map(|l| l.strip_prefix("data: ")),
+                ) {
+                    got.push((id.parse().unwrap(), data.to_string()));
+                }
+            }
+            if got.len() < n {
+                self.more().await;
+            }
+        }
+        got
+    }
+}
+
+fn event_id(data: &str) -> String {
+    let v: Value = serde_json::from_str(data).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_resumes_from_last_event_id_without_gaps_or_repeats() {
     let tree = tokio::task::block_in_place(|| {
@@ -489,55 +564,17 @@ async fn stream_resumes_from_last_event_id_without_gaps_or_repeats() {
         .await
         .unwrap();
 
-    // Read events until we have `n` of subclass sse; return (ids, last event id).
-    async fn read(op: &Target, last: Option<u64>, n: usize) -> (Vec<String>, u64) {
-        use http_body_util::BodyExt;
-        let extra: Vec<(&str, String)> = last
-            .map(|l| ("last-event-id", l.to_string()))
-            .into_iter()
-            .collect();
-        let resp = rsnet_common::client::send(
-            op,
-            Method::GET,
-            "/api/v1/stream?subclass=sse",
-            None,
-            &extra,
-        )
-        .await
-        .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let mut body = resp.into_body();
-        let (mut ids, mut last_id, mut buf) = (Vec::new(), 0, String::new());
-        while ids.len() < n {
-            let f = tokio::time::timeout(Duration::from_secs(30), body.frame())
-                .await
-                .expect("event in time")
-                .unwrap()
-                .unwrap();
-            buf.push_str(&String::from_utf8_lossy(&f.into_data().unwrap_or_default()));
-            // A chunk may hold many events: the reader stops after the
-            // `n`th, as a client that goes away then would, and resumes
-            // from the last it handled.
-            while let Some(end) = buf.find("\n\n").filter(|_| ids.len() < n) {
-                let ev: String = buf.drain(..end + 2).collect();
-                if let (Some(id), Some(data)) = (
-                    ev.lines().find_map(|l| l.strip_prefix("id: ")),
-                    ev.lines().find_map(|l| l.strip_prefix("data: ")),
-                ) {
-                    last_id = id.parse().unwrap();
-                    let v: Value = serde_json::from_str(data).unwrap();
-                    ids.push(v["id"].as_str().unwrap().to_string());
-                }
-            }
-        }
-        (ids, last_id)
-    }
-    let (got1, last) = read(&op, None, 10).await;
+    // Read 10 events, go away, and resume from the last one handled.
+    let got1 = Sse::open(&op, "subclass=sse", None).await.events(10).await;
+    let last = got1.last().unwrap().0;
     let rest: Vec<String> = send(p1, &alarms("sse2", "acme.p1", 20, "sse"))
         .await
         .unwrap();
-    let (got2, _) = read(&op, Some(last), 40).await;
-    let all: Vec<String> = got1.into_iter().chain(got2).collect();
+    let got2 = Sse::open(&op, "subclass=sse", Some(last))
+        .await
+        .events(40)
+        .await;
+    let all: Vec<String> = got1.iter().chain(&got2).map(|(_, d)| event_id(d)).collect();
     let expected: Vec<String> = first.into_iter().chain(rest).collect();
     assert_eq!(all.len(), 50);
     assert_eq!(
@@ -550,6 +587,90 @@ async fn stream_resumes_from_last_event_id_without_gaps_or_repeats() {
         expected.iter().collect::<HashSet<_>>(),
         "an event was skipped"
     );
+}
+
+/// A subscriber that listens as messages arrive is served from the
+/// appserver's feed (each message rendered once, at ingest); one that
+/// comes later reads them back from the store. Both must read the very
+/// same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_subscriber_and_a_late_one_read_the_same_events() {
+    let tree = tokio::task::block_in_place(|| {
+        start(
+            "feed",
+            &Spec {
+                proxies: vec![("p1".into(), Some(0))],
+                heartbeat_s: 3600,
+                ..Spec::demo()
+            },
+        )
+    });
+    let op = tree.operator_target().unwrap();
+    let app = tree.node_target(0).unwrap();
+    let p1 = tree.nodes[tree.proxies()[0]].addr.unwrap();
+    let sent_from = |from: &'static str| {
+        let app = app.clone();
+        async move {
+            rsnet_demo::metric(
+                &app,
+                &format!("rsnet_stream_events_total{{from=\"{from}\"}}"),
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    // Stored while nobody listens: in the store only.
+    let early: HashSet<String> = send(p1, &alarms("early", "acme.p1", 5, "feed"))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    wait_all_stored(&op, "feed", &early, Duration::from_secs(30)).await;
+    let (_, b) = call(&op, Method::GET, "/api/v1/messages?limit=1", None)
+        .await
+        .unwrap();
+    let after = serde_json::from_slice::<Value>(&b).unwrap()["last"]
+        .as_u64()
+        .unwrap();
+
+    let mut live = Sse::open(&op, &format!("subclass=feed&after={after}"), None).await;
+    let (feed0, store0) = (sent_from("feed").await, sent_from("store").await);
+    let mut sent: HashSet<String> = HashSet::new();
+    for k in 0..2 {
+        sent.extend(
+            send(p1, &alarms(&format!("live{k}"), "acme.p1", 20, "feed"))
+                .await
+                .unwrap(),
+        );
+    }
+    let live_events = live.events(40).await;
+    let ids: HashSet<String> = live_events.iter().map(|(_, d)| event_id(d)).collect();
+    assert_eq!(
+        ids, sent,
+        "the live subscriber read what was sent, once each"
+    );
+    let (feed1, store1) = (sent_from("feed").await, sent_from("store").await);
+    assert_eq!(
+        (feed1 - feed0) + (store1 - store0),
+        40.0,
+        "each event counted once, by where it came from"
+    );
+    assert!(
+        feed1 - feed0 >= 1.0,
+        "the live subscriber was served from the feed"
+    );
+
+    // From the start: the early five, then the same 40, byte for byte.
+    let mut late = Sse::open(&op, "subclass=feed", None).await;
+    let late_events = late.events(45).await;
+    assert!(
+        sent_from("store").await - store1 >= 45.0,
+        "the late subscriber read the store"
+    );
+    let early_read: HashSet<String> = late_events[..5].iter().map(|(_, d)| event_id(d)).collect();
+    assert_eq!(early_read, early);
+    assert_eq!(late_events[5..], live_events[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

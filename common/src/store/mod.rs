@@ -369,14 +369,26 @@ pub struct MessageFilter {
 impl MessageFilter {
     /// True if `m` passes.
     pub fn matches(&self, m: &StoredMessage) -> bool {
-        self.source.as_ref().is_none_or(|s| m.source.is_within(s))
-            && self.class.as_ref().is_none_or(|c| *c == m.class)
+        self.admits(&m.source, &m.class, m.subclass.as_deref(), m.created)
+    }
+
+    /// True if a message of this source, class, subclass and creation time
+    /// passes: what [`MessageFilter::matches`] reads of a stored message.
+    pub fn admits(
+        &self,
+        source: &ComponentId,
+        class: &str,
+        subclass: Option<&str>,
+        created: Timestamp,
+    ) -> bool {
+        self.source.as_ref().is_none_or(|s| source.is_within(s))
+            && self.class.as_ref().is_none_or(|c| c == class)
             && self
                 .subclass
                 .as_ref()
-                .is_none_or(|c| Some(c) == m.subclass.as_ref())
-            && self.since.is_none_or(|t| m.created >= t)
-            && self.until.is_none_or(|t| m.created < t)
+                .is_none_or(|c| Some(c.as_str()) == subclass)
+            && self.since.is_none_or(|t| created >= t)
+            && self.until.is_none_or(|t| created < t)
     }
 }
 
