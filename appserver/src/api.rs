@@ -625,16 +625,17 @@ impl Api {
                 // A page's events go out as one chunk (one frame, one TLS
                 // record run), not one each: from the feed when it holds
                 // what comes next, else read back from the store.
-                let mut events = Vec::new();
+                let (mut events, mut sent) = (Vec::new(), 0u64);
                 let next = if let Some(page) = feed.after(cursor, STREAM_PAGE) {
                     for e in &page {
                         if op.sees(&e.source)
                             && filter.admits(&e.source, &e.class, e.subclass.as_deref(), e.created)
                         {
                             events.extend_from_slice(&e.text);
-                            feed.from_feed.inc();
+                            sent += 1;
                         }
                     }
+                    feed.from_feed.add(sent);
                     page.last().map_or(cursor, |e| e.seq)
                 } else {
                     let (s, f) = (store.clone(), filter.clone());
@@ -644,13 +645,10 @@ impl Api {
                     .await;
                     let Ok(Ok((msgs, next))) = page else { return };
                     for (seq, m) in msgs.iter().filter(|(_, m)| op.sees(&m.source)) {
-                        events.extend_from_slice(b"id: ");
-                        events.extend_from_slice(seq.to_string().as_bytes());
-                        events.extend_from_slice(b"\nevent: message\ndata: ");
-                        events.extend_from_slice(message_json(*seq, m).as_bytes());
-                        events.extend_from_slice(b"\n\n");
-                        feed.from_store.inc();
+                        crate::feed::push_event(&mut events, *seq, &[&message_json(*seq, m)]);
+                        sent += 1;
                     }
+                    feed.from_store.add(sent);
                     next
                 };
                 if !events.is_empty() && tx.send(Bytes::from(events)).await.is_err() {

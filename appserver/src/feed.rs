@@ -87,14 +87,8 @@ impl Rendered {
 
     fn event(self, seq: u64) -> Event {
         let n = seq.to_string();
-        let mut t = String::with_capacity(40 + 2 * n.len() + self.before.len() + self.after.len());
-        t.push_str("id: ");
-        t.push_str(&n);
-        t.push_str("\nevent: message\ndata: ");
-        t.push_str(&self.before);
-        t.push_str(&n);
-        t.push_str(&self.after);
-        t.push_str("\n\n");
+        let mut t = Vec::with_capacity(48 + self.before.len() + self.after.len());
+        push_event(&mut t, seq, &[&self.before, &n, &self.after]);
         Event {
             seq,
             source: self.source,
@@ -104,6 +98,20 @@ impl Rendered {
             text: Bytes::from(t),
         }
     }
+}
+
+/// Appends one server-sent event of message `seq` to `out`: `id: SEQ`,
+/// `event: message`, and its JSON (given in pieces) as `data`. The one
+/// place the stream's event format is written, for the feed and for
+/// messages read back from the store alike.
+pub fn push_event(out: &mut Vec<u8>, seq: u64, json: &[&str]) {
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b"\nevent: message\ndata: ");
+    for piece in json {
+        out.extend_from_slice(piece.as_bytes());
+    }
+    out.extend_from_slice(b"\n\n");
 }
 
 /// The latest events, shared by the store writer and every subscriber.

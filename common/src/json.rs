@@ -74,12 +74,10 @@ impl<'a> MessageView<'a> {
     /// appserver's stream renders a message before the store gives it its
     /// sequence number). Without such a field, `after` is empty.
     pub fn to_json_around(&self, key: &str) -> (String, String) {
-        let mut order: Vec<&(&'static str, Field<'_>)> = self.0 .0.iter().collect();
-        order.sort_by_key(|(k, _)| *k);
         let mut out: Vec<u8> = Vec::with_capacity(1024);
         let mut before = None;
         out.push(b'{');
-        for (i, (k, v)) in order.into_iter().enumerate() {
+        for (i, (k, v)) in self.0.in_order().into_iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -136,11 +134,19 @@ enum Field<'a> {
     Value(Value),
 }
 
+impl<'a> Fields<'a> {
+    /// The fields, keys sorted.
+    fn in_order(&self) -> Vec<&(&'static str, Field<'a>)> {
+        let mut order: Vec<&(&'static str, Field<'a>)> = self.0.iter().collect();
+        order.sort_by_key(|(k, _)| *k);
+        order
+    }
+}
+
 impl serde::Serialize for Fields<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut order: Vec<&(&'static str, Field<'_>)> = self.0.iter().collect();
-        order.sort_by_key(|(k, _)| *k);
+        let order = self.in_order();
         let mut m = s.serialize_map(Some(order.len()))?;
         for (k, v) in order {
             m.serialize_entry(k, v)?;

@@ -295,24 +295,23 @@ impl Inbox {
 
 /// One inbox entry as the integrator sees it.
 fn view(r: &SpoolRecord, destination: &str) -> Value {
-    let text = match wire::decode_header(&r.header) {
+    match wire::decode_header(&r.header) {
         Ok(h) => {
             let content = wire::decode_content(&r.content, h.kind);
-            rsnet_common::json::MessageView::new(
+            let view = rsnet_common::json::MessageView::new(
                 &h,
                 content.as_ref().map_err(|e| format!("content: {e}")),
             )
-            .with_str("destination", destination)
-            .to_json()
+            .with_str("destination", destination);
+            // Every field serializes without error (strings, numbers, values).
+            serde_json::to_value(view).unwrap_or(Value::Null)
         }
         Err(e) => json!({
             "id": r.id.to_string(),
             "error": format!("header: {e}"),
             "destination": destination,
-        })
-        .to_string(),
-    };
-    serde_json::from_str(&text).unwrap_or(Value::Null)
+        }),
+    }
 }
 
 impl Receiver for Inbox {
