@@ -16,7 +16,7 @@ use rsnet_common::envelope::Item;
 use rsnet_common::id::ComponentId;
 use rsnet_common::metrics::{Counter, Registry};
 use rsnet_common::model::Content;
-use rsnet_common::model::{Hop, Timestamp};
+use rsnet_common::model::Hop;
 use rsnet_common::pipeline::{Exchange, Judged, Stage, StageFuture, Verdict};
 use rsnet_common::release;
 use rsnet_common::store::{Appended, GroupCommit, MessageStore, StoreError, StoredMessage};
@@ -155,10 +155,15 @@ impl Ingest {
         let mut rel = Vec::new();
         // Content checks and encoding first, outside the topology lock, so
         // that concurrent exchanges do this work on every core at once.
+        // The appserver is the last hop; the stored header shows the whole path.
+        let hop = Hop {
+            id: self.me.clone(),
+            time: now,
+        };
         let checked: Vec<_> = items
             .into_iter()
             .map(|item| {
-                let s = stored(&item, &self.me, now, render);
+                let s = stored(&item, &hop, render);
                 (item, s)
             })
             .collect();
@@ -268,25 +273,21 @@ impl Stage for Ingest {
     }
 }
 
-/// A checked item as it is stored, its content, and (if `render`) its
+/// A checked item as it is stored (its header with `hop`, the
+/// appserver's, in the compact form), its content, and (if `render`) its
 /// rendering for the stream's feed.
 fn stored(
     item: &Item,
-    me: &ComponentId,
-    now: Timestamp,
+    hop: &Hop,
     render: bool,
 ) -> Result<(StoredMessage, Content, Option<Rendered>), String> {
     // The appserver is a final receiver: it checks the content, not just the header.
     let content = item.content().map_err(|e| e.to_string())?;
     let source = item.header.source().ok_or("no source")?.origin.clone();
-    // The appserver is the last hop; the stored header shows the whole path.
-    let mut header = item.header.clone();
-    header.routing.push(Hop {
-        id: me.clone(),
-        time: now,
-    });
     let rendered = if render {
-        Rendered::of(&header, &content, now)
+        let mut header = item.header.clone();
+        header.routing.push(hop.clone());
+        Rendered::of(&header, &content, hop.time)
     } else {
         None
     };
@@ -298,8 +299,8 @@ fn stored(
             subclass: item.header.subclass.clone(),
             kind: item.header.kind,
             created: item.header.created,
-            received: now,
-            header: rsnet_common::envelope::wire::encode_header(&header).into(),
+            received: hop.time,
+            header: item.header_with_hop(hop),
             content: item.content.clone(),
         },
         content,

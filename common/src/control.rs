@@ -83,10 +83,7 @@ pub async fn run_pending(
                 continue;
             }
         };
-        let item = Item {
-            header,
-            content: r.content.clone(),
-        };
+        let item = Item::of(header, r.content.clone());
         let dests: Vec<ComponentId> = match &item.header.direction {
             crate::model::Direction::Destination(d) => {
                 d.ids.iter().filter(|x| x.is_within(&me)).cloned().collect()
@@ -106,7 +103,7 @@ pub async fn run_pending(
                 Ok((kind, content)) => {
                     let mut header = item.header.clone();
                     header.kind = kind;
-                    act(node, dest, &Item { header, content }).await
+                    act(node, dest, &Item::of(header, content)).await
                 }
                 Err(e) => {
                     tracing::warn!(message = %item.header.id, %dest, reason = %e, "control action refused");

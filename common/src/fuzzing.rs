@@ -6,19 +6,42 @@
 //! never panic, and whatever it accepts must survive a round trip.
 
 use crate::envelope::wire::{
-    decode_content, decode_control, decode_header, encode_content, encode_control, encode_header,
-    encode_header_compact,
+    decode_content, decode_control, decode_header, decode_received_header, encode_content,
+    encode_control, encode_header, encode_header_compact,
 };
 use crate::envelope::{decode_bytes, EnvelopeWriter, Form};
 use crate::model::{Content, ContentKind, Data, Encoding};
 use crate::release::{self, Report};
 
 /// A message header (full or compact): decodes, or is refused; re-encodes
-/// in either form to the same header.
+/// in either form to the same header; where its bytes take one more hop
+/// in place, they decode to the same header with that hop.
 pub fn header(data: &[u8]) {
-    if let Ok(h) = decode_header(data) {
+    let bytes = bytes::Bytes::copy_from_slice(data);
+    let received = decode_received_header(&bytes);
+    assert_eq!(
+        received.as_ref().map(|(h, _)| h),
+        decode_header(data).as_ref(),
+        "the two readers differ"
+    );
+    if let Ok((h, raw)) = received {
         for xml in [encode_header(&h), encode_header_compact(&h)] {
             assert_eq!(decode_header(xml.as_bytes()).as_ref(), Ok(&h), "{xml}");
+        }
+        if let Some(raw) = raw {
+            let hop = crate::model::Hop {
+                id: "fuzz.hop".parse().expect("a valid ID"),
+                time: crate::model::Timestamp(1_700_000_000_123),
+            };
+            let mut want = h.clone();
+            want.routing.push(hop.clone());
+            let spliced = raw.with_hop(&hop, h.created);
+            assert_eq!(
+                decode_header(&spliced).as_ref(),
+                Ok(&want),
+                "{}",
+                String::from_utf8_lossy(&spliced)
+            );
         }
     }
 }

@@ -20,9 +20,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use rsnet_common::backchannel::BackChannelClient;
-use rsnet_common::envelope::{budget, wire, Item};
+use rsnet_common::envelope::{budget, Item};
 use rsnet_common::forward::{deliver, ForwardConfig, Parcel};
 use rsnet_common::id::{ComponentId, MessageId};
 use rsnet_common::metrics::{Counter, Registry};
@@ -94,17 +93,17 @@ impl Relay {
         }
     }
 
-    /// Stamps this MLM's hop on `item` and encodes it, or says why it cannot travel on.
-    fn parcel(&self, mut item: Item, hop: &Hop) -> Result<Parcel, (MessageId, Verdict)> {
+    /// Stamps this MLM's hop on `item`'s header (put into the received bytes
+    /// where they allow it), or says why it cannot travel on.
+    fn parcel(&self, item: Item, hop: &Hop) -> Result<Parcel, (MessageId, Verdict)> {
         let id = item.header.id;
-        item.header.routing.push(hop.clone());
-        let header = wire::encode_header_compact(&item.header);
-        let hops = item.header.routing.len();
+        let header = item.header_with_hop(hop);
+        let hops = item.header.routing.len() + 1;
         if let Err(e) = budget::check(header.len(), item.content.len(), hops) {
             self.counters.too_large.inc();
             return Err((id, Verdict::reject(format!("cannot travel further: {e}"))));
         }
-        Ok(Parcel::new(id, Bytes::from(header), item.content, hops))
+        Ok(Parcel::new(id, header, item.content, hops))
     }
 
     /// Relays parcels; returns the parent's answers by message.

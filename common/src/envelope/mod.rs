@@ -68,7 +68,7 @@ use futures_util::Stream;
 
 use crate::id::MessageId;
 use crate::limits::{MAX_ENVELOPE_BYTES, MAX_HEADER_BYTES, MAX_PARTS, MAX_PART_BYTES};
-use crate::model::{Content, Header, Message, Response, Status};
+use crate::model::{Content, Header, Hop, Message, Response, Status};
 pub use wire::InvalidMessage;
 
 /// Protocol version prefix of every node-to-node path.
@@ -110,20 +110,72 @@ const RFC2046_MAX_BOUNDARY: usize = 70;
 ///
 /// Relays route on the header and never parse the content; the appserver
 /// and final receivers call [`Item::content`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Item {
-    /// The parsed header.
+    /// The parsed header. Change it through [`Item::header_mut`], which
+    /// drops `raw`.
     pub header: Header,
     /// The content element, as XML bytes.
     pub content: Bytes,
+    /// The header's bytes as received, when they can take the next hop
+    /// without being written again ([`Item::header_with_hop`]).
+    pub raw: Option<wire::RawHeader>,
 }
+
+/// Items are the same message if header and content are: `raw` is only
+/// how the header was received.
+impl PartialEq for Item {
+    fn eq(&self, other: &Self) -> bool {
+        self.header == other.header && self.content == other.content
+    }
+}
+impl Eq for Item {}
 
 impl Item {
     /// Wraps a whole message (encodes its content once).
     pub fn new(m: &Message) -> Self {
+        Item::of(
+            m.header.clone(),
+            Bytes::from(wire::encode_content(&m.content)),
+        )
+    }
+
+    /// An item of a header and content XML made here (nothing received).
+    pub fn of(header: Header, content: Bytes) -> Self {
         Item {
-            header: m.header.clone(),
-            content: Bytes::from(wire::encode_content(&m.content)),
+            header,
+            content,
+            raw: None,
+        }
+    }
+
+    /// The header, to change: the received bytes no longer stand for it.
+    pub fn header_mut(&mut self) -> &mut Header {
+        self.raw = None;
+        &mut self.header
+    }
+
+    /// The header with `hop` added to its routing list, as compact XML:
+    /// the received bytes with the hop put in where they allow it
+    /// ([`wire::RawHeader`]), else written anew.
+    pub fn header_with_hop(&self, hop: &Hop) -> Bytes {
+        let with = |h: &Header| {
+            let mut h = h.clone();
+            h.routing.push(hop.clone());
+            h
+        };
+        match &self.raw {
+            Some(raw) => {
+                let b = raw.with_hop(hop, self.header.created);
+                // (One hop too many reads as an error; the budget refuses it.)
+                debug_assert!(
+                    self.header.routing.len() >= crate::limits::MAX_ROUTING_HOPS
+                        || wire::decode_header(&b).ok() == Some(with(&self.header)),
+                    "a header was changed but kept its received bytes"
+                );
+                b
+            }
+            None => Bytes::from(wire::encode_header_compact(&with(&self.header))),
         }
     }
 
@@ -498,14 +550,15 @@ pub fn boundary(content_type: &str) -> Result<String, EnvelopeError> {
 /// Reads a compact message part (module docs) into `out`.
 fn compact_message(index: usize, bytes: Bytes, out: &mut Decoded) -> Result<(), EnvelopeError> {
     match wire::decode_leading_header(&bytes) {
-        Ok((_, end)) if end > MAX_HEADER_BYTES => Err(EnvelopeError::TooLarge {
+        Ok((_, end, _)) if end > MAX_HEADER_BYTES => Err(EnvelopeError::TooLarge {
             what: "header",
             limit: MAX_HEADER_BYTES as u64,
         }),
-        Ok((header, end)) => {
+        Ok((header, end, raw)) => {
             out.items.push(Item {
                 header,
                 content: bytes.slice(end..),
+                raw,
             });
             Ok(())
         }
@@ -553,7 +606,8 @@ where
         MAX_PART_BYTES as usize,
     );
     let mut out = Decoded::default();
-    let mut pending: Option<(MessageId, Result<Header, InvalidMessage>)> = None;
+    type Pending = Result<(Header, Option<wire::RawHeader>), InvalidMessage>;
+    let mut pending: Option<(MessageId, Pending)> = None;
     let mut parts = 0usize;
     while let Some(part) = reader.next().await? {
         parts += 1;
@@ -594,9 +648,9 @@ where
                         limit: MAX_HEADER_BYTES as u64,
                     });
                 }
-                let header = wire::decode_header(&bytes).and_then(|h| {
+                let header = wire::decode_received_header(&bytes).and_then(|(h, raw)| {
                     if h.id == id {
-                        Ok(h)
+                        Ok((h, raw))
                     } else {
                         Err(InvalidMessage::Field {
                             field: "header/@id".into(),
@@ -608,9 +662,10 @@ where
             }
             "content" => match pending.take() {
                 Some((hid, header)) if hid == id => match header {
-                    Ok(header) => out.items.push(Item {
+                    Ok((header, raw)) => out.items.push(Item {
                         header,
                         content: bytes,
+                        raw,
                     }),
                     Err(error) => out.rejected.push(Rejected { id, error }),
                 },

@@ -22,6 +22,16 @@
 //!
 //! Only a parent that advertises the compact form is sent compact headers
 //! (an older one requires every field: see [`crate::envelope::Form`]).
+//!
+//! # One more hop without writing the header again
+//!
+//! A relay and the appserver add their routing hop to every header they
+//! pass on or store. When the header as received ends with its routing
+//! list (`…</routing></header>`, as every rsnet node writes it), the
+//! reader notes where the next `<hop/>` goes, and [`RawHeader::with_hop`]
+//! copies the received bytes with the hop put in there: the same header a
+//! reader decodes, plus the hop, without encoding it again. Any other
+//! shape is written anew from the parsed header.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -112,17 +122,22 @@ fn encode(h: &Header, compact: bool) -> String {
     if !h.routing.is_empty() {
         s.push_str("<routing>");
         for hop in &h.routing {
-            s.push_str("<hop");
-            attr(&mut s, "id", hop.id.as_str());
-            if !(compact && hop.time == h.created) {
-                attr_time(&mut s, "time", hop.time);
-            }
-            s.push_str("/>");
+            push_hop(&mut s, hop, h.created, compact);
         }
         s.push_str("</routing>");
     }
     s.push_str("</header>");
     s
+}
+
+/// One `<hop/>`; compact leaves out a time equal to `created`.
+fn push_hop(s: &mut String, hop: &Hop, created: Timestamp, compact: bool) {
+    s.push_str("<hop");
+    attr(s, "id", hop.id.as_str());
+    if !(compact && hop.time == created) {
+        attr_time(s, "time", hop.time);
+    }
+    s.push_str("/>");
 }
 
 /// An attribute holding a time: RFC 3339 text, which needs no escaping.
@@ -166,6 +181,11 @@ struct Found {
     destination: Option<(Option<String>, Vec<String>)>,
     qos: Option<(Option<String>, Option<String>, Option<String>)>,
     routing: Vec<Hopping>,
+    /// Where the next hop goes, if the root's last child is `<routing>`
+    /// (set when the root ends).
+    hop_at: Option<usize>,
+    /// Just before the latest `</routing>`, while no element followed it.
+    routing_end: Option<usize>,
 }
 
 /// A hop's `id` and `time`, parsed as read.
@@ -234,21 +254,93 @@ pub fn decode_header(xml: &[u8]) -> Result<Header, InvalidMessage> {
     validate(f)
 }
 
+/// [`decode_header`] of a received header part, with its bytes kept for
+/// [`RawHeader::with_hop`] when they can take one.
+///
+/// # Errors
+/// As [`decode_header`].
+pub fn decode_received_header(
+    xml: &bytes::Bytes,
+) -> Result<(Header, Option<RawHeader>), InvalidMessage> {
+    let mut f = Found::default();
+    read(xml, &mut f, false)?;
+    let raw = RawHeader::of(xml, f.hop_at);
+    Ok((validate(f)?, raw))
+}
+
+/// A compact part's leading header: the header, where it ends, and its
+/// bytes if they can take a hop ([`decode_leading_header`]).
+pub type Leading = (Header, usize, Option<RawHeader>);
+
 /// Parses the header element a compact message part starts with (the
-/// content element follows it); returns the header and where it ends.
+/// content element follows it); returns the header, where it ends, and
+/// its bytes for [`RawHeader::with_hop`] when they can take one.
 ///
 /// # Errors
 /// What is wrong, with the header's `id` if that could be read, so the
 /// message can be answered.
 pub fn decode_leading_header(
-    xml: &[u8],
-) -> Result<(Header, usize), (Option<MessageId>, InvalidMessage)> {
+    xml: &bytes::Bytes,
+) -> Result<Leading, (Option<MessageId>, InvalidMessage)> {
     let mut f = Found::default();
     let end = read(xml, &mut f, true);
     let id = f.id.as_ref().and_then(|i| i.as_ref().ok().copied());
     match end {
-        Ok(end) => validate(f).map(|h| (h, end)).map_err(|e| (id, e)),
+        Ok(end) => {
+            let raw = RawHeader::of(&xml.slice(..end), f.hop_at);
+            validate(f).map(|h| (h, end, raw)).map_err(|e| (id, e))
+        }
         Err(e) => Err((id, e)),
+    }
+}
+
+/// A header's bytes as received, and where in them the next routing hop
+/// goes (the module docs, "One more hop").
+///
+/// It stands for the header it was decoded into only while that header is
+/// unchanged: whoever changes a header drops its `RawHeader`
+/// ([`crate::envelope::Item::header_mut`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawHeader {
+    bytes: bytes::Bytes,
+    /// Just before the last `</routing>`, which the root's end follows.
+    hop_at: usize,
+}
+
+impl RawHeader {
+    fn of(bytes: &bytes::Bytes, hop_at: Option<usize>) -> Option<RawHeader> {
+        // Without what comes before the root (a compact part's body starts
+        // with a line break): it would pile up at every hop.
+        let start = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
+        hop_at
+            .filter(|at| (start..=bytes.len()).contains(at))
+            .map(|at| RawHeader {
+                bytes: bytes.slice(start..),
+                hop_at: at - start,
+            })
+    }
+
+    /// The header with `hop` after its last hop, valid in the compact form
+    /// (the hop's time is left out when it equals `created`, the header's
+    /// creation time, as [`encode_header_compact`] does).
+    pub fn with_hop(&self, hop: &Hop, created: Timestamp) -> bytes::Bytes {
+        let mut s = String::with_capacity(self.bytes.len() + 80);
+        push_hop(&mut s, hop, created, true);
+        let mut out = bytes::BytesMut::with_capacity(self.bytes.len() + s.len());
+        out.extend_from_slice(&self.bytes[..self.hop_at]);
+        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(&self.bytes[self.hop_at..]);
+        out.freeze()
+    }
+
+    /// The received header's length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True if the received header was empty (never: it has a hop list).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
     }
 }
 
@@ -260,12 +352,17 @@ fn read(xml: &[u8], f: &mut Found, leading: bool) -> Result<usize, InvalidMessag
     let mut stack: Vec<At> = Vec::with_capacity(4);
     let mut seen_root = false;
     loop {
+        let before = r.buffer_position() as usize;
         let ev = r.read_event().map_err(xml_err)?;
         let (e, empty) = match &ev {
             XmlEvent::Start(e) => (e, false),
             XmlEvent::Empty(e) => (e, true),
             XmlEvent::End(_) => {
-                stack.pop();
+                match (stack.pop(), stack.len()) {
+                    (Some(At::Routing), 1) => f.routing_end = Some(before),
+                    (Some(At::Header), 0) => f.hop_at = f.routing_end,
+                    _ => {}
+                }
                 if leading && stack.is_empty() {
                     return Ok(r.buffer_position() as usize);
                 }
@@ -291,6 +388,10 @@ fn read(xml: &[u8], f: &mut Found, leading: bool) -> Result<usize, InvalidMessag
         };
         if stack.len() >= MAX_XML_DEPTH {
             return Err(limit(format!("nesting deeper than {MAX_XML_DEPTH}")));
+        }
+        if stack.len() == 1 {
+            // An element after the routing list: a hop goes nowhere then.
+            f.routing_end = None;
         }
         let name = e.name();
         let at = match (stack.last(), name.as_ref()) {

@@ -364,10 +364,7 @@ impl Aggregator {
                     store_key: k,
                     received: Timestamp(r.received),
                     size: (r.header.len() + r.content.len()) as u64,
-                    item: Item {
-                        header,
-                        content: Bytes::from(r.content),
-                    },
+                    item: Item::of(header, Bytes::from(r.content)),
                 });
         }
         for g in st.groups.values_mut() {

@@ -127,7 +127,7 @@ impl Modify {
     /// Changes an item in place; its content (already decoded as
     /// `content`, if it could be) is encoded again only if it changed.
     pub(super) fn item(&self, item: &mut Item, content: Option<&Content>, now: Timestamp) {
-        self.header(&mut item.header, now);
+        self.header(item.header_mut(), now);
         if !self.touches_content() {
             return;
         }
