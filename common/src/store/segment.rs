@@ -382,7 +382,104 @@ pub struct SegmentSpool {
     log: Mutex<Log>,
     /// [`SEGMENT_BYTES`], smaller in tests.
     segment_bytes: u64,
+    /// Deletes spent segments; before `_lock`, so that it is done (joined)
+    /// before another opener may take the directory.
+    sweeper: Sweeper,
     _lock: File,
+}
+
+/// Deletes spent segments on a thread of its own, oldest first, so that
+/// a commit does not wait for the file system to free them: after a
+/// backlog drains, one commit may retire dozens of 16 MiB segments.
+///
+/// What is handed over is already spent (the frame that retired it is
+/// durable), so a crash before the deletion leaves a file that replay
+/// finds all dead, as a crash between the frame and an inline deletion
+/// always could; the order keeps the invariant that only the oldest
+/// segments go. Dropping the sweeper waits for what it was given.
+struct Sweeper {
+    tx: Option<std::sync::mpsc::Sender<PathBuf>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Segments handed over and not deleted yet.
+    pending: Arc<(Mutex<usize>, std::sync::Condvar)>,
+}
+
+impl Sweeper {
+    fn start() -> Sweeper {
+        let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+        let pending: Arc<(Mutex<usize>, std::sync::Condvar)> = Arc::default();
+        let left = pending.clone();
+        let thread = std::thread::Builder::new()
+            .name("spool-sweeper".into())
+            .spawn(move || {
+                for path in rx {
+                    delete_segment(&path);
+                    let (n, done) = &*left;
+                    if let Ok(mut n) = n.lock() {
+                        *n = n.saturating_sub(1);
+                    }
+                    done.notify_all();
+                }
+            });
+        match thread {
+            Ok(t) => Sweeper {
+                tx: Some(tx),
+                thread: Some(t),
+                pending,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "spool: no sweeper thread; spent segments are deleted as commits retire them");
+                Sweeper {
+                    tx: None,
+                    thread: None,
+                    pending,
+                }
+            }
+        }
+    }
+
+    fn delete(&self, path: PathBuf) {
+        let Some(tx) = &self.tx else {
+            return delete_segment(&path);
+        };
+        if let Ok(mut n) = self.pending.0.lock() {
+            *n += 1;
+        }
+        if let Err(std::sync::mpsc::SendError(path)) = tx.send(path) {
+            delete_segment(&path);
+            if let Ok(mut n) = self.pending.0.lock() {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Waits until everything handed over is deleted.
+    #[cfg(test)]
+    fn wait(&self) {
+        let (n, done) = &*self.pending;
+        let Ok(mut n) = n.lock() else { return };
+        while *n > 0 {
+            match done.wait(n) {
+                Ok(g) => n = g,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn delete_segment(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(segment = %path.display(), error = %e, "spool: cannot delete a spent segment");
+    }
 }
 
 fn seg_path(dir: &Path, n: u64) -> PathBuf {
@@ -507,8 +604,16 @@ impl SegmentSpool {
             index: Mutex::new(ix),
             log: Mutex::new(log),
             segment_bytes,
+            sweeper: Sweeper::start(),
             _lock: lock_file,
         })
+    }
+
+    /// Waits until the spent segments retired so far are deleted (they are
+    /// deleted off the commit path: [`Sweeper`]).
+    #[cfg(test)]
+    pub(crate) fn swept(&self) {
+        self.sweeper.wait();
     }
 
     /// Takes entries with their keys (and client keys) from another spool
@@ -1093,10 +1198,7 @@ impl Spool for SegmentSpool {
             }
         }
         for n in retire {
-            let path = seg_path(&self.dir, n);
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(segment = %path.display(), error = %e, "spool: cannot delete a spent segment");
-            }
+            self.sweeper.delete(seg_path(&self.dir, n));
         }
         self.rotate(&mut log);
         if gone > 0 {

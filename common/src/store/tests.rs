@@ -135,6 +135,7 @@ mod segment {
         {
             let s = SegmentSpool::open(&dir, 1 << 20).unwrap();
             let mut snapshot = |s: &SegmentSpool| {
+                s.swept();
                 let end = std::fs::metadata(&segments(&dir)[0]).unwrap().len();
                 after.push((end, all(s).into_iter().map(|(_, r)| r.id).collect()));
             };
@@ -261,6 +262,7 @@ mod segment {
                 let r = s.push(vec![rec(5, true, &[b'y'; 6000])]).unwrap();
                 let Ok(k) = r[0] else { panic!("{r:?}") };
                 s.remove(&[k]).unwrap();
+                s.swept();
                 assert!(segments(&dir).len() <= 6, "after {i}: {:?}", segments(&dir));
             }
             let first = segments(&dir)[0].clone();
@@ -303,6 +305,7 @@ mod segment {
                 .unwrap();
         }
         let disk = |d: &Path| -> u64 {
+            s.swept();
             segments(d)
                 .iter()
                 .map(|p| std::fs::metadata(p).unwrap().len())
@@ -319,6 +322,7 @@ mod segment {
             before = now;
         }
         assert_eq!(s.stats().messages, 0);
+        s.swept();
         assert!(segments(&dir).len() <= 2);
         std::fs::remove_dir_all(dir).unwrap();
     }
