@@ -36,7 +36,10 @@
 //!   offset rather than guess.
 //! * Segments are deleted from the oldest on, and only when nothing in them
 //!   is live: a removal mark in a kept segment can thus only name a message
-//!   of a kept or deleted segment, never resurrect one.
+//!   of a kept or deleted segment, never resurrect one. The deletion itself
+//!   is done by a sweeper thread after the retiring frame is durable (an
+//!   unlink of a full segment took 12–20 ms here, and held every commit
+//!   behind it); a crash before it leaves files that replay finds dead.
 //! * A segment pinned by a few long-lived messages (held by a throttle, say)
 //!   would keep every later segment alive. When the dead bytes on disk
 //!   outweigh the live ones and pass four segments' worth, and the oldest
