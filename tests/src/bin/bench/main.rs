@@ -224,7 +224,34 @@ pub async fn follow_stream_legs(
     let reader = tokio::spawn(async move {
         let mut body = resp.into_body();
         let mut buf = String::new();
-        while let Some(Ok(f)) = body.frame().await {
+        // Events that arrived before the bench read their POST's answer
+        // (which is where their IDs come from): matched once it has.
+        let mut early: Vec<(String, Instant, Value)> = Vec::new();
+        let mut retry = tokio::time::interval(Duration::from_millis(20));
+        let record = |t: Instant, now: Instant, v: &Value| {
+            l2.lock().expect("lat").push(now - t);
+            g2.lock()
+                .expect("legs")
+                .push(legs_of(v, wall_ms(t), wall_ms(now)));
+        };
+        loop {
+            let f = tokio::select! {
+                f = body.frame() => f,
+                _ = retry.tick() => {
+                    if let Ok(sent) = sent_at.lock() {
+                        early.retain(|(id, now, v)| match sent.get(id) {
+                            Some(t) => {
+                                record(*t, *now, v);
+                                false
+                            }
+                            // Not this run's (or its POST failed): let go.
+                            None => now.elapsed() < Duration::from_secs(10),
+                        });
+                    }
+                    continue;
+                }
+            };
+            let Some(Ok(f)) = f else { break };
             let Ok(d) = f.into_data() else { continue };
             let now = Instant::now();
             buf.push_str(&String::from_utf8_lossy(&d));
@@ -234,13 +261,15 @@ pub async fn follow_stream_legs(
                 done += end + 2;
                 if let Some(data) = ev.lines().find_map(|l| l.strip_prefix("data: ")) {
                     let v = serde_json::from_str::<Value>(data).unwrap_or_default();
-                    let id = v["id"].as_str().map(str::to_string);
-                    let t = id.and_then(|id| sent_at.lock().ok()?.get(&id).copied());
-                    if let Some(t) = t {
-                        l2.lock().expect("lat").push(now - t);
-                        g2.lock()
-                            .expect("legs")
-                            .push(legs_of(&v, wall_ms(t), wall_ms(now)));
+                    let Some(id) = v["id"].as_str().map(str::to_string) else {
+                        continue;
+                    };
+                    let t = sent_at.lock().ok().and_then(|s| s.get(&id).copied());
+                    match t {
+                        Some(t) => record(t, now, &v),
+                        // Bounded: only this run's messages are followed.
+                        None if early.len() < 100_000 => early.push((id, now, v)),
+                        None => {}
                     }
                 }
             }
