@@ -401,70 +401,66 @@ pub struct SegmentSpool {
 /// always could; the order keeps the invariant that only the oldest
 /// segments go. Dropping the sweeper waits for what it was given.
 struct Sweeper {
-    tx: Option<std::sync::mpsc::Sender<PathBuf>>,
+    tx: Option<std::sync::mpsc::Sender<Sweep>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Segments handed over and not deleted yet.
-    pending: Arc<(Mutex<usize>, std::sync::Condvar)>,
+}
+
+/// What the sweeper is asked to do, in order.
+enum Sweep {
+    Delete(PathBuf),
+    /// Answer once everything before it is done (tests).
+    #[cfg(test)]
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 impl Sweeper {
     fn start() -> Sweeper {
-        let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
-        let pending: Arc<(Mutex<usize>, std::sync::Condvar)> = Arc::default();
-        let left = pending.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<Sweep>();
         let thread = std::thread::Builder::new()
             .name("spool-sweeper".into())
             .spawn(move || {
-                for path in rx {
-                    delete_segment(&path);
-                    let (n, done) = &*left;
-                    if let Ok(mut n) = n.lock() {
-                        *n = n.saturating_sub(1);
+                for job in rx {
+                    match job {
+                        Sweep::Delete(path) => delete_segment(&path),
+                        #[cfg(test)]
+                        Sweep::Flush(done) => {
+                            let _ = done.send(());
+                        }
                     }
-                    done.notify_all();
                 }
             });
         match thread {
             Ok(t) => Sweeper {
                 tx: Some(tx),
                 thread: Some(t),
-                pending,
             },
             Err(e) => {
                 tracing::warn!(error = %e, "spool: no sweeper thread; spent segments are deleted as commits retire them");
                 Sweeper {
                     tx: None,
                     thread: None,
-                    pending,
                 }
             }
         }
     }
 
     fn delete(&self, path: PathBuf) {
-        let Some(tx) = &self.tx else {
-            return delete_segment(&path);
+        let unsent = match &self.tx {
+            Some(tx) => tx.send(Sweep::Delete(path)).err().map(|e| e.0),
+            None => Some(Sweep::Delete(path)),
         };
-        if let Ok(mut n) = self.pending.0.lock() {
-            *n += 1;
-        }
-        if let Err(std::sync::mpsc::SendError(path)) = tx.send(path) {
+        if let Some(Sweep::Delete(path)) = unsent {
             delete_segment(&path);
-            if let Ok(mut n) = self.pending.0.lock() {
-                *n = n.saturating_sub(1);
-            }
         }
     }
 
     /// Waits until everything handed over is deleted.
     #[cfg(test)]
     fn wait(&self) {
-        let (n, done) = &*self.pending;
-        let Ok(mut n) = n.lock() else { return };
-        while *n > 0 {
-            match done.wait(n) {
-                Ok(g) => n = g,
-                Err(_) => return,
+        let (done, answer) = std::sync::mpsc::channel();
+        if let Some(tx) = &self.tx {
+            if tx.send(Sweep::Flush(done)).is_ok() {
+                let _ = answer.recv();
             }
         }
     }

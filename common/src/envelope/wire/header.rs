@@ -324,23 +324,13 @@ impl RawHeader {
     /// (the hop's time is left out when it equals `created`, the header's
     /// creation time, as [`encode_header_compact`] does).
     pub fn with_hop(&self, hop: &Hop, created: Timestamp) -> bytes::Bytes {
-        let mut s = String::with_capacity(self.bytes.len() + 80);
-        push_hop(&mut s, hop, created, true);
-        let mut out = bytes::BytesMut::with_capacity(self.bytes.len() + s.len());
+        let mut h = String::with_capacity(crate::envelope::budget::MAX_HOP_BYTES);
+        push_hop(&mut h, hop, created, true);
+        let mut out = Vec::with_capacity(self.bytes.len() + h.len());
         out.extend_from_slice(&self.bytes[..self.hop_at]);
-        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(h.as_bytes());
         out.extend_from_slice(&self.bytes[self.hop_at..]);
-        out.freeze()
-    }
-
-    /// The received header's length in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// True if the received header was empty (never: it has a hop list).
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        out.into()
     }
 }
 
