@@ -417,6 +417,21 @@ impl EnvelopeWriter {
         self
     }
 
+    /// Makes room for `messages` more messages of `payload` header and
+    /// content bytes in all, with their framing, so that a large envelope
+    /// is not copied as its buffer grows.
+    pub fn reserve_for(&mut self, messages: usize, payload: usize) -> &mut Self {
+        // Per message: the delimiter line and the part's line breaks; in
+        // the full form, two parts with their Content-IDs.
+        let framing = match self.form {
+            Form::Compact => self.boundary.len() + 10,
+            Form::Full => 2 * (self.boundary.len() + 70),
+        };
+        self.buf
+            .reserve(payload.saturating_add(messages.saturating_mul(framing)) + 64);
+        self
+    }
+
     /// Adds a message whose header and content are already XML, the
     /// header in the writer's form (a full header is a valid compact one).
     /// In the compact form a message too large for one part travels in

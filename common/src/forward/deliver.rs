@@ -115,6 +115,8 @@ async fn send(
     while let Some(batch) = todo.pop() {
         let mut out = uplink.outgoing(None);
         let full = out.writer.form() == Form::Full;
+        let payload = batch.iter().map(|p| p.header.len() + p.content.len()).sum();
+        out.writer.reserve_for(batch.len(), payload);
         for p in batch {
             // Parcels are compact; a parent that does not read that gets them spelled out.
             let header = if full {

@@ -176,6 +176,11 @@ pub fn reply(
     }
     let mut w = EnvelopeWriter::new();
     w.control(&control);
+    let payload = downward
+        .iter()
+        .map(|r| r.header.len() + r.content.len())
+        .sum();
+    w.reserve_for(downward.len(), payload);
     for r in downward {
         w.raw(&r.id, &r.header, &r.content);
     }

@@ -10,15 +10,17 @@
 //! answer `None`, and [`super::decode_content`] reads the part the general
 //! way (limits scan, then serde). A test holds it to serde's result on
 //! both sides of that line.
+//!
+//! Its tokens come from the narrow lexer ([`super::lexer`]) where that
+//! takes the part (plain ASCII markup and text), else from quick-xml.
 
-use quick_xml::events::{BytesStart, Event as XmlEvent};
-
+use super::lexer::{Lexer, Resolved, Tag, Token};
 use super::{WireAlarm, WireData, WireEvent};
 use crate::model::{AlarmState, Encoding, Severity};
 
 /// An alarm in the written shape, or `None` for the general reader.
 pub(super) fn alarm(xml: &[u8]) -> Option<WireAlarm> {
-    let r = read(xml, "alarm")?;
+    let r = read_either(xml, "alarm")?;
     Some(WireAlarm {
         severity: r.severity?,
         state: r.state?,
@@ -30,7 +32,7 @@ pub(super) fn alarm(xml: &[u8]) -> Option<WireAlarm> {
 
 /// An event in the written shape, or `None` for the general reader.
 pub(super) fn event(xml: &[u8]) -> Option<WireEvent> {
-    let r = read(xml, "event")?;
+    let r = read_either(xml, "event")?;
     if r.severity.is_some() || r.state.is_some() {
         return None;
     }
@@ -52,7 +54,16 @@ struct Read {
 
 /// Calls `f` with each attribute's name and unescaped value; `None` if one
 /// does not parse or `f` refuses it.
-fn attributes(e: &BytesStart<'_>, mut f: impl FnMut(&str, String) -> Option<()>) -> Option<()> {
+fn attributes(e: &Tag<'_>, mut f: impl FnMut(&str, String) -> Option<()>) -> Option<()> {
+    let e = match e {
+        Tag::General(e) => e,
+        // Plain values only: nothing to unescape or normalise.
+        Tag::Narrow { .. } => {
+            return e
+                .attrs(|_| (), |_| (), |k, v| f(k, v.into_owned()).ok_or(()))
+                .ok()
+        }
+    };
     for a in e.attributes() {
         let a = a.ok()?;
         // Line breaks and tabs in a value are normalised differently by
@@ -98,16 +109,15 @@ fn state(v: &str) -> Option<AlarmState> {
 }
 
 /// The text of an element up to its end tag: plain text and references only.
-fn text_until_end(r: &mut quick_xml::Reader<&[u8]>) -> Option<String> {
+fn text_until_end(r: &mut Lexer<'_>) -> Option<String> {
     let mut s = String::new();
     loop {
-        match r.read_event().ok()? {
-            XmlEvent::Text(t) => s.push_str(&t),
-            XmlEvent::GeneralRef(g) => match g.resolve_char_ref().ok()? {
-                Some(c) => s.push(c),
-                None => s.push_str(quick_xml::escape::resolve_predefined_entity(&g)?),
-            },
-            XmlEvent::End(_) => break,
+        match r.next().ok()? {
+            Token::Text(t) if s.is_empty() => s = t.into_owned(),
+            Token::Text(t) => s.push_str(&t),
+            Token::Ref(Some(Resolved::Char(c))) => s.push(c),
+            Token::Ref(Some(Resolved::Entity(e))) => s.push_str(e),
+            Token::End => break,
             _ => return None,
         }
     }
@@ -117,13 +127,23 @@ fn text_until_end(r: &mut quick_xml::Reader<&[u8]>) -> Option<String> {
     plain.then_some(s)
 }
 
-fn read(xml: &[u8], root: &str) -> Option<Read> {
-    let mut r = quick_xml::Reader::from_reader(xml);
+/// True if the narrow lexer's tokens alone read `xml`.
+#[cfg(test)]
+pub(super) fn narrow_takes(xml: &[u8], root: &str) -> bool {
+    read(Lexer::narrow(xml), root).is_some()
+}
+
+/// [`read`] with the narrow lexer, else with quick-xml.
+fn read_either(xml: &[u8], root: &str) -> Option<Read> {
+    read(Lexer::narrow(xml), root).or_else(|| read(Lexer::general(xml), root))
+}
+
+fn read(mut r: Lexer<'_>, root: &str) -> Option<Read> {
     let mut out = Read::default();
-    let XmlEvent::Start(e) = r.read_event().ok()? else {
+    let Token::Start(e) = r.next().ok()? else {
         return None;
     };
-    if AsRef::<str>::as_ref(&e.name()) != root {
+    if e.name() != root {
         return None;
     }
     attributes(&e, |k, v| match k {
@@ -134,15 +154,15 @@ fn read(xml: &[u8], root: &str) -> Option<Read> {
     })?;
     let (mut text, mut data) = (false, false);
     loop {
-        let (e, empty) = match r.read_event().ok()? {
-            XmlEvent::Start(e) => (e, false),
-            XmlEvent::Empty(e) => (e, true),
-            XmlEvent::End(_) => break,
+        let (e, empty) = match r.next().ok()? {
+            Token::Start(e) => (e, false),
+            Token::Empty(e) => (e, true),
+            Token::End => break,
             _ => return None,
         };
-        match AsRef::<str>::as_ref(&e.name()) {
+        match e.name() {
             // `<text>` has no attributes (the general reader bounds their number).
-            "text" if !text && !data && e.attributes().next().is_none() => {
+            "text" if !text && !data && !e.has_attributes() => {
                 text = true;
                 if !empty {
                     out.text = text_until_end(&mut r)?;
@@ -180,5 +200,5 @@ fn read(xml: &[u8], root: &str) -> Option<Read> {
         }
     }
     // Nothing after the root's end.
-    matches!(r.read_event().ok()?, XmlEvent::Eof).then_some(out)
+    matches!(r.next().ok()?, Token::Eof).then_some(out)
 }

@@ -2,9 +2,12 @@
 //!
 //! Every hop parses every header (to check the source and route) and writes
 //! it again (to append its routing hop), so this is the hottest XML in the
-//! system. It is a single pass over quick-xml events that enforces the same
+//! system. It is a single pass over XML tokens that enforces the same
 //! limits as [`scan`](super::scan) on the way, with no serde in between:
 //! about three times less work than scan + serde for the same result. The
+//! tokens come from the narrow lexer ([`super::lexer`]) for the plain ASCII
+//! markup rsnet writes, and from quick-xml for anything else or anything
+//! wrong (then the part is read again, so that errors are quick-xml's). The
 //! element shape is documented in `docs/PROTOCOL.md`; unknown attributes and
 //! elements are ignored, as serde did, so later versions can add fields.
 //!
@@ -36,11 +39,10 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use quick_xml::events::{BytesStart, Event as XmlEvent};
-
+use super::lexer::{Lexer, Tag, Token};
 use super::{field, parse_id, parse_ts, InvalidMessage};
 use crate::id::{ComponentId, MessageId};
-use crate::limits::{MAX_DESTINATIONS, MAX_ROUTING_HOPS, MAX_XML_ATTRIBUTES, MAX_XML_DEPTH};
+use crate::limits::{MAX_DESTINATIONS, MAX_ROUTING_HOPS, MAX_XML_DEPTH};
 use crate::model::*;
 
 const PART: &str = "header";
@@ -169,7 +171,7 @@ enum At {
 }
 
 /// The header's fields as found, before validation.
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct Found {
     // Parsed as read (no copy of the text), reported in `validate`'s order.
     id: Option<Result<MessageId, InvalidMessage>>,
@@ -218,24 +220,10 @@ fn limit(what: String) -> InvalidMessage {
 
 /// Calls `f(name, value)` for each attribute, after the count limit.
 fn attrs(
-    e: &BytesStart<'_>,
-    mut f: impl FnMut(&str, Cow<'_, str>) -> Result<(), InvalidMessage>,
+    e: &Tag<'_>,
+    f: impl FnMut(&str, Cow<'_, str>) -> Result<(), InvalidMessage>,
 ) -> Result<(), InvalidMessage> {
-    let mut n = 0;
-    for a in e.attributes() {
-        n += 1;
-        if n > MAX_XML_ATTRIBUTES {
-            return Err(limit(format!(
-                "more than {MAX_XML_ATTRIBUTES} attributes on one element"
-            )));
-        }
-        let a = a.map_err(xml_err)?;
-        let v = a
-            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-            .map_err(xml_err)?;
-        f(a.key.as_ref(), v)?;
-    }
-    Ok(())
+    e.attrs(limit, xml_err, f)
 }
 
 fn once(slot: &mut Option<String>, v: Cow<'_, str>) {
@@ -249,8 +237,8 @@ fn once(slot: &mut Option<String>, v: Cow<'_, str>) {
 /// # Errors
 /// [`InvalidMessage`] naming the field, or the XML limit, that failed.
 pub fn decode_header(xml: &[u8]) -> Result<Header, InvalidMessage> {
-    let mut f = Found::default();
-    read(xml, &mut f, false)?;
+    let (f, end) = found(xml, false);
+    end?;
     validate(f)
 }
 
@@ -262,8 +250,8 @@ pub fn decode_header(xml: &[u8]) -> Result<Header, InvalidMessage> {
 pub fn decode_received_header(
     xml: &bytes::Bytes,
 ) -> Result<(Header, Option<RawHeader>), InvalidMessage> {
-    let mut f = Found::default();
-    read(xml, &mut f, false)?;
+    let (f, end) = found(xml, false);
+    end?;
     let raw = RawHeader::of(xml, f.hop_at);
     Ok((validate(f)?, raw))
 }
@@ -282,8 +270,7 @@ pub type Leading = (Header, usize, Option<RawHeader>);
 pub fn decode_leading_header(
     xml: &bytes::Bytes,
 ) -> Result<Leading, (Option<MessageId>, InvalidMessage)> {
-    let mut f = Found::default();
-    let end = read(xml, &mut f, true);
+    let (f, end) = found(xml, true);
     let id = f.id.as_ref().and_then(|i| i.as_ref().ok().copied());
     match end {
         Ok(end) => {
@@ -334,31 +321,66 @@ impl RawHeader {
     }
 }
 
+/// The root element of `xml` read ([`read`]), by the narrow lexer where it
+/// can and by quick-xml where it cannot or where anything went wrong (so
+/// that what is reported is quick-xml's finding).
+fn found(xml: &[u8], leading: bool) -> (Found, Result<usize, InvalidMessage>) {
+    let mut f = Found::default();
+    if let Ok(end) = read(Lexer::narrow(xml), &mut f, leading) {
+        return (f, Ok(end));
+    }
+    let mut f = Found::default();
+    let end = read(Lexer::general(xml), &mut f, leading);
+    (f, end)
+}
+
+/// Whether the narrow lexer's reading of `xml` is quick-xml's: `Ok(true)`
+/// if it took `xml` and found the same (fields, errors in them, where a hop
+/// goes, where the root ends), `Ok(false)` if it left `xml` to quick-xml,
+/// `Err` saying how they differ. For the fuzz target `header` and tests.
+#[doc(hidden)]
+pub fn narrow_reading_agrees(xml: &[u8], leading: bool) -> Result<bool, String> {
+    let mut narrow = Found::default();
+    let Ok(end) = read(Lexer::narrow(xml), &mut narrow, leading) else {
+        return Ok(false);
+    };
+    let mut general = Found::default();
+    let general_end = read(Lexer::general(xml), &mut general, leading);
+    let (a, b) = (
+        format!("{:?} {narrow:?}", Ok::<_, InvalidMessage>(end)),
+        format!("{general_end:?} {general:?}"),
+    );
+    if a == b {
+        Ok(true)
+    } else {
+        Err(format!("narrow: {a}\ngeneral: {b}"))
+    }
+}
+
 /// Reads the root element into `f`. With `leading` it stops where that
 /// element ends and returns the position; else it reads to the end (one
 /// root only) and returns the length.
-fn read(xml: &[u8], f: &mut Found, leading: bool) -> Result<usize, InvalidMessage> {
-    let mut r = quick_xml::Reader::from_reader(xml);
+fn read(mut r: Lexer<'_>, f: &mut Found, leading: bool) -> Result<usize, InvalidMessage> {
     let mut stack: Vec<At> = Vec::with_capacity(4);
     let mut seen_root = false;
     loop {
-        let before = r.buffer_position() as usize;
-        let ev = r.read_event().map_err(xml_err)?;
+        let before = r.position();
+        let ev = r.next().map_err(xml_err)?;
         let (e, empty) = match &ev {
-            XmlEvent::Start(e) => (e, false),
-            XmlEvent::Empty(e) => (e, true),
-            XmlEvent::End(_) => {
+            Token::Start(e) => (e, false),
+            Token::Empty(e) => (e, true),
+            Token::End => {
                 match (stack.pop(), stack.len()) {
                     (Some(At::Routing), 1) => f.routing_end = Some(before),
                     (Some(At::Header), 0) => f.hop_at = f.routing_end,
                     _ => {}
                 }
                 if leading && stack.is_empty() {
-                    return Ok(r.buffer_position() as usize);
+                    return Ok(r.position());
                 }
                 continue;
             }
-            XmlEvent::Text(t) => {
+            Token::Text(t) => {
                 if stack.last() == Some(&At::To) {
                     let s: &str = t;
                     if let Some((_, to)) = f.destination.as_mut() {
@@ -369,12 +391,13 @@ fn read(xml: &[u8], f: &mut Found, leading: bool) -> Result<usize, InvalidMessag
                 }
                 continue;
             }
-            XmlEvent::GeneralRef(_) if stack.last() == Some(&At::To) => {
+            Token::Ref(_) if stack.last() == Some(&At::To) => {
                 return Err(field("header/destination/to", "entity in a component ID"))
             }
-            XmlEvent::DocType(_) => return Err(limit("DOCTYPE is not allowed".into())),
-            XmlEvent::Eof => break,
-            _ => continue,
+            Token::DocType => return Err(limit("DOCTYPE is not allowed".into())),
+            Token::Eof => break,
+            Token::Unsure => return Err(xml_err("not in the narrow lexer's shape")),
+            Token::Ref(_) | Token::Other => continue,
         };
         if stack.len() >= MAX_XML_DEPTH {
             return Err(limit(format!("nesting deeper than {MAX_XML_DEPTH}")));
@@ -383,8 +406,7 @@ fn read(xml: &[u8], f: &mut Found, leading: bool) -> Result<usize, InvalidMessag
             // An element after the routing list: a hop goes nowhere then.
             f.routing_end = None;
         }
-        let name = e.name();
-        let at = match (stack.last(), name.as_ref()) {
+        let at = match (stack.last(), e.name()) {
             (None, "header") if !seen_root => {
                 seen_root = true;
                 attrs(e, |k, v| {
@@ -495,7 +517,7 @@ fn read(xml: &[u8], f: &mut Found, leading: bool) -> Result<usize, InvalidMessag
         if !empty {
             stack.push(at);
         } else if leading && stack.is_empty() {
-            return Ok(r.buffer_position() as usize);
+            return Ok(r.position());
         }
     }
     if !stack.is_empty() {
@@ -504,7 +526,7 @@ fn read(xml: &[u8], f: &mut Found, leading: bool) -> Result<usize, InvalidMessag
     if !seen_root {
         return Err(xml_err("no root element"));
     }
-    Ok(xml.len())
+    Ok(r.position())
 }
 
 fn required(v: Option<String>, path: &str) -> Result<String, InvalidMessage> {
