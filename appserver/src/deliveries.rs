@@ -24,7 +24,14 @@
 //!
 //! Records live in memory and in the KV state (`delivery/ID`, JSON). One
 //! writer persists them: it is handed message IDs and writes each record as
-//! it is *then*, so concurrent changes can never land out of order.
+//! it is *then*, so concurrent changes can never land out of order. The one
+//! exception is a new record ([`Deliveries::staged`]): it is written in the
+//! commit that queues the message's copies
+//! ([`rsnet_common::backchannel::BackChannel::dispatch_recorded`]), so the
+//! operator's answer waits for one fsync, not two, and a crash leaves the
+//! record and the copies both or neither. Nothing else can change that
+//! record before that commit: every other event comes from a queued copy
+//! or from what was done with it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -214,12 +221,7 @@ impl Deliveries {
             let ids: HashSet<MessageId> = reqs.iter().flatten().copied().collect();
             let pairs: Vec<(String, Vec<u8>)> = {
                 let map = m2.lock().unwrap_or_else(|p| p.into_inner());
-                ids.iter()
-                    .filter_map(|id| {
-                        let d = map.get(id)?;
-                        Some((format!("{PREFIX}{id}"), serde_json::to_vec(d).ok()?))
-                    })
-                    .collect()
+                ids.iter().filter_map(|id| stored(&map, id)).collect()
             };
             #[allow(clippy::disallowed_methods)] // on the delivery writer thread
             let r = kv.put(pairs);
@@ -250,6 +252,16 @@ impl Deliveries {
                 .collect()
         };
         self.persist(changed).await
+    }
+
+    /// Applies `event` in memory only, and answers what to write for it:
+    /// for a caller that writes the pairs in its own commit (the module
+    /// docs), not through this writer.
+    pub fn staged(&self, event: Event) -> Vec<(String, Vec<u8>)> {
+        let mut map = self.lock();
+        let now = Timestamp::now().to_rfc3339();
+        let ids = apply_one(&mut map, event, &now);
+        ids.iter().filter_map(|id| stored(&map, id)).collect()
     }
 
     /// Writes the current records of `ids`.
@@ -326,6 +338,12 @@ pub enum Event {
 }
 
 /// Applies one event; returns the IDs whose record changed.
+/// The KV pair that stores the record of `id`, if there is one.
+fn stored(map: &HashMap<MessageId, Delivery>, id: &MessageId) -> Option<(String, Vec<u8>)> {
+    let d = map.get(id)?;
+    Some((format!("{PREFIX}{id}"), serde_json::to_vec(d).ok()?))
+}
+
 fn apply_one(map: &mut HashMap<MessageId, Delivery>, e: Event, now: &str) -> Vec<MessageId> {
     match e {
         Event::Sent(d) => match d.id.parse::<MessageId>() {

@@ -123,13 +123,12 @@ impl Outbound {
         budget::check(wire::encode_header(&header).len(), content.len(), 0)?;
         let routed = self.backchannel.route(&dests);
         let record = Delivery::new(&header, to, &routed.copies, &routed.unroutable);
-        // The record is durable before any copy can be acknowledged.
-        self.deliveries
-            .apply(vec![Event::Sent(record.clone())])
-            .await?;
+        // The record is written in the commit that queues the copies: it is
+        // durable before any copy can be acknowledged, with one fsync.
+        let staged = self.deliveries.staged(Event::Sent(record.clone()));
         let dispatched = self
             .backchannel
-            .dispatch(&header, content, &routed, None)
+            .dispatch_recorded(&header, content, &routed, staged)
             .await;
         if let Ok(o) = &dispatched {
             // Children at their quota: their destinations fail, with why;

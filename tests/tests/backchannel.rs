@@ -794,3 +794,45 @@ async fn a_child_that_never_polls_fills_only_its_own_quota_and_its_sibling_gets_
     let queued = counter(&tree, mlm, "rsnet_backchannel_queued_total").await;
     assert!(queued < 40.0, "copies queued at the MLM: {queued}");
 }
+
+/// What the appserver answered 202 for is durable with its record: killed
+/// with SIGKILL right after a burst of sends and restarted, it still knows
+/// every message's delivery record, and every copy reaches the proxy once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sends_answered_before_a_kill_9_of_the_appserver_keep_their_records_and_arrive_once() {
+    let spec = Spec {
+        mlms: vec![("mlm1".into(), None)],
+        proxies: vec![("p1".into(), Some(0))],
+        heartbeat_s: 60,
+        ..Spec::demo()
+    };
+    let mut tree = start("bc-app-kill", &spec);
+    wait_topology(&tree).await;
+    let op = tree.operator_target().expect("operator");
+    let p1 = tree.index("acme.p1").expect("p1");
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(send_to(&op, json!("acme.p1"), json!({})).await);
+    }
+    tokio::task::block_in_place(|| {
+        tree.kill9(0);
+        tree.restart(0)
+    })
+    .expect("appserver restarts");
+    let op = tree.operator_target().expect("operator");
+    for id in &ids {
+        let d = deliveries(&op, id).await;
+        assert_eq!(d["id"], json!(id), "{d}");
+    }
+    let got = take_at_least(&tree, p1, ids.len()).await;
+    let mut seen = HashSet::new();
+    for m in &got {
+        let id = m["id"].as_str().expect("id").to_string();
+        assert!(ids.contains(&id), "a message nobody sent: {m}");
+        assert!(seen.insert(id), "a copy twice: {m}");
+    }
+    ack(&tree, p1, &got).await;
+    for id in &ids {
+        wait_states(&op, id, "processed", 1).await;
+    }
+}

@@ -282,6 +282,27 @@ impl BackChannel {
         Ok(r)
     }
 
+    /// [`BackChannel::dispatch`] of a message this node originates, with
+    /// `record` (key-value pairs of its state) written in the same commit
+    /// as the copies, whether or not they fit: the record is durable before
+    /// any copy can be acknowledged, and a crash leaves both or neither.
+    ///
+    /// # Errors
+    /// As [`BackChannel::dispatch`]; on a store failure the record is not
+    /// written either.
+    pub async fn dispatch_recorded(
+        &self,
+        header: &Header,
+        content: Bytes,
+        routed: &Routed,
+        record: Vec<(String, Vec<u8>)>,
+    ) -> Result<Offered, StoreError> {
+        let push = self.copies(header, content, routed);
+        let r = self.queues.offer_with_state(push, None, record).await?;
+        self.queued(&r);
+        Ok(r)
+    }
+
     /// Counts what an offer of [`BackChannel::copies`] queued, and what it
     /// left out for children at their quota.
     pub fn queued(&self, r: &Offered) {

@@ -119,7 +119,7 @@ impl Queues {
                     let wrote = outs.iter().any(|o| match o {
                         QueueOutcome::Offered(Ok(o)) => o.queued() > 0,
                         QueueOutcome::Acked(ids) => !ids.is_empty(),
-                        QueueOutcome::Removed => true,
+                        QueueOutcome::Removed | QueueOutcome::Stated => true,
                         QueueOutcome::Offered(_) => false,
                     });
                     if wrote {
@@ -186,7 +186,26 @@ impl Queues {
         push: Vec<(String, SpoolRecord)>,
         received: Option<MessageId>,
     ) -> Result<Offered, StoreError> {
-        self.offer_many(vec![Offer { push, received }])
+        self.offer_with_state(push, received, Vec::new()).await
+    }
+
+    /// [`Queues::offer`], with `state` (key-value pairs, as
+    /// [`crate::store::KvStore::put`] takes them) written in the same
+    /// commit, whether or not the entries fit: a record of the message that
+    /// is durable exactly when its entries are.
+    ///
+    /// # Errors
+    /// As [`Queues::offer`]; on a store failure neither is written.
+    ///
+    /// # Durability
+    /// Returns after fsync.
+    pub async fn offer_with_state(
+        &self,
+        push: Vec<(String, SpoolRecord)>,
+        received: Option<MessageId>,
+        state: Vec<(String, Vec<u8>)>,
+    ) -> Result<Offered, StoreError> {
+        self.offer_ops(vec![Offer { push, received }], state)
             .await
             .pop()
             .unwrap_or(Ok(Offered::Queued(0)))
@@ -201,6 +220,15 @@ impl Queues {
     /// # Durability
     /// Returns after fsync; every `Queued` answer (and its received mark) is durable.
     pub async fn offer_many(&self, offers: Vec<Offer>) -> Vec<Result<Offered, StoreError>> {
+        self.offer_ops(offers, Vec::new()).await
+    }
+
+    /// The offers, and `state` if there is any, in one commit.
+    async fn offer_ops(
+        &self,
+        offers: Vec<Offer>,
+        state: Vec<(String, Vec<u8>)>,
+    ) -> Vec<Result<Offered, StoreError>> {
         let until = Timestamp::now().after(self.cfg.remember);
         let mut touched: Vec<String> = offers
             .iter()
@@ -209,7 +237,7 @@ impl Queues {
         touched.sort_unstable();
         touched.dedup();
         let n = offers.len();
-        let ops = offers
+        let mut ops: Vec<QueueOp> = offers
             .into_iter()
             .map(|o| QueueOp::Offer {
                 push: o.push,
@@ -218,12 +246,16 @@ impl Queues {
                 queue_capacity: self.cfg.queue_capacity_bytes,
             })
             .collect();
+        if !state.is_empty() {
+            ops.push(QueueOp::State(state));
+        }
         let outcomes = match self.commit(ops).await {
             Ok(o) => o,
             Err(e) => return (0..n).map(|_| Err(e.clone())).collect(),
         };
         let answers: Vec<Result<Offered, StoreError>> = outcomes
             .into_iter()
+            .filter(|o| !matches!(o, QueueOutcome::Stated))
             .map(|o| match o {
                 QueueOutcome::Offered(r) => r,
                 other => Err(StoreError::Backend(format!("unexpected outcome {other:?}"))),

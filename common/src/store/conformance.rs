@@ -326,6 +326,66 @@ fn leased_bodies(l: &Leased) -> Vec<String> {
         .collect()
 }
 
+pub fn queue_state_is_written_in_the_commit_whether_or_not_the_offer_fits(open: &Open) {
+    let dir = tmp();
+    let now = Timestamp::now();
+    let offer = |body: &str, capacity: u64| QueueOp::Offer {
+        push: vec![("acme.p1".into(), rec(4, true, body))],
+        received: None,
+        capacity,
+        queue_capacity: u64::MAX,
+    };
+    {
+        let b = open(&dir);
+        let q = b.queues().unwrap();
+        let out = q
+            .commit(
+                vec![
+                    offer("a", 1 << 20),
+                    QueueOp::State(vec![("delivery/a".into(), b"one".to_vec())]),
+                ],
+                now,
+            )
+            .unwrap();
+        assert!(
+            matches!(
+                out[..],
+                [
+                    QueueOutcome::Offered(Ok(Offered::Queued(1))),
+                    QueueOutcome::Stated
+                ]
+            ),
+            "{out:?}"
+        );
+        // An offer over the capacity: nothing queued, the state written.
+        let out = q
+            .commit(
+                vec![
+                    offer("b", 8),
+                    QueueOp::State(vec![("delivery/b".into(), b"two".to_vec())]),
+                ],
+                now,
+            )
+            .unwrap();
+        assert!(
+            matches!(out[0], QueueOutcome::Offered(Err(StoreError::Full { .. }))),
+            "{out:?}"
+        );
+        // Read in the state as the key-value store keeps it.
+        assert_eq!(b.kv().get("delivery/b").unwrap(), Some(b"two".to_vec()));
+    }
+    // Durable: both records and the one entry are there after reopen.
+    let b = open(&dir);
+    assert_eq!(b.kv().get("delivery/a").unwrap(), Some(b"one".to_vec()));
+    assert_eq!(b.kv().get("delivery/b").unwrap(), Some(b"two".to_vec()));
+    let l = b
+        .queues()
+        .unwrap()
+        .lease(&["acme.p1"], usize::MAX, 10, now, Timestamp(now.0 + 1_000))
+        .unwrap();
+    assert_eq!(leased_bodies(&l), ["a"]);
+}
+
 pub fn queue_store_applies_writes_durably_and_forgets_old_marks(open: &Open) {
     let dir = tmp();
     let (a, b, c) = (rec(4, true, "a"), rec(8, true, "b"), rec(4, true, "c"));

@@ -462,6 +462,11 @@ pub enum QueueOp {
     },
     /// Removes entries by key (expired); unknown keys are ignored.
     Remove(Vec<(String, SpoolKey)>),
+    /// Puts these pairs in the node's key-value state (as
+    /// [`KvStore::put`] does), in the same commit as the other ops: for a
+    /// record that must be durable exactly when the entries are (the
+    /// appserver's delivery record of a message and the message's copies).
+    State(Vec<(String, Vec<u8>)>),
 }
 
 /// What one [`QueueOp`] did.
@@ -473,6 +478,8 @@ pub enum QueueOutcome {
     Acked(Vec<MessageId>),
     /// For [`QueueOp::Remove`].
     Removed,
+    /// For [`QueueOp::State`].
+    Stated,
 }
 
 /// What an offer did.

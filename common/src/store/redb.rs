@@ -684,14 +684,16 @@ impl RedbQueues {
         Ok(index)
     }
 
-    /// Writes pushes, removals and marks in one transaction; the pushes' keys.
+    /// Writes pushes, removals, marks and state in one transaction; the
+    /// pushes' keys.
     fn write(
         &self,
         push: &[(String, SpoolRecord)],
         remove: &[(String, SpoolKey)],
         mark: &[(MessageId, Timestamp)],
+        state: &[(String, Vec<u8>)],
     ) -> Result<Vec<SpoolKey>> {
-        if push.is_empty() && remove.is_empty() && mark.is_empty() {
+        if push.is_empty() && remove.is_empty() && mark.is_empty() && state.is_empty() {
             return Ok(Vec::new());
         }
         let mut next = self.next_seq.lock().map_err(|_| StoreError::Closed)?;
@@ -719,6 +721,12 @@ impl RedbQueues {
                 let mut m = w.open_table(SPOOL_META).map_err(be)?;
                 m.insert(QUEUE_NEXT_SEQ, seq).map_err(be)?;
             }
+            if !state.is_empty() {
+                let mut s = w.open_table(STATE).map_err(be)?;
+                for (k, v) in state {
+                    s.insert(k.as_str(), v.as_slice()).map_err(be)?;
+                }
+            }
         }
         w.commit().map_err(be)?;
         *next = seq;
@@ -731,6 +739,7 @@ impl QueueStore for RedbQueues {
         let _one = self.committing.lock().map_err(|_| StoreError::Closed)?;
         let mut outcomes = Vec::with_capacity(ops.len());
         let (mut push, mut remove, mut mark) = (Vec::new(), Vec::new(), Vec::new());
+        let mut state: Vec<(String, Vec<u8>)> = Vec::new();
         // Per offer that will be written: its outcome slot and its pushes.
         let mut offers: Vec<(usize, std::ops::Range<usize>, Vec<String>)> = Vec::new();
         {
@@ -781,10 +790,14 @@ impl QueueStore for RedbQueues {
                         remove.extend(keys);
                         outcomes.push(QueueOutcome::Removed);
                     }
+                    QueueOp::State(pairs) => {
+                        state.extend(pairs);
+                        outcomes.push(QueueOutcome::Stated);
+                    }
                 }
             }
         }
-        let keys = self.write(&push, &remove, &mark)?;
+        let keys = self.write(&push, &remove, &mark, &state)?;
         let mut index = self.index();
         for (id, until) in mark {
             index.mark(id, until);

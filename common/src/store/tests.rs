@@ -40,6 +40,10 @@ macro_rules! conformance {
             fn queue_store_applies_writes_durably_and_forgets_old_marks() {
                 c::queue_store_applies_writes_durably_and_forgets_old_marks(&$open)
             }
+            #[test]
+            fn queue_state_is_written_in_the_commit_whether_or_not_the_offer_fits() {
+                c::queue_state_is_written_in_the_commit_whether_or_not_the_offer_fits(&$open)
+            }
         }
     };
 }

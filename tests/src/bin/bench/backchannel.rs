@@ -89,6 +89,9 @@ pub async fn run(dir: &std::path::Path) {
     });
     let payload = "x".repeat(PAYLOAD);
     let mut lat = Vec::with_capacity(LATENCY_SAMPLES);
+    // The operator's own request (a new mTLS connection, the appserver's
+    // store and fsync) apart from the two hops down.
+    let mut answered = Vec::with_capacity(LATENCY_SAMPLES);
     let mut early: HashMap<String, Instant> = HashMap::new();
     for _ in 0..LATENCY_SAMPLES {
         let t0 = Instant::now();
@@ -97,6 +100,7 @@ pub async fn run(dir: &std::path::Path) {
             json!({ "to": "acme.p1", "kind": "data", "class": "bench", "payload": payload }),
         )
         .await;
+        answered.push(t0.elapsed());
         let arrived = loop {
             if let Some(t) = early.remove(&id) {
                 break t;
@@ -111,15 +115,19 @@ pub async fn run(dir: &std::path::Path) {
     }
     integrator.abort();
     lat.sort();
+    answered.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let (p50, p99) = (quantile(&lat, 0.50), quantile(&lat, 0.99));
     println!("### Back-channel latency (operator POST → proxy inbox, two hops, long-poll)\n");
-    println!("| samples | payload | p50 | p99 | max |");
-    println!("|---|---|---|---|---|");
+    println!("| samples | payload | p50 | p99 | max | the POST answered, p50 / p99 |");
+    println!("|---|---|---|---|---|---|");
     println!(
-        "| {LATENCY_SAMPLES} | {PAYLOAD} B | {:.2} ms | {:.2} ms | {:.2} ms |\n",
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3,
-        lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        "| {LATENCY_SAMPLES} | {PAYLOAD} B | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms |\n",
+        ms(p50),
+        ms(p99),
+        lat.last().map_or(0.0, |d| ms(*d)),
+        ms(quantile(&answered, 0.50)),
+        ms(quantile(&answered, 0.99)),
     );
 
     // ---- 2. bytes per group message on the appserver → MLM link
