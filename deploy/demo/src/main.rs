@@ -74,10 +74,21 @@ async fn main() -> ExitCode {
         };
     }
     println!("\nrunning; a trickle of alarms every 2 s. Ctrl-C to stop.");
+    // SIGTERM (a supervisor, `kill`) stops the tree as Ctrl-C does, rather
+    // than leaving its nodes running with nobody to stop them.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rsnet-demo: cannot watch for SIGTERM: {e}");
+            tokio::task::block_in_place(|| tree.shutdown());
+            return ExitCode::FAILURE;
+        }
+    };
     let mut n = 0usize;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {
                 for &p in &tree.proxies() {
                     if let Some(a) = tree.nodes[p].addr {
