@@ -276,10 +276,8 @@ impl BackChannel {
         routed: &Routed,
         received: Option<MessageId>,
     ) -> Result<Offered, StoreError> {
-        let push = self.copies(header, content, routed);
-        let r = self.queues.offer(push, received).await?;
-        self.queued(&r);
-        Ok(r)
+        self.offer_copies(header, content, routed, received, Vec::new())
+            .await
     }
 
     /// [`BackChannel::dispatch`] of a message this node originates, with
@@ -297,8 +295,21 @@ impl BackChannel {
         routed: &Routed,
         record: Vec<(String, Vec<u8>)>,
     ) -> Result<Offered, StoreError> {
+        self.offer_copies(header, content, routed, None, record)
+            .await
+    }
+
+    /// The copies of a message, and `state` with them, in one commit.
+    async fn offer_copies(
+        &self,
+        header: &Header,
+        content: Bytes,
+        routed: &Routed,
+        received: Option<MessageId>,
+        state: Vec<(String, Vec<u8>)>,
+    ) -> Result<Offered, StoreError> {
         let push = self.copies(header, content, routed);
-        let r = self.queues.offer_with_state(push, None, record).await?;
+        let r = self.queues.offer_with_state(push, received, state).await?;
         self.queued(&r);
         Ok(r)
     }

@@ -596,12 +596,19 @@ impl Drop for Tree {
 /// # Errors
 /// Transport errors or a non-202 answer (with its body).
 pub async fn send(addr: SocketAddr, messages: &[serde_json::Value]) -> Result<Vec<String>, String> {
-    let body = json!({ "messages": messages }).to_string();
+    send_body(addr, json!({ "messages": messages }).to_string().into()).await
+}
+
+/// [`send`] of a body already written as the local API's JSON.
+///
+/// # Errors
+/// As [`send`].
+pub async fn send_body(addr: SocketAddr, body: bytes::Bytes) -> Result<Vec<String>, String> {
     let (status, b) = rsnet_common::client::call(
         &Target::Plain(addr),
         http::Method::POST,
         "/v1/messages",
-        Some(("application/json", body.into())),
+        Some(("application/json", body)),
     )
     .await?;
     if status != http::StatusCode::ACCEPTED {

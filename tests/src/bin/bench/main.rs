@@ -47,7 +47,7 @@ use bytes::Bytes;
 use http::Method;
 use http_body_util::BodyExt;
 use rsnet_common::client::{call, send as http_send, Target};
-use rsnet_demo::{Spec, Tree};
+use rsnet_demo::{send_body, Spec, Tree};
 use serde_json::Value;
 
 pub const CLIENTS: usize = 8;
@@ -78,36 +78,6 @@ pub fn alarm_batch(first: usize, n: usize) -> Bytes {
     }
     b.push_str("]}");
     Bytes::from(b)
-}
-
-/// POSTs a body from [`alarm_batch`] to the proxy's local API; returns the
-/// answer's body (the IDs) once the proxy has accepted the batch.
-pub async fn post_alarms(proxy: std::net::SocketAddr, body: Bytes) -> Result<Bytes, String> {
-    let (status, b) = call(
-        &Target::Plain(proxy),
-        Method::POST,
-        "/v1/messages",
-        Some(("application/json", body)),
-    )
-    .await?;
-    if status != http::StatusCode::ACCEPTED {
-        return Err(format!("{status}: {}", String::from_utf8_lossy(&b)));
-    }
-    Ok(b)
-}
-
-/// The IDs in a local API answer.
-fn ids_of(answer: &[u8]) -> Vec<String> {
-    serde_json::from_slice::<Value>(answer)
-        .ok()
-        .and_then(|v| {
-            v["ids"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|i| i.as_str().map(str::to_string))
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
 }
 
 pub async fn last_seq(op: &Target) -> u64 {
@@ -402,7 +372,7 @@ pub async fn throughput(tree: &Tree, secs: u64) -> (usize, f64, f64) {
             let mut n = 0usize;
             while Instant::now() < deadline {
                 let body = alarm_batch(c * 1_000_000 + n, BATCH);
-                post_alarms(proxy, body).await.expect("send");
+                send_body(proxy, body).await.expect("send");
                 n += BATCH;
             }
             n
@@ -449,7 +419,7 @@ async fn rsnet(dir: &std::path::Path, proxy_uplink: &str) -> peer::Figures {
         inflight.push(tokio::spawn(async move {
             let t = Instant::now();
             // IDs are known only from the answer; record the POST's start time for each.
-            let ids = ids_of(&post_alarms(proxy, body).await.expect("send"));
+            let ids = send_body(proxy, body).await.expect("send");
             let mut g = s.lock().expect("sent");
             for id in ids {
                 g.insert(id, t);
