@@ -22,9 +22,13 @@
 //! [`Observer`]: [`Event::Acked`], [`Event::Expired`]) and the forward-path
 //! ingest ([`Event::Reported`], from the destinations' `response` messages).
 //!
-//! Records live in memory and in the KV state (`delivery/ID`, JSON). One
-//! writer persists them: it is handed message IDs and writes each record as
-//! it is *then*, so concurrent changes can never land out of order. The one
+//! Records live in memory ([`Records`]) and in the KV state (`delivery/ID`,
+//! JSON). The appserver's one store writer ([`crate::writer`]) persists
+//! them: it is handed message IDs and writes each record as it is *then*,
+//! so concurrent changes can never land out of order. A report changes its
+//! record in the commit that stores the report ([`Deliveries::apply_in_memory`]
+//! and [`crate::writer::Batch::deliveries`]); the queues' events get a
+//! commit of their own. The one
 //! exception is a new record ([`Deliveries::staged`]): it is written in the
 //! commit that queues the message's copies
 //! ([`rsnet_common::backchannel::BackChannel::dispatch_recorded`]), so the
@@ -39,8 +43,10 @@ use std::sync::{Arc, Mutex};
 use rsnet_common::backchannel::Observer;
 use rsnet_common::id::{ComponentId, MessageId};
 use rsnet_common::model::{Header, Response, Status, Timestamp, DELIVERED};
-use rsnet_common::store::{GroupCommit, KvStore, StoreError};
+use rsnet_common::store::{KvStore, StoreError};
 use serde::{Deserialize, Serialize};
+
+use crate::writer::{Batch, StoreWriter};
 
 /// KV key prefix.
 pub const PREFIX: &str = "delivery/";
@@ -194,18 +200,18 @@ impl Delivery {
 
 type Map = Arc<Mutex<HashMap<MessageId, Delivery>>>;
 
-/// All tracked deliveries.
-pub struct Deliveries {
-    map: Map,
-    writer: GroupCommit<Vec<MessageId>, Result<(), StoreError>>,
-}
+/// The records themselves, in memory: shared by [`Deliveries`], which
+/// changes them, and the store writer, which writes each as it is when
+/// its commit is made ([`Records::pairs`]).
+#[derive(Clone)]
+pub struct Records(Map);
 
-impl Deliveries {
-    /// Loads the records and starts their writer.
+impl Records {
+    /// The records kept in the store.
     ///
     /// # Errors
-    /// Store failures; a writer thread that cannot start.
-    pub fn open(kv: Arc<dyn KvStore>) -> rsnet_common::Result<Arc<Deliveries>> {
+    /// Store failures.
+    pub fn load(kv: &dyn KvStore) -> rsnet_common::Result<Records> {
         let mut m = HashMap::new();
         for (k, v) in kv.list(PREFIX)? {
             let id = k
@@ -215,23 +221,36 @@ impl Deliveries {
                 m.insert(id, d);
             }
         }
-        let map: Map = Arc::new(Mutex::new(m));
-        let m2 = map.clone();
-        let writer = GroupCommit::spawn("delivery-writer", move |reqs: Vec<Vec<MessageId>>| {
-            let ids: HashSet<MessageId> = reqs.iter().flatten().copied().collect();
-            let pairs: Vec<(String, Vec<u8>)> = {
-                let map = m2.lock().unwrap_or_else(|p| p.into_inner());
-                ids.iter().filter_map(|id| stored(&map, id)).collect()
-            };
-            #[allow(clippy::disallowed_methods)] // on the delivery writer thread
-            let r = kv.put(pairs);
-            reqs.iter().map(|_| r.clone()).collect()
-        })?;
-        Ok(Arc::new(Deliveries { map, writer }))
+        Ok(Records(Arc::new(Mutex::new(m))))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, Delivery>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The KV pairs to write for `ids`, as their records are now.
+    pub fn pairs(&self, ids: &[MessageId]) -> Vec<(String, Vec<u8>)> {
+        let ids: HashSet<&MessageId> = ids.iter().collect();
+        let map = self.lock();
+        ids.into_iter().filter_map(|id| stored(&map, id)).collect()
+    }
+}
+
+/// All tracked deliveries.
+pub struct Deliveries {
+    records: Records,
+    writer: StoreWriter,
+}
+
+impl Deliveries {
+    /// Deliveries over `records`, written by `writer` (which must have
+    /// been started over the same records).
+    pub fn new(records: Records, writer: StoreWriter) -> Arc<Deliveries> {
+        Arc::new(Deliveries { records, writer })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, Delivery>> {
+        self.records.lock()
     }
 
     /// Applies `events` in order and persists every record they changed.
@@ -243,15 +262,26 @@ impl Deliveries {
     /// Store failures (the records changed in memory; they are written again
     /// with their next change).
     pub async fn apply(&self, events: Vec<Event>) -> Result<(), StoreError> {
-        let changed: Vec<MessageId> = {
-            let mut map = self.lock();
-            let now = Timestamp::now().to_rfc3339();
-            events
-                .into_iter()
-                .flat_map(|e| apply_one(&mut map, e, &now))
-                .collect()
-        };
+        let changed = self.apply_in_memory(events);
         self.persist(changed).await
+    }
+
+    /// Applies `events` in order in memory only, and answers the records
+    /// they changed: for the store writer to write in the caller's own
+    /// commit ([`crate::writer::Batch::deliveries`]).
+    pub fn apply_in_memory(&self, events: Vec<Event>) -> Vec<MessageId> {
+        if events.is_empty() {
+            return Vec::new();
+        }
+        let mut map = self.lock();
+        let now = Timestamp::now().to_rfc3339();
+        let mut changed: Vec<MessageId> = events
+            .into_iter()
+            .flat_map(|e| apply_one(&mut map, e, &now))
+            .collect();
+        changed.sort_unstable();
+        changed.dedup();
+        changed
     }
 
     /// Applies `event` in memory only, and answers what to write for it:
@@ -264,14 +294,12 @@ impl Deliveries {
         ids.iter().filter_map(|id| stored(&map, id)).collect()
     }
 
-    /// Writes the current records of `ids`.
-    async fn persist(&self, mut ids: Vec<MessageId>) -> Result<(), StoreError> {
-        ids.sort_unstable();
-        ids.dedup();
+    /// Writes the current records of `ids`, in a commit of their own.
+    pub async fn persist(&self, ids: Vec<MessageId>) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
-        self.writer.submit(ids).await?
+        self.writer.store(Batch::records(ids)).await.map(|_| ())
     }
 
     /// The record of `id` as seen now.

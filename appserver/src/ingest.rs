@@ -1,9 +1,11 @@
 //! Storing what children send: validate, store once, answer. The
 //! appserver's terminal pipeline stage.
 //!
-//! Each exchange POST becomes one request to a [`GroupCommit`] writer, so
-//! concurrent children's batches share one transaction and one fsync. A
-//! message is answered `accepted` only after that commit; a repeated
+//! Each exchange POST becomes one request to the store writer
+//! ([`crate::writer`]), so concurrent children's batches share one
+//! transaction and one fsync; what the batch's reports change in the
+//! delivery records is written in that commit too. A message is answered
+//! `accepted` only after that commit; a repeated
 //! message ID is answered `accepted` again and not stored twice. While a
 //! stream subscriber listens, each message is also rendered for the
 //! stream's [`crate::feed`] here, on the exchange's task, and published by
@@ -19,22 +21,13 @@ use rsnet_common::model::Content;
 use rsnet_common::model::Hop;
 use rsnet_common::pipeline::{Exchange, Judged, Stage, StageFuture, Verdict};
 use rsnet_common::release;
-use rsnet_common::store::{Appended, GroupCommit, MessageStore, StoreError, StoredMessage};
-use tokio::sync::watch;
+use rsnet_common::store::{Appended, MessageStore, StoredMessage};
 
 use crate::deliveries::{Deliveries, Event};
 use crate::feed::{Feed, Rendered};
 use crate::topology::Topology;
 use crate::uploads::Uploads;
-
-/// One exchange's request to the store writer: its messages, each one's
-/// rendering for the stream's feed (empty when nobody listened), and the
-/// state it taught.
-struct Batch {
-    messages: Vec<StoredMessage>,
-    rendered: Vec<Option<Rendered>>,
-    state: Vec<(String, Vec<u8>)>,
-}
+use crate::writer::{Batch, StoreWriter};
 
 /// What ingest tells of the messages it stores, beside the store.
 pub struct Consumers {
@@ -54,70 +47,27 @@ pub struct Consumers {
 pub struct Ingest {
     me: ComponentId,
     to: Consumers,
-    writer: GroupCommit<Batch, Result<Vec<Appended>, StoreError>>,
+    writer: StoreWriter,
     stored: Counter,
     duplicates: Counter,
     rejected: Counter,
 }
 
 impl Ingest {
-    /// Starts the store writer over `messages`, publishing what it stores
-    /// to the feed; returns the stage and the last committed sequence
-    /// number, for subscribers.
-    ///
-    /// # Errors
-    /// A writer thread that cannot start.
-    pub fn start(
+    /// The stage, storing through `writer` (started over `messages`).
+    pub fn new(
         me: ComponentId,
         messages: Arc<dyn MessageStore>,
+        writer: StoreWriter,
         to: Consumers,
         metrics: &Registry,
-    ) -> std::io::Result<(Arc<Ingest>, watch::Receiver<u64>)> {
-        let (tx, rx) = watch::channel(messages.last_seq());
-        let m = messages.clone();
-        let published = to.feed.clone();
-        let writer = GroupCommit::spawn("store-writer", move |batches: Vec<Batch>| {
-            let sizes: Vec<usize> = batches.iter().map(|b| b.messages.len()).collect();
-            let (mut msgs, mut rendered, mut state) = (Vec::new(), Vec::new(), Vec::new());
-            // Nothing to carry (or allocate) when nobody listened.
-            let any_rendered = batches.iter().any(|b| !b.rendered.is_empty());
-            for b in batches {
-                if any_rendered && b.rendered.is_empty() {
-                    rendered.extend(b.messages.iter().map(|_| None));
-                } else {
-                    rendered.extend(b.rendered);
-                }
-                msgs.extend(b.messages);
-                state.extend(b.state);
-            }
-            #[allow(clippy::disallowed_methods)] // on the store writer thread
-            match m.append(msgs, state) {
-                Ok(mut all) => {
-                    // The feed first, then the announcement: a subscriber
-                    // woken by it finds the new messages there.
-                    let mut r = rendered.into_iter();
-                    published.publish(all.iter().filter_map(|a| {
-                        let r = r.next().flatten();
-                        match a {
-                            Appended::Stored(seq) => Some((*seq, r)),
-                            Appended::Duplicate(_) => None,
-                        }
-                    }));
-                    let _ = tx.send(m.last_seq());
-                    sizes
-                        .into_iter()
-                        .map(|n| Ok(all.drain(..n).collect()))
-                        .collect()
-                }
-                Err(e) => sizes.iter().map(|_| Err(e.clone())).collect(),
-            }
-        })?;
+    ) -> Arc<Ingest> {
         metrics.gauge(
             "rsnet_store_last_seq",
             "highest stored sequence number",
             move || messages.last_seq() as f64,
         );
-        let ingest = Arc::new(Ingest {
+        Arc::new(Ingest {
             me,
             to,
             writer,
@@ -130,8 +80,7 @@ impl Ingest {
                 "rsnet_exchange_rejected_total",
                 "messages the appserver rejected as invalid content",
             ),
-        });
-        Ok((ingest, rx))
+        })
     }
 
     /// Validates and stores a screened batch, with the state the exchange
@@ -206,17 +155,27 @@ impl Ingest {
                 decided,
             };
         }
-        let delivery = self.to.deliveries.apply(reports);
+        // The reports' changes are written in this batch's commit.
+        let changed = self.to.deliveries.apply_in_memory(reports);
         let request = Batch {
             messages: batch,
             rendered,
             state,
+            deliveries: changed.clone(),
         };
-        let (stored, delivery) = tokio::join!(self.writer.submit(request), delivery);
-        if let Err(e) = delivery {
-            tracing::warn!(error = %e, "delivery state not persisted");
+        let stored = self.writer.store(request).await;
+        if stored.is_err() {
+            // Changed in memory but not written: a repeated report changes
+            // nothing, so write them now (they are written again with their
+            // next change if this fails too).
+            let d = self.to.deliveries.clone();
+            tokio::spawn(async move {
+                if let Err(e) = d.persist(changed).await {
+                    tracing::warn!(error = %e, "delivery state not persisted");
+                }
+            });
         }
-        match stored.and_then(|r| r) {
+        match stored {
             Ok(results) => {
                 // A repeated request was granted or denied the first time.
                 let fresh: Vec<_> = bulk

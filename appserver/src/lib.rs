@@ -26,6 +26,7 @@ pub mod releases;
 pub mod rollout;
 pub mod topology;
 pub mod uploads;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -125,8 +126,14 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     let store = store::open(&cfg.store, &cfg.data_dir)?;
     let metrics = Registry::default();
     let kv = store.kv();
-    // Delivery records: one owner, fed by the send, the queues and ingest.
-    let deliveries = Deliveries::open(kv.clone())?;
+    let messages = store.messages()?;
+    let feed = feed::Feed::new(feed::FEED_BYTES, &metrics);
+    // Delivery records: one owner, fed by the send, the queues and ingest,
+    // and written by the one store writer.
+    let records = deliveries::Records::load(kv.as_ref())?;
+    let (writer, committed) =
+        writer::StoreWriter::start(messages.clone(), records.clone(), feed.clone())?;
+    let deliveries = Deliveries::new(records, writer.clone());
     let backchannel = BackChannel::open(
         me.id.clone(),
         store.queues()?,
@@ -163,12 +170,11 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         outbound.clone(),
         &metrics,
     )?);
-    let messages = store.messages()?;
     let topology = Arc::new(Mutex::new(Topology::load(kv.list(topology::PREFIX)?)));
-    let feed = feed::Feed::new(feed::FEED_BYTES, &metrics);
-    let (ingest, committed) = Ingest::start(
+    let ingest = Ingest::new(
         me.id.clone(),
         messages.clone(),
+        writer,
         ingest::Consumers {
             topology: topology.clone(),
             deliveries: deliveries.clone(),
@@ -177,7 +183,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
             feed: feed.clone(),
         },
         &metrics,
-    )?;
+    );
     // Clients without a certificate get a TLS session only where this
     // appserver signs for enrolling nodes, and then only that path.
     let tls = ReloadingServerConfig::start_with(cfg.tls.clone(), cfg.enrollment.pki_dir.is_some())?;

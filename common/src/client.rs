@@ -1,5 +1,7 @@
-//! One-shot HTTP client for the command-line tools and tests: the proxy's
-//! local API (plain HTTP on loopback) and the operator API (mTLS).
+//! HTTP client for the command-line tools and tests: the proxy's local API
+//! (plain HTTP on loopback) and the operator API (mTLS). A request on a
+//! connection of its own ([`send`], [`call`]), or many on one kept open
+//! ([`connect`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,6 +65,26 @@ pub async fn send_body(
     body: crate::http_util::Body,
     extra: &[(&str, String)],
 ) -> Result<Response<Incoming>, String> {
+    connect(target)
+        .await?
+        .send_body(method, path, body, extra)
+        .await
+}
+
+/// One connection to `target`, kept open for many requests (HTTP/1.1
+/// keep-alive): a client that sends often saves a TCP and a TLS handshake
+/// per request.
+pub struct Connection {
+    host: String,
+    port: u16,
+    send: hyper::client::conn::http1::SendRequest<crate::http_util::Body>,
+}
+
+/// Opens a [`Connection`].
+///
+/// # Errors
+/// As [`send`].
+pub async fn connect(target: &Target) -> Result<Connection, String> {
     let (host, port, stream): (String, u16, Box<dyn IoStream>) = match target {
         Target::Plain(addr) => {
             let tcp = TcpStream::connect(addr)
@@ -89,21 +111,40 @@ pub async fn send_body(
             (host, port, Box::new(tls))
         }
     };
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let mut b = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, format!("{host}:{port}"));
-    for (k, v) in extra {
-        b = b.header(*k, v);
+    Ok(Connection { host, port, send })
+}
+
+impl Connection {
+    /// Sends one request once the previous one's response is done with;
+    /// returns the response with its body still streaming.
+    ///
+    /// # Errors
+    /// As [`send`]; a connection the server closed is an error here (open
+    /// another).
+    pub async fn send_body(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: crate::http_util::Body,
+        extra: &[(&str, String)],
+    ) -> Result<Response<Incoming>, String> {
+        self.send.ready().await.map_err(|e| e.to_string())?;
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, format!("{}:{}", self.host, self.port));
+        for (k, v) in extra {
+            b = b.header(*k, v);
+        }
+        let req = b.body(body).map_err(|e| e.to_string())?;
+        self.send.send_request(req).await.map_err(|e| e.to_string())
     }
-    let req = b.body(body).map_err(|e| e.to_string())?;
-    send.send_request(req).await.map_err(|e| e.to_string())
 }
 
 /// Sends one request and reads the whole response body.

@@ -798,8 +798,19 @@ async fn a_child_that_never_polls_fills_only_its_own_quota_and_its_sibling_gets_
 /// What the appserver answered 202 for is durable with its record: killed
 /// with SIGKILL right after a burst of sends and restarted, it still knows
 /// every message's delivery record, and every copy reaches the proxy once.
+/// SIGKILLs node `i`, starts it again, and answers the operator's target.
+fn kill9_and_restart(tree: &mut Tree, i: usize) -> Target {
+    tokio::task::block_in_place(|| {
+        tree.kill9(i);
+        tree.restart(i)
+    })
+    .expect("node restarts");
+    tree.operator_target().expect("operator")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sends_answered_before_a_kill_9_of_the_appserver_keep_their_records_and_arrive_once() {
+async fn sends_answered_before_a_kill_9_of_the_appserver_keep_their_records_and_arrive_once_and_their_reports_stay(
+) {
     let spec = Spec {
         mlms: vec![("mlm1".into(), None)],
         proxies: vec![("p1".into(), Some(0))],
@@ -814,12 +825,7 @@ async fn sends_answered_before_a_kill_9_of_the_appserver_keep_their_records_and_
     for _ in 0..20 {
         ids.push(send_to(&op, json!("acme.p1"), json!({})).await);
     }
-    tokio::task::block_in_place(|| {
-        tree.kill9(0);
-        tree.restart(0)
-    })
-    .expect("appserver restarts");
-    let op = tree.operator_target().expect("operator");
+    let op = kill9_and_restart(&mut tree, 0);
     for id in &ids {
         let d = deliveries(&op, id).await;
         assert_eq!(d["id"], json!(id), "{d}");
@@ -834,5 +840,15 @@ async fn sends_answered_before_a_kill_9_of_the_appserver_keep_their_records_and_
     ack(&tree, p1, &got).await;
     for id in &ids {
         wait_states(&op, id, "processed", 1).await;
+    }
+    // What the reports changed was written with them: another kill -9
+    // keeps every record processed.
+    let op = kill9_and_restart(&mut tree, 0);
+    for id in &ids {
+        let s = states(&op, id).await;
+        assert!(
+            s.len() == 1 && s.values().all(|v| v == "processed"),
+            "{id}: {s:?}"
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! Back-channel benchmarks (issue 3), on a tree appserver → MLM → proxy:
 //!
-//! 1. Latency from the operator's `POST /api/v1/messages` (a new HTTPS
-//!    connection each time, as `rsnet-ctl send` makes) to the message's
+//! 1. Latency from the operator's `POST /api/v1/messages` to the message's
 //!    arrival at an integrator long-polling the proxy's inbox: two hops
-//!    down, with the MLM and the proxy long-polling their parents.
+//!    down, with the MLM and the proxy long-polling their parents. Twice:
+//!    with a new HTTPS connection for each POST (as `rsnet-ctl send`
+//!    makes), and with one connection kept open (as an operator service
+//!    that sends often would); sends back to back, then paced.
 //! 2. Bytes on the appserver → MLM link per group message as the group
 //!    grows from 1 to 1,000 destinations behind that one MLM (support
 //!    instances of one proxy), read from the appserver's own counter.
@@ -14,7 +16,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use http::Method;
-use rsnet_common::client::{call, Target};
+use http_body_util::BodyExt;
+use rsnet_common::client::{call, connect, Connection, Target};
 use rsnet_demo::{json_call, metric};
 
 use crate::peer::quantile;
@@ -23,11 +26,31 @@ use tokio::sync::mpsc;
 
 const LATENCY_SAMPLES: usize = 1000;
 const PAYLOAD: usize = 1024;
+/// The paced run's interval between sends (50 a second).
+const PACE: Duration = Duration::from_millis(20);
 
 async fn post(op: &Target, body: Value) -> String {
     let (s, v) = json_call(op, Method::POST, "/api/v1/messages", Some(body))
         .await
         .expect("post");
+    assert!(s.is_success(), "{s}: {v}");
+    v["id"].as_str().expect("id").to_string()
+}
+
+/// [`post`] on a kept connection.
+async fn post_on(conn: &mut Connection, body: Value) -> String {
+    let resp = conn
+        .send_body(
+            Method::POST,
+            "/api/v1/messages",
+            rsnet_common::http_util::full(body.to_string()),
+            &[("content-type", "application/json".into())],
+        )
+        .await
+        .expect("post");
+    let s = resp.status();
+    let b = resp.into_body().collect().await.expect("body").to_bytes();
+    let v: Value = serde_json::from_slice(&b).unwrap_or_default();
     assert!(s.is_success(), "{s}: {v}");
     v["id"].as_str().expect("id").to_string()
 }
@@ -88,47 +111,64 @@ pub async fn run(dir: &std::path::Path) {
         }
     });
     let payload = "x".repeat(PAYLOAD);
-    let mut lat = Vec::with_capacity(LATENCY_SAMPLES);
-    // The operator's own request (a new mTLS connection, the appserver's
-    // store and fsync) apart from the two hops down.
-    let mut answered = Vec::with_capacity(LATENCY_SAMPLES);
-    let mut early: HashMap<String, Instant> = HashMap::new();
-    for _ in 0..LATENCY_SAMPLES {
-        let t0 = Instant::now();
-        let id = post(
-            &op,
-            json!({ "to": "acme.p1", "kind": "data", "class": "bench", "payload": payload }),
-        )
-        .await;
-        answered.push(t0.elapsed());
-        let arrived = loop {
-            if let Some(t) = early.remove(&id) {
-                break t;
-            }
-            let (got, t) = rx.recv().await.expect("integrator");
-            if got == id {
-                break t;
-            }
-            early.insert(got, t);
-        };
-        lat.push(arrived - t0);
-    }
-    integrator.abort();
-    lat.sort();
-    answered.sort();
+    let message = json!({ "to": "acme.p1", "kind": "data", "class": "bench", "payload": payload });
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let (p50, p99) = (quantile(&lat, 0.50), quantile(&lat, 0.99));
     println!("### Back-channel latency (operator POST → proxy inbox, two hops, long-poll)\n");
-    println!("| samples | payload | p50 | p99 | max | the POST answered, p50 / p99 |");
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| {LATENCY_SAMPLES} | {PAYLOAD} B | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms |\n",
-        ms(p50),
-        ms(p99),
-        lat.last().map_or(0.0, |d| ms(*d)),
-        ms(quantile(&answered, 0.50)),
-        ms(quantile(&answered, 0.99)),
-    );
+    println!("| the operator's connection | sends | samples | payload | p50 | p99 | max | the POST answered, p50 / p99 |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut early: HashMap<String, Instant> = HashMap::new();
+    let mut kept = None;
+    // Back to back: each send as soon as the one before arrived (and the
+    // appserver is still writing what it taught: the MLM's ack, the
+    // destination's reports). Paced: one send every PACE.
+    for (per_post, paced) in [(true, false), (false, false), (false, true)] {
+        if !per_post && kept.is_none() {
+            // Opened now: the appserver closes a connection left idle.
+            kept = Some(connect(&op).await.expect("operator connection"));
+        }
+        let mut pace = tokio::time::interval(PACE);
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lat = Vec::with_capacity(LATENCY_SAMPLES);
+        // The operator's own request (the connection if new, the
+        // appserver's store and fsync) apart from the two hops down.
+        let mut answered = Vec::with_capacity(LATENCY_SAMPLES);
+        for _ in 0..LATENCY_SAMPLES {
+            if paced {
+                pace.tick().await;
+            }
+            let t0 = Instant::now();
+            let id = match kept.as_mut() {
+                None => post(&op, message.clone()).await,
+                Some(conn) => post_on(conn, message.clone()).await,
+            };
+            answered.push(t0.elapsed());
+            let arrived = loop {
+                if let Some(t) = early.remove(&id) {
+                    break t;
+                }
+                let (got, t) = rx.recv().await.expect("integrator");
+                if got == id {
+                    break t;
+                }
+                early.insert(got, t);
+            };
+            lat.push(arrived - t0);
+        }
+        lat.sort();
+        answered.sort();
+        println!(
+            "| {} | {} | {LATENCY_SAMPLES} | {PAYLOAD} B | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms |",
+            if per_post { "new for each POST" } else { "kept open" },
+            if paced { format!("one every {} ms", PACE.as_millis()) } else { "back to back".into() },
+            ms(quantile(&lat, 0.50)),
+            ms(quantile(&lat, 0.99)),
+            lat.last().map_or(0.0, |d| ms(*d)),
+            ms(quantile(&answered, 0.50)),
+            ms(quantile(&answered, 0.99)),
+        );
+    }
+    println!();
+    integrator.abort();
 
     // ---- 2. bytes per group message on the appserver → MLM link
     println!("### Bytes on the appserver → MLM link per group message ({PAYLOAD} B payload)\n");

@@ -37,6 +37,8 @@ struct Row {
     rules: &'static str,
     rate: f64,
     mlm_us: f64,
+    /// CPU per message of the proxy, MLM and appserver.
+    per_node_us: [f64; 3],
 }
 
 pub async fn run(dir: &std::path::Path) {
@@ -54,10 +56,16 @@ pub async fn run(dir: &std::path::Path) {
             let d = dir.join(format!("{round}-{}", name.replace(' ', "-")));
             let tree = tokio::task::block_in_place(|| Tree::start(&d, &spec)).expect("tree");
             let mlm = tree.index("acme.mlm1").expect("mlm");
-            let pid = tree.nodes[mlm].pid().expect("mlm pid");
-            let cpu0 = cpu_secs(pid);
+            let pids = ["acme.p1", "acme.mlm1", "provider.app"].map(|id| {
+                let i = tree.index(id).expect("node");
+                tree.nodes[i].pid().expect("pid")
+            });
+            let cpu0 = pids.map(cpu_secs);
             let (n, _, stored_secs) = crate::throughput(&tree, SECS).await;
-            let cpu = cpu_secs(pid) - cpu0;
+            let mut per_node_us = [0.0; 3];
+            for (k, pid) in pids.iter().enumerate() {
+                per_node_us[k] = (cpu_secs(*pid) - cpu0[k]) * 1e6 / n as f64;
+            }
             if name != "none" {
                 let hits = rsnet_demo::metric(
                     &tree.node_target(mlm).expect("mlm"),
@@ -73,7 +81,8 @@ pub async fn run(dir: &std::path::Path) {
             rows.push(Row {
                 rules: name,
                 rate: n as f64 / stored_secs,
-                mlm_us: cpu * 1e6 / n as f64,
+                mlm_us: per_node_us[1],
+                per_node_us,
             });
             drop(tree);
         }
@@ -82,11 +91,14 @@ pub async fn run(dir: &std::path::Path) {
         let v: Vec<f64> = rows.iter().filter(|r| r.rules == name).map(f).collect();
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
-    println!("| rules at the MLM | run | stored (msg/s) | MLM CPU per message |");
-    println!("|---|---|---|---|");
+    println!(
+        "| rules at the MLM | run | stored (msg/s) | MLM CPU per message | proxy / MLM / appserver CPU per message |"
+    );
+    println!("|---|---|---|---|---|");
     for (i, r) in rows.iter().enumerate() {
+        let [p, m, a] = r.per_node_us;
         println!(
-            "| {} | {} | {:.0} | {:.1} µs |",
+            "| {} | {} | {:.0} | {:.1} µs | {p:.1} / {m:.1} / {a:.1} µs |",
             r.rules,
             i / 2 + 1,
             r.rate,
