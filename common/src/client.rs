@@ -90,6 +90,8 @@ pub async fn connect(target: &Target) -> Result<Connection, String> {
             let tcp = TcpStream::connect(addr)
                 .await
                 .map_err(|e| format!("connect {addr}: {e}"))?;
+            // A request is written in pieces (head, body chunks): each goes now.
+            let _ = tcp.set_nodelay(true);
             (addr.ip().to_string(), addr.port(), Box::new(tcp))
         }
         Target::Tls { base, config } => {
@@ -103,6 +105,7 @@ pub async fn connect(target: &Target) -> Result<Connection, String> {
             let tcp = TcpStream::connect((host.as_str(), port))
                 .await
                 .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
             let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
             let tls = tokio_rustls::TlsConnector::from(config.clone())
                 .connect(name, tcp)

@@ -40,6 +40,10 @@
 //!   is done by a sweeper thread after the retiring frame is durable (an
 //!   unlink of a full segment took 12–20 ms here, and held every commit
 //!   behind it); a crash before it leaves files that replay finds dead.
+//!   Even off the writer's thread, one unlink of a whole segment stalled
+//!   the writer's next fdatasync for as long (the file system's journal),
+//!   so the sweeper renames a segment aside (`N.dead`, deleted unread at
+//!   open), cuts it down 1 MiB at a time and then unlinks it.
 //! * A segment pinned by a few long-lived messages (held by a throttle, say)
 //!   would keep every later segment alive. When the dead bytes on disk
 //!   outweigh the live ones and pass four segments' worth, and the oldest
@@ -475,10 +479,44 @@ impl Drop for Sweeper {
     }
 }
 
+/// Bytes a spent segment is cut down by in one step ([`delete_segment`]).
+const CUT_STEP: u64 = 1 << 20;
+
+/// Deletes a spent segment without stalling the writer's commits.
+///
+/// Unlinking a whole 16 MiB segment frees all its blocks in one journal
+/// handle, and an fdatasync of the active segment that comes meanwhile
+/// waits for it: 20–25 ms here, every 16 MiB, at the writer's p99.9. So the
+/// segment is first renamed aside (`N.dead`: from then on it is gone for
+/// replay, and [`SegmentSpool::open`] deletes such a file unread), then cut
+/// down a step at a time, each a short handle, and unlinked.
 fn delete_segment(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path) {
+    let dead = path.with_extension("dead");
+    let aside = std::fs::rename(path, &dead)
+        .and_then(|()| path.parent().map_or(Ok(()), |d| File::open(d)?.sync_all()));
+    let gone = match aside {
+        Ok(()) => {
+            // Best effort: the unlink that follows frees whatever is left.
+            let _ = cut_down(&dead);
+            std::fs::remove_file(&dead)
+        }
+        Err(_) if dead.exists() => std::fs::remove_file(&dead),
+        Err(_) => std::fs::remove_file(path),
+    };
+    if let Err(e) = gone {
         tracing::warn!(segment = %path.display(), error = %e, "spool: cannot delete a spent segment");
     }
+}
+
+/// Shortens `path` to at most [`CUT_STEP`] bytes, a step at a time.
+fn cut_down(path: &Path) -> std::io::Result<()> {
+    let f = OpenOptions::new().write(true).open(path)?;
+    let mut len = f.metadata()?.len();
+    while len > CUT_STEP {
+        len -= CUT_STEP;
+        f.set_len(len)?;
+    }
+    Ok(())
 }
 
 fn seg_path(dir: &Path, n: u64) -> PathBuf {
@@ -533,6 +571,13 @@ impl SegmentSpool {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
+                if name.ends_with(".dead") {
+                    // Spent, and being deleted when the process stopped.
+                    if let Err(err) = std::fs::remove_file(e.path()) {
+                        tracing::warn!(segment = %e.path().display(), error = %err, "spool: cannot delete a spent segment");
+                    }
+                    return None;
+                }
                 let n = name.strip_suffix(".seg")?;
                 (n.len() == 16).then(|| u64::from_str_radix(n, 16).ok())?
             })

@@ -331,6 +331,59 @@ mod segment {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A spent segment is renamed aside and cut down before it is
+    /// unlinked; one a crash left aside (`N.dead`, even shortened mid-frame)
+    /// is deleted at open, unread, and what is live stays as it was.
+    #[test]
+    fn a_segment_left_aside_by_a_crash_mid_deletion_is_deleted_unread() {
+        let dir = tmp();
+        let s = SegmentSpool::open_sized(&dir, 1 << 30, 64 * 1024).unwrap();
+        for _ in 0..30 {
+            s.push((0..10).map(|_| rec(4, true, &[b'z'; 1000])).collect())
+                .unwrap();
+        }
+        let held = all(&s);
+        let keys: Vec<SpoolKey> = held[..200].iter().map(|(k, _)| *k).collect();
+        s.remove(&keys).unwrap();
+        s.swept();
+        let names = || -> Vec<String> {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        };
+        assert!(
+            !names().iter().any(|n| n.ends_with(".dead")),
+            "{:?}",
+            names()
+        );
+        let live = all(&s);
+        assert_eq!(live.len(), 100);
+        drop(s);
+        // As a crash while cutting one down would leave it: renamed, and
+        // torn in the middle of a frame (replayed, that would be refused).
+        let oldest = segments(&dir)[0].clone();
+        let aside = oldest.with_extension("dead");
+        std::fs::copy(&oldest, &aside).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&aside)
+            .unwrap();
+        f.set_len(std::fs::metadata(&aside).unwrap().len() / 2 + 7)
+            .unwrap();
+        let garbage = dir.join("0000000000000000.dead");
+        std::fs::write(&garbage, b"not a segment").unwrap();
+        let s = SegmentSpool::open_sized(&dir, 1 << 30, 64 * 1024).unwrap();
+        assert_eq!(all(&s), live);
+        assert!(
+            !names().iter().any(|n| n.ends_with(".dead")),
+            "{:?}",
+            names()
+        );
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// More than the memory cache holds: bodies come back from the files,
     /// the same bytes, in order, before and after a reopen.
     #[test]
