@@ -175,7 +175,11 @@ impl Item {
                 );
                 b
             }
-            None => Bytes::from(wire::encode_header_compact(&with(&self.header))),
+            None => {
+                let b = Bytes::from(wire::encode_header_compact_with_hop(&self.header, hop));
+                debug_assert_eq!(b, wire::encode_header_compact(&with(&self.header)));
+                b
+            }
         }
     }
 

@@ -49,13 +49,19 @@ const PART: &str = "header";
 
 /// Writes a header as XML, every field spelled out.
 pub fn encode_header(h: &Header) -> String {
-    encode(h, false)
+    encode(h, false, None)
 }
 
 /// Writes a header as XML, leaving out what [`decode_header`] derives (the
 /// module docs): about 100 bytes less for a proxy's alarm.
 pub fn encode_header_compact(h: &Header) -> String {
-    encode(h, true)
+    encode(h, true, None)
+}
+
+/// [`encode_header_compact`] of `h` with `hop` after its routing list's
+/// last hop: what a relay passes on, without copying the header to add it.
+pub fn encode_header_compact_with_hop(h: &Header, hop: &Hop) -> String {
+    encode(h, true, Some(hop))
 }
 
 /// A header as `xml` says it (compact or full), written in the full form;
@@ -67,8 +73,9 @@ pub fn full_header(xml: &bytes::Bytes) -> bytes::Bytes {
     }
 }
 
-fn encode(h: &Header, compact: bool) -> String {
-    let mut s = String::with_capacity(256 + 80 * h.routing.len());
+fn encode(h: &Header, compact: bool, extra: Option<&Hop>) -> String {
+    let mut s = String::with_capacity(256 + 80 * (h.routing.len() + 1));
+    let mut routing = h.routing.iter().chain(extra);
     s.push_str("<header");
     s.push_str(" id=\"");
     h.id.push_str_to(&mut s);
@@ -88,7 +95,10 @@ fn encode(h: &Header, compact: bool) -> String {
         Direction::Source(src)
             if compact
                 && src.version.is_none()
-                && h.routing.first().is_some_and(|f| f.id == src.origin) => {}
+                && h.routing
+                    .first()
+                    .or(extra)
+                    .is_some_and(|f| f.id == src.origin) => {}
         Direction::Source(src) => {
             s.push_str("<source");
             attr(&mut s, "origin", src.origin.as_str());
@@ -121,9 +131,9 @@ fn encode(h: &Header, compact: bool) -> String {
         }
         s.push_str("/>");
     }
-    if !h.routing.is_empty() {
+    if let Some(first) = routing.next() {
         s.push_str("<routing>");
-        for hop in &h.routing {
+        for hop in std::iter::once(first).chain(routing) {
             push_hop(&mut s, hop, h.created, compact);
         }
         s.push_str("</routing>");

@@ -276,7 +276,8 @@ mod header;
 mod lexer;
 pub use header::{
     decode_header, decode_leading_header, decode_received_header, encode_header,
-    encode_header_compact, full_header, narrow_reading_agrees, RawHeader,
+    encode_header_compact, encode_header_compact_with_hop, full_header, narrow_reading_agrees,
+    RawHeader,
 };
 
 // ---------------------------------------------------------------- contents
@@ -891,6 +892,32 @@ mod tests {
                 spliced.starts_with(b"<header"),
                 "nothing before the root is kept"
             );
+        }
+    }
+
+    /// Written with the hop added, a header reads as the header with that
+    /// hop pushed: with a routing list and without one (where the hop may
+    /// be the source's own and the source is then left out).
+    #[test]
+    fn a_header_written_with_one_more_hop_is_that_header_with_it() {
+        let h = sample_header();
+        for routing in [h.routing.clone(), Vec::new()] {
+            let mut h = h.clone();
+            h.routing = routing;
+            let origin = match &h.direction {
+                crate::model::Direction::Source(s) => s.origin.to_string(),
+                _ => "acme.p1".into(),
+            };
+            for next in [
+                hop("acme.mlm1", 1_800_000_000_456),
+                hop(&origin, h.created.0),
+            ] {
+                let mut want = h.clone();
+                want.routing.push(next.clone());
+                let got = encode_header_compact_with_hop(&h, &next);
+                assert_eq!(got, encode_header_compact(&want));
+                assert_eq!(decode_header(got.as_bytes()).unwrap(), want);
+            }
         }
     }
 
