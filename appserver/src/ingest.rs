@@ -14,11 +14,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rsnet_common::envelope::Item;
+use rsnet_common::envelope::{wire, Item};
 use rsnet_common::id::ComponentId;
 use rsnet_common::metrics::{Counter, Registry};
-use rsnet_common::model::Content;
 use rsnet_common::model::Hop;
+use rsnet_common::model::{Content, Message};
 use rsnet_common::pipeline::{Exchange, Judged, Stage, StageFuture, Verdict};
 use rsnet_common::release;
 use rsnet_common::store::{Appended, MessageStore, StoredMessage};
@@ -121,6 +121,7 @@ impl Ingest {
             for (item, checked) in checked {
                 match checked {
                     Ok((s, content, r)) => {
+                        topo.learn(&item.header, &content, now, &mut state);
                         match (content, item.header.source()) {
                             (Content::Response(r), Some(src)) => reports.push(Event::Reported {
                                 origin: src.origin.clone(),
@@ -137,7 +138,6 @@ impl Ingest {
                             }
                             _ => {}
                         }
-                        topo.learn(&item.header, now, &mut state);
                         ids.push(item.header.id);
                         batch.push(s);
                         if render {
@@ -220,6 +220,55 @@ impl Ingest {
             forward: Vec::new(),
             decided,
         }
+    }
+}
+
+impl Ingest {
+    /// Stores messages the appserver makes itself (liveness events), with
+    /// `state` in the same commit, through the one writer, and puts them on
+    /// the stream. Each already carries the appserver's hop.
+    ///
+    /// # Errors
+    /// The commit failed: nothing of it was written.
+    ///
+    /// # Durability
+    /// `Ok` once committed with fsync.
+    pub async fn store_own(
+        &self,
+        messages: Vec<Message>,
+        state: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), rsnet_common::store::StoreError> {
+        let received = rsnet_common::model::Timestamp::now();
+        let render = self.to.feed.listening();
+        let mut batch = Batch {
+            state,
+            ..Batch::default()
+        };
+        for m in &messages {
+            let Some(src) = m.header.source() else {
+                continue;
+            };
+            if render {
+                batch
+                    .rendered
+                    .push(Rendered::of(&m.header, &m.content, received));
+            }
+            batch.messages.push(StoredMessage {
+                id: m.header.id,
+                source: src.origin.clone(),
+                class: m.header.class.clone(),
+                subclass: m.header.subclass.clone(),
+                kind: m.header.kind,
+                created: m.header.created,
+                received,
+                header: wire::encode_header_compact(&m.header).into(),
+                content: wire::encode_content(&m.content).into(),
+            });
+        }
+        let n = batch.messages.len() as u64;
+        self.writer.store(batch).await?;
+        self.stored.add(n);
+        Ok(())
     }
 }
 

@@ -21,6 +21,7 @@ pub mod error;
 pub mod feed;
 pub mod groups;
 pub mod ingest;
+pub mod liveness;
 pub mod outbound;
 pub mod releases;
 pub mod rollout;
@@ -83,6 +84,9 @@ pub struct Config {
     /// Signing certificates for enrolling nodes.
     #[serde(default)]
     pub enrollment: enrollments::EnrollmentConfig,
+    /// When a silent component is reported stale.
+    #[serde(default)]
+    pub liveness: liveness::LivenessConfig,
 }
 
 impl Config {
@@ -111,6 +115,7 @@ impl Config {
         c.uploads.validate(&mut errors);
         c.throttle.validate(&mut errors);
         c.enrollment.validate(&mut errors);
+        c.liveness.validate(&mut errors);
         ConfigError::check(path, errors)?;
         Ok(c)
     }
@@ -170,7 +175,10 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         outbound.clone(),
         &metrics,
     )?);
-    let topology = Arc::new(Mutex::new(Topology::load(kv.list(topology::PREFIX)?)));
+    let started = rsnet_common::model::Timestamp::now();
+    let mut topo = Topology::load(kv.list(topology::PREFIX)?, started);
+    topo.set_self(&me.id, started);
+    let topology = Arc::new(Mutex::new(topo));
     let ingest = Ingest::new(
         me.id.clone(),
         messages.clone(),
@@ -184,6 +192,14 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         },
         &metrics,
     );
+    tokio::spawn(liveness::watch_until_shutdown(
+        me.id.clone(),
+        topology.clone(),
+        ingest.clone(),
+        cfg.liveness.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     // Clients without a certificate get a TLS session only where this
     // appserver signs for enrolling nodes, and then only that path.
     let tls = ReloadingServerConfig::start_with(cfg.tls.clone(), cfg.enrollment.pki_dir.is_some())?;

@@ -54,6 +54,10 @@ pub mod tls;
 
 pub use error::{Error, Result};
 
+/// This build's software version: in the source of every message a node
+/// originates (heartbeats, notices, reports) and in its status tree.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub use id::{ComponentId, GroupName, MessageId};
 pub use model::{Content, Header, Message};
 

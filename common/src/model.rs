@@ -556,6 +556,23 @@ impl Message {
         }
     }
 
+    /// A new forward message the node `origin` makes itself (a heartbeat,
+    /// a notice, a report, an aggregate), as [`Message::forward`] with this
+    /// build's [`crate::VERSION`] in its source, so the appserver learns
+    /// every node's version. What integrators send carries none.
+    pub fn originated(
+        origin: ComponentId,
+        class: &str,
+        subclass: Option<&str>,
+        content: Content,
+    ) -> Self {
+        let mut m = Message::forward(origin, class, subclass, content);
+        if let Direction::Source(s) = &mut m.header.direction {
+            s.version = Some(crate::VERSION.to_string());
+        }
+        m
+    }
+
     /// Appends `id` to the routing list, stamped with the creation time
     /// (what a node does to the messages it originates).
     pub fn with_hop(mut self, id: &ComponentId) -> Self {
@@ -569,7 +586,8 @@ impl Message {
     /// A destination's report on a back-channel message (class `response`,
     /// subclass [`DELIVERED`] or [`PROCESSED`]), from `from`, passing `hop`.
     pub fn response(from: &ComponentId, stage: &str, r: Response, hop: &ComponentId) -> Self {
-        Message::forward(from.clone(), "response", Some(stage), Content::Response(r)).with_hop(hop)
+        Message::originated(from.clone(), "response", Some(stage), Content::Response(r))
+            .with_hop(hop)
     }
 }
 

@@ -77,7 +77,7 @@ fn reports_of(at: &ComponentId, gone: &[Expired], subclass: &str, what: &str) ->
                 ),
             };
             let payload = serde_json::json!({ "at": at.to_string(), "messages": chunk });
-            Message::forward(
+            Message::originated(
                 at.clone(),
                 crate::heartbeat::CLASS,
                 Some(subclass),

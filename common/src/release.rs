@@ -484,7 +484,7 @@ impl Report {
         if let Some(why) = &mut r.reason {
             crate::envelope::truncate(why, crate::limits::MAX_REASON_BYTES);
         }
-        crate::Message::forward(
+        crate::Message::originated(
             from.clone(),
             CLASS,
             Some(self.state.as_str()),

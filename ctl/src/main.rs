@@ -20,8 +20,9 @@ use serde_json::{json, Value};
 #[derive(Parser)]
 #[command(name = "rsnet-ctl", version, about = "Operator CLI for rsnet")]
 struct Cli {
-    /// tree.json of a running demo tree (supplies URL and credential).
-    #[arg(long, global = true)]
+    /// tree.json of a running demo tree (supplies URL and credential);
+    /// before the subcommand (`components --tree` is the tree view).
+    #[arg(long)]
     tree: Option<PathBuf>,
     /// Appserver URL (https://host:port).
     #[arg(long, env = "RSNET_URL", global = true)]
@@ -44,8 +45,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Every component seen: parent path, last seen, last heartbeat.
-    Components,
+    /// Every component seen: liveness, role, version, parent path, last
+    /// heartbeat; with --tree, as the tree they form.
+    Components {
+        /// Draw the tree: each component under its parent, with liveness,
+        /// version and spool or queue depth.
+        #[arg(long)]
+        tree: bool,
+    },
     /// The operators' audit log: who did what, when, and the answer
     /// (needs an `admin` operator certificate).
     Audit {
@@ -178,8 +185,10 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<ReleaseCmd>,
     },
-    /// Follow the stream of stored messages (server-sent events).
-    Tail {
+    /// Follow the stream of stored messages (server-sent events), a
+    /// compact line per message.
+    #[command(visible_alias = "tail")]
+    Watch {
         /// Class.
         #[arg(long)]
         class: Option<String>,
@@ -374,6 +383,104 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
         .join("&")
 }
 
+/// Components as the tree they form: the appserver at the root, each
+/// component under the first hop of its parent path.
+fn components_tree(list: &[Value]) -> String {
+    use std::collections::BTreeMap;
+    let id = |c: &Value| c["id"].as_str().unwrap_or("").to_string();
+    let parent = |c: &Value| {
+        c["parent_path"]
+            .as_array()
+            .and_then(|p| p.first())
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let known: std::collections::HashSet<String> = list.iter().map(id).collect();
+    let root = list
+        .iter()
+        .find(|c| c["role"] == "appserver")
+        .map(id)
+        .unwrap_or_default();
+    let mut children: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for c in list {
+        if id(c) == root {
+            continue;
+        }
+        // Under its parent; at the top if the parent is not listed (or
+        // the component sits right under the appserver).
+        let p = parent(c)
+            .filter(|p| known.contains(p))
+            .unwrap_or_else(|| root.clone());
+        children.entry(p).or_default().push(c);
+    }
+    let mut out = String::new();
+    let by_id: std::collections::HashMap<String, &Value> =
+        list.iter().map(|c| (id(c), c)).collect();
+    match by_id.get(&root) {
+        Some(r) => out.push_str(&format!("{}\n", component_line(r))),
+        None => out.push_str("(appserver)\n"),
+    }
+    fn walk(
+        at: &str,
+        prefix: &str,
+        children: &BTreeMap<String, Vec<&Value>>,
+        out: &mut String,
+        depth: usize,
+    ) {
+        let Some(kids) = children.get(at) else { return };
+        for (i, c) in kids.iter().enumerate() {
+            let last = i + 1 == kids.len();
+            let id = c["id"].as_str().unwrap_or("");
+            out.push_str(&format!(
+                "{prefix}{}{}\n",
+                if last { "└─ " } else { "├─ " },
+                component_line(c)
+            ));
+            // The map is acyclic (a parent is always a different, listed
+            // ID), but a bound costs nothing.
+            if depth < 32 && id != at {
+                let more = format!("{prefix}{}", if last { "   " } else { "│  " });
+                walk(id, &more, children, out, depth + 1);
+            }
+        }
+    }
+    walk(&root, "", &children, &mut out, 0);
+    out
+}
+
+/// One component on one line: ID, role, version, liveness, and how full
+/// its spool and queues are.
+fn component_line(c: &Value) -> String {
+    let mut s = c["id"].as_str().unwrap_or("").to_string();
+    for f in ["role", "version"] {
+        if let Some(v) = c[f].as_str() {
+            s.push_str("  ");
+            s.push_str(v);
+        }
+    }
+    match c["liveness"].as_str() {
+        Some("stale") => s.push_str(&format!(
+            "  STALE since {}",
+            c["liveness_since"].as_str().unwrap_or("?")
+        )),
+        Some(l) => {
+            s.push_str("  ");
+            s.push_str(l);
+        }
+        None => {}
+    }
+    for (what, key) in [("spool", "spool"), ("queued", "queues")] {
+        let l = &c["status"][key];
+        if let Some(n) = l["messages"].as_u64() {
+            s.push_str(&format!(
+                "  {what} {n} msgs/{} B",
+                l["bytes"].as_u64().unwrap_or(0)
+            ));
+        }
+    }
+    s
+}
+
 fn summary(m: &Value) -> String {
     let c = &m["content"];
     let detail = c["text"]
@@ -385,6 +492,15 @@ fn summary(m: &Value) -> String {
                 .map(|x| format!("[{x}, {} bytes]", c["size"]))
         })
         .unwrap_or_default();
+    // One line per message, whatever the text holds.
+    let mut detail: String = detail
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    if detail.chars().count() == 200 {
+        detail.push('…');
+    }
     format!(
         "{:>6}  {}  {:<18} {:<28} {:<8} {}",
         m["seq"],
@@ -535,17 +651,22 @@ async fn run(cli: Cli) -> Result<(), String> {
                 );
             }
         }
-        Cmd::Components => {
+        Cmd::Components { tree } => {
             let v = call_json(&t, Method::GET, "/api/v1/components", None).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 return Ok(());
             }
+            let list = v["components"].as_array().cloned().unwrap_or_default();
+            if *tree {
+                print!("{}", components_tree(&list));
+                return Ok(());
+            }
             println!(
-                "{:<22} {:<30} {:<26} LAST HEARTBEAT",
-                "ID", "PARENT PATH", "LAST SEEN"
+                "{:<22} {:<9} {:<10} {:<8} {:<30} LAST HEARTBEAT",
+                "ID", "ROLE", "VERSION", "LIVENESS", "PARENT PATH"
             );
-            for c in v["components"].as_array().into_iter().flatten() {
+            for c in &list {
                 let path: Vec<&str> = c["parent_path"]
                     .as_array()
                     .into_iter()
@@ -553,10 +674,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                     .filter_map(Value::as_str)
                     .collect();
                 println!(
-                    "{:<22} {:<30} {:<26} {}",
+                    "{:<22} {:<9} {:<10} {:<8} {:<30} {}",
                     c["id"].as_str().unwrap_or(""),
+                    c["role"].as_str().unwrap_or("-"),
+                    c["version"].as_str().unwrap_or("-"),
+                    c["liveness"].as_str().unwrap_or("-"),
                     path.join(" > "),
-                    c["last_seen"].as_str().unwrap_or(""),
                     c["last_heartbeat"].as_str().unwrap_or("-")
                 );
             }
@@ -851,7 +974,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
             }
         },
-        Cmd::Tail {
+        Cmd::Watch {
             class,
             subclass,
             after,

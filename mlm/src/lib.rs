@@ -269,13 +269,18 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         &metrics,
     ));
     let tree = {
-        let (id, spool) = (me.id.clone(), spool.clone());
-        move || StatusTree {
-            id: id.clone(),
-            role: "mlm",
-            uptime_s: started.elapsed().as_secs(),
-            spool: Some(spool.stats()),
-            modules: vec![],
+        let (id, spool, bc) = (me.id.clone(), spool.clone(), bc.clone());
+        let interval_s = cfg.heartbeat_interval_s;
+        move || {
+            let mut t = StatusTree::new(id.clone(), "mlm", started.elapsed().as_secs(), interval_s);
+            t.spool = Some(spool.stats().into());
+            let q = bc.queues().stats();
+            t.queues = Some(heartbeat::Level {
+                messages: q.messages,
+                bytes: q.bytes,
+                capacity: None,
+            });
+            t
         }
     };
     let node: Arc<NodeBase> = Arc::new(NodeBase {

@@ -471,7 +471,7 @@ impl Bulk {
         u.attempts = 0;
         // The record first: a crash before the push is healed by the answer timeout.
         self.save(u).await?;
-        let mut m = Message::forward(
+        let mut m = Message::originated(
             self.me.clone(),
             bulk::CLASS,
             Some("request"),

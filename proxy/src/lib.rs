@@ -253,12 +253,18 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     } = forward::Sender::new(&cfg.uplink, &cfg.tls, spool.clone(), kv.clone(), &metrics)?;
     let tree = {
         let (id, spool, instances) = (me.id.clone(), spool.clone(), instances.clone());
-        move || StatusTree {
-            id: id.clone(),
-            role: "proxy",
-            uptime_s: started.elapsed().as_secs(),
-            spool: Some(spool.stats()),
-            modules: vec![("local-api".into(), instances.list())],
+        let interval_s = cfg.heartbeat_interval_s;
+        move || {
+            let mut t =
+                StatusTree::new(id.clone(), "proxy", started.elapsed().as_secs(), interval_s);
+            t.spool = Some(spool.stats().into());
+            t.modules = vec![heartbeat::ModuleStatus {
+                name: "local-api".into(),
+                id: None,
+                version: None,
+                instances: instances.list(),
+            }];
+            t
         }
     };
     let node = node::ProxyNode::new(

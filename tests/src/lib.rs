@@ -764,3 +764,73 @@ pub async fn proxy_status(tree: &Tree, i: usize) -> Option<serde_json::Value> {
         .ok()?;
     Some(v)
 }
+
+/// A subscription to the appserver's stream, as a client reads it.
+pub struct Sse {
+    body: hyper::body::Incoming,
+    buf: String,
+}
+
+impl Sse {
+    /// Subscribes with `query` (and `Last-Event-ID: last`); returns once the
+    /// stream's opening comment arrived, so the subscriber is registered.
+    pub async fn open(op: &Target, query: &str, last: Option<u64>) -> Sse {
+        let extra: Vec<(&str, String)> = last
+            .map(|l| ("last-event-id", l.to_string()))
+            .into_iter()
+            .collect();
+        let resp = rsnet_common::client::send(
+            op,
+            Method::GET,
+            &format!("/api/v1/stream?{query}"),
+            None,
+            &extra,
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut sse = Sse {
+            body: resp.into_body(),
+            buf: String::new(),
+        };
+        while !sse.buf.contains(": rsnet stream\n\n") {
+            sse.more().await;
+        }
+        let at = sse.buf.find(": rsnet stream\n\n").unwrap_or(0);
+        sse.buf.drain(..at + ": rsnet stream\n\n".len());
+        sse
+    }
+
+    pub async fn more(&mut self) {
+        use http_body_util::BodyExt;
+        let f = tokio::time::timeout(Duration::from_secs(30), self.body.frame())
+            .await
+            .expect("stream data in time")
+            .unwrap()
+            .unwrap();
+        self.buf
+            .push_str(&String::from_utf8_lossy(&f.into_data().unwrap_or_default()));
+    }
+
+    /// The next `n` events: (sequence number, data line). A chunk may hold
+    /// many events: the reader stops after the `n`th, as a client that goes
+    /// away then would.
+    pub async fn events(&mut self, n: usize) -> Vec<(u64, String)> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            while let Some(end) = self.buf.find("\n\n").filter(|_| got.len() < n) {
+                let ev: String = self.buf.drain(..end + 2).collect();
+                if let (Some(id), Some(data)) = (
+                    ev.lines().find_map(|l| l.strip_prefix("id: ")),
+                    ev.lines().find_map(|l| l.strip_prefix("data: ")),
+                ) {
+                    got.push((id.parse().unwrap(), data.to_string()));
+                }
+            }
+            if got.len() < n {
+                self.more().await;
+            }
+        }
+        got
+    }
+}

@@ -200,6 +200,27 @@ pub fn encode_control(c: &crate::envelope::Control) -> String {
     })
 }
 
+/// Reads a whole XML document of root `root` into `T`, within the same
+/// depth, attribute and DOCTYPE limits as every part (for documents carried
+/// as a message's data, such as a heartbeat's status tree).
+///
+/// # Errors
+/// [`InvalidMessage`] naming the limit or the XML error.
+pub fn decode_document<T: serde::de::DeserializeOwned>(
+    xml: &[u8],
+    root: &str,
+    part: &'static str,
+) -> Result<T, InvalidMessage> {
+    let found = scan(xml, part)?;
+    if found != root {
+        return Err(InvalidMessage::Xml {
+            part,
+            reason: format!("root element is <{found}>, expected <{root}>"),
+        });
+    }
+    from_xml(utf8(xml, part)?, part)
+}
+
 /// Parses and validates the control part.
 ///
 /// # Errors

@@ -1,0 +1,222 @@
+//! Liveness and versions, as an operator sees them: a proxy killed with
+//! SIGKILL is reported stale on the stream within three heartbeat
+//! intervals and recovered once it runs again; every node's version, role
+//! and status tree are in the topology.
+
+use std::time::{Duration, Instant};
+
+use rsnet_demo::{json_call, Spec, Tree};
+use rsnet_tests::{tempdir, wait_for, Sse};
+use serde_json::Value;
+
+const HEARTBEAT_S: u64 = 2;
+
+/// The next stream event of `subclass` about `component`, skipping others.
+async fn next_about(sse: &mut Sse, component: &str) -> Value {
+    loop {
+        for (_, data) in sse.events(1).await {
+            let v: Value = serde_json::from_str(&data).expect("event JSON");
+            let about = v["content"]["data"]["payload"]
+                .as_str()
+                .and_then(|p| serde_json::from_str::<Value>(p).ok());
+            if about.as_ref().and_then(|a| a["component"].as_str()) == Some(component) {
+                return v;
+            }
+        }
+    }
+}
+
+async fn components(tree: &Tree) -> Vec<Value> {
+    let op = tree.operator_target().expect("operator target");
+    json_call(&op, http::Method::GET, "/api/v1/components", None)
+        .await
+        .ok()
+        .and_then(|(_, v)| v["components"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn find<'a>(list: &'a [Value], id: &str) -> Option<&'a Value> {
+    list.iter().find(|c| c["id"] == id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_proxy_is_reported_stale_within_three_intervals_and_recovered_on_restart() {
+    let mut tree = tokio::task::block_in_place(|| {
+        Tree::start(
+            &tempdir("liveness"),
+            &Spec {
+                mlms: vec![("mlm1".into(), None)],
+                proxies: vec![("p1".into(), Some(0)), ("p2".into(), Some(0))],
+                heartbeat_s: HEARTBEAT_S,
+                ..Spec::demo()
+            },
+        )
+    })
+    .expect("tree starts");
+    tree.remove_on_drop = true;
+    let op = tree.operator_target().expect("operator target");
+    let version = rsnet_common::VERSION;
+
+    // Every node is known with its role, version and status tree.
+    let list = wait_for(
+        "every node alive with its version",
+        Duration::from_secs(30),
+        || async {
+            let list = components(&tree).await;
+            ["acme.p1", "acme.p2", "acme.mlm1"]
+                .iter()
+                .all(|id| {
+                    find(&list, id).is_some_and(|c| {
+                        c["liveness"] == "alive"
+                            && c["version"] == version
+                            && c["status"].is_object()
+                    })
+                })
+                .then_some(list)
+        },
+    )
+    .await;
+    let p1 = find(&list, "acme.p1").unwrap();
+    assert_eq!(p1["role"], "proxy");
+    assert_eq!(p1["parent_path"], serde_json::json!(["acme.mlm1"]));
+    assert_eq!(p1["status"]["interval_s"], HEARTBEAT_S);
+    assert!(
+        p1["status"]["spool"]["capacity"].as_u64().unwrap_or(0) > 0,
+        "{p1}"
+    );
+    let mlm = find(&list, "acme.mlm1").unwrap();
+    assert_eq!(mlm["role"], "mlm");
+    assert!(mlm["status"]["queues"].is_object(), "{mlm}");
+    let app = list
+        .iter()
+        .find(|c| c["role"] == "appserver")
+        .expect("the appserver lists itself");
+    assert_eq!(
+        (&app["version"], &app["liveness"]),
+        (&Value::from(version), &Value::from("alive"))
+    );
+
+    // The operator's CLI draws the tree: the proxies under their MLM.
+    let drawn = rsnet_tests::ctl(&tree, &["components", "--tree"]);
+    let line = |id: &str| {
+        drawn
+            .lines()
+            .find(|l| l.contains(&format!("{id}  ")))
+            .unwrap_or_else(|| panic!("{id} in\n{drawn}"))
+            .to_string()
+    };
+    assert!(
+        line("acme.mlm1").starts_with("└─ acme.mlm1  mlm  "),
+        "{drawn}"
+    );
+    for p in ["acme.p1", "acme.p2"] {
+        let l = line(p);
+        assert!(
+            l.starts_with("   ├─ ") || l.starts_with("   └─ "),
+            "{drawn}"
+        );
+        assert!(
+            l.contains(&format!("proxy  {version}  alive  spool ")),
+            "{drawn}"
+        );
+    }
+    // And follows the stream, a line per message (from the last message
+    // stored now, so that what the kill brings cannot be missed).
+    let (_, page) = json_call(&op, http::Method::GET, "/api/v1/messages?limit=1", None)
+        .await
+        .expect("messages");
+    let last = page["last"]
+        .as_u64()
+        .expect("the last sequence number")
+        .to_string();
+    let mut watch = std::process::Command::new(rsnet_demo::bin_dir().join("rsnet-ctl"))
+        .arg("--tree")
+        .arg(tree.dir.join("tree.json"))
+        .args(["watch", "--subclass", "stale", "--after", &last])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("rsnet-ctl watch");
+    let watched = {
+        let out = watch.stdout.take().expect("watch's stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    };
+
+    // Killed without a word: stale on the stream within three intervals.
+    let mut sse = Sse::open(&op, "class=infrastructure&subclass=stale", None).await;
+    let p1_index = tree.index("acme.p1").unwrap();
+    let killed = Instant::now();
+    tree.kill9(p1_index);
+    let stale = tokio::time::timeout(
+        Duration::from_secs(6 * HEARTBEAT_S),
+        next_about(&mut sse, "acme.p1"),
+    )
+    .await
+    .expect("a stale event for acme.p1");
+    let took = killed.elapsed();
+    eprintln!("stale reported {took:?} after the kill");
+    assert!(
+        took <= Duration::from_secs(3 * HEARTBEAT_S),
+        "stale reported {took:?} after the kill (heartbeat every {HEARTBEAT_S} s)"
+    );
+    assert_eq!(stale["class"], "infrastructure");
+    assert_eq!(stale["subclass"], "stale");
+    assert!(
+        stale["content"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("acme.p1"),
+        "{stale}"
+    );
+    let line = watched
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a line from rsnet-ctl watch");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        line.contains("infrastructure/stale") && line.contains("acme.p1 is stale"),
+        "{line}"
+    );
+    let list = components(&tree).await;
+    assert_eq!(find(&list, "acme.p1").unwrap()["liveness"], "stale");
+    let drawn = rsnet_tests::ctl(&tree, &["components", "--tree"]);
+    assert!(
+        drawn.contains("acme.p1  proxy  ") && drawn.contains("  STALE since "),
+        "{drawn}"
+    );
+    assert_eq!(find(&list, "acme.p2").unwrap()["liveness"], "alive");
+
+    // Back: recovered on the stream, alive in the topology.
+    let mut sse = Sse::open(&op, "class=infrastructure&subclass=recovered", None).await;
+    tokio::task::block_in_place(|| tree.restart(p1_index)).expect("p1 restarts");
+    let recovered = tokio::time::timeout(Duration::from_secs(30), next_about(&mut sse, "acme.p1"))
+        .await
+        .expect("a recovered event for acme.p1");
+    assert_eq!(recovered["subclass"], "recovered");
+    wait_for("acme.p1 alive again", Duration::from_secs(10), || async {
+        let list = components(&tree).await;
+        (find(&list, "acme.p1")?["liveness"] == "alive").then_some(())
+    })
+    .await;
+    // One stale event, not one per tick.
+    let all = rsnet_demo::stored(&op, "class=infrastructure&subclass=stale")
+        .await
+        .expect("stored events");
+    let about_p1 = all
+        .iter()
+        .filter(|m| {
+            m["content"]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("acme.p1"))
+        })
+        .count();
+    assert_eq!(about_p1, 1, "{all:?}");
+}
