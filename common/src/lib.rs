@@ -15,6 +15,7 @@
 //! * [`release`]: release manifests, signed with the release key.
 //! * [`bulk`]: the upward bulk-transfer protocol (tokens, origins, file bodies).
 //! * [`download`]: files down the tree, with ranges (serve, fetch with resume and checks).
+//! * [`tree`]: the component tree's drawing order, for every view of it.
 // One function holds unsafe code (a prctl in `process::no_huge_pages`); nothing else may.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -51,6 +52,7 @@ pub mod seal;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod tree;
 
 pub use error::{Error, Result};
 

@@ -90,7 +90,53 @@ pub enum LinkErrorKind {
     FormWithdrawn(StatusCode),
 }
 
+/// Every [`LinkErrorKind::label`], so that each series shows from the start.
+const ERROR_KINDS: [&str; 8] = [
+    "connect",
+    "connect_timeout",
+    "tls",
+    "timeout",
+    "http",
+    "refused",
+    "bad_reply",
+    "form_withdrawn",
+];
+
+fn error_counter(kind: &str) -> crate::metrics::Counter {
+    crate::metrics::process().counter_with(
+        "rsnet_link_errors_total",
+        &[("kind", kind)],
+        "requests to the parent that failed, by kind",
+    )
+}
+
+impl LinkErrorKind {
+    /// The kind as a metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            LinkErrorKind::Connect(_) => "connect",
+            LinkErrorKind::ConnectTimeout(_) => "connect_timeout",
+            LinkErrorKind::Tls(_) => "tls",
+            LinkErrorKind::Timeout(_) => "timeout",
+            LinkErrorKind::Http(_) => "http",
+            LinkErrorKind::Refused(..) => "refused",
+            LinkErrorKind::BadReply(_) => "bad_reply",
+            LinkErrorKind::FormWithdrawn(_) => "form_withdrawn",
+        }
+    }
+}
+
 impl LinkError {
+    /// An error of the request to `parent`, counted in
+    /// `rsnet_link_errors_total` by kind.
+    fn new(parent: &str, kind: LinkErrorKind) -> LinkError {
+        error_counter(kind.label()).inc();
+        LinkError {
+            parent: parent.to_string(),
+            kind,
+        }
+    }
+
     /// True if the link was cut (connect, connect timeout, the exchange's
     /// timeout, a connection that broke), or the parent stopped reading the
     /// compact form: not an answer to the messages, so worth trying again
@@ -213,6 +259,12 @@ impl Link {
     ) -> Result<Arc<Link>, String> {
         if parents.is_empty() {
             return Err("no parent URL configured".into());
+        }
+        for kind in ERROR_KINDS {
+            error_counter(kind);
+        }
+        for result in ["ok", "failed", "timeout"] {
+            crate::tls::handshake_counter("client", result);
         }
         let parents = parents
             .iter()
@@ -357,8 +409,16 @@ impl Link {
         let name =
             ServerName::try_from(p.host.clone()).map_err(|e| LinkErrorKind::Tls(e.to_string()))?;
         let connector = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp))
-            .await
+        let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await;
+        crate::tls::count_handshake(
+            "client",
+            match &tls {
+                Ok(Ok(_)) => "ok",
+                Ok(Err(_)) => "failed",
+                Err(_) => "timeout",
+            },
+        );
+        let tls = tls
             .map_err(|_| LinkErrorKind::ConnectTimeout(self.connect_timeout))?
             .map_err(|e| LinkErrorKind::Tls(e.to_string()))?;
         let cert = tls
@@ -425,10 +485,7 @@ impl Link {
         let (content_type, body) = envelope.finish();
         let idx = self.current.load(Ordering::Relaxed) % self.parents.len();
         let p = &self.parents[idx];
-        let err = |kind| LinkError {
-            parent: p.url.clone(),
-            kind,
-        };
+        let err = |kind| LinkError::new(&p.url, kind);
         match tokio::time::timeout(
             timeout,
             self.exchange_on(p, form, carries, &content_type, body),
@@ -473,10 +530,7 @@ impl Link {
     ) -> Result<http::Response<hyper::body::Incoming>, LinkError> {
         let idx = self.current.load(Ordering::Relaxed) % self.parents.len();
         let p = &self.parents[idx];
-        let err = |kind| LinkError {
-            parent: p.url.clone(),
-            kind,
-        };
+        let err = |kind| LinkError::new(&p.url, kind);
         let connect = async {
             let mut send = self.connect(p).await?;
             send.ready()

@@ -223,6 +223,11 @@ where
     F: Fn(Request<Incoming>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    if tls.is_some() {
+        for result in ["ok", "failed", "timeout"] {
+            crate::tls::handshake_counter("server", result);
+        }
+    }
     let max_connections = limits.max_connections;
     let per_peer = limits.per_peer.max(1);
     let peers = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
@@ -276,12 +281,17 @@ where
                         )
                         .await
                         {
-                            Ok(Ok(s)) => s,
+                            Ok(Ok(s)) => {
+                                crate::tls::count_handshake("server", "ok");
+                                s
+                            }
                             Ok(Err(e)) => {
+                                crate::tls::count_handshake("server", "failed");
                                 tracing::info!(%addr, error = %e, "TLS handshake refused");
                                 return;
                             }
                             Err(_) => {
+                                crate::tls::count_handshake("server", "timeout");
                                 tracing::info!(%addr, "TLS handshake timed out after {HANDSHAKE_TIMEOUT:?}");
                                 return;
                             }

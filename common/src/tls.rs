@@ -603,3 +603,20 @@ impl ReloadingServerConfig {
         }
     }
 }
+
+/// Counts one TLS handshake in `rsnet_tls_handshakes_total`: `side`
+/// `server` (a child or operator connecting here) or `client` (this node
+/// connecting to its parent), `result` `ok`, `failed` or `timeout`.
+pub fn count_handshake(side: &'static str, result: &'static str) {
+    handshake_counter(side, result).inc();
+}
+
+/// The series of `rsnet_tls_handshakes_total` for `side` and `result`
+/// (registered if new, so that it shows before the first handshake).
+pub fn handshake_counter(side: &str, result: &str) -> crate::metrics::Counter {
+    crate::metrics::process().counter_with(
+        "rsnet_tls_handshakes_total",
+        &[("side", side), ("result", result)],
+        "TLS handshakes, by side (server: accepted here; client: to the parent) and result",
+    )
+}

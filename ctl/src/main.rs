@@ -383,69 +383,18 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
         .join("&")
 }
 
-/// Components as the tree they form: the appserver at the root, each
-/// component under the first hop of its parent path.
+/// Components as the tree they form ([`rsnet_common::tree`]).
 fn components_tree(list: &[Value]) -> String {
-    use std::collections::BTreeMap;
-    let id = |c: &Value| c["id"].as_str().unwrap_or("").to_string();
-    let parent = |c: &Value| {
-        c["parent_path"]
-            .as_array()
-            .and_then(|p| p.first())
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let known: std::collections::HashSet<String> = list.iter().map(id).collect();
-    let root = list
+    let ids: Vec<&str> = list.iter().map(|c| c["id"].as_str().unwrap_or("")).collect();
+    let parents: Vec<Option<&str>> = list
         .iter()
-        .find(|c| c["role"] == "appserver")
-        .map(id)
-        .unwrap_or_default();
-    let mut children: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
-    for c in list {
-        if id(c) == root {
-            continue;
-        }
-        // Under its parent; at the top if the parent is not listed (or
-        // the component sits right under the appserver).
-        let p = parent(c)
-            .filter(|p| known.contains(p))
-            .unwrap_or_else(|| root.clone());
-        children.entry(p).or_default().push(c);
-    }
-    let mut out = String::new();
-    let by_id: std::collections::HashMap<String, &Value> =
-        list.iter().map(|c| (id(c), c)).collect();
-    match by_id.get(&root) {
-        Some(r) => out.push_str(&format!("{}\n", component_line(r))),
-        None => out.push_str("(appserver)\n"),
-    }
-    fn walk(
-        at: &str,
-        prefix: &str,
-        children: &BTreeMap<String, Vec<&Value>>,
-        out: &mut String,
-        depth: usize,
-    ) {
-        let Some(kids) = children.get(at) else { return };
-        for (i, c) in kids.iter().enumerate() {
-            let last = i + 1 == kids.len();
-            let id = c["id"].as_str().unwrap_or("");
-            out.push_str(&format!(
-                "{prefix}{}{}\n",
-                if last { "└─ " } else { "├─ " },
-                component_line(c)
-            ));
-            // The map is acyclic (a parent is always a different, listed
-            // ID), but a bound costs nothing.
-            if depth < 32 && id != at {
-                let more = format!("{prefix}{}", if last { "   " } else { "│  " });
-                walk(id, &more, children, out, depth + 1);
-            }
-        }
-    }
-    walk(&root, "", &children, &mut out, 0);
-    out
+        .map(|c| c["parent_path"].get(0).and_then(Value::as_str))
+        .collect();
+    let root = list.iter().position(|c| c["role"] == "appserver");
+    rsnet_common::tree::preorder(&ids, &parents, root)
+        .iter()
+        .map(|r| format!("{}{}\n", r.prefix(), component_line(&list[r.index])))
+        .collect()
 }
 
 /// One component on one line: ID, role, version, liveness, and how full

@@ -156,6 +156,12 @@ impl BackChannel {
         );
         let q = queues.clone();
         metrics.gauge(
+            "rsnet_backchannel_queued_bytes",
+            "bytes of the copies waiting in back-channel queues",
+            move || q.stats().bytes as f64,
+        );
+        let q = queues.clone();
+        metrics.gauge(
             "rsnet_backchannel_leased_messages",
             "copies sent in a reply and waiting for the child's ack (sent again when the lease ends)",
             move || q.stats().leased as f64,

@@ -291,7 +291,7 @@ impl Queues {
     /// Exposes [`Queues::commits`] as `rsnet_queue_commits_total`.
     pub fn register_commits(&self, metrics: &crate::metrics::Registry) {
         let c = self.commits.clone();
-        metrics.gauge(
+        metrics.counter_fn(
             "rsnet_queue_commits_total",
             "durable commits (transaction + fsync) of the back-channel queues or inbox",
             move || c.load(std::sync::atomic::Ordering::Relaxed) as f64,

@@ -261,6 +261,12 @@ impl Sender {
         metrics.gauge("rsnet_spool_bytes", "bytes in the spool", move || {
             s.stats().bytes as f64
         });
+        let s = spool.clone();
+        metrics.gauge(
+            "rsnet_spool_capacity_bytes",
+            "bytes the spool may hold",
+            move || s.stats().capacity as f64,
+        );
         let outbox = Outbox::new(spool)?;
         let client = BackChannelClient::new(link, metrics);
         let config = uplink.forward_config();

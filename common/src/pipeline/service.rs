@@ -20,6 +20,54 @@ pub struct ExchangeService {
     backchannel: Arc<BackChannel>,
     budget: Arc<crate::memory::BodyBudget>,
     rejected: Counter,
+    answers: Answers,
+    metrics: Registry,
+}
+
+/// `rsnet_exchange_messages_total` by answer, and `rsnet_exchanges_total`.
+struct Answers {
+    accepted: Counter,
+    rejected: Counter,
+    deferred: Counter,
+    answered: Counter,
+}
+
+impl Answers {
+    fn new(metrics: &Registry) -> Answers {
+        let by = |answer| {
+            metrics.counter_with(
+                "rsnet_exchange_messages_total",
+                &[("answer", answer)],
+                "children's messages answered, by answer (accepted; rejected for good; deferred: rejected with a retry-after)",
+            )
+        };
+        Answers {
+            accepted: by("accepted"),
+            rejected: by("rejected"),
+            deferred: by("deferred"),
+            answered: Self::exchanges(metrics, "200"),
+        }
+    }
+
+    /// The series of exchanges answered with HTTP `status`.
+    fn exchanges(metrics: &Registry, status: &str) -> Counter {
+        metrics.counter_with(
+            "rsnet_exchanges_total",
+            &[("status", status)],
+            "children's exchange POSTs, by the HTTP status of the answer (200: answered message by message; else refused whole)",
+        )
+    }
+
+    fn count(&self, answers: &[crate::model::Response]) {
+        self.answered.inc();
+        for a in answers {
+            match (a.status, a.retry_after) {
+                (crate::model::Status::Accepted, _) => self.accepted.inc(),
+                (crate::model::Status::Rejected, Some(_)) => self.deferred.inc(),
+                (crate::model::Status::Rejected, None) => self.rejected.inc(),
+            }
+        }
+    }
 }
 
 impl ExchangeService {
@@ -39,6 +87,8 @@ impl ExchangeService {
                 "rsnet_exchange_screened_out_total",
                 "messages the screen rejected (undecodable, spoofed source or routing hop)",
             ),
+            answers: Answers::new(metrics),
+            metrics: metrics.clone(),
         }
     }
 
@@ -70,7 +120,10 @@ impl ExchangeService {
             compact_reply,
         } = match Box::pin(exchange::receive(req, peer, &self.budget)).await {
             Ok(i) => i,
-            Err(resp) => return resp,
+            Err(resp) => {
+                Answers::exchanges(&self.metrics, resp.status().as_str()).inc();
+                return resp;
+            }
         };
         let busy = !items.is_empty() || !rejected.is_empty();
         let sent = items.len() + rejected.len();
@@ -107,6 +160,7 @@ impl ExchangeService {
         // stages give each one exactly one): a message left unanswered must
         // stay unanswered for the child, which then sends it again.
         let accept_rest = compact_reply && answers.len() == sent;
+        self.answers.count(&answers);
         exchange::reply(answers, &down, compress_reply, accept_rest)
     }
 }

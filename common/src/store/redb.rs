@@ -75,6 +75,21 @@ fn be<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// Commits `w` durably, timed in `rsnet_store_commit_duration_seconds`.
+fn commit(w: ::redb::WriteTransaction) -> Result<()> {
+    static TIMES: std::sync::LazyLock<crate::metrics::Histogram> = std::sync::LazyLock::new(|| {
+        crate::metrics::process().histogram_with(
+            "rsnet_store_commit_duration_seconds",
+            &[("store", "redb")],
+            "time to make one commit of the node's redb store durable (page writes and fdatasync)",
+        )
+    });
+    let t = std::time::Instant::now();
+    let r = w.commit().map_err(be);
+    TIMES.observe(t.elapsed());
+    r
+}
+
 fn corrupt(what: &str) -> StoreError {
     StoreError::Backend(format!("corrupt record: {what}"))
 }
@@ -94,7 +109,7 @@ fn init_tables(db: &Database) -> Result<()> {
         w.open_table(CLIENT_KEYS).map_err(be)?;
         w.open_table(CLIENT_KEY_EXPIRY).map_err(be)?;
     }
-    w.commit().map_err(be)?;
+    commit(w)?;
     Ok(())
 }
 
@@ -191,7 +206,7 @@ impl RedbStore {
         w.open_table(SPOOL).map_err(be)?;
         w.open_table(CLIENT_KEYS).map_err(be)?;
         w.open_table(CLIENT_KEY_EXPIRY).map_err(be)?;
-        w.commit().map_err(be)?;
+        commit(w)?;
         tracing::info!(
             messages = moved,
             "spool moved from the redb file into segments"
@@ -236,7 +251,7 @@ impl RedbStore {
                 }
                 rows.len() as u64
             };
-            w.commit().map_err(be)?;
+            commit(w)?;
             moved += n;
         }
         if moved > 0 {
@@ -533,7 +548,7 @@ impl MessageStore for RedbMessages {
                 s.insert(k.as_str(), v.as_slice()).map_err(be)?;
             }
         }
-        w.commit().map_err(be)?;
+        commit(w)?;
         self.last.store(last, Ordering::Release);
         Ok(out)
     }
@@ -619,7 +634,7 @@ impl KvStore for RedbKv {
                 t.insert(k.as_str(), v.as_slice()).map_err(be)?;
             }
         }
-        w.commit().map_err(be)
+        commit(w)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
@@ -728,7 +743,7 @@ impl RedbQueues {
                 }
             }
         }
-        w.commit().map_err(be)?;
+        commit(w)?;
         *next = seq;
         Ok(keys)
     }
@@ -854,7 +869,7 @@ impl QueueStore for RedbQueues {
             s.retain(|_, until| until > now.0).map_err(be)?;
             before - s.len().map_err(be)?
         };
-        w.commit().map_err(be)?;
+        commit(w)?;
         Ok(n as usize)
     }
 }

@@ -537,6 +537,18 @@ enum Stop {
     Torn(u64, &'static str),
 }
 
+/// `rsnet_spool_fsync_duration_seconds`: each commit's fdatasync.
+fn fsync_times() -> &'static crate::metrics::Histogram {
+    static TIMES: std::sync::LazyLock<crate::metrics::Histogram> = std::sync::LazyLock::new(|| {
+        crate::metrics::process().histogram_with(
+            "rsnet_spool_fsync_duration_seconds",
+            &[],
+            "time of the fdatasync that makes one spool commit durable",
+        )
+    });
+    &TIMES
+}
+
 impl SegmentSpool {
     /// Opens (or creates) the spool in `dir`, replaying its segments.
     ///
@@ -736,10 +748,12 @@ impl SegmentSpool {
         }
         let bytes = frame.seal();
         let path = seg_path(&self.dir, log.active);
-        let res = log
-            .file
-            .write_all_at(&bytes, log.len)
-            .and_then(|()| log.file.sync_data());
+        let res = log.file.write_all_at(&bytes, log.len).and_then(|()| {
+            let t = std::time::Instant::now();
+            let r = log.file.sync_data();
+            fsync_times().observe(t.elapsed());
+            r
+        });
         match res {
             Ok(()) => {
                 log.len += bytes.len() as u64;
