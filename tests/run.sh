@@ -7,4 +7,6 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo build --workspace --bins -q
+# The admin page's browser test needs Chromium (installed here when missing).
+bash tests/browser-setup.sh
 cargo test --workspace -q

@@ -213,7 +213,8 @@ impl Api {
                 self.metrics.render(),
             );
         }
-        if !path.starts_with("/api/v1/") {
+        let admin = path == "/" || path == "/admin/tree" || path.starts_with("/node/");
+        if !admin && !path.starts_with("/api/v1/") {
             return error(StatusCode::NOT_FOUND, format!("no such path {path}"));
         }
         let Some(op) = peer.identity.clone().filter(|i| i.role == Role::Operator) else {
@@ -223,6 +224,13 @@ impl Api {
             );
         };
         let method = req.method().clone();
+        if admin {
+            // The page reads what the API's GETs read: permission `read`.
+            return match method {
+                Method::GET => self.admin(&path, &op),
+                m => error(StatusCode::METHOD_NOT_ALLOWED, format!("{m} {path}")),
+            };
+        }
         let what = req
             .uri()
             .path_and_query()

@@ -307,6 +307,26 @@ impl Deliveries {
         self.lock().get(id).map(|d| d.view(Timestamp::now()))
     }
 
+    /// The newest `n` records (by message ID, which is time-ordered) as
+    /// seen now, each with only the destinations `visible` admits; a
+    /// record left with none is not counted.
+    pub fn recent(&self, n: usize, visible: impl Fn(&str) -> bool) -> Vec<Delivery> {
+        let now = Timestamp::now();
+        let map = self.lock();
+        let mut ids: Vec<&MessageId> = map.keys().collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.into_iter()
+            .filter_map(|id| map.get(id))
+            .filter_map(|d| {
+                let mut d = d.view(now);
+                d.destinations.retain(|k, _| visible(k));
+                d.to.retain(|t| visible(t));
+                (!d.destinations.is_empty()).then_some(d)
+            })
+            .take(n)
+            .collect()
+    }
+
     /// Applies events from a sync caller (the queue observer) in the background.
     fn apply_later(self: &Arc<Self>, events: Vec<Event>) {
         let me = self.clone();

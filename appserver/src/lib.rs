@@ -5,7 +5,7 @@
 //! [`topology`]); beside it, the back-channel carries operator sends
 //! ([`outbound`], [`groups`]) whose [`deliveries`] record has one owner fed
 //! by events; [`api`] serves the read side (messages, stream, components)
-//! to operators; [`uploads`] grants bulk requests and receives the files,
+//! to operators, [`admin`] the admin page over it; [`uploads`] grants bulk requests and receives the files,
 //! [`releases`] publishes signed releases. One mTLS listener serves both
 //! children (`/rs/v1/exchange`, `/rs/v1/bulk/TOKEN`; proxy and mlm
 //! certificates) and operators
@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod deliveries;

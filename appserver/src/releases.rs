@@ -23,7 +23,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use rsnet_common::http_util::{error, json, stream_body, Body};
 use rsnet_common::release::{Manifest, ReleaseKey, ReleaseKind, SignedManifest};
-use rsnet_common::store::{put_async, KvStore};
+use rsnet_common::store::{put_async, KvStore, StoreError};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -361,15 +361,22 @@ impl Releases {
 
     /// `GET /api/v1/releases`.
     pub fn list(&self) -> Response<Body> {
-        match self.kv.list(PREFIX) {
-            Ok(pairs) => {
-                let all: Vec<SignedManifest> = pairs
-                    .iter()
-                    .filter_map(|(_, v)| serde_json::from_slice(v).ok())
-                    .collect();
-                json(StatusCode::OK, &serde_json::json!({ "releases": all }))
-            }
+        match self.manifests() {
+            Ok(all) => json(StatusCode::OK, &serde_json::json!({ "releases": all })),
             Err(e) => rsnet_common::Error::from(e).response(),
         }
+    }
+
+    /// Every published release's signed manifest.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub fn manifests(&self) -> Result<Vec<SignedManifest>, StoreError> {
+        Ok(self
+            .kv
+            .list(PREFIX)?
+            .iter()
+            .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+            .collect())
     }
 }

@@ -156,9 +156,7 @@ mod tests {
     fn a_chain_deeper_than_the_bound_is_drawn_flat_below_it() {
         let ids: Vec<String> = (0..40).map(|i| format!("n{i:02}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let parents: Vec<Option<&str>> = (0..40)
-            .map(|i| (i > 0).then(|| refs[i - 1]))
-            .collect();
+        let parents: Vec<Option<&str>> = (0..40).map(|i| (i > 0).then(|| refs[i - 1])).collect();
         let rows = preorder(&refs, &parents, None);
         assert_eq!(rows.len(), 40);
         assert!(rows.iter().all(|r| r.depth <= MAX_DEPTH));

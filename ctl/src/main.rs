@@ -385,7 +385,10 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
 
 /// Components as the tree they form ([`rsnet_common::tree`]).
 fn components_tree(list: &[Value]) -> String {
-    let ids: Vec<&str> = list.iter().map(|c| c["id"].as_str().unwrap_or("")).collect();
+    let ids: Vec<&str> = list
+        .iter()
+        .map(|c| c["id"].as_str().unwrap_or(""))
+        .collect();
     let parents: Vec<Option<&str>> = list
         .iter()
         .map(|c| c["parent_path"].get(0).and_then(Value::as_str))

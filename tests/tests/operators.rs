@@ -143,6 +143,41 @@ async fn a_customer_scoped_operator_sees_only_its_customer_and_a_reader_cannot_a
         .await
         .unwrap();
     assert_eq!(s, StatusCode::FORBIDDEN, "releases span customers");
+    // The admin page shows acme's operator what the API does.
+    let page = |t: &Target, path: &'static str| {
+        let t = t.clone();
+        async move {
+            let (s, b) = rsnet_common::client::call(&t, Method::GET, path, None)
+                .await
+                .unwrap();
+            (s, String::from_utf8_lossy(&b).into_owned())
+        }
+    };
+    let (s, html) = page(&acme, "/").await;
+    assert_eq!(s, StatusCode::OK, "{html}");
+    assert!(html.contains(r#"data-node="acme.p1""#), "{html}");
+    assert!(!html.contains("beta."), "acme's page shows beta: {html}");
+    assert!(html.contains(&format!(r#"data-delivery="{id}""#)), "{html}");
+    let (s, _) = page(&acme, "/node/beta.mlm1").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, html) = page(&admin, "/node/beta.mlm1").await;
+    assert_eq!(s, StatusCode::OK, "{html}");
+    // A certificate that is not an operator's gets no page.
+    let f = tree.pki.issue("acme.p7", Role::Proxy, &[], &[]).unwrap();
+    let proxy = Target::Tls {
+        base: format!("https://127.0.0.1:{}", tree.nodes[0].addr.unwrap().port()),
+        config: Arc::new(
+            rsnet_common::tls::client_config(&TlsPaths {
+                ca: tree.pki.ca(),
+                cert: f.cert,
+                key: f.key,
+                crl: None,
+            })
+            .unwrap(),
+        ),
+    };
+    let (s, _) = page(&proxy, "/").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
 
     // A read-only credential: reads everything, cannot send or release.
     let reader = operator(&tree, "provider.viewer", &[], &[]);
