@@ -13,6 +13,7 @@ pub mod bulk;
 pub mod inbox;
 pub mod instances;
 pub mod local_api;
+pub mod modules;
 mod node;
 pub mod releases;
 
@@ -245,6 +246,11 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
     let spool: Arc<dyn Spool> = store.spool(cfg.spool_capacity_bytes)?;
     let kv: Arc<dyn KvStore> = store.kv();
     let instances = Arc::new(instances::Instances::load(me.id.clone(), kv.clone())?);
+    let modules = Arc::new(modules::Modules::load(
+        me.id.clone(),
+        kv.clone(),
+        instances.clone(),
+    )?);
     let forward::Sender {
         uplink,
         outbox,
@@ -252,18 +258,13 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         config: fwd_cfg,
     } = forward::Sender::new(&cfg.uplink, &cfg.tls, spool.clone(), kv.clone(), &metrics)?;
     let tree = {
-        let (id, spool, instances) = (me.id.clone(), spool.clone(), instances.clone());
+        let (id, spool, modules) = (me.id.clone(), spool.clone(), modules.clone());
         let interval_s = cfg.heartbeat_interval_s;
         move || {
             let mut t =
                 StatusTree::new(id.clone(), "proxy", started.elapsed().as_secs(), interval_s);
             t.spool = Some(spool.stats().into());
-            t.modules = vec![heartbeat::ModuleStatus {
-                name: "local-api".into(),
-                id: None,
-                version: None,
-                instances: instances.list(),
-            }];
+            t.modules = modules.status();
             t
         }
     };
@@ -340,6 +341,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         outbox: outbox.clone(),
         dead_letters: forwarder.dead_letters().clone(),
         instances: instances.clone(),
+        modules,
         inbox,
         bulk: bulk.clone(),
         releases: rels.clone(),

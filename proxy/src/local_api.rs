@@ -9,6 +9,8 @@
 //! | `GET /v1/bulk`, `GET /v1/bulk/ID` | uploads: state, bytes sent, why denied or retried |
 //! | `GET /v1/releases` | each release item's current and previous version: manifest, file path, state (see [`crate::releases`]) |
 //! | `POST /v1/releases/ID/applied`, `…/failed` | an integrator's result (`{"reason"}` optional), reported upward |
+//! | `PUT /v1/modules/NAME` | `{"version"?, "instances": [KEY, …]}`: registers (or replaces) an integration module, answered with its allocated ID once durable (see [`crate::modules`]) |
+//! | `GET /v1/modules`, `GET /v1/modules/NAME`, `DELETE /v1/modules/NAME` | list, show, deregister |
 //! | `GET /v1/status` | ID, parent, spool, inbox and forwarding state |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -216,6 +218,8 @@ pub struct LocalApi {
     pub dead_letters: Arc<DeadLetters>,
     /// Support instances.
     pub instances: Arc<Instances>,
+    /// Integration modules integrators registered.
+    pub modules: Arc<crate::modules::Modules>,
     /// Back-channel messages for local integrators.
     pub inbox: Arc<Inbox>,
     /// Uploads.
@@ -276,6 +280,43 @@ impl LocalApi {
         Ok(m)
     }
 
+    /// `PUT|GET|DELETE /v1/modules/NAME`.
+    async fn module(&self, method: Method, name: &str, req: Request<Incoming>) -> Response<Body> {
+        use crate::modules::Refused;
+        match method {
+            Method::PUT => {
+                let body = match read_body(req.into_body(), MAX_LOCAL_BODY_BYTES, BODY_READ_TIMEOUT)
+                    .await
+                {
+                    Ok(b) => b,
+                    Err(resp) => return resp,
+                };
+                let r = match serde_json::from_slice(&body) {
+                    Ok(r) => r,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("module: {e}")),
+                };
+                match self.modules.register(name, r).await {
+                    Ok(m) => json(StatusCode::OK, &m),
+                    Err(Refused::Invalid(why)) => error(StatusCode::BAD_REQUEST, why),
+                    Err(Refused::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                }
+            }
+            Method::GET => match self.modules.list().into_iter().find(|m| m.name == name) {
+                Some(m) => json(StatusCode::OK, &m),
+                None => error(StatusCode::NOT_FOUND, format!("no module {name:?}")),
+            },
+            Method::DELETE => match self.modules.deregister(name).await {
+                Ok(true) => json(StatusCode::OK, &json!({ "deregistered": name })),
+                Ok(false) => error(StatusCode::NOT_FOUND, format!("no module {name:?}")),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            },
+            m => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{m} /v1/modules/{name}"),
+            ),
+        }
+    }
+
     /// Routes one request.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         if req.method() == Method::POST && matches!(req.uri().path(), "/v1/messages" | "/v1/bulk") {
@@ -291,6 +332,13 @@ impl LocalApi {
                 self.bulk.accept(req, &q).await
             }
             (Method::GET, "/v1/bulk") => self.bulk.list(),
+            (Method::GET, "/v1/modules") => {
+                json(StatusCode::OK, &json!({ "modules": self.modules.list() }))
+            }
+            (m, p) if p.starts_with("/v1/modules/") => {
+                let name = p.trim_start_matches("/v1/modules/").to_string();
+                self.module(m, &name, req).await
+            }
             (Method::GET, "/v1/releases") => self.releases.list(),
             (Method::POST, p) if p.starts_with("/v1/releases/") => {
                 let rest = p.trim_start_matches("/v1/releases/").to_string();

@@ -220,3 +220,174 @@ async fn a_killed_proxy_is_reported_stale_within_three_intervals_and_recovered_o
         .count();
     assert_eq!(about_p1, 1, "{all:?}");
 }
+
+/// The modules of `id`'s status tree at the appserver: name → (ID,
+/// version, instance keys).
+async fn modules_of(tree: &Tree, id: &str) -> Vec<(String, Value, Value, Vec<String>)> {
+    let list = components(tree).await;
+    let Some(c) = find(&list, id) else {
+        return Vec::new();
+    };
+    c["status"]["modules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let mut keys: Vec<String> = m["instances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["key"].as_str().map(str::to_string))
+                .collect();
+            keys.sort();
+            (
+                m["name"].as_str().unwrap_or("").to_string(),
+                m["id"].clone(),
+                m["version"].clone(),
+                keys,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integrators_module_is_in_the_status_tree_until_it_is_deregistered() {
+    let mut tree = tokio::task::block_in_place(|| {
+        Tree::start(
+            &tempdir("modules"),
+            &Spec {
+                mlms: vec![("mlm1".into(), None)],
+                proxies: vec![("p1".into(), Some(0))],
+                heartbeat_s: 1,
+                ..Spec::demo()
+            },
+        )
+    })
+    .expect("tree starts");
+    tree.remove_on_drop = true;
+    let p1 = tree.index("acme.p1").expect("p1");
+    let local = rsnet_common::client::Target::Plain(tree.nodes[p1].addr.expect("local API"));
+    let put = |name: &str, body: Value| {
+        let (local, path) = (local.clone(), format!("/v1/modules/{name}"));
+        async move {
+            json_call(&local, http::Method::PUT, &path, Some(body))
+                .await
+                .expect("PUT")
+        }
+    };
+    // What an integrator gets wrong is refused, naming it.
+    for (name, body, why) in [
+        ("Nagios", serde_json::json!({}), "module name"),
+        ("local-api", serde_json::json!({}), "the proxy's own"),
+        (
+            "nagios",
+            serde_json::json!({ "version": "4\n4" }),
+            "version",
+        ),
+        (
+            "nagios",
+            serde_json::json!({ "color": "blue" }),
+            "unknown field",
+        ),
+        (
+            "nagios",
+            serde_json::json!({ "instances": (0..1001).map(|i| format!("h{i}")).collect::<Vec<_>>() }),
+            "at most 1000",
+        ),
+        (
+            "nagios",
+            serde_json::json!({ "instances": [""] }),
+            "instances",
+        ),
+    ] {
+        let (s, v) = put(name, body).await;
+        assert_eq!(s, http::StatusCode::BAD_REQUEST, "{name}: {v}");
+        assert!(v.to_string().contains(why), "{why}: {v}");
+    }
+    let (s, v) = put(
+        "nagios",
+        serde_json::json!({ "version": "4.4.1", "instances": ["db1.acme", "web1.acme"] }),
+    )
+    .await;
+    assert_eq!(s, http::StatusCode::OK, "{v}");
+    assert_eq!(v["id"], "acme.p1.m1");
+    // A message about a host no module claims: under local-api.
+    rsnet_demo::send(
+        tree.nodes[p1].addr.expect("local API"),
+        &[rsnet_demo::alarm("loose", "other-host")],
+    )
+    .await
+    .expect("alarm accepted");
+    let want = vec![
+        (
+            "nagios".to_string(),
+            Value::from("acme.p1.m1"),
+            Value::from("4.4.1"),
+            vec!["db1.acme".to_string(), "web1.acme".to_string()],
+        ),
+        (
+            "local-api".to_string(),
+            Value::Null,
+            Value::Null,
+            vec!["other-host".to_string()],
+        ),
+    ];
+    wait_for(
+        "the module in the appserver's topology",
+        Duration::from_secs(30),
+        || async { (modules_of(&tree, "acme.p1").await == want).then_some(()) },
+    )
+    .await;
+
+    // Registered again: same ID, new version; kept across a restart.
+    let (s, v) = put(
+        "nagios",
+        serde_json::json!({ "version": "4.5", "instances": ["db1.acme"] }),
+    )
+    .await;
+    assert_eq!(
+        (s, &v["id"]),
+        (http::StatusCode::OK, &Value::from("acme.p1.m1")),
+        "{v}"
+    );
+    tokio::task::block_in_place(|| {
+        assert!(tree.stop(p1, Duration::from_secs(10)), "p1 stops");
+        tree.restart(p1)
+    })
+    .expect("p1 restarts");
+    let local = rsnet_common::client::Target::Plain(tree.nodes[p1].addr.expect("local API"));
+    let (s, v) = json_call(&local, http::Method::GET, "/v1/modules/nagios", None)
+        .await
+        .expect("GET");
+    assert_eq!(
+        (s, &v["version"]),
+        (http::StatusCode::OK, &Value::from("4.5")),
+        "{v}"
+    );
+
+    // Deregistered: gone from the tree, its instances back under local-api.
+    let (s, v) = json_call(&local, http::Method::DELETE, "/v1/modules/nagios", None)
+        .await
+        .expect("DELETE");
+    assert_eq!(s, http::StatusCode::OK, "{v}");
+    let (s, _) = json_call(&local, http::Method::DELETE, "/v1/modules/nagios", None)
+        .await
+        .expect("DELETE");
+    assert_eq!(s, http::StatusCode::NOT_FOUND);
+    let want = vec![(
+        "local-api".to_string(),
+        Value::Null,
+        Value::Null,
+        vec![
+            "db1.acme".to_string(),
+            "other-host".to_string(),
+            "web1.acme".to_string(),
+        ],
+    )];
+    wait_for(
+        "the module gone from the topology",
+        Duration::from_secs(30),
+        || async { (modules_of(&tree, "acme.p1").await == want).then_some(()) },
+    )
+    .await;
+}
