@@ -5,6 +5,7 @@
 //! errors, TLS handshakes and commit (fsync) latency.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rsnet_common::client::{call, Target};
@@ -366,6 +367,62 @@ async fn every_nodes_metrics_follow_prometheus_rules_and_cover_what_on_call_need
             "{node}: client handshakes"
         );
     }
+    // The dashboard and the alert rules in deploy/ name only what the
+    // nodes export (a renamed metric breaks this, not a pager at night).
+    let exported: std::collections::HashSet<String> = pages
+        .values()
+        .flat_map(|p| parse(p).0.into_keys())
+        .collect();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rules = root.join("deploy/prometheus/rsnet-alerts.yml");
+    let dashboard = root.join("deploy/grafana/rsnet-dashboard.json");
+    let board: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&dashboard).expect("dashboard"))
+            .expect("the dashboard is JSON");
+    let exprs: Vec<String> = board["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let text = format!(
+        "{}\n{}",
+        std::fs::read_to_string(&rules).expect("alert rules"),
+        exprs.join("\n")
+    );
+    for name in metric_names(&text) {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| exported.contains(*f)))
+            .unwrap_or(&name);
+        assert!(
+            exported.contains(family),
+            "{name} (in deploy/) is not exported by any node"
+        );
+    }
+    for alert in [
+        "RsnetComponentStale",
+        "RsnetSpoolGrowing",
+        "RsnetDeadLetters",
+    ] {
+        assert!(text.contains(&format!("alert: {alert}")), "{alert}");
+    }
+    if promtool {
+        let out = std::process::Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(&rules)
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool check rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // The parents: their queues and every exchange by answer.
     for node in ["mlm", "appserver"] {
         let p = &pages[node];
@@ -390,6 +447,21 @@ async fn every_nodes_metrics_follow_prometheus_rules_and_cover_what_on_call_need
             "{node}: server handshakes"
         );
     }
+}
+
+/// Every `rsnet_…` name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("rsnet_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        out.insert(name);
+    }
+    out
 }
 
 /// `promtool check metrics` (Prometheus's own linter) on `page`.
