@@ -54,14 +54,7 @@ impl Api {
     /// `GET /`, `GET /node/ID`, `GET /admin/tree`: the admin page, a
     /// node's page, the tree alone (for the script).
     pub fn admin(&self, path: &str, op: &Identity) -> Response<Body> {
-        let components: Vec<Component> = self
-            .topology
-            .lock()
-            .map(|t| t.list())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| c.id.parse::<ComponentId>().is_ok_and(|id| op.sees(&id)))
-            .collect();
+        let components = self.components(op);
         if path == "/admin/tree" {
             return html(StatusCode::OK, tree(&components));
         }

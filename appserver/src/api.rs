@@ -399,17 +399,10 @@ impl Api {
                 }
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
             },
-            "/api/v1/components" => {
-                let list: Vec<_> = self
-                    .topology
-                    .lock()
-                    .map(|t| t.list())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|c| c.id.parse::<ComponentId>().is_ok_and(|id| op.sees(&id)))
-                    .collect();
-                json(StatusCode::OK, &json!({ "components": list }))
-            }
+            "/api/v1/components" => json(
+                StatusCode::OK,
+                &json!({ "components": self.components(&op) }),
+            ),
             "/api/v1/stream" => {
                 let last = req
                     .headers()
@@ -420,6 +413,17 @@ impl Api {
             }
             _ => error(StatusCode::NOT_FOUND, format!("no such path {path}")),
         }
+    }
+
+    /// The components `op` may see, sorted by ID.
+    pub fn components(&self, op: &Identity) -> Vec<crate::topology::Component> {
+        self.topology
+            .lock()
+            .map(|t| t.list())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.id.parse::<ComponentId>().is_ok_and(|id| op.sees(&id)))
+            .collect()
     }
 
     async fn send(&self, req: Request<Incoming>, op: &Identity) -> Response<Body> {

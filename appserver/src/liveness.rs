@@ -14,11 +14,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use rsnet_common::heartbeat;
 use rsnet_common::id::ComponentId;
 use rsnet_common::metrics::Registry;
-use rsnet_common::model::{Content, Data, Encoding, Event, Message, Timestamp};
+use rsnet_common::model::{Message, Timestamp};
 use rsnet_common::server::Shutdown;
 use serde::Deserialize;
 
@@ -29,8 +28,6 @@ use crate::topology::{Change, Liveness, Topology};
 pub const STALE: &str = "stale";
 /// Subclass of the event its return raises.
 pub const RECOVERED: &str = "recovered";
-/// MIME type of the events' data.
-pub const MIME: &str = "application/json";
 /// How often the watcher judges.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -87,21 +84,7 @@ pub fn event(me: &ComponentId, change: &Change) -> Message {
         "silent_ms": change.silent_ms,
         "interval_s": change.interval_s,
     });
-    Message::originated(
-        me.clone(),
-        heartbeat::CLASS,
-        Some(subclass),
-        Content::Event(Event {
-            support_instance: None,
-            text,
-            data: Some(Data {
-                mime: MIME.into(),
-                encoding: Encoding::Text,
-                payload: Bytes::from(data.to_string()),
-            }),
-        }),
-    )
-    .with_hop(me)
+    heartbeat::event(me, subclass, text, &data).with_hop(me)
 }
 
 /// Judges the topology every [`TICK`] until `shutdown`, storing an event

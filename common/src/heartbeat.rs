@@ -307,6 +307,31 @@ pub fn notice(id: &ComponentId, subclass: &str, text: &str) -> Message {
     )
 }
 
+/// An `event` of class `infrastructure` that `origin` makes itself, with
+/// `text` for people and `data` as JSON for programs (liveness changes,
+/// outage reports).
+pub fn event(
+    origin: &ComponentId,
+    subclass: &str,
+    text: String,
+    data: &serde_json::Value,
+) -> Message {
+    Message::originated(
+        origin.clone(),
+        CLASS,
+        Some(subclass),
+        Content::Event(Event {
+            support_instance: None,
+            text,
+            data: Some(Data {
+                mime: "application/json".into(),
+                encoding: Encoding::Text,
+                payload: Bytes::from(data.to_string()),
+            }),
+        }),
+    )
+}
+
 // The tree as it travels (quick-xml's serde names attributes `@name`).
 #[derive(Deserialize)]
 struct WireStatus {

@@ -245,6 +245,23 @@ pub struct Link {
     me: std::sync::OnceLock<crate::id::ComponentId>,
     /// Exchanges travel zstd-compressed where the parent takes it.
     compress: AtomicBool,
+    /// Whether the parent was reached on the last try ([`Link::reach`]).
+    reach: tokio::sync::watch::Sender<Reach>,
+}
+
+/// Whether the node reaches its parent, as its last request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// The last request was answered (whatever the answer).
+    Up,
+    /// Requests have failed to reach any parent (connect, TLS, timeout, a
+    /// broken connection) since `since` (`at`, as wall-clock time).
+    Down {
+        /// When the first failed.
+        since: std::time::Instant,
+        /// The same moment, for reports.
+        at: crate::model::Timestamp,
+    },
 }
 
 impl Link {
@@ -301,7 +318,43 @@ impl Link {
             pool_version: std::sync::atomic::AtomicU64::new(0),
             me: std::sync::OnceLock::new(),
             compress: AtomicBool::new(false),
+            reach: tokio::sync::watch::Sender::new(Reach::Up),
         }))
+    }
+
+    /// Follows whether the parent is reached: [`Reach::Down`] from the
+    /// first request that could not reach it, [`Reach::Up`] again at the
+    /// first answer.
+    pub fn reach(&self) -> tokio::sync::watch::Receiver<Reach> {
+        self.reach.subscribe()
+    }
+
+    /// Notes what a request found: `kind` if it failed, else an answer.
+    fn note(&self, kind: Option<&LinkErrorKind>) {
+        let down = matches!(
+            kind,
+            Some(
+                LinkErrorKind::Connect(_)
+                    | LinkErrorKind::ConnectTimeout(_)
+                    | LinkErrorKind::Tls(_)
+                    | LinkErrorKind::Timeout(_)
+                    | LinkErrorKind::Http(_)
+            )
+        );
+        self.reach.send_if_modified(|r| match (*r, down) {
+            (Reach::Up, true) => {
+                *r = Reach::Down {
+                    since: std::time::Instant::now(),
+                    at: crate::model::Timestamp::now(),
+                };
+                true
+            }
+            (Reach::Down { .. }, false) => {
+                *r = Reach::Up;
+                true
+            }
+            _ => false,
+        });
     }
 
     /// Compresses exchanges from now on (`true`): replies are asked for
@@ -485,7 +538,10 @@ impl Link {
         let (content_type, body) = envelope.finish();
         let idx = self.current.load(Ordering::Relaxed) % self.parents.len();
         let p = &self.parents[idx];
-        let err = |kind| LinkError::new(&p.url, kind);
+        let err = |kind| {
+            self.note(Some(&kind));
+            LinkError::new(&p.url, kind)
+        };
         match tokio::time::timeout(
             timeout,
             self.exchange_on(p, form, carries, &content_type, body),
@@ -504,7 +560,10 @@ impl Link {
                 }
                 Err(err(kind))
             }
-            Ok(Ok(d)) => Ok(d),
+            Ok(Ok(d)) => {
+                self.note(None);
+                Ok(d)
+            }
         }
     }
 
@@ -530,7 +589,10 @@ impl Link {
     ) -> Result<http::Response<hyper::body::Incoming>, LinkError> {
         let idx = self.current.load(Ordering::Relaxed) % self.parents.len();
         let p = &self.parents[idx];
-        let err = |kind| LinkError::new(&p.url, kind);
+        let err = |kind| {
+            self.note(Some(&kind));
+            LinkError::new(&p.url, kind)
+        };
         let connect = async {
             let mut send = self.connect(p).await?;
             send.ready()
@@ -544,7 +606,10 @@ impl Link {
                 self.fail_over(idx);
                 return Err(err(kind));
             }
-            Ok(Ok(s)) => s,
+            Ok(Ok(s)) => {
+                self.note(None);
+                s
+            }
         };
         let mut req = Request::builder()
             .method(method)

@@ -389,6 +389,25 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         )])
         .await?;
     let fwd = tokio::spawn(forwarder.clone().run(shutdown.clone()));
+    // A parent out of reach is reported once it is reached again: for how
+    // long, and what this MLM held back meanwhile.
+    let queues = bc.queues().clone();
+    tokio::spawn(forward::outage::report_until_shutdown(
+        uplink.link().clone(),
+        outbox.clone(),
+        me.id.clone(),
+        forward::outage::Holdings {
+            deferred: Some(metrics.counter(
+                "rsnet_relay_deferred_total",
+                "child messages answered retry-after",
+            )),
+            queued: Some(Box::new(move || {
+                let s = queues.stats();
+                (s.messages, s.bytes)
+            })),
+        },
+        shutdown.clone(),
+    ));
     tokio::spawn(rsnet_common::enroll::renew_until_shutdown(
         uplink.link().clone(),
         cfg.tls.clone(),

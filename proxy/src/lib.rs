@@ -377,6 +377,14 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> rsnet_common::Result<()> {
         &metrics,
     )));
     let fwd = tokio::spawn(forwarder.clone().run(shutdown.clone()));
+    // A parent out of reach is reported once it is reached again.
+    tokio::spawn(forward::outage::report_until_shutdown(
+        uplink.link().clone(),
+        outbox.clone(),
+        me.id.clone(),
+        forward::outage::Holdings::default(),
+        shutdown.clone(),
+    ));
     tokio::spawn(rsnet_common::enroll::renew_until_shutdown(
         uplink.link().clone(),
         cfg.tls.clone(),

@@ -765,6 +765,26 @@ pub async fn proxy_status(tree: &Tree, i: usize) -> Option<serde_json::Value> {
     Some(v)
 }
 
+/// A started tree of one MLM and one proxy under it (`acme.mlm1`,
+/// `acme.p1`), heartbeats every `heartbeat_s`, removed when dropped. Call
+/// from a multi-threaded runtime: the processes start in `block_in_place`.
+pub fn small_tree(tag: &str, heartbeat_s: u64) -> Tree {
+    let mut tree = tokio::task::block_in_place(|| {
+        Tree::start(
+            &tempdir(tag),
+            &rsnet_demo::Spec {
+                mlms: vec![("mlm1".into(), None)],
+                proxies: vec![("p1".into(), Some(0))],
+                heartbeat_s,
+                ..rsnet_demo::Spec::demo()
+            },
+        )
+    })
+    .unwrap_or_else(|e| panic!("tree did not start: {e}"));
+    tree.remove_on_drop = true;
+    tree
+}
+
 /// A subscription to the appserver's stream, as a client reads it.
 pub struct Sse {
     body: hyper::body::Incoming,

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use rsnet_demo::{json_call, Spec, Tree};
-use rsnet_tests::{tempdir, wait_for, Sse};
+use rsnet_tests::{small_tree, tempdir, wait_for, Sse};
 use serde_json::Value;
 
 const HEARTBEAT_S: u64 = 2;
@@ -252,19 +252,7 @@ async fn modules_of(tree: &Tree, id: &str) -> Vec<(String, Value, Value, Vec<Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_integrators_module_is_in_the_status_tree_until_it_is_deregistered() {
-    let mut tree = tokio::task::block_in_place(|| {
-        Tree::start(
-            &tempdir("modules"),
-            &Spec {
-                mlms: vec![("mlm1".into(), None)],
-                proxies: vec![("p1".into(), Some(0))],
-                heartbeat_s: 1,
-                ..Spec::demo()
-            },
-        )
-    })
-    .expect("tree starts");
-    tree.remove_on_drop = true;
+    let mut tree = small_tree("modules", 1);
     let p1 = tree.index("acme.p1").expect("p1");
     let local = rsnet_common::client::Target::Plain(tree.nodes[p1].addr.expect("local API"));
     let put = |name: &str, body: Value| {
@@ -388,6 +376,93 @@ async fn an_integrators_module_is_in_the_status_tree_until_it_is_deregistered() 
         "the module gone from the topology",
         Duration::from_secs(30),
         || async { (modules_of(&tree, "acme.p1").await == want).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mlm_reports_how_long_its_parent_was_out_of_reach_and_what_it_held_back() {
+    let mut tree = small_tree("outage", 1);
+    wait_for("the tree up", Duration::from_secs(30), || async {
+        let list = components(&tree).await;
+        (find(&list, "acme.p1")?["liveness"] == "alive").then_some(())
+    })
+    .await;
+    let mlm = tree
+        .node_target(tree.index("acme.mlm1").expect("mlm1"))
+        .expect("mlm1");
+    let p1 = tree.nodes[tree.index("acme.p1").expect("p1")]
+        .addr
+        .expect("p1");
+
+    // The appserver gone: the MLM answers its child "retry after".
+    tree.kill9(0);
+    let killed = Instant::now();
+    let alarms: Vec<Value> = (0..20)
+        .map(|i| rsnet_demo::alarm(&format!("held {i}"), "db1"))
+        .collect();
+    let ids = rsnet_demo::send(p1, &alarms)
+        .await
+        .expect("spooled at the proxy");
+    // An outage is reported from 5 s on.
+    wait_for(
+        "alarms held back for more than 5 s",
+        Duration::from_secs(30),
+        || async {
+            let held = rsnet_demo::metric(&mlm, "rsnet_relay_deferred_total")
+                .await
+                .ok()?;
+            (held >= 20.0 && killed.elapsed() > Duration::from_secs(6)).then_some(())
+        },
+    )
+    .await;
+    tokio::task::block_in_place(|| tree.restart(0)).expect("the appserver restarts");
+    let op = tree.operator_target().expect("operator");
+    let report = wait_for(
+        "the MLM's outage report",
+        Duration::from_secs(30),
+        || async {
+            let got = rsnet_demo::stored(&op, "subclass=parent-restored")
+                .await
+                .ok()?;
+            got.into_iter().find(|m| m["source"] == "acme.mlm1")
+        },
+    )
+    .await;
+    assert_eq!(report["class"], "infrastructure");
+    assert_eq!(report["version"], rsnet_common::VERSION);
+    let data: Value = serde_json::from_str(
+        report["content"]["data"]["payload"]
+            .as_str()
+            .expect("JSON data"),
+    )
+    .expect("JSON");
+    let down = data["down_ms"].as_u64().unwrap_or(0);
+    assert!((5_000..60_000).contains(&down), "{data}");
+    assert!(
+        data["deferred_messages"].as_u64().unwrap_or(0) >= 20,
+        "{data}"
+    );
+    let text = report["content"]["text"].as_str().unwrap_or("");
+    assert!(
+        text.contains("out of reach for") && text.contains("deferred"),
+        "{text}"
+    );
+    // Its child's parent (the MLM) answered all along: nothing to report.
+    let all = rsnet_demo::stored(&op, "subclass=parent-restored")
+        .await
+        .expect("stored");
+    assert!(all.iter().all(|m| m["source"] != "acme.p1"), "{all:?}");
+    // And what was held back arrives.
+    wait_for(
+        "the held alarms stored",
+        Duration::from_secs(30),
+        || async {
+            let got = rsnet_demo::stored(&op, "class=alarm").await.ok()?;
+            ids.iter()
+                .all(|id| got.iter().any(|m| m["id"] == id.as_str()))
+                .then_some(())
+        },
     )
     .await;
 }

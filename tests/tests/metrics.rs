@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rsnet_common::client::{call, Target};
-use rsnet_demo::{alarm, send, Spec, Tree};
-use rsnet_tests::{tempdir, wait_for};
+use rsnet_demo::{alarm, send};
+use rsnet_tests::{small_tree, wait_for};
 
 /// One family as the page declares it.
 #[derive(Default, Debug)]
@@ -272,20 +272,7 @@ fn value(page: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_nodes_metrics_follow_prometheus_rules_and_cover_what_on_call_needs() {
-    let tree = tokio::task::block_in_place(|| {
-        Tree::start(
-            &tempdir("metrics"),
-            &Spec {
-                mlms: vec![("mlm1".into(), None)],
-                proxies: vec![("p1".into(), Some(0))],
-                heartbeat_s: 1,
-                ..Spec::demo()
-            },
-        )
-    })
-    .expect("tree starts");
-    let mut tree = tree;
-    tree.remove_on_drop = true;
+    let tree = small_tree("metrics", 1);
     let (app, mlm, proxy) = (
         tree.index("provider.app").expect("the appserver"),
         tree.index("acme.mlm1").expect("mlm1"),

@@ -18,12 +18,14 @@ use serde_json::{json, Value};
 const LONG: Duration = Duration::from_secs(60);
 
 fn operator(tree: &Tree, id: &str, scopes: &[&str], perms: &[&str]) -> Target {
+    certified(tree, id, Role::Operator, scopes, perms)
+}
+
+/// The appserver, reached with a new certificate for `id` of `role`.
+fn certified(tree: &Tree, id: &str, role: Role, scopes: &[&str], perms: &[&str]) -> Target {
     let s: Vec<String> = scopes.iter().map(|x| x.to_string()).collect();
     let p: Vec<String> = perms.iter().map(|x| x.to_string()).collect();
-    let f = tree
-        .pki
-        .issue_with(id, Role::Operator, &[], &s, &p, &[])
-        .unwrap();
+    let f = tree.pki.issue_with(id, role, &[], &s, &p, &[]).unwrap();
     let config = rsnet_common::tls::client_config(&TlsPaths {
         ca: tree.pki.ca(),
         cert: f.cert,
@@ -163,19 +165,7 @@ async fn a_customer_scoped_operator_sees_only_its_customer_and_a_reader_cannot_a
     let (s, html) = page(&admin, "/node/beta.mlm1").await;
     assert_eq!(s, StatusCode::OK, "{html}");
     // A certificate that is not an operator's gets no page.
-    let f = tree.pki.issue("acme.p7", Role::Proxy, &[], &[]).unwrap();
-    let proxy = Target::Tls {
-        base: format!("https://127.0.0.1:{}", tree.nodes[0].addr.unwrap().port()),
-        config: Arc::new(
-            rsnet_common::tls::client_config(&TlsPaths {
-                ca: tree.pki.ca(),
-                cert: f.cert,
-                key: f.key,
-                crl: None,
-            })
-            .unwrap(),
-        ),
-    };
+    let proxy = certified(&tree, "acme.p7", Role::Proxy, &[], &[]);
     let (s, _) = page(&proxy, "/").await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 

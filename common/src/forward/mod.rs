@@ -24,6 +24,7 @@
 mod dead_letters;
 mod deliver;
 mod forwarder;
+pub mod outage;
 
 use std::sync::Arc;
 use std::time::Duration;
