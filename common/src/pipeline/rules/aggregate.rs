@@ -655,10 +655,10 @@ impl Aggregator {
         let mut header = first.header.clone();
         header.id = MessageId::new();
         header.created = now;
-        header.direction = Direction::Source(Source {
-            origin,
-            version: None,
-        });
+        // Made by this MLM when its members came from several origins: then
+        // it carries this node's version, as all it originates does.
+        let version = (origin == self.me).then(|| crate::VERSION.to_string());
+        header.direction = Direction::Source(Source { origin, version });
         header.qos.precedence = members
             .iter()
             .map(|m| m.item.header.qos.precedence)
