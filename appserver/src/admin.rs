@@ -46,8 +46,24 @@ fn esc(s: &str) -> String {
     o
 }
 
+/// An HTML answer that no other site may frame, no cache keeps, and no
+/// browser sniffs as anything else.
 fn html(status: StatusCode, body: String) -> Response<Body> {
-    text(status, "text/html; charset=utf-8", body)
+    let mut r = text(status, "text/html; charset=utf-8", body);
+    let h = r.headers_mut();
+    h.insert(
+        http::header::X_FRAME_OPTIONS,
+        http::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    r
 }
 
 impl Api {

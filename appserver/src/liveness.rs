@@ -109,14 +109,7 @@ pub async fn watch_until_shutdown(
     metrics.gauge(
         "rsnet_components_stale",
         "components stale now",
-        move || {
-            t.lock().map_or(0, |t| {
-                t.list()
-                    .iter()
-                    .filter(|c| c.liveness == Some(Liveness::Stale))
-                    .count()
-            }) as f64
-        },
+        move || t.lock().map_or(0, |t| t.stale()) as f64,
     );
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

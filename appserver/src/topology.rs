@@ -223,7 +223,6 @@ impl Topology {
             .collect();
         let hb = header.class == heartbeat::CLASS
             && header.subclass.as_deref() == Some(heartbeat::HEARTBEAT);
-        let ts = now.to_rfc3339();
         let c = self.touch(&src.origin, path, now);
         let mut force = false;
         if let Some(v) = &src.version {
@@ -233,6 +232,7 @@ impl Topology {
             }
         }
         if hb {
+            let ts = now.to_rfc3339();
             c.last_heartbeat = Some(ts.clone());
             force = true;
             match StatusTree::of(content) {
@@ -317,6 +317,14 @@ impl Topology {
             });
             c.liveness_since = change.was_since.clone();
         }
+    }
+
+    /// How many components are stale now.
+    pub fn stale(&self) -> usize {
+        self.map
+            .values()
+            .filter(|c| c.liveness == Some(Liveness::Stale))
+            .count()
     }
 
     /// All components, sorted by ID.

@@ -149,9 +149,18 @@ async fn a_customer_scoped_operator_sees_only_its_customer_and_a_reader_cannot_a
     let page = |t: &Target, path: &'static str| {
         let t = t.clone();
         async move {
-            let (s, b) = rsnet_common::client::call(&t, Method::GET, path, None)
+            let r = rsnet_common::client::send(&t, Method::GET, path, None, &[])
                 .await
                 .unwrap();
+            let s = r.status();
+            if s == StatusCode::OK {
+                assert_eq!(r.headers()["x-frame-options"], "DENY");
+                assert_eq!(r.headers()["cache-control"], "no-store");
+            }
+            let b = http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
             (s, String::from_utf8_lossy(&b).into_owned())
         }
     };

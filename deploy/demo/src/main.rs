@@ -380,9 +380,9 @@ fn print_help(tree: &Tree) {
             tree.nodes[*p].config.display()
         );
     }
-    println!("  rsnet-ctl --tree {d}/tree.json components");
+    println!("  rsnet-ctl --tree {d}/tree.json components --tree");
     println!("  rsnet-ctl --tree {d}/tree.json messages --class alarm --limit 5");
-    println!("  rsnet-ctl --tree {d}/tree.json tail");
+    println!("  rsnet-ctl --tree {d}/tree.json watch");
     println!(
         "  rsnet-ctl --tree {d}/tree.json send --to group:demo-all --class config --payload x=1"
     );
@@ -390,4 +390,10 @@ fn print_help(tree: &Tree) {
     println!("  rsnet-ctl --tree {d}/tree.json uploads");
     println!("  rsnet-ctl --tree {d}/tree.json releases publish FILE --kind config --version 2 --to group:demo-all --stage 25%");
     println!("  rsnet-ctl --tree {d}/tree.json releases show RELEASE-ID");
+    if let Some(a) = tree.nodes.first().and_then(|n| n.addr) {
+        println!(
+            "the admin page: https://127.0.0.1:{}/ (a browser holding the operator certificate: {d}/pki/issued/provider.operator.pem and .key)",
+            a.port()
+        );
+    }
 }
