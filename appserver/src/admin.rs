@@ -203,9 +203,13 @@ impl Api {
             let status = self.releases.rollout.status(&m.id);
             let _ = write!(
                 s,
-                r#"<details data-release="{id}"><summary><code>{id}</code> {kind:?} {item} {version} ({size} bytes) to {to} — {state}</summary>"#,
+                r#"<details data-release="{id}"><summary><code>{id}</code> {kind} {item} {version} ({size} bytes) to {to} — {state}</summary>"#,
                 id = esc(&m.id),
-                kind = m.kind,
+                kind = esc(serde_json::to_value(m.kind)
+                    .ok()
+                    .as_ref()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")),
                 item = esc(&m.item),
                 version = esc(&m.version),
                 size = m.size,

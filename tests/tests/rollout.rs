@@ -258,6 +258,24 @@ async fn a_proxy_without_room_rejects_a_release_with_its_reason_then_takes_it_on
     let why = s["destinations"]["acme.p2"]["reason"].as_str().unwrap();
     assert!(why.contains("not enough room"), "{s}");
     assert_eq!(s["counts"], json!({ "delivered": 1, "rejected": 1 }), "{s}");
+    // The admin page shows the same, stage and destinations, with the reason.
+    let (code, page) = rsnet_common::client::call(&op, http::Method::GET, "/", None)
+        .await
+        .unwrap();
+    let page = String::from_utf8_lossy(&page);
+    assert_eq!(code, http::StatusCode::OK);
+    let at = page
+        .find(&format!(r#"data-release="{id}""#))
+        .unwrap_or_else(|| panic!("release {id} on the page: {page}"));
+    let release = &page[at..page[at..].find("</details>").map_or(page.len(), |e| at + e)];
+    for want in [
+        "1 delivered",
+        "1 rejected",
+        r#"<span class="badge rejected">rejected</span>"#,
+        "not enough room",
+    ] {
+        assert!(release.contains(want), "{want} in {release}");
+    }
     assert!(held(&tree, p2).await["items"]
         .as_array()
         .unwrap()
