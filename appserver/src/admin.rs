@@ -29,6 +29,8 @@ use crate::topology::{Component, Liveness};
 
 /// How many back-channel sends the page lists.
 const RECENT_SENDS: usize = 20;
+/// How many releases the page lists (each with all its destinations).
+const RECENT_RELEASES: usize = 10;
 
 /// Escapes `s` for HTML text and attribute values.
 fn esc(s: &str) -> String {
@@ -198,7 +200,8 @@ impl Api {
         if all.is_empty() {
             s.push_str("<p class=dim>No releases published.</p>");
         }
-        for r in all.iter().rev() {
+        // Release IDs are time-ordered: the newest last.
+        for r in all.iter().rev().take(RECENT_RELEASES) {
             let m = &r.manifest;
             let status = self.releases.rollout.status(&m.id);
             let _ = write!(

@@ -14,11 +14,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use rsnet_common::envelope::{wire, Item};
 use rsnet_common::id::ComponentId;
 use rsnet_common::metrics::{Counter, Registry};
 use rsnet_common::model::Hop;
-use rsnet_common::model::{Content, Message};
+use rsnet_common::model::{Content, Header, Message, Timestamp};
 use rsnet_common::pipeline::{Exchange, Judged, Stage, StageFuture, Verdict};
 use rsnet_common::release;
 use rsnet_common::store::{Appended, MessageStore, StoredMessage};
@@ -238,7 +239,7 @@ impl Ingest {
         messages: Vec<Message>,
         state: Vec<(String, Vec<u8>)>,
     ) -> Result<(), rsnet_common::store::StoreError> {
-        let received = rsnet_common::model::Timestamp::now();
+        let received = Timestamp::now();
         let render = self.to.feed.listening();
         let mut batch = Batch {
             state,
@@ -253,17 +254,13 @@ impl Ingest {
                     .rendered
                     .push(Rendered::of(&m.header, &m.content, received));
             }
-            batch.messages.push(StoredMessage {
-                id: m.header.id,
-                source: src.origin.clone(),
-                class: m.header.class.clone(),
-                subclass: m.header.subclass.clone(),
-                kind: m.header.kind,
-                created: m.header.created,
+            batch.messages.push(record(
+                &m.header,
+                src.origin.clone(),
                 received,
-                header: wire::encode_header_compact(&m.header).into(),
-                content: wire::encode_content(&m.content).into(),
-            });
+                wire::encode_header_compact(&m.header).into(),
+                wire::encode_content(&m.content).into(),
+            ));
         }
         let n = batch.messages.len() as u64;
         self.writer.store(batch).await?;
@@ -300,18 +297,36 @@ fn stored(
         None
     };
     Ok((
-        StoredMessage {
-            id: item.header.id,
+        record(
+            &item.header,
             source,
-            class: item.header.class.clone(),
-            subclass: item.header.subclass.clone(),
-            kind: item.header.kind,
-            created: item.header.created,
-            received: hop.time,
-            header: item.header_with_hop(hop),
-            content: item.content.clone(),
-        },
+            hop.time,
+            item.header_with_hop(hop),
+            item.content.clone(),
+        ),
         content,
         rendered,
     ))
+}
+
+/// The store's record of a message from `source` with `header`, received
+/// at `received`, as the bytes `header_xml` and `content_xml`.
+fn record(
+    header: &Header,
+    source: ComponentId,
+    received: Timestamp,
+    header_xml: Bytes,
+    content_xml: Bytes,
+) -> StoredMessage {
+    StoredMessage {
+        id: header.id,
+        source,
+        class: header.class.clone(),
+        subclass: header.subclass.clone(),
+        kind: header.kind,
+        created: header.created,
+        received,
+        header: header_xml,
+        content: content_xml,
+    }
 }

@@ -129,6 +129,8 @@ pub struct Change {
 /// The topology map.
 pub struct Topology {
     map: HashMap<ComponentId, Component>,
+    /// This appserver ([`Topology::set_self`]): never judged.
+    me: Option<ComponentId>,
     /// When this appserver started (ms): nobody is judged silent for the
     /// time it was down itself.
     started_ms: u64,
@@ -153,6 +155,7 @@ impl Topology {
         }
         Topology {
             map,
+            me: None,
             started_ms: now.0,
         }
     }
@@ -160,6 +163,7 @@ impl Topology {
     /// Records this appserver itself: the top of the tree, always alive
     /// (kept in memory only: it is written anew at every start).
     pub fn set_self(&mut self, me: &ComponentId, now: Timestamp) {
+        self.me = Some(me.clone());
         let ts = now.to_rfc3339();
         let c = self
             .map
@@ -238,7 +242,11 @@ impl Topology {
             match StatusTree::of(content) {
                 // A tree about another component is not this one's.
                 Some(Ok(tree)) if tree.id == src.origin => {
-                    c.role = Some(tree.role.clone());
+                    // Only this appserver is the appserver: a node that
+                    // says it is one is taken for no role at all.
+                    c.role = ["proxy", "mlm"]
+                        .contains(&tree.role.as_str())
+                        .then(|| tree.role.clone());
                     if tree.interval_s > 0 && c.liveness.is_none() {
                         c.liveness = Some(Liveness::Alive);
                         c.liveness_since = Some(ts);
@@ -268,7 +276,7 @@ impl Topology {
             let (Some(state), true) = (c.liveness, interval_s > 0) else {
                 continue;
             };
-            if c.role.as_deref() == Some("appserver") {
+            if self.me.as_ref() == Some(id) {
                 continue;
             }
             let since_ms = c
@@ -423,6 +431,28 @@ mod tests {
         let c = t.judge(Timestamp(5_000), 2);
         t.undo(&c[0]);
         assert_eq!(t.judge(Timestamp(5_100), 2).len(), 1);
+    }
+
+    #[test]
+    fn a_node_that_says_it_is_the_appserver_is_still_judged() {
+        let mut t = Topology::load(vec![], Timestamp(0));
+        t.set_self(&"provider.app".parse().unwrap(), Timestamp(0));
+        let id: ComponentId = "acme.p1".parse().unwrap();
+        let liar = heartbeat::StatusTree::new(id.clone(), "appserver", 1, 10)
+            .heartbeat()
+            .with_hop(&id);
+        learn(&mut t, &liar, 1_000);
+        let list = t.list();
+        let p1 = list.iter().find(|c| c.id == "acme.p1").unwrap();
+        assert_eq!(p1.role, None);
+        let roots: Vec<_> = list
+            .iter()
+            .filter(|c| c.role.as_deref() == Some("appserver"))
+            .collect();
+        assert_eq!(roots.len(), 1, "{roots:?}");
+        let c = t.judge(Timestamp(30_000), 2);
+        assert_eq!(c.len(), 1, "the liar goes stale, the appserver never does");
+        assert_eq!(c[0].id.as_str(), "acme.p1");
     }
 
     #[test]

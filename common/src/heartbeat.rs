@@ -254,7 +254,7 @@ impl StatusTree {
             role: text("@role", w.role)?,
             version: text("@version", w.version)?,
             uptime_s: w.uptime_s,
-            interval_s: w.interval_s.unwrap_or(0),
+            interval_s: w.interval_s,
             spool: w.spool.map(Into::into),
             queues: w.queues.map(Into::into),
             modules,
@@ -344,7 +344,7 @@ struct WireStatus {
     #[serde(rename = "@uptime-s", default)]
     uptime_s: u64,
     #[serde(rename = "@interval-s", default)]
-    interval_s: Option<u64>,
+    interval_s: u64,
     #[serde(default)]
     spool: Option<WireLevel>,
     #[serde(default)]

@@ -124,6 +124,19 @@ impl LinkErrorKind {
             LinkErrorKind::FormWithdrawn(_) => "form_withdrawn",
         }
     }
+
+    /// False if the request never reached a parent (connect, TLS, a
+    /// timeout, a broken connection); true if a parent answered, however.
+    pub fn reached_parent(&self) -> bool {
+        !matches!(
+            self,
+            LinkErrorKind::Connect(_)
+                | LinkErrorKind::ConnectTimeout(_)
+                | LinkErrorKind::Tls(_)
+                | LinkErrorKind::Timeout(_)
+                | LinkErrorKind::Http(_)
+        )
+    }
 }
 
 impl LinkError {
@@ -142,14 +155,13 @@ impl LinkError {
     /// compact form: not an answer to the messages, so worth trying again
     /// soon, to use a healed link (or the full form) at once.
     pub fn is_cut(&self) -> bool {
-        matches!(
-            self.kind,
-            LinkErrorKind::Connect(_)
-                | LinkErrorKind::ConnectTimeout(_)
-                | LinkErrorKind::Timeout(_)
-                | LinkErrorKind::Http(_)
-                | LinkErrorKind::FormWithdrawn(_)
-        )
+        match &self.kind {
+            LinkErrorKind::FormWithdrawn(_) => true,
+            // A parent whose certificate is refused is not a cut link: it
+            // is tried again as slowly as a refusing one.
+            LinkErrorKind::Tls(_) => false,
+            k => !k.reached_parent(),
+        }
     }
 
     /// True if the parent refused this request as malformed (4xx other than
@@ -280,9 +292,7 @@ impl Link {
         for kind in ERROR_KINDS {
             error_counter(kind);
         }
-        for result in ["ok", "failed", "timeout"] {
-            crate::tls::handshake_counter("client", result);
-        }
+        crate::tls::register_handshakes("client");
         let parents = parents
             .iter()
             .map(|u| {
@@ -330,17 +340,13 @@ impl Link {
     }
 
     /// Notes what a request found: `kind` if it failed, else an answer.
+    /// Called for every exchange: a check under the read lock when nothing
+    /// changes.
     fn note(&self, kind: Option<&LinkErrorKind>) {
-        let down = matches!(
-            kind,
-            Some(
-                LinkErrorKind::Connect(_)
-                    | LinkErrorKind::ConnectTimeout(_)
-                    | LinkErrorKind::Tls(_)
-                    | LinkErrorKind::Timeout(_)
-                    | LinkErrorKind::Http(_)
-            )
-        );
+        let down = kind.is_some_and(|k| !k.reached_parent());
+        if matches!(*self.reach.borrow(), Reach::Down { .. }) == down {
+            return;
+        }
         self.reach.send_if_modified(|r| match (*r, down) {
             (Reach::Up, true) => {
                 *r = Reach::Down {

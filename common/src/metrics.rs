@@ -75,7 +75,8 @@ impl Histogram {
     }
 
     /// How many durations were recorded.
-    pub fn count(&self) -> u64 {
+    #[cfg(test)]
+    fn count(&self) -> u64 {
         self.0
             .buckets
             .iter()

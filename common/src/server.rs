@@ -224,9 +224,7 @@ where
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     if tls.is_some() {
-        for result in ["ok", "failed", "timeout"] {
-            crate::tls::handshake_counter("server", result);
-        }
+        crate::tls::register_handshakes("server");
     }
     let max_connections = limits.max_connections;
     let per_peer = limits.per_peer.max(1);

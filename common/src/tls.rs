@@ -611,9 +611,17 @@ pub fn count_handshake(side: &'static str, result: &'static str) {
     handshake_counter(side, result).inc();
 }
 
+/// Registers every series of `rsnet_tls_handshakes_total` for `side`, so
+/// that they show before the first handshake.
+pub fn register_handshakes(side: &str) {
+    for result in ["ok", "failed", "timeout"] {
+        handshake_counter(side, result);
+    }
+}
+
 /// The series of `rsnet_tls_handshakes_total` for `side` and `result`
-/// (registered if new, so that it shows before the first handshake).
-pub fn handshake_counter(side: &str, result: &str) -> crate::metrics::Counter {
+/// (registered if new).
+fn handshake_counter(side: &str, result: &str) -> crate::metrics::Counter {
     crate::metrics::process().counter_with(
         "rsnet_tls_handshakes_total",
         &[("side", side), ("result", result)],

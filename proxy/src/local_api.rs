@@ -291,7 +291,16 @@ impl LocalApi {
                     Ok(b) => b,
                     Err(resp) => return resp,
                 };
-                let r = match serde_json::from_slice(&body) {
+                // An object, and nothing else serde would take for one (an
+                // array of the fields in order).
+                let r = match serde_json::from_slice::<serde_json::Value>(&body) {
+                    Ok(v @ serde_json::Value::Object(_)) => serde_json::from_value(v),
+                    Ok(_) => {
+                        return error(StatusCode::BAD_REQUEST, "module: expected a JSON object")
+                    }
+                    Err(e) => Err(e),
+                };
+                let r = match r {
                     Ok(r) => r,
                     Err(e) => return error(StatusCode::BAD_REQUEST, format!("module: {e}")),
                 };

@@ -194,6 +194,23 @@ async fn a_killed_proxy_is_reported_stale_within_three_intervals_and_recovered_o
     );
     assert_eq!(find(&list, "acme.p2").unwrap()["liveness"], "alive");
 
+    // The appserver killed with SIGKILL meanwhile: the change it stored
+    // stands (no second stale event at its restart, p1 still stale).
+    tokio::task::block_in_place(|| {
+        tree.kill9(0);
+        tree.restart(0)
+    })
+    .expect("the appserver restarts");
+    wait_for(
+        "acme.p1 still stale after the appserver's restart",
+        Duration::from_secs(10),
+        || async {
+            let list = components(&tree).await;
+            (find(&list, "acme.p1")?["liveness"] == "stale").then_some(())
+        },
+    )
+    .await;
+
     // Back: recovered on the stream, alive in the topology.
     let mut sse = Sse::open(&op, "class=infrastructure&subclass=recovered", None).await;
     tokio::task::block_in_place(|| tree.restart(p1_index)).expect("p1 restarts");
@@ -206,19 +223,22 @@ async fn a_killed_proxy_is_reported_stale_within_three_intervals_and_recovered_o
         (find(&list, "acme.p1")?["liveness"] == "alive").then_some(())
     })
     .await;
-    // One stale event, not one per tick.
-    let all = rsnet_demo::stored(&op, "class=infrastructure&subclass=stale")
-        .await
-        .expect("stored events");
-    let about_p1 = all
-        .iter()
-        .filter(|m| {
-            m["content"]["text"]
-                .as_str()
-                .is_some_and(|t| t.contains("acme.p1"))
-        })
-        .count();
-    assert_eq!(about_p1, 1, "{all:?}");
+    // One stale and one recovered event, not one per tick nor one per
+    // start of the appserver.
+    for sub in ["stale", "recovered"] {
+        let all = rsnet_demo::stored(&op, &format!("class=infrastructure&subclass={sub}"))
+            .await
+            .expect("stored events");
+        let about_p1 = all
+            .iter()
+            .filter(|m| {
+                m["content"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("acme.p1 "))
+            })
+            .count();
+        assert_eq!(about_p1, 1, "{sub}: {all:?}");
+    }
 }
 
 /// The modules of `id`'s status tree at the appserver: name → (ID,
@@ -291,6 +311,17 @@ async fn an_integrators_module_is_in_the_status_tree_until_it_is_deregistered() 
         let (s, v) = put(name, body).await;
         assert_eq!(s, http::StatusCode::BAD_REQUEST, "{name}: {v}");
         assert!(v.to_string().contains(why), "{why}: {v}");
+    }
+    for raw in ["", "{", "[]", "null", "{\"instances\": \"db1\"}"] {
+        let (s, b) = rsnet_common::client::call(
+            &local,
+            http::Method::PUT,
+            "/v1/modules/nagios",
+            Some(("application/json", bytes::Bytes::from(raw))),
+        )
+        .await
+        .expect("PUT");
+        assert_eq!(s, http::StatusCode::BAD_REQUEST, "{raw:?}: {b:?}");
     }
     let (s, v) = put(
         "nagios",
@@ -378,6 +409,25 @@ async fn an_integrators_module_is_in_the_status_tree_until_it_is_deregistered() 
         || async { (modules_of(&tree, "acme.p1").await == want).then_some(()) },
     )
     .await;
+
+    // At most 255 modules: the 256th is refused, registering one again is not.
+    let empty = || Some(serde_json::json!({}));
+    for i in 0..255 {
+        let path = format!("/v1/modules/m{i}");
+        let (s, v) = json_call(&local, http::Method::PUT, &path, empty())
+            .await
+            .expect("PUT");
+        assert_eq!(s, http::StatusCode::OK, "m{i}: {v}");
+    }
+    let (s, v) = json_call(&local, http::Method::PUT, "/v1/modules/one-more", empty())
+        .await
+        .expect("PUT");
+    assert_eq!(s, http::StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("at most 255"), "{v}");
+    let (s, _) = json_call(&local, http::Method::PUT, "/v1/modules/m7", empty())
+        .await
+        .expect("PUT");
+    assert_eq!(s, http::StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -226,15 +226,7 @@ pub fn decode_document<T: serde::de::DeserializeOwned>(
 /// # Errors
 /// [`InvalidMessage`] naming the field or limit that failed.
 pub fn decode_control(xml: &[u8]) -> Result<crate::envelope::Control, InvalidMessage> {
-    let part = "exchange";
-    let root = scan(xml, part)?;
-    if root != "exchange" {
-        return Err(InvalidMessage::Xml {
-            part,
-            reason: format!("root element is <{root}>, expected <exchange>"),
-        });
-    }
-    let w: WireControl = from_xml(utf8(xml, part)?, part)?;
+    let w: WireControl = decode_document(xml, "exchange", "exchange")?;
     let too_many = |f: &str, n: usize| {
         (n > MAX_BATCH_MESSAGES)
             .then(|| field(f, format!("{n} entries, limit {MAX_BATCH_MESSAGES}")))
